@@ -1,0 +1,20 @@
+"""nori-wal: a durable, multi-process write-ahead log for Python.
+
+The public names of API.md; see README.md for the guarantees.
+"""
+
+from .config import FsyncPolicy, WalConfig
+from .errors import (CorruptionError, ProtocolError, RecordTooLargeError, WalClosedError, WalError, WalIOError,
+                     WalLockedError, WriterUnavailableError)
+from .position import Position
+from .reader import WalReader, open_reader
+from .record import Compression, Record
+from .recovery import RecoveryInfo
+from .wal import Wal
+
+__all__ = [
+    "Compression", "CorruptionError", "FsyncPolicy", "Position", "ProtocolError", "Record", "RecordTooLargeError",
+    "RecoveryInfo", "Wal", "WalClosedError", "WalConfig", "WalError", "WalIOError", "WalLockedError", "WalReader",
+    "WriterUnavailableError", "open_reader",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,292 @@
+"""Record framing: encode records to bytes and decode bytes back (pure, no I/O).
+
+Layout of one frame (see docs/FORMAT.md)::
+
+    u32 LE   crc32c of every byte after this field, to the end of the frame
+    varint   key_len
+    varint   value_len          (stored length: after compression)
+    u8       flags              bit0 tombstone, bit1 ttl, bits2-3 compression, bit7 seal
+    [varint  ttl_ms]            only when the ttl flag is set
+    key      key_len bytes
+    value    value_len bytes
+
+Rules:
+1. Only this module decides whether bytes are a record, "need more bytes" (a
+   torn tail) or corrupt. It never raises for damaged input.
+2. Lengths are untrusted: they are checked against ``limit`` and against the
+   bytes present before anything is sliced or allocated; a value is only
+   decompressed after its checksum passed, into a buffer no larger than ``limit``.
+3. The CRC covers the header too, so a torn length or flag byte cannot pass.
+4. Seven zero bytes can never be a valid frame, so a zero-filled tail reads as
+   ``Zeroed`` ("end"), not as corruption.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Union
+
+import lz4.block
+import zstandard
+from crc32c import crc32c
+
+from .record import BytesLike, Compression, Record, ttl_to_ms
+
+FLAG_TOMBSTONE = 0x01
+FLAG_TTL = 0x02
+COMPRESSION_SHIFT = 2
+COMPRESSION_MASK = 0x0C
+FLAG_SEAL = 0x80          # writer-internal end-of-segment marker; never accepted from producers
+RESERVED_FLAGS = 0x70
+
+MIN_FRAME_SIZE = 7        # crc + key_len + value_len + flags
+MAX_VARINT_BYTES = 5      # lengths and TTLs are < 2**35
+FORMAT_MAX_FRAME = 2**31 - 1   # no frame may be larger, whatever the segment size
+ZERO_COPY_MIN = 64 * 1024     # values at least this large are returned as memoryviews
+
+_U32 = struct.Struct("<I")
+_SEAL_BODY = struct.Struct("<QQ")    # record_count, data_end (offset of the seal frame)
+SEAL_FRAME_SIZE = MIN_FRAME_SIZE + _SEAL_BODY.size
+
+# Status codes of the fast, allocation-free helpers (negative; a frame end is >= 0).
+NEED_MORE = -1
+CORRUPT = -2
+ZEROED = -3
+
+_ZSTD_C = zstandard.ZstdCompressor(level=3, write_content_size=True)
+_ZSTD_D = zstandard.ZstdDecompressor()
+
+
+# -- results of decode_record (h11-style: an event, or a sentinel-like value) ----------
+
+@dataclass(frozen=True)
+class Decoded:
+    """A whole, checksummed record and the offset just past its frame."""
+    record: Record
+    end: int
+
+
+@dataclass(frozen=True)
+class NeedMore:
+    """The bytes end inside a frame: a torn tail, or a record still being written.
+
+    ``frame_size`` is the whole frame's size when the header was readable.
+    """
+    frame_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Zeroed:
+    """Zero bytes where a frame should start: the end of what was written."""
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """Bytes that cannot be a valid frame: bad checksum, flags or lengths."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Seal:
+    """The end-of-segment marker the writer puts after a segment's last record."""
+    record_count: int
+    data_end: int
+    end: int
+
+
+DecodeResult = Union[Decoded, NeedMore, Zeroed, Corrupt, Seal]
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
+    """The stored form of ``value`` under ``compression``."""
+    if compression == Compression.NONE:
+        return value
+    if compression == Compression.LZ4:
+        return lz4.block.compress(value, store_size=True)
+    if compression == Compression.ZSTD:
+        return _ZSTD_C.compress(value)
+    raise ValueError(f"unknown compression {compression!r}")
+
+
+def encode_record(record: Record) -> bytes:
+    """The frame bytes of ``record`` (framing, compression and CRC32C)."""
+    key, value, tombstone, ttl, compression = record
+    flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
+    stored = compress_value(value, compression) if compression else value
+    if ttl is None:
+        head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
+    else:
+        head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_to_ms(ttl))
+    body = b"".join((head, key, stored))
+    if len(body) + 4 > FORMAT_MAX_FRAME:
+        from .errors import RecordTooLargeError
+        raise RecordTooLargeError(f"record of {len(body) + 4} bytes exceeds the format limit of {FORMAT_MAX_FRAME}")
+    return _U32.pack(crc32c(body)) + body
+
+
+def encode_seal(record_count: int, data_end: int) -> bytes:
+    """The seal frame closing a segment whose records end at ``data_end``."""
+    body = bytes((0, _SEAL_BODY.size, FLAG_SEAL)) + _SEAL_BODY.pack(record_count, data_end)
+    return _U32.pack(crc32c(body)) + body
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+def parse_header(buf: BytesLike, off: int, n: int) -> tuple[int, int, int, int, int] | int:
+    """Parse the header of the frame at ``off`` (bytes up to ``n`` present), lengths unchecked.
+
+    Returns ``(flags, ttl_ms, key_start, value_start, declared_end)``, or NEED_MORE
+    when the header itself is cut off, or CORRUPT for an over-long varint.
+    """
+    p = off + 4
+    if p + 3 > n:
+        return NEED_MORE
+    vals = [0, 0, -1]
+    for i in (0, 1, 2):
+        if i == 2:
+            if p >= n:
+                return NEED_MORE
+            flags = buf[p]
+            p += 1
+            if not flags & FLAG_TTL:
+                break
+        b = buf[p] if p < n else -1
+        if b < 0:
+            return NEED_MORE
+        p += 1
+        if b < 0x80:
+            vals[i] = b
+            continue
+        v, shift = b & 0x7F, 7
+        while True:
+            if p >= n:
+                return NEED_MORE
+            b = buf[p]
+            p += 1
+            v |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 7 * MAX_VARINT_BYTES:
+                return CORRUPT
+        vals[i] = v
+    key_len, value_len, ttl_ms = vals
+    return flags, ttl_ms, p, p + key_len, p + key_len + value_len
+
+
+def frame_layout(buf: BytesLike, off: int, n: int, limit: int) -> tuple[int, int, int, int, int] | int:
+    """Parse and bound-check the header of the frame at ``off`` (bytes up to ``n`` are present).
+
+    Returns ``(flags, ttl_ms, key_start, value_start, frame_end)`` or a status:
+    NEED_MORE, CORRUPT or ZEROED. Does not check the CRC (see ``frame_end``).
+    """
+    lay = parse_header(buf, off, n)
+    if type(lay) is int:
+        if not any(buf[off:min(n, off + MIN_FRAME_SIZE)]):
+            return ZEROED
+        return lay
+    flags, _ttl, _ks, _vs, end = lay  # type: ignore[misc]
+    if end - off > limit or flags & RESERVED_FLAGS or (flags & COMPRESSION_MASK) == COMPRESSION_MASK:
+        return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else CORRUPT
+    if end > n:
+        return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else NEED_MORE
+    return lay
+
+
+def frame_end(buf: BytesLike, off: int, n: int, limit: int = FORMAT_MAX_FRAME) -> int:
+    """End offset of the valid frame at ``off``, or NEED_MORE / CORRUPT / ZEROED."""
+    lay = frame_layout(buf, off, n, limit)
+    if type(lay) is int:
+        return lay
+    end = lay[4]  # type: ignore[index]
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    if crc32c(mv[off + 4:end]) != _U32.unpack_from(buf, off)[0]:
+        return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else CORRUPT
+    return end
+
+
+def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes | None:
+    """The original value, or None when ``stored`` is not a valid ``compression`` payload.
+
+    The output size is checked against ``limit`` before anything is allocated.
+    """
+    try:
+        if compression == Compression.LZ4:
+            if len(stored) < 4 or _U32.unpack_from(stored, 0)[0] > limit:
+                return None
+            return lz4.block.decompress(stored)
+        if compression == Compression.ZSTD:
+            size = zstandard.frame_content_size(stored)
+            if size < 0 or size > limit:
+                return None
+            return _ZSTD_D.decompress(stored, max_output_size=limit)
+    except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError):
+        return None
+    return None
+
+
+def build_record(buf: BytesLike, lay: tuple[int, int, int, int, int], limit: int) -> Record | str:
+    """The Record of a checksummed frame, or a reason string if its value will not decompress."""
+    flags, ttl_ms, ks, vs, end = lay
+    key = bytes(buf[ks:vs])
+    if end - vs >= ZERO_COPY_MIN:
+        mv = buf if type(buf) is memoryview else memoryview(buf)
+        value: BytesLike = mv[vs:end].toreadonly()
+    else:
+        value = bytes(buf[vs:end])
+    comp = (flags & COMPRESSION_MASK) >> COMPRESSION_SHIFT
+    if comp:
+        raw = decompress_value(value, comp, limit)
+        if raw is None:
+            return f"value does not decompress as {Compression(comp).name}"
+        value = raw
+    ttl = timedelta(milliseconds=ttl_ms) if ttl_ms >= 0 else None
+    return Record(key, value, bool(flags & FLAG_TOMBSTONE), ttl, Compression(comp))
+
+
+def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FRAME) -> DecodeResult:
+    """Decode the frame at ``offset``: Decoded, Seal, NeedMore, Zeroed or Corrupt; never raises."""
+    n = len(buf)
+    lay = frame_layout(buf, offset, n, limit)
+    if lay == ZEROED:
+        return Zeroed()
+    if lay == NEED_MORE:
+        return NeedMore(_declared_size(buf, offset, n))
+    if lay == CORRUPT:
+        return Corrupt("bad lengths or flags")
+    flags, _ttl, ks, vs, end = lay  # type: ignore[misc]
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    if crc32c(mv[offset + 4:end]) != _U32.unpack_from(buf, offset)[0]:
+        if not any(buf[offset:offset + MIN_FRAME_SIZE]):
+            return Zeroed()
+        return Corrupt("checksum mismatch")
+    if flags & FLAG_SEAL:
+        if vs != ks or end - vs != _SEAL_BODY.size or flags != FLAG_SEAL:
+            return Corrupt("malformed seal")
+        count, data_end = _SEAL_BODY.unpack_from(buf, vs)
+        return Seal(count, data_end, end)
+    rec = build_record(buf, lay, limit)  # type: ignore[arg-type]
+    if isinstance(rec, str):
+        return Corrupt(rec)
+    return Decoded(rec, end)
+
+
+def _declared_size(buf: BytesLike, off: int, n: int) -> int | None:
+    """The frame size its header declares, when the header is complete (for readers' refills)."""
+    lay = parse_header(buf, off, n)
+    return lay[4] - off if type(lay) is tuple else None  # type: ignore[index]

@@ -1,0 +1,52 @@
+"""The nori-wal exception tree: only these cross the public API.
+
+    WalError                      base of everything nori-wal raises
+    ├── CorruptionError           damaged bytes where whole records must be (names segment + offset)
+    ├── WalLockedError            the directory already belongs to another writer
+    ├── WalClosedError            the log or client was closed
+    ├── RecordTooLargeError       a record cannot fit in one segment / one message
+    ├── WalIOError                a write or fsync failed: the log is fail-stopped until reopened
+    ├── WriterUnavailableError    no writer process answered within the timeout
+    └── ProtocolError             a malformed request or reply on the wire
+
+Lower-layer errors (OSError, zmq.ZMQError) are chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class WalError(Exception):
+    """Base class of every error nori-wal raises."""
+
+
+class CorruptionError(WalError):
+    """Bytes that must hold whole, checksummed records do not."""
+
+    def __init__(self, message: str, segment_id: int | None = None, offset: int | None = None):
+        super().__init__(message)
+        self.segment_id = segment_id
+        self.offset = offset
+
+
+class WalLockedError(WalError):
+    """Another writer (embedded Wal or writer process) owns the directory."""
+
+
+class WalClosedError(WalError):
+    """The log, reader or client was used after close()."""
+
+
+class RecordTooLargeError(WalError):
+    """A record is larger than a segment (or a wire message) can hold."""
+
+
+class WalIOError(WalError):
+    """A write or fsync failed; nothing after it was acknowledged (fail-stop, reopen to recover)."""
+
+
+class WriterUnavailableError(WalError):
+    """No writer process answered within the client's timeout."""
+
+
+class ProtocolError(WalError):
+    """A request or reply on the wire was malformed or rejected as malformed."""

@@ -1,0 +1,149 @@
+"""FileLayer: the one seam through which all segment I/O goes, and its OS implementation.
+
+Only this module (and the fault-injecting layer in ``nori_wal.testing``, which
+implements the same protocol) writes, fsyncs, truncates or unlinks. Every
+failure surfaces as OSError with the errno the OS gave; callers map it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import Protocol
+
+from .errors import WalLockedError
+from .record import BytesLike
+
+
+class FileHandle(Protocol):
+    """An open segment file."""
+
+    def append(self, data: BytesLike) -> None:
+        """Write all of ``data`` at the end of the file (raises OSError, possibly after a partial write)."""
+    def sync(self) -> None:
+        """fdatasync: make the file's written bytes durable."""
+    def truncate(self, size: int) -> None: ...
+    def pread(self, size: int, offset: int) -> bytes: ...
+    def size(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class DirLock(Protocol):
+    def release(self) -> None: ...
+
+
+class FileLayer(Protocol):
+    """Directory-level operations plus opening files."""
+
+    def makedirs(self, path: str) -> None: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def exists(self, path: str) -> bool: ...
+    def create(self, path: str) -> FileHandle:
+        """Create a new file (fails if it exists) opened for appending."""
+    def open_append(self, path: str) -> FileHandle: ...
+    def open_read(self, path: str) -> FileHandle: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def unlink(self, path: str) -> None: ...
+    def sync_dir(self, path: str) -> None:
+        """fsync a directory so created, renamed and deleted entries are durable."""
+    def lock_dir(self, path: str) -> DirLock:
+        """Take the directory's exclusive writer lock at once or raise WalLockedError."""
+
+
+class OsFile:
+    """A real file descriptor."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+
+    def append(self, data: BytesLike) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+class OsDirLock:
+    """An exclusive flock on DIR/LOCK, held while the file stays open."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)          # closing the descriptor drops the flock
+
+
+LOCK_FILE = "LOCK"
+
+
+class OsFileLayer:
+    """The real file system."""
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def create(self, path: str) -> OsFile:
+        return OsFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644), path)
+
+    def open_append(self, path: str) -> OsFile:
+        return OsFile(os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC), path)
+
+    def open_read(self, path: str) -> OsFile:
+        return OsFile(os.open(path, os.O_RDONLY | os.O_CLOEXEC), path)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def lock_dir(self, path: str) -> OsDirLock:
+        # flock locks belong to the open file description, so a second open() in the
+        # same process conflicts too: one writer per directory, also within a process.
+        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WalLockedError(f"{path} is locked by another writer (embedded Wal or writer process)") from exc
+            raise
+        return OsDirLock(fd)
+
+
+OS = OsFileLayer()

@@ -1,0 +1,200 @@
+"""Readers: iterate records straight from segment files, in any process.
+
+A reader never repairs and never takes the writer's lock. It yields only
+whole, checksummed records; at the end of what is written (a half-written
+record included) it returns None ("not yet") and, called again, continues
+from the same place once more bytes exist. Damage before the end, or inside
+a sealed segment, raises CorruptionError naming the segment and offset.
+
+Segments deleted by GC while a reader runs are fine: an open file stays
+readable (POSIX), and a reader moving on skips to the next remaining segment.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Iterator
+
+from crc32c import crc32c
+
+from .codec import (CORRUPT, FLAG_SEAL, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_MORE, ZEROED, Seal,
+                    build_record, decode_record, frame_layout, parse_header)
+from .errors import CorruptionError, WalClosedError
+from .fs import OS, FileHandle, FileLayer
+from .position import Position
+from .record import Record
+from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
+
+READ_SIZE = 1024 * 1024      # bytes per read: large sequential reads, few syscalls
+_U32 = struct.Struct("<I")
+
+
+class WalReader:
+    """Iterates ``(record, position)`` from ``start`` across segments."""
+
+    def __init__(self, directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
+                 layer: FileLayer = OS, follow: bool = False, poll_interval: float = 0.05,
+                 limit: int = FORMAT_MAX_FRAME):
+        self.dir = os.fspath(directory)
+        self._layer = layer
+        self._start = Position(*start)
+        self.follow = follow
+        self.poll_interval = poll_interval
+        self._limit = limit
+        self._seg: int | None = None
+        self._fh: FileHandle | None = None
+        self._buf: bytes = b""
+        self._base = 0          # file offset of _buf[0]
+        self._i = 0             # index of the next frame in _buf
+        self._closed = False
+        if not os.path.isdir(self.dir):
+            raise FileNotFoundError(f"no WAL directory at {self.dir}")
+
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def position(self) -> Position | None:
+        """Position of the next record to read (None before the first segment is found)."""
+        return None if self._seg is None else Position(self._seg, self._base + self._i)
+
+    def next_record(self) -> tuple[Record, Position] | None:
+        """The next whole record and its position, or None at the current end of the log."""
+        if self._closed:
+            raise WalClosedError("reader is closed")
+        while True:
+            if self._fh is None and not self._open_first():
+                return None
+            buf, i = self._buf, self._i
+            lay = frame_layout(buf, i, len(buf), self._limit)
+            if type(lay) is tuple:
+                flags, _ttl, _ks, _vs, end = lay
+                if crc32c(memoryview(buf)[i + 4:end]) == _U32.unpack_from(buf, i)[0]:
+                    if flags & FLAG_SEAL:
+                        if not self._next_segment(after_seal=True):
+                            return None
+                        continue
+                    rec = build_record(buf, lay, self._limit)
+                    if type(rec) is str:
+                        raise self._corrupt(i, rec)
+                    self._i = end
+                    return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
+                lay = ZEROED if not any(buf[i:i + MIN_FRAME_SIZE]) else CORRUPT
+                if lay == CORRUPT and self._base + end < self._file_size():
+                    raise self._corrupt(i, "checksum mismatch")
+            if lay == CORRUPT and not self._at_tail_of_last(i):
+                raise self._corrupt(i, "invalid frame (bad lengths or flags)")
+            # NEED_MORE, ZEROED, or garbage right at the tail: read on, or move on, or stop.
+            if self._refill(i):
+                continue
+            if not self._next_segment(after_seal=False):
+                return None
+
+    def __iter__(self) -> Iterator[tuple[Record, Position]]:
+        while True:
+            item = self.next_record()
+            if item is None:
+                if not self.follow or self._closed:
+                    return
+                time.sleep(self.poll_interval)   # follow mode: poll for the writer's next bytes
+                continue
+            yield item
+
+    def close(self) -> None:
+        self._closed = True
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._buf = b""
+
+    def __enter__(self) -> "WalReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- segments and buffers ---------------------------------------------------------------
+
+    def _corrupt(self, i: int, why: str) -> CorruptionError:
+        off = self._base + i
+        return CorruptionError(f"segment {self._seg} offset {off}: {why} ({self.dir})", self._seg, off)
+
+    def _file_size(self) -> int:
+        assert self._fh is not None
+        return self._fh.size()
+
+    def _ids(self) -> list[int]:
+        return segment_ids(self._layer.listdir(self.dir))
+
+    def _at_tail_of_last(self, i: int) -> bool:
+        """Whether bad bytes at ``i`` run to the end of the last segment (a write still landing)."""
+        lay = parse_header(self._buf, i, len(self._buf))
+        declared_end = self._base + lay[4] if type(lay) is tuple else None  # type: ignore[index]
+        last = not any(s > self._seg for s in self._ids())  # type: ignore[operator]
+        return last and (declared_end is None or declared_end >= self._file_size())
+
+    def _open_first(self) -> bool:
+        ids = [s for s in self._ids() if s >= self._start.segment_id]
+        if not ids:
+            return False
+        offset = self._start.offset if ids[0] == self._start.segment_id else HEADER_SIZE
+        return self._open_segment(ids, max(offset, HEADER_SIZE))
+
+    def _open_segment(self, ids: list[int], offset: int) -> bool:
+        """Open the first of ``ids`` that still exists, positioned at ``offset``."""
+        for sid in ids:
+            try:
+                fh = self._layer.open_read(os.path.join(self.dir, segment_name(sid)))
+            except FileNotFoundError:      # deleted by GC since we listed: try the next
+                offset = HEADER_SIZE
+                continue
+            problem = check_header(fh.pread(HEADER_SIZE, 0), sid)
+            if problem:
+                fh.close()
+                raise CorruptionError(f"segment {sid} offset 0: {problem} ({self.dir})", sid, 0)
+            if self._fh is not None:
+                self._fh.close()
+            self._fh, self._seg = fh, sid
+            self._base, self._buf, self._i = offset, fh.pread(READ_SIZE, offset), 0
+            return True
+        return False
+
+    def _refill(self, i: int) -> bool:
+        """Read more of the current segment after ``_buf[i:]``; False if nothing new was there."""
+        assert self._fh is not None
+        rest = self._buf[i:]
+        need = READ_SIZE
+        lay = parse_header(rest, 0, len(rest))
+        if type(lay) is tuple:
+            need = max(need, min(lay[4], self._limit) - len(rest))  # type: ignore[index]
+        more = self._fh.pread(need, self._base + len(self._buf))
+        if not more:
+            if rest is not self._buf:
+                self._base, self._buf, self._i = self._base + i, rest, 0
+            return False
+        self._base, self._buf, self._i = self._base + i, rest + more, 0
+        return True
+
+    def _next_segment(self, after_seal: bool) -> bool:
+        """Move to the segment after the current one; False if there is none yet."""
+        later = [s for s in self._ids() if s > self._seg]  # type: ignore[operator]
+        if not later:
+            return False
+        if not after_seal:
+            # The writer seals a segment before it creates the next, so look once more.
+            if self._refill(self._i):
+                return True
+            if self._i < len(self._buf):
+                raise self._corrupt(self._i, "record runs past the end of a sealed segment")
+        return self._open_segment(later, HEADER_SIZE)
+
+
+def open_reader(directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
+                follow: bool = False) -> WalReader:
+    """A reader over the log in ``directory`` from ``start`` (Position(0, 0): the oldest record).
+
+    A start in a segment already deleted by GC moves to the first remaining one.
+    With ``follow=True`` iteration waits for new records instead of ending.
+    """
+    return WalReader(directory, start, follow=follow)

@@ -1,0 +1,67 @@
+"""Record and Compression: the values users append and read back (pure).
+
+A Record is an immutable tuple, cheap to build and compare. ``value`` is bytes
+on the write side; on the read side it may be a read-only memoryview into the
+reader's buffer for large values (zero copy), so ``bytes(record.value)`` is the
+portable way to get bytes. Equality compares contents either way.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+from typing import NamedTuple, Union
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+_MS = timedelta(milliseconds=1)
+
+
+class Compression(enum.IntEnum):
+    """How a record's value is stored on disk; keys are never compressed."""
+
+    NONE = 0
+    LZ4 = 1
+    ZSTD = 2
+
+
+def _as_bytes(data: BytesLike) -> bytes:
+    return data if type(data) is bytes else bytes(data)
+
+
+def ttl_to_ms(ttl: timedelta) -> int:
+    """A TTL as whole milliseconds (the precision kept on disk)."""
+    ms = ttl // _MS
+    if ms < 0:
+        raise ValueError(f"ttl must not be negative, got {ttl!r}")
+    return ms
+
+
+class Record(NamedTuple):
+    """One log entry: a put, a put with TTL or a tombstone (delete)."""
+
+    key: bytes
+    value: BytesLike = b""
+    tombstone: bool = False
+    ttl: timedelta | None = None
+    compression: Compression = Compression.NONE
+
+    @classmethod
+    def put(cls, key: BytesLike, value: BytesLike) -> "Record":
+        """A key/value put."""
+        return cls(_as_bytes(key), _as_bytes(value), False, None, Compression.NONE)
+
+    @classmethod
+    def put_with_ttl(cls, key: BytesLike, value: BytesLike, ttl: timedelta) -> "Record":
+        """A put that expires ``ttl`` after it was written (kept to the millisecond)."""
+        return cls(_as_bytes(key), _as_bytes(value), False, timedelta(milliseconds=ttl_to_ms(ttl)),
+                   Compression.NONE)
+
+    @classmethod
+    def delete(cls, key: BytesLike) -> "Record":
+        """A tombstone: the key was deleted; value is empty."""
+        return cls(_as_bytes(key), b"", True, None, Compression.NONE)
+
+    def with_compression(self, compression: Compression) -> "Record":
+        """The same record, its value stored compressed with ``compression``."""
+        return self._replace(compression=Compression(compression))

@@ -1,0 +1,172 @@
+"""Recovery on open: keep the valid prefix, cut off a torn or damaged tail.
+
+Rules:
+1. A torn, zero-filled or garbage tail is legal only in the last segment;
+   recovery truncates it on disk (then fsyncs) so the next open is clean.
+2. Damage inside an earlier (sealed) segment is corruption: CorruptionError,
+   never skipped (RocksDB #7701 made holes that way).
+3. A sealed segment is not rescanned: its seal frame gives its record count,
+   so reopening a cleanly closed log costs one small read per segment.
+4. A last segment whose header is damaged (a crash mid-roll) is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record
+from .errors import CorruptionError
+from .fs import FileHandle, FileLayer
+from .observe import CorruptionTruncated, Meter
+from .scan import ScanResult, Stop, scan_frames
+from .segment import HEADER_SIZE, TMP_SUFFIX, check_header, segment_ids, segment_name
+
+SCAN_CHUNK = 32 * 1024 * 1024   # bytes read per step when scanning a segment
+
+
+@dataclass(frozen=True)
+class RecoveryInfo:
+    """What opening the log found and did."""
+    valid_records: int          # records in the whole log
+    segments_scanned: int       # segments whose records were read (not trusted from a seal)
+    bytes_truncated: int        # damaged or torn tail bytes cut off (0 after a clean close)
+    corruption_detected: bool   # the cut-off tail held garbage, not just a torn or zeroed write
+    duration_s: float = 0.0
+    segment_count: int = 0
+
+
+@dataclass
+class RecoveredState:
+    """Where appending resumes."""
+    segment_ids: list[int]
+    next_segment_id: int
+    active_end: int             # offset after the last record of the last segment
+    active_records: int         # records in the last segment
+    active_sealed: bool         # the last segment was sealed (clean close): roll before appending
+    total_records: int
+
+
+def read_seal(handle: FileHandle, size: int) -> Seal | None:
+    """The seal at the end of a segment file, if it ends with a valid one."""
+    if size < HEADER_SIZE + SEAL_FRAME_SIZE:
+        return None
+    res = decode_record(handle.pread(SEAL_FRAME_SIZE, size - SEAL_FRAME_SIZE), 0)
+    if isinstance(res, Seal) and res.data_end == size - SEAL_FRAME_SIZE:
+        return res
+    return None
+
+
+def scan_segment(handle: FileHandle, size: int, limit: int) -> ScanResult:
+    """Scan a segment file's records from its header on, in bounded chunks."""
+    base, carry, count = HEADER_SIZE, b"", 0
+    while True:
+        pos = base + len(carry)
+        data = carry + handle.pread(max(SCAN_CHUNK, 1), pos) if pos < size else carry
+        eof = base + len(data) >= size
+        res = scan_frames(data, 0, limit)
+        count += res.records
+        left = len(data) - res.valid_end
+        more = res.stop is Stop.TORN or (res.stop is Stop.ZEROED and left < MIN_FRAME_SIZE)
+        if not eof and (more or res.stop is Stop.END):
+            carry = data[res.valid_end:]
+            base += res.valid_end
+            continue
+        return ScanResult(base + res.valid_end, count, res.stop, res.seal, res.reason)
+
+
+def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:
+    """Recover the log in ``directory`` (whose lock the caller holds)."""
+    t0 = time.perf_counter()
+    names = layer.listdir(directory)
+    dir_dirty = False
+    for name in names:
+        if name.endswith(TMP_SUFFIX):          # a roll that crashed before its rename
+            layer.unlink(os.path.join(directory, name))
+            dir_dirty = True
+    ids = segment_ids(names)
+    next_id = ids[-1] + 1 if ids else 0
+    truncated, corruption, scanned = 0, False, 0
+
+    # Rule 4: peel off last segments whose header did not survive.
+    while ids:
+        path = os.path.join(directory, segment_name(ids[-1]))
+        h = layer.open_read(path)
+        try:
+            size = h.size()
+            head = h.pread(HEADER_SIZE, 0)
+        finally:
+            h.close()
+        problem = check_header(head, ids[-1])
+        if problem is None:
+            break
+        corruption |= len(head) == HEADER_SIZE and any(head)
+        meter.event(CorruptionTruncated(ids[-1], 0, size, f"segment header: {problem}"))
+        truncated += size
+        layer.unlink(path)
+        dir_dirty = True
+        ids.pop()
+    if dir_dirty:
+        layer.sync_dir(directory)
+
+    total = 0
+    for sid in ids[:-1]:
+        n, did_scan = _count_sealed(layer, directory, sid, limit)
+        total += n
+        scanned += did_scan
+
+    state = RecoveredState(ids, next_id, HEADER_SIZE, 0, False, total)
+    if ids:
+        sid = ids[-1]
+        h = layer.open_append(os.path.join(directory, segment_name(sid)))
+        try:
+            size = h.size()
+            seal = read_seal(h, size)
+            if seal is not None:
+                state.active_end, state.active_records, state.active_sealed = seal.data_end, seal.record_count, True
+            else:
+                scanned += 1
+                res = scan_segment(h, size, limit)
+                end = res.valid_end
+                state.active_records = res.records
+                if res.stop is Stop.SEALED and res.seal is not None:
+                    state.active_end, state.active_sealed = res.seal.data_end, True
+                else:
+                    state.active_end = end
+                if end < size:
+                    # Rule 1: cut the tail on disk and make the cut durable before appending.
+                    h.truncate(end)
+                    h.sync()
+                    truncated += size - end
+                    corruption |= res.stop is Stop.CORRUPT
+                    meter.event(CorruptionTruncated(sid, end, size - end, res.reason or res.stop.value))
+        finally:
+            h.close()
+        state.total_records = total + state.active_records
+    info = RecoveryInfo(state.total_records, scanned, truncated, corruption,
+                        time.perf_counter() - t0, len(ids))
+    meter.histogram("wal_recovery_ms", info.duration_s * 1e3)
+    meter.counter("wal_recovery_truncated_bytes_total", truncated)
+    return state, info
+
+
+def _count_sealed(layer: FileLayer, directory: str, sid: int, limit: int) -> tuple[int, int]:
+    """Records in a sealed segment: from its seal, else by a full scan that must be clean."""
+    h = layer.open_read(os.path.join(directory, segment_name(sid)))
+    try:
+        size = h.size()
+        problem = check_header(h.pread(HEADER_SIZE, 0), sid)
+        if problem:
+            raise CorruptionError(f"segment {sid} offset 0: {problem}", sid, 0)
+        seal = read_seal(h, size)
+        if seal is not None:
+            return seal.record_count, 0
+        res = scan_segment(h, size, limit)
+    finally:
+        h.close()
+    if res.stop is Stop.END or (res.stop is Stop.SEALED and res.valid_end == size):
+        return res.records, 1
+    raise CorruptionError(
+        f"segment {sid} offset {res.valid_end}: {res.reason or res.stop.value} inside a sealed segment "
+        f"(not the log's tail); refusing to skip it", sid, res.valid_end)

@@ -1,0 +1,278 @@
+"""SegmentLog: the on-disk log as a run of segment files: append groups, roll, sync, GC.
+
+This is the one place that turns frames into durable bytes; the embedded Wal
+and the writer process are both thin shells over it.
+
+Threading: appends, rolls, GC and close come from one thread at a time (the
+caller serialises them); ``sync`` may run in another thread at the same time,
+so the next group's write overlaps the current fsync (``os.fdatasync``
+releases the GIL). A roll waits for an fsync in flight on the old file.
+
+Fail-stop: after a failed write or fsync every later call raises the same
+WalIOError (original OSError as ``__cause__``) until the log is reopened and
+recovered. After a failed fsync Linux may drop the dirty pages, so a retry
+could "succeed" without the data (PostgreSQL fsyncgate, 2018).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Sequence
+
+from .codec import SEAL_FRAME_SIZE, encode_seal
+from .config import WalConfig
+from .errors import RecordTooLargeError, WalClosedError, WalError, WalIOError
+from .fs import OS, DirLock, FileHandle, FileLayer
+from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted
+from .position import Position
+from .record import BytesLike
+from .recovery import RecoveryInfo, recover
+from .segment import HEADER_SIZE, TMP_SUFFIX, encode_header, max_frame_size, segment_name
+
+SLOW_FSYNC_WARN_S = 1.0   # etcd warns about fsyncs slower than a second
+
+
+class SegmentLog:
+    """Appends framed records to the active segment of one directory it has locked."""
+
+    def __init__(self, layer: FileLayer, directory: str, config: WalConfig, meter: Meter, lock: DirLock):
+        self.layer, self.dir, self.config, self.meter = layer, directory, config, meter
+        self._lock = lock
+        self.max_frame = max_frame_size(config.max_segment_size)
+        self._roll_at = config.max_segment_size - SEAL_FRAME_SIZE
+        self._io_lock = threading.Lock()      # a roll never closes a file an fsync is using
+        self._active: FileHandle | None = None
+        self.segment_ids: list[int] = []
+        self.active_id = 0
+        self.end = HEADER_SIZE                # offset where the next record goes
+        self._active_records = 0
+        self.total_records = 0
+        self.durable = Position(0, 0)          # everything before this is fsynced
+        self._next_id = 0
+        self._failed: WalError | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: WalConfig, layer: FileLayer = OS, meter: Meter = NOOP) -> tuple["SegmentLog", RecoveryInfo]:
+        """Lock ``config.dir`` (creating it), recover it, and get ready to append."""
+        directory = os.fspath(config.dir)
+        layer.makedirs(directory)
+        lock = layer.lock_dir(directory)
+        try:
+            log = cls(layer, directory, config, meter, lock)
+            state, info = recover(layer, directory, log.max_frame, meter)
+            log.segment_ids = state.segment_ids
+            log._next_id = state.next_segment_id
+            log.total_records = state.total_records
+            if not state.segment_ids:
+                log._create_segment()
+            else:
+                log.active_id = state.segment_ids[-1]
+                log.end = state.active_end
+                log._active_records = state.active_records
+                if not state.active_sealed:     # a sealed last segment rolls at the next append
+                    log._active = layer.open_append(os.path.join(directory, segment_name(log.active_id)))
+            log.durable = log.position
+            meter.gauge("wal_segment_count", len(log.segment_ids))
+        except BaseException:
+            lock.release()
+            raise
+        return log, info
+
+    # -- appending -------------------------------------------------------------------------
+
+    @property
+    def position(self) -> Position:
+        """Where the next record goes (before a roll the next append may need)."""
+        return Position(self.active_id, self.end)
+
+    def check_usable(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._lock is None:
+            raise WalClosedError(f"the log in {self.dir} is closed")
+
+    def check_sizes(self, frames: Sequence[BytesLike]) -> None:
+        """Raise RecordTooLargeError if any frame cannot fit in one segment (before anything is written)."""
+        for f in frames:
+            if len(f) > self.max_frame:
+                raise RecordTooLargeError(
+                    f"record frame of {len(f)} bytes exceeds the {self.max_frame} bytes a segment of "
+                    f"{self.config.max_segment_size} bytes can hold")
+
+    def append_frames(self, frames: Sequence[BytesLike]) -> list[Position]:
+        """Write already-validated frames in order, one write per segment touched; no fsync."""
+        self.check_usable()
+        self.check_sizes(frames)
+        positions: list[Position] = []
+        start = len(positions)
+        end = self.end
+        pending: list[BytesLike] = []
+        for f in frames:
+            size = len(f)
+            if self._active is None or end + size > self._roll_at:
+                if pending:
+                    self._write(pending, end, len(positions) - start)
+                    pending = []
+                    start = len(positions)
+                self._roll()
+                end = self.end
+            positions.append(Position(self.active_id, end))
+            end += size
+            pending.append(f)
+        if pending:
+            self._write(pending, end, len(positions) - start)
+        return positions
+
+    def _write(self, frames: list[BytesLike], new_end: int, count: int) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        assert self._active is not None
+        try:
+            self._active.append(data)
+        except OSError as exc:
+            # Cut back whatever part of the group reached the file, then stop for good.
+            try:
+                self._active.truncate(self.end)
+            except OSError:
+                pass
+            raise self._fail(f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc)
+        self.end = new_end
+        self._active_records += count
+        self.total_records += count
+        self.meter.counter("wal_records_total", count)
+        self.meter.counter("wal_bytes_total", len(data))
+
+    def sync(self) -> Position:
+        """fdatasync the active segment; returns the position everything before is durable to."""
+        with self._io_lock:
+            self.check_usable()
+            target = Position(self.active_id, self.end)
+            if self._active is None or target <= self.durable:
+                return self.durable
+            self._fsync(self._active)
+            if target > self.durable:
+                self.durable = target
+            return target
+
+    def _fsync(self, handle: FileHandle) -> None:
+        t0 = time.perf_counter()
+        try:
+            handle.sync()
+        except OSError as exc:
+            raise self._fail(f"fsync of segment {self.active_id} failed", exc)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.meter.histogram("wal_fsync_ms", ms)
+        self.meter.event(Fsync(ms))
+        if ms > SLOW_FSYNC_WARN_S * 1e3:
+            import logging
+            logging.getLogger("nori_wal").warning("slow fsync: %.0f ms on segment %d in %s", ms, self.active_id, self.dir)
+
+    def _fail(self, what: str, exc: OSError) -> WalIOError:
+        err = WalIOError(f"{what}: {exc.strerror or exc}; the log stopped acknowledging "
+                         f"(fail-stop) and recovers when reopened")
+        err.__cause__ = exc
+        self._failed = err
+        self.meter.event(FsyncFailed(str(err)))
+        self.meter.counter("wal_io_failures_total", 1)
+        return err
+
+    # -- segments --------------------------------------------------------------------------
+
+    def _roll(self) -> None:
+        """Seal the active segment (fsynced) and create the next one."""
+        with self._io_lock:
+            old = self._active
+            if old is not None:
+                sealed_bytes = self.end + SEAL_FRAME_SIZE
+                try:
+                    old.append(encode_seal(self._active_records, self.end))
+                except OSError as exc:
+                    raise self._fail(f"sealing segment {self.active_id} failed", exc)
+                self._fsync(old)
+                self._active = None
+                old.close()
+                self.meter.event(SegmentRoll(self.active_id, sealed_bytes, self._next_id))
+                self.meter.counter("wal_segment_rolls_total", 1)
+            self._create_segment()
+
+    def _create_segment(self) -> None:
+        """Create the next segment durably: tmp file, header, fsync, rename, fsync the directory.
+
+        A crash at any point leaves either no new segment or a complete one
+        (etcd #6368 and KAFKA-3968 lost segments by skipping the directory fsync).
+        """
+        sid = self._next_id
+        final = os.path.join(self.dir, segment_name(sid))
+        tmp = final[: -len(".wal")] + TMP_SUFFIX
+        try:
+            handle = self.layer.create(tmp)
+            try:
+                handle.append(encode_header(sid, self.config.node_id))
+                handle.sync()
+                self.layer.rename(tmp, final)
+                self.layer.sync_dir(self.dir)
+            except BaseException:
+                handle.close()
+                raise
+        except OSError as exc:
+            raise self._fail(f"creating segment {sid} failed", exc)
+        self._next_id = sid + 1
+        self._active = handle
+        self.active_id = sid
+        self.end = HEADER_SIZE
+        self._active_records = 0
+        self.segment_ids.append(sid)
+        self.durable = max(self.durable, Position(sid, HEADER_SIZE))
+        self.meter.gauge("wal_segment_count", len(self.segment_ids))
+
+    def delete_segments_before(self, position: Position) -> int:
+        """Delete segments wholly before ``position``, never the active one; fsyncs the directory."""
+        self.check_usable()
+        t0 = time.perf_counter()
+        victims = [s for s in self.segment_ids[:-1] if s < position.segment_id]
+        try:
+            for sid in victims:
+                self.layer.unlink(os.path.join(self.dir, segment_name(sid)))
+                self.segment_ids.remove(sid)
+            if victims:
+                self.layer.sync_dir(self.dir)
+        except OSError as exc:
+            raise WalIOError(f"deleting segments before {position} failed: {exc}") from exc
+        ms = (time.perf_counter() - t0) * 1e3
+        self.meter.counter("wal_segments_deleted_total", len(victims))
+        self.meter.histogram("wal_gc_latency_ms", ms)
+        self.meter.gauge("wal_segment_count", len(self.segment_ids))
+        self.meter.event(SegmentsDeleted(len(victims), position.segment_id, ms))
+        return len(victims)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._lock is None
+
+    @property
+    def failed(self) -> WalError | None:
+        return self._failed
+
+    def close(self) -> None:
+        """Seal and fsync the active segment (a clean close), release the lock. Idempotent."""
+        if self._lock is None:
+            return
+        try:
+            with self._io_lock:
+                if self._active is not None and self._failed is None:
+                    try:
+                        self._active.append(encode_seal(self._active_records, self.end))
+                        self._fsync(self._active)
+                    except OSError as exc:
+                        raise self._fail(f"sealing segment {self.active_id} at close failed", exc)
+        finally:
+            if self._active is not None:
+                self._active.close()
+                self._active = None
+            lock, self._lock = self._lock, None
+            lock.release()

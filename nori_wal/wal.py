@@ -1,0 +1,164 @@
+"""Wal: the embedded, thread-safe log for one process.
+
+Appends from many threads share fsyncs (group commit, as okaywal does it):
+a thread whose bytes are already synced returns; one whose bytes are not
+waits for the fsync in flight or becomes the syncer itself, and syncs outside
+the write lock so other threads keep writing meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterable, Sequence
+
+from .codec import encode_record
+from .commit import fsync_due_at, needs_fsync
+from .config import WalConfig
+from .errors import WalClosedError, WalError
+from .fs import OS, FileLayer
+from .observe import NOOP, Meter
+from .position import Position
+from .reader import WalReader
+from .record import Record
+from .recovery import RecoveryInfo
+from .segment_log import SegmentLog
+
+
+class Wal:
+    """An open log: append, sync, read, GC, close. Owns its directory's lock."""
+
+    def __init__(self, log: SegmentLog, meter: Meter):
+        self._log = log
+        self._meter = meter
+        self.config = log.config
+        self._policy = log.config.fsync_policy
+        self._write_lock = threading.Lock()
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._last_fsync = float("-inf")
+
+    @classmethod
+    def open(cls, config: WalConfig, *, layer: FileLayer = OS) -> tuple["Wal", RecoveryInfo]:
+        """Open (creating if needed) and recover the log in ``config.dir``.
+
+        Raises WalLockedError at once if another writer owns the directory and
+        CorruptionError if a sealed segment is damaged.
+        """
+        return cls.open_with_meter(config, NOOP, layer=layer)
+
+    @classmethod
+    def open_with_meter(cls, config: WalConfig, meter: Meter, *, layer: FileLayer = OS) -> tuple["Wal", RecoveryInfo]:
+        """``open``, reporting metrics and events to ``meter``."""
+        log, info = SegmentLog.open(config, layer, meter)
+        return cls(log, meter), info
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, record: Record) -> Position:
+        """Append one record; returns once it is as durable as the fsync policy promises."""
+        frame = encode_record(record)
+        with self._write_lock:
+            pos = self._log.append_frames((frame,))[0]
+            end = self._log.position
+        self._await_durable(end)
+        return pos
+
+    def append_batch(self, records: Iterable[Record]) -> list[Position]:
+        """Append records in order with one write (per segment touched) and one shared fsync."""
+        frames = [encode_record(r) for r in records]
+        if not frames:
+            return []
+        with self._write_lock:
+            positions = self._log.append_frames(frames)
+            end = self._log.position
+        self._await_durable(end)
+        return positions
+
+    def append_frames(self, frames: Sequence[bytes]) -> list[Position]:
+        """Append frames already encoded by ``codec.encode_record`` (no validation: trusted callers)."""
+        with self._write_lock:
+            positions = self._log.append_frames(frames)
+            end = self._log.position
+        self._await_durable(end)
+        return positions
+
+    def sync(self) -> None:
+        """fsync everything appended so far, whatever the policy."""
+        with self._write_lock:
+            self._log.check_usable()
+            end = self._log.position
+        self._await_durable(end, force=True)
+
+    def _await_durable(self, end: Position, force: bool = False) -> None:
+        """Block until ``end`` is durable (unless the policy is Os); share fsyncs between threads."""
+        if not force and not needs_fsync(self._policy):
+            return
+        cond = self._sync_cond
+        with cond:
+            while True:
+                if self._log.failed is not None:
+                    raise self._log.failed
+                if self._log.durable >= end:
+                    return
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                cond.wait()
+        try:
+            due = fsync_due_at(self._policy, self._last_fsync, True)
+            if not force and due is not None:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)    # Batch: at most one fsync per window
+            self._last_fsync = time.monotonic()
+            self._log.sync()
+        finally:
+            with cond:
+                self._syncing = False
+                cond.notify_all()
+        if self._log.durable < end:      # a roll moved the durable point; loop once more
+            self._await_durable(end, force)
+
+    # -- reading, GC, state ------------------------------------------------------------
+
+    def current_position(self) -> Position:
+        """Where the next record will go (<= the position the next append returns)."""
+        return self._log.position
+
+    def read_from(self, position: Position) -> WalReader:
+        """A reader over this log from ``position`` (see ``open_reader``)."""
+        self._check_open()
+        return WalReader(self._log.dir, position, layer=self._log.layer)
+
+    def delete_segments_before(self, position: Position) -> int:
+        """Delete whole segments before ``position``'s segment; never the active one."""
+        with self._write_lock:
+            self._check_open()
+            return self._log.delete_segments_before(position)
+
+    def _check_open(self) -> None:
+        if self._log.closed:
+            raise WalClosedError(f"the log in {self._log.dir} is closed")
+
+    @property
+    def directory(self) -> str:
+        return self._log.dir
+
+    def close(self) -> None:
+        """Seal and fsync the active segment and release the directory. Idempotent."""
+        with self._write_lock:
+            with self._sync_cond:
+                while self._syncing:
+                    self._sync_cond.wait()
+            self._log.close()
+
+    def __enter__(self) -> "Wal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.close()
+        except WalError:
+            if exc[0] is None:
+                raise

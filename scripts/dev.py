@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh machine that has only Python: builds .venv, installs, runs.
+
+    python3 scripts/dev.py load    # the main job: the contention load benchmark on a temp dir
+    python3 scripts/dev.py test    # the whole test suite
+    python3 scripts/dev.py check   # ruff + mypy
+Extra arguments are passed through (e.g. ``test -k recovery``).
+"""
+import os
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, ".venv")
+PY = os.path.join(VENV, "bin", "python")
+STAMP = os.path.join(VENV, ".nori-installed")
+
+
+def ensure_venv() -> None:
+    if not os.path.exists(PY):
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    src = os.path.join(ROOT, "pyproject.toml")
+    if not os.path.exists(STAMP) or os.path.getmtime(STAMP) < os.path.getmtime(src):
+        subprocess.check_call([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                               "-e", f"{ROOT}[dev]"])
+        open(STAMP, "w").close()
+
+
+def main() -> int:
+    cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("load", [])
+    ensure_venv()
+    os.chdir(ROOT)
+    if cmd == "test":
+        return subprocess.call([PY, "-m", "pytest", *rest])
+    if cmd == "load":
+        return subprocess.call([PY, "-m", "nori_wal.cli", "load", *rest])
+    if cmd == "check":
+        subprocess.check_call([PY, "-m", "pip", "install", "-q", "ruff", "mypy"])
+        rc = subprocess.call([PY, "-m", "ruff", "check", "nori_wal", "tests", "scripts"])
+        return rc or subprocess.call([PY, "-m", "mypy", "nori_wal"])
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
