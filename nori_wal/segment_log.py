@@ -96,35 +96,40 @@ class SegmentLog:
             raise WalClosedError(f"the log in {self.dir} is closed")
 
     def check_sizes(self, frames: Sequence[BytesLike]) -> None:
-        """Raise RecordTooLargeError if any frame cannot fit in one segment (before anything is written)."""
+        """Raise RecordTooLargeError if any unit cannot fit in one segment (before anything is written)."""
         for f in frames:
             if len(f) > self.max_frame:
                 raise RecordTooLargeError(
                     f"record frame of {len(f)} bytes exceeds the {self.max_frame} bytes a segment of "
                     f"{self.config.max_segment_size} bytes can hold")
 
-    def append_frames(self, frames: Sequence[BytesLike]) -> list[Position]:
-        """Write already-validated frames in order, one write per segment touched; no fsync."""
+    def append_frames(self, frames: Sequence[BytesLike], counts: Sequence[int] | None = None) -> list[Position]:
+        """Write already-validated units in order, one write per segment touched; no fsync.
+
+        Each unit is one frame, or several whole frames back to back (``counts[i]``
+        records; default 1): a unit never spans two segments. Returns the position
+        of each unit's first record.
+        """
         self.check_usable()
         self.check_sizes(frames)
         positions: list[Position] = []
-        start = len(positions)
         end = self.end
         pending: list[BytesLike] = []
-        for f in frames:
+        records = 0
+        for i, f in enumerate(frames):
             size = len(f)
             if self._active is None or end + size > self._roll_at:
                 if pending:
-                    self._write(pending, end, len(positions) - start)
-                    pending = []
-                    start = len(positions)
+                    self._write(pending, end, records)
+                    pending, records = [], 0
                 self._roll()
                 end = self.end
             positions.append(Position(self.active_id, end))
             end += size
             pending.append(f)
+            records += 1 if counts is None else counts[i]
         if pending:
-            self._write(pending, end, len(positions) - start)
+            self._write(pending, end, records)
         return positions
 
     def _write(self, frames: list[BytesLike], new_end: int, count: int) -> None:
