@@ -1,0 +1,202 @@
+"""Recovery on open: damage the last segment at many offsets; exactly the records before it come back."""
+
+import os
+import random
+
+import pytest
+
+from nori_wal import CorruptionError, FsyncPolicy, Position, Record, Wal, WalConfig, open_reader
+from nori_wal.codec import SEAL_FRAME_SIZE
+from nori_wal.segment import HEADER_SIZE, segment_name
+
+SEG = 64 * 1024
+
+
+def make_log(d, n=40, seg=SEG):
+    """A log of ``n`` records of varied sizes; returns (records, their end offsets) of the last segment."""
+    cfg = WalConfig(dir=d, max_segment_size=seg, fsync_policy=FsyncPolicy.os())
+    rng = random.Random(n)
+    recs = [Record.put(b"k%03d" % i, os.urandom(rng.randint(0, 300))) for i in range(n)]
+    with Wal.open(cfg)[0] as wal:
+        pos = wal.append_batch(recs)
+        end = wal.current_position()
+    # Crash-like state: the active segment without its close-time seal.
+    path = os.path.join(d, segment_name(end.segment_id))
+    with open(path, "r+b") as f:
+        f.truncate(end.offset)
+    return recs, pos, path
+
+
+def read_all(d):
+    with open_reader(d) as r:
+        return [rec for rec, _ in r]
+
+
+# One helper per kind of damage (etcd's table-driven corruption tests).
+def truncate_to(at):
+    def damage(path):
+        with open(path, "r+b") as f:
+            f.truncate(at)
+    return damage
+
+
+def zero_from(at):
+    def damage(path):
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(bytes(size - at))
+    return damage
+
+
+def flip_byte(at):
+    def damage(path):
+        with open(path, "r+b") as f:
+            f.seek(at)
+            b = f.read(1)
+            f.seek(at)
+            f.write(bytes([b[0] ^ 0x5A]))
+    return damage
+
+
+def append_garbage(nbytes):
+    def damage(path):
+        with open(path, "ab") as f:
+            f.write(random.Random(nbytes).randbytes(nbytes))
+    return damage
+
+
+def tear_sector_after(at):
+    """The last 512-byte sector write torn: bytes from ``at`` to the next sector boundary are garbage."""
+    def damage(path):
+        size = os.path.getsize(path)
+        stop = min(size, (at // 512 + 1) * 512)
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(random.Random(at).randbytes(stop - at))
+    return damage
+
+
+def offsets(path, pos, step):
+    seg = int(os.path.basename(path)[:6])
+    starts = [p.offset for p in pos if p.segment_id == seg]
+    size = os.path.getsize(path)
+    return seg, starts, list(range(HEADER_SIZE, size, step))
+
+
+@pytest.mark.parametrize("kind", ["truncate", "zero", "flip", "tear"])
+def test_damage_at_every_offset_keeps_exactly_the_prefix(tmp_path, kind):
+    base = tmp_path / "base"
+    recs, pos, path = make_log(str(base), n=30, seg=1 << 20)
+    seg, starts, where = offsets(path, pos, step=7)
+    with open(path, "rb") as f:
+        pristine = f.read()
+    for at in where:
+        with open(path, "wb") as f:
+            f.write(pristine)
+        {"truncate": truncate_to, "zero": zero_from, "flip": flip_byte, "tear": tear_sector_after}[kind](at)(path)
+        wal, info = Wal.open(WalConfig(dir=str(base), fsync_policy=FsyncPolicy.os()))
+        # The records wholly before the damaged byte survive; the one it hit and all after are cut.
+        keep = sum(1 for s, r in zip(starts, recs) if s + len(_frame(r)) <= at)
+        got = read_all(str(base))
+        assert got == recs[:keep], (kind, at)
+        assert info.valid_records == keep
+        assert wal.current_position() == Position(seg, starts[keep] if keep < len(starts) else os.path.getsize(path))
+        p = wal.append(Record.put(b"after", b"damage"))
+        assert p == Position(seg, starts[keep] if keep < len(starts) else p.offset)
+        wal.close()
+        assert read_all(str(base)) == recs[:keep] + [Record.put(b"after", b"damage")]
+        # A second open finds nothing more to repair (recovering twice is idempotent).
+        wal, info = Wal.open(WalConfig(dir=str(base)))
+        assert info.bytes_truncated == 0 and info.valid_records == keep + 1
+        wal.close()
+
+
+def _frame(rec):
+    from nori_wal.codec import encode_record
+    return encode_record(rec)
+
+
+@pytest.mark.parametrize("nbytes", [1, 6, 7, 100, 5000])
+def test_garbage_appended_to_the_tail_is_cut(tmp_path, nbytes):
+    recs, pos, path = make_log(str(tmp_path), n=10)
+    size = os.path.getsize(path)
+    append_garbage(nbytes)(path)
+    wal, info = Wal.open(WalConfig(dir=str(tmp_path)))
+    assert info.bytes_truncated == nbytes and os.path.getsize(path) == size
+    assert read_all(str(tmp_path)) == recs
+    wal.close()
+
+
+def test_zero_filled_tail_is_end_not_corruption(tmp_path):
+    recs, pos, path = make_log(str(tmp_path), n=10)
+    with open(path, "ab") as f:
+        f.write(bytes(8192))      # ext4 after power loss (etcd #11488)
+    wal, info = Wal.open(WalConfig(dir=str(tmp_path)))
+    assert info.bytes_truncated == 8192 and not info.corruption_detected
+    assert read_all(str(tmp_path)) == recs
+    wal.close()
+
+
+def test_garbage_tail_sets_corruption_detected(tmp_path):
+    recs, pos, path = make_log(str(tmp_path), n=10)
+    flip_byte(pos[5].offset + 9)(path)
+    wal, info = Wal.open(WalConfig(dir=str(tmp_path)))
+    assert info.corruption_detected and info.valid_records == 5
+    wal.close()
+
+
+def test_damaged_header_of_last_segment_is_removed(tmp_path):
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=300, seg=16 * 1024)
+    last = pos[-1].segment_id
+    assert last >= 2
+    flip_byte(3)(path)                          # the active segment's header
+    wal, info = Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
+    survivors = [r for r, p in zip(recs, pos) if p.segment_id < last]
+    assert info.valid_records == len(survivors) and info.corruption_detected
+    assert read_all(d) == survivors
+    p = wal.append(Record.put(b"new", b"seg"))
+    assert p.segment_id == last + 1             # segment names are never reused
+    wal.close()
+
+
+def test_corruption_inside_a_sealed_segment_is_reported_not_skipped(tmp_path):
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=300, seg=16 * 1024)
+    first = os.path.join(d, segment_name(0))
+    size = os.path.getsize(first)
+    with open(first, "r+b") as f:                # break the seal and a record in the middle
+        f.seek(size - SEAL_FRAME_SIZE + 5)
+        f.write(b"\xff")
+        f.seek(pos[3].offset + 8)
+        f.write(b"\x00\x01")
+    with pytest.raises(CorruptionError) as err:
+        Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
+    assert "segment 0" in str(err.value) and err.value.segment_id == 0
+    with pytest.raises(CorruptionError, match="segment 0 offset"):
+        read_all(d)
+
+
+def test_clean_reopen_does_not_rescan_sealed_segments(tmp_path):
+    d = str(tmp_path)
+    cfg = WalConfig(dir=d, max_segment_size=16 * 1024)
+    with Wal.open(cfg)[0] as wal:
+        wal.append_batch([Record.put(b"k", b"v" * 500)] * 200)
+        before = wal.current_position()
+    wal, info = Wal.open(cfg)
+    assert info.segments_scanned == 0 and info.bytes_truncated == 0 and info.valid_records == 200
+    assert wal.current_position() == before          # unchanged by close + reopen
+    assert wal.append(Record.put(b"x", b"y")) >= before
+    wal.close()
+
+
+def test_junk_files_in_the_directory_are_ignored(tmp_path):
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=5)
+    for junk in ("notes.txt", "12.wal.bak", "abc.wal", "000001.wal.tmp"):
+        (tmp_path / junk).write_bytes(b"junk")
+    wal, info = Wal.open(WalConfig(dir=d))
+    assert info.valid_records == 5 and read_all(d) == recs
+    wal.close()
+    assert not (tmp_path / "000001.wal.tmp").exists()   # a crashed roll's temp file is cleaned up

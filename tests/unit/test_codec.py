@@ -1,0 +1,134 @@
+"""The record codec: round trips, and every truncation or single-byte corruption is detected."""
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nori_wal import Compression, Record
+from nori_wal.codec import (Corrupt, Decoded, NeedMore, Seal, Zeroed, decode_record, encode_record, encode_seal)
+from nori_wal.scan import Stop, scan_frames
+
+keys = st.binary(max_size=300)
+values = st.binary(max_size=3000) | st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4),
+                                             st.integers(0, 2000))
+ttls = st.none() | st.integers(0, 10**12).map(lambda ms: timedelta(milliseconds=ms))
+compressions = st.sampled_from(list(Compression))
+
+
+@st.composite
+def records(draw):
+    kind = draw(st.sampled_from(["put", "ttl", "delete"]))
+    key = draw(keys)
+    if kind == "delete":
+        rec = Record.delete(key)
+    elif kind == "ttl":
+        rec = Record.put_with_ttl(key, draw(values), draw(ttls.filter(lambda t: t is not None)))
+    else:
+        rec = Record.put(key, draw(values))
+    return rec.with_compression(draw(compressions))
+
+
+@given(records())
+def test_round_trip(rec):
+    """decode(encode(r)) == r, whole and at an offset inside a larger buffer."""
+    frame = encode_record(rec)
+    res = decode_record(frame)
+    assert isinstance(res, Decoded) and res.record == rec and res.end == len(frame)
+    assert bytes(res.record.value) == bytes(rec.value)
+    res = decode_record(b"xyz" + frame + b"tail", 3)
+    assert isinstance(res, Decoded) and res.record == rec and res.end == 3 + len(frame)
+
+
+@given(records(), st.data())
+def test_every_truncation_is_need_more_or_zeroed(rec, data):
+    """A cut-off frame is 'need more bytes' (a torn tail), never a record and never corrupt."""
+    frame = encode_record(rec)
+    cut = data.draw(st.integers(0, len(frame) - 1))
+    res = decode_record(frame[:cut])
+    assert isinstance(res, (NeedMore, Zeroed))
+
+
+def test_every_truncation_of_one_frame_byte_at_a_time():
+    """Decoding the whole input and again byte at a time agree (h11's rule)."""
+    frame = encode_record(Record.put_with_ttl(b"key", b"v" * 300, timedelta(seconds=3)).with_compression(
+        Compression.LZ4))
+    for cut in range(len(frame)):
+        assert isinstance(decode_record(frame[:cut]), (NeedMore, Zeroed)), cut
+    assert isinstance(decode_record(frame), Decoded)
+
+
+@given(records(), st.data())
+def test_every_single_byte_corruption_is_detected(rec, data):
+    """Changing any one byte never yields a different valid record."""
+    frame = bytearray(encode_record(rec))
+    at = data.draw(st.integers(0, len(frame) - 1))
+    frame[at] ^= data.draw(st.integers(1, 255))
+    res = decode_record(bytes(frame))
+    assert not isinstance(res, (Decoded, Seal)) or (isinstance(res, Decoded) and res.record == rec)
+    assert not isinstance(res, Decoded)
+
+
+@given(st.binary(max_size=200))
+def test_garbage_never_raises(blob):
+    """decode_record returns Decoded, NeedMore, Zeroed, Corrupt or Seal, never raises."""
+    assert isinstance(decode_record(blob), (Decoded, NeedMore, Zeroed, Corrupt, Seal))
+    scan_frames(blob)
+
+
+def test_huge_length_is_not_allocated():
+    """A garbage 13 PB length (etcd #14098) is corrupt or torn, and nothing is allocated for it."""
+    frame = bytearray(encode_record(Record.put(b"k", b"v")))
+    frame[5:6] = bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x7F])
+    assert isinstance(decode_record(bytes(frame)), (Corrupt, NeedMore))
+    assert isinstance(decode_record(bytes(frame), limit=1024), Corrupt)
+
+
+def test_zero_tail_is_end_not_corruption():
+    frame = encode_record(Record.put(b"k", b"v"))
+    assert isinstance(decode_record(bytes(64)), Zeroed)
+    res = scan_frames(frame * 3 + bytes(100))
+    assert res.stop is Stop.ZEROED and res.records == 3 and res.valid_end == 3 * len(frame)
+
+
+def test_seal_frame():
+    seal = encode_seal(7, 1234)
+    res = decode_record(seal)
+    assert isinstance(res, Seal) and (res.record_count, res.data_end, res.end) == (7, 1234, len(seal))
+    res = scan_frames(encode_record(Record.put(b"a", b"b")) + seal + b"junk")
+    assert res.stop is Stop.SEALED and res.records == 1 and res.seal is not None
+
+
+def test_ttl_keeps_millisecond_precision_and_compression_is_kept_even_when_useless():
+    rec = Record.put_with_ttl(b"k", b"\x01\x02", timedelta(seconds=1, microseconds=2500)).with_compression(
+        Compression.ZSTD)
+    assert rec.ttl == timedelta(seconds=1, milliseconds=2)
+    out = decode_record(encode_record(rec))
+    assert isinstance(out, Decoded) and out.record == rec and out.record.compression is Compression.ZSTD
+
+
+def test_negative_ttl_is_rejected():
+    with pytest.raises(ValueError):
+        Record.put_with_ttl(b"k", b"v", timedelta(seconds=-1))
+
+
+def test_large_values_are_zero_copy_views():
+    rec = Record.put(b"k", b"x" * 100_000)
+    buf = encode_record(rec)
+    out = decode_record(buf)
+    assert isinstance(out, Decoded) and isinstance(out.record.value, memoryview) and out.record == rec
+
+
+@given(st.lists(records(), max_size=20), st.data())
+def test_scan_finds_exactly_the_whole_records_of_a_cut_stream(recs, data):
+    """Scanning a stream cut anywhere yields exactly the records wholly before the cut."""
+    frames = [encode_record(r) for r in recs]
+    stream = b"".join(frames)
+    cut = data.draw(st.integers(0, len(stream)))
+    res = scan_frames(stream[:cut])
+    ends = [sum(len(f) for f in frames[:i + 1]) for i in range(len(frames))]
+    whole = sum(1 for e in ends if e <= cut)
+    assert res.records == whole
+    assert res.valid_end == (ends[whole - 1] if whole else 0)
+    assert res.stop in ((Stop.END,) if res.valid_end == cut else (Stop.TORN, Stop.ZEROED))
