@@ -1,0 +1,209 @@
+"""The embedded Wal: policies, threads sharing fsyncs, rotation, GC, the lock, readers in other processes."""
+
+import multiprocessing as mp
+import os
+import threading
+
+import pytest
+
+from nori_wal import (FsyncPolicy, Position, Record, RecordTooLargeError, Wal, WalClosedError, WalConfig,
+                      WalLockedError, open_reader)
+from nori_wal.fs import OsFileLayer
+from nori_wal.observe import NoopMeter, SegmentRoll
+from nori_wal.segment import HEADER_SIZE
+
+
+class CountingLayer(OsFileLayer):
+    """The real file system, counting data fsyncs (to show threads share them)."""
+
+    def __init__(self):
+        self.fsyncs = 0
+
+    def create(self, path):
+        return _Counting(super().create(path), self)
+
+    def open_append(self, path):
+        return _Counting(super().open_append(path), self)
+
+
+class _Counting:
+    def __init__(self, inner, layer):
+        self._inner, self._layer = inner, layer
+
+    def sync(self):
+        self._layer.fsyncs += 1
+        self._inner.sync()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("policy", ["always", "batch:2ms", "os"])
+def test_append_read_back_under_each_policy(tmp_path, policy):
+    recs = [Record.put(b"k%d" % i, b"v" * i) for i in range(100)] + [Record.delete(b"k1")]
+    with Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.parse(policy)))[0] as wal:
+        pos = [wal.append(r) for r in recs[:50]] + wal.append_batch(recs[50:])
+        assert pos == sorted(pos) and len(set(pos)) == len(pos)
+        got = list(wal.read_from(Position(0, 0)))
+    assert [r for r, _ in got] == recs and [p for _, p in got] == pos
+
+
+def test_threads_share_fsyncs_under_always(tmp_path):
+    layer = CountingLayer()
+    wal, _ = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always()), layer=layer)
+    before = layer.fsyncs
+    out = []
+
+    def work(t):
+        out.extend(wal.append(Record.put(b"t%d" % t, b"x" * 100)) for _ in range(200))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == 1600
+    # Every append waited for an fsync, but not each had its own: they were shared.
+    assert 0 < layer.fsyncs - before <= 1600
+    wal.close()
+    assert sum(1 for _ in open_reader(tmp_path)) == 1600
+
+
+def test_sync_fsyncs_under_os_policy(tmp_path):
+    layer = CountingLayer()
+    with Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.os()), layer=layer)[0] as wal:
+        wal.append(Record.put(b"a", b"b"))
+        n = layer.fsyncs
+        wal.sync()
+        assert layer.fsyncs == n + 1
+
+
+class RecordingMeter(NoopMeter):
+    def __init__(self):
+        self.events = []
+
+    def event(self, event):
+        self.events.append(event)
+
+
+def test_rotation_never_splits_a_record_and_seals_segments(tmp_path):
+    meter = RecordingMeter()
+    cfg = WalConfig(dir=tmp_path, max_segment_size=8192, fsync_policy=FsyncPolicy.os())
+    wal, _ = Wal.open_with_meter(cfg, meter)
+    recs = [Record.put(b"k%d" % i, os.urandom(700)) for i in range(100)]
+    pos = wal.append_batch(recs[:50]) + [wal.append(r) for r in recs[50:]]
+    segs = sorted(os.listdir(tmp_path))
+    assert len([s for s in segs if s.endswith(".wal")]) > 5
+    for name in segs:
+        if name.endswith(".wal"):
+            assert os.path.getsize(tmp_path / name) <= 8192
+    rolls = [e for e in meter.events if isinstance(e, SegmentRoll)]
+    assert len(rolls) == pos[-1].segment_id
+    assert all(p.offset >= HEADER_SIZE for p in pos)
+    assert [r for r, _ in wal.read_from(Position(0, 0))] == recs
+    wal.close()
+
+
+def test_record_larger_than_a_segment_is_rejected_and_nothing_is_written(tmp_path):
+    with Wal.open(WalConfig(dir=tmp_path, max_segment_size=8192))[0] as wal:
+        wal.append(Record.put(b"a", b"1"))
+        before = wal.current_position()
+        with pytest.raises(RecordTooLargeError, match="8192"):
+            wal.append_batch([Record.put(b"b", b"2"), Record.put(b"big", b"x" * 9000)])
+        assert wal.current_position() == before
+        assert wal.append(Record.put(b"c", b"3")).offset == before.offset
+
+
+def test_gc_deletes_old_segments_never_the_active_one_and_an_open_reader_survives(tmp_path):
+    cfg = WalConfig(dir=tmp_path, max_segment_size=8192, fsync_policy=FsyncPolicy.os())
+    wal, _ = Wal.open(cfg)
+    recs = [Record.put(b"k%d" % i, os.urandom(1000)) for i in range(60)]
+    pos = wal.append_batch(recs)
+    reader = wal.read_from(Position(0, 0))
+    first = [reader.next_record() for _ in range(3)]         # holds segment 0 open
+    last_seg = pos[-1].segment_id
+    deleted = wal.delete_segments_before(Position(last_seg + 10, 0))
+    assert deleted == last_seg                                 # all but the active segment
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".wal")) == ["%06d.wal" % last_seg]
+    rest = [item for item in reader]
+    # The reader finishes the segment it holds, then moves on to what remains.
+    got = [r for r, _ in first] + [r for r, _ in rest]
+    seg0 = [r for r, p in zip(recs, pos) if p.segment_id == 0]
+    tail = [r for r, p in zip(recs, pos) if p.segment_id == last_seg]
+    assert got == seg0 + tail
+    reader.close()
+    # A reader starting in a deleted segment moves to the first remaining one.
+    assert [r for r, _ in open_reader(tmp_path, Position(1, 500))] == tail
+    assert wal.delete_segments_before(Position(last_seg, 0)) == 0
+    wal.close()
+
+
+def test_second_opener_gets_locked_error_at_once_also_in_the_same_process(tmp_path):
+    wal, _ = Wal.open(WalConfig(dir=tmp_path))
+    with pytest.raises(WalLockedError):
+        Wal.open(WalConfig(dir=tmp_path))
+    wal.close()
+    Wal.open(WalConfig(dir=tmp_path))[0].close()
+
+
+def _try_open(d, q):
+    try:
+        Wal.open(WalConfig(dir=d))[0].close()
+        q.put("opened")
+    except WalLockedError as e:
+        q.put("locked: %s" % e)
+
+
+def test_second_opener_in_another_process_is_locked_out(tmp_path):
+    ctx = mp.get_context("spawn")
+    with Wal.open(WalConfig(dir=tmp_path))[0]:
+        q = ctx.Queue()
+        p = ctx.Process(target=_try_open, args=(str(tmp_path), q))
+        p.start()
+        assert q.get(timeout=60).startswith("locked")
+        p.join(30)
+
+
+def test_closed_wal_raises(tmp_path):
+    wal, _ = Wal.open(WalConfig(dir=tmp_path))
+    wal.close()
+    wal.close()
+    with pytest.raises(WalClosedError):
+        wal.append(Record.put(b"a", b"b"))
+    with pytest.raises(WalClosedError):
+        wal.read_from(Position(0, 0))
+
+
+def _append_in_child(d, n, go):
+    wal, _ = Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024, fsync_policy=FsyncPolicy.os()))
+    go.wait()
+    for i in range(n):
+        wal.append_batch([Record.put(b"%06d" % (i * 7 + j), os.urandom(300)) for j in range(7)])
+    wal.close()
+
+
+def test_reader_process_reads_while_a_writer_process_appends(tmp_path):
+    """The reader stops cleanly at half-written tails and follows the writer across segments."""
+    ctx = mp.get_context("spawn")
+    go = ctx.Event()
+    n = 300
+    child = ctx.Process(target=_append_in_child, args=(str(tmp_path), n, go))
+    child.start()
+    try:
+        reader = None
+        while reader is None:
+            if any(f.endswith(".wal") for f in os.listdir(tmp_path)):
+                reader = open_reader(tmp_path)
+        go.set()
+        keys = []
+        while len(keys) < n * 7:
+            item = reader.next_record()
+            if item is None:
+                assert child.is_alive() or child.exitcode == 0
+                continue
+            keys.append(item[0].key)
+        assert keys == [b"%06d" % i for i in range(n * 7)]
+        reader.close()
+    finally:
+        child.join(60)
+    assert child.exitcode == 0
