@@ -1,14 +1,29 @@
 """Vendor-neutral metrics and events: the Meter protocol and its no-op default.
 
 The log and the writer report through a Meter; pick a backend (PrometheusMeter
-in ``nori_wal.prometheus``, a RecordingMeter in tests, or your own) without
-touching the log. Metric names carry their unit (``_ms``, ``_bytes``, ``_total``).
+in ``nori_wal.prometheus``, also reachable as ``nori_wal.observe.PrometheusMeter``;
+a RecordingMeter in tests; a TeeMeter to report to several; or your own class
+with the four methods) without touching the log. Metric names carry their unit
+(``_ms``, ``_bytes``, ``_total``).
+
+What the log reports (see docs/CLI.md for the Prometheus view):
+
+    counters    wal_records_total, wal_bytes_total, wal_segment_rolls_total,
+                wal_segments_deleted_total, wal_recovery_truncated_bytes_total,
+                wal_io_failures_total
+    histograms  wal_fsync_ms, wal_gc_latency_ms, wal_recovery_ms; the writer process
+                adds wal_group_records, wal_group_bytes, wal_ack_latency_ms
+    gauges      wal_segment_count
+    events      SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted
+
+A meter is called on the append path: it must be cheap and must not raise.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, TypeVar, Union, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,7 @@ class SegmentsDeleted:
 
 
 Event = Union[SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted]
+E = TypeVar("E", SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted)
 
 
 @runtime_checkable
@@ -78,3 +94,98 @@ class NoopMeter:
 
 
 NOOP = NoopMeter()
+
+
+EVENT_TYPES: tuple[type, ...] = (SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted)
+"""Every event type the log and the writer emit (their class names label ``wal_events_total``)."""
+
+
+def event_name(event: Event) -> str:
+    """The event's type name (``"SegmentRoll"``, ``"Fsync"``, ...), as metrics label it."""
+    return type(event).__name__
+
+
+class RecordingMeter:
+    """A meter that remembers everything it was told: for tests and for ``stats``-like tools.
+
+    Thread-safe (the log reports from its appending and syncing threads). Counters
+    are summed, histograms keep every observation, gauges keep the last value,
+    events are kept in order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[str, float] = {}
+        self.histograms: dict[str, list[float]] = {}
+        self.gauges: dict[str, float] = {}
+        self.events: list[Event] = []
+
+    def counter(self, name: str, value: float = 1.0) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0.0) + value
+
+    def histogram(self, name: str, value: float) -> None:
+        with self._lock:
+            self.histograms.setdefault(name, []).append(value)
+
+    def gauge(self, name: str, value: float) -> None:
+        with self._lock:
+            self.gauges[name] = value
+
+    def event(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def count(self, name: str) -> float:
+        """A counter's total so far (0 if it was never reported)."""
+        with self._lock:
+            return self.counters.get(name, 0.0)
+
+    def observations(self, name: str) -> list[float]:
+        """A copy of a histogram's observations (empty if none)."""
+        with self._lock:
+            return list(self.histograms.get(name, ()))
+
+    def events_of(self, kind: type[E]) -> list[E]:
+        """The events of one type, in the order they happened."""
+        with self._lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+    def clear(self) -> None:
+        """Forget everything (e.g. after a setup phase whose metrics a test does not count)."""
+        with self._lock:
+            self.counters.clear()
+            self.histograms.clear()
+            self.gauges.clear()
+            self.events.clear()
+
+
+class TeeMeter:
+    """Reports to several meters at once (e.g. Prometheus plus a RecordingMeter)."""
+
+    def __init__(self, *meters: Meter) -> None:
+        self.meters: tuple[Meter, ...] = meters
+
+    def counter(self, name: str, value: float = 1.0) -> None:
+        for m in self.meters:
+            m.counter(name, value)
+
+    def histogram(self, name: str, value: float) -> None:
+        for m in self.meters:
+            m.histogram(name, value)
+
+    def gauge(self, name: str, value: float) -> None:
+        for m in self.meters:
+            m.gauge(name, value)
+
+    def event(self, event: Event) -> None:
+        for m in self.meters:
+            m.event(event)
+
+
+def __getattr__(name: str) -> object:
+    # ``nori_wal.observe.PrometheusMeter`` without importing prometheus-client for everyone.
+    if name in ("PrometheusMeter", "start_metrics_server"):
+        from . import prometheus
+        return getattr(prometheus, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
