@@ -7,10 +7,12 @@ failure surfaces as OSError with the errno the OS gave; callers map it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import mmap
 import os
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from .errors import WalLockedError
 from .record import BytesLike
@@ -27,6 +29,8 @@ class FileHandle(Protocol):
     def pread(self, size: int, offset: int) -> bytes: ...
     def size(self) -> int: ...
     def close(self) -> None: ...
+    # Optional: ``map()``, a context manager giving a read-only memoryview of the whole
+    # file (zero copy). Layers without it are read with pread.
 
 
 class DirLock(Protocol):
@@ -76,6 +80,28 @@ class OsFile:
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
+
+    @contextlib.contextmanager
+    def map(self) -> Iterator[memoryview]:
+        """A read-only view of the whole file without copying it (recovery scans use it).
+
+        Only for files nobody truncates meanwhile (the caller holds the writer lock):
+        touching a mapped page past a new end would raise SIGBUS.
+        """
+        size = self.size()
+        if size == 0:
+            yield memoryview(b"")
+            return
+        m = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+        view = memoryview(m)
+        try:
+            yield view
+        finally:
+            view.release()
+            try:
+                m.close()
+            except BufferError:      # a caller kept a slice; the mapping goes with it
+                pass
 
     def close(self) -> None:
         if self.fd >= 0:

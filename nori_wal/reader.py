@@ -24,7 +24,7 @@ from .codec import (CORRUPT, FLAG_SEAL, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_M
 from .errors import CorruptionError, WalClosedError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
-from .record import Record
+from .record import Compression, Record
 from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
 
 READ_SIZE = 1024 * 1024      # bytes per read: large sequential reads, few syscalls
@@ -92,7 +92,40 @@ class WalReader:
                 return None
 
     def __iter__(self) -> Iterator[tuple[Record, Position]]:
+        """Iterate to the current end of the log (or, with ``follow``, forever).
+
+        Plain puts (no flags, small value) take an inlined fast path over the
+        read buffer; anything else, and every buffer edge, goes through
+        ``next_record``, which holds the rules.
+        """
+        new = tuple.__new__
+        unpack = _U32.unpack_from
+        none = Compression.NONE
         while True:
+            buf, i, seg, base, limit = self._buf, self._i, self._seg, self._base, self._limit
+            n = len(buf)
+            mv = memoryview(buf)
+            while i + 8 <= n:
+                p = i + 4
+                klen = buf[p]
+                vb0 = buf[p + 1]
+                if klen >= 0x80:
+                    break
+                if vb0 < 0x80:
+                    vlen, fp = vb0, p + 2
+                else:
+                    vb1 = buf[p + 2]
+                    if vb1 >= 0x80:
+                        break
+                    vlen, fp = (vb0 & 0x7F) | (vb1 << 7), p + 3
+                vs = fp + 1 + klen
+                e = vs + vlen
+                if buf[fp] or e > n or e - i > limit or crc32c(mv[p:e]) != unpack(buf, i)[0]:
+                    break
+                self._i = e
+                yield new(Record, (buf[fp + 1:vs], buf[vs:e], False, None, none)), new(Position, (seg, base + i))
+                i = e
+            self._i = i
             item = self.next_record()
             if item is None:
                 if not self.follow or self._closed:

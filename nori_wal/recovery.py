@@ -59,7 +59,11 @@ def read_seal(handle: FileHandle, size: int) -> Seal | None:
 
 
 def scan_segment(handle: FileHandle, size: int, limit: int) -> ScanResult:
-    """Scan a segment file's records from its header on, in bounded chunks."""
+    """Scan a segment file's records from its header on: mapped when the layer can, else in chunks."""
+    mapper = getattr(handle, "map", None)
+    if mapper is not None:
+        with mapper() as view:
+            return scan_frames(view, HEADER_SIZE, limit)
     base, carry, count = HEADER_SIZE, b"", 0
     while True:
         pos = base + len(carry)
