@@ -273,6 +273,7 @@ class SegmentLog:
                     try:
                         self._active.append(encode_seal(self._active_records, self.end))
                         self._fsync(self._active)
+                        self.durable = max(self.durable, self.position)
                     except OSError as exc:
                         raise self._fail(f"sealing segment {self.active_id} at close failed", exc)
         finally:
