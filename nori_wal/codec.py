@@ -42,7 +42,7 @@ FLAG_SEAL = 0x80          # writer-internal end-of-segment marker; never accepte
 RESERVED_FLAGS = 0x70
 
 MIN_FRAME_SIZE = 7        # crc + key_len + value_len + flags
-MAX_VARINT_BYTES = 5      # lengths and TTLs are < 2**35
+MAX_VARINT_BYTES = 10     # u64: lengths are bounded by the frame limit anyway
 FORMAT_MAX_FRAME = 2**31 - 1   # no frame may be larger, whatever the segment size
 ZERO_COPY_MIN = 64 * 1024     # values at least this large are returned as memoryviews
 
