@@ -1,0 +1,83 @@
+"""Helpers shared by the command modules: one-line errors, positions, numbers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from ..position import Position
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 1, 2, 3, 4
+
+
+class CommandError(Exception):
+    """A clean failure of a command: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    raise CommandError(message, code)
+
+
+def error(command: str, message: str) -> None:
+    """Print ``nori-wal COMMAND: error: MESSAGE`` on stderr (one line)."""
+    print(f"nori-wal {command}: error: {message}", file=sys.stderr, flush=True)
+
+
+def warn(command: str, message: str) -> None:
+    print(f"nori-wal {command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def parse_position(text: str) -> Position:
+    """``SEG:OFF`` or fail with exit 2."""
+    try:
+        return Position.parse(text)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def check_dir(path: str) -> str:
+    """The path of an existing directory, or fail with exit 2."""
+    if not os.path.exists(path):
+        fail(f"{path}: no such directory")
+    if not os.path.isdir(path):
+        fail(f"{path}: not a directory")
+    return path
+
+
+def n(value: int | float) -> str:
+    """A number with thousands separators (``12,345``)."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
+
+def human_bytes(size: float) -> str:
+    """``1.5 MiB``-style size."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def guarded(command: str):  # type: ignore[no-untyped-def]
+    """Decorate ``run(args)``: CommandError becomes one line + its exit code, a closed pipe exits quietly."""
+    def wrap(run):  # type: ignore[no-untyped-def]
+        def guarded_run(args) -> int:  # type: ignore[no-untyped-def]
+            try:
+                return int(run(args) or 0)
+            except CommandError as exc:
+                error(command, str(exc))
+                return exc.code
+            except BrokenPipeError:
+                # ``nori-wal dump DIR | head``: the reader went away; stop quietly.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+                return EXIT_OK
+        guarded_run.__doc__ = run.__doc__
+        return guarded_run
+    return wrap

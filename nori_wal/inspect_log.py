@@ -1,0 +1,387 @@
+"""Read-only inspection of a log directory: what ``verify`` and ``stats`` report.
+
+Rules:
+1. Never modifies a file and never takes the writer's lock: it is safe beside a
+   running writer. Each segment is read up to the size it had when opened, so a
+   segment still growing is judged on a consistent prefix.
+2. Judges damage exactly as recovery would, but reports instead of repairing:
+   anything but whole records, a matching seal and end of file inside a segment
+   that is not the last is corruption (``fatal``); at the end of the last segment a
+   torn record or a zero-filled tail is what a crash legally leaves (a warning:
+   opening the log cuts it off), while garbage (a record failing its checksum) is
+   reported as corruption, as ``RecoveryInfo.corruption_detected`` would.
+3. Every problem names the segment and the byte offset.
+
+The fast path (``detailed=False``) checks headers, every frame's CRC and the
+seals with ``scan.scan_frames``; the detailed walk also gathers per-record
+figures for ``stats`` (and with ``deep=True`` decompresses every value).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zstandard
+from crc32c import crc32c
+
+from .codec import (COMPRESSION_MASK, COMPRESSION_SHIFT, CORRUPT, FLAG_SEAL, FLAG_TOMBSTONE, FLAG_TTL,
+                    FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_MORE, SEAL_FRAME_SIZE, ZEROED, Seal, build_record,
+                    decode_record, frame_layout)
+from .fs import OS, FileHandle, FileLayer
+from .position import Position
+from .record import Compression
+from .scan import ScanResult, Stop, scan_frames
+from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
+
+READ_CHUNK = 8 * 1024 * 1024     # bytes read per step
+_U32 = struct.Struct("<I")
+
+Progress = Callable[[int, int, int], None]
+"""progress(bytes_done, bytes_total, segment_id): called as the scan moves on."""
+
+
+class NotAWalDirectory(Exception):
+    """The path does not exist, is not a directory, or holds no segments."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong at (segment, offset). ``fatal`` is corruption; otherwise a warning."""
+    segment_id: int
+    offset: int
+    message: str
+    fatal: bool
+
+    def __str__(self) -> str:
+        return f"segment {self.segment_id} offset {self.offset}: {self.message}"
+
+
+@dataclass
+class SegmentScan:
+    """What one segment file holds, up to the first thing that is not a whole record."""
+    segment_id: int
+    size: int                         # file size when opened
+    header_problem: str | None = None
+    records: int = 0
+    valid_end: int = 0                # offset past the last whole record (past the seal if sealed)
+    stop: Stop = Stop.END
+    reason: str = ""
+    seal: Seal | None = None
+    # Filled by the detailed walk only:
+    first_offset: int | None = None
+    last_offset: int | None = None
+    tombstones: int = 0
+    with_ttl: int = 0
+    by_compression: dict[str, int] = field(default_factory=dict)
+    frame_bytes: int = 0              # bytes of record frames
+    key_bytes: int = 0
+    value_bytes_stored: int = 0       # all values as stored on disk
+    compressed_stored: int = 0        # stored bytes of the compressed values
+    compressed_raw: int = 0           # their uncompressed size
+    largest_frame: int = 0
+
+    @property
+    def sealed(self) -> bool:
+        return self.stop is Stop.SEALED
+
+
+@dataclass
+class LogReport:
+    """The segments of a log directory and what is wrong with them."""
+    directory: str
+    segments: list[SegmentScan]
+    problems: list[Problem]
+    detailed: bool
+
+    @property
+    def ok(self) -> bool:
+        """No corruption (warnings allowed)."""
+        return not any(p.fatal for p in self.problems)
+
+    @property
+    def records(self) -> int:
+        return sum(s.records for s in self.segments)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def first_position(self) -> Position | None:
+        for s in self.segments:
+            if s.first_offset is not None:
+                return Position(s.segment_id, s.first_offset)
+        return None
+
+    @property
+    def last_position(self) -> Position | None:
+        for s in reversed(self.segments):
+            if s.last_offset is not None:
+                return Position(s.segment_id, s.last_offset)
+        return None
+
+
+def list_segments(directory: str, layer: FileLayer = OS) -> list[int]:
+    """Segment ids in ``directory``; raises NotAWalDirectory for a wrong path (junk files are ignored)."""
+    if not os.path.exists(directory):
+        raise NotAWalDirectory(f"{directory}: no such directory")
+    if not os.path.isdir(directory):
+        raise NotAWalDirectory(f"{directory}: not a directory")
+    return segment_ids(layer.listdir(directory))
+
+
+def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, deep: bool = False,
+                progress: Progress | None = None, layer: FileLayer = OS) -> LogReport:
+    """Scan every segment of the log in ``directory`` (read-only); see the module's rules.
+
+    Raises NotAWalDirectory when the path is wrong or holds no segments.
+    """
+    directory = os.fspath(directory)
+    ids = list_segments(directory, layer)
+    if not ids:
+        raise NotAWalDirectory(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
+    sizes: dict[int, int] = {}
+    for sid in ids:
+        try:
+            sizes[sid] = os.stat(os.path.join(directory, segment_name(sid))).st_size
+        except FileNotFoundError:
+            pass
+    total = sum(sizes.values())
+    done = 0
+    segments: list[SegmentScan] = []
+    problems: list[Problem] = []
+    for i, sid in enumerate(ids):
+        last = i == len(ids) - 1
+        try:
+            h = layer.open_read(os.path.join(directory, segment_name(sid)))
+        except FileNotFoundError:      # deleted by GC since we listed: nothing to check
+            done += sizes.get(sid, 0)
+            continue
+
+        def step(n: int, _sid: int = sid) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total, _sid)
+        try:
+            seg = scan_segment(h, sid, detailed=detailed or deep, deep=deep, on_bytes=step)
+            problems.extend(judge_segment(seg, last, h))
+        finally:
+            h.close()
+        segments.append(seg)
+        if i and ids[i - 1] + 1 != sid:
+            problems.append(Problem(sid, 0, f"segments {ids[i - 1] + 1}..{sid - 1} are missing "
+                                    f"(after {segment_name(ids[i - 1])}); records may be lost", False))
+    if progress is not None:
+        progress(total, total, ids[-1])
+    return LogReport(directory, segments, problems, detailed or deep)
+
+
+def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False, deep: bool = False,
+                 on_bytes: Callable[[int], None] | None = None) -> SegmentScan:
+    """Check one segment's header and walk its frames in bounded chunks (offsets are absolute)."""
+    size = handle.size()
+    seg = SegmentScan(segment_id, size)
+    problem = check_header(handle.pread(HEADER_SIZE, 0), segment_id)
+    if problem is not None:
+        seg.header_problem = problem
+        seg.stop, seg.reason = Stop.CORRUPT, f"segment header: {problem}"
+        if on_bytes:
+            on_bytes(size)
+        return seg
+    if on_bytes:
+        on_bytes(min(size, HEADER_SIZE))
+    base, carry = HEADER_SIZE, b""
+    while True:
+        pos = base + len(carry)
+        want = min(READ_CHUNK, size - pos)
+        data = carry + handle.pread(want, pos) if want > 0 else carry
+        if on_bytes and want > 0:
+            on_bytes(want)
+        eof = base + len(data) >= size
+        res = _walk(data, base, seg, deep) if detailed else scan_frames(data, 0, FORMAT_MAX_FRAME)
+        seg.records += res.records
+        left = len(data) - res.valid_end
+        more = res.stop is Stop.TORN or (res.stop is Stop.ZEROED and left < MIN_FRAME_SIZE)
+        if not eof and (more or res.stop is Stop.END):
+            carry = data[res.valid_end:]
+            base += res.valid_end
+            continue
+        seg.valid_end, seg.stop, seg.seal, seg.reason = base + res.valid_end, res.stop, res.seal, res.reason
+        return seg
+
+
+def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle) -> list[Problem]:
+    """The problems of a scanned segment, as recovery would see them (module rule 2)."""
+    sid, size = seg.segment_id, seg.size
+    if seg.header_problem is not None:
+        return [Problem(sid, 0, f"bad segment header: {seg.header_problem}", True)]
+    if seg.stop is Stop.SEALED:
+        assert seg.seal is not None
+        out = []
+        seal_at = seg.valid_end - SEAL_FRAME_SIZE
+        if seg.seal.data_end != seal_at:
+            out.append(Problem(sid, seal_at, f"seal says the records end at {seg.seal.data_end}, "
+                                              f"they end at {seal_at}", True))
+        if seg.seal.record_count != seg.records:
+            out.append(Problem(sid, seal_at, f"seal counts {seg.seal.record_count} records, "
+                                              f"the segment holds {seg.records}", True))
+        if seg.valid_end != size:
+            out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} bytes after the seal", True))
+        return out
+    if seg.stop is Stop.END:
+        if last:
+            return []      # the active segment: a writer appends here, or did not close cleanly
+        return [Problem(sid, seg.valid_end, "segment is not sealed, though later segments exist "
+                                            "(its records are whole)", False)]
+    cut = size - seg.valid_end
+    what = seg.reason or seg.stop.value
+    if not last:
+        return [Problem(sid, seg.valid_end, f"{what} inside a sealed segment (not the log's tail): "
+                                            f"{cut} bytes from here are unreadable", True)]
+    if seg.stop is Stop.TORN:
+        return [Problem(sid, seg.valid_end, f"torn tail: {cut} bytes of a record cut off by the end of the "
+                                            f"file (a write in progress, or a crash; opening the log cuts it off)",
+                        False)]
+    if seg.stop is Stop.ZEROED:
+        data_at = _first_nonzero(handle, seg.valid_end, size)
+        if data_at is None:
+            return [Problem(sid, seg.valid_end, f"zero-filled tail of {cut} bytes (a crash; opening the log "
+                                                f"cuts it off)", False)]
+        return [Problem(sid, seg.valid_end, f"zero-filled bytes followed by data at offset {data_at}: "
+                                            f"opening the log would cut off {cut} bytes", True)]
+    return [Problem(sid, seg.valid_end, f"{what} in the last segment: opening the log would cut off "
+                                        f"{cut} bytes from here", True)]
+
+
+def _first_nonzero(handle: FileHandle, start: int, end: int) -> int | None:
+    pos = start
+    while pos < end:
+        data = handle.pread(min(READ_CHUNK, end - pos), pos)
+        if not data:
+            return None
+        stripped = data.lstrip(b"\x00")
+        if stripped:
+            return pos + len(data) - len(stripped)
+        pos += len(data)
+    return None
+
+
+def _raw_size(stored: memoryview, compression: int) -> int:
+    """The uncompressed size a compressed value declares (without decompressing it)."""
+    if compression == Compression.LZ4 and len(stored) >= 4:
+        return int(_U32.unpack_from(stored, 0)[0])
+    if compression == Compression.ZSTD:
+        try:
+            n = zstandard.frame_content_size(bytes(stored[:18]))
+        except zstandard.ZstdError:
+            return len(stored)
+        return n if n >= 0 else len(stored)
+    return len(stored)
+
+
+_COMP_NAMES = {c.value: c.name for c in Compression}
+
+
+def _walk(buf: bytes, base: int, seg: SegmentScan, deep: bool) -> ScanResult:
+    """Walk ``buf``'s frames one by one, adding per-record figures to ``seg``; classify the stop
+    exactly as ``scan_frames`` does."""
+    mv = memoryview(buf)
+    n = len(buf)
+    off, count = 0, 0
+    while off < n:
+        lay = frame_layout(buf, off, n, FORMAT_MAX_FRAME)
+        if type(lay) is int:
+            if lay == NEED_MORE:
+                return ScanResult(off, count, Stop.TORN, reason="record cut off by the end of the data")
+            if lay == ZEROED:
+                return ScanResult(off, count, Stop.ZEROED, reason="zero-filled bytes")
+            res = decode_record(buf, off)
+            return ScanResult(off, count, Stop.CORRUPT, reason=getattr(res, "reason", "invalid frame"))
+        flags, _ttl, ks, vs, end = lay  # type: ignore[misc]
+        if crc32c(mv[off + 4:end]) != _U32.unpack_from(buf, off)[0]:
+            if not any(buf[off:off + MIN_FRAME_SIZE]):
+                return ScanResult(off, count, Stop.ZEROED, reason="zero-filled bytes")
+            return ScanResult(off, count, Stop.CORRUPT, reason="checksum mismatch")
+        if flags & FLAG_SEAL:
+            res = decode_record(buf, off)
+            if isinstance(res, Seal):
+                return ScanResult(res.end, count, Stop.SEALED, seal=res)
+            return ScanResult(off, count, Stop.CORRUPT, reason=getattr(res, "reason", "invalid frame"))
+        comp = (flags & COMPRESSION_MASK) >> COMPRESSION_SHIFT
+        if deep and comp:
+            rec = build_record(buf, lay, FORMAT_MAX_FRAME)  # type: ignore[arg-type]
+            if isinstance(rec, str):
+                return ScanResult(off, count, Stop.CORRUPT, reason=rec)
+        # Per-record figures.
+        pos = base + off
+        if seg.first_offset is None:
+            seg.first_offset = pos
+        seg.last_offset = pos
+        size = end - off
+        seg.frame_bytes += size
+        if size > seg.largest_frame:
+            seg.largest_frame = size
+        seg.key_bytes += vs - ks
+        stored = end - vs
+        seg.value_bytes_stored += stored
+        if flags & FLAG_TOMBSTONE:
+            seg.tombstones += 1
+        if flags & FLAG_TTL:
+            seg.with_ttl += 1
+        if comp:
+            name = _COMP_NAMES.get(comp, str(comp))
+            seg.by_compression[name] = seg.by_compression.get(name, 0) + 1
+            seg.compressed_stored += stored
+            seg.compressed_raw += _raw_size(mv[vs:end], comp)
+        count += 1
+        off = end
+    return ScanResult(off, count, Stop.END)
+
+
+def check_start(directory: str | os.PathLike[str], start: Position, layer: FileLayer = OS) -> str | None:
+    """None if a reader may start at ``start``, else why not (read-only).
+
+    Fine: a segment before the first one (GC moved on), offset 0 or the header
+    size of an existing segment, an offset where a whole record starts, or the
+    end of the records; also any position in a segment not created yet. Not fine:
+    an offset in the middle of a record or past the end of a segment.
+    """
+    directory = os.fspath(directory)
+    ids = list_segments(directory, layer)
+    if start.segment_id not in ids or start.offset <= HEADER_SIZE:
+        return None
+    try:
+        h = layer.open_read(os.path.join(directory, segment_name(start.segment_id)))
+    except FileNotFoundError:
+        return None
+    try:
+        size = h.size()
+        if start.offset > size:
+            return f"segment {start.segment_id} is only {size} bytes long"
+        base, carry = HEADER_SIZE, b""
+        while True:
+            pos = base + len(carry)
+            want = min(READ_CHUNK, start.offset - pos)
+            data = carry + h.pread(want, pos) if want > 0 else carry
+            res = scan_frames(data, 0, FORMAT_MAX_FRAME)
+            if res.stop is Stop.END and base + res.valid_end == start.offset:
+                return None
+            if res.stop is Stop.TORN and base + len(data) < start.offset:
+                carry, base = data[res.valid_end:], base + res.valid_end
+                continue
+            if res.stop is Stop.END and base + len(data) < start.offset:
+                carry, base = b"", base + res.valid_end
+                continue
+            at = base + res.valid_end
+            if res.stop is Stop.TORN:
+                return f"offset {start.offset} is inside the record at {start.segment_id}:{at}"
+            if res.stop is Stop.SEALED:
+                return f"offset {start.offset} is past the end of segment {start.segment_id}'s records"
+            return (f"segment {start.segment_id} holds no whole records from offset {at} "
+                    f"({res.reason or res.stop.value}), before {start.offset}")
+    finally:
+        h.close()
