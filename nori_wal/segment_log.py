@@ -16,6 +16,7 @@ could "succeed" without the data (PostgreSQL fsyncgate, 2018).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from .recovery import RecoveryInfo, recover
 from .segment import HEADER_SIZE, TMP_SUFFIX, encode_header, max_frame_size, segment_name
 
 SLOW_FSYNC_WARN_S = 1.0   # etcd warns about fsyncs slower than a second
+_log = logging.getLogger(__name__)
 
 
 class SegmentLog:
@@ -200,6 +202,8 @@ class SegmentLog:
                 self._active = None
                 old.close()
                 self.meter.event(SegmentRoll(self.active_id, sealed_bytes, self._next_id))
+                _log.info("sealed segment %d at %d bytes (%d records); rolling to segment %d in %s",
+                          self.active_id, sealed_bytes, self._active_records, self._next_id, self.dir)
                 self.meter.counter("wal_segment_rolls_total", 1)
             self._create_segment()
 
@@ -251,6 +255,9 @@ class SegmentLog:
         self.meter.histogram("wal_gc_latency_ms", ms)
         self.meter.gauge("wal_segment_count", len(self.segment_ids))
         self.meter.event(SegmentsDeleted(len(victims), position.segment_id, ms))
+        _log.log(logging.INFO if victims else logging.DEBUG,
+                 "GC deleted %d segments before %s in %.1f ms; %d remain in %s",
+                 len(victims), position, ms, len(self.segment_ids), self.dir)
         return len(victims)
 
     # -- closing ---------------------------------------------------------------------------
