@@ -1,0 +1,404 @@
+"""Crash-state exploration: run a workload on a FaultFS, crash it every way, recover, check.
+
+How it works (the ALICE / CrashMonkey recipe, in-process):
+
+1. ``run_workload`` drives an embedded ``Wal`` on a ``FaultFS`` through
+   ``Step``s (appends, batch appends, syncs, GC, clean close + reopen) and
+   takes a snapshot of the layer after every syscall that can change what a
+   crash leaves (``MUTATING_OPS``), together with what had been acknowledged
+   at that instant.
+2. ``crash_variants`` turns each snapshot into crash states: power loss
+   (unsynced bytes and directory entries lost), prefixes of the unsynced
+   writes kept, the last write torn at sampled bytes and sector edges, tails
+   zero-filled, directory operations half journalled, and process crashes
+   (everything the kernel got survives; the write in flight may be torn).
+3. ``Explorer.check`` recovers each state with ``Wal.open`` and checks the
+   invariants: every record the policy promised is present and identical;
+   the recovered log is a contiguous run of what was written, at the
+   positions the appends returned (no holes, duplicates, reordering or
+   invented records); a power loss right after recovery changes nothing
+   (recovering twice gives the same bytes); appending after recovery works
+   and survives a clean reopen.
+
+Recovery is a deterministic function of the disk image, so states with
+the same image are recovered once and checked against each state's own
+acknowledgements.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Iterator, Optional, Sequence
+
+from ..config import FsyncPolicy, WalConfig
+from ..position import Position
+from ..record import Compression, Record
+from ..wal import Wal
+from .faultfs import MUTATING_OPS, POWER_LOSS, CrashSpec, FaultFS, Syscall, torn_write_points
+
+
+# -- workloads --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One workload action.
+
+    kind: "append" (``n`` single appends), "batch" (one append_batch of ``n``),
+    "sync", "gc" (delete_segments_before the current position), "reopen"
+    (clean close, then open again on the same layer).
+    ``size``: largest value size in bytes (values are 0..size bytes, random).
+    """
+    kind: str
+    n: int = 1
+    size: int = 120
+
+
+def make_record(index: int, rng: random.Random, size: int) -> Record:
+    """A record whose key names its index; varied values, TTLs, tombstones and compression."""
+    key = b"r%07d" % index
+    kind = rng.random()
+    if kind < 0.08:
+        return Record.delete(key)
+    value = rng.randbytes(rng.randint(0, size)) if rng.random() < 0.5 else bytes([index % 251]) * rng.randint(0, size)
+    if kind < 0.18:
+        return Record.put_with_ttl(key, value, timedelta(milliseconds=rng.randint(0, 10**9)))
+    if kind < 0.26:
+        return Record.put(key, value).with_compression(Compression.LZ4)
+    if kind < 0.32:
+        return Record.put(key, value).with_compression(Compression.ZSTD)
+    return Record.put(key, value)
+
+
+def record_index(record: Record) -> int:
+    key = bytes(record.key)
+    if len(key) != 8 or not key.startswith(b"r") or not key[1:].isdigit():
+        raise AssertionError(f"recovered a record that was never written: key {key!r}")
+    return int(key[1:])
+
+
+@dataclass
+class Moment:
+    """The layer and the acknowledgements right after one syscall of a workload."""
+    call: Syscall
+    fs: FaultFS
+    attempted: int      # records handed to an append so far (the one in flight included)
+    returned: int       # records whose append returned: they survive a process crash
+    durable: int        # records promised to survive a power loss
+    gc_floor: int       # segments below this id may be gone (a GC was started)
+
+
+@dataclass
+class WorkloadRun:
+    """What a workload wrote and when, plus every snapshot."""
+    name: str
+    config: WalConfig
+    records: list[Record] = field(default_factory=list)
+    positions: list[Optional[Position]] = field(default_factory=list)
+    moments: list[Moment] = field(default_factory=list)
+    final: Optional[FaultFS] = None
+
+
+def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int = 0,
+                 snapshot: bool = True) -> WorkloadRun:
+    """Run ``steps`` on a fresh FaultFS, snapshotting after every mutating syscall."""
+    rng = random.Random(seed)
+    fs = FaultFS()
+    run = WorkloadRun(name, config)
+    durable_acks = config.fsync_policy.kind != "os"
+    acks = {"returned": 0, "durable": 0, "gc_floor": 0}
+
+    def on_call(layer: FaultFS, call: Syscall) -> None:
+        if call.op in MUTATING_OPS:
+            run.moments.append(Moment(call, layer.snapshot(), len(run.records), acks["returned"],
+                                      acks["durable"], acks["gc_floor"]))
+
+    if snapshot:
+        fs.observe(on_call)
+    wal, _ = Wal.open(config, layer=fs)
+    try:
+        for step in steps:
+            if step.kind in ("append", "batch"):
+                recs = [make_record(len(run.records) + i, rng, step.size) for i in range(step.n)]
+                run.records.extend(recs)
+                if step.kind == "append":
+                    for rec in recs:
+                        run.positions.append(wal.append(rec))
+                        acks["returned"] += 1
+                        if durable_acks:
+                            acks["durable"] = acks["returned"]
+                else:
+                    run.positions.extend(wal.append_batch(recs))
+                    acks["returned"] += len(recs)
+                    if durable_acks:
+                        acks["durable"] = acks["returned"]
+            elif step.kind == "sync":
+                wal.sync()
+                acks["durable"] = acks["returned"]
+            elif step.kind == "gc":
+                pos = wal.current_position()
+                acks["gc_floor"] = max(acks["gc_floor"], pos.segment_id)
+                wal.delete_segments_before(pos)
+            elif step.kind == "reopen":
+                wal.close()
+                acks["durable"] = acks["returned"]
+                wal, _ = Wal.open(config, layer=fs)
+            else:
+                raise ValueError(f"unknown step {step.kind!r}")
+        wal.close()
+        acks["durable"] = acks["returned"]
+    finally:
+        wal.close()
+    run.final = fs.snapshot()
+    return run
+
+
+# -- crash states -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CrashState:
+    """One way to crash at one moment, and which acknowledgements it must keep."""
+    moment: Moment
+    spec: CrashSpec
+    process: bool       # a process crash (SIGKILL): returned records must survive, under every policy
+
+    @property
+    def required(self) -> int:
+        return self.moment.returned if self.process else self.moment.durable
+
+    def describe(self) -> str:
+        c = self.moment.call
+        kind = "process crash" if self.process else "power loss"
+        return f"{kind} after syscall {c.n} ({c.op} {os.path.basename(c.path)}) [{self.spec.label()}]"
+
+
+def _frame_ends(data: bytes) -> list[int]:
+    """Where whole frames (or the segment header) end inside one write, relative to its start."""
+    from ..codec import frame_end
+    ends, off = [], 0
+    while off < len(data):
+        e = frame_end(data, off, len(data))
+        if e < 0:
+            break
+        ends.append(e)
+        off = e
+    return ends
+
+
+def crash_variants(m: Moment, *, every: int = 0, rng: Optional[random.Random] = None,
+                   extra_tears: int = 0) -> Iterator[CrashState]:
+    """Every crash state derived from moment ``m`` (see the module docstring).
+
+    ``every``: also tear the last write at every ``every``-th byte;
+    ``extra_tears``: that many random tear points besides the fixed samples.
+    """
+    yield CrashState(m, POWER_LOSS, False)
+    pending = m.fs.pending_ops()
+    p = len(pending)
+    for keep in sorted({p // 2, p - 1, p} - {0}) if p else ():
+        yield CrashState(m, CrashSpec(keep_ops=keep), False)
+    last = pending[-1] if pending else None
+    tears: list[int] = []
+    if last is not None and last[0] == "w":
+        _, off, data = last  # type: ignore[misc]
+        tears = torn_write_points(off, data, frame_ends=_frame_ends(data), every=every)
+        if rng is not None and len(data) > 2:
+            tears = sorted(set(tears) | {rng.randrange(1, len(data)) for _ in range(extra_tears)})
+        for t in tears:
+            yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t), False)
+        zero_at = sorted({0, tears[0] if tears else 0, tears[len(tears) // 2] if tears else 0})
+        for t in zero_at:
+            yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t, zero_fill=True), False)
+    if p:
+        yield CrashState(m, CrashSpec(keep_ops=0, zero_fill=True), False)
+    dir_ops = len(m.fs.pending_dir_ops())
+    for k in range(1, dir_ops + 1):
+        yield CrashState(m, CrashSpec(keep_ops=0, keep_dir_ops=k), False)
+        yield CrashState(m, CrashSpec(keep_ops=None, keep_dir_ops=k), False)
+    everything = CrashSpec(keep_ops=None, keep_dir_ops=None, keep_other_files=True)
+    yield CrashState(m, everything, True)
+    if m.call.op == "append" and last is not None and last[0] == "w":
+        # SIGKILL during the write itself: a prefix of it may have landed.
+        for t in tears:
+            yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t, keep_dir_ops=None, keep_other_files=True), True)
+
+
+# -- recovery and invariants ------------------------------------------------------------------
+
+class InvariantViolation(AssertionError):
+    """A crash state broke a durability or prefix invariant."""
+
+
+@dataclass
+class Recovered:
+    """What recovery made of one disk image (cached per image)."""
+    first: int                      # index of the first recovered record
+    count: int                      # records recovered
+    positions: list[Position]
+
+
+def read_all(wal: Wal) -> list[tuple[Record, Position]]:
+    with wal.read_from(Position(0, 0)) as reader:
+        return [(Record(bytes(r.key), bytes(r.value), r.tombstone, r.ttl, r.compression), p) for r, p in reader]
+
+
+@dataclass
+class Stats:
+    states: int = 0
+    images: int = 0
+    lost: int = 0
+    runs: int = 0
+
+    def add(self, other: "Stats") -> None:
+        self.states += other.states
+        self.images += other.images
+        self.lost += other.lost
+        self.runs += other.runs
+
+
+class Explorer:
+    """Recovers crash states of one workload run and checks the invariants."""
+
+    def __init__(self, run: WorkloadRun):
+        self.run = run
+        self.stats = Stats(runs=1)
+        self._cache: dict[tuple[tuple[str, bytes], ...], Recovered] = {}
+
+    def check(self, state: CrashState) -> None:
+        """Raise InvariantViolation (with the state described) if ``state`` breaks an invariant."""
+        self.stats.states += 1
+        post = state.moment.fs.crash(state.spec)
+        image = post.image()
+        rec = self._cache.get(image)
+        try:
+            if rec is None:
+                rec = self._recover(post, image)
+                self._cache[image] = rec
+                self.stats.images += 1
+            self._check_acks(state, rec)
+        except InvariantViolation as exc:
+            raise InvariantViolation(f"{self.run.name}: {state.describe()}: {exc}") from None
+        except Exception as exc:
+            raise InvariantViolation(f"{self.run.name}: {state.describe()}: {type(exc).__name__}: {exc}") from exc
+
+    def _recover(self, post: FaultFS, image: object) -> Recovered:
+        cfg = self.run.config
+        wal, _info = Wal.open(cfg, layer=post)
+        got = read_all(wal)
+        after_recovery = post.image()
+        # Recovering twice gives the same bytes: a power loss right after recovery
+        # must find everything recovery did already durable.
+        again_fs = post.crash()
+        wal.close()
+        rec = self._check_prefix(got)
+        if again_fs.image() != after_recovery:
+            raise InvariantViolation("recovery's repairs were not durable: a power loss right after it undid them")
+        again, info2 = Wal.open(cfg, layer=again_fs)
+        try:
+            got2 = read_all(again)
+            if got2 != got:
+                raise InvariantViolation(f"second recovery read {len(got2)} records, first read {len(got)}")
+            if again_fs.image() != after_recovery:
+                raise InvariantViolation("second recovery changed the files the first one left")
+            if info2.bytes_truncated:
+                raise InvariantViolation(f"second recovery truncated {info2.bytes_truncated} bytes")
+            # Appending after recovery works and survives a clean reopen.
+            extra = Record.put(b"after-recovery", b"x" * 40)
+            pos = again.append(extra)
+            if pos < (got[-1][1] if got else Position(0, 0)):
+                raise InvariantViolation(f"append after recovery went to {pos}, before the recovered tail")
+        finally:
+            again.close()
+        third, info3 = Wal.open(cfg, layer=again_fs)
+        try:
+            got3 = read_all(third)
+        finally:
+            third.close()
+        if got3 != got + [(extra, pos)] or info3.bytes_truncated:
+            raise InvariantViolation(f"after append + clean close: {len(got3)} records (expected {len(got) + 1}), "
+                                     f"{info3.bytes_truncated} bytes truncated")
+        return rec
+
+    def _check_prefix(self, got: list[tuple[Record, Position]]) -> Recovered:
+        run = self.run
+        idx = [record_index(r) for r, _ in got]
+        if not idx:
+            return Recovered(0, 0, [])
+        first = idx[0]
+        if idx != list(range(first, first + len(idx))):
+            raise InvariantViolation(f"recovered indices are not one contiguous run: {_runs(idx)}")
+        if first + len(idx) > len(run.records):
+            raise InvariantViolation(f"recovered record {first + len(idx) - 1}, only {len(run.records)} were written")
+        for (r, p), i in zip(got, idx):
+            if r != run.records[i]:
+                raise InvariantViolation(f"record {i} at {p} differs from what was appended")
+            known = run.positions[i] if i < len(run.positions) else None
+            if known is not None and known != p:
+                raise InvariantViolation(f"record {i} recovered at {p}, its append returned {known}")
+        return Recovered(first, len(idx), [p for _, p in got])
+
+    def _check_acks(self, state: CrashState, rec: Recovered) -> None:
+        """Every acknowledged record not in a segment a started GC may delete is recovered."""
+        need = state.required
+        floor = state.moment.gc_floor
+        positions = self.run.positions
+        lo = 0       # acknowledged records before ``lo`` lie in segments a GC may have deleted
+        while lo < need and positions[lo].segment_id < floor:  # type: ignore[union-attr]
+            lo += 1
+        if lo >= need:
+            return
+        end = rec.first + rec.count if rec.count else 0
+        if end < need:
+            lost = need - max(end, lo)
+            self.stats.lost += lost
+            raise InvariantViolation(f"lost {lost} acknowledged records: recovered up to {end}, {need} acknowledged")
+        if rec.first > lo:
+            self.stats.lost += rec.first - lo
+            raise InvariantViolation(f"records {lo}..{rec.first - 1} missing at the head of the log "
+                                     f"(a GC could only delete segments below {floor})")
+
+
+def _runs(idx: list[int]) -> str:
+    out, start = [], idx[0]
+    for a, b in zip(idx, idx[1:] + [None]):  # type: ignore[operator]
+        if b != a + 1:
+            out.append(f"{start}..{a}" if start != a else str(start))
+            start = b
+    return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
+
+
+def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int = 0) -> Stats:
+    """Check every crash state of ``run``; raises InvariantViolation at the first broken one."""
+    ex = Explorer(run)
+    rng = random.Random(seed)
+    for m in run.moments:
+        for state in crash_variants(m, every=every, rng=rng, extra_tears=extra_tears):
+            ex.check(state)
+    return ex.stats
+
+
+# -- ready-made workloads ---------------------------------------------------------------------
+
+POLICIES = {"always": FsyncPolicy.always(), "batch": FsyncPolicy.batch(1e-6), "os": FsyncPolicy.os()}
+
+WORKLOADS: dict[str, list[Step]] = {
+    # Single appends of small records across several 4 KiB segments (rolls).
+    "appends": [Step("append", 70, 160)],
+    # Batches, some large enough to span a roll within one batch.
+    "batches": [Step("batch", 6, 300), Step("batch", 1, 3000), Step("batch", 12, 200), Step("batch", 3, 1500),
+                Step("batch", 9, 100), Step("batch", 2, 3500)],
+    # Appends, GC while more are written, a clean close + reopen, explicit syncs.
+    "gc": [Step("append", 40, 150), Step("gc"), Step("batch", 8, 200), Step("sync"), Step("append", 20, 150),
+           Step("reopen"), Step("append", 20, 150), Step("gc"), Step("append", 6, 150)],
+}
+
+
+def workload_config(directory: str, policy: str, max_segment_size: int = 4096) -> WalConfig:
+    return WalConfig(dir=directory, max_segment_size=max_segment_size, fsync_policy=POLICIES[policy])
+
+
+__all__ = ["CrashState", "Explorer", "InvariantViolation", "Moment", "POLICIES", "Stats", "Step", "WORKLOADS",
+           "WorkloadRun", "crash_variants", "explore", "make_record", "read_all", "record_index", "run_workload",
+           "workload_config"]

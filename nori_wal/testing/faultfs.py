@@ -1,0 +1,659 @@
+"""FaultFS: an in-memory FileLayer that knows what is durable, and loses the rest on command.
+
+The segment code does all its I/O through ``nori_wal.fs.FileLayer``; pass a
+``FaultFS`` as ``layer=`` to ``Wal.open`` / ``SegmentLog.open`` and the
+production code runs unchanged on top of it. The layer models what LazyFS,
+ALICE and CrashMonkey model:
+
+* Per file: the bytes reads see now (the page cache), the bytes on "disk"
+  (as of the last successful ``sync``) and the writes and truncates issued
+  since, in order. ``crash()`` keeps only what was synced; a ``CrashSpec``
+  can keep a prefix of the unsynced operations, tear the next write at any
+  byte (or 512-byte sector), and make the rest read as zeros (ext4 after a
+  power loss: the size reached the disk, the data did not; etcd #11488).
+* Per directory: the entries visible now and the entries made durable by the
+  last ``sync_dir``. A file created but whose directory was not fsynced
+  disappears at a crash; a rename or unlink not followed by ``sync_dir``
+  reverts (etcd #6368, KAFKA-3968). A ``CrashSpec`` can keep a prefix of the
+  pending directory operations (journalled file systems commit them in order).
+* Faults: ``inject("sync", errno.EIO)`` fails an fsync (and, like Linux after
+  fsyncgate, drops the dirty data so a retry "succeeds" without it);
+  ``inject("append", errno.ENOSPC, partial=n)`` writes ``n`` bytes, then fails;
+  ``crash_after(k)`` / ``inject(op, CRASH)`` make syscall k+1 (or the named
+  operation) raise ``SimulatedCrash`` and every call after it too: the process
+  is dead, and the test picks what the disk holds with ``crash()`` or
+  ``process_crash()``.
+* A syscall counter, a trace and an observer hook (called after every
+  operation) so a test can snapshot the state at every syscall boundary.
+
+Simplifications, on purpose: directories made by ``makedirs`` are durable at
+once; ``lock_dir`` keeps its lock in memory (no LOCK file); a ``sync``
+(fdatasync) makes the file's size durable with its data but not its
+directory entry. Everything is guarded by one lock, so threads may share it.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Union
+
+from ..errors import WalLockedError
+from ..record import BytesLike
+
+SECTOR_SIZE = 512
+
+CRASH = -1
+"""Use as the ``errno`` of ``inject`` to make that call raise ``SimulatedCrash``."""
+
+MUTATING_OPS = frozenset({"makedirs", "create", "append", "sync", "truncate", "rename", "unlink", "sync_dir"})
+"""Operations that can change what a crash leaves behind (the rest only read)."""
+
+
+class SimulatedCrash(BaseException):
+    """The simulated process died at this syscall; every later call on the layer raises it too.
+
+    A BaseException, so ``except Exception`` in the code under test cannot swallow it.
+    """
+
+
+# -- the model ------------------------------------------------------------------------------
+
+WriteOp = tuple[str, int, bytes]       # ("w", offset, data)
+TruncOp = tuple[str, int]              # ("t", size)
+FileOp = Union[WriteOp, TruncOp]
+
+
+class _Inode:
+    __slots__ = ("data", "durable", "pending")
+
+    def __init__(self, data: bytes = b"", durable: bytes = b"", pending: Optional[list[FileOp]] = None):
+        self.data = bytearray(data)          # what reads see now
+        self.durable = durable               # what survives a power loss
+        self.pending: list[FileOp] = pending if pending is not None else []
+
+
+def _apply(content: bytearray, op: FileOp) -> None:
+    if op[0] == "w":
+        _, off, data = op  # type: ignore[misc]
+        if off > len(content):
+            content.extend(bytes(off - len(content)))
+        content[off:off + len(data)] = data
+    else:
+        size = op[1]
+        if size < len(content):
+            del content[size:]
+        else:
+            content.extend(bytes(size - len(content)))
+
+
+DirOp = tuple  # ("link", name, inode) | ("unlink", name)
+
+
+@dataclass(frozen=True)
+class CrashSpec:
+    """What survives a crash, beyond what was synced.
+
+    ``keep_ops``: how many of the target file's unsynced operations reach the
+    disk whole, in order (None: all of them). ``torn``: how many bytes of the
+    next one (a write) reach it too. ``zero_fill``: the rest of that write and
+    every later write reach the disk as zero bytes (the size was journalled,
+    the data was not). ``file``: the target file's path (default: the file
+    written last). ``keep_dir_ops``: how many pending directory operations
+    (create, rename, unlink not yet followed by ``sync_dir``) persist, in order
+    (None: all). ``keep_other_files``: other files keep all their unsynced
+    operations (a process crash) instead of none (a power loss).
+    """
+
+    keep_ops: Optional[int] = 0
+    torn: Optional[int] = None
+    zero_fill: bool = False
+    file: Optional[str] = None
+    keep_dir_ops: Optional[int] = 0
+    keep_other_files: bool = False
+
+    def label(self) -> str:
+        parts = [f"keep={'all' if self.keep_ops is None else self.keep_ops}"]
+        if self.torn is not None:
+            parts.append(f"torn={self.torn}")
+        if self.zero_fill:
+            parts.append("zero-fill")
+        if self.keep_dir_ops != 0:
+            parts.append(f"dir={'all' if self.keep_dir_ops is None else self.keep_dir_ops}")
+        if self.keep_other_files:
+            parts.append("others-kept")
+        return " ".join(parts)
+
+
+POWER_LOSS = CrashSpec()
+"""Every byte and directory entry not yet fsynced is lost."""
+
+PROCESS_CRASH = CrashSpec(keep_ops=None, keep_dir_ops=None, keep_other_files=True)
+"""The process died but the kernel kept everything it was given (SIGKILL)."""
+
+
+@dataclass
+class Fault:
+    """One armed fault: the ``nth`` matching call (and ``times - 1`` after it) fails.
+
+    ``op`` is an operation name ("append", "sync", "sync_dir", "create", "rename",
+    "unlink", "truncate", "open_append", "pread", ...; "*" for any); ``path``
+    restricts it to paths containing that text. ``errno``: the OSError's errno,
+    or CRASH to raise SimulatedCrash. ``partial``: for "append", the bytes
+    written before the error. ``drop_unsynced``: for "sync", the failed fsync
+    drops the file's dirty data (Linux: a later fsync "succeeds" without it).
+    """
+
+    op: str
+    errno: int = errno_mod.EIO
+    nth: int = 1
+    times: Optional[int] = 1
+    path: Optional[str] = None
+    partial: Optional[int] = None
+    drop_unsynced: bool = True
+    seen: int = 0
+    fired: int = 0
+
+    def matches(self, op: str, path: str) -> bool:
+        return (self.op == "*" or self.op == op) and (self.path is None or self.path in path)
+
+    def trigger(self) -> bool:
+        """Count one matching call; whether it fails."""
+        self.seen += 1
+        if self.seen < self.nth or (self.times is not None and self.fired >= self.times):
+            return False
+        self.fired += 1
+        return True
+
+
+@dataclass(frozen=True)
+class Syscall:
+    """One traced call: its number (from 1), operation and path, and bytes written."""
+    n: int
+    op: str
+    path: str
+    nbytes: int = 0
+
+
+Observer = Callable[["FaultFS", Syscall], None]
+
+
+def _norm(path: Union[str, "os.PathLike[str]"]) -> str:
+    return os.path.normpath(os.fspath(path))
+
+
+def _oserror(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)   # OSError(ENOENT, ...) is a FileNotFoundError
+
+
+class FaultFS:
+    """An in-memory FileLayer with durable/unsynced bookkeeping, fault injection and crashes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._dirs: dict[str, dict[str, _Inode]] = {}          # visible entries
+        self._durable_dirs: dict[str, dict[str, _Inode]] = {}  # entries as of the last sync_dir
+        self._dir_pending: list[tuple[str, DirOp]] = []        # directory ops since, in order
+        self._locks: set[str] = set()
+        self._faults: list[Fault] = []
+        self._observers: list[Observer] = []
+        self._last_written: Optional[_Inode] = None
+        self._dead = False
+        self.syscalls = 0
+        self.trace: Optional[list[Syscall]] = None
+
+    # -- building -------------------------------------------------------------------------
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> "FaultFS":
+        """A layer whose disk holds ``files`` (path -> bytes), all durable."""
+        fs = cls()
+        for path, data in files.items():
+            path = _norm(path)
+            fs._mkdirs(os.path.dirname(path))
+            ino = _Inode(data, bytes(data))
+            fs._dirs[os.path.dirname(path)][os.path.basename(path)] = ino
+            fs._durable_dirs[os.path.dirname(path)][os.path.basename(path)] = ino
+        return fs
+
+    def _mkdirs(self, path: str) -> None:
+        parts: list[str] = []
+        while path not in self._dirs:
+            parts.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for p in reversed(parts):
+            self._dirs.setdefault(p, {})
+            self._durable_dirs.setdefault(p, {})
+
+    # -- faults, crashes and observation --------------------------------------------------
+
+    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: Optional[int] = 1,
+               path: Optional[str] = None, partial: Optional[int] = None, drop_unsynced: bool = True) -> Fault:
+        """Arm a fault: the ``nth`` next call of ``op`` fails with ``errno`` (see Fault)."""
+        fault = Fault(op, errno, nth, times, path, partial, drop_unsynced)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def crash_after(self, k: int) -> Fault:
+        """Syscall number ``k + 1`` (counting from the start) and all later ones raise SimulatedCrash."""
+        with self._lock:
+            return self.inject("*", CRASH, nth=k + 1 - self.syscalls, times=None)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def observe(self, callback: Observer) -> None:
+        """Call ``callback(fs, syscall)`` after every completed operation (under the layer's lock)."""
+        with self._lock:
+            self._observers.append(callback)
+
+    def start_trace(self) -> list[Syscall]:
+        with self._lock:
+            self.trace = []
+            return self.trace
+
+    @property
+    def dead(self) -> bool:
+        """Whether a SimulatedCrash fired: the simulated process is gone."""
+        return self._dead
+
+    def _enter(self, op: str, path: str) -> Optional[Fault]:
+        """Count a syscall and check the armed faults; returns a firing non-crash fault."""
+        if self._dead:
+            raise SimulatedCrash(f"{op} {path}: the process already crashed")
+        self.syscalls += 1
+        for fault in self._faults:
+            if fault.matches(op, path) and fault.trigger():
+                if fault.errno == CRASH:
+                    self._dead = True
+                    raise SimulatedCrash(f"crash at syscall {self.syscalls}: {op} {path}")
+                return fault
+        return None
+
+    def _done(self, op: str, path: str, nbytes: int = 0) -> None:
+        if self.trace is not None or self._observers:
+            call = Syscall(self.syscalls, op, path, nbytes)
+            if self.trace is not None:
+                self.trace.append(call)
+            for cb in self._observers:
+                cb(self, call)
+
+    def _fail_simple(self, op: str, path: str) -> None:
+        fault = self._enter(op, path)
+        if fault is not None:
+            raise _oserror(fault.errno, path)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _lookup(self, path: str) -> tuple[str, str, dict[str, _Inode]]:
+        d, name = os.path.split(path)
+        entries = self._dirs.get(d)
+        if entries is None:
+            raise _oserror(errno_mod.ENOENT, path)
+        return d, name, entries
+
+    def files(self) -> dict[str, bytes]:
+        """Every visible file's path and content (what a reader would see now)."""
+        with self._lock:
+            return {os.path.join(d, n): bytes(ino.data) for d, ents in self._dirs.items() for n, ino in ents.items()}
+
+    def image(self) -> tuple[tuple[str, bytes], ...]:
+        """A hashable picture of the visible files, for comparing states."""
+        return tuple(sorted(self.files().items()))
+
+    def pending_ops(self, path: Optional[str] = None) -> list[FileOp]:
+        """The unsynced operations of ``path`` (default: the file written last)."""
+        with self._lock:
+            ino = self._target(path)
+            return list(ino.pending) if ino is not None else []
+
+    def pending_dir_ops(self) -> list[tuple[str, DirOp]]:
+        with self._lock:
+            return list(self._dir_pending)
+
+    def last_written_path(self) -> Optional[str]:
+        """The visible path of the file written last (None if it has no name any more)."""
+        with self._lock:
+            for d, ents in self._dirs.items():
+                for n, ino in ents.items():
+                    if ino is self._last_written:
+                        return os.path.join(d, n)
+            return None
+
+    def _target(self, path: Optional[str]) -> Optional[_Inode]:
+        if path is None:
+            return self._last_written
+        d, name = os.path.split(_norm(path))
+        return self._dirs.get(d, {}).get(name)
+
+    def snapshot(self) -> "FaultFS":
+        """An independent copy of the whole state (unsynced data included); no faults, locks or observers."""
+        with self._lock:
+            memo: dict[int, _Inode] = {}
+
+            def cp(ino: _Inode) -> _Inode:
+                new = memo.get(id(ino))
+                if new is None:
+                    new = memo[id(ino)] = _Inode(ino.data, ino.durable, list(ino.pending))
+                return new
+
+            fs = FaultFS()
+            fs._dirs = {d: {n: cp(i) for n, i in e.items()} for d, e in self._dirs.items()}
+            fs._durable_dirs = {d: {n: cp(i) for n, i in e.items()} for d, e in self._durable_dirs.items()}
+            fs._dir_pending = [(d, op if op[0] != "link" else (op[0], op[1], cp(op[2]))) for d, op in self._dir_pending]
+            if self._last_written is not None:
+                fs._last_written = cp(self._last_written)
+            return fs
+
+    def crash(self, spec: CrashSpec = POWER_LOSS) -> "FaultFS":
+        """A new layer holding what the disk holds after a crash described by ``spec``.
+
+        This layer is left as it was (so one state can be crashed many ways).
+        """
+        with self._lock:
+            dirs = {d: dict(e) for d, e in self._durable_dirs.items()}
+            dir_ops = self._dir_pending if spec.keep_dir_ops is None else self._dir_pending[:spec.keep_dir_ops]
+            for d, op in dir_ops:
+                if op[0] == "link":
+                    dirs.setdefault(d, {})[op[1]] = op[2]
+                else:
+                    dirs.setdefault(d, {}).pop(op[1], None)
+            target = self._target(spec.file)
+            memo: dict[int, _Inode] = {}
+            fs = FaultFS()
+            for d, ents in dirs.items():
+                fs._dirs[d] = {}
+                fs._durable_dirs[d] = {}
+                for name, ino in ents.items():
+                    new = memo.get(id(ino))
+                    if new is None:
+                        content = self._crashed_content(ino, spec, ino is target)
+                        new = memo[id(ino)] = _Inode(content, content)
+                    fs._dirs[d][name] = new
+                    fs._durable_dirs[d][name] = new
+            return fs
+
+    @staticmethod
+    def _crashed_content(ino: _Inode, spec: CrashSpec, is_target: bool) -> bytes:
+        content = bytearray(ino.durable)
+        if not is_target:
+            if spec.keep_other_files:
+                for op in ino.pending:
+                    _apply(content, op)
+            return bytes(content)
+        ops = ino.pending
+        keep = len(ops) if spec.keep_ops is None else min(spec.keep_ops, len(ops))
+        for op in ops[:keep]:
+            _apply(content, op)
+        rest = ops[keep:]
+        if rest and spec.torn is not None and rest[0][0] == "w":
+            _, off, data = rest[0]  # type: ignore[misc]
+            torn = max(0, min(spec.torn, len(data)))
+            kept = data[:torn] + (bytes(len(data) - torn) if spec.zero_fill else b"")
+            if kept:
+                _apply(content, ("w", off, kept))
+            rest = rest[1:]
+        if spec.zero_fill:
+            for op in rest:
+                _apply(content, op if op[0] == "t" else ("w", op[1], bytes(len(op[2]))))  # type: ignore[misc]
+        return bytes(content)
+
+    def process_crash(self) -> "FaultFS":
+        """A new layer holding everything written so far (the kernel survived the process)."""
+        return self.crash(PROCESS_CRASH)
+
+    # -- FileLayer ------------------------------------------------------------------------
+
+    def makedirs(self, path: str) -> None:
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("makedirs", path)
+            if path in self._dirs:
+                pass
+            elif self._is_file(path):
+                raise _oserror(errno_mod.EEXIST, path)
+            else:
+                self._mkdirs(path)
+            self._done("makedirs", path)
+
+    def _is_file(self, path: str) -> bool:
+        d, name = os.path.split(path)
+        return name in self._dirs.get(d, {})
+
+    def listdir(self, path: str) -> list[str]:
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("listdir", path)
+            entries = self._dirs.get(path)
+            if entries is None:
+                raise _oserror(errno_mod.ENOTDIR if self._is_file(path) else errno_mod.ENOENT, path)
+            subdirs = [os.path.basename(d) for d in self._dirs if d != path and os.path.dirname(d) == path]
+            self._done("listdir", path)
+            return list(entries) + subdirs
+
+    def exists(self, path: str) -> bool:
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("exists", path)
+            found = path in self._dirs or self._is_file(path)
+            self._done("exists", path)
+            return found
+
+    def create(self, path: str) -> "FaultFile":
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("create", path)
+            d, name, entries = self._lookup(path)
+            if name in entries or path in self._dirs:
+                raise _oserror(errno_mod.EEXIST, path)
+            ino = _Inode()
+            entries[name] = ino
+            self._dir_pending.append((d, ("link", name, ino)))
+            self._done("create", path)
+            return FaultFile(self, ino, path, writable=True)
+
+    def _open(self, op: str, path: str, writable: bool) -> "FaultFile":
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple(op, path)
+            _d, name, entries = self._lookup(path)
+            ino = entries.get(name)
+            if ino is None:
+                raise _oserror(errno_mod.EISDIR if path in self._dirs else errno_mod.ENOENT, path)
+            self._done(op, path)
+            return FaultFile(self, ino, path, writable)
+
+    def open_append(self, path: str) -> "FaultFile":
+        return self._open("open_append", path, True)
+
+    def open_read(self, path: str) -> "FaultFile":
+        return self._open("open_read", path, False)
+
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = _norm(src), _norm(dst)
+        with self._lock:
+            self._fail_simple("rename", src)
+            sd, sname, sents = self._lookup(src)
+            dd, dname, dents = self._lookup(dst)
+            ino = sents.get(sname)
+            if ino is None:
+                raise _oserror(errno_mod.ENOENT, src)
+            del sents[sname]
+            dents[dname] = ino
+            # Journalled in order; on one directory a prefix keeps either the old or the new name
+            # (both ops land in one transaction on real file systems, we also allow the split).
+            self._dir_pending.append((dd, ("link", dname, ino)))
+            self._dir_pending.append((sd, ("unlink", sname)))
+            self._done("rename", src)
+
+    def unlink(self, path: str) -> None:
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("unlink", path)
+            d, name, entries = self._lookup(path)
+            if name not in entries:
+                raise _oserror(errno_mod.EISDIR if path in self._dirs else errno_mod.ENOENT, path)
+            del entries[name]
+            self._dir_pending.append((d, ("unlink", name)))
+            self._done("unlink", path)
+
+    def sync_dir(self, path: str) -> None:
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("sync_dir", path)
+            if path not in self._dirs:
+                raise _oserror(errno_mod.ENOENT, path)
+            self._durable_dirs[path] = dict(self._dirs[path])
+            self._dir_pending = [(d, op) for d, op in self._dir_pending if d != path]
+            self._done("sync_dir", path)
+
+    def lock_dir(self, path: str) -> "FaultLock":
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("lock_dir", path)
+            if path not in self._dirs:
+                raise _oserror(errno_mod.ENOENT, path)
+            if path in self._locks:
+                raise WalLockedError(f"{path} is locked by another writer (embedded Wal or writer process)")
+            self._locks.add(path)
+            self._done("lock_dir", path)
+            return FaultLock(self, path)
+
+    # -- file operations (called by FaultFile) --------------------------------------------
+
+    def _append(self, f: "FaultFile", data: BytesLike) -> None:
+        with self._lock:
+            fault = self._enter("append", f.path)
+            payload = bytes(data)
+            if fault is not None:
+                payload = payload[:fault.partial or 0]
+            if payload:
+                op: FileOp = ("w", len(f.ino.data), payload)
+                _apply(f.ino.data, op)
+                f.ino.pending.append(op)
+                self._last_written = f.ino
+            if fault is not None:
+                raise _oserror(fault.errno, f.path)
+            self._done("append", f.path, len(payload))
+
+    def _sync(self, f: "FaultFile") -> None:
+        with self._lock:
+            fault = self._enter("sync", f.path)
+            if fault is not None:
+                if fault.drop_unsynced:
+                    f.ino.pending.clear()     # fsyncgate: the dirty pages are marked clean, never written
+                raise _oserror(fault.errno, f.path)
+            content = bytearray(f.ino.durable)
+            for op in f.ino.pending:
+                _apply(content, op)
+            f.ino.durable = bytes(content)
+            f.ino.pending.clear()
+            self._done("sync", f.path)
+
+    def _truncate(self, f: "FaultFile", size: int) -> None:
+        with self._lock:
+            fault = self._enter("truncate", f.path)
+            if fault is not None:
+                raise _oserror(fault.errno, f.path)
+            op: FileOp = ("t", size)
+            _apply(f.ino.data, op)
+            f.ino.pending.append(op)
+            self._last_written = f.ino
+            self._done("truncate", f.path)
+
+    def _pread(self, f: "FaultFile", size: int, offset: int) -> bytes:
+        with self._lock:
+            self._fail_simple("pread", f.path)
+            out = bytes(f.ino.data[offset:offset + size])
+            self._done("pread", f.path, len(out))
+            return out
+
+    def _size(self, f: "FaultFile") -> int:
+        with self._lock:
+            self._fail_simple("size", f.path)
+            n = len(f.ino.data)
+            self._done("size", f.path)
+            return n
+
+
+class FaultFile:
+    """An open file of a FaultFS (bound to the inode, so it survives unlink and rename)."""
+
+    __slots__ = ("fs", "ino", "path", "writable", "closed")
+
+    def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool):
+        self.fs, self.ino, self.path, self.writable, self.closed = fs, ino, path, writable, False
+
+    def _check(self, write: bool = False) -> None:
+        if self.closed or (write and not self.writable):
+            raise _oserror(errno_mod.EBADF, self.path)
+
+    def append(self, data: BytesLike) -> None:
+        self._check(True)
+        self.fs._append(self, data)
+
+    def sync(self) -> None:
+        self._check()
+        self.fs._sync(self)
+
+    def truncate(self, size: int) -> None:
+        self._check(True)
+        self.fs._truncate(self, size)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        self._check()
+        return self.fs._pread(self, size, offset)
+
+    def size(self) -> int:
+        self._check()
+        return self.fs._size(self)
+
+    def close(self) -> None:
+        self.closed = True        # never fails, never counted: it changes nothing on disk
+
+
+class FaultLock:
+    """The in-memory directory lock of a FaultFS."""
+
+    def __init__(self, fs: FaultFS, path: str):
+        self._fs, self._path = fs, path
+
+    def release(self) -> None:
+        if self._path:
+            with self._fs._lock:
+                self._fs._locks.discard(self._path)
+            self._path = ""
+
+
+def sector_tears(offset: int, length: int, sector: int = SECTOR_SIZE) -> list[int]:
+    """Byte counts ``t`` (0 < t < length) at which a write at ``offset`` crosses a sector boundary."""
+    first = (-offset) % sector or sector
+    return list(range(first, length, sector))
+
+
+def torn_write_points(offset: int, data: bytes, *, frame_ends: Iterable[int] = (),
+                      every: int = 0) -> list[int]:
+    """Sampled tear points inside one write: its first bytes, sector edges, frame edges +-1, its last bytes.
+
+    ``frame_ends``: offsets (relative to the write) where whole frames end.
+    ``every``: also every ``every``-th byte (0: no regular sampling).
+    """
+    n = len(data)
+    pts = {1, 2, 3, 4, 5, 6, 7, 8, n - 1, n // 2}
+    pts.update(sector_tears(offset, n))
+    for e in frame_ends:
+        pts.update((e - 1, e, e + 1))
+    if every:
+        pts.update(range(every, n, every))
+    return sorted(p for p in pts if 0 < p < n)
+
+
+__all__ = ["CRASH", "CrashSpec", "Fault", "FaultFS", "FaultFile", "FaultLock", "MUTATING_OPS", "POWER_LOSS",
+           "PROCESS_CRASH", "SECTOR_SIZE", "SimulatedCrash", "Syscall", "sector_tears", "torn_write_points"]
