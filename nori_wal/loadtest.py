@@ -1,0 +1,1014 @@
+"""The contention load benchmark: the main job (``nori-wal load``, ``scripts/load.py``).
+
+Spawns one writer process per fsync policy and 1, 2, 4, ... producer processes
+(multiprocessing, ``spawn``) that append 1 KB records through the public client
+API, and prints a contention table: acked records/s, MiB/s, p50/p99 ack latency,
+each row as a multiple of F and of SQLite. Every cell runs in the same run as its
+peers, because on a virtual disk fdatasync swings from 0.2 to 4 ms between runs:
+only same-run ratios mean anything.
+
+Modes (``--modes``), each producer:
+  sync       ``WalClient.append`` one record at a time (one append in flight);
+  pipelined  ``AsyncWalClient``: ``--depth`` (32) coroutines under ``asyncio.gather``,
+             each awaiting ``append`` in a loop, so 32 appends are always in flight;
+  batch      ``WalClient.append_batch`` of ``--batch-size`` (100) records.
+Records are ``Record`` objects framed by the client on every call (framing and
+CRC32C are part of the measured cost; nothing is pre-encoded). MiB/s counts the
+1 KB values; the frames add the key and a few header bytes.
+
+Measured in the same run, beside the cells:
+  F          one writer's 1 KB ``os.write`` + ``os.fdatasync`` per second (a 1 s loop),
+             at the start and again at the end to show the disk's drift;
+  SQLite     WAL mode, ``synchronous=FULL``, one INSERT of a 1 KB blob per transaction,
+             the same process counts (what ``../shared/bench/sqlite_peer.py`` does);
+  yardstick  the ideal group-commit toy, REIMPLEMENTED here (not the shared script,
+             which an installed package cannot rely on): one ROUTER writer, blocks for
+             a message, drains what is pending, one ``os.write``, one ``fdatasync``
+             (``always``) or none (``none``), acks; producers send pre-framed 1 KB
+             records (or ``--batch-size`` of them) synchronously. Same logic as
+             ``../shared/bench/ideal_group_commit.py``;
+  Redis      AOF ``appendfsync always``, redis-py ``XADD`` of 1 KB, synchronous,
+             pipelined (``--depth`` per round trip) and ``--batch-size`` per round trip,
+             when ``redis-server`` and redis-py are installed (said so when not), as
+             ``../shared/bench/redis_peer.py`` does. With ``--full`` also ``everysec``
+             beside ``batch`` (it acks BEFORE its fsync: weaker) and ``no`` beside ``os``.
+
+Cells are ordered by producer count, every system at N before N+1, so the peers
+and nori-wal see the same disk weather. Producer processes form one pool started
+before the first clock and reused by every cell; each cell's producers set up
+(connect, one warm-up call that is not counted), report ready, and start together
+on an ``Event``; each counts its acked records and per-call ack latencies and
+returns them through a ``Queue``. A cell's rate is the sum of its producers' rates.
+
+With matplotlib installed a PNG of throughput against producers is written too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+RECORD_BYTES = 1024                 # value bytes per record
+MODES = ("sync", "pipelined", "batch")
+POLICIES = ("always", "batch", "os")
+PEERS = ("sqlite", "yardstick", "redis")
+DEFAULT_PRODUCERS = (1, 2, 4, 8, 16, 32)
+FULL_PRODUCERS = (1, 2, 4, 8, 16, 32, 64)
+QUICK_PRODUCERS = (1, 8)
+DEFAULT_SECONDS = 2.0               # per cell
+QUICK_SECONDS = 0.5
+FULL_SECONDS = 3.0
+SETUP_TIMEOUT = 60.0                # seconds for a cell's producers to connect and warm up
+CLIENT_TIMEOUT = 30.0               # seconds, WalClient(timeout=...)
+REDIS_FSYNC = {"always": "always", "batch": "everysec", "os": "no"}
+YARD_FSYNC = {"always": "always", "os": "none"}
+
+Task = dict[str, Any]
+
+
+# -- values ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: ``system`` at ``producers`` processes in ``mode`` under ``policy``.
+
+    system: "nori", "sqlite", "yardstick" or "redis"; policy: the nori policy the cell
+    stands beside (always/batch/os); for peers ``detail`` says what they really ran.
+    """
+
+    system: str
+    policy: str
+    mode: str
+    producers: int
+    detail: str = ""
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    records_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    calls: int = 0
+    error: str = ""
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.records_per_s * RECORD_BYTES / 2**20
+
+
+@dataclass
+class LoadReport:
+    """Everything one run measured; printed as tables and ratios, optionally saved as JSON."""
+
+    f_start: float = 0.0
+    f_end: float = 0.0
+    results: list[CellResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def find(self, system: str, policy: str, mode: str, producers: int) -> CellResult | None:
+        for r in self.results:
+            c = r.cell
+            if (c.system, c.policy, c.mode, c.producers) == (system, policy, mode, producers) and not r.error:
+                return r
+        return None
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+def parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    """``"a,b"`` -> ["a", "b"], each checked against ``allowed``; raises ValueError naming the bad one."""
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    for item in items:
+        if item not in allowed:
+            raise ValueError(f"unknown {what} {item!r}: choose from {', '.join(allowed)}")
+    if not items:
+        raise ValueError(f"no {what} given")
+    return list(dict.fromkeys(items))
+
+
+def parse_counts(text: str) -> list[int]:
+    """``"1,2,8"`` -> [1, 2, 8]; every count must be a positive integer."""
+    out = []
+    for t in text.split(","):
+        t = t.strip()
+        if not t:
+            continue
+        if not t.isdigit() or int(t) < 1:
+            raise ValueError(f"bad producer count {t!r}: use positive integers, e.g. 1,2,4,8")
+        out.append(int(t))
+    if not out:
+        raise ValueError("no producer counts given")
+    return list(dict.fromkeys(out))
+
+
+def percentile_ms(sorted_s: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ascending seconds, in milliseconds; 0 when empty."""
+    if not sorted_s:
+        return 0.0
+    return sorted_s[min(len(sorted_s) - 1, int(q * len(sorted_s)))] * 1e3
+
+
+def mode_label(mode: str, depth: int, batch_size: int) -> str:
+    return {"sync": "sync", "pipelined": f"pipe x{depth}", "batch": f"batch({batch_size})"}[mode]
+
+
+def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequence[str], peers: Sequence[str],
+               full: bool, redis_ok: bool) -> list[Cell]:
+    """The cells of a run, grouped by producer count (every system at N before N+1).
+
+    Peers: SQLite FULL at every N; the yardstick beside Always sync and Os batch (the
+    targets; with ``full`` also Always batch and Os sync); Redis beside Always (with
+    ``full`` beside every policy, with the matching appendfsync).
+    """
+    cells: list[Cell] = []
+    for n in producers:
+        if "sqlite" in peers:
+            cells.append(Cell("sqlite", "-", "sync", n, "WAL synchronous=FULL, 1 row/txn"))
+        for policy in policies:
+            for mode in modes:
+                cells.append(Cell("nori", policy, mode, n))
+                yard = YARD_FSYNC.get(policy)
+                wanted = {("always", "sync"), ("os", "batch")}
+                if full:
+                    wanted |= {("always", "batch"), ("os", "sync")}
+                if "yardstick" in peers and yard and mode != "pipelined" and (policy, mode) in wanted:
+                    cells.append(Cell("yardstick", policy, mode, n, f"fsync {yard}"))
+                if "redis" in peers and redis_ok and (policy == "always" or full):
+                    cells.append(Cell("redis", policy, mode, n, f"appendfsync {REDIS_FSYNC[policy]}"))
+    return cells
+
+
+def peer_label(cell: Cell) -> str:
+    if cell.system == "sqlite":
+        return "sqlite FULL"
+    if cell.system == "yardstick":
+        return f"yardstick {YARD_FSYNC[cell.policy]}"
+    if cell.system == "redis":
+        return f"redis {REDIS_FSYNC[cell.policy]}"
+    return cell.policy
+
+
+HEADER = (f"{'producers':>9}  {'mode':<10}  {'policy':<16}  {'acked rec/s':>12}  {'MiB/s':>8}  "
+          f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}")
+
+
+def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, batch_size: int) -> str:
+    c = r.cell
+    name = c.policy if c.system == "nori" else peer_label(c)
+    mode = mode_label(c.mode, depth, batch_size)
+    if r.error:
+        return f"{c.producers:>9}  {mode:<10}  {name:<16}  error: {r.error}"
+    xf = r.records_per_s / f if f > 0 else 0.0
+    xs = f"{r.records_per_s / sqlite.records_per_s:>8.2f}" if sqlite and sqlite.records_per_s > 0 else f"{'-':>8}"
+    return (f"{c.producers:>9}  {mode:<10}  {name:<16}  {r.records_per_s:>12,.0f}  {r.mib_per_s:>8.2f}  "
+            f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}")
+
+
+def _ratio(a: CellResult | None, b: CellResult | None) -> float | None:
+    if a is None or b is None or b.records_per_s <= 0:
+        return None
+    return a.records_per_s / b.records_per_s
+
+
+def ratio_lines(rep: LoadReport, depth: int, batch_size: int) -> list[str]:
+    """The ratios issue 3 sets targets for, each with its target and whether this run met it."""
+    out: list[str] = []
+
+    def verdict(value: float | None, target: float, unit: str = "x") -> str:
+        if value is None:
+            return "n/a (not measured in this run)"
+        shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:.0%}"
+        return f"{shown}  (target >= {target:g}{unit if unit == 'x' else ''}: {'met' if value >= target else 'MISSED'})"
+
+    ns = sorted({r.cell.producers for r in rep.results})
+    parts = []
+    for n in ns:
+        v = _ratio(rep.find("nori", "always", "sync", n), rep.find("yardstick", "always", "sync", n))
+        if v is not None:
+            parts.append(f"N={n} {v:.2f}x{'' if v >= 1 or n > 32 else '!'}")
+    out.append("Always sync / yardstick always, same N (target >= 1x for N <= 32, ! = missed): "
+               + (", ".join(parts) if parts else "n/a (not measured in this run)"))
+    sq8 = rep.find("sqlite", "-", "sync", 8)
+    out.append("Always sync N=8 / SQLite FULL N=8: "
+               + verdict(_ratio(rep.find("nori", "always", "sync", 8), sq8), 2))
+    out.append(f"Always {mode_label('pipelined', depth, batch_size)} N=8 / SQLite FULL N=8: "
+               + verdict(_ratio(rep.find("nori", "always", "pipelined", 8), sq8), 10))
+    out.append(f"Always {mode_label('batch', depth, batch_size)} N=8 / SQLite FULL N=8: "
+               + verdict(_ratio(rep.find("nori", "always", "batch", 8), sq8), 25))
+    osb = rep.find("nori", "os", "batch", 8)
+    yb = rep.find("yardstick", "os", "batch", 8)
+    if osb is None:
+        out.append(f"Os {mode_label('batch', depth, batch_size)} N=8 MiB/s: n/a (not measured in this run)")
+    else:
+        met = "met" if osb.mib_per_s >= 150 else "MISSED"
+        line = f"Os {mode_label('batch', depth, batch_size)} N=8: {osb.mib_per_s:.0f} MiB/s (target >= 150: {met})"
+        if yb is not None and yb.mib_per_s > 0:
+            line += f"; / yardstick --batch {batch_size} --fsync none ({yb.mib_per_s:.0f} MiB/s): " + verdict(
+                osb.mib_per_s / yb.mib_per_s, 0.5, "%")
+        out.append(line)
+    for policy in POLICIES:
+        for mode in MODES:
+            parts = []
+            for n in ns:
+                rd = rep.find("redis", policy, mode, n)
+                v = _ratio(rep.find("nori", policy, mode, n), rd)
+                if v is not None and rd is not None:
+                    parts.append(f"N={n} {v:.2f}x")
+            if parts:
+                fs = REDIS_FSYNC[policy]
+                out.append(f"{policy} {mode_label(mode, depth, batch_size)} / Redis appendfsync {fs}: "
+                           + ", ".join(parts))
+    return out
+
+
+# -- the disk probe ----------------------------------------------------------------------------
+
+def measure_f(directory: str, seconds: float = 1.0) -> float:
+    """F: 1 KB ``os.write`` + ``os.fdatasync`` per second on this disk, one writer, a ``seconds`` loop."""
+    path = os.path.join(directory, "f.probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    try:
+        rec, n = os.urandom(RECORD_BYTES), 0
+        start = time.perf_counter()
+        end = start + seconds
+        now = start
+        while now < end:
+            os.write(fd, rec)
+            os.fdatasync(fd)
+            n += 1
+            now = time.perf_counter()
+        return n / (now - start)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def describe_disk(directory: str) -> str:
+    """``ext4 on /dev/vda`` for the mount holding ``directory`` (best effort, Linux)."""
+    try:
+        real = os.path.realpath(directory)
+        best = ("", "?", "?")
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                dev, mnt, fstype = line.split()[:3]
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, fstype, dev)
+        return f"{best[1]} on {best[2]}"
+    except OSError:
+        return "unknown filesystem"
+
+
+# -- producer processes (the pool) -------------------------------------------------------------
+
+def _timed_loop(op: Callable[[], int], seconds: float) -> tuple[int, float, array[float]]:
+    """Call ``op`` until ``seconds`` pass; returns (acked records, elapsed s, per-call latencies s)."""
+    lat: array[float] = array("d")
+    acked = 0
+    start = t0 = time.perf_counter()
+    end = start + seconds
+    while t0 < end:
+        n = op()
+        t1 = time.perf_counter()
+        if n:
+            lat.append(t1 - t0)
+            acked += n
+        t0 = t1
+    return acked, t0 - start, lat
+
+
+def _records(index: int, count: int) -> list[Any]:
+    from .record import Record
+    value = os.urandom(RECORD_BYTES)
+    return [Record.put(b"p%04d-%06d" % (index, i), value) for i in range(count)]
+
+
+def _run_nori(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+    from .client import WalClient
+    mode, seconds = task["mode"], task["seconds"]
+    if mode == "pipelined":
+        return asyncio.run(_run_nori_pipelined(task, ready, go))
+    recs = _records(task["index"], task["batch_size"] if mode == "batch" else 1)
+    client = WalClient(task["endpoint"], timeout=CLIENT_TIMEOUT)
+    try:
+        if mode == "sync":
+            rec = recs[0]
+
+            def op() -> int:
+                client.append(rec)
+                return 1
+        else:
+            def op() -> int:
+                return len(client.append_batch(recs))
+        op()                        # warm-up: connects; not counted
+        ready()
+        go.wait()
+        return _timed_loop(op, seconds)
+    finally:
+        client.close()
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _run_nori_pipelined(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+    from .client import AsyncWalClient
+    depth, seconds = task["depth"], task["seconds"]
+    recs = _records(task["index"], depth)
+    client = AsyncWalClient(task["endpoint"], timeout=CLIENT_TIMEOUT)
+    try:
+        await client.append(recs[0])      # warm-up: connects; not counted
+        ready()
+        go.wait()                         # blocks the loop on purpose: nothing else runs yet
+        lat: array[float] = array("d")
+        start = time.perf_counter()
+        end = start + seconds
+
+        async def lane(rec: Any) -> int:
+            n = 0
+            t0 = time.perf_counter()
+            while t0 < end:
+                await client.append(rec)
+                t1 = time.perf_counter()
+                lat.append(t1 - t0)
+                n += 1
+                t0 = t1
+            return n
+
+        counts = await asyncio.gather(*(lane(r) for r in recs))
+        return sum(counts), time.perf_counter() - start, lat
+    finally:
+        await _maybe_await(client.close())
+
+
+def _run_sqlite(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+    import sqlite3
+    db = sqlite3.connect(task["path"], isolation_level=None, timeout=10.0)
+    try:
+        db.execute("PRAGMA busy_timeout=10000")
+        db.execute("PRAGMA synchronous=FULL")
+        blob = os.urandom(RECORD_BYTES)
+
+        def op() -> int:
+            try:
+                db.execute("INSERT INTO log(data) VALUES (?)", (blob,))
+                return 1
+            except sqlite3.OperationalError:      # "database is locked" past busy_timeout
+                return 0
+        ready()
+        go.wait()
+        return _timed_loop(op, task["seconds"])
+    finally:
+        db.close()
+
+
+def _yard_frame() -> bytes:
+    import zlib
+    body = os.urandom(RECORD_BYTES - 8)
+    return len(body).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little") + body
+
+
+def _run_yard(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+    import zmq
+    per = task["batch_size"] if task["mode"] == "batch" else 1
+    msg = _yard_frame() * per
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(CLIENT_TIMEOUT * 1000))
+    try:
+        sock.connect(task["endpoint"])
+
+        def op() -> int:
+            sock.send(msg)
+            sock.recv()
+            return per
+        op()
+        ready()
+        go.wait()
+        return _timed_loop(op, task["seconds"])
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def _run_redis(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+    import redis
+    r = redis.Redis(port=task["port"])
+    blob = os.urandom(RECORD_BYTES)
+    per = {"sync": 1, "pipelined": task["depth"], "batch": task["batch_size"]}[task["mode"]]
+    try:
+        if per == 1:
+            def op() -> int:
+                r.xadd("log", {"d": blob})
+                return 1
+        else:
+            def op() -> int:
+                p = r.pipeline(transaction=False)
+                for _ in range(per):
+                    p.xadd("log", {"d": blob})
+                return len(p.execute())
+        r.ping()
+        ready()
+        go.wait()
+        return _timed_loop(op, task["seconds"])
+    finally:
+        r.close()
+
+
+_RUNNERS: dict[str, Callable[[Task, Callable[[], None], Any], tuple[int, float, array[float]]]] = {
+    "nori": _run_nori, "sqlite": _run_sqlite, "yardstick": _run_yard, "redis": _run_redis,
+}
+
+
+def _worker_main(index: int, commands: Any, results: Any, go: Any) -> None:
+    """A pooled producer process: run each task it is given, report ready, wait for go, report numbers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    while True:
+        task = commands.get()
+        if task is None:
+            return
+        readied: list[bool] = []
+        try:
+            acked, elapsed, lat = _RUNNERS[task["system"]](task, _ready_callback(results, index, readied), go)
+            results.put(("done", index, (acked, elapsed, lat.tobytes())))
+        except BaseException as exc:  # noqa: BLE001 -- reported, not raised: the pool must keep serving
+            results.put(("failed" if readied else "setup-failed", index, f"{type(exc).__name__}: {exc}"))
+
+
+def _ready_callback(results: Any, index: int, readied: list[bool]) -> Callable[[], None]:
+    def ready() -> None:
+        results.put(("ready", index, None))
+        readied.append(True)
+    return ready
+
+
+class ProducerPool:
+    """``size`` spawned producer processes, started once, synchronised per cell with one Event."""
+
+    def __init__(self, size: int):
+        self._ctx = mp.get_context("spawn")
+        self._go = self._ctx.Event()
+        self._results: Any = self._ctx.Queue()
+        self._commands: list[Any] = []
+        self._procs: list[Any] = []
+        self.grow(size)
+
+    def grow(self, size: int) -> None:
+        while len(self._procs) < size:
+            i = len(self._procs)
+            q = self._ctx.Queue()
+            p = self._ctx.Process(target=_worker_main, args=(i, q, self._results, self._go),
+                                  name=f"nori-load-producer-{i}", daemon=True)
+            p.start()
+            self._commands.append(q)
+            self._procs.append(p)
+
+    def _get(self, deadline: float) -> tuple[str, int, Any]:
+        while True:
+            try:
+                msg: tuple[str, int, Any] = self._results.get(timeout=0.5)
+                return msg
+            except queue.Empty:
+                dead = [p.name for p in self._procs if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"producer process died: {', '.join(dead)}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("producers did not answer in time") from None
+
+    def run(self, tasks: list[Task], seconds: float) -> tuple[list[tuple[int, float, bytes]], list[str]]:
+        """Run one cell: ``tasks[i]`` on producer i, all starting together; (numbers, errors)."""
+        self.grow(len(tasks))
+        self._go.clear()
+        for i, task in enumerate(tasks):
+            self._commands[i].put({**task, "index": i})
+        readied, errors = 0, []
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        for _ in tasks:
+            kind, i, payload = self._get(deadline)
+            if kind == "ready":
+                readied += 1
+            else:
+                errors.append(f"producer {i}: {payload}")
+        self._go.set()                 # the clock starts now, for every producer at once
+        numbers = []
+        deadline = time.monotonic() + seconds + SETUP_TIMEOUT
+        for _ in range(readied):
+            kind, i, payload = self._get(deadline)
+            if kind == "done":
+                numbers.append(payload)
+            else:
+                errors.append(f"producer {i}: {payload}")
+        self._go.clear()
+        return numbers, errors
+
+    def close(self) -> None:
+        """Stop every producer: release any waiting on go, ask each to exit, kill what lingers."""
+        self._go.set()
+        for q in self._commands:
+            try:
+                q.put(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 10
+        for p in self._procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        for q in [*self._commands, self._results]:
+            q.close()
+            q.join_thread()
+
+
+def summarize(cell: Cell, numbers: list[tuple[int, float, bytes]], errors: list[str]) -> CellResult:
+    """A cell's row from its producers' (acked, elapsed, latencies) triples."""
+    if errors:
+        return CellResult(cell, error=errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    rate = sum(acked / elapsed for acked, elapsed, _ in numbers if elapsed > 0)
+    lat: list[float] = []
+    for _, _, raw in numbers:
+        a: array[float] = array("d")
+        a.frombytes(raw)
+        lat.extend(a)
+    lat.sort()
+    return CellResult(cell, rate, percentile_ms(lat, 0.50), percentile_ms(lat, 0.99), len(lat))
+
+
+# -- the peers' servers ------------------------------------------------------------------------
+
+def _yard_writer(endpoint: str, path: str, fsync: str, ready: Any, stop: Any) -> None:
+    """The ideal group-commit writer: block for one message, drain, one write, one fdatasync, ack all."""
+    import zmq
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    ready.set()
+    try:
+        while not stop.is_set():
+            if not sock.poll(100):
+                continue
+            group = [sock.recv_multipart()]
+            while True:
+                try:
+                    group.append(sock.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            os.write(fd, b"".join(m[1] for m in group))
+            if fsync == "always":
+                os.fdatasync(fd)
+            for ident, _ in group:
+                sock.send_multipart([ident, b"k"])
+    finally:
+        os.close(fd)
+        sock.close()
+        ctx.term()
+
+
+class Yardstick:
+    """One yardstick writer process (fsync ``always`` or ``none``) with its ipc endpoint."""
+
+    def __init__(self, fsync: str, data_dir: str, sock_dir: str):
+        ctx = mp.get_context("spawn")
+        self.path = os.path.join(data_dir, f"yardstick-{fsync}.log")
+        self.endpoint = f"ipc://{sock_dir}/yard-{fsync}.sock"
+        self._stop = ctx.Event()
+        ready = ctx.Event()
+        self._proc = ctx.Process(target=_yard_writer, args=(self.endpoint, self.path, fsync, ready, self._stop),
+                                 name=f"nori-load-yardstick-{fsync}", daemon=True)
+        self._proc.start()
+        if not ready.wait(SETUP_TIMEOUT) or not self._proc.is_alive():
+            self.close()
+            raise RuntimeError("the yardstick writer did not start")
+
+    def reset(self) -> None:
+        """Empty the file between cells (its writer appends with O_APPEND, so it follows)."""
+        try:
+            os.truncate(self.path, 0)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisPeer:
+    """A private ``redis-server`` with AOF on the measured disk; ``appendfsync`` set per cell."""
+
+    def __init__(self, workdir: str):
+        import redis
+        os.makedirs(workdir, exist_ok=True)
+        self.port = _free_port()
+        self._proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", workdir,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--auto-aof-rewrite-percentage", "0", "--daemonize", "no",
+             "--logfile", os.path.join(workdir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError(f"redis-server did not start (see {workdir}/redis.log)") from None
+                time.sleep(0.05)
+        self.version = str(self._client.info("server").get("redis_version", "?"))
+
+    def prepare(self, appendfsync: str) -> None:
+        self._client.delete("log")
+        self._client.config_set("appendfsync", appendfsync)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        finally:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(5)
+
+
+def redis_status() -> str:
+    """'' when the Redis peer can run, else why not (one line)."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (apt-get install redis-server): Redis AOF peer skipped"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "redis-py is not installed (pip install redis): Redis AOF peer skipped"
+    return ""
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_load(args: argparse.Namespace) -> LoadReport:
+    """Run the benchmark described by parsed ``args``; returns the report (does not print tables)."""
+    producers, policies, modes, peers = args.producers_list, args.policies_list, args.modes_list, args.peers_list
+    rep = LoadReport()
+    why_no_redis = redis_status() if "redis" in peers else ""
+    if why_no_redis:
+        rep.notes.append(why_no_redis)
+    redis_ok = "redis" in peers and not why_no_redis
+    cells = plan_cells(producers, policies, modes, peers, args.full, redis_ok)
+    base = args.dir
+    if base is not None:
+        os.makedirs(base, exist_ok=True)
+    run_dir = tempfile.mkdtemp(prefix="nori-load-", dir=base)
+    sock_dir = tempfile.mkdtemp(prefix="nori-load-sock-")   # short ipc paths, whatever --dir is
+    rep.settings = {
+        "seconds_per_cell": args.seconds, "producers": producers, "policies": policies, "modes": modes,
+        "peers": peers, "depth": args.depth, "batch_size": args.batch_size, "record_bytes": RECORD_BYTES,
+        "dir": run_dir, "disk": describe_disk(run_dir), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "sqlite": __import__("sqlite3").sqlite_version,
+    }
+    writers: dict[str, Any] = {}
+    controls: dict[str, Any] = {}
+    yards: dict[str, Yardstick] = {}
+    redis_peer: RedisPeer | None = None
+    pool: ProducerPool | None = None
+    try:
+        _say(f"nori-wal load: {len(cells)} cells x {args.seconds:g} s in {run_dir} ({rep.settings['disk']})")
+        rep.f_start = measure_f(run_dir, args.f_seconds)
+        _say(f"F = {rep.f_start:,.0f} appends+fdatasync/s")
+        pool = ProducerPool(max(producers))
+        if any(c.system == "nori" for c in cells):
+            from .client import WalClient
+            from .config import FsyncPolicy, WalConfig
+            from .writer_proc import WriterProcess
+            for policy in policies:
+                cfg = WalConfig(dir=os.path.join(run_dir, f"wal-{policy}"), fsync_policy=FsyncPolicy.parse(policy))
+                writers[policy] = WriterProcess.spawn(cfg)
+                controls[policy] = WalClient(writers[policy].endpoint, timeout=CLIENT_TIMEOUT)
+        for c in cells:
+            if c.system == "yardstick" and YARD_FSYNC[c.policy] not in yards:
+                fs = YARD_FSYNC[c.policy]
+                yards[fs] = Yardstick(fs, run_dir, sock_dir)
+        if redis_ok and any(c.system == "redis" for c in cells):
+            try:
+                redis_peer = RedisPeer(os.path.join(run_dir, "redis"))
+                rep.settings["redis"] = redis_peer.version
+            except RuntimeError as exc:
+                rep.notes.append(f"{exc}: Redis AOF peer skipped")
+                cells = [c for c in cells if c.system != "redis"]
+        for k, cell in enumerate(cells, 1):
+            base_task: Task = {"system": cell.system, "mode": cell.mode, "seconds": args.seconds,
+                               "depth": args.depth, "batch_size": args.batch_size}
+            sqlite_path = ""
+            if cell.system == "nori":
+                base_task["endpoint"] = writers[cell.policy].endpoint
+            elif cell.system == "yardstick":
+                base_task["endpoint"] = yards[YARD_FSYNC[cell.policy]].endpoint
+            elif cell.system == "redis":
+                assert redis_peer is not None
+                redis_peer.prepare(REDIS_FSYNC[cell.policy])
+                base_task["port"] = redis_peer.port
+            elif cell.system == "sqlite":
+                sqlite_path = os.path.join(run_dir, f"sqlite-{cell.producers}.db")
+                _sqlite_create(sqlite_path)
+                base_task["path"] = sqlite_path
+            numbers, errors = pool.run([base_task] * cell.producers, args.seconds)
+            result = summarize(cell, numbers, errors)
+            rep.results.append(result)
+            what = cell.policy if cell.system == "nori" else peer_label(cell)
+            shown = result.error or f"{result.records_per_s:,.0f} rec/s, p99 {result.p99_ms:.2f} ms"
+            _say(f"[{k}/{len(cells)}] N={cell.producers} {cell.system} {what} {cell.mode}: {shown}")
+            # keep the disk bounded between cells
+            if cell.system == "nori":
+                ctl = controls[cell.policy]
+                try:
+                    ctl.delete_segments_before(ctl.current_position())
+                except Exception as exc:  # noqa: BLE001 -- a failed GC must not lose the run's numbers
+                    rep.notes.append(f"segment GC after a {cell.policy} cell failed: {exc}")
+            elif cell.system == "yardstick":
+                yards[YARD_FSYNC[cell.policy]].reset()
+            elif cell.system == "sqlite":
+                for suffix in ("", "-wal", "-shm"):
+                    if os.path.exists(sqlite_path + suffix):
+                        os.unlink(sqlite_path + suffix)
+        rep.f_end = measure_f(run_dir, args.f_seconds)
+    finally:
+        closers: list[Callable[[], Any]] = [pool.close] if pool is not None else []
+        closers += [c.close for c in controls.values()] + [w.stop for w in writers.values()]
+        closers += [y.close for y in yards.values()] + ([redis_peer.close] if redis_peer is not None else [])
+        for close in closers:         # every one of them, even when one fails
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 -- tear down the rest regardless
+                rep.notes.append(f"teardown: {type(exc).__name__}: {exc}")
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        if args.keep:
+            rep.notes.append(f"kept {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return rep
+
+
+def _sqlite_create(path: str) -> None:
+    import sqlite3
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise RuntimeError(f"SQLite refused WAL mode ({mode}) in {path}")
+        db.execute("CREATE TABLE log(id INTEGER PRIMARY KEY, data BLOB)")
+    finally:
+        db.close()
+
+
+# -- output --------------------------------------------------------------------------------------
+
+def render(rep: LoadReport, depth: int, batch_size: int) -> str:
+    """The tables and ratios, as printed."""
+    s = rep.settings
+    f = rep.f_start
+    lines = [
+        f"nori-wal contention load: {RECORD_BYTES} B records, {s.get('seconds_per_cell', 0):g} s per cell, "
+        f"{s.get('cpus')} CPUs, {s.get('disk')}, Python {s.get('python')}, SQLite {s.get('sqlite')}"
+        + (f", Redis {s['redis']}" if "redis" in s else ""),
+        (f"F = {rep.f_start:,.0f} appends+fdatasync/s at start ({1e3 / rep.f_start if rep.f_start else 0:.3f} ms), "
+         f"{rep.f_end:,.0f}/s at end; x F uses the start figure"),
+        "",
+        HEADER,
+    ]
+
+    def sqlite_at(n: int) -> CellResult | None:
+        return rep.find("sqlite", "-", "sync", n)
+
+    order = {m: i for i, m in enumerate(MODES)}
+    pol = {p: i for i, p in enumerate(POLICIES)}
+    nori = sorted((r for r in rep.results if r.cell.system == "nori"),
+                  key=lambda r: (pol[r.cell.policy], order[r.cell.mode], r.cell.producers))
+    prev: tuple[str, ...] | None = None
+    for r in nori:
+        if prev is not None and (r.cell.policy, r.cell.mode) != prev:
+            lines.append("")
+        prev = (r.cell.policy, r.cell.mode)
+        lines.append(format_row(r, f, sqlite_at(r.cell.producers), depth, batch_size))
+    peers = [r for r in rep.results if r.cell.system != "nori"]
+    if peers:
+        sysorder = {"sqlite": 0, "yardstick": 1, "redis": 2}
+        peers.sort(key=lambda r: (sysorder[r.cell.system], pol.get(r.cell.policy, -1),
+                                  order[r.cell.mode], r.cell.producers))
+        lines += ["", "Peers, same run:", HEADER.replace("policy      ", "peer        ")]
+        prev = None
+        for r in peers:
+            key = (r.cell.system, r.cell.policy, r.cell.mode)
+            if prev is not None and key != prev:
+                lines.append("")
+            prev = key
+            lines.append(format_row(r, f, sqlite_at(r.cell.producers), depth, batch_size))
+    lines += ["", "Ratios (same run):"] + ["  " + x for x in ratio_lines(rep, depth, batch_size)]
+    if rep.notes:
+        lines += [""] + [f"note: {x}" for x in rep.notes]
+    return "\n".join(lines)
+
+
+def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
+    """Throughput against producers, one line per (policy, mode) and per peer; '' if matplotlib is absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rep.results:
+        if r.error:
+            continue
+        c = r.cell
+        name = (f"nori {c.policy} " if c.system == "nori" else peer_label(c) + " ") + mode_label(
+            c.mode, depth, batch_size)
+        series.setdefault(name, []).append((c.producers, r.records_per_s))
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    for name, pts in sorted(series.items()):
+        pts.sort()
+        style = "-" if name.startswith("nori") else "--"
+        ax.plot([p for p, _ in pts], [v for _, v in pts], style, marker="o", markersize=3, label=name)
+    if rep.f_start:
+        ax.axhline(rep.f_start, color="grey", linewidth=0.8, linestyle=":", label=f"F = {rep.f_start:,.0f}/s")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("producer processes")
+    ax.set_ylabel("acked 1 KB records / s")
+    ax.set_title("nori-wal contention load (same run; dashed = peers)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report_json(rep: LoadReport) -> dict[str, Any]:
+    return {
+        "f_start": rep.f_start, "f_end": rep.f_end, "settings": rep.settings, "notes": rep.notes,
+        "results": [{**asdict(r.cell), "records_per_s": r.records_per_s, "mib_per_s": r.mib_per_s,
+                     "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "calls": r.calls, "error": r.error,
+                     "x_f": r.records_per_s / rep.f_start if rep.f_start else None}
+                    for r in rep.results],
+    }
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default=None,
+                   help="where to put the logs (a fresh subdirectory is made and removed after; "
+                        "default: the system temp dir). Measure the disk you care about.")
+    p.add_argument("--producers", default=None,
+                   help=f"producer counts (default {','.join(map(str, DEFAULT_PRODUCERS))}; "
+                        f"--full: {','.join(map(str, FULL_PRODUCERS))})")
+    p.add_argument("--policies", default=None, help="fsync policies: always,batch,os (default all)")
+    p.add_argument("--modes", default=None, help="sync,pipelined,batch (default all)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help=f"seconds per cell (default {DEFAULT_SECONDS:g}; --quick {QUICK_SECONDS:g}; "
+                        f"--full {FULL_SECONDS:g})")
+    p.add_argument("--depth", type=int, default=32, help="appends in flight per producer in pipelined mode")
+    p.add_argument("--batch-size", type=int, default=100, help="records per append_batch in batch mode")
+    p.add_argument("--peers", default=",".join(PEERS), help="peers to run beside: sqlite,yardstick,redis")
+    p.add_argument("--no-peers", action="store_true", help="run no peers (F is still measured)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="a ~30 s run: producers 1,8, policies always,os")
+    g.add_argument("--full", action="store_true",
+                   help="the whole matrix: 1..64 producers, every policy and mode, every peer beside every policy")
+    p.add_argument("--f-seconds", type=float, default=1.0, help="length of each raw fdatasync probe (s)")
+    p.add_argument("--plot", default="nori-wal-load.png",
+                   help="PNG of throughput against producers (needs matplotlib; default ./nori-wal-load.png)")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (for inspection)")
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Fill the derived settings (lists, defaults per --quick/--full) into ``args``; ValueError if bad."""
+    prod: tuple[int, ...]
+    pols: tuple[str, ...]
+    if args.quick:
+        prod, pols, secs = QUICK_PRODUCERS, ("always", "os"), QUICK_SECONDS
+    elif args.full:
+        prod, pols, secs = FULL_PRODUCERS, POLICIES, FULL_SECONDS
+    else:
+        prod, pols, secs = DEFAULT_PRODUCERS, POLICIES, DEFAULT_SECONDS
+    args.producers_list = parse_counts(args.producers) if args.producers else list(prod)
+    args.policies_list = parse_list(args.policies, POLICIES, "policy") if args.policies else list(pols)
+    args.modes_list = parse_list(args.modes, MODES, "mode") if args.modes else list(MODES)
+    args.peers_list = [] if args.no_peers else (parse_list(args.peers, PEERS, "peer") if args.peers.strip() else [])
+    args.seconds = secs if args.seconds is None else args.seconds
+    if not args.seconds > 0:
+        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+    if args.depth < 1 or args.batch_size < 1:
+        raise ValueError("--depth and --batch-size must be >= 1")
+    if not args.f_seconds > 0:
+        raise ValueError(f"--f-seconds must be > 0, got {args.f_seconds}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``nori-wal load``: run, print the tables and ratios; 0 on success, 2 bad usage, 1 a cell failed."""
+    try:
+        resolve(args)
+    except ValueError as exc:
+        print(f"nori-wal load: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rep = run_load(args)
+    except KeyboardInterrupt:
+        print("nori-wal load: interrupted", file=sys.stderr)
+        return 130
+    if not args.no_plot:
+        png = write_png(rep, args.plot, args.depth, args.batch_size)
+        rep.notes.append(f"wrote {png}" if png else "matplotlib is not installed: no PNG (pip install matplotlib)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report_json(rep), fh, indent=1)
+    print(render(rep, args.depth, args.batch_size), flush=True)
+    return 1 if any(r.error for r in rep.results) else 0
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="load", description=(__doc__ or "").splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(None if argv is None else list(argv)))

@@ -1,0 +1,63 @@
+"""Smoke run of ``nori-wal load``: a tiny matrix prints a full table (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROW = re.compile(r"^\s+(\d+)\s{2}(sync|pipe x\d+|batch\(\d+\))\s+(.+?)\s{2,}([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+                 r"\s+([\d.]+)\s+([\d.]+|-)$")
+
+
+def _writer_available() -> bool:
+    try:
+        from nori_wal.client import AsyncWalClient, WalClient  # noqa: F401
+        from nori_wal.writer_proc import WriterProcess  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=100, check=False,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest.mark.skipif(not _writer_available(), reason="the writer process and clients are not there yet")
+@pytest.mark.timeout(120)
+def test_load_prints_a_row_with_numbers_for_every_cell(tmp_path):
+    out_json = tmp_path / "load.json"
+    proc = _run(["-m", "nori_wal.cli", "load", "--producers", "1,2", "--seconds", "0.3", "--policies", "always",
+                 "--peers", "sqlite,yardstick", "--f-seconds", "0.2", "--dir", str(tmp_path / "data"),
+                 "--no-plot", "--json", str(out_json)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [m for m in map(ROW.match, proc.stdout.splitlines()) if m]
+    # 2 counts x 3 modes of nori-wal, SQLite at 2 counts, the yardstick beside Always sync at 2 counts
+    assert len(rows) == 2 * 3 + 2 + 2, proc.stdout
+    for m in rows:
+        assert float(m.group(4).replace(",", "")) > 0, m.group(0)   # every producer acks at least one call
+    assert "error" not in proc.stdout
+    assert "F = " in proc.stdout and "Ratios (same run):" in proc.stdout
+    assert "Always sync N=8 / SQLite FULL N=8: n/a" in proc.stdout    # N=8 not run: said, not invented
+    data = json.loads(out_json.read_text())
+    assert {r["system"] for r in data["results"]} == {"nori", "sqlite", "yardstick"}
+    assert all(r["records_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in data["results"])
+    assert os.listdir(tmp_path / "data") == []    # the run directory is removed after
+
+
+@pytest.mark.timeout(60)
+def test_load_script_wraps_the_same_engine(tmp_path):
+    proc = _run([os.path.join(ROOT, "scripts", "load.py"), "--help"], tmp_path)
+    assert proc.returncode == 0 and "--quick" in proc.stdout and "--producers" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_load_rejects_a_bad_argument(tmp_path):
+    proc = _run(["-m", "nori_wal.cli", "load", "--modes", "sync,warp"], tmp_path)
+    assert proc.returncode == 2 and "warp" in proc.stderr

@@ -1,0 +1,72 @@
+"""The load benchmark's pure parts: argument lists, the cell plan, percentiles, the ratio lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from nori_wal.loadtest import (
+    Cell,
+    CellResult,
+    LoadReport,
+    parse_counts,
+    parse_list,
+    percentile_ms,
+    plan_cells,
+    ratio_lines,
+    summarize,
+)
+
+
+def test_parse_lists_and_counts():
+    assert parse_list("Always, os,always", ("always", "batch", "os"), "policy") == ["always", "os"]
+    with pytest.raises(ValueError, match="warp"):
+        parse_list("sync,warp", ("sync",), "mode")
+    assert parse_counts("1,2, 8") == [1, 2, 8]
+    for bad in ("0", "x", "-1", ""):
+        with pytest.raises(ValueError):
+            parse_counts(bad)
+
+
+def test_percentiles_nearest_rank_in_ms():
+    lat = [i / 1000 for i in range(1, 101)]   # 1..100 ms
+    assert percentile_ms(lat, 0.5) == pytest.approx(51)
+    assert percentile_ms(lat, 0.99) == pytest.approx(100)
+    assert percentile_ms([], 0.5) == 0.0
+
+
+def test_plan_groups_by_producer_count_and_places_the_peers():
+    cells = plan_cells([1, 8], ["always", "batch", "os"], ["sync", "pipelined", "batch"],
+                       ["sqlite", "yardstick", "redis"], full=False, redis_ok=True)
+    assert [c.producers for c in cells] == sorted(c.producers for c in cells)
+    at8 = [c for c in cells if c.producers == 8]
+    assert sum(c.system == "nori" for c in at8) == 9
+    assert {(c.policy, c.mode) for c in at8 if c.system == "yardstick"} == {("always", "sync"), ("os", "batch")}
+    assert {c.policy for c in at8 if c.system == "redis"} == {"always"}
+    assert sum(c.system == "sqlite" for c in at8) == 1
+    none = plan_cells([1], ["os"], ["sync"], [], full=True, redis_ok=False)
+    assert none == [Cell("nori", "os", "sync", 1)]
+
+
+def test_summarize_sums_producer_rates_and_merges_latencies():
+    from array import array
+    a, b = array("d", [0.001] * 99 + [0.010]), array("d", [0.002] * 100)
+    r = summarize(Cell("nori", "always", "sync", 2), [(100, 0.5, a.tobytes()), (100, 1.0, b.tobytes())], [])
+    assert r.records_per_s == pytest.approx(300) and r.calls == 200
+    assert r.p50_ms == pytest.approx(2) and r.p99_ms == pytest.approx(2)
+    assert summarize(Cell("nori", "os", "sync", 1), [], ["producer 0: boom"]).error == "producer 0: boom"
+
+
+def test_ratio_lines_say_met_missed_and_not_measured():
+    rep = LoadReport(f_start=1000.0)
+    rep.results = [CellResult(Cell("sqlite", "-", "sync", 8, ""), 1000.0),
+                   CellResult(Cell("nori", "always", "sync", 8), 2500.0),
+                   CellResult(Cell("yardstick", "always", "sync", 8), 2000.0),
+                   CellResult(Cell("nori", "always", "pipelined", 8), 9000.0),
+                   CellResult(Cell("nori", "os", "batch", 8), 160 * 1024.0),
+                   CellResult(Cell("yardstick", "os", "batch", 8), 400 * 1024.0)]
+    text = "\n".join(ratio_lines(rep, 32, 100))
+    assert "N=8 1.25x" in text
+    assert "Always sync N=8 / SQLite FULL N=8: 2.50x  (target >= 2x: met)" in text
+    assert "pipe x32 N=8 / SQLite FULL N=8: 9.00x  (target >= 10x: MISSED)" in text
+    assert "Always batch(100) N=8 / SQLite FULL N=8: n/a" in text
+    assert "160 MiB/s (target >= 150: met)" in text and "40%" in text and "MISSED" in text
