@@ -893,6 +893,7 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return ""
     series: dict[str, list[tuple[int, float]]] = {}
@@ -912,6 +913,10 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
         ax.axhline(rep.f_start, color="grey", linewidth=0.8, linestyle=":", label=f"F = {rep.f_start:,.0f}/s")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    counts = sorted({r.cell.producers for r in rep.results})
+    ax.set_xticks(counts)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("producer processes")
     ax.set_ylabel("acked 1 KB records / s")
     ax.set_title("nori-wal contention load (same run; dashed = peers)")
