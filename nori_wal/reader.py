@@ -49,7 +49,7 @@ class WalReader:
         self._base = 0          # file offset of _buf[0]
         self._i = 0             # index of the next frame in _buf
         self._closed = False
-        if not os.path.isdir(self.dir):
+        if not layer.exists(self.dir):     # through the layer: readers run on FaultFS too
             raise FileNotFoundError(f"no WAL directory at {self.dir}")
 
     # -- public ------------------------------------------------------------------------

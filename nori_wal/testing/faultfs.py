@@ -34,11 +34,12 @@ directory entry. Everything is guarded by one lock, so threads may share it.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 from ..errors import WalLockedError
 from ..record import BytesLike
@@ -457,7 +458,7 @@ class FaultFS:
             entries[name] = ino
             self._dir_pending.append((d, ("link", name, ino)))
             self._done("create", path)
-            return FaultFile(self, ino, path, writable=True)
+            return FaultFile(self, ino, path, writable=True, readable=False)   # O_WRONLY, like OsFileLayer
 
     def _open(self, op: str, path: str, writable: bool) -> "FaultFile":
         path = _norm(path)
@@ -584,15 +585,18 @@ class FaultFS:
 
 
 class FaultFile:
-    """An open file of a FaultFS (bound to the inode, so it survives unlink and rename)."""
+    """An open file of a FaultFS (bound to the inode, so it survives unlink and rename).
 
-    __slots__ = ("fs", "ino", "path", "writable", "closed")
+    Modes follow OsFileLayer: ``create`` opens write-only, ``open_read`` read-only.
+    """
 
-    def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool):
-        self.fs, self.ino, self.path, self.writable, self.closed = fs, ino, path, writable, False
+    __slots__ = ("fs", "ino", "path", "writable", "readable", "closed")
 
-    def _check(self, write: bool = False) -> None:
-        if self.closed or (write and not self.writable):
+    def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool, readable: bool = True):
+        self.fs, self.ino, self.path, self.writable, self.readable, self.closed = fs, ino, path, writable, readable, False
+
+    def _check(self, write: bool = False, read: bool = False) -> None:
+        if self.closed or (write and not self.writable) or (read and not self.readable):
             raise _oserror(errno_mod.EBADF, self.path)
 
     def append(self, data: BytesLike) -> None:
@@ -608,12 +612,26 @@ class FaultFile:
         self.fs._truncate(self, size)
 
     def pread(self, size: int, offset: int) -> bytes:
-        self._check()
+        self._check(read=True)
         return self.fs._pread(self, size, offset)
 
     def size(self) -> int:
         self._check()
         return self.fs._size(self)
+
+    @contextlib.contextmanager
+    def map(self) -> Iterator[memoryview]:
+        """A read-only view of the whole file, as ``OsFile.map`` gives (recovery scans use it)."""
+        self._check(read=True)
+        with self.fs._lock:
+            self.fs._fail_simple("map", self.path)
+            data = bytes(self.ino.data)
+            self.fs._done("map", self.path, len(data))
+        view = memoryview(data)
+        try:
+            yield view
+        finally:
+            view.release()
 
     def close(self) -> None:
         self.closed = True        # never fails, never counted: it changes nothing on disk

@@ -1,0 +1,284 @@
+"""FaultFS itself: what survives each kind of crash, how faults fire, and that it behaves like the OS layer."""
+
+import errno
+import os
+
+import pytest
+
+from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig, WalLockedError
+from nori_wal.fs import OsFileLayer
+from nori_wal.testing import (CRASH, POWER_LOSS, PROCESS_CRASH, CrashSpec, FaultFS, SimulatedCrash, sector_tears,
+                              torn_write_points)
+
+D = "/wal"
+
+
+def fresh():
+    fs = FaultFS()
+    fs.makedirs(D)
+    return fs
+
+
+def durable_file(fs, name, data):
+    f = fs.create(f"{D}/{name}")
+    f.append(data)
+    f.sync()
+    fs.sync_dir(D)
+    return f
+
+
+# -- file data ---------------------------------------------------------------------------------
+
+def test_power_loss_keeps_only_synced_bytes():
+    fs = fresh()
+    f = durable_file(fs, "a", b"hello ")
+    f.append(b"world")
+    assert fs.files()[f"{D}/a"] == b"hello world"
+    assert fs.crash().files()[f"{D}/a"] == b"hello "
+    assert fs.process_crash().files()[f"{D}/a"] == b"hello world"
+    f.sync()
+    assert fs.crash().files()[f"{D}/a"] == b"hello world"
+
+
+def test_crash_leaves_the_original_untouched_and_is_independent():
+    fs = fresh()
+    f = durable_file(fs, "a", b"x")
+    f.append(b"y")
+    post = fs.crash()
+    post.open_append(f"{D}/a").append(b"z")
+    assert fs.files()[f"{D}/a"] == b"xy"
+    assert post.files()[f"{D}/a"] == b"xz"
+
+
+def test_keep_prefix_tear_and_zero_fill():
+    fs = fresh()
+    f = durable_file(fs, "a", b"H")
+    f.append(b"one")
+    f.append(b"two")
+    f.append(b"three")
+    assert fs.pending_ops() == [("w", 1, b"one"), ("w", 4, b"two"), ("w", 7, b"three")]
+    crash = lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]  # noqa: E731
+    assert crash(keep_ops=1) == b"Hone"
+    assert crash(keep_ops=2, torn=2) == b"Honetwoth"
+    assert crash(keep_ops=2, torn=2, zero_fill=True) == b"Honetwoth\0\0\0"
+    assert crash(keep_ops=1, zero_fill=True) == b"Hone" + bytes(8)
+    assert crash(keep_ops=0, torn=0, zero_fill=True) == b"H" + bytes(11)
+    assert crash(keep_ops=None) == b"Honetwothree"
+
+
+def test_truncate_is_pending_until_synced():
+    fs = fresh()
+    f = durable_file(fs, "a", b"abcdef")
+    f.truncate(2)
+    assert fs.files()[f"{D}/a"] == b"ab"
+    assert fs.crash().files()[f"{D}/a"] == b"abcdef"
+    f.sync()
+    assert fs.crash().files()[f"{D}/a"] == b"ab"
+
+
+# -- directories ---------------------------------------------------------------------------------
+
+def test_created_file_without_dir_fsync_disappears_even_if_its_data_was_synced():
+    fs = fresh()
+    f = fs.create(f"{D}/new")
+    f.append(b"data")
+    f.sync()
+    assert fs.crash().listdir(D) == []
+    assert fs.crash(CrashSpec(keep_dir_ops=1)).files() == {f"{D}/new": b"data"}
+    fs.sync_dir(D)
+    assert fs.crash().files() == {f"{D}/new": b"data"}
+
+
+def test_rename_and_unlink_revert_without_dir_fsync():
+    fs = fresh()
+    durable_file(fs, "tmp", b"seg")
+    durable_file(fs, "old", b"gone")
+    fs.rename(f"{D}/tmp", f"{D}/final")
+    fs.unlink(f"{D}/old")
+    assert sorted(fs.listdir(D)) == ["final"]
+    assert sorted(fs.crash().listdir(D)) == ["old", "tmp"]
+    # Journalled in order: link final, unlink tmp, unlink old.
+    assert sorted(fs.crash(CrashSpec(keep_dir_ops=1)).listdir(D)) == ["final", "old", "tmp"]
+    assert sorted(fs.crash(CrashSpec(keep_dir_ops=2)).listdir(D)) == ["final", "old"]
+    assert sorted(fs.process_crash().listdir(D)) == ["final"]
+    fs.sync_dir(D)
+    assert sorted(fs.crash().listdir(D)) == ["final"]
+
+
+def test_an_open_handle_survives_unlink_like_posix():
+    fs = fresh()
+    durable_file(fs, "a", b"kept")
+    r = fs.open_read(f"{D}/a")
+    fs.unlink(f"{D}/a")
+    assert r.pread(10, 0) == b"kept"
+    with pytest.raises(FileNotFoundError):
+        fs.open_read(f"{D}/a")
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+def test_eio_on_sync_drops_the_dirty_data_like_linux():
+    fs = fresh()
+    f = durable_file(fs, "a", b"ok")
+    f.append(b"lost")
+    fs.inject("sync", errno.EIO)
+    with pytest.raises(OSError) as e:
+        f.sync()
+    assert e.value.errno == errno.EIO
+    f.sync()                      # the retry "succeeds"...
+    assert fs.files()[f"{D}/a"] == b"oklost"
+    assert fs.crash().files()[f"{D}/a"] == b"ok"   # ...without the data (fsyncgate)
+
+
+def test_enospc_after_a_partial_write():
+    fs = fresh()
+    f = durable_file(fs, "a", b"")
+    fs.inject("append", errno.ENOSPC, partial=3)
+    with pytest.raises(OSError) as e:
+        f.append(b"abcdef")
+    assert e.value.errno == errno.ENOSPC
+    assert fs.files()[f"{D}/a"] == b"abc"
+    f.append(b"g")
+    assert fs.files()[f"{D}/a"] == b"abcg"
+
+
+def test_nth_times_and_path_filters():
+    fs = fresh()
+    a, b = durable_file(fs, "a", b""), durable_file(fs, "b", b"")
+    fault = fs.inject("append", errno.EIO, nth=2, times=2, path="/b")
+    a.append(b"1"), a.append(b"2"), b.append(b"1")
+    for _ in range(2):
+        with pytest.raises(OSError):
+            b.append(b"x")
+    b.append(b"3")
+    assert fault.fired == 2 and fs.files()[f"{D}/b"] == b"13"
+
+
+def test_crash_after_k_syscalls_kills_everything_after():
+    fs = fresh()
+    f = durable_file(fs, "a", b"")
+    k = fs.syscalls
+    fs.crash_after(k + 1)
+    f.append(b"survives")
+    with pytest.raises(SimulatedCrash):
+        f.sync()
+    with pytest.raises(SimulatedCrash):
+        fs.listdir(D)
+    assert fs.dead and fs.syscalls == k + 2
+    assert fs.crash().files()[f"{D}/a"] == b""
+    assert fs.process_crash().files()[f"{D}/a"] == b"survives"
+
+
+def test_named_crash_point_on_the_nth_rename():
+    fs = fresh()
+    cfg = WalConfig(dir=D, max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    fs.inject("rename", CRASH, nth=2)      # the first roll after the initial segment
+    wal, _ = Wal.open(cfg, layer=fs)
+    acked = []
+    with pytest.raises(SimulatedCrash):
+        for i in range(100):
+            wal.append(Record.put(b"k%d" % i, b"v" * 200))
+            acked.append(i)
+    assert not any(n.endswith(".wal.tmp") for n in fs.crash().listdir(D))   # its directory was not fsynced
+    assert any(n.endswith(".wal.tmp") for n in fs.process_crash().listdir(D))
+    for post in (fs.crash(), fs.process_crash()):
+        wal2, _ = Wal.open(cfg, layer=post)
+        with wal2, wal2.read_from(Position(0, 0)) as r:
+            assert [rec.key for rec, _ in r] == [b"k%d" % i for i in acked]
+        assert not any(n.endswith(".wal.tmp") for n in post.listdir(D))
+
+
+def test_the_lock_is_exclusive_and_gone_after_a_crash():
+    fs = fresh()
+    lock = fs.lock_dir(D)
+    with pytest.raises(WalLockedError):
+        fs.lock_dir(D)
+    fs.crash().lock_dir(D).release()
+    lock.release()
+    fs.lock_dir(D).release()
+
+
+def test_trace_and_observer_count_every_syscall():
+    fs = fresh()
+    seen = []
+    fs.observe(lambda layer, call: seen.append(call.op))
+    trace = fs.start_trace()
+    durable_file(fs, "a", b"x")
+    assert seen == ["create", "append", "sync", "sync_dir"] == [c.op for c in trace]
+    assert [c.n for c in trace] == list(range(fs.syscalls - 3, fs.syscalls + 1))
+
+
+def test_tear_point_helpers():
+    assert sector_tears(0, 1500) == [512, 1024]
+    assert sector_tears(500, 1100) == [12, 524, 1036]
+    pts = torn_write_points(100, bytes(1000), frame_ends=[300, 1000])
+    assert 1 in pts and 299 in pts and 301 in pts and 412 in pts and all(0 < p < 1000 for p in pts)
+
+
+# -- the same behaviour as the OS layer (okaywal runs its core tests on both) --------------------
+
+@pytest.fixture(params=["os", "fault"])
+def layer_and_dir(request, tmp_path):
+    if request.param == "os":
+        return OsFileLayer(), str(tmp_path)
+    fs = FaultFS()
+    fs.makedirs(str(tmp_path))
+    return fs, str(tmp_path)
+
+
+def test_file_layer_conformance(layer_and_dir):
+    layer, d = layer_and_dir
+    p = os.path.join(d, "f")
+    f = layer.create(p)
+    with pytest.raises(FileExistsError):
+        layer.create(p)
+    f.append(b"abc")
+    f.append(memoryview(b"defg"))
+    f.sync()
+    with pytest.raises(OSError):
+        f.pread(1, 0)             # create() opens write-only
+    f.close()
+    f = layer.open_append(p)
+    assert f.size() == 7 and f.pread(3, 2) == b"cde" and f.pread(10, 5) == b"fg" and f.pread(4, 9) == b""
+    f.truncate(4)
+    f.append(b"Z")
+    assert f.pread(100, 0) == b"abcdZ"
+    f.close()
+    r = layer.open_read(p)
+    with pytest.raises(OSError):
+        r.append(b"nope")
+    r.close()
+    layer.rename(p, p + "2")
+    assert layer.exists(p + "2") and not layer.exists(p)
+    assert sorted(n for n in layer.listdir(d) if not n.startswith("LOCK")) == ["f2"]
+    layer.sync_dir(d)
+    with pytest.raises(FileNotFoundError):
+        layer.open_append(p)
+    with pytest.raises(FileNotFoundError):
+        layer.unlink(p)
+    layer.unlink(p + "2")
+    lock = layer.lock_dir(d)
+    with pytest.raises(WalLockedError):
+        layer.lock_dir(d)
+    lock.release()
+    layer.makedirs(os.path.join(d, "sub", "dir"))
+    assert "sub" in layer.listdir(d)
+
+
+def test_the_wal_runs_unchanged_on_both_layers(layer_and_dir):
+    layer, d = layer_and_dir
+    cfg = WalConfig(dir=os.path.join(d, "w"), max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    recs = [Record.put(b"k%d" % i, b"v" * (i * 7 % 300)) for i in range(60)]
+    with Wal.open(cfg, layer=layer)[0] as wal:
+        pos = [wal.append(r) for r in recs[:30]] + wal.append_batch(recs[30:])
+        assert wal.delete_segments_before(pos[-1]) >= 1
+    wal, info = Wal.open(cfg, layer=layer)
+    with wal, wal.read_from(Position(0, 0)) as r:
+        got = list(r)
+    assert info.bytes_truncated == 0
+    assert got == list(zip(recs, pos))[len(recs) - len(got):] and len(got) >= 10
+
+
+def test_power_loss_and_process_crash_specs_are_the_documented_defaults():
+    assert POWER_LOSS == CrashSpec()
+    assert PROCESS_CRASH.keep_ops is None and PROCESS_CRASH.keep_dir_ops is None and PROCESS_CRASH.keep_other_files
