@@ -1,0 +1,156 @@
+"""/metrics over real HTTP: known work on a real log, scraped and parsed as Prometheus would."""
+
+import importlib.util
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nori_wal import FsyncPolicy, Record, Wal, WalConfig
+from nori_wal.codec import encode_record
+from nori_wal.observe import RecordingMeter, SegmentRoll, TeeMeter
+from nori_wal.prometheus import PrometheusMeter, start_metrics_server
+from nori_wal.segment import segment_ids
+
+
+def scrape(url):
+    """{(sample name, sorted labels): value} from a real HTTP GET of /metrics."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_endpoint_reports_appends_rolls_fsyncs_and_gc(tmp_path):
+    prom, rec = PrometheusMeter(), RecordingMeter()
+    records = [Record.put(b"key-%04d" % i, b"v" * 200) for i in range(300)]
+    config = WalConfig(dir=tmp_path, max_segment_size=8192, fsync_policy=FsyncPolicy.always())
+    with start_metrics_server(0, prom, "127.0.0.1") as server:
+        wal, _info = Wal.open_with_meter(config, TeeMeter(prom, rec))
+        with wal:
+            positions = []
+            for i in range(0, len(records), 10):
+                positions += wal.append_batch(records[i:i + 10])
+            last = wal.append(records[0])
+            segments_made = last.segment_id + 1
+            deleted = wal.delete_segments_before(positions[150])
+            s = scrape(server.url)
+            fsync_ms = rec.observations("wal_fsync_ms")     # before close() adds its own fsync
+        remaining = len(segment_ids(os.listdir(tmp_path)))
+
+    rolls = len(rec.events_of(SegmentRoll))
+    assert rolls == segments_made - 1 >= 5
+    assert deleted == positions[150].segment_id >= 2
+    assert s[("wal_records_total", ())] == len(records) + 1
+    assert s[("wal_bytes_total", ())] == sum(len(encode_record(r)) for r in records) + len(encode_record(records[0]))
+    assert s[("wal_segment_rolls_total", ())] == rolls
+    assert s[("wal_events_total", (("type", "SegmentRoll"),))] == rolls
+    assert s[("wal_sealed_segment_bytes_count", ())] == rolls
+    assert s[("wal_segments_deleted_total", ())] == deleted
+    assert s[("wal_events_total", (("type", "SegmentsDeleted"),))] == 1
+    assert s[("wal_gc_latency_ms_count", ())] == 1
+    assert s[("wal_segment_count", ())] == remaining == segments_made - deleted
+    fsyncs = len(fsync_ms)
+    assert fsyncs >= 31                      # Always: at least one per batch (and per roll)
+    assert s[("wal_fsync_ms_count", ())] == fsyncs == s[("wal_events_total", (("type", "Fsync"),))]
+    assert s[("wal_fsync_ms_sum", ())] == pytest.approx(sum(fsync_ms))
+    assert s[("wal_fsync_ms_bucket", (("le", "+Inf"),))] == fsyncs
+    assert s[("wal_recovery_ms_count", ())] == 1
+    assert s[("wal_recovery_truncated_bytes_total", ())] == 0
+
+
+def test_recovery_metrics_after_a_torn_tail(tmp_path):
+    config = WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.os())
+    with Wal.open(config)[0] as wal:
+        wal.append(Record.put(b"a", b"1"))
+    seg = tmp_path / "000000.wal"
+    data = seg.read_bytes()
+    torn = encode_record(Record.put(b"b", b"2" * 50))[:20]
+    seg.write_bytes(data + torn)        # a torn record after the seal: a crash mid-write
+    prom = PrometheusMeter()
+    with start_metrics_server(0, prom, "127.0.0.1") as server:
+        wal, info = Wal.open_with_meter(config, prom)
+        wal.close()
+        s = scrape(server.url)
+    assert info.bytes_truncated == len(torn)
+    assert s[("wal_recovery_truncated_bytes_total", ())] == len(torn)
+    assert s[("wal_events_total", (("type", "CorruptionTruncated"),))] == 1
+    assert s[("wal_corruption_truncated_bytes_total", ())] == len(torn)
+
+
+def test_two_servers_two_meters_do_not_collide(tmp_path):
+    a, b = PrometheusMeter(), PrometheusMeter()
+    a.counter("wal_records_total", 1)
+    b.counter("wal_records_total", 2)
+    with start_metrics_server(0, a, "127.0.0.1") as sa, start_metrics_server(0, b, "127.0.0.1") as sb:
+        assert sa.port != sb.port
+        assert scrape(sa.url)[("wal_records_total", ())] == 1
+        assert scrape(sb.url)[("wal_records_total", ())] == 2
+
+
+# -- nori-wal serve --metrics-port, end to end ---------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_HAVE_SERVE = all(importlib.util.find_spec(m) is not None
+                  for m in ("nori_wal.writer_proc", "nori_wal.client", "nori_wal.commands.serve"))
+
+
+@pytest.mark.skipif(not _HAVE_SERVE, reason="the writer process, client or serve command is not there yet")
+def test_serve_metrics_port_end_to_end(tmp_path):
+    from nori_wal.client import WalClient
+
+    port = _free_port()
+    d = tmp_path / "wal"
+    proc = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", "--dir", d, "--fsync", "always",
+                             "--max-segment-size", "8192", "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
+    reader.start()
+    try:
+        endpoint = None
+        while endpoint is None:
+            line = lines.get(timeout=30)
+            m = re.search(r"((?:ipc|tcp)://\S+)", line)
+            endpoint = m.group(1) if m else None
+        records = [Record.put(b"k%d" % i, b"x" * 300) for i in range(100)]
+        with WalClient(endpoint, timeout=10.0) as client:
+            first = client.append_batch(records[:50])
+            rest = [client.append(r) for r in records[50:]]
+        s = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert s[("wal_records_total", ())] == len(records)
+        assert s[("wal_bytes_total", ())] == sum(len(encode_record(r)) for r in records)
+        assert s[("wal_segment_rolls_total", ())] == rest[-1].segment_id - first[0].segment_id >= 2
+        assert s[("wal_segment_count", ())] == len(segment_ids(os.listdir(d)))
+        assert s[("wal_fsync_ms_count", ())] >= 51
+        assert s[("wal_group_records_sum", ())] == len(records)
+        assert s[("wal_ack_latency_ms_count", ())] >= 51
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            reader.join(timeout=10)
+            proc.stdout.close()
+            proc.stderr.close()
+    assert proc.returncode == 0
