@@ -27,9 +27,22 @@ from typing import Callable
 import zstandard
 from crc32c import crc32c
 
-from .codec import (COMPRESSION_MASK, COMPRESSION_SHIFT, CORRUPT, FLAG_SEAL, FLAG_TOMBSTONE, FLAG_TTL,
-                    FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_MORE, SEAL_FRAME_SIZE, ZEROED, Seal, build_record,
-                    decode_record, frame_layout)
+from .codec import (
+    COMPRESSION_MASK,
+    COMPRESSION_SHIFT,
+    FLAG_SEAL,
+    FLAG_TOMBSTONE,
+    FLAG_TTL,
+    FORMAT_MAX_FRAME,
+    MIN_FRAME_SIZE,
+    NEED_MORE,
+    SEAL_FRAME_SIZE,
+    ZEROED,
+    Seal,
+    build_record,
+    decode_record,
+    frame_layout,
+)
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression
@@ -323,8 +336,7 @@ def _walk(buf: bytes, base: int, seg: SegmentScan, deep: bool) -> ScanResult:
         seg.last_offset = pos
         size = end - off
         seg.frame_bytes += size
-        if size > seg.largest_frame:
-            seg.largest_frame = size
+        seg.largest_frame = max(seg.largest_frame, size)
         seg.key_bytes += vs - ks
         stored = end - vs
         seg.value_bytes_stored += stored

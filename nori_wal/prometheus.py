@@ -29,7 +29,8 @@ import re
 import socketserver
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 try:
@@ -41,8 +42,14 @@ except ImportError as exc:     # pragma: no cover - exercised only without the e
 
 from .observe import CorruptionTruncated, Event, SegmentRoll, event_name
 
-__all__ = ["PrometheusMeter", "MetricsServer", "start_metrics_server", "MS_BUCKETS", "BYTES_BUCKETS",
-           "RECORDS_BUCKETS"]
+__all__ = [
+    "BYTES_BUCKETS",
+    "MS_BUCKETS",
+    "RECORDS_BUCKETS",
+    "MetricsServer",
+    "PrometheusMeter",
+    "start_metrics_server",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ class PrometheusMeter:
         self.labels = dict(labels or {})
         self._lock = threading.Lock()
         self._record: dict[tuple[str, str], Callable[[float], None]] = {}
-        self._by_type: dict[str, Callable[..., Any]] = {}
+        self._by_type: dict[str, Any] = {}
 
     # -- the Meter protocol ------------------------------------------------------------
 
@@ -165,7 +172,8 @@ class PrometheusMeter:
                 if value > 0:           # prometheus counters only go up; 0 is a no-op
                     inc(value)
             return count
-        return metric.set if kind == "gauge" else metric.observe  # type: ignore[no-any-return]
+        record: Callable[[float], None] = metric.set if kind == "gauge" else metric.observe
+        return record
 
     def _make(self, kind: str, name: str) -> Callable[[float], None]:
         with self._lock:
@@ -222,7 +230,7 @@ class MetricsServer:
     def __init__(self, httpd: WSGIServer, thread: threading.Thread):
         self._httpd, self._thread = httpd, thread
         self.host: str = httpd.server_address[0]  # type: ignore[assignment]
-        self.port: int = httpd.server_address[1]  # type: ignore[misc]
+        self.port: int = httpd.server_address[1]
 
     @property
     def url(self) -> str:
@@ -236,7 +244,7 @@ class MetricsServer:
             self._thread.join(timeout=5.0)
         self._httpd.server_close()
 
-    def __enter__(self) -> "MetricsServer":
+    def __enter__(self) -> MetricsServer:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -251,7 +259,9 @@ def start_metrics_server(port: int, meter: PrometheusMeter, addr: str = "0.0.0.0
     """
     app = make_wsgi_app(meter.registry)
     httpd = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, name=f"nori-wal-metrics:{port}", daemon=True)
+    # poll_interval bounds how long close() waits for the serving loop to notice.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                              name=f"nori-wal-metrics:{port}", daemon=True)
     thread.start()
     _log.info("serving metrics on http://%s:%d/metrics", addr, httpd.server_address[1])
     return MetricsServer(httpd, thread)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from ..position import Position
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 1, 2, 3, 4
+
+Run = Callable[[argparse.Namespace], int]
 
 
 class CommandError(Exception):
@@ -49,7 +52,7 @@ def check_dir(path: str) -> str:
     return path
 
 
-def n(value: int | float) -> str:
+def n(value: float) -> str:
     """A number with thousands separators (``12,345``)."""
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
 
@@ -63,10 +66,10 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def guarded(command: str):  # type: ignore[no-untyped-def]
+def guarded(command: str) -> Callable[[Run], Run]:
     """Decorate ``run(args)``: CommandError becomes one line + its exit code, a closed pipe exits quietly."""
-    def wrap(run):  # type: ignore[no-untyped-def]
-        def guarded_run(args) -> int:  # type: ignore[no-untyped-def]
+    def wrap(run: Run) -> Run:
+        def guarded_run(args: argparse.Namespace) -> int:
             try:
                 return int(run(args) or 0)
             except CommandError as exc:

@@ -20,6 +20,7 @@ import base64
 import json
 import sys
 import time
+from datetime import timedelta
 from typing import Callable, TextIO
 
 from ..errors import CorruptionError
@@ -28,6 +29,8 @@ from ..position import Position
 from ..reader import open_reader
 from ..record import Record
 from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, check_dir, fail, guarded, parse_position
+
+_MS = timedelta(milliseconds=1)
 
 HELP = "print the records of a log, oldest first (--json: one JSON object per line; --follow: wait for more)"
 
@@ -59,7 +62,7 @@ def format_plain(record: Record, pos: Position, max_bytes: int = 64) -> str:
     else:
         line = f"{pos}\tPUT\tkey={key}\tvalue={_show(bytes(record.value), max_bytes)}"
     if record.ttl is not None:
-        line += f"\tttl={int(record.ttl.total_seconds() * 1000)}ms"
+        line += f"\tttl={record.ttl // _MS}ms"
     if record.compression:
         line += f"\tcompression={record.compression.name}"
     return line
@@ -67,7 +70,7 @@ def format_plain(record: Record, pos: Position, max_bytes: int = 64) -> str:
 
 def format_json(record: Record, pos: Position) -> str:
     """One JSON object (one line); key and value base64-encoded."""
-    ttl_ms = None if record.ttl is None else int(round(record.ttl.total_seconds() * 1000))
+    ttl_ms = None if record.ttl is None else record.ttl // _MS
     return json.dumps({
         "position": str(pos), "segment": pos.segment_id, "offset": pos.offset,
         "key": base64.b64encode(bytes(record.key)).decode("ascii"),

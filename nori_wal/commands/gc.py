@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..codec import SEAL_FRAME_SIZE
 from ..config import DEFAULT_MAX_SEGMENT_SIZE, FsyncPolicy, WalConfig
 from ..errors import CorruptionError, WalError, WalIOError, WalLockedError
 from ..inspect_log import NotAWalDirectory, list_segments
 from ..position import Position
-from ..segment import SEAL_FRAME_SIZE, segment_name
+from ..segment import segment_name
 from ..wal import Wal
 from ._common import EXIT_FAILED, EXIT_IO, EXIT_LOCKED, EXIT_OK, check_dir, fail, guarded, parse_position
 

@@ -68,24 +68,29 @@ def figures(report: LogReport) -> dict[str, Any]:
 
 
 def format_text(f: dict[str, Any]) -> str:
-    rows = [
-        ("directory", f["directory"]),
-        ("segments", f"{n(f['segments'])} ({segment_name(f['first_segment'])} .. {segment_name(f['last_segment'])}"
-                     f", {n(f['sealed_segments'])} sealed), {n(f['bytes_on_disk'])} bytes on disk"
-                     f" ({human_bytes(f['bytes_on_disk'])})"),
-        ("records", f"{n(f['records'])} ({n(f['tombstones'])} tombstones, {n(f['records_with_ttl'])} with TTL)"),
-        ("record bytes", f"{n(f['record_bytes'])} (keys {n(f['key_bytes'])}, values {n(f['value_bytes_stored'])}"
-                         f" stored / {n(f['value_bytes_raw'])} raw; largest record {n(f['largest_record_bytes'])})"),
-        ("first position", f["first_position"] or "-"),
-        ("last position", f["last_position"] or "-"),
-    ]
+    """The figures as aligned ``name  value`` lines."""
+    span = f"{segment_name(f['first_segment'])} .. {segment_name(f['last_segment'])}"
+    segments = (f"{n(f['segments'])} ({span}, {n(f['sealed_segments'])} sealed), "
+                f"{n(f['bytes_on_disk'])} bytes on disk ({human_bytes(f['bytes_on_disk'])})")
+    records = f"{n(f['records'])} ({n(f['tombstones'])} tombstones, {n(f['records_with_ttl'])} with TTL)"
+    record_bytes = (f"{n(f['record_bytes'])} (keys {n(f['key_bytes'])}, values {n(f['value_bytes_stored'])} "
+                    f"stored / {n(f['value_bytes_raw'])} raw; largest record {n(f['largest_record_bytes'])})")
     comp = f["compressed_records"]
     if comp:
         kinds = ", ".join(f"{name} {n(count)}" for name, count in sorted(comp.items()))
-        rows.append(("compression", f"{f['compression_ratio']:.2f}x: {n(f['compressed_bytes_raw'])} bytes of values"
-                                    f" stored in {n(f['compressed_bytes_stored'])} ({kinds} records)"))
+        compression = (f"{f['compression_ratio']:.2f}x: {n(f['compressed_bytes_raw'])} bytes of values "
+                       f"stored in {n(f['compressed_bytes_stored'])} ({kinds} records)")
     else:
-        rows.append(("compression", "none (no compressed records)"))
+        compression = "none (no compressed records)"
+    rows = [
+        ("directory", f["directory"]),
+        ("segments", segments),
+        ("records", records),
+        ("record bytes", record_bytes),
+        ("first position", f["first_position"] or "-"),
+        ("last position", f["last_position"] or "-"),
+        ("compression", compression),
+    ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -24,7 +24,7 @@ SEGMENT = 4096   # small segments, so a few hundred records span several
 def cli(*args, timeout=60):
     """Run ``nori-wal ARGS`` (as ``python -m nori_wal.cli``); returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "nori_wal.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def one_line_error(proc, *needles):
@@ -119,7 +119,7 @@ def test_dump_json_round_trips_every_field(log):
 
 
 def test_dump_from_a_position(log):
-    d, recs, pos = log
+    d, _recs, pos = log
     start = pos[100]
     proc = cli("dump", d, "--from", start, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -314,7 +314,7 @@ def test_stats_figures(log):
 
 def test_stats_reports_corruption_with_exit_1(log):
     d, _recs, pos = log
-    victim = [p for p in pos if p.segment_id == 2][0]
+    victim = next(p for p in pos if p.segment_id == 2)
     path = d / segment_name(2)
     data = bytearray(path.read_bytes())
     data[victim.offset] ^= 1

@@ -7,9 +7,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-import nori_wal.observe as observe
-from nori_wal.observe import (EVENT_TYPES, CorruptionTruncated, Fsync, FsyncFailed, Meter, NoopMeter,
-                              RecordingMeter, SegmentRoll, SegmentsDeleted, TeeMeter, event_name)
+from nori_wal import observe
+from nori_wal.observe import (
+    EVENT_TYPES,
+    CorruptionTruncated,
+    Fsync,
+    FsyncFailed,
+    Meter,
+    NoopMeter,
+    RecordingMeter,
+    SegmentRoll,
+    SegmentsDeleted,
+    TeeMeter,
+    event_name,
+)
 from nori_wal.prometheus import MS_BUCKETS, PrometheusMeter
 
 
