@@ -4,9 +4,11 @@ Each subcommand lives in ``nori_wal/commands/<name>.py`` and exposes
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
 modules are imported only when their command runs, so ``--help`` is fast.
 
-Exit codes: 0 success; 1 the check failed (e.g. ``verify`` found corruption,
-``torture`` lost a record); 2 bad usage or a bad argument (wrong path, bad
-position); 3 the directory is locked by another writer; 4 an I/O failure.
+Exit codes: 0 success; 1 the check failed (e.g. ``verify``, ``stats``, ``dump``
+or ``gc`` found corruption, ``torture`` lost a record); 2 bad usage or a bad
+argument (wrong path, no segments, bad position); 3 the directory is locked by
+another writer; 4 an I/O failure. Errors are one line on stderr
+(``nori-wal COMMAND: error: ...``); see docs/CLI.md.
 """
 
 from __future__ import annotations
