@@ -154,3 +154,11 @@ def test_serve_metrics_port_end_to_end(tmp_path):
             proc.stdout.close()
             proc.stderr.close()
     assert proc.returncode == 0
+
+
+def test_without_prometheus_client_the_import_error_says_what_to_install():
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "try:\n    from nori_wal.observe import PrometheusMeter\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "pip install 'nori-wal[prometheus]'" in out.stdout
