@@ -63,24 +63,41 @@ def _config(directory: str, ids: list[int]) -> WalConfig:
                      fsync_policy=FsyncPolicy.always())
 
 
-def _via_writer_process(directory: str, before: Position, timeout: float) -> tuple[int, str] | None:
-    """Ask the writer process serving ``directory``; None when there is none to ask."""
+def _writer_pid_alive(pid: int) -> bool:
     try:
-        from ..client import WalClient  # type: ignore[attr-defined]
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _via_writer_process(directory: str, before: Position, timeout: float) -> tuple[int, str] | None:
+    """Ask the writer process serving ``directory``; None when there is none to ask.
+
+    Only a live writer process recorded in DIR/WRITER is asked, so a directory
+    locked by an embedded Wal fails at once instead of after ``timeout``.
+    """
+    try:
+        from ..client import WalClient
+        from ..writer_proc.endpoint import read_endpoint_file
     except ImportError:
         return None
+    rec = read_endpoint_file(directory)
+    if rec is None or not _writer_pid_alive(rec.pid):
+        return None
     try:
-        client = WalClient.for_dir(directory, timeout=timeout)
+        client = WalClient(rec.endpoint, timeout=timeout)
     except (WalError, OSError, ValueError):
         return None
     try:
         deleted = int(client.delete_segments_before(before))
-        endpoint = str(getattr(client, "endpoint", "") or "")
     except WalError:
         return None
     finally:
         client.close()
-    return deleted, endpoint
+    return deleted, rec.endpoint
 
 
 @guarded("gc")

@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import queue
@@ -374,3 +375,26 @@ def test_gc_rejects_bad_positions_paths_and_non_logs(log, tmp_path):
     assert proc.returncode == 2
     one_line_error(proc, "no segments")
     assert os.listdir(empty) == []     # gc never makes a log where there was none
+
+
+_HAVE_WRITER = all(importlib.util.find_spec(m) is not None for m in ("nori_wal.writer_proc", "nori_wal.client"))
+
+
+@pytest.mark.skipif(not _HAVE_WRITER, reason="the writer process or the client is not there yet")
+def test_gc_asks_the_writer_process_that_owns_the_directory(tmp_path):
+    from nori_wal.client import WalClient
+    from nori_wal.writer_proc import WriterProcess
+
+    d = tmp_path / "wal"
+    config = WalConfig(dir=d, max_segment_size=SEGMENT, fsync_policy=FsyncPolicy.always())
+    with WriterProcess.spawn(config) as writer:
+        with WalClient(writer.endpoint, timeout=10.0) as client:
+            pos = client.append_batch([Record.put(b"k%d" % i, b"x" * 100) for i in range(150)])
+        keep = pos[-1]
+        assert keep.segment_id >= 3
+        proc = cli("gc", d, "--before", keep)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == (f"deleted {keep.segment_id} segments before {keep} "
+                                       f"through the writer process at {writer.endpoint}")
+        assert segment_files(d) == [segment_name(keep.segment_id)]
+        assert cli("verify", d).returncode == 0
