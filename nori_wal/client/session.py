@@ -1,0 +1,261 @@
+"""A producer connection's request bookkeeping (pure: no sockets, no clocks it reads itself).
+
+The sync and asyncio clients are thin shells over a Session: they hand it
+appends and control calls, send what ``take`` gives them, feed it every reply,
+and resolve the waiters it returns. Waiters are opaque (a future, a slot).
+
+Rules:
+1. At most ``max_in_flight`` requests are outstanding; more appends wait in
+   a queue (protocol-level flow control: a ZeroMQ high-water mark would drop
+   or block silently, DESIGN rule 9).
+2. Appends that wait behind one another are coalesced into one APPEND
+   request, up to ``coalesce_bytes``, in the order they were queued (Kafka's
+   producer batches the same way). That is how many appends in flight per
+   producer get past the messages-per-second ceiling of one record per message.
+3. A coalesced request rejected as a whole (a frame too large for a segment,
+   say) wrote nothing (the writer's Rule 1), so each of its appends is queued
+   again alone and gets its own answer: one append's error never fails another.
+4. A reply whose request id is not in flight is stale (from before a reset)
+   and ignored.
+5. Positions are computed here from the reply's runs and our frame lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Sequence, TypeVar
+
+from .. import protocol as P
+from ..errors import ProtocolError, RecordTooLargeError, WalError
+from ..position import Position
+
+W = TypeVar("W")
+
+MAX_IN_FLIGHT = 8                     # requests outstanding per connection
+COALESCE_BYTES = 1024 * 1024          # appends merged into one request up to this many bytes
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # an append_batch larger than this is sent as several requests
+
+
+class _Entry(Generic[W]):
+    """One caller's append (one record or a chunk of a batch) waiting to be sent or answered."""
+    __slots__ = ("frames", "size", "solo", "waiter")
+
+    def __init__(self, frames: Sequence[bytes], size: int, waiter: W, solo: bool):
+        self.frames, self.size, self.waiter, self.solo = frames, size, waiter, solo
+
+
+class _InFlight(Generic[W]):
+    __slots__ = ("entries", "op", "sent_at", "waiter")
+
+    def __init__(self, op: P.Op, entries: list[_Entry[W]] | None, waiter: W | None, sent_at: float):
+        self.op, self.entries, self.waiter, self.sent_at = op, entries, waiter, sent_at
+
+
+class Completion(Generic[W]):
+    """What a waiter gets: a value (positions, a Position, a count, a dict) or an error."""
+    __slots__ = ("error", "value", "waiter")
+
+    def __init__(self, waiter: W, value: Any = None, error: WalError | None = None):
+        self.waiter, self.value, self.error = waiter, value, error
+
+
+OutFrames = tuple[bytes, ...]
+
+
+class Session(Generic[W]):
+    """Request ids, the in-flight table and the coalescing queue of one connection."""
+
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT, coalesce_bytes: int = COALESCE_BYTES):
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.max_in_flight = max_in_flight
+        self.coalesce_bytes = coalesce_bytes
+        self._next_id = 1
+        self._in_flight: dict[int, _InFlight[W]] = {}
+        self._queue: list[_Entry[W]] = []
+        self._qhead = 0
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) - self._qhead
+
+    @property
+    def idle(self) -> bool:
+        return not self._in_flight and self._qhead == len(self._queue)
+
+    def oldest_sent_at(self) -> float | None:
+        """When the oldest outstanding request was sent (for the shell's timeout)."""
+        if not self._in_flight:
+            return None
+        return min(f.sent_at for f in self._in_flight.values())
+
+    def _rid(self) -> int:
+        rid = self._next_id
+        self._next_id = rid + 1 if rid < 2**63 else 1
+        return rid
+
+    # -- appends ----------------------------------------------------------------------------
+
+    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False) -> None:
+        """Queue frames (one record, or a chunk of a batch) whose positions ``waiter`` will get.
+
+        Raises RecordTooLargeError at once for a frame no request can carry.
+        """
+        size = 0
+        for f in frames:
+            size += len(f)
+        if size > P.MAX_PAYLOAD_BYTES:
+            raise RecordTooLargeError(f"{len(frames)} record frame(s) of {size} bytes exceed the "
+                                      f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol")
+        self._queue.append(_Entry(frames, size, waiter, solo or size >= self.coalesce_bytes))
+
+    def take(self, now: float) -> OutFrames | None:
+        """The next request to send (its frames), or None: nothing queued or the in-flight limit reached.
+
+        Coalesces queued appends in order into one request (Rule 2).
+        """
+        q, i = self._queue, self._qhead
+        if i == len(q) or len(self._in_flight) >= self.max_in_flight:
+            return None
+        first = q[i]
+        i += 1
+        entries = [first]
+        total = first.size
+        if not first.solo:
+            limit = self.coalesce_bytes
+            while i < len(q):
+                e = q[i]
+                if e.solo or total + e.size > limit:
+                    break
+                entries.append(e)
+                total += e.size
+                i += 1
+        if i == len(q):
+            q.clear()
+            self._qhead = 0
+        else:
+            self._qhead = i
+            if i > 1024:
+                del q[:i]
+                self._qhead = 0
+        if len(entries) == 1:
+            frames = first.frames
+            count = len(frames)
+            payload = frames[0] if count == 1 else b"".join(frames)
+        else:
+            all_frames = [f for e in entries for f in e.frames]
+            count = len(all_frames)
+            payload = b"".join(all_frames)
+        rid = self._rid()
+        self._in_flight[rid] = _InFlight(P.Op.APPEND, entries, None, now)
+        return (P.encode_append(rid, count), payload)
+
+    # -- control requests -------------------------------------------------------------------
+
+    def control(self, op: P.Op, waiter: W, now: float, *args: int) -> OutFrames:
+        """A SYNC / POSITION / DELETE / INFO request to send now (not subject to the in-flight limit)."""
+        rid = self._rid()
+        self._in_flight[rid] = _InFlight(op, None, waiter, now)
+        return (P.encode_request(op, rid, *args),)
+
+    # -- replies ----------------------------------------------------------------------------
+
+    def complete(self, data: bytes) -> list[Completion[W]]:
+        """Match a reply to its request and say which waiters are done with what.
+
+        Raises ProtocolError only for a reply that cannot be parsed at all.
+        """
+        reply = P.decode_reply(data)
+        req = self._in_flight.pop(reply.request_id, None)
+        if req is None:
+            return []                                   # Rule 4: stale
+        if not reply.ok:
+            err: WalError = reply.result
+            if req.entries is not None:
+                if len(req.entries) > 1 and isinstance(err, (RecordTooLargeError, ProtocolError)):
+                    for e in req.entries:                # Rule 3: retry each alone, in order, first
+                        e.solo = True
+                    self._queue[self._qhead:self._qhead] = req.entries
+                    return []
+                return [Completion(e.waiter, None, err) for e in req.entries]
+            assert req.waiter is not None
+            return [Completion(req.waiter, None, err)]
+        if req.entries is not None:
+            return _append_completions(req.entries, reply.result)
+        assert req.waiter is not None
+        try:
+            value = _control_value(req.op, reply.result)
+        except ProtocolError as exc:
+            return [Completion(req.waiter, None, exc)]
+        return [Completion(req.waiter, value)]
+
+    def fail_all(self, error: WalError) -> list[Completion[W]]:
+        """Every waiter, in flight or queued, with ``error`` (the connection is being reset)."""
+        out: list[Completion[W]] = []
+        for req in self._in_flight.values():
+            if req.entries is not None:
+                out += [Completion(e.waiter, None, error) for e in req.entries]
+            elif req.waiter is not None:
+                out.append(Completion(req.waiter, None, error))
+        for e in self._queue[self._qhead:]:
+            out.append(Completion(e.waiter, None, error))
+        self._in_flight.clear()
+        self._queue.clear()
+        self._qhead = 0
+        return out
+
+    def forget(self, waiters: set[W]) -> None:
+        """Drop queued (not yet sent) appends of these waiters (their caller gave up)."""
+        self._queue[self._qhead:] = [e for e in self._queue[self._qhead:] if e.waiter not in waiters]
+
+
+def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[W]]:
+    if type(runs) is not list or not all(type(x) is int for x in runs):
+        err = ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
+        return [Completion(e.waiter, None, err) for e in entries]
+    if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3:
+        e = entries[0]
+        return [Completion(e.waiter, [Position(runs[0], runs[1])])]     # the common case: one record
+    lengths = [len(f) for e in entries for f in e.frames]
+    try:
+        positions = P.positions_from_runs(runs, lengths)
+    except ProtocolError as exc:
+        return [Completion(e.waiter, None, exc) for e in entries]
+    out: list[Completion[W]] = []
+    i = 0
+    for e in entries:
+        n = len(e.frames)
+        out.append(Completion(e.waiter, positions[i:i + n]))
+        i += n
+    return out
+
+
+def _control_value(op: P.Op, result: Any) -> Any:
+    if op in (P.Op.SYNC, P.Op.POSITION):
+        return P.position_result(result)
+    if op is P.Op.DELETE:
+        if type(result) is not int:
+            raise ProtocolError(f"DELETE reply must be a count, got {result!r:.80}")
+        return result
+    if type(result) is not dict:
+        raise ProtocolError(f"INFO reply must be a map, got {result!r:.80}")
+    return result
+
+
+def chunk_frames(frames: Sequence[bytes], max_bytes: int = MAX_REQUEST_BYTES) -> list[Sequence[bytes]]:
+    """Split a batch's frames into runs of at most ``max_bytes`` (a frame larger than that alone)."""
+    chunks: list[Sequence[bytes]] = []
+    start, size = 0, 0
+    for i, f in enumerate(frames):
+        if size and size + len(f) > max_bytes:
+            chunks.append(frames[start:i])
+            start, size = i, 0
+        size += len(f)
+    if start < len(frames):
+        chunks.append(frames[start:])
+    return chunks

@@ -1,0 +1,358 @@
+"""WalClient: the blocking producer client.
+
+Each call frames its records in this process (``codec.encode_record``:
+framing, CRC32C, compression), sends one request and waits for the writer's
+acknowledgement, which comes once the record is as durable as the writer's
+fsync policy promises.
+
+Process and thread safety (diskcache's model): the client holds no socket
+until first used; each thread gets its own DEALER connection (ZeroMQ sockets
+are not thread-safe, and separate connections let one process's threads share
+the writer's group commit); a PID change (fork) is detected on every call and
+the child builds its own context and sockets. It pickles as its constructor
+arguments, so it can be passed to ``spawn``/``forkserver`` children,
+``multiprocessing.Pool`` and ``ProcessPoolExecutor`` workers.
+
+Timeouts: when no reply arrives for ``timeout`` seconds, or the connection to
+the writer is lost while a request is outstanding, the call raises
+WriterUnavailableError and the connection is dropped; the next call builds a
+fresh one (reaching a restarted writer). The outcome of a request that timed
+out is unknown: the writer may have written it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Iterable, Sequence
+
+import zmq
+
+from .. import protocol as P
+from ..codec import encode_record
+from ..errors import WalClosedError, WalError, WriterUnavailableError
+from ..position import Position
+from ..record import Record
+from .session import MAX_IN_FLIGHT, Session, chunk_frames
+from .transport import Connection, close_context, new_context, zmq_error
+
+DEFAULT_TIMEOUT = 10.0   # seconds without any reply before WriterUnavailableError
+
+
+class _Slot:
+    """What one call waits for."""
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: WalError | None = None
+
+
+class _ThreadConn:
+    """One thread's connection and session."""
+    __slots__ = ("conn", "pid", "poller", "session")
+
+    def __init__(self, conn: Connection, max_in_flight: int):
+        self.conn = conn
+        self.session: Session[_Slot] = Session(max_in_flight)
+        self.poller = zmq.Poller()
+        self.poller.register(conn.sock, zmq.POLLIN)
+        self.poller.register(conn.monitor, zmq.POLLIN)
+        self.pid = conn.pid
+
+
+class PendingAppend:
+    """An append sent by ``WalClient.submit``; ``result()`` waits for its Position."""
+    __slots__ = ("_client", "_slot", "_tc")
+
+    def __init__(self, client: WalClient, slot: _Slot, tc: _ThreadConn):
+        self._client, self._slot, self._tc = client, slot, tc
+
+    def done(self) -> bool:
+        return self._slot.done
+
+    def result(self) -> Position:
+        """The record's Position once acknowledged; raises its WalError otherwise."""
+        if not self._slot.done:
+            self._client._wait(self._tc, (self._slot,))
+        if self._slot.error is not None:
+            raise self._slot.error
+        return self._slot.value[0]  # type: ignore[no-any-return]
+
+
+class WalClient:
+    """A producer: appends records through the writer process serving one endpoint."""
+
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self._endpoint = endpoint
+        self._dir: str | None = None
+        self.timeout = float(timeout)
+        self.max_in_flight = max_in_flight
+        self._lock = threading.RLock()
+        self._ctx: Any = None
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._conns: list[_ThreadConn] = []
+        self._closed = False
+
+    @classmethod
+    def for_dir(cls, directory: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT, *,
+                max_in_flight: int = MAX_IN_FLIGHT) -> WalClient:
+        """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
+
+        The endpoint is looked up again whenever a new connection is made, so
+        a writer restarted on another endpoint is found too.
+        """
+        from ..writer_proc.endpoint import resolve_endpoint
+        client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
+        client._dir = os.fspath(directory)
+        return client
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    # -- the public calls ----------------------------------------------------------------
+
+    def append(self, record: Record) -> Position:
+        """Append one record; returns its Position once the writer acknowledged it."""
+        frame = encode_record(record)
+        tc = self._thread_conn()
+        slot = _Slot()
+        tc.session.queue_append((frame,), slot)
+        self._wait(tc, (slot,))
+        if slot.error is not None:
+            raise slot.error
+        return slot.value[0]  # type: ignore[no-any-return]
+
+    def append_batch(self, records: Iterable[Record]) -> list[Position]:
+        """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
+
+        A batch of up to 16 MiB of frames is one request: written with one
+        write and acknowledged by one fsync. Raises the first error of any part.
+        """
+        frames = [encode_record(r) for r in records]
+        if not frames:
+            return []
+        tc = self._thread_conn()
+        slots = []
+        for chunk in chunk_frames(frames):
+            slot = _Slot()
+            tc.session.queue_append(chunk, slot, solo=True)
+            slots.append(slot)
+        self._wait(tc, slots)
+        out: list[Position] = []
+        for slot in slots:
+            if slot.error is not None:
+                raise slot.error
+            out += slot.value
+        return out
+
+    def submit(self, record: Record) -> PendingAppend:
+        """Send an append without waiting (pipelining); ``.result()`` gives its Position.
+
+        Up to ``max_in_flight`` requests are outstanding; appends submitted
+        beyond that are coalesced into one request as soon as one is answered.
+        Results are collected whenever any call of this thread waits.
+        """
+        frame = encode_record(record)
+        tc = self._thread_conn()
+        slot = _Slot()
+        tc.session.queue_append((frame,), slot)
+        self._pump(tc)
+        return PendingAppend(self, slot, tc)
+
+    def sync(self) -> None:
+        """fsync everything the writer has written so far, whatever its policy."""
+        self._control(P.Op.SYNC)
+
+    def current_position(self) -> Position:
+        """Where the writer will put the next record (<= the Position the next append returns)."""
+        return self._control(P.Op.POSITION)  # type: ignore[no-any-return]
+
+    def delete_segments_before(self, position: Position) -> int:
+        """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
+        pos = Position(*position)
+        return self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
+
+    def info(self) -> dict[str, Any]:
+        """What the writer says about itself: pid, policy, position, durable position, limits."""
+        return self._control(P.Op.INFO)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close every connection (linger 0) and the context. Idempotent."""
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+            ctx, self._ctx = self._ctx, None
+        for tc in conns:
+            for c in tc.session.fail_all(WalClosedError("the client was closed")):
+                _resolve(c.waiter, None, c.error)
+            tc.conn.close()
+        if ctx is not None:
+            close_context(ctx, self._pid)
+
+    def __enter__(self) -> WalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (WalClient, self._endpoint, self._dir, self.timeout, self.max_in_flight))
+
+    def __repr__(self) -> str:
+        return f"WalClient({self._endpoint!r}, timeout={self.timeout:g})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _thread_conn(self) -> _ThreadConn:
+        tc: _ThreadConn | None = getattr(self._local, "tc", None)
+        if tc is not None and tc.pid == os.getpid():
+            if not tc.conn.check_lost():
+                return tc
+            # The writer went away since the last call (it may be back already): whatever was
+            # still outstanding has an unknown outcome; a fresh connection serves this call.
+            self._reset(tc, self._lost_error(tc))
+            tc = None
+        return self._new_thread_conn(tc)
+
+    @staticmethod
+    def _lost_error(tc: _ThreadConn) -> WriterUnavailableError:
+        return WriterUnavailableError(f"lost the connection to the writer at {tc.conn.endpoint} (did it exit?); "
+                                      f"the outcome of the request(s) in flight is unknown")
+
+    def _new_thread_conn(self, old: _ThreadConn | None) -> _ThreadConn:
+        """A fresh connection for this thread (after first use, a fork, a timeout or a lost writer)."""
+        pid = os.getpid()
+        with self._lock:
+            if self._closed:
+                raise WalClosedError("the client is closed")
+            if pid != self._pid:                   # forked: forget the parent's ZeroMQ state
+                if self._ctx is not None:
+                    close_context(self._ctx, self._pid)
+                for tc in self._conns:
+                    tc.conn.close()
+                self._ctx, self._conns, self._pid = None, [], pid
+                old = None
+            if old is not None:
+                self._drop(old)
+            if self._ctx is None:
+                self._ctx = new_context()
+            if self._dir is not None:
+                from ..writer_proc.endpoint import resolve_endpoint
+                self._endpoint = resolve_endpoint(self._dir)
+            tc = _ThreadConn(Connection(self._ctx, self._endpoint), self.max_in_flight)
+            self._conns.append(tc)
+        self._local.tc = tc
+        return tc
+
+    def _drop(self, tc: _ThreadConn) -> None:
+        if tc in self._conns:
+            self._conns.remove(tc)
+        tc.conn.close()
+
+    def _reset(self, tc: _ThreadConn, error: WalError) -> None:
+        """Fail everything outstanding on ``tc`` with ``error`` and drop the connection (Rule 2 of transport)."""
+        for c in tc.session.fail_all(error):
+            _resolve(c.waiter, None, c.error)
+        with self._lock:
+            self._drop(tc)
+        if getattr(self._local, "tc", None) is tc:
+            self._local.tc = None
+
+    def _control(self, op: P.Op, *args: int) -> Any:
+        tc = self._thread_conn()
+        slot = _Slot()
+        try:
+            tc.conn.send(tc.session.control(op, slot, time.monotonic(), *args))
+        except WalError as exc:
+            self._reset(tc, exc)
+            raise
+        self._wait(tc, (slot,))
+        if slot.error is not None:
+            raise slot.error
+        return slot.value
+
+    def _pump(self, tc: _ThreadConn) -> None:
+        """Send whatever the session lets out now, and take in replies already here (no waiting)."""
+        now = time.monotonic()
+        session, conn = tc.session, tc.conn
+        try:
+            while (frames := session.take(now)) is not None:
+                conn.send(frames)
+        except WalError as exc:
+            self._reset(tc, exc)
+            raise
+        self._receive(tc)
+
+    def _receive(self, tc: _ThreadConn) -> bool:
+        """Handle every reply already received; True if there was any."""
+        sock, session = tc.conn.sock, tc.session
+        got = False
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return got
+            except zmq.ZMQError as exc:
+                err = zmq_error(exc, "receiving a reply", tc.conn.endpoint)
+                self._reset(tc, err)
+                raise err from exc
+            got = True
+            try:
+                done = session.complete(data)
+            except WalError as exc:                # an unreadable reply: this connection is confused
+                self._reset(tc, exc)
+                raise
+            for c in done:
+                _resolve(c.waiter, c.value, c.error)
+
+    def _wait(self, tc: _ThreadConn, slots: Sequence[_Slot]) -> None:
+        """Drive the connection until every slot is resolved; WriterUnavailableError after ``timeout``
+        seconds without a reply, or at once when the connection to the writer is lost."""
+        session, conn = tc.session, tc.conn
+        poll = tc.poller.poll
+        last = slots[-1]
+        timeout = self.timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            try:
+                while (frames := session.take(now)) is not None:
+                    conn.send(frames)
+            except WalError as exc:
+                self._reset(tc, exc)
+                raise
+            if last.done and all(s.done for s in slots):
+                return
+            left = deadline - now
+            if left <= 0:
+                err = WriterUnavailableError(
+                    f"no reply from the writer at {conn.endpoint} within {timeout:g} s "
+                    f"(is it running? the outcome of the {session.in_flight} request(s) in flight is unknown)")
+                self._reset(tc, err)
+                return
+            events = dict(poll(max(1, int(left * 1e3 + 0.999))))
+            if conn.sock in events and self._receive(tc):
+                deadline = time.monotonic() + timeout
+            elif conn.monitor in events and conn.check_lost():
+                self._receive(tc)       # replies that arrived before the connection dropped still count
+                if not (last.done and all(s.done for s in slots)):
+                    self._reset(tc, self._lost_error(tc))
+                    return
+
+
+def _resolve(slot: _Slot, value: Any, error: WalError | None) -> None:
+    slot.value, slot.error, slot.done = value, error, True
+
+
+def _rebuild(cls: Any, endpoint: str, directory: str | None, timeout: float, max_in_flight: int) -> Any:
+    """Unpickle a client as its constructor arguments (it reconnects lazily on the other side)."""
+    if directory is not None:
+        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight)
+    return cls(endpoint, timeout, max_in_flight=max_in_flight)

@@ -1,0 +1,105 @@
+"""The clients' ZeroMQ boundary: one DEALER per connection, and the one place zmq errors are mapped.
+
+A Connection is a DEALER socket plus a monitor that reports disconnects, built
+in the process (and, for the sync client, the thread) that uses it. Every
+connection has ``linger=0``: closing never waits for a writer that is gone.
+
+Rules:
+1. ``zmq_error`` is the only place a ``zmq.ZMQError`` becomes a WalError
+   (httpx maps its transport errors once, the same way): ``zmq.Again`` and
+   refused or lost connections are WriterUnavailableError, a terminated
+   context is WalClosedError; the zmq error is chained as ``__cause__``.
+2. A connection that timed out, lost its writer or belongs to another process
+   (after ``fork``) is never reused: the client builds a fresh one, which is
+   how the next call reaches a restarted writer. A forked child never touches
+   its parent's sockets or context (not fork-safe); it only drops its
+   references to them, and keeps them from being garbage collected.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import zmq
+
+from ..errors import WalClosedError, WalError, WriterUnavailableError
+
+# Sockets and contexts inherited through fork: never closed (that would touch the
+# parent's ZeroMQ state), never collected (their __del__ would close them).
+_ABANDONED: list[Any] = []
+
+
+def zmq_error(exc: zmq.ZMQError, what: str, endpoint: str) -> WalError:
+    """The WalError for a ZeroMQ failure while doing ``what`` with ``endpoint`` (Rule 1)."""
+    if isinstance(exc, zmq.ContextTerminated) or exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+        err: WalError = WalClosedError(f"{what}: the client is closed")
+    else:
+        err = WriterUnavailableError(f"{what}: no writer reachable at {endpoint} ({exc})")
+    err.__cause__ = exc
+    return err
+
+
+class Connection:
+    """A DEALER connected to one writer endpoint, with a disconnect monitor."""
+
+    __slots__ = ("__weakref__", "endpoint", "lost", "monitor", "pid", "sock")
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str):
+        self.endpoint = endpoint
+        self.pid = os.getpid()
+        self.lost = False
+        sock = ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)       # flow control is the session's in-flight limit
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.connect(endpoint)
+            self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.monitor.setsockopt(zmq.LINGER, 0)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise zmq_error(exc, "connecting", endpoint) from None
+        self.sock = sock
+
+    def check_lost(self) -> bool:
+        """True once the writer's side of the connection went away (drains monitor events)."""
+        if not self.lost:
+            try:
+                while True:
+                    self.monitor.recv_multipart(zmq.NOBLOCK)
+                    self.lost = True
+            except zmq.ZMQError:
+                pass
+        return self.lost
+
+    def send(self, frames: tuple[bytes, ...]) -> None:
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+        except zmq.ZMQError as exc:
+            raise zmq_error(exc, "sending a request", self.endpoint) from None
+
+    def close(self) -> None:
+        """Close (linger 0); in a forked child only forget (Rule 2)."""
+        if self.pid != os.getpid():
+            _ABANDONED.append(self)
+            return
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+def new_context() -> zmq.Context[Any]:
+    ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+    return ctx
+
+
+def close_context(ctx: zmq.Context[Any], pid: int) -> None:
+    """Terminate a context this process made; abandon one inherited through fork."""
+    if pid != os.getpid():
+        _ABANDONED.append(ctx)
+        return
+    ctx.destroy(linger=0)

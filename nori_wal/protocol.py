@@ -1,0 +1,309 @@
+"""The wire protocol between producers and the writer process (pure: no sockets, no files).
+
+Every message is a ZeroMQ multipart message; the ROUTER's identity frame is
+the transport's business and does not appear here. See docs/PROTOCOL.md.
+
+Request  = ``[header]`` or ``[header, payload]``
+    header  = msgpack array ``[VERSION, op, request_id, *args]``
+    payload = record frames exactly as ``codec.encode_record`` makes them, back to back
+              (APPEND only; at most ``MAX_PAYLOAD_BYTES``)
+
+    op              args                      payload   ok result
+    APPEND    (1)   record_count              frames    runs: flat [segment_id, offset, count, ...]
+    SYNC      (2)   -                         -         [segment_id, offset]   durable position
+    POSITION  (3)   -                         -         [segment_id, offset]   where the next record goes
+    DELETE    (4)   segment_id, offset        -         deleted segment count
+    INFO      (5)   -                         -         map: version, pid, policy, position, durable, ...
+
+Reply    = ``[reply]``: msgpack array ``[VERSION, request_id, status, result]``
+    status OK (0): result as in the table
+    status ERR (1): result = ``[error_name, message]``; error_name is a WalError subclass name
+
+Rules:
+1. Producers do the per-record work (framing, CRC32C, compression); a request
+   carries one opaque payload. The writer validates it with one ``scan_frames``
+   call (``check_payload``): the frames must end exactly at the payload's end,
+   hold exactly ``record_count`` records, carry no seal or reserved flags and
+   each fit in a segment. A bad payload gets an ERR reply and is never written.
+2. An APPEND's reply gives runs ``(segment_id, offset, count)``: the client
+   knows its own frame lengths, so it computes every record's Position with
+   ``positions_from_runs``; the writer does no per-record work to answer. A
+   payload is one unit that never spans segments (it rolls first when it does
+   not fit), except a payload larger than a segment can hold, which the writer
+   splits at frame boundaries (``split_units``): then it has several runs.
+3. Only this module knows the error names on the wire (``ERRORS``): the
+   writer sends ``error_to_wire(exc)`` and the client raises
+   ``error_from_wire(name, message)``.
+4. Nothing here trusts a length: the header is size-capped before it is
+   unpacked and the payload before it is scanned.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Union
+
+import msgpack
+
+from .codec import FORMAT_MAX_FRAME, MIN_FRAME_SIZE, parse_header
+from .errors import (CorruptionError, ProtocolError, RecordTooLargeError, WalClosedError, WalError, WalIOError,
+                     WalLockedError, WriterUnavailableError)
+from .position import Position
+from .record import BytesLike
+from .scan import Stop, scan_frames
+
+VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024     # bytes of record frames in one APPEND request
+MAX_HEADER_BYTES = 256                   # a header is a handful of small integers
+MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 64 * 1024   # the writer's ZMQ_MAXMSGSIZE (per frame)
+
+
+class Op(enum.IntEnum):
+    APPEND = 1
+    SYNC = 2
+    POSITION = 3
+    DELETE = 4
+    INFO = 5
+
+
+OK = 0
+ERR = 1
+
+# Rule 3: the one table of error names on the wire.
+ERRORS: dict[str, type[WalError]] = {cls.__name__: cls for cls in (
+    WalError, CorruptionError, WalLockedError, WalClosedError, RecordTooLargeError, WalIOError,
+    WriterUnavailableError, ProtocolError)}
+
+
+def error_to_wire(exc: BaseException) -> tuple[str, str]:
+    """The (name, message) that carries ``exc`` in an ERR reply."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ in ERRORS and ERRORS[cls.__name__] is cls:
+            return cls.__name__, str(exc)
+    return "WalError", f"{type(exc).__name__}: {exc}"
+
+
+def error_from_wire(name: str, message: str) -> WalError:
+    """The WalError subclass an ERR reply names (WalError for an unknown name)."""
+    cls = ERRORS.get(name, WalError)
+    return cls(f"writer: {message}")
+
+
+# -- requests -------------------------------------------------------------------------------
+
+_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_append(request_id: int, record_count: int) -> bytes:
+    """The header of an APPEND request (send it with the payload as the second frame)."""
+    return _packb([VERSION, Op.APPEND, request_id, record_count])
+
+
+def encode_request(op: Op, request_id: int, *args: int) -> bytes:
+    """The header of a request without payload (SYNC, POSITION, DELETE, INFO)."""
+    return _packb([VERSION, int(op), request_id, *args])
+
+
+@dataclass(frozen=True)
+class Append:
+    request_id: int
+    record_count: int
+    payload: BytesLike
+
+
+@dataclass(frozen=True)
+class Control:
+    """SYNC, POSITION, INFO (no args) or DELETE (``position``)."""
+    request_id: int
+    op: Op
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A request that cannot be served: answer with ``error`` (request_id 0 when unreadable)."""
+    request_id: int
+    error: WalError
+
+
+Request = Union[Append, Control, BadRequest]
+
+_ARGS = {Op.APPEND: 1, Op.SYNC: 0, Op.POSITION: 0, Op.DELETE: 2, Op.INFO: 0}
+
+
+def decode_request(frames: Sequence[BytesLike]) -> Request:
+    """Parse a request's frames (identity already removed); never raises.
+
+    Checks the shape only; an APPEND's payload is checked by ``check_payload``.
+    """
+    if not frames or len(frames) > 2:
+        return BadRequest(0, ProtocolError(f"a request has 1 or 2 frames, got {len(frames)}"))
+    head = frames[0]
+    if len(head) > MAX_HEADER_BYTES:
+        return BadRequest(0, ProtocolError(f"request header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}"))
+    try:
+        h = msgpack.unpackb(head, raw=True, use_list=True, strict_map_key=True)
+    except Exception as exc:   # msgpack raises several unrelated types for garbage
+        return BadRequest(0, ProtocolError(f"request header is not msgpack: {type(exc).__name__}"))
+    if type(h) is not list or len(h) < 3 or not all(type(x) is int for x in h):
+        return BadRequest(0, ProtocolError("request header must be a msgpack array of integers "
+                                           "[version, op, request_id, *args]"))
+    version, op, rid = h[0], h[1], h[2]
+    if not 0 <= rid < 2**64:
+        return BadRequest(0, ProtocolError(f"request id {rid} out of range"))
+    if version != VERSION:
+        return BadRequest(rid, ProtocolError(f"protocol version {version} not supported (the writer speaks "
+                                             f"{VERSION})"))
+    if op not in _ARGS:
+        return BadRequest(rid, ProtocolError(f"unknown op {op}"))
+    op = Op(op)
+    args = h[3:]
+    if len(args) != _ARGS[op]:
+        return BadRequest(rid, ProtocolError(f"{op.name} takes {_ARGS[op]} argument(s), got {len(args)}"))
+    if op is Op.APPEND:
+        if len(frames) != 2:
+            return BadRequest(rid, ProtocolError("APPEND needs a payload frame"))
+        return Append(rid, args[0], frames[1])
+    if len(frames) != 1:
+        return BadRequest(rid, ProtocolError(f"{op.name} takes no payload frame"))
+    if op is Op.DELETE:
+        if args[0] < 0 or args[1] < 0:
+            return BadRequest(rid, ProtocolError("DELETE position must not be negative"))
+        return Control(rid, op, Position(args[0], args[1]))
+    return Control(rid, op)
+
+
+def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalError | None:
+    """None if ``payload`` is whole valid record frames, exactly ``record_count`` of them.
+
+    Otherwise the error to answer with (never raises): ProtocolError for bad
+    framing, checksums, flags or counts; RecordTooLargeError for a frame larger
+    than a segment holds (``max_frame``) or a payload over MAX_PAYLOAD_BYTES.
+    """
+    n = len(payload)
+    if n > MAX_PAYLOAD_BYTES:
+        return RecordTooLargeError(f"payload of {n} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte message limit")
+    if record_count <= 0 or n == 0:
+        return ProtocolError(f"APPEND of {record_count} record(s) in {n} bytes: need at least one record")
+    if record_count > n // MIN_FRAME_SIZE:
+        return ProtocolError(f"APPEND claims {record_count} records but {n} bytes hold at most "
+                             f"{n // MIN_FRAME_SIZE}")
+    res = scan_frames(payload, 0, FORMAT_MAX_FRAME)
+    if res.stop is Stop.END and res.valid_end == n:
+        if res.records != record_count:
+            return ProtocolError(f"APPEND claims {record_count} records but the payload holds {res.records}")
+        if n > max_frame:       # only then can a single frame be too large for a segment
+            return _check_frame_sizes(payload, max_frame)
+        return None
+    at = f"record {res.records} at payload offset {res.valid_end}"
+    if res.stop is Stop.SEALED:
+        return ProtocolError(f"{at} is a seal frame: seals are writer-internal")
+    if res.stop is Stop.TORN:
+        return ProtocolError(f"{at} is cut off by the end of the payload ({n} bytes)")
+    if res.stop is Stop.ZEROED:
+        return ProtocolError(f"{at}: zero bytes where a frame should start")
+    if res.stop is Stop.CORRUPT:
+        return ProtocolError(f"{at} is invalid: {res.reason}")
+    return ProtocolError(f"{at}: payload does not end after a whole frame")
+
+
+def _check_frame_sizes(payload: BytesLike, max_frame: int) -> WalError | None:
+    """RecordTooLargeError for the first frame larger than ``max_frame`` (frames already validated)."""
+    off, n, i = 0, len(payload), 0
+    while off < n:
+        lay = parse_header(payload, off, n)
+        end = lay[4] if type(lay) is tuple else n
+        if end - off > max_frame:
+            return RecordTooLargeError(f"record {i} at payload offset {off} has a frame of {end - off} bytes; "
+                                       f"a segment holds at most {max_frame}")
+        off, i = end, i + 1
+    return None
+
+
+def split_units(payload: BytesLike, record_count: int, max_unit: int) -> list[tuple[int, int, int]]:
+    """Cut a validated payload into units of at most ``max_unit`` bytes at frame boundaries.
+
+    Returns ``(start, end, record_count)`` per unit, in order. Every frame must
+    fit in ``max_unit`` (``check_payload`` made sure). A payload that fits is
+    one unit: this walk only runs for payloads larger than a segment.
+    """
+    n = len(payload)
+    if n <= max_unit:
+        return [(0, n, record_count)]
+    units: list[tuple[int, int, int]] = []
+    start = off = count = 0
+    while off < n:
+        lay = parse_header(payload, off, n)
+        end = lay[4] if type(lay) is tuple else n
+        if end - start > max_unit and count:
+            units.append((start, off, count))
+            start, count = off, 0
+        off, count = end, count + 1
+    units.append((start, n, count))
+    return units
+
+
+# -- replies --------------------------------------------------------------------------------
+
+def encode_ok(request_id: int, result: Any) -> bytes:
+    return _packb([VERSION, request_id, OK, result])
+
+
+def encode_error(request_id: int, exc: BaseException) -> bytes:
+    name, message = error_to_wire(exc)
+    return _packb([VERSION, request_id, ERR, [name, message]])
+
+
+@dataclass(frozen=True)
+class Reply:
+    request_id: int
+    ok: bool
+    result: Any              # the OK result, or the WalError an ERR reply carries
+
+
+def decode_reply(data: BytesLike) -> Reply:
+    """Parse a reply; raises ProtocolError for anything that is not one."""
+    try:
+        r = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(f"reply is not msgpack: {type(exc).__name__}") from None
+    if type(r) is not list or len(r) != 4 or type(r[1]) is not int or r[2] not in (OK, ERR):
+        raise ProtocolError("reply must be [version, request_id, status, result]")
+    if r[0] != VERSION:
+        raise ProtocolError(f"reply in protocol version {r[0]}; this client speaks {VERSION}")
+    if r[2] == OK:
+        return Reply(r[1], True, r[3])
+    res = r[3]
+    if type(res) is not list or len(res) != 2 or not all(type(x) is str for x in res):
+        raise ProtocolError("error reply must carry [error_name, message]")
+    return Reply(r[1], False, error_from_wire(res[0], res[1]))
+
+
+def positions_from_runs(runs: Sequence[int], frame_lengths: Sequence[int]) -> list[Position]:
+    """Every record's Position from an APPEND reply's flat runs and the frames' lengths.
+
+    Raises ProtocolError when the runs do not cover exactly ``len(frame_lengths)`` records.
+    """
+    out: list[Position] = []
+    i, total = 0, len(frame_lengths)
+    if len(runs) % 3:
+        raise ProtocolError(f"append reply runs must be triples, got {len(runs)} integers")
+    for r in range(0, len(runs), 3):
+        seg, off, count = runs[r], runs[r + 1], runs[r + 2]
+        if count <= 0 or i + count > total:
+            raise ProtocolError(f"append reply covers more than the {total} records sent")
+        for length in frame_lengths[i:i + count]:
+            out.append(Position(seg, off))
+            off += length
+        i += count
+    if i != total:
+        raise ProtocolError(f"append reply covers {i} of the {total} records sent")
+    return out
+
+
+def position_result(result: Any) -> Position:
+    """A SYNC or POSITION result as a Position (ProtocolError if malformed)."""
+    if type(result) is not list or len(result) != 2 or not all(type(x) is int for x in result):
+        raise ProtocolError(f"expected [segment_id, offset], got {result!r:.80}")
+    return Position(result[0], result[1])

@@ -1,0 +1,561 @@
+"""The writer loop: receive, validate, write a group, fsync per policy, acknowledge.
+
+A thin shell around three pure parts: ``protocol`` (what a request is and
+whether its frames are valid), ``commit.GroupCommit`` (when to fsync, whom
+an fsync acknowledges) and ``SegmentLog`` (the bytes on disk).
+
+One pass of the loop::
+
+    block for the first message (poll timeout = time to the Batch deadline)
+    drain everything already pending without blocking
+    validate each request: one scan_frames call per APPEND payload
+    write the valid payloads with ONE SegmentLog.append_frames call (one write per segment)
+    Always/Batch: fsync once for the group (when due), then ack every request it covers
+    Os: ack right after the write
+
+The fsync runs inline, or in a flush thread while the loop receives and writes
+the next group (``os.fdatasync`` releases the GIL): ``commit.overlap_fsync``
+chooses by whether requests arrived during the last fsync (a lone synchronous
+producer never overlaps, so it does not pay the thread hand-offs).
+
+Fail-stop: a failed write or fsync (WalIOError from SegmentLog) acknowledges
+nothing from the group, answers every waiting producer with that error and
+stops the writer with a non-zero exit (``EXIT_IO``); the next start recovers.
+A producer's bad request is answered with an error reply and never written;
+it changes nothing for anyone else.
+
+Signals (SIGTERM, SIGINT) only set a flag and wake the poller through
+``signal.set_wakeup_fd`` (gunicorn: "just queue the signal"); the loop then
+drains what is pending, fsyncs, acknowledges, closes the log cleanly and
+returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from .. import protocol as P
+from ..commit import GroupCommit, overlap_fsync
+from ..config import WalConfig
+from ..errors import RecordTooLargeError, WalError, WalIOError, WalLockedError
+from ..fs import OS, FileLayer
+from ..observe import NOOP, Meter
+from ..position import Position
+from ..recovery import RecoveryInfo
+from ..segment_log import SegmentLog
+from .endpoint import default_endpoint, remove_endpoint_file, write_endpoint_file
+
+log = logging.getLogger("nori_wal.writer")
+
+EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4     # as in cli.py
+MAX_GROUP_BYTES = 64 * 1024 * 1024      # stop draining a group beyond this many payload bytes
+MAX_GROUP_MESSAGES = 4096               # ... or this many requests (bounds one pass's latency)
+REPLY_LINGER_MS = 2000                  # how long closing waits to deliver the last replies
+
+
+class FatalStop(BaseException):
+    """The writer must stop now with ``exit_code``; not an Exception, so nothing swallows it."""
+
+    def __init__(self, reason: str, exit_code: int):
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
+
+
+@dataclass
+class WriterSpec:
+    """Everything a writer process needs (picklable: it crosses into the child process)."""
+    config: WalConfig
+    endpoint: str | None = None           # None: default_endpoint(config.dir)
+    layer: FileLayer | None = None        # test seam: a picklable FileLayer (None: the OS)
+    metrics_port: int | None = None
+    log_level: str = "WARNING"
+
+
+class _Ticket:
+    """A request waiting for its ack: who, which request, the reply (None: SYNC, built at ack time)."""
+    __slots__ = ("ident", "reply", "rid", "t_recv")
+
+    def __init__(self, ident: bytes, rid: int, reply: bytes | None, t_recv: float):
+        self.ident, self.rid, self.reply, self.t_recv = ident, rid, reply, t_recv
+
+
+class _FlushThread:
+    """Runs ``SegmentLog.sync`` off the loop's thread and wakes the loop through a pipe when done."""
+
+    def __init__(self, seglog: SegmentLog):
+        self._log = seglog
+        self._cond = threading.Condition()
+        self._job = False
+        self._closing = False
+        self._result: tuple[Position | None, WalError | None] = (None, None)
+        self.fd, self._wfd = os.pipe()
+        os.set_blocking(self.fd, False)
+        self._thread = threading.Thread(target=self._run, name="nori-wal-flush", daemon=True)
+        self._thread.start()
+
+    def start(self) -> None:
+        with self._cond:
+            self._job = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._job and not self._closing:
+                    cond.wait()
+                if not self._job:
+                    return
+                self._job = False
+            try:
+                res: tuple[Position | None, WalError | None] = (self._log.sync(), None)
+            except WalError as exc:
+                res = (None, exc)
+            except BaseException as exc:   # never leave the loop waiting for an answer
+                res = (None, WalIOError(f"fsync thread failed: {exc!r}"))
+            self._result = res
+            os.write(self._wfd, b"x")
+
+    def take(self) -> tuple[Position | None, WalError | None]:
+        """The finished fsync's result (call when ``fd`` is readable)."""
+        try:
+            os.read(self.fd, 64)
+        except BlockingIOError:
+            pass
+        return self._result
+
+    def wait(self) -> tuple[Position | None, WalError | None]:
+        """Block until the running fsync ends and return its result."""
+        os.set_blocking(self.fd, True)
+        try:
+            os.read(self.fd, 1)
+        finally:
+            os.set_blocking(self.fd, False)
+        return self.take()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(10.0)
+        os.close(self.fd)
+        os.close(self._wfd)
+
+
+class WriterServer:
+    """One directory's writer: owns the SegmentLog, the ROUTER socket and the commit state."""
+
+    def __init__(self, seglog: SegmentLog, info: RecoveryInfo, endpoint: str, meter: Meter = NOOP):
+        self.log = seglog
+        self.info = info
+        self.meter = meter
+        self._metered = meter is not NOOP
+        self.policy = seglog.config.fsync_policy
+        self.commit: GroupCommit[_Ticket] = GroupCommit(self.policy, seglog.durable)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)      # unroutable replies raise, never vanish
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.SNDHWM, 0)                # replies are bounded by clients' in-flight limits
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.sock.close(0)
+            self.ctx.term()
+            raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
+        self.endpoint = self._bound_endpoint(endpoint)
+        self.stopping = False
+        self.stop_reason = ""
+        self._flusher: _FlushThread | None = None
+        self._overlap = False
+        self._arrived_during_fsync = False
+        self._unsynced_records = 0
+        self._unsynced_bytes = 0
+        self._fsync_records = 0
+        self._fsync_bytes = 0
+
+    def _bound_endpoint(self, requested: str) -> str:
+        last = self.sock.getsockopt(zmq.LAST_ENDPOINT)
+        bound = last.decode() if isinstance(last, bytes) else str(last)
+        if requested.startswith("tcp://") and bound.startswith("tcp://0.0.0.0:"):
+            bound = "tcp://127.0.0.1:" + bound.rsplit(":", 1)[1]    # what a local client can connect to
+        return bound or requested
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self, wake_fds: tuple[int, ...] = (), lifeline_fd: int | None = None) -> int:
+        """Run until stopped (signal, ``stopping``, lifeline EOF) or a fatal error; returns the exit code."""
+        poller = zmq.Poller()
+        sock = self.sock
+        poller.register(sock, zmq.POLLIN)
+        self._flusher = _FlushThread(self.log)
+        flush_fd = self._flusher.fd
+        poller.register(flush_fd, zmq.POLLIN)
+        for fd in wake_fds:
+            poller.register(fd, zmq.POLLIN)
+        if lifeline_fd is not None:
+            poller.register(lifeline_fd, zmq.POLLIN)
+        commit = self.commit
+        try:
+            while not self.stopping:
+                due = commit.fsync_due()
+                if due is not None:
+                    now = time.monotonic()
+                    if due <= now:
+                        self._start_fsync(now)
+                        continue
+                    timeout: int | None = max(1, int((due - now) * 1e3 + 0.999))
+                else:
+                    timeout = None
+                events = dict(poller.poll(timeout))
+                if sock in events and commit.in_flight:
+                    self._arrived_during_fsync = True
+                if flush_fd in events:
+                    self._finish_fsync(*self._flusher.take())
+                if sock in events:
+                    self._receive_group()
+                for fd in wake_fds:
+                    if fd in events:
+                        _drain_fd(fd)
+                if lifeline_fd is not None and lifeline_fd in events and not _drain_fd(lifeline_fd):
+                    self.stop("the spawning process is gone (lifeline closed)")
+            return self._shutdown()
+        except FatalStop as stop:
+            self._fail_stop(stop)
+            return stop.exit_code
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to drain, fsync and exit (safe from a signal handler: sets flags only)."""
+        self.stop_reason = self.stop_reason or reason
+        self.stopping = True
+
+    # -- receiving and writing -------------------------------------------------------------
+
+    def _receive_group(self) -> None:
+        """Drain pending requests, validate them, write the appends with one call, ack per policy."""
+        sock = self.sock
+        recv = sock.recv_multipart
+        t_recv = time.perf_counter()
+        units: list[Any] = []
+        counts: list[int] = []
+        pending: list[tuple[bytes, int, int, int, int]] = []   # ident, rid, first unit, unit count, bytes
+        nbytes = 0
+        for _ in range(MAX_GROUP_MESSAGES):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            ident = frames[0]
+            req = P.decode_request(frames[1:])
+            if type(req) is P.Append:
+                payload = req.payload
+                err = P.check_payload(payload, req.record_count, self.log.max_frame)
+                if err is not None:
+                    self._reply(ident, P.encode_error(req.request_id, err))
+                    continue
+                size = len(payload)
+                first = len(units)
+                if size <= self.log.max_frame:
+                    units.append(payload)
+                    counts.append(req.record_count)
+                else:
+                    mv = memoryview(payload)
+                    for s, e, c in P.split_units(payload, req.record_count, self.log.max_frame):
+                        units.append(mv[s:e])
+                        counts.append(c)
+                pending.append((ident, req.request_id, first, len(units) - first, size))
+                nbytes += size
+                if nbytes >= MAX_GROUP_BYTES:
+                    break
+            elif type(req) is P.Control:
+                # Keep each producer's order: write the appends received before it first.
+                self._write_group(units, counts, pending, t_recv)
+                units, counts, pending, nbytes = [], [], [], 0
+                self._control(ident, req, t_recv)
+            else:
+                assert type(req) is P.BadRequest
+                self._reply(ident, P.encode_error(req.request_id, req.error))
+        self._write_group(units, counts, pending, t_recv)
+
+    def _write_group(self, units: list[Any], counts: list[int], pending: list[tuple[bytes, int, int, int, int]],
+                     t_recv: float) -> None:
+        if not pending:
+            return
+        try:
+            firsts = self.log.append_frames(units, counts)
+        except RecordTooLargeError as exc:   # cannot happen: check_payload bounded every frame
+            for ident, rid, *_ in pending:
+                self._reply(ident, P.encode_error(rid, exc))
+            return
+        except WalError as exc:
+            # Fail-stop: nothing of this group is acknowledged, every producer hears why.
+            for ident, rid, *_ in pending:
+                self._reply(ident, P.encode_error(rid, exc))
+            raise FatalStop(str(exc), EXIT_IO) from exc
+        commit = self.commit
+        ok = P.encode_ok
+        records = 0
+        nbytes = 0
+        for ident, rid, first, nunits, size in pending:
+            runs: list[int] = []
+            for i in range(first, first + nunits):
+                pos = firsts[i]
+                runs += (pos[0], pos[1], counts[i])
+                records += counts[i]
+            last = firsts[first + nunits - 1]
+            end = Position(last[0], last[1] + len(units[first + nunits - 1]))
+            nbytes += size
+            reply = ok(rid, runs)
+            if commit.written(end, _Ticket(ident, rid, reply, t_recv)):
+                self._reply(ident, reply)
+                if self._metered:
+                    self.meter.histogram("wal_ack_latency_ms", (time.perf_counter() - t_recv) * 1e3)
+        if commit.in_flight or commit.waiting:
+            self._unsynced_records += records
+            self._unsynced_bytes += nbytes
+        elif self._metered:        # Os: a group is what one write carried
+            self.meter.histogram("wal_group_records", records)
+            self.meter.histogram("wal_group_bytes", nbytes)
+
+    def _control(self, ident: bytes, req: P.Control, t_recv: float) -> None:
+        op, rid = req.op, req.request_id
+        log = self.log
+        try:
+            if op is P.Op.SYNC:
+                end = log.position
+                ticket = _Ticket(ident, rid, None, t_recv)
+                if self.commit.sync_requested(end, ticket):
+                    self._ack(ticket)
+            elif op is P.Op.POSITION:
+                log.check_usable()
+                self._reply(ident, P.encode_ok(rid, list(log.position)))
+            elif op is P.Op.DELETE:
+                assert req.position is not None
+                self._reply(ident, P.encode_ok(rid, log.delete_segments_before(req.position)))
+            elif op is P.Op.INFO:
+                self._reply(ident, P.encode_ok(rid, self.describe()))
+        except WalIOError as exc:
+            self._reply(ident, P.encode_error(rid, exc))
+            if log.failed is not None:
+                raise FatalStop(str(exc), EXIT_IO) from exc
+        except WalError as exc:
+            self._reply(ident, P.encode_error(rid, exc))
+
+    def describe(self) -> dict[str, Any]:
+        """What INFO answers."""
+        return {"version": P.VERSION, "pid": os.getpid(), "dir": self.log.dir, "policy": str(self.policy),
+                "position": list(self.log.position), "durable": list(self.log.durable),
+                "max_frame": self.log.max_frame, "max_payload": P.MAX_PAYLOAD_BYTES,
+                "segments": len(self.log.segment_ids), "recovered_records": self.info.valid_records}
+
+    # -- fsync and acks --------------------------------------------------------------------
+
+    def _start_fsync(self, now: float) -> None:
+        commit = self.commit
+        commit.fsync_started(now)
+        self._fsync_records, self._fsync_bytes = self._unsynced_records, self._unsynced_bytes
+        self._unsynced_records = self._unsynced_bytes = 0
+        self._overlap = overlap_fsync(self._arrived_during_fsync)
+        self._arrived_during_fsync = False
+        if self._overlap:
+            assert self._flusher is not None
+            self._flusher.start()
+            return
+        try:
+            durable: Position | None = self.log.sync()
+            err = None
+        except WalError as exc:
+            durable, err = None, exc
+        if err is None and int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._arrived_during_fsync = True
+        self._finish_fsync(durable, err)
+
+    def _finish_fsync(self, durable: Position | None, err: WalError | None) -> None:
+        if err is not None or durable is None:
+            exc = err or WalIOError("fsync ended without a result")
+            raise FatalStop(str(exc), EXIT_IO) from exc
+        if self._metered:
+            self.meter.histogram("wal_group_records", self._fsync_records)
+            self.meter.histogram("wal_group_bytes", self._fsync_bytes)
+        for ticket in self.commit.fsync_done(durable):
+            self._ack(ticket)
+
+    def _ack(self, t: _Ticket) -> None:
+        reply = t.reply if t.reply is not None else P.encode_ok(t.rid, list(self.commit.durable))
+        self._reply(t.ident, reply)
+        if self._metered:
+            self.meter.histogram("wal_ack_latency_ms", (time.perf_counter() - t.t_recv) * 1e3)
+
+    def _reply(self, ident: bytes, reply: bytes) -> None:
+        try:
+            self.sock.send_multipart((ident, reply), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the producer went away (ROUTER_MANDATORY tells us instead of dropping silently).
+            log.debug("reply to a departed producer dropped: %s", exc)
+            if self._metered:
+                self.meter.counter("wal_replies_dropped_total", 1)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        """Graceful stop: take what is pending, finish the fsync, ack, seal the segment, exit 0."""
+        try:
+            self._receive_group()
+            self._settle()
+        except FatalStop as stop:
+            self._fail_stop(stop)
+            return stop.exit_code
+        self._close_transport()    # the replies are out (linger); then the files, while we hold the lock
+        try:
+            self.log.close()       # seal + fsync: a clean close, the next open rescans nothing
+        except WalError as exc:
+            log.error("writer for %s: closing the log failed: %s", self.log.dir, exc)
+            return EXIT_IO
+        log.info("writer for %s stopped (%s): %d segment(s), next position %s", self.log.dir,
+                 self.stop_reason or "asked to stop", len(self.log.segment_ids), self.log.position)
+        return EXIT_OK
+
+    def _settle(self) -> None:
+        """Wait for the running fsync, then fsync once more if anything still waits, and ack."""
+        commit = self.commit
+        if commit.in_flight:
+            assert self._flusher is not None
+            self._finish_fsync(*self._flusher.wait())
+        if commit.waiting:
+            commit.fsync_started(time.monotonic())
+            try:
+                durable = self.log.sync()
+            except WalError as exc:
+                raise FatalStop(str(exc), EXIT_IO) from exc
+            self._finish_fsync(durable, None)
+
+    def _fail_stop(self, stop: FatalStop) -> None:
+        """Answer everyone still waiting (and everything queued) with the error, then close."""
+        exc = stop.__cause__ if isinstance(stop.__cause__, WalError) else WalIOError(stop.reason)
+        log.error("writer for %s stopping after a failure: %s", self.log.dir, stop.reason)
+        if self.commit.in_flight and self._flusher is not None:
+            self._flusher.wait()
+        for t in self.commit.fail_all():
+            self._reply(t.ident, P.encode_error(t.rid, exc))
+        while True:   # requests already queued: tell them now rather than let them time out
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+            req = P.decode_request(frames[1:])
+            self._reply(frames[0], P.encode_error(getattr(req, "request_id", 0), exc))
+        self._close_transport()
+        try:
+            self.log.close()
+        except WalError:
+            pass
+
+    def _close_transport(self) -> None:
+        """Close the socket (delivering the last replies), remove DIR/WRITER and the ipc socket file."""
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
+        if self.sock.closed:
+            return
+        self.sock.close(REPLY_LINGER_MS)
+        self.ctx.term()
+        remove_endpoint_file(self.log.dir, os.getpid())
+        if self.endpoint.startswith("ipc://"):
+            try:
+                os.unlink(self.endpoint[len("ipc://"):])
+            except OSError:
+                pass
+
+
+def _drain_fd(fd: int) -> bool:
+    """Read what a wake-up fd holds; False at EOF."""
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+# -- running a writer in this process (the serve command and the spawned child) -------------
+
+def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
+    """Lock and recover the directory, then bind: raises WalLockedError / FatalStop.
+
+    The lock comes first, so a second writer never touches the live writer's socket.
+    """
+    config = spec.config
+    seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
+    endpoint = spec.endpoint or default_endpoint(seglog.dir)
+    try:
+        if endpoint.startswith("ipc://"):
+            os.makedirs(os.path.dirname(endpoint[len("ipc://"):]) or ".", exist_ok=True)
+        server = WriterServer(seglog, info, endpoint, meter)
+    except BaseException:
+        seglog.close()
+        raise
+    write_endpoint_file(seglog.dir, server.endpoint, os.getpid())
+    log.info("writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
+             "%d byte(s) truncated%s", seglog.dir, server.endpoint, os.getpid(), config.fsync_policy,
+             info.valid_records, info.segment_count, info.bytes_truncated,
+             ", corruption detected in the tail" if info.corruption_detected else "")
+    return server
+
+
+def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
+               lifeline_fd: int | None = None) -> int:
+    """Open, serve until SIGTERM/SIGINT (or lifeline EOF), stop cleanly; returns the exit code.
+
+    Must run in the main thread (signal handlers). Raises WalLockedError when
+    the directory belongs to another live writer (before anything is bound).
+    """
+    meter: Meter = NOOP
+    if spec.metrics_port is not None:
+        meter = _metrics_meter(spec.metrics_port)
+    server = open_writer(spec, meter)
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    previous: dict[signal.Signals, Any] = {}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        server.stop(signal.Signals(signum).name)     # only a flag: the wakeup fd wakes the poller
+
+    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+        on_ready(server)
+        return server.serve((rfd,), lifeline_fd)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(rfd)
+        os.close(wfd)
+
+
+def _metrics_meter(port: int) -> Meter:
+    """A PrometheusMeter serving /metrics on ``port`` (nori_wal.prometheus, imported only when asked)."""
+    try:
+        from ..prometheus import PrometheusMeter, start_metrics_server
+    except ImportError as exc:
+        raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) \
+            from exc
+    meter = PrometheusMeter()
+    start_metrics_server(port, meter)
+    return meter
+
+
+__all__ = ["EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "FatalStop", "WalLockedError", "WriterServer", "WriterSpec",
+           "open_writer", "run_writer"]
