@@ -802,7 +802,9 @@ def run_load(args: argparse.Namespace) -> LoadReport:
                 try:
                     ctl.delete_segments_before(ctl.current_position())
                 except Exception as exc:  # noqa: BLE001 -- a failed GC must not lose the run's numbers
-                    rep.notes.append(f"segment GC after a {cell.policy} cell failed: {exc}")
+                    note = f"segment GC between {cell.policy} cells failed: {type(exc).__name__}: {exc}"
+                    if note not in rep.notes:
+                        rep.notes.append(note)
             elif cell.system == "yardstick":
                 yards[YARD_FSYNC[cell.policy]].reset()
             elif cell.system == "sqlite":
