@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from ..config import FsyncPolicy, WalConfig
 from ..position import Position
 from ..record import Compression, Record
 from ..wal import Wal
-from .faultfs import MUTATING_OPS, POWER_LOSS, CrashSpec, FaultFS, Syscall, torn_write_points
+from .faultfs import MUTATING_OPS, POWER_LOSS, CrashSpec, FaultFS, SimulatedCrash, Syscall, torn_write_points
 
 
 # -- workloads --------------------------------------------------------------------------------
@@ -84,74 +85,151 @@ class Moment:
     """The layer and the acknowledgements right after one syscall of a workload."""
     call: Syscall
     fs: FaultFS
-    attempted: int      # records handed to an append so far (the one in flight included)
-    returned: int       # records whose append returned: they survive a process crash
-    durable: int        # records promised to survive a power loss
-    gc_floor: int       # segments below this id may be gone (a GC was started)
+    returned: frozenset[int]   # records whose append returned: they survive a process crash
+    durable: frozenset[int]    # records promised to survive a power loss
+    gc_floor: int              # segments below this id may be gone (a GC was started)
+
+
+class Acks:
+    """What has been acknowledged so far; shared by the workload's threads and the snapshot hook."""
+
+    def __init__(self, durable_acks: bool):
+        self._lock = threading.Lock()
+        self._durable_acks = durable_acks
+        self.returned: set[int] = set()
+        self.durable: set[int] = set()
+        self.gc_floor = 0
+
+    def ack(self, indices: Iterable[int]) -> None:
+        """These appends returned (durable too unless the policy is Os)."""
+        with self._lock:
+            self.returned.update(indices)
+            if self._durable_acks:
+                self.durable.update(indices)
+
+    def all_durable(self) -> None:
+        """A sync() or a clean close returned: everything returned before it is durable."""
+        with self._lock:
+            self.durable.update(self.returned)
+
+    def start_gc(self, segment_id: int) -> None:
+        with self._lock:
+            self.gc_floor = max(self.gc_floor, segment_id)
+
+    def moment(self, call: Syscall, fs: FaultFS) -> Moment:
+        with self._lock:
+            return Moment(call, fs.snapshot(), frozenset(self.returned), frozenset(self.durable), self.gc_floor)
 
 
 @dataclass
 class WorkloadRun:
-    """What a workload wrote and when, plus every snapshot."""
+    """What a workload wrote (by record index) and every snapshot it took."""
     name: str
     config: WalConfig
     records: list[Record] = field(default_factory=list)
     positions: list[Optional[Position]] = field(default_factory=list)
     moments: list[Moment] = field(default_factory=list)
-    final: Optional[FaultFS] = None
+
+    def log_order(self) -> list[int]:
+        """Record indices in the order the log holds them (by the positions appends returned)."""
+        placed = sorted((p, i) for i, p in enumerate(self.positions) if p is not None)
+        rest = [i for i, p in enumerate(self.positions) if p is None]
+        rest += list(range(len(self.positions), len(self.records)))
+        return [i for _, i in placed] + rest
+
+
+def _watch(fs: FaultFS, run: WorkloadRun, acks: Acks) -> None:
+    def on_call(layer: FaultFS, call: Syscall) -> None:
+        if call.op in MUTATING_OPS:
+            run.moments.append(acks.moment(call, layer))
+    fs.observe(on_call)
 
 
 def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int = 0,
-                 snapshot: bool = True) -> WorkloadRun:
-    """Run ``steps`` on a fresh FaultFS, snapshotting after every mutating syscall."""
+                 layer: type[FaultFS] = FaultFS) -> WorkloadRun:
+    """Run ``steps`` (one thread) on a fresh ``layer()``, snapshotting after every mutating syscall."""
     rng = random.Random(seed)
-    fs = FaultFS()
+    fs = layer()
     run = WorkloadRun(name, config)
-    durable_acks = config.fsync_policy.kind != "os"
-    acks = {"returned": 0, "durable": 0, "gc_floor": 0}
-
-    def on_call(layer: FaultFS, call: Syscall) -> None:
-        if call.op in MUTATING_OPS:
-            run.moments.append(Moment(call, layer.snapshot(), len(run.records), acks["returned"],
-                                      acks["durable"], acks["gc_floor"]))
-
-    if snapshot:
-        fs.observe(on_call)
+    acks = Acks(config.fsync_policy.kind != "os")
+    _watch(fs, run, acks)
     wal, _ = Wal.open(config, layer=fs)
     try:
         for step in steps:
             if step.kind in ("append", "batch"):
-                recs = [make_record(len(run.records) + i, rng, step.size) for i in range(step.n)]
+                first = len(run.records)
+                recs = [make_record(first + i, rng, step.size) for i in range(step.n)]
                 run.records.extend(recs)
                 if step.kind == "append":
-                    for rec in recs:
+                    for i, rec in enumerate(recs):
                         run.positions.append(wal.append(rec))
-                        acks["returned"] += 1
-                        if durable_acks:
-                            acks["durable"] = acks["returned"]
+                        acks.ack((first + i,))
                 else:
                     run.positions.extend(wal.append_batch(recs))
-                    acks["returned"] += len(recs)
-                    if durable_acks:
-                        acks["durable"] = acks["returned"]
+                    acks.ack(range(first, first + len(recs)))
             elif step.kind == "sync":
                 wal.sync()
-                acks["durable"] = acks["returned"]
+                acks.all_durable()
             elif step.kind == "gc":
                 pos = wal.current_position()
-                acks["gc_floor"] = max(acks["gc_floor"], pos.segment_id)
+                acks.start_gc(pos.segment_id)
                 wal.delete_segments_before(pos)
             elif step.kind == "reopen":
                 wal.close()
-                acks["durable"] = acks["returned"]
+                acks.all_durable()
                 wal, _ = Wal.open(config, layer=fs)
             else:
                 raise ValueError(f"unknown step {step.kind!r}")
         wal.close()
-        acks["durable"] = acks["returned"]
+        acks.all_durable()
     finally:
         wal.close()
-    run.final = fs.snapshot()
+    return run
+
+
+def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, appends: int = 15, batch: int = 1,
+                          size: int = 150, seed: int = 0, layer: type[FaultFS] = FaultFS) -> WorkloadRun:
+    """``threads`` threads each make ``appends`` appends of ``batch`` records (group commit under test).
+
+    The interleaving differs from run to run; the invariants hold for every one.
+    """
+    rng = random.Random(seed)
+    total = threads * appends * batch
+    fs = layer()
+    run = WorkloadRun(name, config, [make_record(i, rng, size) for i in range(total)], [None] * total)
+    acks = Acks(config.fsync_policy.kind != "os")
+    _watch(fs, run, acks)
+    wal, _ = Wal.open(config, layer=fs)
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for j in range(appends):
+                first = (t * appends + j) * batch
+                idx = range(first, first + batch)
+                if batch == 1:
+                    pos = [wal.append(run.records[first])]
+                else:
+                    pos = wal.append_batch([run.records[i] for i in idx])
+                for i, p in zip(idx, pos):
+                    run.positions[i] = p
+                acks.ack(idx)
+        except BaseException as exc:   # re-raised in the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        wal.close()
+    if errors:
+        raise errors[0]
+    acks.all_durable()
     return run
 
 
@@ -233,10 +311,10 @@ class InvariantViolation(AssertionError):
 
 @dataclass
 class Recovered:
-    """What recovery made of one disk image (cached per image)."""
-    first: int                      # index of the first recovered record
+    """What recovery made of one disk image (cached per image): a run of the log order."""
+    first: int                      # rank (in log order) of the first recovered record
     count: int                      # records recovered
-    positions: list[Position]
+    repaired: bool                  # recovery changed the files (a crash inside it is worth trying)
 
 
 def read_all(wal: Wal) -> list[tuple[Record, Position]]:
@@ -248,12 +326,14 @@ def read_all(wal: Wal) -> list[tuple[Record, Position]]:
 class Stats:
     states: int = 0
     images: int = 0
+    recovery_crashes: int = 0
     lost: int = 0
     runs: int = 0
 
     def add(self, other: "Stats") -> None:
         self.states += other.states
         self.images += other.images
+        self.recovery_crashes += other.recovery_crashes
         self.lost += other.lost
         self.runs += other.runs
 
@@ -264,9 +344,11 @@ class Explorer:
     def __init__(self, run: WorkloadRun):
         self.run = run
         self.stats = Stats(runs=1)
+        self.order = run.log_order()
+        self.rank = {i: r for r, i in enumerate(self.order)}
         self._cache: dict[tuple[tuple[str, bytes], ...], Recovered] = {}
 
-    def check(self, state: CrashState) -> None:
+    def check(self, state: CrashState) -> Recovered:
         """Raise InvariantViolation (with the state described) if ``state`` breaks an invariant."""
         self.stats.states += 1
         post = state.moment.fs.crash(state.spec)
@@ -282,6 +364,7 @@ class Explorer:
             raise InvariantViolation(f"{self.run.name}: {state.describe()}: {exc}") from None
         except Exception as exc:
             raise InvariantViolation(f"{self.run.name}: {state.describe()}: {type(exc).__name__}: {exc}") from exc
+        return rec
 
     def _recover(self, post: FaultFS, image: object) -> Recovered:
         cfg = self.run.config
@@ -292,7 +375,7 @@ class Explorer:
         # must find everything recovery did already durable.
         again_fs = post.crash()
         wal.close()
-        rec = self._check_prefix(got)
+        rec = self._check_prefix(got, repaired=after_recovery != image)
         if again_fs.image() != after_recovery:
             raise InvariantViolation("recovery's repairs were not durable: a power loss right after it undid them")
         again, info2 = Wal.open(cfg, layer=again_fs)
@@ -307,8 +390,8 @@ class Explorer:
             # Appending after recovery works and survives a clean reopen.
             extra = Record.put(b"after-recovery", b"x" * 40)
             pos = again.append(extra)
-            if pos < (got[-1][1] if got else Position(0, 0)):
-                raise InvariantViolation(f"append after recovery went to {pos}, before the recovered tail")
+            if got and pos <= got[-1][1]:
+                raise InvariantViolation(f"append after recovery went to {pos}, not after the recovered tail")
         finally:
             again.close()
         third, info3 = Wal.open(cfg, layer=again_fs)
@@ -321,43 +404,76 @@ class Explorer:
                                      f"{info3.bytes_truncated} bytes truncated")
         return rec
 
-    def _check_prefix(self, got: list[tuple[Record, Position]]) -> Recovered:
+    def _check_prefix(self, got: list[tuple[Record, Position]], repaired: bool) -> Recovered:
+        """The recovered records are one contiguous run of the log order, identical, where appends put them."""
         run = self.run
-        idx = [record_index(r) for r, _ in got]
-        if not idx:
-            return Recovered(0, 0, [])
-        first = idx[0]
-        if idx != list(range(first, first + len(idx))):
-            raise InvariantViolation(f"recovered indices are not one contiguous run: {_runs(idx)}")
-        if first + len(idx) > len(run.records):
-            raise InvariantViolation(f"recovered record {first + len(idx) - 1}, only {len(run.records)} were written")
-        for (r, p), i in zip(got, idx):
+        if not got:
+            return Recovered(0, 0, repaired)
+        ranks = []
+        for r, p in got:
+            i = record_index(r)
+            if i >= len(run.records) or i not in self.rank:
+                raise InvariantViolation(f"recovered record {i} at {p}, only {len(run.records)} were written")
             if r != run.records[i]:
                 raise InvariantViolation(f"record {i} at {p} differs from what was appended")
             known = run.positions[i] if i < len(run.positions) else None
             if known is not None and known != p:
                 raise InvariantViolation(f"record {i} recovered at {p}, its append returned {known}")
-        return Recovered(first, len(idx), [p for _, p in got])
+            ranks.append(self.rank[i])
+        first = ranks[0]
+        if ranks != list(range(first, first + len(ranks))):
+            raise InvariantViolation("recovered records are not one contiguous run of the log: "
+                                     f"{_runs([self.order[k] for k in ranks])}")
+        return Recovered(first, len(ranks), repaired)
 
     def _check_acks(self, state: CrashState, rec: Recovered) -> None:
         """Every acknowledged record not in a segment a started GC may delete is recovered."""
-        need = state.required
         floor = state.moment.gc_floor
         positions = self.run.positions
-        lo = 0       # acknowledged records before ``lo`` lie in segments a GC may have deleted
-        while lo < need and positions[lo].segment_id < floor:  # type: ignore[union-attr]
-            lo += 1
-        if lo >= need:
+        required = [self.rank[i] for i in state.required
+                    if positions[i] is None or positions[i].segment_id >= floor]  # type: ignore[union-attr]
+        if not required:
             return
-        end = rec.first + rec.count if rec.count else 0
-        if end < need:
-            lost = need - max(end, lo)
-            self.stats.lost += lost
-            raise InvariantViolation(f"lost {lost} acknowledged records: recovered up to {end}, {need} acknowledged")
-        if rec.first > lo:
-            self.stats.lost += rec.first - lo
-            raise InvariantViolation(f"records {lo}..{rec.first - 1} missing at the head of the log "
-                                     f"(a GC could only delete segments below {floor})")
+        lo, hi = rec.first, rec.first + rec.count
+        missing = [r for r in required if not lo <= r < hi]
+        if missing:
+            self.stats.lost += len(missing)
+            raise InvariantViolation(
+                f"lost {len(missing)} acknowledged records (e.g. record {self.order[missing[0]]}): recovered "
+                f"{rec.count} records from rank {lo}, {len(required)} acknowledged (GC floor: segment {floor})")
+
+    def check_recovery_crashes(self, state: CrashState) -> int:
+        """Crash recovery itself at each of its syscalls (power loss and process crash); recover again.
+
+        The second recovery must read what an uninterrupted one reads. Returns the states explored.
+        """
+        expected = self.check(state)
+        cfg = self.run.config
+        n, k = 0, 0
+        while True:
+            trial = state.moment.fs.crash(state.spec)
+            trial.crash_after(k)
+            try:
+                wal, _ = Wal.open(cfg, layer=trial)
+            except SimulatedCrash:
+                for post, how in ((trial.crash(), "power loss"), (trial.process_crash(), "process crash")):
+                    n += 1
+                    again, _ = Wal.open(cfg, layer=post)
+                    try:
+                        got = read_all(again)
+                    finally:
+                        again.close()
+                    firsts = self.rank[record_index(got[0][0])] if got else 0
+                    if (len(got), firsts if got else 0) != (expected.count, expected.first if expected.count else 0):
+                        raise InvariantViolation(
+                            f"{self.run.name}: {state.describe()}: {how} at syscall {k + 1} of recovery: "
+                            f"recovered {len(got)} records, an uninterrupted recovery {expected.count}")
+                k += 1
+                continue
+            trial.clear_faults()     # recovery finished before syscall k + 1
+            wal.close()
+            self.stats.recovery_crashes += n
+            return n
 
 
 def _runs(idx: list[int]) -> str:
@@ -369,13 +485,23 @@ def _runs(idx: list[int]) -> str:
     return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
 
 
-def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int = 0) -> Stats:
-    """Check every crash state of ``run``; raises InvariantViolation at the first broken one."""
+def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int = 0,
+            recovery_crash_every: int = 0) -> Stats:
+    """Check every crash state of ``run``; raises InvariantViolation at the first broken one.
+
+    ``recovery_crash_every``: for every n-th state whose recovery repaired something,
+    also crash that recovery at each of its syscalls (0: never).
+    """
     ex = Explorer(run)
     rng = random.Random(seed)
+    repaired = 0
     for m in run.moments:
         for state in crash_variants(m, every=every, rng=rng, extra_tears=extra_tears):
-            ex.check(state)
+            rec = ex.check(state)
+            if recovery_crash_every and rec.repaired:
+                repaired += 1
+                if repaired % recovery_crash_every == 0:
+                    ex.check_recovery_crashes(state)
     return ex.stats
 
 
@@ -399,6 +525,6 @@ def workload_config(directory: str, policy: str, max_segment_size: int = 4096) -
     return WalConfig(dir=directory, max_segment_size=max_segment_size, fsync_policy=POLICIES[policy])
 
 
-__all__ = ["CrashState", "Explorer", "InvariantViolation", "Moment", "POLICIES", "Stats", "Step", "WORKLOADS",
-           "WorkloadRun", "crash_variants", "explore", "make_record", "read_all", "record_index", "run_workload",
-           "workload_config"]
+__all__ = ["Acks", "CrashState", "Explorer", "InvariantViolation", "Moment", "POLICIES", "Stats", "Step", "WORKLOADS",
+           "WorkloadRun", "crash_variants", "explore", "make_record", "read_all", "record_index",
+           "run_threaded_workload", "run_workload", "workload_config"]

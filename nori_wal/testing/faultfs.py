@@ -345,7 +345,7 @@ class FaultFS:
                     new = memo[id(ino)] = _Inode(ino.data, ino.durable, list(ino.pending))
                 return new
 
-            fs = FaultFS()
+            fs = type(self)()      # a subclass (a disk with other habits) stays itself
             fs._dirs = {d: {n: cp(i) for n, i in e.items()} for d, e in self._dirs.items()}
             fs._durable_dirs = {d: {n: cp(i) for n, i in e.items()} for d, e in self._durable_dirs.items()}
             fs._dir_pending = [(d, op if op[0] != "link" else (op[0], op[1], cp(op[2]))) for d, op in self._dir_pending]
@@ -368,7 +368,7 @@ class FaultFS:
                     dirs.setdefault(d, {}).pop(op[1], None)
             target = self._target(spec.file)
             memo: dict[int, _Inode] = {}
-            fs = FaultFS()
+            fs = type(self)()      # a subclass (a disk with other habits) stays itself
             for d, ents in dirs.items():
                 fs._dirs[d] = {}
                 fs._durable_dirs[d] = {}
