@@ -15,21 +15,11 @@ ROW = re.compile(r"^\s+(\d+)\s{2}(sync|pipe x\d+|batch\(\d+\))\s+(.+?)\s{2,}([\d
                  r"\s+([\d.]+)\s+([\d.]+|-)$")
 
 
-def _writer_available() -> bool:
-    try:
-        from nori_wal.client import AsyncWalClient, WalClient  # noqa: F401
-        from nori_wal.writer_proc import WriterProcess  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
     return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=100, check=False,
                           env={**os.environ, "PYTHONPATH": ROOT})
 
 
-@pytest.mark.skipif(not _writer_available(), reason="the writer process and clients are not there yet")
 @pytest.mark.timeout(120)
 def test_load_prints_a_row_with_numbers_for_every_cell(tmp_path):
     out_json = tmp_path / "load.json"
