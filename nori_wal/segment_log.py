@@ -61,8 +61,11 @@ class SegmentLog:
     def open(cls, config: WalConfig, layer: FileLayer = OS, meter: Meter = NOOP) -> tuple["SegmentLog", RecoveryInfo]:
         """Lock ``config.dir`` (creating it), recover it, and get ready to append."""
         directory = os.fspath(config.dir)
-        layer.makedirs(directory)
-        lock = layer.lock_dir(directory)
+        try:
+            layer.makedirs(directory)
+            lock = layer.lock_dir(directory)
+        except OSError as exc:      # only WalError subclasses cross the public API
+            raise WalIOError(f"opening {directory} failed: {exc.strerror or exc}") from exc
         try:
             log = cls(layer, directory, config, meter, lock)
             state, info = recover(layer, directory, log.max_frame, meter)
@@ -79,6 +82,9 @@ class SegmentLog:
                     log._active = layer.open_append(os.path.join(directory, segment_name(log.active_id)))
             log.durable = log.position
             meter.gauge("wal_segment_count", len(log.segment_ids))
+        except OSError as exc:
+            lock.release()
+            raise WalIOError(f"recovering {directory} failed: {exc.strerror or exc}; open it again to retry") from exc
         except BaseException:
             lock.release()
             raise
