@@ -55,6 +55,9 @@ NEED_MORE = -1
 CORRUPT = -2
 ZEROED = -3
 
+LZ4_MAX_RATIO = 255       # an LZ4 block never expands more than this (one byte: 255 more of a match)
+ZSTD_MAX_RATIO = 32768    # nor a zstd frame (a 4-byte RLE block holds at most 128 KiB)
+
 _ZSTD_C = zstandard.ZstdCompressor(level=3, write_content_size=True)
 _ZSTD_D = zstandard.ZstdDecompressor()
 
@@ -226,13 +229,16 @@ def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes |
     The output size is checked against ``limit`` before anything is allocated.
     """
     try:
+        # A CRC is no signature, so the size a value claims is also checked against what its
+        # stored bytes can expand to (LZ4 < 255x, zstd < 32768x: a 4-byte RLE block makes 128 KiB):
+        # the decompressors allocate the claimed size up front.
         if compression == Compression.LZ4:
-            if len(stored) < 4 or _U32.unpack_from(stored, 0)[0] > limit:
+            if len(stored) < 4 or _U32.unpack_from(stored, 0)[0] > min(limit, LZ4_MAX_RATIO * len(stored)):
                 return None
             return lz4.block.decompress(stored)
         if compression == Compression.ZSTD:
             size = zstandard.frame_content_size(stored)
-            if size < 0 or size > limit:
+            if size < 0 or size > min(limit, ZSTD_MAX_RATIO * len(stored)):
                 return None
             return _ZSTD_D.decompress(stored, max_output_size=limit)
     except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError):

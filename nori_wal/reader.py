@@ -200,7 +200,11 @@ class WalReader:
         need = READ_SIZE
         lay = parse_header(rest, 0, len(rest))
         if type(lay) is tuple:
-            need = max(need, min(lay[4], self._limit) - len(rest))  # type: ignore[index]
+            want = min(lay[4], self._limit) - len(rest)  # type: ignore[index]
+            if want > need:
+                # Lengths are untrusted: never ask for more than the file holds (os.pread
+                # allocates what it is asked for; etcd #14098 allocated 13 PB this way).
+                need = max(need, min(want, self._file_size() - self._base - len(self._buf)))
         more = self._fh.pread(need, self._base + len(self._buf))
         if not more:
             if rest is not self._buf:

@@ -204,6 +204,7 @@ class FaultFS:
         self._dead = False
         self.syscalls = 0
         self.trace: Optional[list[Syscall]] = None
+        self.largest_read = 0      # the most bytes any one pread asked for (a length taken on trust shows here)
 
     # -- building -------------------------------------------------------------------------
 
@@ -572,6 +573,7 @@ class FaultFS:
     def _pread(self, f: "FaultFile", size: int, offset: int) -> bytes:
         with self._lock:
             self._fail_simple("pread", f.path)
+            self.largest_read = max(self.largest_read, size)
             out = bytes(f.ino.data[offset:offset + size])
             self._done("pread", f.path, len(out))
             return out
