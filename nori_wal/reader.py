@@ -194,24 +194,26 @@ class WalReader:
         return False
 
     def _refill(self, i: int) -> bool:
-        """Read more of the current segment after ``_buf[i:]``; False if nothing new was there."""
+        """Read the current segment again from ``_buf[i]`` on; False if nothing there changed or grew.
+
+        The bytes after the last whole frame are read again rather than kept: a writer
+        killed mid-write leaves a torn frame there, and the next writer's recovery cuts
+        it and writes new frames in its place (found by the SIGKILL torture).
+        """
         assert self._fh is not None
+        start = self._base + i
         rest = self._buf[i:]
-        need = READ_SIZE
+        need = len(rest) + READ_SIZE
         lay = parse_header(rest, 0, len(rest))
         if type(lay) is tuple:
-            want = min(lay[4], self._limit) - len(rest)  # type: ignore[index]
+            want = min(lay[4], self._limit)  # type: ignore[index]
             if want > need:
                 # Lengths are untrusted: never ask for more than the file holds (os.pread
                 # allocates what it is asked for; etcd #14098 allocated 13 PB this way).
-                need = max(need, min(want, self._file_size() - self._base - len(self._buf)))
-        more = self._fh.pread(need, self._base + len(self._buf))
-        if not more:
-            if rest is not self._buf:
-                self._base, self._buf, self._i = self._base + i, rest, 0
-            return False
-        self._base, self._buf, self._i = self._base + i, rest + more, 0
-        return True
+                need = max(need, min(want, self._file_size() - start))
+        data = self._fh.pread(need, start)
+        self._base, self._buf, self._i = start, data, 0
+        return len(data) > len(rest) or data != rest
 
     def _next_segment(self, after_seal: bool) -> bool:
         """Move to the segment after the current one; False if there is none yet."""

@@ -1,0 +1,51 @@
+"""A reader parked at a torn tail keeps going when a restarted writer cuts the tail and appends again.
+
+Found by the SIGKILL torture: a writer killed mid-write leaves part of a frame
+at the end of the last segment; the reader reports "not yet" there. The next
+writer's recovery truncates those bytes and appends new records at the same
+offset, so the bytes the reader had buffered are no longer the file's bytes.
+"""
+
+import pytest
+
+from nori_wal import FsyncPolicy, Record, Wal, WalConfig
+from nori_wal.codec import encode_record
+from nori_wal.reader import WalReader
+from nori_wal.segment import segment_name
+from nori_wal.testing import FaultFS
+
+
+def rec(i, size=100):
+    return Record.put(b"k%04d" % i, bytes([65 + i % 26]) * size)
+
+
+@pytest.mark.parametrize("torn", [1, 4, 6, 9, 50, 106])
+@pytest.mark.parametrize("roll", [False, True])
+def test_reader_continues_after_recovery_rewrites_the_torn_tail(tmp_path, torn, roll):
+    d = str(tmp_path)
+    cfg = WalConfig(dir=d, max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    fs = FaultFS()
+    wal, _ = Wal.open(cfg, layer=fs)
+    wal.append_batch([rec(i) for i in range(3)])
+    killed = fs.process_crash()                          # SIGKILL: no seal, the lock is gone
+    wal.close()
+    frame = encode_record(rec(3))
+    killed.open_append(f"{d}/{segment_name(0)}").append(frame[:torn])   # the write the kill tore
+
+    reader = WalReader(d, layer=killed)
+    got = [reader.next_record() for _ in range(3)]
+    assert [r.key for r, _ in got] == [b"k0000", b"k0001", b"k0002"]
+    assert reader.next_record() is None                  # a torn tail is "not yet"
+
+    wal2, info = Wal.open(cfg, layer=killed)             # the restarted writer
+    assert info.bytes_truncated == torn
+    more = [rec(i, 2000 if roll else 100) for i in range(10, 13)]
+    positions = [wal2.append(r) for r in more]
+    wal2.close()
+    assert (positions[-1].segment_id > 0) == roll
+
+    after = []
+    while (item := reader.next_record()) is not None:
+        after.append(item)
+    reader.close()
+    assert [(r.key, p) for r, p in after] == [(r.key, p) for r, p in zip(more, positions)]
