@@ -45,3 +45,19 @@ def test_sigkill_torture_large_batches_tear_writes(tmp_path, crash_counts):
     print(report.summary())
     assert report.ok, report.summary()
     assert report.kills == rounds and report.final_exit_code == 0
+
+
+@pytest.mark.timeout(120)
+def test_torture_command_reports_on_a_users_disk(tmp_path):
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "nori_wal.cli", "torture", "--dir", str(tmp_path), "--rounds", "3",
+                          "--producers", "2", "--json", "--quiet"], capture_output=True, timeout=100)
+    assert out.returncode == 0, out.stderr.decode()
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["kills"] == 3 and report["lost"] == 0 and report["acked"] > 0
+    assert len(report["restart_s"]) == 4 and os.listdir(tmp_path) == []      # its work directory is gone
+    bad = subprocess.run([sys.executable, "-m", "nori_wal.cli", "torture", "--dir", str(tmp_path), "--rounds", "0"],
+                         capture_output=True, timeout=60)
+    assert bad.returncode == 2 and b"--rounds" in bad.stderr
