@@ -8,10 +8,16 @@ disk (``nori-wal torture``) or their own code on top of nori-wal:
     wal, _ = Wal.open(config, layer=fs)       # the production code, unchanged
     ...
     wal2, info = Wal.open(config, layer=fs.crash())   # the disk after a power loss
+
+Modules: ``faultfs`` (the in-memory layer), ``faultyos`` (real files with the same
+fault rules, picklable into a writer process), ``crashsim`` (workloads, crash-state
+enumeration and the invariant checks), ``torture`` (the SIGKILL torture engine).
 """
 
 from .faultfs import (CRASH, MUTATING_OPS, POWER_LOSS, PROCESS_CRASH, SECTOR_SIZE, CrashSpec, Fault, FaultFile,
                       FaultFS, FaultLock, SimulatedCrash, Syscall, sector_tears, torn_write_points)
+from .faultyos import FaultyOsLayer
 
-__all__ = ["CRASH", "CrashSpec", "Fault", "FaultFS", "FaultFile", "FaultLock", "MUTATING_OPS", "POWER_LOSS",
-           "PROCESS_CRASH", "SECTOR_SIZE", "SimulatedCrash", "Syscall", "sector_tears", "torn_write_points"]
+__all__ = ["CRASH", "CrashSpec", "Fault", "FaultFS", "FaultFile", "FaultLock", "FaultyOsLayer", "MUTATING_OPS",
+           "POWER_LOSS", "PROCESS_CRASH", "SECTOR_SIZE", "SimulatedCrash", "Syscall", "sector_tears",
+           "torn_write_points"]

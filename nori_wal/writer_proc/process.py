@@ -112,9 +112,10 @@ class WriterProcess:
                     _kill(proc)
                     raise WriterUnavailableError(f"writer for {config.dir} did not start serving within "
                                                  f"{timeout:g} s")
+                _kill(proc)     # reaped already; closes the lifeline pipe (no ResourceWarning)
                 raise WalError(f"writer for {config.dir} exited with code {rc} before serving")
-            if _wait(proc, 10.0) is None:
-                _kill(proc)
+            _wait(proc, 10.0)
+            _kill(proc)         # (if still running) and close the lifeline pipe
             if msg["error"] == "WalLockedError":
                 raise WalLockedError(msg["message"])
             raise WalError(msg["message"])

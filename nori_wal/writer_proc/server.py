@@ -383,6 +383,8 @@ class WriterServer:
     def _finish_fsync(self, durable: Position | None, err: WalError | None) -> None:
         if err is not None or durable is None:
             exc = err or WalIOError("fsync ended without a result")
+            # The fsync is over (it failed): _fail_stop must not wait for it (it hung there).
+            self.commit.in_flight = False
             raise FatalStop(str(exc), EXIT_IO) from exc
         if self._metered:
             self.meter.histogram("wal_group_records", self._fsync_records)
