@@ -38,6 +38,7 @@ class ScanResult:
     stop: Stop
     seal: Seal | None = None
     reason: str = ""
+    compressed: int = 0    # of those records, how many have a compressed value (not checked here)
 
 
 _U32 = struct.Struct("<I")
@@ -51,7 +52,7 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
     n = len(buf)
-    off, count = start, 0
+    off, count, compressed = start, 0, 0
     unpack = _U32.unpack_from
     odd_flags = RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL
     while off < n:
@@ -78,6 +79,8 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
                         if e <= n and e - off <= limit and (klen or vlen or flags or unpack(buf, off)[0]):
                             if crc32c(mv[p:e]) == unpack(buf, off)[0]:
                                 end = e
+                                if flags & COMPRESSION_MASK:
+                                    compressed += 1
         if end < 0:
             lay = frame_layout(buf, off, n, limit)
             if type(lay) is int:
@@ -88,9 +91,11 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
                 return _stopped(buf, off, count, status, limit)
             if flags & FLAG_SEAL:
                 return _stopped(buf, off, count, 0, limit)
+            if flags & COMPRESSION_MASK:
+                compressed += 1
         count += 1
         off = end
-    return ScanResult(off, count, Stop.END)
+    return ScanResult(off, count, Stop.END, compressed=compressed)
 
 
 def _stopped(buf: BytesLike, off: int, count: int, status: int, limit: int) -> ScanResult:
