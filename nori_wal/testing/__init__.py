@@ -14,10 +14,38 @@ fault rules, picklable into a writer process), ``crashsim`` (workloads, crash-st
 enumeration and the invariant checks), ``torture`` (the SIGKILL torture engine).
 """
 
-from .faultfs import (CRASH, MUTATING_OPS, POWER_LOSS, PROCESS_CRASH, SECTOR_SIZE, CrashSpec, Fault, FaultFile,
-                      FaultFS, FaultLock, SimulatedCrash, Syscall, sector_tears, torn_write_points)
+from .faultfs import (
+                      CRASH,
+                      MUTATING_OPS,
+                      POWER_LOSS,
+                      PROCESS_CRASH,
+                      SECTOR_SIZE,
+                      CrashSpec,
+                      Fault,
+                      FaultFile,
+                      FaultFS,
+                      FaultLock,
+                      SimulatedCrash,
+                      Syscall,
+                      sector_tears,
+                      torn_write_points,
+)
 from .faultyos import FaultyOsLayer
 
-__all__ = ["CRASH", "CrashSpec", "Fault", "FaultFS", "FaultFile", "FaultLock", "FaultyOsLayer", "MUTATING_OPS",
-           "POWER_LOSS", "PROCESS_CRASH", "SECTOR_SIZE", "SimulatedCrash", "Syscall", "sector_tears",
-           "torn_write_points"]
+__all__ = [
+                      "CRASH",
+                      "MUTATING_OPS",
+                      "POWER_LOSS",
+                      "PROCESS_CRASH",
+                      "SECTOR_SIZE",
+                      "CrashSpec",
+                      "Fault",
+                      "FaultFS",
+                      "FaultFile",
+                      "FaultLock",
+                      "FaultyOsLayer",
+                      "SimulatedCrash",
+                      "Syscall",
+                      "sector_tears",
+                      "torn_write_points",
+]

@@ -30,16 +30,15 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Iterable, Iterator, Optional, Sequence
 
 from ..config import FsyncPolicy, WalConfig
 from ..position import Position
 from ..record import Compression, Record
 from ..wal import Wal
 from .faultfs import MUTATING_OPS, POWER_LOSS, CrashSpec, FaultFS, SimulatedCrash, Syscall, torn_write_points
-
 
 # -- workloads --------------------------------------------------------------------------------
 
@@ -127,7 +126,7 @@ class WorkloadRun:
     name: str
     config: WalConfig
     records: list[Record] = field(default_factory=list)
-    positions: list[Optional[Position]] = field(default_factory=list)
+    positions: list[Position | None] = field(default_factory=list)
     moments: list[Moment] = field(default_factory=list)
 
     def log_order(self) -> list[int]:
@@ -216,7 +215,7 @@ def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, app
                 for i, p in zip(idx, pos):
                     run.positions[i] = p
                 acks.ack(idx)
-        except BaseException as exc:   # re-raised in the main thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
@@ -243,7 +242,8 @@ class CrashState:
     process: bool       # a process crash (SIGKILL): returned records must survive, under every policy
 
     @property
-    def required(self) -> int:
+    def required(self) -> frozenset[int]:
+        """The records this crash must not lose."""
         return self.moment.returned if self.process else self.moment.durable
 
     def describe(self) -> str:
@@ -265,7 +265,7 @@ def _frame_ends(data: bytes) -> list[int]:
     return ends
 
 
-def crash_variants(m: Moment, *, every: int = 0, rng: Optional[random.Random] = None,
+def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = None,
                    extra_tears: int = 0) -> Iterator[CrashState]:
     """Every crash state derived from moment ``m`` (see the module docstring).
 
@@ -330,7 +330,7 @@ class Stats:
     lost: int = 0
     runs: int = 0
 
-    def add(self, other: "Stats") -> None:
+    def add(self, other: Stats) -> None:
         self.states += other.states
         self.images += other.images
         self.recovery_crashes += other.recovery_crashes
@@ -430,8 +430,11 @@ class Explorer:
         """Every acknowledged record not in a segment a started GC may delete is recovered."""
         floor = state.moment.gc_floor
         positions = self.run.positions
-        required = [self.rank[i] for i in state.required
-                    if positions[i] is None or positions[i].segment_id >= floor]  # type: ignore[union-attr]
+        required = []
+        for i in state.required:
+            p = positions[i]
+            if p is None or p.segment_id >= floor:
+                required.append(self.rank[i])
         if not required:
             return
         lo, hi = rec.first, rec.first + rec.count
@@ -477,11 +480,14 @@ class Explorer:
 
 
 def _runs(idx: list[int]) -> str:
-    out, start = [], idx[0]
-    for a, b in zip(idx, idx[1:] + [None]):  # type: ignore[operator]
-        if b != a + 1:
+    """``[1, 2, 3, 7, 8]`` as ``1..3, 7..8``."""
+    out: list[str] = []
+    start = idx[0]
+    for k, a in enumerate(idx):
+        if k + 1 == len(idx) or idx[k + 1] != a + 1:
             out.append(f"{start}..{a}" if start != a else str(start))
-            start = b
+            if k + 1 < len(idx):
+                start = idx[k + 1]
     return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
 
 
@@ -525,6 +531,23 @@ def workload_config(directory: str, policy: str, max_segment_size: int = 4096) -
     return WalConfig(dir=directory, max_segment_size=max_segment_size, fsync_policy=POLICIES[policy])
 
 
-__all__ = ["Acks", "CrashState", "Explorer", "InvariantViolation", "Moment", "POLICIES", "Stats", "Step", "WORKLOADS",
-           "WorkloadRun", "crash_variants", "explore", "make_record", "read_all", "record_index",
-           "run_threaded_workload", "run_workload", "workload_config"]
+__all__ = [
+    "POLICIES",
+    "WORKLOADS",
+    "Acks",
+    "CrashState",
+    "Explorer",
+    "InvariantViolation",
+    "Moment",
+    "Stats",
+    "Step",
+    "WorkloadRun",
+    "crash_variants",
+    "explore",
+    "make_record",
+    "read_all",
+    "record_index",
+    "run_threaded_workload",
+    "run_workload",
+    "workload_config",
+]

@@ -38,8 +38,9 @@ import contextlib
 import errno as errno_mod
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Union
 
 from ..errors import WalLockedError
 from ..record import BytesLike
@@ -70,7 +71,7 @@ FileOp = Union[WriteOp, TruncOp]
 class _Inode:
     __slots__ = ("data", "durable", "pending")
 
-    def __init__(self, data: bytes = b"", durable: bytes = b"", pending: Optional[list[FileOp]] = None):
+    def __init__(self, data: bytes | bytearray = b"", durable: bytes = b"", pending: list[FileOp] | None = None):
         self.data = bytearray(data)          # what reads see now
         self.durable = durable               # what survives a power loss
         self.pending: list[FileOp] = pending if pending is not None else []
@@ -90,7 +91,7 @@ def _apply(content: bytearray, op: FileOp) -> None:
             content.extend(bytes(size - len(content)))
 
 
-DirOp = tuple  # ("link", name, inode) | ("unlink", name)
+DirOp = tuple[Any, ...]  # ("link", name, inode) | ("unlink", name)
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,11 @@ class CrashSpec:
     operations (a process crash) instead of none (a power loss).
     """
 
-    keep_ops: Optional[int] = 0
-    torn: Optional[int] = None
+    keep_ops: int | None = 0
+    torn: int | None = None
     zero_fill: bool = False
-    file: Optional[str] = None
-    keep_dir_ops: Optional[int] = 0
+    file: str | None = None
+    keep_dir_ops: int | None = 0
     keep_other_files: bool = False
 
     def label(self) -> str:
@@ -150,9 +151,9 @@ class Fault:
     op: str
     errno: int = errno_mod.EIO
     nth: int = 1
-    times: Optional[int] = 1
-    path: Optional[str] = None
-    partial: Optional[int] = None
+    times: int | None = 1
+    path: str | None = None
+    partial: int | None = None
     drop_unsynced: bool = True
     seen: int = 0
     fired: int = 0
@@ -181,7 +182,7 @@ class Syscall:
 Observer = Callable[["FaultFS", Syscall], None]
 
 
-def _norm(path: Union[str, "os.PathLike[str]"]) -> str:
+def _norm(path: str | os.PathLike[str]) -> str:
     return os.path.normpath(os.fspath(path))
 
 
@@ -200,16 +201,16 @@ class FaultFS:
         self._locks: set[str] = set()
         self._faults: list[Fault] = []
         self._observers: list[Observer] = []
-        self._last_written: Optional[_Inode] = None
+        self._last_written: _Inode | None = None
         self._dead = False
         self.syscalls = 0
-        self.trace: Optional[list[Syscall]] = None
+        self.trace: list[Syscall] | None = None
         self.largest_read = 0      # the most bytes any one pread asked for (a length taken on trust shows here)
 
     # -- building -------------------------------------------------------------------------
 
     @classmethod
-    def from_files(cls, files: dict[str, bytes]) -> "FaultFS":
+    def from_files(cls, files: dict[str, bytes]) -> FaultFS:
         """A layer whose disk holds ``files`` (path -> bytes), all durable."""
         fs = cls()
         for path, data in files.items():
@@ -234,8 +235,8 @@ class FaultFS:
 
     # -- faults, crashes and observation --------------------------------------------------
 
-    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: Optional[int] = 1,
-               path: Optional[str] = None, partial: Optional[int] = None, drop_unsynced: bool = True) -> Fault:
+    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: int | None = 1,
+               path: str | None = None, partial: int | None = None, drop_unsynced: bool = True) -> Fault:
         """Arm a fault: the ``nth`` next call of ``op`` fails with ``errno`` (see Fault)."""
         fault = Fault(op, errno, nth, times, path, partial, drop_unsynced)
         with self._lock:
@@ -266,7 +267,7 @@ class FaultFS:
         """Whether a SimulatedCrash fired: the simulated process is gone."""
         return self._dead
 
-    def _enter(self, op: str, path: str) -> Optional[Fault]:
+    def _enter(self, op: str, path: str) -> Fault | None:
         """Count a syscall and check the armed faults; returns a firing non-crash fault."""
         if self._dead:
             raise SimulatedCrash(f"{op} {path}: the process already crashed")
@@ -310,7 +311,7 @@ class FaultFS:
         """A hashable picture of the visible files, for comparing states."""
         return tuple(sorted(self.files().items()))
 
-    def pending_ops(self, path: Optional[str] = None) -> list[FileOp]:
+    def pending_ops(self, path: str | None = None) -> list[FileOp]:
         """The unsynced operations of ``path`` (default: the file written last)."""
         with self._lock:
             ino = self._target(path)
@@ -320,7 +321,7 @@ class FaultFS:
         with self._lock:
             return list(self._dir_pending)
 
-    def last_written_path(self) -> Optional[str]:
+    def last_written_path(self) -> str | None:
         """The visible path of the file written last (None if it has no name any more)."""
         with self._lock:
             for d, ents in self._dirs.items():
@@ -329,13 +330,13 @@ class FaultFS:
                         return os.path.join(d, n)
             return None
 
-    def _target(self, path: Optional[str]) -> Optional[_Inode]:
+    def _target(self, path: str | None) -> _Inode | None:
         if path is None:
             return self._last_written
         d, name = os.path.split(_norm(path))
         return self._dirs.get(d, {}).get(name)
 
-    def snapshot(self) -> "FaultFS":
+    def snapshot(self) -> FaultFS:
         """An independent copy of the whole state (unsynced data included); no faults, locks or observers."""
         with self._lock:
             memo: dict[int, _Inode] = {}
@@ -354,7 +355,7 @@ class FaultFS:
                 fs._last_written = cp(self._last_written)
             return fs
 
-    def crash(self, spec: CrashSpec = POWER_LOSS) -> "FaultFS":
+    def crash(self, spec: CrashSpec = POWER_LOSS) -> FaultFS:
         """A new layer holding what the disk holds after a crash described by ``spec``.
 
         This layer is left as it was (so one state can be crashed many ways).
@@ -407,7 +408,7 @@ class FaultFS:
                 _apply(content, op if op[0] == "t" else ("w", op[1], bytes(len(op[2]))))  # type: ignore[misc]
         return bytes(content)
 
-    def process_crash(self) -> "FaultFS":
+    def process_crash(self) -> FaultFS:
         """A new layer holding everything written so far (the kernel survived the process)."""
         return self.crash(PROCESS_CRASH)
 
@@ -448,7 +449,7 @@ class FaultFS:
             self._done("exists", path)
             return found
 
-    def create(self, path: str) -> "FaultFile":
+    def create(self, path: str) -> FaultFile:
         path = _norm(path)
         with self._lock:
             self._fail_simple("create", path)
@@ -461,7 +462,7 @@ class FaultFS:
             self._done("create", path)
             return FaultFile(self, ino, path, writable=True, readable=False)   # O_WRONLY, like OsFileLayer
 
-    def _open(self, op: str, path: str, writable: bool) -> "FaultFile":
+    def _open(self, op: str, path: str, writable: bool) -> FaultFile:
         path = _norm(path)
         with self._lock:
             self._fail_simple(op, path)
@@ -472,10 +473,10 @@ class FaultFS:
             self._done(op, path)
             return FaultFile(self, ino, path, writable)
 
-    def open_append(self, path: str) -> "FaultFile":
+    def open_append(self, path: str) -> FaultFile:
         return self._open("open_append", path, True)
 
-    def open_read(self, path: str) -> "FaultFile":
+    def open_read(self, path: str) -> FaultFile:
         return self._open("open_read", path, False)
 
     def rename(self, src: str, dst: str) -> None:
@@ -516,7 +517,7 @@ class FaultFS:
             self._dir_pending = [(d, op) for d, op in self._dir_pending if d != path]
             self._done("sync_dir", path)
 
-    def lock_dir(self, path: str) -> "FaultLock":
+    def lock_dir(self, path: str) -> FaultLock:
         path = _norm(path)
         with self._lock:
             self._fail_simple("lock_dir", path)
@@ -530,7 +531,7 @@ class FaultFS:
 
     # -- file operations (called by FaultFile) --------------------------------------------
 
-    def _append(self, f: "FaultFile", data: BytesLike) -> None:
+    def _append(self, f: FaultFile, data: BytesLike) -> None:
         with self._lock:
             fault = self._enter("append", f.path)
             payload = bytes(data)
@@ -545,7 +546,7 @@ class FaultFS:
                 raise _oserror(fault.errno, f.path)
             self._done("append", f.path, len(payload))
 
-    def _sync(self, f: "FaultFile") -> None:
+    def _sync(self, f: FaultFile) -> None:
         with self._lock:
             fault = self._enter("sync", f.path)
             if fault is not None:
@@ -559,7 +560,7 @@ class FaultFS:
             f.ino.pending.clear()
             self._done("sync", f.path)
 
-    def _truncate(self, f: "FaultFile", size: int) -> None:
+    def _truncate(self, f: FaultFile, size: int) -> None:
         with self._lock:
             fault = self._enter("truncate", f.path)
             if fault is not None:
@@ -570,7 +571,7 @@ class FaultFS:
             self._last_written = f.ino
             self._done("truncate", f.path)
 
-    def _pread(self, f: "FaultFile", size: int, offset: int) -> bytes:
+    def _pread(self, f: FaultFile, size: int, offset: int) -> bytes:
         with self._lock:
             self._fail_simple("pread", f.path)
             self.largest_read = max(self.largest_read, size)
@@ -578,7 +579,7 @@ class FaultFS:
             self._done("pread", f.path, len(out))
             return out
 
-    def _size(self, f: "FaultFile") -> int:
+    def _size(self, f: FaultFile) -> int:
         with self._lock:
             self._fail_simple("size", f.path)
             n = len(f.ino.data)
@@ -592,7 +593,7 @@ class FaultFile:
     Modes follow OsFileLayer: ``create`` opens write-only, ``open_read`` read-only.
     """
 
-    __slots__ = ("fs", "ino", "path", "writable", "readable", "closed")
+    __slots__ = ("closed", "fs", "ino", "path", "readable", "writable")
 
     def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool, readable: bool = True):
         self.fs, self.ino, self.path, self.writable, self.readable, self.closed = fs, ino, path, writable, readable, False
@@ -675,5 +676,19 @@ def torn_write_points(offset: int, data: bytes, *, frame_ends: Iterable[int] = (
     return sorted(p for p in pts if 0 < p < n)
 
 
-__all__ = ["CRASH", "CrashSpec", "Fault", "FaultFS", "FaultFile", "FaultLock", "MUTATING_OPS", "POWER_LOSS",
-           "PROCESS_CRASH", "SECTOR_SIZE", "SimulatedCrash", "Syscall", "sector_tears", "torn_write_points"]
+__all__ = [
+    "CRASH",
+    "MUTATING_OPS",
+    "POWER_LOSS",
+    "PROCESS_CRASH",
+    "SECTOR_SIZE",
+    "CrashSpec",
+    "Fault",
+    "FaultFS",
+    "FaultFile",
+    "FaultLock",
+    "SimulatedCrash",
+    "Syscall",
+    "sector_tears",
+    "torn_write_points",
+]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import signal
-from typing import Any, ContextManager, Iterable, Optional
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from ..fs import OsDirLock, OsFile, OsFileLayer
 from ..record import BytesLike
@@ -27,13 +29,13 @@ class FaultyOsLayer(OsFileLayer):
         self.faults = list(faults)
         self.syscalls = 0
 
-    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: Optional[int] = 1,
-               path: Optional[str] = None, partial: Optional[int] = None) -> Fault:
+    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: int | None = 1,
+               path: str | None = None, partial: int | None = None) -> Fault:
         fault = Fault(op, errno, nth, times, path, partial)
         self.faults.append(fault)
         return fault
 
-    def check(self, op: str, path: str) -> Optional[Fault]:
+    def check(self, op: str, path: str) -> Fault | None:
         """Count one call; SIGKILL this process for a CRASH rule; the firing error rule, if any."""
         self.syscalls += 1
         for fault in self.faults:
@@ -56,15 +58,15 @@ class FaultyOsLayer(OsFileLayer):
         self._simple("listdir", path)
         return super().listdir(path)
 
-    def create(self, path: str) -> "FaultyOsFile":  # type: ignore[override]
+    def create(self, path: str) -> FaultyOsFile:  # type: ignore[override]
         self._simple("create", path)
         return FaultyOsFile(super().create(path), self)
 
-    def open_append(self, path: str) -> "FaultyOsFile":  # type: ignore[override]
+    def open_append(self, path: str) -> FaultyOsFile:  # type: ignore[override]
         self._simple("open_append", path)
         return FaultyOsFile(super().open_append(path), self)
 
-    def open_read(self, path: str) -> "FaultyOsFile":  # type: ignore[override]
+    def open_read(self, path: str) -> FaultyOsFile:  # type: ignore[override]
         self._simple("open_read", path)
         return FaultyOsFile(super().open_read(path), self)
 
@@ -116,7 +118,7 @@ class FaultyOsFile:
         self._layer._simple("size", self.path)
         return self._inner.size()
 
-    def map(self) -> ContextManager[Any]:
+    def map(self) -> AbstractContextManager[Any]:
         self._layer._simple("map", self.path)
         return self._inner.map()
 

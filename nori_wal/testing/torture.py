@@ -36,7 +36,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..config import FsyncPolicy, WalConfig
 from ..errors import CorruptionError, WalError
@@ -58,7 +58,7 @@ def torture_value(key: bytes, seq: int, max_size: int) -> bytes:
     return (key * (size // len(key) + 1))[:size]
 
 
-def parse_key(key: bytes) -> Optional[tuple[int, int]]:
+def parse_key(key: bytes) -> tuple[int, int] | None:
     """(producer, seq) of a torture key, or None for anything else."""
     if len(key) != 15 or key[:1] != b"t" or key[4:5] != b"-" or not key[1:4].isdigit() or not key[5:].isdigit():
         return None
@@ -79,7 +79,7 @@ class TortureOptions:
     max_acks_per_round: int = 300         # a round kills after a random 0..this many acks
     client_timeout: float = 2.0           # seconds; a producer's call fails (unknown outcome) after it
     round_timeout: float = 30.0           # seconds a round may wait for its acks before the kill anyway
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 @dataclass
@@ -104,7 +104,7 @@ class TortureReport:
     restart_s: list[float] = field(default_factory=list)      # spawn to serving, per restart
     recovery_s: list[float] = field(default_factory=list)     # recovery alone (RecoveryInfo.duration_s)
     truncated_bytes: list[int] = field(default_factory=list)  # torn tail cut per restart
-    final_exit_code: Optional[int] = None
+    final_exit_code: int | None = None
     seed: int = 0
     duration_s: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -123,22 +123,22 @@ class TortureReport:
             return (f"median {statistics.median(q) * 1e3:.0f} ms, p90 {q[int(0.9 * (len(q) - 1))] * 1e3:.0f} ms, "
                     f"max {q[-1] * 1e3:.0f} ms")
         lines = [
-            f"nori-wal torture: {self.kills} SIGKILLs in {self.rounds} rounds, {self.producers} producers, "
-            f"fsync {self.fsync}, {self.duration_s:.1f} s (seed {self.seed})",
+            (f"nori-wal torture: {self.kills} SIGKILLs in {self.rounds} rounds, {self.producers} producers, "
+             f"fsync {self.fsync}, {self.duration_s:.1f} s (seed {self.seed})"),
             f"  acknowledged:     {self.acked}",
             f"  lost:             {self.lost}",
             f"  duplicated:       {self.duplicated}",
             f"  invented/damaged: {self.invented}",
             f"  misplaced:        {self.misplaced}",
             f"  out of order:     {self.out_of_order}",
-            f"  unknown outcome:  {self.unknown_outcome} calls raised during kills "
-            f"({self.unacked_present} of their records reached the log, which is allowed)",
+            (f"  unknown outcome:  {self.unknown_outcome} calls raised during kills "
+             f"({self.unacked_present} of their records reached the log, which is allowed)"),
             f"  records in log:   {self.records_in_log}",
-            f"  reader:           {self.reader_records} records read during the kills, "
-            f"{len(self.reader_errors)} errors",
+            (f"  reader:           {self.reader_records} records read during the kills, "
+             f"{len(self.reader_errors)} errors"),
             f"  restart (spawn to serving): {ms(self.restart_s)}",
-            f"  recovery alone:             {ms(self.recovery_s)}; torn bytes cut per restart: "
-            f"max {max(self.truncated_bytes, default=0)}",
+            (f"  recovery alone:             {ms(self.recovery_s)}; torn bytes cut per restart: "
+             f"max {max(self.truncated_bytes, default=0)}"),
         ]
         if self.stalled_rounds:
             lines.append(f"  rounds without any ack within the round timeout: {self.stalled_rounds}")
@@ -213,7 +213,7 @@ def _reader_main(directory: str, conn: Connection, stop: Any, value_size: int) -
                 errors.append(f"reader: torn or foreign record {key[:40]!r} at {pos}")
                 continue
             seen.append((key, pos.segment_id, pos.offset))
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported to the engine, which fails the run
         errors.append("reader crashed: " + traceback.format_exc())
     finally:
         reader.close()
@@ -260,7 +260,7 @@ class _Log:
         self.order.append(key)
 
 
-def run_torture(opts: TortureOptions, progress: Optional[Callable[[str], None]] = None) -> TortureReport:
+def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = None) -> TortureReport:
     """Run the torture in ``opts.directory`` (created; it must not hold another log) and report."""
     from ..writer_proc import WriterProcess
     say = progress or (lambda _msg: None)

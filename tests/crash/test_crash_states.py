@@ -11,10 +11,18 @@ import errno
 
 import pytest
 
-from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig
+from nori_wal import Position, Record, Wal
 from nori_wal.testing import FaultFS
-from nori_wal.testing.crashsim import (POLICIES, WORKLOADS, InvariantViolation, Step, explore, run_threaded_workload,
-                                       run_workload, workload_config)
+from nori_wal.testing.crashsim import (
+    POLICIES,
+    WORKLOADS,
+    InvariantViolation,
+    Step,
+    explore,
+    run_threaded_workload,
+    run_workload,
+    workload_config,
+)
 
 
 def count(crash_counts, stats):

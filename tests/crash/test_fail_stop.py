@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig, WalError, WalIOError
-from nori_wal.segment_log import SegmentLog
 from nori_wal.codec import encode_record
+from nori_wal.segment_log import SegmentLog
 from nori_wal.testing import FaultFS
 
 POLICIES = {"always": FsyncPolicy.always(), "batch": FsyncPolicy.batch(1e-6)}
@@ -121,7 +121,7 @@ def test_enospc_on_write_leaves_nothing_half_written_acknowledged(tmp_path, part
         # The partial group was cut back at once: readers never see half a record there.
         assert len(seg) == 32 + sum(len(encode_record(rec(i))) for i in range(5))
     for post in (fs.crash(), fs.process_crash()):
-        keys, info = recovered_keys(cfg, post)
+        keys, _info = recovered_keys(cfg, post)
         assert keys[:5] == [b"r%07d" % i for i in range(5)]
         assert keys[5:] == [b"r%07d" % i for i in range(5, 9)][:len(keys) - 5]   # never acked: maybe a prefix
         crash_counts["fault_cases"] += 1
@@ -173,9 +173,9 @@ def test_close_after_a_failed_seal_releases_the_lock_and_recovers(tmp_path, op):
     fs.inject(op, errno.EIO)
     with pytest.raises(WalIOError):
         wal.close()
-    keys, info = recovered_keys(cfg, fs.crash())
+    keys, _ = recovered_keys(cfg, fs.crash())
     assert keys == [b"r%07d" % i for i in range(3)]
-    keys, info = recovered_keys(cfg, fs)              # same process: the lock was released
+    keys, _ = recovered_keys(cfg, fs)                  # same process: the lock was released
     assert keys == [b"r%07d" % i for i in range(3)]
 
 
@@ -225,5 +225,5 @@ def test_io_errors_while_recovering_surface_as_wal_errors(tmp_path, op):
         Wal.open(cfg, layer=trial)
     assert fault.fired == 1 and e.value.__cause__.errno == errno.EIO and d in str(e.value)
     trial.clear_faults()
-    keys, info = recovered_keys(cfg, trial)           # the lock was released; the next open recovers
+    keys, _info = recovered_keys(cfg, trial)           # the lock was released; the next open recovers
     assert keys == [b"r%07d" % i for i in range(3)]

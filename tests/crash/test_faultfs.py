@@ -7,8 +7,16 @@ import pytest
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig, WalLockedError
 from nori_wal.fs import OsFileLayer
-from nori_wal.testing import (CRASH, POWER_LOSS, PROCESS_CRASH, CrashSpec, FaultFS, SimulatedCrash, sector_tears,
-                              torn_write_points)
+from nori_wal.testing import (
+    CRASH,
+    POWER_LOSS,
+    PROCESS_CRASH,
+    CrashSpec,
+    FaultFS,
+    SimulatedCrash,
+    sector_tears,
+    torn_write_points,
+)
 
 D = "/wal"
 
@@ -57,7 +65,7 @@ def test_keep_prefix_tear_and_zero_fill():
     f.append(b"two")
     f.append(b"three")
     assert fs.pending_ops() == [("w", 1, b"one"), ("w", 4, b"two"), ("w", 7, b"three")]
-    crash = lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]  # noqa: E731
+    crash = lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]
     assert crash(keep_ops=1) == b"Hone"
     assert crash(keep_ops=2, torn=2) == b"Honetwoth"
     assert crash(keep_ops=2, torn=2, zero_fill=True) == b"Honetwoth\0\0\0"

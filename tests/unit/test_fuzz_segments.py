@@ -116,7 +116,7 @@ def test_recovery_of_a_damaged_last_segment_keeps_a_prefix_and_never_raises(last
     """
     data, recs = last
     fs = FaultFS.from_files({f"{D}/000000.wal": segment(0, first_recs, sealed=True), f"{D}/000001.wal": data})
-    wal, info = Wal.open(CFG, layer=fs)
+    wal, _info = Wal.open(CFG, layer=fs)
     with wal:
         try:
             got = [canon(r) for r, _ in read_everything(wal)]
@@ -143,7 +143,7 @@ def ends_with_seal(data):
 @settings(suppress_health_check=[HealthCheck.too_slow])
 def test_a_damaged_sealed_segment_raises_only_corruption_error(first, last_recs):
     """Damage inside a segment that is not the last: open and readers raise CorruptionError or succeed."""
-    data, recs = first
+    data, _recs = first
     fs = FaultFS.from_files({f"{D}/000000.wal": data, f"{D}/000001.wal": segment(1, last_recs, sealed=False)})
     try:
         wal, _ = Wal.open(CFG, layer=fs)
@@ -234,9 +234,8 @@ def test_a_checksummed_value_claiming_a_huge_decompressed_size_is_not_allocated(
         f.write(segment(0, [], sealed=False) + frame + encode_record(Record.put(b"next", b"x")))
     tracemalloc.start()
     try:
-        with pytest.raises(CorruptionError, match="segment 0 offset 32"):
-            with WalReader(d) as r:
-                list(r)
+        with pytest.raises(CorruptionError, match="segment 0 offset 32"), WalReader(d) as r:
+            list(r)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
