@@ -232,6 +232,72 @@ def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, app
     return run
 
 
+def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, appends: int = 12, batch: int = 1,
+                        size: int = 150, seed: int = 0, layer: type[FaultFS] = FaultFS) -> WorkloadRun:
+    """The writer process's loop (group commit, flush thread, acks over ZeroMQ) on a FaultFS.
+
+    The ``WriterServer`` runs in a thread of this process on the in-memory layer;
+    ``producers`` threads append through ``WalClient``. A record counts as
+    acknowledged once its client call returned, so a writer that acknowledged
+    before its fsync would show up as a lost record after a power loss, which a
+    SIGKILL can never show (the kernel keeps the page cache). ``config.dir``
+    must be a real directory: the endpoint file and the ipc socket live there.
+    """
+    from ..client import WalClient
+    from ..writer_proc.server import WriterSpec, open_writer
+
+    rng = random.Random(seed)
+    total = producers * appends * batch
+    fs = layer()
+    run = WorkloadRun(name, config, [make_record(i, rng, size) for i in range(total)], [None] * total)
+    acks = Acks(config.fsync_policy.kind != "os")
+    _watch(fs, run, acks)
+    server = open_writer(WriterSpec(config=config, layer=fs))
+    wake_r, wake_w = os.pipe()
+    codes: list[int] = []
+    loop = threading.Thread(target=lambda: codes.append(server.serve((wake_r,))), name="writer-loop")
+    loop.start()
+    errors: list[BaseException] = []
+    start = threading.Barrier(producers)
+    client = WalClient(server.endpoint, timeout=30)
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for j in range(appends):
+                first = (t * appends + j) * batch
+                idx = range(first, first + batch)
+                if batch == 1:
+                    pos = [client.append(run.records[first])]
+                else:
+                    pos = client.append_batch([run.records[i] for i in idx])
+                for i, p in zip(idx, pos):
+                    run.positions[i] = p
+                acks.ack(idx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(producers)]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+    finally:
+        client.close()
+        server.stop("workload done")
+        os.write(wake_w, b"x")
+        loop.join(60)
+        os.close(wake_r)
+        os.close(wake_w)
+    if errors:
+        raise errors[0]
+    if codes != [0]:
+        raise AssertionError(f"the writer loop ended with {codes}")
+    acks.all_durable()
+    return run
+
+
 # -- crash states -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -549,5 +615,6 @@ __all__ = [
     "record_index",
     "run_threaded_workload",
     "run_workload",
+    "run_writer_workload",
     "workload_config",
 ]

@@ -21,6 +21,7 @@ from nori_wal.testing.crashsim import (
     explore,
     run_threaded_workload,
     run_workload,
+    run_writer_workload,
     workload_config,
 )
 
@@ -48,6 +49,22 @@ def test_every_crash_state_of_threads_sharing_fsyncs(tmp_path, policy, batch, cr
     """Group commit: four threads append at once; acknowledged records are a set, not a prefix."""
     run = run_threaded_workload(f"threads/{policy}/batch{batch}", workload_config(str(tmp_path), policy),
                                 threads=4, appends=12 if batch == 1 else 4, batch=batch, seed=batch)
+    stats = explore(run, seed=batch)
+    count(crash_counts, stats)
+    assert stats.lost == 0 and stats.states >= 300
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("batch", [1, 6])
+def test_every_crash_state_of_the_writer_process_loop(tmp_path, policy, batch, crash_counts):
+    """The writer's own loop (group commit, flush thread, ZeroMQ acks) on FaultFS, crashed at every syscall.
+
+    A SIGKILL keeps the page cache, so only a power loss shows an ack sent before its fsync.
+    """
+    run = run_writer_workload(f"writer/{policy}/batch{batch}", workload_config(str(tmp_path), policy),
+                              producers=4, appends=30 if batch == 1 else 6, batch=batch, seed=batch)
+    assert sum(1 for m in run.moments if m.call.op == "rename") >= 2      # it rolled segments
     stats = explore(run, seed=batch)
     count(crash_counts, stats)
     assert stats.lost == 0 and stats.states >= 300
@@ -117,6 +134,15 @@ def test_the_explorer_catches_acks_before_the_fsync(tmp_path, monkeypatch):
     """The Rust nori-wal's Batch acknowledged before its fsync; ours must not, and the explorer notices."""
     monkeypatch.setattr("nori_wal.wal.needs_fsync", lambda policy: False)
     run = run_workload("early-ack", workload_config(str(tmp_path), "always"), SMALL, seed=1)
+    with pytest.raises(InvariantViolation, match="lost"):
+        explore(run)
+
+
+@pytest.mark.timeout(120)
+def test_the_explorer_catches_a_writer_that_acks_before_its_fsync(tmp_path, monkeypatch):
+    from nori_wal.commit import GroupCommit
+    monkeypatch.setattr(GroupCommit, "written", lambda self, end, ticket: True)
+    run = run_writer_workload("writer-early-ack", workload_config(str(tmp_path), "always"), producers=3, appends=10)
     with pytest.raises(InvariantViolation, match="lost"):
         explore(run)
 
