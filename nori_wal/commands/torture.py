@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 from ..config import FsyncPolicy
+from ..errors import WalError
 from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, fail, guarded
 
 HELP = "SIGKILL the writer under load at random moments, restart it, and report what survived"
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"nori-wal torture: error: {exc}", file=sys.stderr)
         return EXIT_IO
+    except WalError as exc:       # e.g. a writer that would not start: the check could not run
+        print(f"nori-wal torture: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
