@@ -5,7 +5,7 @@
     ├── WalLockedError            the directory already belongs to another writer
     ├── WalClosedError            the log or client was closed
     ├── RecordTooLargeError       a record cannot fit in one segment / one message
-    ├── WalIOError                a write or fsync failed: the log is fail-stopped until reopened
+    ├── WalIOError                a write or fsync failed (the log is fail-stopped until reopened), or a read failed
     ├── WriterUnavailableError    no writer process answered within the timeout
     └── ProtocolError             a malformed request or reply on the wire
 
@@ -41,7 +41,8 @@ class RecordTooLargeError(WalError):
 
 
 class WalIOError(WalError):
-    """A write or fsync failed; nothing after it was acknowledged (fail-stop, reopen to recover)."""
+    """The OS failed an I/O call. A failed write or fsync fail-stops the log: nothing after it
+    is acknowledged and every later call raises this until the log is reopened and recovered."""
 
 
 class WriterUnavailableError(WalError):

@@ -21,7 +21,7 @@ from crc32c import crc32c
 
 from .codec import (CORRUPT, FLAG_SEAL, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_MORE, ZEROED, Seal,
                     build_record, decode_record, frame_layout, parse_header)
-from .errors import CorruptionError, WalClosedError
+from .errors import CorruptionError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression, Record
@@ -60,9 +60,19 @@ class WalReader:
         return None if self._seg is None else Position(self._seg, self._base + self._i)
 
     def next_record(self) -> tuple[Record, Position] | None:
-        """The next whole record and its position, or None at the current end of the log."""
+        """The next whole record and its position, or None at the current end of the log.
+
+        Raises CorruptionError for damage before the end, WalIOError when the OS
+        fails a read (the OSError chained).
+        """
         if self._closed:
             raise WalClosedError("reader is closed")
+        try:
+            return self._next_record()
+        except OSError as exc:
+            raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc}") from exc
+
+    def _next_record(self) -> tuple[Record, Position] | None:
         while True:
             if self._fh is None and not self._open_first():
                 return None
