@@ -35,7 +35,7 @@ from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
 from .session import MAX_IN_FLIGHT, Session, chunk_frames
-from .transport import Connection, close_context, new_context, zmq_error
+from .transport import EVENTS, NOBLOCK, POLLIN, Connection, close_context, new_context, zmq_error
 
 DEFAULT_TIMEOUT = 10.0   # seconds without any reply before WriterUnavailableError
 
@@ -52,14 +52,12 @@ class _Slot:
 
 class _ThreadConn:
     """One thread's connection and session."""
-    __slots__ = ("conn", "pid", "poller", "session")
+    __slots__ = ("conn", "pid", "poll_items", "session")
 
     def __init__(self, conn: Connection, max_in_flight: int):
         self.conn = conn
         self.session: Session[_Slot] = Session(max_in_flight)
-        self.poller = zmq.Poller()
-        self.poller.register(conn.sock, zmq.POLLIN)
-        self.poller.register(conn.monitor, zmq.POLLIN)
+        self.poll_items = [(conn.sock, POLLIN), (conn.monitor, POLLIN)]
         self.pid = conn.pid
 
 
@@ -296,9 +294,9 @@ class WalClient:
         got = False
         while True:
             try:
-                data = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return got
+                if not sock.getsockopt(EVENTS) & POLLIN:
+                    return got
+                data = sock.recv(NOBLOCK)
             except zmq.ZMQError as exc:
                 err = zmq_error(exc, "receiving a reply", tc.conn.endpoint)
                 self._reset(tc, err)
@@ -316,7 +314,8 @@ class WalClient:
         """Drive the connection until every slot is resolved; WriterUnavailableError after ``timeout``
         seconds without a reply, or at once when the connection to the writer is lost."""
         session, conn = tc.session, tc.conn
-        poll = tc.poller.poll
+        items = tc.poll_items
+        zpoll = zmq.zmq_poll
         last = slots[-1]
         timeout = self.timeout
         deadline = time.monotonic() + timeout
@@ -337,10 +336,11 @@ class WalClient:
                     f"(is it running? the outcome of the {session.in_flight} request(s) in flight is unknown)")
                 self._reset(tc, err)
                 return
-            events = dict(poll(max(1, int(left * 1e3 + 0.999))))
-            if conn.sock in events and self._receive(tc):
+            if not zpoll(items, max(1, int(left * 1e3 + 0.999))):
+                continue
+            if self._receive(tc):
                 deadline = time.monotonic() + timeout
-            elif conn.monitor in events and conn.check_lost():
+            elif conn.check_lost():
                 self._receive(tc)       # replies that arrived before the connection dropped still count
                 if not (last.done and all(s.done for s in slots)):
                     self._reset(tc, self._lost_error(tc))

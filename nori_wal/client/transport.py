@@ -25,6 +25,12 @@ import zmq
 
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 
+NOBLOCK = int(zmq.NOBLOCK)                 # plain ints: pyzmq's IntFlag arithmetic costs microseconds
+SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+POLLIN = int(zmq.POLLIN)
+EVENTS = int(zmq.EVENTS)
+ZERO_COPY_BYTES = 64 * 1024                # payloads at least this large are sent without a copy
+
 # Sockets and contexts inherited through fork: never closed (that would touch the
 # parent's ZeroMQ state), never collected (their __del__ would close them).
 _ABANDONED: list[Any] = []
@@ -65,17 +71,21 @@ class Connection:
     def check_lost(self) -> bool:
         """True once the writer's side of the connection went away (drains monitor events)."""
         if not self.lost:
-            try:
-                while True:
-                    self.monitor.recv_multipart(zmq.NOBLOCK)
-                    self.lost = True
-            except zmq.ZMQError:
-                pass
+            mon = self.monitor
+            while mon.getsockopt(EVENTS) & POLLIN:     # no zmq.Again exception on the hot path
+                mon.recv_multipart(NOBLOCK)
+                self.lost = True
         return self.lost
 
     def send(self, frames: tuple[bytes, ...]) -> None:
+        sock = self.sock
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames[-1]) < 65536)
+            if len(frames) == 2:
+                sock.send(frames[0], SNDMORE_NOBLOCK)
+                payload = frames[1]
+                sock.send(payload, NOBLOCK, copy=len(payload) < ZERO_COPY_BYTES)
+            else:
+                sock.send(frames[0], NOBLOCK)
         except zmq.ZMQError as exc:
             raise zmq_error(exc, "sending a request", self.endpoint) from None
 

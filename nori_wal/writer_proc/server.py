@@ -87,22 +87,39 @@ class _Ticket:
         self.ident, self.rid, self.reply, self.t_recv = ident, rid, reply, t_recv
 
 
-class _FlushThread:
-    """Runs ``SegmentLog.sync`` off the loop's thread and wakes the loop through a pipe when done."""
+_FLUSH_ID = b"!flush"     # routing ids of the writer's own threads (peer-generated ids start with a 0 byte)
+_WAKE_ID = b"!wake"
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 
-    def __init__(self, seglog: SegmentLog):
+
+class _FlushThread:
+    """Runs ``SegmentLog.sync`` off the loop's thread; says "done" with a message into the loop's ROUTER.
+
+    The loop then waits on one socket only, whatever woke it: a producer, a
+    finished fsync or (through ``_Watcher``) a signal or the lifeline.
+    """
+
+    def __init__(self, seglog: SegmentLog, ctx: zmq.Context[Any], wake_endpoint: str):
         self._log = seglog
         self._cond = threading.Condition()
         self._job = False
         self._closing = False
+        self.started = 0            # fsyncs handed to the thread ...
+        self.finished = 0           # ... and finished (the result below belongs to the last one)
         self._result: tuple[Position | None, WalError | None] = (None, None)
-        self.fd, self._wfd = os.pipe()
-        os.set_blocking(self.fd, False)
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.ROUTING_ID, _FLUSH_ID)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(wake_endpoint)
         self._thread = threading.Thread(target=self._run, name="nori-wal-flush", daemon=True)
         self._thread.start()
 
     def start(self) -> None:
         with self._cond:
+            self.started += 1
             self._job = True
             self._cond.notify()
 
@@ -119,35 +136,79 @@ class _FlushThread:
                 res: tuple[Position | None, WalError | None] = (self._log.sync(), None)
             except WalError as exc:
                 res = (None, exc)
-            except BaseException as exc:   # never leave the loop waiting for an answer
+            except BaseException as exc:   # noqa: BLE001  never leave the loop waiting for an answer
                 res = (None, WalIOError(f"fsync thread failed: {exc!r}"))
-            self._result = res
-            os.write(self._wfd, b"x")
+            with cond:
+                self._result = res
+                self.finished += 1
+                cond.notify_all()
+                try:
+                    self._sock.send(b"f", _NOBLOCK)     # the socket is only used under the lock
+                except zmq.ZMQError:
+                    pass
 
-    def take(self) -> tuple[Position | None, WalError | None]:
-        """The finished fsync's result (call when ``fd`` is readable)."""
-        try:
-            os.read(self.fd, 64)
-        except BlockingIOError:
-            pass
-        return self._result
+    def take(self) -> tuple[Position | None, WalError | None] | None:
+        """The result of the fsync handed over last, or None while it still runs."""
+        with self._cond:
+            return self._result if self.finished == self.started else None
 
     def wait(self) -> tuple[Position | None, WalError | None]:
-        """Block until the running fsync ends and return its result."""
-        os.set_blocking(self.fd, True)
-        try:
-            os.read(self.fd, 1)
-        finally:
-            os.set_blocking(self.fd, False)
-        return self.take()
+        """Block until the fsync handed over last has finished; its result."""
+        with self._cond:
+            while self.finished != self.started:
+                self._cond.wait()
+            return self._result
 
     def close(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify()
+            self._sock.close(0)
         self._thread.join(10.0)
-        os.close(self.fd)
-        os.close(self._wfd)
+
+
+class _Watcher:
+    """Turns a signal's wake-up byte and the lifeline's EOF into a message for the loop's ROUTER.
+
+    Signal handlers only set a flag (gunicorn: "just queue the signal");
+    ``signal.set_wakeup_fd`` writes a byte that wakes this thread, which wakes
+    the loop. Blocked in ``select``, it costs nothing.
+    """
+
+    def __init__(self, server: "WriterServer", wake_fd: int | None, lifeline_fd: int | None):
+        self._server = server
+        self._fds = [fd for fd in (wake_fd, lifeline_fd) if fd is not None]
+        self._lifeline = lifeline_fd
+        self._stop_r, self._stop_w = os.pipe()
+        self._sock = server.ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(server.wake_endpoint)
+        self._thread = threading.Thread(target=self._run, name="nori-wal-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+        fds = self._fds + [self._stop_r]
+        while True:
+            ready, _, _ = select.select(fds, [], [])
+            if self._stop_r in ready:
+                break
+            for fd in ready:
+                if not _drain_fd(fd) and fd == self._lifeline:
+                    fds.remove(fd)
+                    self._server.stop("the spawning process is gone (lifeline closed)")
+            try:
+                self._sock.send(b"w", _NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self._sock.close(0)
+
+    def close(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(10.0)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
 
 class WriterServer:
@@ -160,14 +221,16 @@ class WriterServer:
         self._metered = meter is not NOOP
         self.policy = seglog.config.fsync_policy
         self.commit: GroupCommit[_Ticket] = GroupCommit(self.policy, seglog.durable)
-        self.ctx = zmq.Context()
+        self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)      # unroutable replies raise, never vanish
         self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
         self.sock.setsockopt(zmq.SNDHWM, 0)                # replies are bounded by clients' in-flight limits
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
+        self.wake_endpoint = f"inproc://nori-wal-writer-{id(self):x}"
         try:
+            self.sock.bind(self.wake_endpoint)
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self.sock.close(0)
@@ -176,7 +239,8 @@ class WriterServer:
         self.endpoint = self._bound_endpoint(endpoint)
         self.stopping = False
         self.stop_reason = ""
-        self._flusher: _FlushThread | None = None
+        self._flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
+        self._watcher: _Watcher | None = None
         self._overlap = False
         self._arrived_during_fsync = False
         self._unsynced_records = 0
@@ -193,18 +257,17 @@ class WriterServer:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def serve(self, wake_fds: tuple[int, ...] = (), lifeline_fd: int | None = None) -> int:
-        """Run until stopped (signal, ``stopping``, lifeline EOF) or a fatal error; returns the exit code."""
-        poller = zmq.Poller()
+    def serve(self, wake_fd: int | None = None, lifeline_fd: int | None = None) -> int:
+        """Run until stopped (signal, ``stop``, lifeline EOF) or a fatal error; returns the exit code.
+
+        ``wake_fd`` (the signal wake-up fd) and ``lifeline_fd`` are watched by a
+        helper thread; the loop itself waits on its ROUTER socket alone.
+        """
+        if wake_fd is not None or lifeline_fd is not None:
+            self._watcher = _Watcher(self, wake_fd, lifeline_fd)
         sock = self.sock
-        poller.register(sock, zmq.POLLIN)
-        self._flusher = _FlushThread(self.log)
-        flush_fd = self._flusher.fd
-        poller.register(flush_fd, zmq.POLLIN)
-        for fd in wake_fds:
-            poller.register(fd, zmq.POLLIN)
-        if lifeline_fd is not None:
-            poller.register(lifeline_fd, zmq.POLLIN)
+        items = [(sock, _POLLIN)]
+        zpoll = zmq.zmq_poll
         commit = self.commit
         try:
             while not self.stopping:
@@ -214,21 +277,14 @@ class WriterServer:
                     if due <= now:
                         self._start_fsync(now)
                         continue
-                    timeout: int | None = max(1, int((due - now) * 1e3 + 0.999))
+                    timeout = max(1, int((due - now) * 1e3 + 0.999))
                 else:
-                    timeout = None
-                events = dict(poller.poll(timeout))
-                if sock in events and commit.in_flight:
+                    timeout = -1
+                if not sock.getsockopt(_EVENTS) & _POLLIN and not zpoll(items, timeout):  # type: ignore[operator]
+                    continue
+                if commit.in_flight:
                     self._arrived_during_fsync = True
-                if flush_fd in events:
-                    self._finish_fsync(*self._flusher.take())
-                if sock in events:
-                    self._receive_group()
-                for fd in wake_fds:
-                    if fd in events:
-                        _drain_fd(fd)
-                if lifeline_fd is not None and lifeline_fd in events and not _drain_fd(lifeline_fd):
-                    self.stop("the spawning process is gone (lifeline closed)")
+                self._receive_group()
             return self._shutdown()
         except FatalStop as stop:
             self._fail_stop(stop)
@@ -245,17 +301,20 @@ class WriterServer:
         """Drain pending requests, validate them, write the appends with one call, ack per policy."""
         sock = self.sock
         recv = sock.recv_multipart
+        getsockopt = sock.getsockopt
         t_recv = time.perf_counter()
         units: list[Any] = []
         counts: list[int] = []
         pending: list[tuple[bytes, int, int, int, int]] = []   # ident, rid, first unit, unit count, bytes
         nbytes = 0
         for _ in range(MAX_GROUP_MESSAGES):
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
+            if not getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
                 break
+            frames = recv(_NOBLOCK)
             ident = frames[0]
+            if ident[0] == 0x21:                      # b"!": one of our own threads
+                self._internal(ident)
+                continue
             req = P.decode_request(frames[1:])
             if type(req) is P.Append:
                 payload = req.payload
@@ -327,6 +386,14 @@ class WriterServer:
             self.meter.histogram("wal_group_records", records)
             self.meter.histogram("wal_group_bytes", nbytes)
 
+    def _internal(self, ident: bytes) -> None:
+        """A message from the flush thread (an fsync finished) or the watcher (a signal, the lifeline)."""
+        if ident == _FLUSH_ID and self.commit.in_flight and self._overlap:
+            res = self._flusher.take()
+            if res is not None:
+                self._finish_fsync(*res)
+        # _WAKE_ID: nothing to do here; the loop looks at ``stopping`` next.
+
     def _control(self, ident: bytes, req: P.Control, t_recv: float) -> None:
         op, rid = req.op, req.request_id
         log = self.log
@@ -368,7 +435,6 @@ class WriterServer:
         self._overlap = overlap_fsync(self._arrived_during_fsync)
         self._arrived_during_fsync = False
         if self._overlap:
-            assert self._flusher is not None
             self._flusher.start()
             return
         try:
@@ -376,7 +442,7 @@ class WriterServer:
             err = None
         except WalError as exc:
             durable, err = None, exc
-        if err is None and int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if err is None and self.sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
             self._arrived_during_fsync = True
         self._finish_fsync(durable, err)
 
@@ -399,8 +465,10 @@ class WriterServer:
             self.meter.histogram("wal_ack_latency_ms", (time.perf_counter() - t.t_recv) * 1e3)
 
     def _reply(self, ident: bytes, reply: bytes) -> None:
+        sock = self.sock
         try:
-            self.sock.send_multipart((ident, reply), zmq.NOBLOCK)
+            sock.send(ident, _SNDMORE_NOBLOCK)
+            sock.send(reply, _NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the producer went away (ROUTER_MANDATORY tells us instead of dropping silently).
             log.debug("reply to a departed producer dropped: %s", exc)
@@ -431,7 +499,6 @@ class WriterServer:
         """Wait for the running fsync, then fsync once more if anything still waits, and ack."""
         commit = self.commit
         if commit.in_flight:
-            assert self._flusher is not None
             self._finish_fsync(*self._flusher.wait())
         if commit.waiting:
             commit.fsync_started(time.monotonic())
@@ -445,7 +512,7 @@ class WriterServer:
         """Answer everyone still waiting (and everything queued) with the error, then close."""
         exc = stop.__cause__ if isinstance(stop.__cause__, WalError) else WalIOError(stop.reason)
         log.error("writer for %s stopping after a failure: %s", self.log.dir, stop.reason)
-        if self.commit.in_flight and self._flusher is not None:
+        if self.commit.in_flight:
             self._flusher.wait()
         for t in self.commit.fail_all():
             self._reply(t.ident, P.encode_error(t.rid, exc))
@@ -454,6 +521,8 @@ class WriterServer:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
+            if frames[0][:1] == b"!":
+                continue
             req = P.decode_request(frames[1:])
             self._reply(frames[0], P.encode_error(getattr(req, "request_id", 0), exc))
         self._close_transport()
@@ -464,11 +533,11 @@ class WriterServer:
 
     def _close_transport(self) -> None:
         """Close the socket (delivering the last replies), remove DIR/WRITER and the ipc socket file."""
-        if self._flusher is not None:
-            self._flusher.close()
-            self._flusher = None
         if self.sock.closed:
             return
+        if self._watcher is not None:
+            self._watcher.close()
+        self._flusher.close()
         self.sock.close(REPLY_LINGER_MS)
         self.ctx.term()
         remove_endpoint_file(self.log.dir, os.getpid())
@@ -538,7 +607,7 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
         on_ready(server)
-        return server.serve((rfd,), lifeline_fd)
+        return server.serve(rfd, lifeline_fd)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
