@@ -218,7 +218,7 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
     if type(runs) is not list or not all(type(x) is int for x in runs):
         err = ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
         return [Completion(e.waiter, None, err) for e in entries]
-    if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3:
+    if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3 and runs[2] == 1:
         e = entries[0]
         return [Completion(e.waiter, [Position(runs[0], runs[1])])]     # the common case: one record
     lengths = [len(f) for e in entries for f in e.frames]

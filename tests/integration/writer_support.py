@@ -1,0 +1,83 @@
+"""Helpers for writer-process tests, and picklable FileLayers (they cross into the writer with WriterProcess.spawn).
+
+RecordingLayer is the real file system plus a journal: after every fsync of a
+segment succeeds it appends ``<segment file name> <bytes synced>`` to a journal
+file, *before* the writer can send the acks that fsync allows. A producer that
+reads the journal after an ack therefore sees the fsync that covered it, if
+there was one: no clocks, no sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+from nori_wal.fs import OsFile, OsFileLayer
+
+
+class RecordingLayer(OsFileLayer):
+    def __init__(self, journal: str):
+        self.journal = journal
+
+    def create(self, path: str) -> "RecordingFile":  # type: ignore[override]
+        return RecordingFile(super().create(path), self.journal)
+
+    def open_append(self, path: str) -> "RecordingFile":  # type: ignore[override]
+        return RecordingFile(super().open_append(path), self.journal)
+
+
+class RecordingFile:
+    def __init__(self, inner: OsFile, journal: str):
+        self._inner, self._journal, self.path = inner, journal, inner.path
+
+    def sync(self) -> None:
+        self._inner.sync()
+        size = os.fstat(self._inner.fd).st_size
+        fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            name = os.path.basename(self.path).removesuffix(".tmp")    # created as NNNNNN.wal.tmp, renamed
+            os.write(fd, f"{name} {size}\n".encode())
+        finally:
+            os.close(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def synced(journal: str) -> dict[str, int]:
+    """The largest synced size per segment file name, from the journal."""
+    out: dict[str, int] = {}
+    try:
+        with open(journal) as f:
+            for line in f:
+                name, size = line.split()
+                out[name] = max(out.get(name, 0), int(size))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def fsync_count(journal: str) -> int:
+    try:
+        with open(journal) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    """The next stdout line of ``proc`` within ``timeout`` seconds (empty at EOF); never hangs."""
+    import select
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output from {proc.args} within {timeout} s")
+    return proc.stdout.readline()
+
+
+def keys_in(directory: str) -> list[bytes]:
+    from nori_wal import open_reader
+    with open_reader(directory) as r:
+        return [rec.key for rec, _ in r]
+
