@@ -311,6 +311,8 @@ class AsyncWalClient:
     def _conn(self) -> _AsyncConn:
         loop = asyncio.get_running_loop()
         pid = os.getpid()
+        if self._closed:
+            raise WalClosedError("the client is closed")
         conns = self._conns
         if conns:
             c = conns[-1]

@@ -209,6 +209,8 @@ class WalClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _thread_conn(self) -> _ThreadConn:
+        if self._closed:
+            raise WalClosedError("the client is closed")
         tc: _ThreadConn | None = getattr(self._local, "tc", None)
         if tc is not None and tc.pid == os.getpid():
             if not tc.conn.check_lost():
