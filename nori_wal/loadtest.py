@@ -890,7 +890,12 @@ def render(rep: LoadReport, depth: int, batch_size: int) -> str:
 
 
 def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
-    """Throughput against producers, one line per (policy, mode) and per peer; '' if matplotlib is absent."""
+    """Throughput against producers, one panel per policy; '' if matplotlib is absent.
+
+    In each panel nori-wal's modes are solid lines (colour = mode), the yardstick
+    dashed and Redis dotted in the colour of the mode they stand beside, SQLite FULL
+    black dash-dot, F a grey line.
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -898,34 +903,47 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
         import matplotlib.ticker
     except ImportError:
         return ""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in rep.results:
-        if r.error:
-            continue
-        c = r.cell
-        name = (f"nori {c.policy} " if c.system == "nori" else peer_label(c) + " ") + mode_label(
-            c.mode, depth, batch_size)
-        series.setdefault(name, []).append((c.producers, r.records_per_s))
-    fig, ax = plt.subplots(figsize=(10, 6.5))
-    for name, pts in sorted(series.items()):
-        pts.sort()
-        style = "-" if name.startswith("nori") else "--"
-        ax.plot([p for p, _ in pts], [v for _, v in pts], style, marker="o", markersize=3, label=name)
-    if rep.f_start:
-        ax.axhline(rep.f_start, color="grey", linewidth=0.8, linestyle=":", label=f"F = {rep.f_start:,.0f}/s")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    counts = sorted({r.cell.producers for r in rep.results})
-    ax.set_xticks(counts)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("producer processes")
-    ax.set_ylabel("acked 1 KB records / s")
-    ax.set_title("nori-wal contention load (same run; dashed = peers)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ok = [r for r in rep.results if not r.error]
+    policies = [p for p in POLICIES if any(r.cell.system == "nori" and r.cell.policy == p for r in ok)]
+    if not policies:
+        return ""
+    colour = {"sync": "tab:blue", "pipelined": "tab:orange", "batch": "tab:green"}
+    style = {"nori": "-", "yardstick": "--", "redis": ":", "sqlite": "-."}
+    counts = sorted({r.cell.producers for r in ok})
+    fig, axes = plt.subplots(1, len(policies), figsize=(6.5 * len(policies), 6), sharey=True, squeeze=False)
+    for ax, policy in zip(axes[0], policies):
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for r in ok:
+            c = r.cell
+            if c.policy == policy or c.system == "sqlite":
+                series.setdefault((c.system, c.mode), []).append((c.producers, r.records_per_s))
+        for (system, mode), pts in sorted(series.items(), key=lambda kv: (list(style).index(kv[0][0]), kv[0][1])):
+            pts.sort()
+            if system == "sqlite":
+                label, col = "SQLite FULL, 1 row/txn", "black"
+            else:
+                who = {"nori": "nori-wal", "yardstick": "yardstick", "redis": "Redis"}[system]
+                label, col = f"{who} {mode_label(mode, depth, batch_size)}", colour[mode]
+            ax.plot([p for p, _ in pts], [v for _, v in pts], style[system], color=col, marker="o", markersize=3,
+                    label=label)
+        if rep.f_start:
+            ax.axhline(rep.f_start, color="grey", linewidth=0.8, label=f"F = {rep.f_start:,.0f}/s")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(counts)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("producer processes")
+        peers = [f"Redis appendfsync {REDIS_FSYNC[policy]}"]
+        if policy in YARD_FSYNC:
+            peers.insert(0, f"yardstick fsync {YARD_FSYNC[policy]}")
+        ax.set_title(f"nori-wal fsync {policy}; beside: {', '.join(peers)}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("acked 1 KB records / s")
+    fig.suptitle("nori-wal contention load: every line measured in the same run")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
