@@ -4,8 +4,16 @@ The public names of API.md; see README.md for the guarantees.
 """
 
 from .config import FsyncPolicy, WalConfig
-from .errors import (CorruptionError, ProtocolError, RecordTooLargeError, WalClosedError, WalError, WalIOError,
-                     WalLockedError, WriterUnavailableError)
+from .errors import (
+                     CorruptionError,
+                     ProtocolError,
+                     RecordTooLargeError,
+                     WalClosedError,
+                     WalError,
+                     WalIOError,
+                     WalLockedError,
+                     WriterUnavailableError,
+)
 from .position import Position
 from .reader import WalReader, open_reader
 from .record import Compression, Record

@@ -19,8 +19,16 @@ from typing import Iterator
 
 from crc32c import crc32c
 
-from .codec import (CORRUPT, FLAG_SEAL, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_MORE, ZEROED, Seal,
-                    build_record, decode_record, frame_layout, parse_header)
+from .codec import (
+    CORRUPT,
+    FLAG_SEAL,
+    FORMAT_MAX_FRAME,
+    MIN_FRAME_SIZE,
+    ZEROED,
+    build_record,
+    frame_layout,
+    parse_header,
+)
 from .errors import CorruptionError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position

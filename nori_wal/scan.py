@@ -17,8 +17,20 @@ from dataclasses import dataclass
 
 from crc32c import crc32c
 
-from .codec import (COMPRESSION_MASK, CORRUPT, FLAG_SEAL, FLAG_TTL, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, NEED_MORE,
-                    RESERVED_FLAGS, ZEROED, Seal, decode_record, frame_layout)
+from .codec import (
+    COMPRESSION_MASK,
+    CORRUPT,
+    FLAG_SEAL,
+    FLAG_TTL,
+    FORMAT_MAX_FRAME,
+    MIN_FRAME_SIZE,
+    NEED_MORE,
+    RESERVED_FLAGS,
+    ZEROED,
+    Seal,
+    decode_record,
+    frame_layout,
+)
 from .record import BytesLike
 
 

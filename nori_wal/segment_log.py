@@ -151,7 +151,8 @@ class SegmentLog:
                 self._active.truncate(self.end)
             except OSError:
                 pass
-            raise self._fail(f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc)
+            raise self._fail(
+                f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc) from exc
         self.end = new_end
         self._active_records += count
         self.total_records += count
@@ -175,13 +176,12 @@ class SegmentLog:
         try:
             handle.sync()
         except OSError as exc:
-            raise self._fail(f"fsync of segment {self.active_id} failed", exc)
+            raise self._fail(f"fsync of segment {self.active_id} failed", exc) from exc
         ms = (time.perf_counter() - t0) * 1e3
         self.meter.histogram("wal_fsync_ms", ms)
         self.meter.event(Fsync(ms))
         if ms > SLOW_FSYNC_WARN_S * 1e3:
-            import logging
-            logging.getLogger("nori_wal").warning("slow fsync: %.0f ms on segment %d in %s", ms, self.active_id, self.dir)
+            _log.warning("slow fsync: %.0f ms on segment %d in %s", ms, self.active_id, self.dir)
 
     def _fail(self, what: str, exc: OSError) -> WalIOError:
         err = WalIOError(f"{what}: {exc.strerror or exc}; the log stopped acknowledging "
@@ -203,7 +203,7 @@ class SegmentLog:
                 try:
                     old.append(encode_seal(self._active_records, self.end))
                 except OSError as exc:
-                    raise self._fail(f"sealing segment {self.active_id} failed", exc)
+                    raise self._fail(f"sealing segment {self.active_id} failed", exc) from exc
                 self._fsync(old)
                 self._active = None
                 old.close()
@@ -233,7 +233,7 @@ class SegmentLog:
                 handle.close()
                 raise
         except OSError as exc:
-            raise self._fail(f"creating segment {sid} failed", exc)
+            raise self._fail(f"creating segment {sid} failed", exc) from exc
         self._next_id = sid + 1
         self._active = handle
         self.active_id = sid
@@ -288,7 +288,7 @@ class SegmentLog:
                         self._fsync(self._active)
                         self.durable = max(self.durable, self.position)
                     except OSError as exc:
-                        raise self._fail(f"sealing segment {self.active_id} at close failed", exc)
+                        raise self._fail(f"sealing segment {self.active_id} at close failed", exc) from exc
         finally:
             if self._active is not None:
                 self._active.close()

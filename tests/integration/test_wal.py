@@ -6,8 +6,17 @@ import threading
 
 import pytest
 
-from nori_wal import (FsyncPolicy, Position, Record, RecordTooLargeError, Wal, WalClosedError, WalConfig,
-                      WalLockedError, open_reader)
+from nori_wal import (
+    FsyncPolicy,
+    Position,
+    Record,
+    RecordTooLargeError,
+    Wal,
+    WalClosedError,
+    WalConfig,
+    WalLockedError,
+    open_reader,
+)
 from nori_wal.fs import OsFileLayer
 from nori_wal.observe import NoopMeter, SegmentRoll
 from nori_wal.segment import HEADER_SIZE

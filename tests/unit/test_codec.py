@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nori_wal import Compression, Record
-from nori_wal.codec import (Corrupt, Decoded, NeedMore, Seal, Zeroed, decode_record, encode_record, encode_seal)
+from nori_wal.codec import Corrupt, Decoded, NeedMore, Seal, Zeroed, decode_record, encode_record, encode_seal
 from nori_wal.scan import Stop, scan_frames
 
 keys = st.binary(max_size=300)
