@@ -120,7 +120,7 @@ def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
     if compression == Compression.NONE:
         return value
     if compression == Compression.LZ4:
-        return lz4.block.compress(value, store_size=True)
+        return bytes(lz4.block.compress(value, store_size=True))
     if compression == Compression.ZSTD:
         return _ZSTD_C.compress(value)
     raise ValueError(f"unknown compression {compression!r}")
@@ -235,7 +235,7 @@ def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes |
         if compression == Compression.LZ4:
             if len(stored) < 4 or _U32.unpack_from(stored, 0)[0] > min(limit, LZ4_MAX_RATIO * len(stored)):
                 return None
-            return lz4.block.decompress(stored)
+            return bytes(lz4.block.decompress(stored))
         if compression == Compression.ZSTD:
             size = zstandard.frame_content_size(stored)
             if size < 0 or size > min(limit, ZSTD_MAX_RATIO * len(stored)):
@@ -295,4 +295,4 @@ def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FR
 def _declared_size(buf: BytesLike, off: int, n: int) -> int | None:
     """The frame size its header declares, when the header is complete (for readers' refills)."""
     lay = parse_header(buf, off, n)
-    return lay[4] - off if type(lay) is tuple else None  # type: ignore[index]
+    return lay[4] - off if type(lay) is tuple else None

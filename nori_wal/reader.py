@@ -181,7 +181,7 @@ class WalReader:
     def _at_tail_of_last(self, i: int) -> bool:
         """Whether bad bytes at ``i`` run to the end of the last segment (a write still landing)."""
         lay = parse_header(self._buf, i, len(self._buf))
-        declared_end = self._base + lay[4] if type(lay) is tuple else None  # type: ignore[index]
+        declared_end = self._base + lay[4] if type(lay) is tuple else None
         last = not any(s > self._seg for s in self._ids())  # type: ignore[operator]
         return last and (declared_end is None or declared_end >= self._file_size())
 
@@ -224,7 +224,7 @@ class WalReader:
         need = len(rest) + READ_SIZE
         lay = parse_header(rest, 0, len(rest))
         if type(lay) is tuple:
-            want = min(lay[4], self._limit)  # type: ignore[index]
+            want = min(lay[4], self._limit)
             if want > need:
                 # Lengths are untrusted: never ask for more than the file holds (os.pread
                 # allocates what it is asked for; etcd #14098 allocated 13 PB this way).

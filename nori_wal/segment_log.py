@@ -41,7 +41,7 @@ class SegmentLog:
 
     def __init__(self, layer: FileLayer, directory: str, config: WalConfig, meter: Meter, lock: DirLock):
         self.layer, self.dir, self.config, self.meter = layer, directory, config, meter
-        self._lock = lock
+        self._lock: DirLock | None = lock
         self.max_frame = max_frame_size(config.max_segment_size)
         self._roll_at = config.max_segment_size - SEAL_FRAME_SIZE
         self._io_lock = threading.Lock()      # a roll never closes a file an fsync is using
