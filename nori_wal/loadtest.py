@@ -11,6 +11,9 @@ Modes (``--modes``), each producer:
   sync       ``WalClient.append`` one record at a time (one append in flight);
   pipelined  ``AsyncWalClient``: ``--depth`` (32) coroutines under ``asyncio.gather``,
              each awaiting ``append`` in a loop, so 32 appends are always in flight;
+  submit     ``WalClient.submit`` (the sync client's pipelined call): ``--depth`` appends
+             always in flight, each ``.result()`` collected oldest first (``--full`` only,
+             or ``--modes``);
   batch      ``WalClient.append_batch`` of ``--batch-size`` (100) records.
 Records are ``Record`` objects framed by the client on every call (framing and
 CRC32C are part of the measured cost; nothing is pre-encoded). MiB/s counts the
@@ -61,12 +64,14 @@ import sys
 import tempfile
 import time
 from array import array
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 RECORD_BYTES = 1024                 # value bytes per record
-MODES = ("sync", "pipelined", "batch")
+MODES = ("sync", "pipelined", "submit", "batch")
+DEFAULT_MODES = ("sync", "pipelined", "batch")
 POLICIES = ("always", "batch", "os")
 PEERS = ("sqlite", "yardstick", "redis")
 DEFAULT_PRODUCERS = (1, 2, 4, 8, 16, 32)
@@ -168,7 +173,8 @@ def percentile_ms(sorted_s: Sequence[float], q: float) -> float:
 
 
 def mode_label(mode: str, depth: int, batch_size: int) -> str:
-    return {"sync": "sync", "pipelined": f"pipe x{depth}", "batch": f"batch({batch_size})"}[mode]
+    return {"sync": "sync", "pipelined": f"pipe x{depth}", "submit": f"submit x{depth}",
+            "batch": f"batch({batch_size})"}[mode]
 
 
 def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequence[str], peers: Sequence[str],
@@ -190,7 +196,7 @@ def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequenc
                 wanted = {("always", "sync"), ("os", "batch")}
                 if full:
                     wanted |= {("always", "batch"), ("os", "sync")}
-                if "yardstick" in peers and yard and mode != "pipelined" and (policy, mode) in wanted:
+                if "yardstick" in peers and yard and mode in ("sync", "batch") and (policy, mode) in wanted:
                     cells.append(Cell("yardstick", policy, mode, n, f"fsync {yard}"))
                 if "redis" in peers and redis_ok and (policy == "always" or full):
                     cells.append(Cell("redis", policy, mode, n, f"appendfsync {REDIS_FSYNC[policy]}"))
@@ -250,8 +256,11 @@ def ratio_lines(rep: LoadReport, depth: int, batch_size: int) -> list[str]:
     sq8 = rep.find("sqlite", "-", "sync", 8)
     out.append("Always sync N=8 / SQLite FULL N=8: "
                + verdict(_ratio(rep.find("nori", "always", "sync", 8), sq8), 2))
-    out.append(f"Always {mode_label('pipelined', depth, batch_size)} N=8 / SQLite FULL N=8: "
-               + verdict(_ratio(rep.find("nori", "always", "pipelined", 8), sq8), 10))
+    for mode in ("pipelined", "submit"):
+        r8 = rep.find("nori", "always", mode, 8)
+        if r8 is not None or mode == "pipelined":
+            out.append(f"Always {mode_label(mode, depth, batch_size)} N=8 / SQLite FULL N=8: "
+                       + verdict(_ratio(r8, sq8), 10))
     out.append(f"Always {mode_label('batch', depth, batch_size)} N=8 / SQLite FULL N=8: "
                + verdict(_ratio(rep.find("nori", "always", "batch", 8), sq8), 25))
     osb = rep.find("nori", "os", "batch", 8)
@@ -349,6 +358,11 @@ def _run_nori(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, floa
     recs = _records(task["index"], task["batch_size"] if mode == "batch" else 1)
     client = WalClient(task["endpoint"], timeout=CLIENT_TIMEOUT)
     try:
+        if mode == "submit":
+            client.append(recs[0])  # warm-up: connects; not counted
+            ready()
+            go.wait()
+            return _submit_loop(client, recs[0], task["depth"], seconds)
         if mode == "sync":
             rec = recs[0]
 
@@ -364,6 +378,32 @@ def _run_nori(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, floa
         return _timed_loop(op, seconds)
     finally:
         client.close()
+
+
+def _submit_loop(client: Any, rec: Any, depth: int, seconds: float) -> tuple[int, float, array[float]]:
+    """Keep ``depth`` appends in flight with ``WalClient.submit``; latency = submit to result."""
+    lat: array[float] = array("d")
+    pending: deque[tuple[float, Any]] = deque()
+    perf = time.perf_counter
+    start = now = perf()
+    end = start + seconds
+    while now < end:
+        while len(pending) < depth:
+            pending.append((perf(), client.submit(rec)))
+        t0, p = pending.popleft()
+        p.result()
+        now = perf()
+        lat.append(now - t0)
+        while pending and pending[0][1].done():     # collect every ack already here, then refill at once
+            t0, p = pending.popleft()
+            p.result()
+            lat.append(now - t0)
+    while pending:                      # what is still in flight counts once acknowledged
+        t0, p = pending.popleft()
+        p.result()
+        now = perf()
+        lat.append(now - t0)
+    return len(lat), now - start, lat
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -455,7 +495,7 @@ def _run_redis(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, flo
     import redis
     r = redis.Redis(port=task["port"])
     blob = os.urandom(RECORD_BYTES)
-    per = {"sync": 1, "pipelined": task["depth"], "batch": task["batch_size"]}[task["mode"]]
+    per = {"sync": 1, "pipelined": task["depth"], "submit": task["depth"], "batch": task["batch_size"]}[task["mode"]]
     try:
         if per == 1:
             def op() -> int:
@@ -907,7 +947,7 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
     policies = [p for p in POLICIES if any(r.cell.system == "nori" and r.cell.policy == p for r in ok)]
     if not policies:
         return ""
-    colour = {"sync": "tab:blue", "pipelined": "tab:orange", "batch": "tab:green"}
+    colour = {"sync": "tab:blue", "pipelined": "tab:orange", "submit": "tab:red", "batch": "tab:green"}
     style = {"nori": "-", "yardstick": "--", "redis": ":", "sqlite": "-."}
     counts = sorted({r.cell.producers for r in ok})
     fig, axes = plt.subplots(1, len(policies), figsize=(6.5 * len(policies), 6), sharey=True, squeeze=False)
@@ -968,7 +1008,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"producer counts (default {','.join(map(str, DEFAULT_PRODUCERS))}; "
                         f"--full: {','.join(map(str, FULL_PRODUCERS))})")
     p.add_argument("--policies", default=None, help="fsync policies: always,batch,os (default all)")
-    p.add_argument("--modes", default=None, help="sync,pipelined,batch (default all)")
+    p.add_argument("--modes", default=None,
+                   help="sync,pipelined,submit,batch (default sync,pipelined,batch; --full: all four)")
     p.add_argument("--seconds", type=float, default=None,
                    help=f"seconds per cell (default {DEFAULT_SECONDS:g}; --quick {QUICK_SECONDS:g}; "
                         f"--full {FULL_SECONDS:g})")
@@ -1000,7 +1041,8 @@ def resolve(args: argparse.Namespace) -> None:
         prod, pols, secs = DEFAULT_PRODUCERS, POLICIES, DEFAULT_SECONDS
     args.producers_list = parse_counts(args.producers) if args.producers else list(prod)
     args.policies_list = parse_list(args.policies, POLICIES, "policy") if args.policies else list(pols)
-    args.modes_list = parse_list(args.modes, MODES, "mode") if args.modes else list(MODES)
+    default_modes = MODES if args.full else DEFAULT_MODES
+    args.modes_list = parse_list(args.modes, MODES, "mode") if args.modes else list(default_modes)
     args.peers_list = [] if args.no_peers else (parse_list(args.peers, PEERS, "peer") if args.peers.strip() else [])
     args.seconds = secs if args.seconds is None else args.seconds
     if not args.seconds > 0:

@@ -11,13 +11,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROW = re.compile(r"^\s+(\d+)\s{2}(sync|pipe x\d+|batch\(\d+\))\s+(.+?)\s{2,}([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
-                 r"\s+([\d.]+)\s+([\d.]+|-)$")
+ROW = re.compile(r"^\s+(\d+)\s{2}(sync|pipe x\d+|submit x\d+|batch\(\d+\))\s+(.+?)\s{2,}([\d,]+)\s+([\d.]+)"
+                 r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|-)$")
 
 
 def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=100, check=False,
-                          env={**os.environ, "PYTHONPATH": ROOT})
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=100,
+                          check=False, env={**os.environ, "PYTHONPATH": ROOT})
 
 
 @pytest.mark.timeout(120)
