@@ -36,7 +36,7 @@ from ..position import Position
 from ..record import Record
 from .session import MAX_IN_FLIGHT, Completion, Session, chunk_frames
 from .sync import DEFAULT_TIMEOUT, _rebuild
-from .transport import Connection, close_context, new_context, zmq_error
+from .transport import Connection, close_context, current_pid, new_context, zmq_error
 
 
 
@@ -47,7 +47,7 @@ class _AsyncConn:
                  loop: asyncio.AbstractEventLoop):
         self.client = client
         self.loop = loop
-        self.conn = Connection(ctx, endpoint)
+        self.conn = Connection(ctx, endpoint, client.timeout)
         self.pid = self.conn.pid
         self.session: Session[asyncio.Future[Any]] = Session(client.max_in_flight)
         self.timeout = client.timeout
@@ -174,7 +174,7 @@ class _AsyncConn:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.pid == os.getpid() and not self.loop.is_closed():
+        if self.pid == current_pid() and not self.loop.is_closed():
             self.loop.remove_reader(self._fd)
             self.loop.remove_reader(self._mon_fd)
         self.conn.close()
@@ -212,7 +212,7 @@ class AsyncWalClient:
         self.max_in_flight = max_in_flight
         self._lock = threading.RLock()
         self._ctx: Any = None
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._conns: list[_AsyncConn] = []
         self._closed = False
 
@@ -310,7 +310,7 @@ class AsyncWalClient:
 
     def _conn(self) -> _AsyncConn:
         loop = asyncio.get_running_loop()
-        pid = os.getpid()
+        pid = current_pid()
         if self._closed:
             raise WalClosedError("the client is closed")
         conns = self._conns

@@ -94,6 +94,10 @@ class Session(Generic[W]):
             return None
         return min(f.sent_at for f in self._in_flight.values())
 
+    def new_id(self) -> int:
+        """A request id for a request the caller tracks itself (the sync client's one-append fast path)."""
+        return self._rid()
+
     def _rid(self) -> int:
         rid = self._next_id
         self._next_id = rid + 1 if rid < 2**63 else 1

@@ -31,6 +31,27 @@ POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)
 ZERO_COPY_BYTES = 64 * 1024                # payloads at least this large are sent without a copy
 
+RECV_SLICE_MS = 250       # a blocked receive wakes this often to look for a lost writer and the deadline
+LOST_CHECK_S = 0.1        # between calls, the disconnect monitor is looked at no more often than this
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# os.getpid() is a system call on every use (glibc no longer caches it), and libzmq
+# already makes several per message: the clients compare against this instead.
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """This process's pid, kept current across os.fork (and so multiprocessing's fork) without a syscall."""
+    return _pid
+
+
 # Sockets and contexts inherited through fork: never closed (that would touch the
 # parent's ZeroMQ state), never collected (their __del__ would close them).
 _ABANDONED: list[Any] = []
@@ -49,17 +70,19 @@ def zmq_error(exc: zmq.ZMQError, what: str, endpoint: str) -> WalError:
 class Connection:
     """A DEALER connected to one writer endpoint, with a disconnect monitor."""
 
-    __slots__ = ("__weakref__", "endpoint", "lost", "monitor", "pid", "sock")
+    __slots__ = ("__weakref__", "endpoint", "lost", "monitor", "next_check", "pid", "sock")
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str):
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, timeout: float = 10.0):
         self.endpoint = endpoint
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.lost = False
+        self.next_check = 0.0
         sock = ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)       # flow control is the session's in-flight limit
             sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.RCVTIMEO, min(RECV_SLICE_MS, int(timeout * 1e3) + 1))   # blocking receives only
             sock.connect(endpoint)
             self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.monitor.setsockopt(zmq.LINGER, 0)
@@ -67,6 +90,13 @@ class Connection:
             sock.close(0)
             raise zmq_error(exc, "connecting", endpoint) from None
         self.sock = sock
+
+    def lost_since_last_call(self, now: float) -> bool:
+        """``check_lost``, at most every LOST_CHECK_S seconds (it costs system calls)."""
+        if now < self.next_check and not self.lost:
+            return False
+        self.next_check = now + LOST_CHECK_S
+        return self.check_lost()
 
     def check_lost(self) -> bool:
         """True once the writer's side of the connection went away (drains monitor events)."""
@@ -91,7 +121,7 @@ class Connection:
 
     def close(self) -> None:
         """Close (linger 0); in a forked child only forget (Rule 2)."""
-        if self.pid != os.getpid():
+        if self.pid != current_pid():
             _ABANDONED.append(self)
             return
         try:
@@ -109,7 +139,7 @@ def new_context() -> zmq.Context[Any]:
 
 def close_context(ctx: zmq.Context[Any], pid: int) -> None:
     """Terminate a context this process made; abandon one inherited through fork."""
-    if pid != os.getpid():
+    if pid != current_pid():
         _ABANDONED.append(ctx)
         return
     ctx.destroy(linger=0)

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="always | batch | batch:5ms | os (default batch:5ms)")
     parser.add_argument("--max-segment-size", type=int, default=None, metavar="BYTES",
                         help="segment file size in bytes (default 128 MiB)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="fsync in a flush thread while the next group is received (helps only with idle cores)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus /metrics on this port (needs prometheus-client)")
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         say(str(exc))
         return EXIT_USAGE
-    spec = WriterSpec(config=config, endpoint=args.endpoint, metrics_port=args.metrics_port)
+    spec = WriterSpec(config=config, endpoint=args.endpoint, metrics_port=args.metrics_port, overlap=args.overlap)
 
     def ready(server: object) -> None:
         print(getattr(server, "endpoint"), flush=True)

@@ -66,21 +66,23 @@ class WriterProcess:
     @classmethod
     def spawn(cls, config: WalConfig, endpoint: str | None = None, *, timeout: float = SPAWN_TIMEOUT,
               layer: FileLayer | None = None, metrics_port: int | None = None,
-              log_level: str = "WARNING") -> WriterProcess:
+              log_level: str = "WARNING", overlap: bool = False) -> WriterProcess:
         """Start a writer for ``config.dir`` in a new process; returns once it serves.
 
         ``endpoint``: ``ipc://...`` or ``tcp://host:port`` (``tcp://127.0.0.1:*``
         picks a free port; see ``.endpoint``); None picks the ``ipc://``
         endpoint tied to the directory that ``WalClient.for_dir`` finds.
         ``layer`` is a test seam: a picklable FileLayer the writer uses instead
-        of the OS (e.g. one that records or fails fsyncs).
+        of the OS (e.g. one that records or fails fsyncs). ``overlap`` runs
+        fsyncs in a flush thread while the next group is received (see
+        ``commit.overlap_fsync``: it pays off only with idle cores).
 
         Raises WalLockedError at once when another live writer (process or
         embedded Wal) owns the directory; WriterUnavailableError when the
         child is not serving within ``timeout`` seconds; WalError if it exits.
         """
         spec = WriterSpec(config=config, endpoint=endpoint, layer=layer, metrics_port=metrics_port,
-                          log_level=log_level)
+                          log_level=log_level, overlap=overlap)
         path = json.dumps([p for p in sys.path if isinstance(p, str)]).encode()
         blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         ready_r, ready_w = os.pipe()

@@ -99,9 +99,10 @@ def test_spawn_on_tcp_and_a_long_directory_path(spawn_writer, tmp_path):
 
 # -- group commit and the fsync policies -----------------------------------------------------------
 
-def test_acks_under_always_come_only_after_the_fsync_that_covers_them(spawn_writer, wal_dir, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline", "flush-thread"])
+def test_acks_under_always_come_only_after_the_fsync_that_covers_them(spawn_writer, wal_dir, tmp_path, overlap):
     journal = str(tmp_path / "fsyncs")
-    w = spawn_writer(wal_dir, layer=RecordingLayer(journal))
+    w = spawn_writer(wal_dir, layer=RecordingLayer(journal), overlap=overlap)
     client = WalClient(w.endpoint, timeout=10)
     late: list[tuple[Position, int]] = []
     frame_len = len(encode_record(rec(0, 200)))

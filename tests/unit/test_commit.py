@@ -110,4 +110,4 @@ def test_fsync_due_at_and_overlap():
     assert fsync_due_at(FsyncPolicy.batch(0.01), 5.0, True) == 5.01
     assert fsync_due_at(FsyncPolicy.os(), 5.0, True) is None
     assert fsync_due_at(FsyncPolicy.always(), 5.0, False) is None
-    assert overlap_fsync(True) and not overlap_fsync(False)
+    assert overlap_fsync(True, True) and not overlap_fsync(True, False) and not overlap_fsync(False, True)
