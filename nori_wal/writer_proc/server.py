@@ -284,7 +284,7 @@ class WriterServer:
                     timeout = max(1, int((due - now) * 1e3 + 0.999))
                 else:
                     timeout = -1
-                if not sock.getsockopt(_EVENTS) & _POLLIN and not zpoll(items, timeout):  # type: ignore[operator]
+                if not zpoll(items, timeout):       # returns at once when messages are already queued
                     continue
                 if commit.in_flight:
                     self._arrived_during_fsync = True
@@ -305,8 +305,10 @@ class WriterServer:
         """Drain pending requests, validate them, write the appends with one call, ack per policy."""
         sock = self.sock
         recv = sock.recv
-        getsockopt = sock.getsockopt
-        t_recv = time.perf_counter()
+        max_frame = self.log.max_frame
+        check_payload = P.check_payload
+        decode_request = P.decode_request
+        t_recv = time.perf_counter() if self._metered else 0.0
         units: list[Any] = []
         counts: list[int] = []
         pending: list[tuple[bytes, int, int, int, int]] = []   # ident, rid, first unit, unit count, bytes
@@ -316,30 +318,34 @@ class WriterServer:
                 ident = recv(_NOBLOCK)              # once per group it raises Again: cheaper than asking first
             except zmq.Again:
                 break
-            frames = [recv()]                       # the rest of a multipart message is already here
-            while getsockopt(_RCVMORE):
-                frames.append(recv())
+            # The rest of a multipart message is already here; a Frame says whether more follows
+            # without a getsockopt(RCVMORE) per frame.
+            f = recv(copy=False)
+            frames = [f.bytes]
+            while f.more:
+                f = recv(copy=False)
+                frames.append(f.bytes)
             if ident[0] == 0x21:                    # b"!": one of our own threads
                 self._internal(ident)
                 continue
-            req = P.decode_request(frames)
+            req = decode_request(frames)
             if type(req) is P.Append:
-                payload = req.payload
-                err = P.check_payload(payload, req.record_count, self.log.max_frame)
+                rid, count, payload = req
+                err = check_payload(payload, count, max_frame)
                 if err is not None:
-                    self._reply(ident, P.encode_error(req.request_id, err))
+                    self._reply(ident, P.encode_error(rid, err))
                     continue
                 size = len(payload)
                 first = len(units)
-                if size <= self.log.max_frame:
+                if size <= max_frame:
                     units.append(payload)
-                    counts.append(req.record_count)
+                    counts.append(count)
                 else:
                     mv = memoryview(payload)
-                    for s, e, c in P.split_units(payload, req.record_count, self.log.max_frame):
+                    for s, e, c in P.split_units(payload, count, max_frame):
                         units.append(mv[s:e])
                         counts.append(c)
-                pending.append((ident, req.request_id, first, len(units) - first, size))
+                pending.append((ident, rid, first, len(units) - first, size))
                 nbytes += size
                 if nbytes >= MAX_GROUP_BYTES:
                     break
@@ -373,13 +379,20 @@ class WriterServer:
         records = 0
         nbytes = 0
         for ident, rid, first, nunits, size in pending:
-            runs: list[int] = []
-            for i in range(first, first + nunits):
-                pos = firsts[i]
-                runs += (pos[0], pos[1], counts[i])
-                records += counts[i]
-            last = firsts[first + nunits - 1]
-            end = Position(last[0], last[1] + len(units[first + nunits - 1]))
+            if nunits == 1:                     # the common case: the request is one unit
+                seg, off = firsts[first]
+                count = counts[first]
+                runs = [seg, off, count]
+                records += count
+                end = Position(seg, off + size)
+            else:
+                runs = []
+                for i in range(first, first + nunits):
+                    pos = firsts[i]
+                    runs += (pos[0], pos[1], counts[i])
+                    records += counts[i]
+                last = firsts[first + nunits - 1]
+                end = Position(last[0], last[1] + len(units[first + nunits - 1]))
             nbytes += size
             reply = ok(rid, runs)
             if commit.written(end, _Ticket(ident, rid, reply, t_recv)):
@@ -449,7 +462,7 @@ class WriterServer:
             err = None
         except WalError as exc:
             durable, err = None, exc
-        if err is None and self.sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+        if self.overlap and err is None and self.sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
             self._arrived_during_fsync = True
         self._finish_fsync(durable, err)
 
