@@ -327,13 +327,19 @@ class AsyncWalClient:
                 for old in self._conns:
                     old.conn.close()
                 self._ctx, self._conns, self._pid = None, [], pid
-            for old in [c for c in self._conns if c.loop is loop or c.loop.is_closed()]:
-                if not old.session.idle and not old.closed:
-                    old.reset(WriterUnavailableError(f"lost the connection to the writer at {old.conn.endpoint}; "
-                                                     f"the outcome of the request(s) in flight is unknown"))
-                old.close()
-                if old in self._conns:
-                    self._conns.remove(old)
+            for old in list(self._conns):
+                if old.loop is loop and not old.closed and not old.conn.lost:
+                    self._conns.remove(old)          # this loop's healthy connection: use it
+                    self._conns.append(old)
+                    return old
+                if old.loop is loop or old.loop.is_closed():
+                    if not old.session.idle and not old.closed:
+                        old.reset(WriterUnavailableError(
+                            f"lost the connection to the writer at {old.conn.endpoint}; the outcome of the "
+                            f"request(s) in flight is unknown"))
+                    old.close()
+                    if old in self._conns:
+                        self._conns.remove(old)
             if self._ctx is None:
                 self._ctx = new_context()
             if self._dir is not None:

@@ -62,9 +62,10 @@ class _Slot:
 
 class _ThreadConn:
     """One thread's connection and session."""
-    __slots__ = ("conn", "pid", "poll_items", "session")
+    __slots__ = ("conn", "pid", "poll_items", "session", "thread")
 
     def __init__(self, conn: Connection, max_in_flight: int):
+        self.thread = threading.current_thread()
         self.conn = conn
         self.session: Session[_Slot] = Session(max_in_flight)
         self.poll_items = [(conn.sock, POLLIN), (conn.monitor, POLLIN)]
@@ -304,6 +305,8 @@ class WalClient:
                 old = None
             if old is not None:
                 self._drop(old)
+            for dead in [tc for tc in self._conns if not tc.thread.is_alive()]:
+                self._drop(dead)                   # threads that ended leave their sockets to us
             if self._ctx is None:
                 self._ctx = new_context()
             if self._dir is not None:
