@@ -13,10 +13,18 @@ One pass of the loop::
     Always/Batch: fsync once for the group (when due), then ack every request it covers
     Os: ack right after the write
 
-The fsync runs inline, or in a flush thread while the loop receives and writes
-the next group (``os.fdatasync`` releases the GIL): ``commit.overlap_fsync``
-chooses by whether requests arrived during the last fsync (a lone synchronous
-producer never overlaps, so it does not pay the thread hand-offs).
+The fsync runs inline by default: requests that arrive meanwhile wait in the
+socket and form the next group (the yardstick's loop). With ``overlap`` it runs
+in a flush thread while the loop receives, validates and writes the next group
+(``os.fdatasync`` releases the GIL). On the two-core reference machine the
+inline fsync was faster in every workload -- the producers keep both cores
+busy, so there is no idle core to overlap with, and overlap costs thread
+hand-offs and a wake-up per arriving request -- so overlap is opt-in; see
+``commit.overlap_fsync`` for the figures.
+
+The loop waits on its ROUTER socket alone: the flush thread and a watcher
+thread (signals, the lifeline) wake it with messages from inproc DEALERs whose
+routing ids start with ``!`` (ids ZeroMQ generates for peers start with a 0 byte).
 
 Fail-stop: a failed write or fsync (WalIOError from SegmentLog) acknowledges
 nothing from the group, answers every waiting producer with that error and
@@ -24,10 +32,11 @@ stops the writer with a non-zero exit (``EXIT_IO``); the next start recovers.
 A producer's bad request is answered with an error reply and never written;
 it changes nothing for anyone else.
 
-Signals (SIGTERM, SIGINT) only set a flag and wake the poller through
-``signal.set_wakeup_fd`` (gunicorn: "just queue the signal"); the loop then
+Signals (SIGTERM, SIGINT) only set a flag (gunicorn: "just queue the signal");
+``signal.set_wakeup_fd`` wakes the watcher, which wakes the loop; the loop then
 drains what is pending, fsyncs, acknowledges, closes the log cleanly and
-returns 0.
+returns 0. Per request the loop does one ``scan_frames`` call and a handful of
+small steps; per group one write and (Always) one fsync.
 """
 
 from __future__ import annotations
@@ -95,6 +104,7 @@ _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
+_ZERO_COPY_BYTES = 64 * 1024
 
 
 class _FlushThread:
@@ -324,7 +334,7 @@ class WriterServer:
             frames = [f.bytes]
             while f.more:
                 f = recv(copy=False)
-                frames.append(f.bytes)
+                frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
             if ident[0] == 0x21:                    # b"!": one of our own threads
                 self._internal(ident)
                 continue
