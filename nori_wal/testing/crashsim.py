@@ -255,7 +255,7 @@ def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, app
     server = open_writer(WriterSpec(config=config, layer=fs))
     wake_r, wake_w = os.pipe()
     codes: list[int] = []
-    loop = threading.Thread(target=lambda: codes.append(server.serve((wake_r,))), name="writer-loop")
+    loop = threading.Thread(target=lambda: codes.append(server.serve(wake_r)), name="writer-loop")
     loop.start()
     errors: list[BaseException] = []
     start = threading.Barrier(producers)
