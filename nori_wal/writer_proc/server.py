@@ -171,12 +171,14 @@ class _FlushThread:
                 self._cond.wait()
             return self._result
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the thread; False if it did not end within 10 s."""
         with self._cond:
             self._closing = True
             self._cond.notify()
             self._sock.close(0)
         self._thread.join(10.0)
+        return not self._thread.is_alive()
 
 
 class _Watcher:
@@ -216,11 +218,15 @@ class _Watcher:
                 pass
         self._sock.close(0)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the thread; False if it did not end within 10 s (its pipe is then left open)."""
         os.write(self._stop_w, b"x")
         self._thread.join(10.0)
+        if self._thread.is_alive():
+            return False
         os.close(self._stop_r)
         os.close(self._stop_w)
+        return True
 
 
 class WriterServer:
@@ -303,6 +309,12 @@ class WriterServer:
         except FatalStop as stop:
             self._fail_stop(stop)
             return stop.exit_code
+        except Exception as exc:       # a bug: stop like a failed write (answer everyone), never hang
+            log.exception("writer for %s: internal error", self.log.dir)
+            fatal = FatalStop(f"internal error in the writer: {exc!r}", EXIT_IO)
+            fatal.__cause__ = WalIOError(fatal.reason)
+            self._fail_stop(fatal)
+            return EXIT_IO
 
     def stop(self, reason: str) -> None:
         """Ask the loop to drain, fsync and exit (safe from a signal handler: sets flags only)."""
@@ -331,7 +343,7 @@ class WriterServer:
             # The rest of a multipart message is already here; a Frame says whether more follows
             # without a getsockopt(RCVMORE) per frame.
             f = recv(copy=False)
-            frames = [f.bytes]
+            frames: list[Any] = [f.bytes]
             while f.more:
                 f = recv(copy=False)
                 frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
@@ -565,11 +577,15 @@ class WriterServer:
         """Close the socket (delivering the last replies), remove DIR/WRITER and the ipc socket file."""
         if self.sock.closed:
             return
+        helpers_done = self._flusher.close()
         if self._watcher is not None:
-            self._watcher.close()
-        self._flusher.close()
+            helpers_done = self._watcher.close() and helpers_done
         self.sock.close(REPLY_LINGER_MS)
-        self.ctx.term()
+        if helpers_done:
+            self.ctx.term()            # waits (up to the linger) for the last replies to go out
+        else:                          # a helper thread is stuck holding its socket: never hang on it
+            log.warning("writer for %s: a helper thread did not stop; closing its socket anyway", self.log.dir)
+            self.ctx.destroy(linger=REPLY_LINGER_MS)
         remove_endpoint_file(self.log.dir, os.getpid())
         if self.endpoint.startswith("ipc://"):
             try:
