@@ -974,10 +974,13 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("producer processes")
-        peers = [f"Redis appendfsync {REDIS_FSYNC[policy]}"]
-        if policy in YARD_FSYNC:
-            peers.insert(0, f"yardstick fsync {YARD_FSYNC[policy]}")
-        ax.set_title(f"nori-wal fsync {policy}; beside: {', '.join(peers)}", fontsize=9)
+        present = {system for system, _ in series}
+        peers = ["SQLite FULL"] if "sqlite" in present else []
+        if "yardstick" in present:
+            peers.append(f"yardstick fsync {YARD_FSYNC[policy]}")
+        if "redis" in present:
+            peers.append(f"Redis appendfsync {REDIS_FSYNC[policy]}")
+        ax.set_title(f"nori-wal fsync {policy}" + (f"; beside: {', '.join(peers)}" if peers else ""), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("acked 1 KB records / s")
