@@ -183,7 +183,8 @@ def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequenc
 
     Peers: SQLite FULL at every N; the yardstick beside Always sync and Os batch (the
     targets; with ``full`` also Always batch and Os sync); Redis beside Always (with
-    ``full`` beside every policy, with the matching appendfsync).
+    ``full`` beside every policy, with the matching appendfsync), in every mode but
+    ``submit`` (a nori-wal call: the ratios set Redis's pipelined rows beside it).
     """
     cells: list[Cell] = []
     for n in producers:
@@ -198,7 +199,7 @@ def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequenc
                     wanted |= {("always", "batch"), ("os", "sync")}
                 if "yardstick" in peers and yard and mode in ("sync", "batch") and (policy, mode) in wanted:
                     cells.append(Cell("yardstick", policy, mode, n, f"fsync {yard}"))
-                if "redis" in peers and redis_ok and (policy == "always" or full):
+                if "redis" in peers and redis_ok and (policy == "always" or full) and mode != "submit":
                     cells.append(Cell("redis", policy, mode, n, f"appendfsync {REDIS_FSYNC[policy]}"))
     return cells
 
@@ -277,8 +278,8 @@ def ratio_lines(rep: LoadReport, depth: int, batch_size: int) -> list[str]:
     for policy in POLICIES:
         for mode in MODES:
             parts = []
-            for n in ns:
-                rd = rep.find("redis", policy, mode, n)
+            for n in ns:     # submit is a nori-wal client call: Redis's pipelined rows stand beside it
+                rd = rep.find("redis", policy, "pipelined" if mode == "submit" else mode, n)
                 v = _ratio(rep.find("nori", policy, mode, n), rd)
                 if v is not None and rd is not None:
                     parts.append(f"N={n} {v:.2f}x")

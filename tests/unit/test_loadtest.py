@@ -43,6 +43,12 @@ def test_plan_groups_by_producer_count_and_places_the_peers():
     assert {(c.policy, c.mode) for c in at8 if c.system == "yardstick"} == {("always", "sync"), ("os", "batch")}
     assert {c.policy for c in at8 if c.system == "redis"} == {"always"}
     assert sum(c.system == "sqlite" for c in at8) == 1
+    full = plan_cells([8], ["always", "os"], ["sync", "submit", "batch"], ["redis", "yardstick"], full=True,
+                      redis_ok=True)
+    assert {(c.policy, c.mode) for c in full if c.system == "redis"} == {
+        (p, m) for p in ("always", "os") for m in ("sync", "batch")}
+    assert {(c.policy, c.mode) for c in full if c.system == "yardstick"} == {
+        (p, m) for p in ("always", "os") for m in ("sync", "batch")}
     none = plan_cells([1], ["os"], ["sync"], [], full=True, redis_ok=False)
     assert none == [Cell("nori", "os", "sync", 1)]
 
