@@ -129,6 +129,14 @@ def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
 def encode_record(record: Record) -> bytes:
     """The frame bytes of ``record`` (framing, compression and CRC32C)."""
     key, value, tombstone, ttl, compression = record
+    if not compression and ttl is None:
+        # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
+        kl, vl = len(key), len(value)
+        if kl < 0x80 and vl < 0x4000:
+            flag = FLAG_TOMBSTONE if tombstone else 0
+            head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+            body = head + key + value
+            return _U32.pack(crc32c(body)) + body
     flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
     stored = compress_value(value, compression) if compression else value
     if ttl is None:
