@@ -54,6 +54,10 @@ class ScanResult:
 
 
 _U32 = struct.Struct("<I")
+# Flags the inlined fast path accepts: no TTL, no seal, no reserved bit, a valid compression.
+_FAST_FLAGS = bytes(
+    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
+    for f in range(256))
 
 
 def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
@@ -66,13 +70,14 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
     n = len(buf)
     off, count, compressed = start, 0, 0
     unpack = _U32.unpack_from
-    odd_flags = RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL
+    fast_flags = _FAST_FLAGS
     while off < n:
         p = off + 4
         end = -1
         if p + 4 <= n:
             klen = buf[p]
             vb0 = buf[p + 1]
+            fp = -1
             if klen < 0x80:
                 if vb0 < 0x80:
                     vlen, fp = vb0, p + 2
@@ -82,17 +87,13 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
                         vlen, fp = (vb0 & 0x7F) | (vb1 << 7), p + 3
                     elif p + 4 < n and buf[p + 3] < 0x80:
                         vlen, fp = (vb0 & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
-                    else:
-                        fp = -1
-                if fp > 0 and fp < n:
-                    flags = buf[fp]
-                    if not flags & odd_flags and (flags & COMPRESSION_MASK) != COMPRESSION_MASK:
-                        e = fp + 1 + klen + vlen
-                        if e <= n and e - off <= limit and (klen or vlen or flags or unpack(buf, off)[0]):
-                            if crc32c(mv[p:e]) == unpack(buf, off)[0]:
-                                end = e
-                                if flags & COMPRESSION_MASK:
-                                    compressed += 1
+            if fp > 0 and fp < n:
+                flags = buf[fp]
+                e = fp + 1 + klen + vlen
+                if fast_flags[flags] and e <= n and e - off <= limit and crc32c(mv[p:e]) == unpack(buf, off)[0]:
+                    end = e
+                    if flags & COMPRESSION_MASK:
+                        compressed += 1
         if end < 0:
             lay = frame_layout(buf, off, n, limit)
             if type(lay) is int:
