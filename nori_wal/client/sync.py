@@ -217,15 +217,22 @@ class WalClient:
     def submit(self, record: Record) -> PendingAppend:
         """Send an append without waiting (pipelining); ``.result()`` gives its Position.
 
-        Up to ``max_in_flight`` requests are outstanding; appends submitted
-        beyond that are coalesced into one request as soon as one is answered.
-        Results are collected whenever any call of this thread waits.
+        With nothing outstanding the append is sent at once. Otherwise it
+        waits in this thread's queue, and everything queued goes out as one
+        request as soon as this thread collects a reply (any ``result()``, or a
+        later ``submit`` that finds replies waiting): without an event loop the
+        caller's own calls are the moments to send, and coalescing the appends
+        that pile up behind an outstanding request is what lifts a pipelined
+        producer past one record per message (Kafka's producer batches the
+        same way). Results arrive in order; collect them in the same thread.
         """
         frame = encode_record(record)
         tc = self._thread_conn()
         slot = _Slot()
-        tc.session.queue_append((frame,), slot)
-        self._pump(tc)
+        session = tc.session
+        session.queue_append((frame,), slot)
+        if session.in_flight == 0 or self._receive(tc):
+            self._pump(tc)
         return PendingAppend(self, slot, tc)
 
     def sync(self) -> None:
