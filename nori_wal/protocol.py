@@ -46,10 +46,17 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import msgpack
 
-from .codec import (COMPRESSION_MASK, COMPRESSION_SHIFT, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, decompress_value,
-                    parse_header)
-from .errors import (CorruptionError, ProtocolError, RecordTooLargeError, WalClosedError, WalError, WalIOError,
-                     WalLockedError, WriterUnavailableError)
+from .codec import COMPRESSION_MASK, COMPRESSION_SHIFT, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, decompress_value, parse_header
+from .errors import (
+    CorruptionError,
+    ProtocolError,
+    RecordTooLargeError,
+    WalClosedError,
+    WalError,
+    WalIOError,
+    WalLockedError,
+    WriterUnavailableError,
+)
 from .position import Position
 from .record import BytesLike, Compression
 from .scan import Stop, scan_frames

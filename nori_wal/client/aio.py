@@ -39,7 +39,6 @@ from .sync import DEFAULT_TIMEOUT, _rebuild
 from .transport import Connection, close_context, current_pid, new_context, zmq_error
 
 
-
 class _AsyncConn:
     """One connection used from one event loop in one process."""
 

@@ -36,8 +36,17 @@ from ..errors import ProtocolError, WalClosedError, WalError, WriterUnavailableE
 from ..position import Position
 from ..record import Record
 from .session import MAX_IN_FLIGHT, Session, chunk_frames
-from .transport import (EVENTS, NOBLOCK, POLLIN, SNDMORE_NOBLOCK, Connection, close_context, current_pid,
-                        new_context, zmq_error)
+from .transport import (
+    EVENTS,
+    NOBLOCK,
+    POLLIN,
+    SNDMORE_NOBLOCK,
+    Connection,
+    close_context,
+    current_pid,
+    new_context,
+    zmq_error,
+)
 
 DEFAULT_TIMEOUT = 10.0   # seconds without any reply before WriterUnavailableError
 

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_MAX_SEGMENT_SIZE, FsyncPolicy, WalConfig
     from ..errors import WalError, WalLockedError
-    from ..writer_proc.server import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, FatalStop, WriterSpec, run_writer
+    from ..writer_proc.server import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, FatalStop, WriterServer, WriterSpec, run_writer
 
     def say(message: str) -> None:
         print(f"nori-wal serve: error: {message}", file=sys.stderr, flush=True)
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     spec = WriterSpec(config=config, endpoint=args.endpoint, metrics_port=args.metrics_port, overlap=args.overlap)
 
-    def ready(server: object) -> None:
-        print(getattr(server, "endpoint"), flush=True)
+    def ready(server: WriterServer) -> None:
+        print(server.endpoint, flush=True)
 
     try:
         return run_writer(spec, ready)

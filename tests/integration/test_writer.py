@@ -17,8 +17,18 @@ import pytest
 import zmq
 from writer_support import RecordingLayer, fsync_count, keys_in, read_line, synced
 
-from nori_wal import (FsyncPolicy, Position, ProtocolError, Record, RecordTooLargeError, Wal, WalConfig,
-                      WalLockedError, WriterUnavailableError, open_reader)
+from nori_wal import (
+    FsyncPolicy,
+    Position,
+    ProtocolError,
+    Record,
+    RecordTooLargeError,
+    Wal,
+    WalConfig,
+    WalLockedError,
+    WriterUnavailableError,
+    open_reader,
+)
 from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
 from nori_wal.codec import encode_record, encode_seal
@@ -251,7 +261,8 @@ def test_sigkill_under_load_then_restart_keeps_every_acknowledged_record(spawn_w
         started = threading.Barrier(len(clients) + 1)
         failures: list[BaseException] = []
 
-        def produce(t: int, c: WalClient) -> None:
+        def produce(t: int, c: WalClient, started: threading.Barrier = started, rnd: int = rnd,
+                    failures: list[BaseException] = failures) -> None:
             started.wait(30)
             i = 0
             while True:

@@ -5,8 +5,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nori_wal import (CorruptionError, Position, ProtocolError, Record, RecordTooLargeError, WalClosedError,
-                      WalError, WalIOError, WalLockedError, WriterUnavailableError)
+from nori_wal import (
+    CorruptionError,
+    Position,
+    ProtocolError,
+    Record,
+    RecordTooLargeError,
+    WalClosedError,
+    WalError,
+    WalIOError,
+    WalLockedError,
+    WriterUnavailableError,
+)
 from nori_wal import protocol as P
 from nori_wal.codec import FLAG_TTL, encode_record, encode_seal
 
@@ -172,7 +182,7 @@ def test_positions_from_runs_follow_frame_lengths(recs, max_unit, seg, off):
     """The client's positions from the writer's runs are each frame's offset in its unit's segment."""
     payload, frames = payload_of(recs)
     runs = []
-    for i, (s, e, c) in enumerate(P.split_units(payload, len(recs), max_unit)):
+    for i, (_s, _e, c) in enumerate(P.split_units(payload, len(recs), max_unit)):
         runs += [seg + i, off, c]
     positions = P.positions_from_runs(runs, [len(f) for f in frames])
     assert len(positions) == len(recs)
