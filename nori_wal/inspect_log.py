@@ -46,6 +46,7 @@ from .codec import (
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression
+from .recovery import scan_in_chunks
 from .scan import ScanResult, Stop, scan_frames
 from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
 
@@ -207,24 +208,13 @@ def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False,
         return seg
     if on_bytes:
         on_bytes(min(size, HEADER_SIZE))
-    base, carry = HEADER_SIZE, b""
-    while True:
-        pos = base + len(carry)
-        want = min(READ_CHUNK, size - pos)
-        data = carry + handle.pread(want, pos) if want > 0 else carry
-        if on_bytes and want > 0:
-            on_bytes(want)
-        eof = base + len(data) >= size
-        res = _walk(data, base, seg, deep) if detailed else scan_frames(data, 0, FORMAT_MAX_FRAME)
-        seg.records += res.records
-        left = len(data) - res.valid_end
-        more = res.stop is Stop.TORN or (res.stop is Stop.ZEROED and left < MIN_FRAME_SIZE)
-        if not eof and (more or res.stop is Stop.END):
-            carry = data[res.valid_end:]
-            base += res.valid_end
-            continue
-        seg.valid_end, seg.stop, seg.seal, seg.reason = base + res.valid_end, res.stop, res.seal, res.reason
-        return seg
+    res = scan_in_chunks(
+        handle, size,
+        lambda data, base: _walk(data, base, seg, deep) if detailed else scan_frames(data, 0, FORMAT_MAX_FRAME),
+        READ_CHUNK, on_bytes)
+    seg.records = res.records
+    seg.valid_end, seg.stop, seg.seal, seg.reason = res.valid_end, res.stop, res.seal, res.reason
+    return seg
 
 
 def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle) -> list[Problem]:

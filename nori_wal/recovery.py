@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record
 from .errors import CorruptionError
@@ -64,20 +65,34 @@ def scan_segment(handle: FileHandle, size: int, limit: int) -> ScanResult:
     if mapper is not None:
         with mapper() as view:
             return scan_frames(view, HEADER_SIZE, limit)
-    base, carry, count = HEADER_SIZE, b"", 0
+    return scan_in_chunks(handle, size, lambda data, _base: scan_frames(data, 0, limit))
+
+
+def scan_in_chunks(handle: FileHandle, size: int, scan: Callable[[bytes, int], ScanResult],
+                   chunk: int = SCAN_CHUNK, on_bytes: Callable[[int], None] | None = None) -> ScanResult:
+    """Run ``scan(data, base)`` over a segment in bounded reads from its header on.
+
+    A frame cut off by the end of one read is carried into the next, so only
+    the real end of the file can look torn. Offsets in the result are the file's.
+    """
+    base, carry, count, compressed = HEADER_SIZE, b"", 0, 0
     while True:
         pos = base + len(carry)
-        data = carry + handle.pread(max(SCAN_CHUNK, 1), pos) if pos < size else carry
+        want = min(chunk, size - pos)
+        data = carry + handle.pread(want, pos) if want > 0 else carry
+        if on_bytes is not None and want > 0:
+            on_bytes(want)
         eof = base + len(data) >= size
-        res = scan_frames(data, 0, limit)
+        res = scan(data, base)
         count += res.records
+        compressed += res.compressed
         left = len(data) - res.valid_end
         more = res.stop is Stop.TORN or (res.stop is Stop.ZEROED and left < MIN_FRAME_SIZE)
         if not eof and (more or res.stop is Stop.END):
             carry = data[res.valid_end:]
             base += res.valid_end
             continue
-        return ScanResult(base + res.valid_end, count, res.stop, res.seal, res.reason)
+        return ScanResult(base + res.valid_end, count, res.stop, res.seal, res.reason, compressed)
 
 
 def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:
