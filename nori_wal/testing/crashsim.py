@@ -33,6 +33,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from ..config import FsyncPolicy, WalConfig
 from ..position import Position
@@ -186,6 +187,37 @@ def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int 
     return run
 
 
+def _append_from_threads(log: Any, run: WorkloadRun, acks: Acks, threads: int, appends: int,
+                         batch: int) -> list[BaseException]:
+    """``threads`` threads each make ``appends`` appends of ``batch`` records of ``run`` through ``log``
+    (a Wal or a WalClient), recording positions and acks; returns the errors they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for j in range(appends):
+                first = (t * appends + j) * batch
+                idx = range(first, first + batch)
+                if batch == 1:
+                    pos = [log.append(run.records[first])]
+                else:
+                    pos = log.append_batch([run.records[i] for i in idx])
+                for i, p in zip(idx, pos):
+                    run.positions[i] = p
+                acks.ack(idx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    return errors
+
+
 def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, appends: int = 15, batch: int = 1,
                           size: int = 150, seed: int = 0, layer: type[FaultFS] = FaultFS) -> WorkloadRun:
     """``threads`` threads each make ``appends`` appends of ``batch`` records (group commit under test).
@@ -199,31 +231,8 @@ def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, app
     acks = Acks(config.fsync_policy.kind != "os")
     _watch(fs, run, acks)
     wal, _ = Wal.open(config, layer=fs)
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads)
-
-    def work(t: int) -> None:
-        try:
-            start.wait()
-            for j in range(appends):
-                first = (t * appends + j) * batch
-                idx = range(first, first + batch)
-                if batch == 1:
-                    pos = [wal.append(run.records[first])]
-                else:
-                    pos = wal.append_batch([run.records[i] for i in idx])
-                for i, p in zip(idx, pos):
-                    run.positions[i] = p
-                acks.ack(idx)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
-
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     try:
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        errors = _append_from_threads(wal, run, acks, threads, appends, batch)
     finally:
         wal.close()
     if errors:
@@ -257,32 +266,9 @@ def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, app
     codes: list[int] = []
     loop = threading.Thread(target=lambda: codes.append(server.serve(wake_r)), name="writer-loop")
     loop.start()
-    errors: list[BaseException] = []
-    start = threading.Barrier(producers)
     client = WalClient(server.endpoint, timeout=30)
-
-    def work(t: int) -> None:
-        try:
-            start.wait()
-            for j in range(appends):
-                first = (t * appends + j) * batch
-                idx = range(first, first + batch)
-                if batch == 1:
-                    pos = [client.append(run.records[first])]
-                else:
-                    pos = client.append_batch([run.records[i] for i in idx])
-                for i, p in zip(idx, pos):
-                    run.positions[i] = p
-                acks.ack(idx)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(exc)
-
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(producers)]
     try:
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(120)
+        errors = _append_from_threads(client, run, acks, producers, appends, batch)
     finally:
         client.close()
         server.stop("workload done")
@@ -536,7 +522,7 @@ class Explorer:
                     if (len(got), firsts if got else 0) != (expected.count, expected.first if expected.count else 0):
                         raise InvariantViolation(
                             f"{self.run.name}: {state.describe()}: {how} at syscall {k + 1} of recovery: "
-                            f"recovered {len(got)} records, an uninterrupted recovery {expected.count}")
+                            f"recovered {len(got)} records, an uninterrupted recovery {expected.count}") from None
                 k += 1
                 continue
             trial.clear_faults()     # recovery finished before syscall k + 1
