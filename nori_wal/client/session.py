@@ -73,6 +73,7 @@ class Session(Generic[W]):
         self._in_flight: dict[int, _InFlight[W]] = {}
         self._queue: list[_Entry[W]] = []
         self._qhead = 0
+        self.queued_bytes = 0           # frame bytes queued, not yet taken
 
     # -- state ----------------------------------------------------------------------------
 
@@ -105,18 +106,19 @@ class Session(Generic[W]):
 
     # -- appends ----------------------------------------------------------------------------
 
-    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False) -> None:
+    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False, size: int = -1) -> None:
         """Queue frames (one record, or a chunk of a batch) whose positions ``waiter`` will get.
 
+        ``size``: the frames' total length when the caller knows it already.
         Raises RecordTooLargeError at once for a frame no request can carry.
         """
-        size = 0
-        for f in frames:
-            size += len(f)
+        if size < 0:
+            size = sum(map(len, frames))
         if size > P.MAX_PAYLOAD_BYTES:
             raise RecordTooLargeError(f"{len(frames)} record frame(s) of {size} bytes exceed the "
                                       f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol")
         self._queue.append(_Entry(frames, size, waiter, solo or size >= self.coalesce_bytes))
+        self.queued_bytes += size
 
     def take(self, now: float) -> OutFrames | None:
         """The next request to send (its frames), or None: nothing queued or the in-flight limit reached.
@@ -139,6 +141,7 @@ class Session(Generic[W]):
                 entries.append(e)
                 total += e.size
                 i += 1
+        self.queued_bytes -= total
         if i == len(q):
             q.clear()
             self._qhead = 0
@@ -185,6 +188,7 @@ class Session(Generic[W]):
                     for e in req.entries:                # Rule 3: retry each alone, in order, first
                         e.solo = True
                     self._queue[self._qhead:self._qhead] = req.entries
+                    self.queued_bytes += sum(e.size for e in req.entries)
                     return []
                 return [Completion(e.waiter, None, err) for e in req.entries]
             assert req.waiter is not None
@@ -211,11 +215,13 @@ class Session(Generic[W]):
         self._in_flight.clear()
         self._queue.clear()
         self._qhead = 0
+        self.queued_bytes = 0
         return out
 
     def forget(self, waiters: set[W]) -> None:
         """Drop queued (not yet sent) appends of these waiters (their caller gave up)."""
         self._queue[self._qhead:] = [e for e in self._queue[self._qhead:] if e.waiter not in waiters]
+        self.queued_bytes = sum(e.size for e in self._queue[self._qhead:])
 
 
 def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[W]]:
@@ -225,11 +231,16 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
     if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3 and runs[2] == 1:
         e = entries[0]
         return [Completion(e.waiter, [Position(runs[0], runs[1])])]     # the common case: one record
-    lengths = [len(f) for e in entries for f in e.frames]
+    if len(entries) == 1:
+        lengths = list(map(len, entries[0].frames))
+    else:
+        lengths = [len(f) for e in entries for f in e.frames]
     try:
         positions = P.positions_from_runs(runs, lengths)
     except ProtocolError as exc:
         return [Completion(e.waiter, None, exc) for e in entries]
+    if len(entries) == 1:
+        return [Completion(entries[0].waiter, positions)]
     out: list[Completion[W]] = []
     i = 0
     for e in entries:

@@ -35,7 +35,7 @@ from ..codec import encode_record
 from ..errors import ProtocolError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
-from .session import MAX_IN_FLIGHT, Session, chunk_frames
+from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames
 from .transport import (
     EVENTS,
     NOBLOCK,
@@ -150,20 +150,29 @@ class WalClient:
         return slot.value[0]  # type: ignore[no-any-return]
 
     def _append_one(self, tc: _ThreadConn, frame: bytes) -> Position:
-        """The hot path of a synchronous producer: one frame, nothing else outstanding on this thread.
+        """The hot path of a synchronous producer: one frame, nothing else outstanding on this thread."""
+        runs = self._append_direct(tc, 1, frame)
+        if type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int and type(runs[1]) is int:
+            return Position(runs[0], runs[1])
+        raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
 
-        Same protocol and guarantees as the general path (Session), minus its
-        bookkeeping: the CPU a producer spends per append is what limits a
+    def _append_direct(self, tc: _ThreadConn, count: int, payload: bytes) -> Any:
+        """Send one APPEND of ``count`` frames and wait for its reply; the reply's runs (unchecked).
+
+        For when nothing else is outstanding on this thread. Same protocol and
+        guarantees as the general path (Session), minus its bookkeeping and
+        polling: the CPU a producer spends per append is what limits a
         two-core machine with eight producers, so this path costs a handful of
-        calls beyond the two sends and one receive.
+        calls beyond the two sends and one blocking receive. Raises the
+        writer's error for the request.
         """
         session, conn = tc.session, tc.conn
         sock = conn.sock
         rid = session.new_id()
         err: WalError
         try:
-            sock.send(P.encode_append(rid, 1), SNDMORE_NOBLOCK)
-            sock.send(frame, NOBLOCK)
+            sock.send(P.encode_append(rid, count), SNDMORE_NOBLOCK)
+            sock.send(payload, NOBLOCK)
         except zmq.ZMQError as exc:
             err = zmq_error(exc, "sending a request", conn.endpoint)
             self._reset(tc, err)
@@ -190,13 +199,12 @@ class WalClient:
                 raise err from None
             r = _unpackb(data)
             if type(r) is list and len(r) == 4 and r[1] == rid:
-                runs = r[3]
-                if r[0] == P.VERSION and r[2] == P.OK and type(runs) is list and len(runs) == 3 and runs[2] == 1:
-                    return Position(runs[0], runs[1])
+                if r[0] == P.VERSION and r[2] == P.OK:
+                    return r[3]
                 reply = P.decode_reply(data)             # an error reply, or a malformed one: raises
                 if not reply.ok:
                     raise reply.result
-                raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
+                return reply.result
             for c in session.complete(data):              # a stale reply, from before a reset
                 _resolve(c.waiter, c.value, c.error)
 
@@ -206,10 +214,20 @@ class WalClient:
         A batch of up to 16 MiB of frames is one request: written with one
         write and acknowledged by one fsync. Raises the first error of any part.
         """
-        frames = [encode_record(r) for r in records]
+        frames = list(map(encode_record, records))
         if not frames:
             return []
         tc = self._thread_conn()
+        size = sum(map(len, frames))
+        if size <= MAX_REQUEST_BYTES:                   # the common case: one request
+            if tc.session.idle:
+                return self._batch_direct(tc, frames)     # size <= MAX_REQUEST_BYTES < P.MAX_PAYLOAD_BYTES
+            slot = _Slot()
+            tc.session.queue_append(frames, slot, solo=True, size=size)
+            self._wait(tc, (slot,))
+            if slot.error is not None:
+                raise slot.error
+            return slot.value  # type: ignore[no-any-return]
         slots = []
         for chunk in chunk_frames(frames):
             slot = _Slot()
@@ -222,6 +240,13 @@ class WalClient:
                 raise slot.error
             out += slot.value
         return out
+
+    def _batch_direct(self, tc: _ThreadConn, frames: list[bytes]) -> list[Position]:
+        """append_batch's hot path: one request, nothing else outstanding on this thread."""
+        runs = self._append_direct(tc, len(frames), b"".join(frames))
+        if type(runs) is not list or not all(type(x) is int for x in runs):
+            raise ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
+        return P.positions_from_runs(runs, list(map(len, frames)))
 
     def submit(self, record: Record) -> PendingAppend:
         """Send an append without waiting (pipelining); ``.result()`` gives its Position.
