@@ -124,7 +124,8 @@ class Wal:
 
     def current_position(self) -> Position:
         """Where the next record will go (<= the position the next append returns)."""
-        return self._log.position
+        with self._write_lock:      # a roll sets the segment id and the offset in two steps
+            return self._log.position
 
     def read_from(self, position: Position) -> WalReader:
         """A reader over this log from ``position`` (see ``open_reader``)."""
