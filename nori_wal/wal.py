@@ -112,7 +112,12 @@ class Wal:
                 if delay > 0:
                     time.sleep(delay)    # Batch: at most one fsync per window
             self._last_fsync = time.monotonic()
-            self._log.sync()
+            try:
+                self._log.sync()
+            except WalClosedError:
+                # close() ran meanwhile: its seal fsync made our bytes durable, unless it failed.
+                if self._log.failed is not None or self._log.durable < end:
+                    raise
         finally:
             with cond:
                 self._syncing = False
