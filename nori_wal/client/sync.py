@@ -89,6 +89,12 @@ class PendingAppend:
         self._client, self._slot, self._tc = client, slot, tc
 
     def done(self) -> bool:
+        """True once answered; sends this thread's queued appends and takes in replies already here."""
+        if not self._slot.done:
+            try:
+                self._client._pump(self._tc)
+            except WalError:
+                pass                # the connection was reset: every append on it, this one too, has its error
         return self._slot.done
 
     def result(self) -> Position:
@@ -249,23 +255,27 @@ class WalClient:
         return P.positions_from_runs(runs, list(map(len, frames)))
 
     def submit(self, record: Record) -> PendingAppend:
-        """Send an append without waiting (pipelining); ``.result()`` gives its Position.
+        """Queue an append without waiting (pipelining); ``.result()`` gives its Position.
 
-        With nothing outstanding the append is sent at once. Otherwise it
-        waits in this thread's queue, and everything queued goes out as one
-        request as soon as this thread collects a reply (any ``result()``, or a
-        later ``submit`` that finds replies waiting): without an event loop the
-        caller's own calls are the moments to send, and coalescing the appends
-        that pile up behind an outstanding request is what lifts a pipelined
-        producer past one record per message (Kafka's producer batches the
-        same way). Results arrive in order; collect them in the same thread.
+        The append waits in this thread's queue and goes out, with everything
+        queued beside it as one request, at the next moment this thread drives
+        its connection: a ``result()`` or ``done()`` on any pending append, any
+        other call of this client, a later ``submit`` that finds a reply
+        waiting (the in-flight window freed), or once 1 MiB is queued. Without
+        an event loop the caller's own calls are the moments to send (the
+        asyncio client flushes once per loop turn), and coalescing appends
+        submitted back to back is what lifts a pipelined producer past one
+        record per message (Kafka's producer batches the same way). So collect
+        (or poll ``done()``) what you submit: an append never collected is
+        sent only by this thread's next call. Results arrive in order;
+        collect them in the same thread.
         """
         frame = encode_record(record)
         tc = self._thread_conn()
         slot = _Slot()
         session = tc.session
         session.queue_append((frame,), slot)
-        if session.in_flight == 0 or self._receive(tc):
+        if session.queued_bytes >= session.coalesce_bytes or (session.in_flight and self._receive(tc)):
             self._pump(tc)
         return PendingAppend(self, slot, tc)
 

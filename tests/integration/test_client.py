@@ -194,6 +194,21 @@ def test_submit_pipelines_synchronous_appends(spawn_writer, wal_dir):
     assert keys_in(wal_dir) == [rec("p", i).key for i in range(200)]
 
 
+def test_submitted_appends_go_out_together_when_collected_or_polled(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    with WalClient(w.endpoint, timeout=10) as c:
+        first = [c.submit(rec("s", i)) for i in range(10)]
+        assert [p.result() for p in first] == sorted(p.result() for p in first)   # result() sends them
+        polled = c.submit(rec("s", 10))
+        while not polled.done():        # done() alone drives the connection: the append gets out
+            pass
+        later = c.submit(rec("s", 11))
+        last = c.append(rec("s", 12))   # another call sends what is queued first, in order
+        positions = [p.result() for p in first] + [polled.result(), later.result(), last]
+    assert positions == sorted(positions) and len(set(positions)) == 13
+    assert keys_in(wal_dir) == [rec("s", i).key for i in range(13)]
+
+
 def test_a_forked_child_never_touches_the_parents_sockets(spawn_writer, wal_dir):
     w = spawn_writer(wal_dir)
     client = WalClient(w.endpoint, timeout=10)
