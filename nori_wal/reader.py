@@ -99,7 +99,7 @@ class WalReader:
                     self._i = end
                     return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
                 lay = ZEROED if not any(buf[i:i + MIN_FRAME_SIZE]) else CORRUPT
-                if lay == CORRUPT and self._base + end < self._file_size():
+                if lay == CORRUPT and self._base + end < self._file_size() and not self._at_tail_of_last(i):
                     raise self._corrupt(i, "checksum mismatch")
             if lay == CORRUPT and not self._at_tail_of_last(i):
                 raise self._corrupt(i, "invalid frame (bad lengths or flags)")
@@ -183,7 +183,23 @@ class WalReader:
         lay = parse_header(self._buf, i, len(self._buf))
         declared_end = self._base + lay[4] if type(lay) is tuple else None
         last = not any(s > self._seg for s in self._ids())  # type: ignore[operator]
-        return last and (declared_end is None or declared_end >= self._file_size())
+        if not last:
+            return False
+        size = self._file_size()
+        # Only zeros after it (a power loss zero-fills a torn tail, DESIGN rule 5) is a tail too.
+        return declared_end is None or declared_end >= size or self._zeros_from(declared_end, size)
+
+    def _zeros_from(self, offset: int, size: int) -> bool:
+        """Whether the current segment holds only zero bytes from ``offset`` to ``size``."""
+        assert self._fh is not None
+        while offset < size:
+            chunk = self._fh.pread(min(READ_SIZE, size - offset), offset)
+            if not chunk:
+                return True
+            if any(chunk):
+                return False
+            offset += len(chunk)
+        return True
 
     def _open_first(self) -> bool:
         ids = [s for s in self._ids() if s >= self._start.segment_id]

@@ -123,3 +123,33 @@ def test_append_racing_close_is_not_reported_failed_when_close_made_it_durable(t
     a.join(30)
     assert len(result) == 1 and not isinstance(result[0], Exception), result
 
+
+
+def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
+    """Power loss on ext4 can leave a frame's last bytes zero up to EOF (DESIGN rule 5).
+
+    That is a torn tail of the last segment ("not yet"), as recovery treats it;
+    the reader raised CorruptionError "checksum mismatch" for it.
+    """
+    import os
+    from nori_wal import open_reader
+    from nori_wal.codec import SEAL_FRAME_SIZE
+    d = tmp_path / "wal"
+    wal, _ = Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.os()))
+    recs = [Record.put(b"k%d" % i, b"v" * 300) for i in range(20)]
+    positions = [wal.append(r) for r in recs]
+    wal.close()
+    path = d / "000000.wal"
+    size = os.path.getsize(path) - SEAL_FRAME_SIZE
+    os.truncate(path, size)                     # as if the writer had crashed: no seal
+    torn = positions[-3].offset + 10            # inside the third-to-last frame
+    with open(path, "r+b") as f:
+        f.seek(torn)
+        f.write(bytes(size - torn))
+    with open_reader(d) as reader:
+        got = [r for r, _ in reader]
+    assert got == recs[:-3]
+    wal, info = Wal.open(WalConfig(dir=d))     # recovery agrees: the same prefix
+    with wal.read_from(positions[0]) as reader:
+        assert [r for r, _ in reader] == recs[:-3]
+    wal.close()
