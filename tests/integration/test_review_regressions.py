@@ -4,8 +4,7 @@ import pathlib
 import sys
 import threading
 
-from nori_wal import FsyncPolicy, Record, Wal, WalConfig
-from nori_wal import segment_log
+from nori_wal import FsyncPolicy, Record, Wal, WalConfig, segment_log
 
 
 def test_current_position_is_never_ahead_of_the_next_append_during_a_roll(tmp_path):
@@ -132,6 +131,7 @@ def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
     the reader raised CorruptionError "checksum mismatch" for it.
     """
     import os
+
     from nori_wal import open_reader
     from nori_wal.codec import SEAL_FRAME_SIZE
     d = tmp_path / "wal"
