@@ -80,6 +80,15 @@ class SegmentLog:
                 log._active_records = state.active_records
                 if not state.active_sealed:     # a sealed last segment rolls at the next append
                     log._active = layer.open_append(os.path.join(directory, segment_name(log.active_id)))
+                if state.next_segment_id > log.active_id + 1:
+                    # Recovery removed later segments: put the next id on disk now, or a
+                    # reopen would create a segment under a removed one's name (rule 8).
+                    try:
+                        log._roll()
+                    except BaseException:
+                        if log._active is not None:
+                            log._active.close()
+                        raise
             log.durable = log.position
             meter.gauge("wal_segment_count", len(log.segment_ids))
         except OSError as exc:

@@ -153,3 +153,25 @@ def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
     with wal.read_from(positions[0]) as reader:
         assert [r for r, _ in reader] == recs[:-3]
     wal.close()
+
+
+def test_a_segment_removed_by_recovery_never_has_its_name_reused(tmp_path):
+    """DESIGN rule 8: recovery peeled a last segment with a damaged header; after a reopen
+    without appends the next roll created a segment under the removed segment's name."""
+    import os
+    d = tmp_path / "wal"
+    cfg = WalConfig(dir=d, max_segment_size=4096, fsync_policy=FsyncPolicy.os())
+    wal, _ = Wal.open(cfg)
+    while wal.current_position().segment_id < 1:
+        wal.append(Record.put(b"k", b"v" * 100))
+    wal.close()
+    with open(d / "000001.wal", "r+b") as f:
+        f.write(b"X")                           # the header of the last segment is damaged
+    wal, info = Wal.open(cfg)                   # removes segment 1
+    assert info.corruption_detected
+    wal.close()
+    wal, _ = Wal.open(cfg)
+    pos = wal.append(Record.put(b"a", b"b"))
+    wal.close()
+    assert pos.segment_id > 1, pos
+    assert "000001.wal" not in os.listdir(d)
