@@ -34,7 +34,7 @@ from ..codec import encode_record
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
-from .session import MAX_IN_FLIGHT, Completion, Session, chunk_frames
+from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Completion, Session, chunk_frames
 from .sync import DEFAULT_TIMEOUT, _rebuild
 from .transport import Connection, close_context, current_pid, new_context, zmq_error
 
@@ -242,10 +242,16 @@ class AsyncWalClient:
 
     async def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order; their Positions once acknowledged (one request per 16 MiB)."""
-        frames = [encode_record(r) for r in records]
+        frames = list(map(encode_record, records))
         if not frames:
             return []
         c = self._conn()
+        size = sum(map(len, frames))
+        if size <= MAX_REQUEST_BYTES:                   # the common case: one request
+            fut = c.loop.create_future()
+            c.session.queue_append(frames, fut, solo=True, size=size)
+            c.schedule_flush()
+            return await fut  # type: ignore[no-any-return]
         futs = []
         for chunk in chunk_frames(frames):
             fut = c.loop.create_future()
