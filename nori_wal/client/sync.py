@@ -297,7 +297,21 @@ class WalClient:
         return self._control(P.Op.INFO)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Close every connection (linger 0) and the context. Idempotent."""
+        """Close every connection (linger 0) and the context. Idempotent.
+
+        Appends this thread submitted and never collected are sent and made
+        durable first (bounded by ``timeout``), so closing does not drop them.
+        """
+        tc: _ThreadConn | None = getattr(self._local, "tc", None)
+        if not self._closed and tc is not None and tc.pid == current_pid() and not tc.session.idle:
+            try:
+                self.sync()          # drives this thread's queue first, then fsyncs what the writer has
+                deadline = time.monotonic() + self.timeout
+                while not tc.session.idle and time.monotonic() < deadline:
+                    if tc.conn.sock.poll(50):
+                        self._receive(tc)    # the acks (a SYNC reply may overtake them)
+            except WalError:
+                pass                 # the pending appends get their error below
         with self._lock:
             self._closed = True
             conns, self._conns = self._conns, []

@@ -209,6 +209,16 @@ def test_submitted_appends_go_out_together_when_collected_or_polled(spawn_writer
     assert keys_in(wal_dir) == [rec("s", i).key for i in range(13)]
 
 
+def test_close_sends_and_acknowledges_submits_never_collected(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    c = WalClient(w.endpoint, timeout=10)
+    pending = [c.submit(rec("u", i)) for i in range(20)]
+    c.close()                           # nothing collected: close still writes them, durably
+    assert keys_in(wal_dir) == [rec("u", i).key for i in range(20)]
+    positions = [p.result() for p in pending]
+    assert positions == sorted(positions) and len(set(positions)) == 20
+
+
 def test_a_forked_child_never_touches_the_parents_sockets(spawn_writer, wal_dir):
     w = spawn_writer(wal_dir)
     client = WalClient(w.endpoint, timeout=10)
