@@ -2,7 +2,6 @@
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import queue
@@ -377,10 +376,6 @@ def test_gc_rejects_bad_positions_paths_and_non_logs(log, tmp_path):
     assert os.listdir(empty) == []     # gc never makes a log where there was none
 
 
-_HAVE_WRITER = all(importlib.util.find_spec(m) is not None for m in ("nori_wal.writer_proc", "nori_wal.client"))
-
-
-@pytest.mark.skipif(not _HAVE_WRITER, reason="the writer process or the client is not there yet")
 def test_gc_asks_the_writer_process_that_owns_the_directory(tmp_path):
     from nori_wal.client import WalClient
     from nori_wal.writer_proc import WriterProcess

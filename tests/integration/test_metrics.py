@@ -1,6 +1,5 @@
 """/metrics over real HTTP: known work on a real log, scraped and parsed as Prometheus would."""
 
-import importlib.util
 import os
 import queue
 import re
@@ -108,11 +107,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-_HAVE_SERVE = all(importlib.util.find_spec(m) is not None
-                  for m in ("nori_wal.writer_proc", "nori_wal.client", "nori_wal.commands.serve"))
-
-
-@pytest.mark.skipif(not _HAVE_SERVE, reason="the writer process, client or serve command is not there yet")
 def test_serve_metrics_port_end_to_end(tmp_path):
     from nori_wal.client import WalClient
 
