@@ -411,7 +411,11 @@ class WalClient:
 
     def _pump(self, tc: _ThreadConn) -> None:
         """Send whatever the session lets out now, and take in replies already here (no waiting)."""
-        now = time.monotonic()
+        self._send_ready(tc, time.monotonic())
+        self._receive(tc)
+
+    def _send_ready(self, tc: _ThreadConn, now: float) -> None:
+        """Send every request the session lets out now; a failed send resets the connection."""
         session, conn = tc.session, tc.conn
         try:
             while (frames := session.take(now)) is not None:
@@ -419,7 +423,6 @@ class WalClient:
         except WalError as exc:
             self._reset(tc, exc)
             raise
-        self._receive(tc)
 
     def _receive(self, tc: _ThreadConn) -> bool:
         """Handle every reply already received; True if there was any."""
@@ -454,12 +457,7 @@ class WalClient:
         deadline = time.monotonic() + timeout
         while True:
             now = time.monotonic()
-            try:
-                while (frames := session.take(now)) is not None:
-                    conn.send(frames)
-            except WalError as exc:
-                self._reset(tc, exc)
-                raise
+            self._send_ready(tc, now)
             if last.done and all(s.done for s in slots):
                 return
             left = deadline - now
