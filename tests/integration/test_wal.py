@@ -216,3 +216,35 @@ def test_reader_process_reads_while_a_writer_process_appends(tmp_path):
     finally:
         child.join(60)
     assert child.exitcode == 0
+
+
+def _append_and_die(d, n):
+    wal, _ = Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))
+    for i in range(n):
+        wal.append(Record.put(b"k%d" % i, b"v" * 100))
+    os._exit(0)                  # no close: like a crash of the process
+
+
+def test_preallocated_zeros_speed_fsyncs_and_are_cut_by_recovery_and_seals(tmp_path):
+    """Under Always the active segment keeps durable zeros ahead of its records (cheaper fdatasync);
+    a crash leaves them as a zero tail that recovery cuts (not corruption), and a seal ends the file."""
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=_append_and_die, args=(str(tmp_path), 50))
+    child.start()
+    child.join(60)
+    seg = tmp_path / "000000.wal"
+    assert os.path.getsize(seg) > 50 * 110                   # zeros past the records
+    wal, info = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always()))
+    assert info.valid_records == 50 and info.bytes_truncated > 0 and not info.corruption_detected
+    end = wal.current_position()
+    assert os.path.getsize(seg) == end.offset                 # recovery cut the zero tail
+    wal.append(Record.put(b"after", b"crash"))
+    wal.close()
+    from nori_wal.fs import OS
+    from nori_wal.recovery import read_seal
+    h = OS.open_read(str(seg))
+    try:
+        assert read_seal(h, h.size()) is not None            # the seal is the file's last frame
+    finally:
+        h.close()
+    assert [r.key for r, _ in open_reader(tmp_path)][-1] == b"after"
