@@ -33,7 +33,8 @@ from .recovery import RecoveryInfo, recover
 from .segment import HEADER_SIZE, TMP_SUFFIX, encode_header, max_frame_size, segment_name
 
 SLOW_FSYNC_WARN_S = 1.0   # etcd warns about fsyncs slower than a second
-PREALLOC_BYTES = 4 * 1024 * 1024   # durable zeros kept ahead of the write point (fsyncing policies)
+PREALLOC_BYTES = 2 * 1024 * 1024   # durable zeros kept ahead of the write point (fsyncing policies)
+PREALLOC_MAX_WRITE = 32 * 1024     # ... for small writes only: large groups would write every byte twice
 _log = logging.getLogger(__name__)
 
 
@@ -155,7 +156,7 @@ class SegmentLog:
     def _write(self, frames: list[BytesLike], new_end: int, count: int) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         assert self._active is not None
-        if new_end > self._zeroed_to:
+        if new_end > self._zeroed_to and len(data) < PREALLOC_MAX_WRITE:
             self._preallocate(new_end)
         try:
             self._active.append(data)
@@ -177,8 +178,10 @@ class SegmentLog:
         """Keep durable zeros ahead of the write point, where the layer can and fsyncs pay.
 
         Overwriting them, an fdatasync need not commit a new file size (see
-        ``OsFile.preallocate``). Recovery and readers already read zeros as
-        "end of what was written"; the seal cuts them off (``_cut_zeros``).
+        ``OsFile.preallocate``): it pays for small, frequent groups (synchronous
+        producers), not for large ones, which would write every byte twice.
+        Recovery and readers already read zeros as "end of what was written";
+        the seal cuts them off (``_seal``).
         """
         prealloc = getattr(self._active, "preallocate", None)
         if prealloc is None or self.config.fsync_policy.kind == "os":
