@@ -22,8 +22,6 @@ after ``fork`` or in another loop (``asyncio.run`` twice) a fresh one is built.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from typing import Any, Iterable
 
@@ -34,8 +32,8 @@ from ..codec import encode_record
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
+from .base import DEFAULT_TIMEOUT, ClientBase
 from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Completion, Session, chunk_frames
-from .sync import DEFAULT_TIMEOUT, _rebuild
 from .transport import Connection, close_context, current_pid, new_context, zmq_error
 
 
@@ -199,34 +197,12 @@ def _settle(done: list[Completion[asyncio.Future[Any]]]) -> None:
             pass
 
 
-class AsyncWalClient:
+class AsyncWalClient(ClientBase):
     """The asyncio producer: ``await`` the same calls as WalClient; concurrent appends are coalesced."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        self._endpoint = endpoint
-        self._dir: str | None = None
-        self.timeout = float(timeout)
-        self.max_in_flight = max_in_flight
-        self._lock = threading.RLock()
-        self._ctx: Any = None
-        self._pid = current_pid()
+        super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
         self._conns: list[_AsyncConn] = []
-        self._closed = False
-
-    @classmethod
-    def for_dir(cls, directory: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT, *,
-                max_in_flight: int = MAX_IN_FLIGHT) -> AsyncWalClient:
-        """A client of the writer serving ``directory`` (see ``WalClient.for_dir``)."""
-        from ..writer_proc.endpoint import resolve_endpoint
-        client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
-        client._dir = os.fspath(directory)
-        return client
-
-    @property
-    def endpoint(self) -> str:
-        return self._endpoint
 
     # -- the public calls ----------------------------------------------------------------
 
@@ -301,12 +277,6 @@ class AsyncWalClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (AsyncWalClient, self._endpoint, self._dir, self.timeout, self.max_in_flight))
-
-    def __repr__(self) -> str:
-        return f"AsyncWalClient({self._endpoint!r}, timeout={self.timeout:g})"
 
     # -- plumbing ---------------------------------------------------------------------------
 

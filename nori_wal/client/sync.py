@@ -22,7 +22,6 @@ out is unknown: the writer may have written it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Iterable, Sequence
@@ -35,6 +34,7 @@ from ..codec import encode_record
 from ..errors import ProtocolError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
+from .base import DEFAULT_TIMEOUT, ClientBase
 from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames
 from .transport import (
     EVENTS,
@@ -47,8 +47,6 @@ from .transport import (
     new_context,
     zmq_error,
 )
-
-DEFAULT_TIMEOUT = 10.0   # seconds without any reply before WriterUnavailableError
 
 
 def _unpackb(data: bytes) -> Any:
@@ -106,39 +104,13 @@ class PendingAppend:
         return self._slot.value[0]  # type: ignore[no-any-return]
 
 
-class WalClient:
+class WalClient(ClientBase):
     """A producer: appends records through the writer process serving one endpoint."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        self._endpoint = endpoint
-        self._dir: str | None = None
-        self.timeout = float(timeout)
-        self.max_in_flight = max_in_flight
-        self._lock = threading.RLock()
-        self._ctx: Any = None
-        self._pid = current_pid()
+        super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
         self._local = threading.local()
         self._conns: list[_ThreadConn] = []
-        self._closed = False
-
-    @classmethod
-    def for_dir(cls, directory: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT, *,
-                max_in_flight: int = MAX_IN_FLIGHT) -> WalClient:
-        """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
-
-        The endpoint is looked up again whenever a new connection is made, so
-        a writer restarted on another endpoint is found too.
-        """
-        from ..writer_proc.endpoint import resolve_endpoint
-        client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
-        client._dir = os.fspath(directory)
-        return client
-
-    @property
-    def endpoint(self) -> str:
-        return self._endpoint
 
     # -- the public calls ----------------------------------------------------------------
 
@@ -329,12 +301,6 @@ class WalClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (WalClient, self._endpoint, self._dir, self.timeout, self.max_in_flight))
-
-    def __repr__(self) -> str:
-        return f"WalClient({self._endpoint!r}, timeout={self.timeout:g})"
-
     # -- plumbing ---------------------------------------------------------------------------
 
     def _thread_conn(self) -> _ThreadConn:
@@ -480,10 +446,3 @@ class WalClient:
 
 def _resolve(slot: _Slot, value: Any, error: WalError | None) -> None:
     slot.value, slot.error, slot.done = value, error, True
-
-
-def _rebuild(cls: Any, endpoint: str, directory: str | None, timeout: float, max_in_flight: int) -> Any:
-    """Unpickle a client as its constructor arguments (it reconnects lazily on the other side)."""
-    if directory is not None:
-        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight)
-    return cls(endpoint, timeout, max_in_flight=max_in_flight)
