@@ -59,27 +59,37 @@ class GroupCommit(Generic[T]):
         self.durable = durable
         self.in_flight = False
         self.last_fsync_started = float("-inf")
-        self._waiting: deque[tuple[Position, T]] = deque()
+        self._waiting: deque[tuple[Position, list[T]]] = deque()   # (end, the tickets that need it durable)
+        self._count = 0
         self._forced_end = _NEVER       # the end of the latest SYNC request still waiting (Rule 5)
         self._acks_wait = needs_fsync(policy)
 
     @property
     def waiting(self) -> int:
         """Requests written and not yet acknowledged."""
-        return len(self._waiting)
+        return self._count
 
     def written(self, end: Position, ticket: T) -> bool:
         """A request's bytes are written up to ``end``; True when it can be acknowledged now (Os)."""
+        return self.written_group(end, [ticket])
+
+    def written_group(self, end: Position, tickets: list[T]) -> bool:
+        """Requests whose bytes all end by ``end`` are written; True when they can be acknowledged now (Os).
+
+        One entry for a whole written group: the writer's per-request cost stays out of here.
+        """
         if not self._acks_wait or end <= self.durable:
             return True
-        self._waiting.append((end, ticket))
+        self._waiting.append((end, tickets))
+        self._count += len(tickets)
         return False
 
     def sync_requested(self, end: Position, ticket: T) -> bool:
         """A SYNC request arrived when the log ended at ``end``; True when it is already satisfied."""
         if end <= self.durable:
             return True
-        self._waiting.append((end, ticket))
+        self._waiting.append((end, [ticket]))
+        self._count += 1
         self._forced_end = max(self._forced_end, end)
         return False
 
@@ -99,16 +109,22 @@ class GroupCommit(Generic[T]):
         """The fsync ended with everything before ``durable`` durable: the tickets to acknowledge, in order."""
         self.in_flight = False
         self.durable = max(self.durable, durable)
-        acked: list[T] = []
         w = self._waiting
-        while w and w[0][0] <= self.durable:
-            acked.append(w.popleft()[1])
+        if w and w[-1][0] <= self.durable:         # the usual case: the fsync covers every group
+            acked = w[0][1] if len(w) == 1 else [t for _, ts in w for t in ts]
+            w.clear()
+        else:
+            acked = []
+            while w and w[0][0] <= self.durable:
+                acked += w.popleft()[1]
+        self._count -= len(acked)
         return acked
 
     def fail_all(self) -> list[T]:
         """Everything still waiting (to be answered with an error: a write or fsync failed)."""
-        out = [t for _, t in self._waiting]
+        out = [t for _, ts in self._waiting for t in ts]
         self._waiting.clear()
+        self._count = 0
         self.in_flight = False
         return out
 

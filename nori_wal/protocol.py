@@ -41,6 +41,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from itertools import accumulate, islice, repeat
 from typing import Any, Callable, NamedTuple, Sequence, Union
@@ -104,9 +105,30 @@ def error_from_wire(name: str, message: str) -> WalError:
 _packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
+# An APPEND header in one fixed msgpack shape: fixarray(4), 1, 1, uint64 request_id, uint32 record_count.
+# Any msgpack encoding of the same array is valid; this one is what our clients send and what the
+# writer's fast path recognises with one struct call (``append_header``).
+_APPEND_HEADER = struct.Struct(">BBBBQBI")
+_APPEND_PREFIX = bytes((0x94, VERSION, 1, 0xCF))       # fixarray(4), version, op APPEND, uint64 tag
+APPEND_HEADER_SIZE = _APPEND_HEADER.size
+
+
 def encode_append(request_id: int, record_count: int) -> bytes:
     """The header of an APPEND request (send it with the payload as the second frame)."""
-    return _packb([VERSION, Op.APPEND, request_id, record_count])
+    if 0 <= request_id < 2**64 and 0 <= record_count < 2**32:
+        return _APPEND_HEADER.pack(0x94, VERSION, 1, 0xCF, request_id, 0xCE, record_count)
+    return _packb([VERSION, 1, request_id, record_count])
+
+
+def append_header(head: BytesLike) -> tuple[int, int] | None:
+    """(request_id, record_count) of an APPEND header in ``encode_append``'s shape; None for any other.
+
+    The writer's per-request fast path; None sends the header through ``decode_request``.
+    """
+    if len(head) == APPEND_HEADER_SIZE and head[:4] == _APPEND_PREFIX and head[12] == 0xCE:
+        _, _, _, _, rid, _, count = _APPEND_HEADER.unpack(head)
+        return rid, count
+    return None
 
 
 def encode_request(op: Op, request_id: int, *args: int) -> bytes:
@@ -292,6 +314,34 @@ def split_units(payload: BytesLike, record_count: int, max_unit: int) -> list[tu
 
 def encode_ok(request_id: int, result: Any) -> bytes:
     return _packb([VERSION, request_id, OK, result])
+
+
+# The reply to a one-unit APPEND in one fixed msgpack shape:
+# [VERSION, uint64 request_id, OK, [uint64 segment_id, uint64 offset, uint32 count]].
+_RUN_REPLY = struct.Struct(">BBBQBBBQBQBI")
+
+
+RUN_REPLY_SIZE = _RUN_REPLY.size
+_RUN_REPLY_TAGS = (0x94, VERSION, 0xCF, OK, 0x93, 0xCF, 0xCF, 0xCE)
+
+
+def encode_run_ok(request_id: int, segment_id: int, offset: int, count: int) -> bytes:
+    """``encode_ok(request_id, [segment_id, offset, count])``, built with one struct call (the writer's hot path)."""
+    return _RUN_REPLY.pack(0x94, VERSION, 0xCF, request_id, OK, 0x93, 0xCF, segment_id, 0xCF, offset,
+                           0xCE, count)
+
+
+def run_reply(data: BytesLike) -> tuple[int, int, int, int] | None:
+    """(request_id, segment_id, offset, count) of a reply in ``encode_run_ok``'s shape; None for any other.
+
+    The client's per-append fast path; None sends the reply through msgpack (``decode_reply``).
+    """
+    if len(data) != RUN_REPLY_SIZE:
+        return None
+    a, v, t1, rid, ok, arr, t2, seg, t3, off, t4, count = _RUN_REPLY.unpack(data)
+    if (a, v, t1, ok, arr, t2, t3, t4) != _RUN_REPLY_TAGS:
+        return None
+    return rid, seg, off, count
 
 
 def encode_error(request_id: int, exc: BaseException) -> bytes:

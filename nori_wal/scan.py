@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from crc32c import crc32c
 
@@ -43,8 +43,8 @@ class Stop(enum.Enum):
     SEALED = "sealed"      # a seal frame: the segment is complete
 
 
-@dataclass(frozen=True)
-class ScanResult:
+class ScanResult(NamedTuple):
+    """Where a scan stopped and why (a NamedTuple: the writer builds one per request it validates)."""
     valid_end: int         # offset just past the last whole record (or past the seal)
     records: int           # whole records from start to valid_end (the seal not counted)
     stop: Stop

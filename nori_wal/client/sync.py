@@ -33,6 +33,7 @@ from .. import protocol as P
 from ..codec import encode_record
 from ..errors import ProtocolError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
+from ..protocol import run_reply
 from ..record import Record
 from .base import DEFAULT_TIMEOUT, ClientBase
 from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames
@@ -40,13 +41,18 @@ from .transport import (
     EVENTS,
     NOBLOCK,
     POLLIN,
+    RECV_SLICE_MS,
     SNDMORE_NOBLOCK,
+    ZERO_COPY_BYTES,
     Connection,
     close_context,
     current_pid,
     new_context,
+    send_frame,
     zmq_error,
 )
+
+_tuple_new = tuple.__new__
 
 
 def _unpackb(data: bytes) -> Any:
@@ -130,8 +136,9 @@ class WalClient(ClientBase):
     def _append_one(self, tc: _ThreadConn, frame: bytes) -> Position:
         """The hot path of a synchronous producer: one frame, nothing else outstanding on this thread."""
         runs = self._append_direct(tc, 1, frame)
-        if type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int and type(runs[1]) is int:
-            return Position(runs[0], runs[1])
+        if type(runs) in (list, tuple) and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int \
+                and type(runs[1]) is int:
+            return _tuple_new(Position, runs[:2])    # Position(seg, off) without NamedTuple's Python-level __new__
         raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
 
     def _append_direct(self, tc: _ThreadConn, count: int, payload: bytes) -> Any:
@@ -140,33 +147,36 @@ class WalClient(ClientBase):
         For when nothing else is outstanding on this thread. Same protocol and
         guarantees as the general path (Session), minus its bookkeeping and
         polling: the CPU a producer spends per append is what limits a
-        two-core machine with eight producers, so this path costs a handful of
-        calls beyond the two sends and one blocking receive. Raises the
-        writer's error for the request.
+        two-core machine with many producers (its Python runs with cold caches
+        after every wait), so this path costs a handful of calls beyond the
+        two sends and one blocking receive, and reads the common reply with one
+        struct call. Raises the writer's error for the request.
         """
         session, conn = tc.session, tc.conn
         sock = conn.sock
         rid = session.new_id()
         err: WalError
         try:
-            sock.send(P.encode_append(rid, count), SNDMORE_NOBLOCK)
-            sock.send(payload, NOBLOCK)
+            send_frame(sock, P.encode_append(rid, count), SNDMORE_NOBLOCK)
+            send_frame(sock, payload, NOBLOCK, len(payload) < ZERO_COPY_BYTES)
         except zmq.ZMQError as exc:
             err = zmq_error(exc, "sending a request", conn.endpoint)
             self._reset(tc, err)
             raise err from None
-        timeout = self.timeout
-        deadline = time.monotonic() + timeout
+        deadline = 0.0          # set at the first receive slice that times out: no clock read per append
         while True:
             try:
                 data = sock.recv()                # blocks for at most RECV_SLICE_MS
             except zmq.Again:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.timeout - RECV_SLICE_MS / 1e3
                 if conn.check_lost():
                     err = self._lost_error(tc)
-                elif time.monotonic() >= deadline:
+                elif now >= deadline:
                     err = WriterUnavailableError(f"no reply from the writer at {conn.endpoint} within "
-                                                 f"{timeout:g} s (is it running? the outcome of the append is "
-                                                 f"unknown)")
+                                                 f"{self.timeout:g} s (is it running? the outcome of the append "
+                                                 f"is unknown)")
                 else:
                     continue
                 self._reset(tc, err)
@@ -175,6 +185,9 @@ class WalClient(ClientBase):
                 err = zmq_error(exc, "receiving a reply", conn.endpoint)
                 self._reset(tc, err)
                 raise err from None
+            run = run_reply(data)
+            if run is not None and run[0] == rid:
+                return run[1:]
             r = _unpackb(data)
             if type(r) is list and len(r) == 4 and r[1] == rid:
                 if r[0] == P.VERSION and r[2] == P.OK:
@@ -222,7 +235,7 @@ class WalClient(ClientBase):
     def _batch_direct(self, tc: _ThreadConn, frames: list[bytes]) -> list[Position]:
         """append_batch's hot path: one request, nothing else outstanding on this thread."""
         runs = self._append_direct(tc, len(frames), b"".join(frames))
-        if type(runs) is not list or not all(type(x) is int for x in runs):
+        if type(runs) not in (list, tuple) or not all(type(x) is int for x in runs):
             raise ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
         return P.positions_from_runs(runs, list(map(len, frames)))
 

@@ -19,7 +19,7 @@ Rules:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -30,6 +30,9 @@ SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)
 ZERO_COPY_BYTES = 64 * 1024                # payloads at least this large are sent without a copy
+# pyzmq's C-level send: zmq.Socket.send's Python-level wrapper costs more per call than the C work
+# of a small message (about 0.6 of 0.8 us here). Called as send_frame(sock, data, flags[, copy]).
+send_frame: Callable[..., Any] = zmq.backend.Socket.send
 
 RECV_SLICE_MS = 250       # a blocked receive wakes this often to look for a lost writer and the deadline
 LOST_CHECK_S = 0.1        # between calls, the disconnect monitor is looked at no more often than this
@@ -111,11 +114,11 @@ class Connection:
         sock = self.sock
         try:
             if len(frames) == 2:
-                sock.send(frames[0], SNDMORE_NOBLOCK)
+                send_frame(sock, frames[0], SNDMORE_NOBLOCK)
                 payload = frames[1]
-                sock.send(payload, NOBLOCK, copy=len(payload) < ZERO_COPY_BYTES)
+                send_frame(sock, payload, NOBLOCK, len(payload) < ZERO_COPY_BYTES)
             else:
-                sock.send(frames[0], NOBLOCK)
+                send_frame(sock, frames[0], NOBLOCK)
         except zmq.ZMQError as exc:
             raise zmq_error(exc, "sending a request", self.endpoint) from None
 

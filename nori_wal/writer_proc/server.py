@@ -58,6 +58,7 @@ from ..errors import RecordTooLargeError, WalError, WalIOError, WalLockedError
 from ..fs import OS, FileLayer
 from ..observe import NOOP, Meter
 from ..position import Position
+from ..record import BytesLike
 from ..recovery import RecoveryInfo
 from ..segment_log import SegmentLog
 from .endpoint import default_endpoint, remove_endpoint_file, write_endpoint_file
@@ -89,12 +90,9 @@ class WriterSpec:
     overlap: bool = False                 # fsync in a flush thread while the next group is received (see commit)
 
 
-class _Ticket:
-    """A request waiting for its ack: who, which request, the reply (None: SYNC, built at ack time)."""
-    __slots__ = ("ident", "reply", "rid", "t_recv")
-
-    def __init__(self, ident: bytes, rid: int, reply: bytes | None, t_recv: float):
-        self.ident, self.rid, self.reply, self.t_recv = ident, rid, reply, t_recv
+# A request waiting for its ack: (routing id, request id, reply -- None for a SYNC, built at ack time --,
+# perf_counter when its group was received). A tuple: the writer makes one per request.
+Ticket = tuple[bytes, int, "bytes | None", float]
 
 
 _FLUSH_ID = b"!flush"     # routing ids of the writer's own threads (peer-generated ids start with a 0 byte)
@@ -105,6 +103,9 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
 _ZERO_COPY_BYTES = 64 * 1024
+# pyzmq's C-level send: zmq.Socket.send's Python-level wrapper costs more per call than the C work
+# of a small message, and the writer sends two frames per reply.
+_send: Callable[..., Any] = zmq.backend.Socket.send
 
 
 class _FlushThread:
@@ -240,7 +241,7 @@ class WriterServer:
         self.meter = meter
         self._metered = meter is not NOOP
         self.policy = seglog.config.fsync_policy
-        self.commit: GroupCommit[_Ticket] = GroupCommit(self.policy, seglog.durable)
+        self.commit: GroupCommit[Ticket] = GroupCommit(self.policy, seglog.durable)
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)      # unroutable replies raise, never vanish
@@ -329,7 +330,7 @@ class WriterServer:
         recv = sock.recv
         max_frame = self.log.max_frame
         check_payload = P.check_payload
-        decode_request = P.decode_request
+        append_header = P.append_header
         t_recv = time.perf_counter() if self._metered else 0.0
         units: list[Any] = []
         counts: list[int] = []
@@ -340,49 +341,57 @@ class WriterServer:
                 ident = recv(_NOBLOCK)              # once per group it raises Again: cheaper than asking first
             except zmq.Again:
                 break
-            # The rest of a multipart message is already here; a Frame says whether more follows
-            # without a getsockopt(RCVMORE) per frame.
+            # The rest of a multipart message is already here (ZeroMQ delivers messages whole); a Frame
+            # says whether more follows, cheaper than a getsockopt(RCVMORE) per frame.
             f = recv(copy=False)
-            frames: list[Any] = [f.bytes]
+            head = f.bytes
+            frames: list[Any] = [head]
             while f.more:
                 f = recv(copy=False)
                 frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
             if ident[0] == 0x21:                    # b"!": one of our own threads
                 self._internal(ident)
                 continue
-            req = decode_request(frames)
-            if type(req) is P.Append:
-                rid, count, payload = req
-                err = check_payload(payload, count, max_frame)
-                if err is not None:
-                    self._reply(ident, P.encode_error(rid, err))
-                    continue
-                size = len(payload)
-                first = len(units)
-                if size <= max_frame:
-                    units.append(payload)
-                    counts.append(count)
-                else:
-                    mv = memoryview(payload)
-                    for s, e, c in P.split_units(payload, count, max_frame):
-                        units.append(mv[s:e])
-                        counts.append(c)
-                pending.append((ident, rid, first, len(units) - first, size))
-                nbytes += size
-                if nbytes >= MAX_GROUP_BYTES:
-                    break
-            elif type(req) is P.Control:
-                # Keep each producer's order: write the appends received before it first.
-                self._write_group(units, counts, pending, t_recv)
-                units, counts, pending, nbytes = [], [], [], 0
-                self._control(ident, req, t_recv)
+            h = append_header(head) if len(frames) == 2 else None
+            if h is not None:                       # the hot path: a plain APPEND in our clients' encoding
+                rid, count = h
+                payload: BytesLike = frames[1]
             else:
-                assert type(req) is P.BadRequest
-                self._reply(ident, P.encode_error(req.request_id, req.error))
+                req = P.decode_request(frames)
+                if type(req) is P.Control:
+                    # Keep each producer's order: write the appends received before it first.
+                    self._write_group(units, counts, pending, t_recv)
+                    units, counts, pending, nbytes = [], [], [], 0
+                    self._control(ident, req, t_recv)
+                    continue
+                if type(req) is P.BadRequest:
+                    self._reply(ident, P.encode_error(req.request_id, req.error))
+                    continue
+                assert type(req) is P.Append
+                rid, count, payload = req
+            err = check_payload(payload, count, max_frame)
+            if err is not None:
+                self._reply(ident, P.encode_error(rid, err))
+                continue
+            size = len(payload)
+            first = len(units)
+            if size <= max_frame:
+                units.append(payload)
+                counts.append(count)
+            else:
+                mv = memoryview(payload)
+                for s, e, c in P.split_units(payload, count, max_frame):
+                    units.append(mv[s:e])
+                    counts.append(c)
+            pending.append((ident, rid, first, len(units) - first, size))
+            nbytes += size
+            if nbytes >= MAX_GROUP_BYTES:
+                break
         self._write_group(units, counts, pending, t_recv)
 
     def _write_group(self, units: list[Any], counts: list[int], pending: list[tuple[bytes, int, int, int, int]],
                      t_recv: float) -> None:
+        """Write the group's units with one call; ack now (Os) or hand the group's tickets to the commit."""
         if not pending:
             return
         try:
@@ -396,37 +405,34 @@ class WriterServer:
             for ident, rid, *_ in pending:
                 self._reply(ident, P.encode_error(rid, exc))
             raise FatalStop(str(exc), EXIT_IO) from exc
-        commit = self.commit
-        ok = P.encode_ok
+        run_ok = P.encode_run_ok
+        tickets: list[Ticket] = []
         records = 0
-        nbytes = 0
-        for ident, rid, first, nunits, size in pending:
+        for ident, rid, first, nunits, _size in pending:
             if nunits == 1:                     # the common case: the request is one unit
                 seg, off = firsts[first]
                 count = counts[first]
-                runs = [seg, off, count]
+                reply = run_ok(rid, seg, off, count)
                 records += count
-                end = Position(seg, off + size)
             else:
-                runs = []
+                runs: list[int] = []
                 for i in range(first, first + nunits):
                     pos = firsts[i]
                     runs += (pos[0], pos[1], counts[i])
                     records += counts[i]
-                last = firsts[first + nunits - 1]
-                end = Position(last[0], last[1] + len(units[first + nunits - 1]))
-            nbytes += size
-            reply = ok(rid, runs)
-            if commit.written(end, _Ticket(ident, rid, reply, t_recv)):
-                self._reply(ident, reply)
-                if self._metered:
-                    self.meter.histogram("wal_ack_latency_ms", (time.perf_counter() - t_recv) * 1e3)
+                reply = P.encode_ok(rid, runs)
+            tickets.append((ident, rid, reply, t_recv))
+        last = len(units) - 1
+        end = Position(firsts[last][0], firsts[last][1] + len(units[last]))
+        commit = self.commit
+        if commit.written_group(end, tickets):
+            self._send_acks(tickets)
         if commit.in_flight or commit.waiting:
             self._unsynced_records += records
-            self._unsynced_bytes += nbytes
+            self._unsynced_bytes += sum(p[4] for p in pending)
         elif self._metered:        # Os: a group is what one write carried
             self.meter.histogram("wal_group_records", records)
-            self.meter.histogram("wal_group_bytes", nbytes)
+            self.meter.histogram("wal_group_bytes", sum(p[4] for p in pending))
 
     def _internal(self, ident: bytes) -> None:
         """A message from the flush thread (an fsync finished) or the watcher (a signal, the lifeline)."""
@@ -442,9 +448,9 @@ class WriterServer:
         try:
             if op is P.Op.SYNC:
                 end = log.position
-                ticket = _Ticket(ident, rid, None, t_recv)
+                ticket: Ticket = (ident, rid, None, t_recv)
                 if self.commit.sync_requested(end, ticket):
-                    self._ack(ticket)
+                    self._send_acks([ticket])
             elif op is P.Op.POSITION:
                 log.check_usable()
                 self._reply(ident, P.encode_ok(rid, list(log.position)))
@@ -497,22 +503,37 @@ class WriterServer:
         if self._metered:
             self.meter.histogram("wal_group_records", self._fsync_records)
             self.meter.histogram("wal_group_bytes", self._fsync_bytes)
-        for ticket in self.commit.fsync_done(durable):
-            self._ack(ticket)
+        self._send_acks(self.commit.fsync_done(durable))
 
-    def _ack(self, t: _Ticket) -> None:
-        reply = t.reply if t.reply is not None else P.encode_ok(t.rid, list(self.commit.durable))
-        self._reply(t.ident, reply)
+    def _send_acks(self, tickets: list[Ticket]) -> None:
+        """Acknowledge these requests (a SYNC's reply, None in its ticket, is built now)."""
+        sock = self.sock
+        send = _send
+        dropped = 0
+        for ident, rid, reply, _t in tickets:
+            if reply is None:
+                reply = P.encode_ok(rid, list(self.commit.durable))
+            try:
+                send(sock, ident, _SNDMORE_NOBLOCK)
+                send(sock, reply, _NOBLOCK)
+            except zmq.ZMQError as exc:
+                # EHOSTUNREACH: the producer went away (ROUTER_MANDATORY tells us instead of dropping silently).
+                log.debug("reply to a departed producer dropped: %s", exc)
+                dropped += 1
         if self._metered:
-            self.meter.histogram("wal_ack_latency_ms", (time.perf_counter() - t.t_recv) * 1e3)
+            now = time.perf_counter()
+            for t in tickets:
+                self.meter.histogram("wal_ack_latency_ms", (now - t[3]) * 1e3)
+            if dropped:
+                self.meter.counter("wal_replies_dropped_total", dropped)
 
     def _reply(self, ident: bytes, reply: bytes) -> None:
+        """Answer one request now (an error, or a control request's result)."""
         sock = self.sock
         try:
-            sock.send(ident, _SNDMORE_NOBLOCK)
-            sock.send(reply, _NOBLOCK)
+            _send(sock, ident, _SNDMORE_NOBLOCK)
+            _send(sock, reply, _NOBLOCK)
         except zmq.ZMQError as exc:
-            # EHOSTUNREACH: the producer went away (ROUTER_MANDATORY tells us instead of dropping silently).
             log.debug("reply to a departed producer dropped: %s", exc)
             if self._metered:
                 self.meter.counter("wal_replies_dropped_total", 1)
@@ -556,8 +577,8 @@ class WriterServer:
         log.error("writer for %s stopping after a failure: %s", self.log.dir, stop.reason)
         if self.commit.in_flight:
             self._flusher.wait()
-        for t in self.commit.fail_all():
-            self._reply(t.ident, P.encode_error(t.rid, exc))
+        for ident, rid, *_ in self.commit.fail_all():
+            self._reply(ident, P.encode_error(rid, exc))
         while True:   # requests already queued: tell them now rather than let them time out
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)

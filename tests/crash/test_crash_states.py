@@ -141,7 +141,7 @@ def test_the_explorer_catches_acks_before_the_fsync(tmp_path, monkeypatch):
 @pytest.mark.timeout(120)
 def test_the_explorer_catches_a_writer_that_acks_before_its_fsync(tmp_path, monkeypatch):
     from nori_wal.commit import GroupCommit
-    monkeypatch.setattr(GroupCommit, "written", lambda self, end, ticket: True)
+    monkeypatch.setattr(GroupCommit, "written_group", lambda self, end, tickets: True)
     run = run_writer_workload("writer-early-ack", workload_config(str(tmp_path), "always"), producers=3, appends=10)
     with pytest.raises(InvariantViolation, match="lost"):
         explore(run)
