@@ -111,3 +111,27 @@ def test_fsync_due_at_and_overlap():
     assert fsync_due_at(FsyncPolicy.os(), 5.0, True) is None
     assert fsync_due_at(FsyncPolicy.always(), 5.0, False) is None
     assert overlap_fsync(True, True) and not overlap_fsync(True, False) and not overlap_fsync(False, True)
+
+
+@given(st.lists(st.tuples(st.integers(min_value=1, max_value=6), st.booleans()), max_size=40))
+def test_a_written_group_is_acked_whole_and_in_order(groups):
+    """The writer hands over one entry per written group; an fsync acks whole groups, oldest first."""
+    gc = GroupCommit(FsyncPolicy.always(), Position(0, 32))
+    end, acked, sent, target = 32, [], 0, None
+    for size, finish in groups:
+        tickets = list(range(sent, sent + size))
+        sent += size
+        end += 100
+        assert gc.written_group(Position(0, end), tickets) is False
+        assert gc.waiting == sent - len(acked)
+        if target is None:
+            gc.fsync_started(0.0)
+            target = end
+        if finish:
+            acked += gc.fsync_done(Position(0, target))
+            target = None
+    if target is not None:
+        acked += gc.fsync_done(Position(0, target))
+    gc.fsync_started(0.0)
+    acked += gc.fsync_done(Position(0, end))
+    assert acked == list(range(sent)) and gc.waiting == 0

@@ -233,3 +233,47 @@ def test_position_result():
     assert P.position_result([3, 40]) == Position(3, 40)
     with pytest.raises(ProtocolError):
         P.position_result([3])
+
+
+# -- the fixed-shape hot paths ------------------------------------------------------------------
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**32 - 1))
+def test_the_fixed_append_header_is_plain_msgpack(rid, count):
+    """encode_append's fixed shape is an ordinary msgpack header, and append_header reads it back."""
+    head = P.encode_append(rid, count)
+    assert msgpack.unpackb(head) == [P.VERSION, P.Op.APPEND, rid, count]
+    assert P.append_header(head) == (rid, count)
+    assert P.decode_request([head, b"x"]) == P.Append(rid, count, b"x")
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**32 - 1))
+def test_other_encodings_of_an_append_header_take_the_general_path(rid, count):
+    """A compact msgpack encoding of the same header is not the fixed shape, but still a valid APPEND."""
+    head = msgpack.packb([P.VERSION, int(P.Op.APPEND), rid, count])
+    if len(head) != P.APPEND_HEADER_SIZE:
+        assert P.append_header(head) is None
+    assert P.decode_request([head, b"x"]) == P.Append(rid, count, b"x")
+
+
+@given(st.binary(max_size=40))
+def test_append_header_never_raises(data):
+    h = P.append_header(data)
+    assert h is None or P.decode_request([data, b"x"]) == P.Append(h[0], h[1], b"x")
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1),
+       st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=1, max_value=2**32 - 1))
+def test_the_fixed_run_reply_equals_the_general_one(rid, seg, off, count):
+    """encode_run_ok is encode_ok for one run, byte shapes aside; run_reply reads it without msgpack."""
+    data = P.encode_run_ok(rid, seg, off, count)
+    assert P.decode_reply(data) == P.decode_reply(P.encode_ok(rid, [seg, off, count]))
+    assert P.run_reply(data) == (rid, seg, off, count)
+
+
+def test_run_reply_leaves_every_other_reply_to_msgpack():
+    assert P.run_reply(P.encode_ok(5, [0, 32, 1])) is None                  # compact encoding
+    assert P.run_reply(P.encode_error(5, WalIOError("disk"))) is None
+    assert P.run_reply(P.encode_ok(5, [0, 32, 1, 1, 32, 1])) is None        # several runs
+    damaged = bytearray(P.encode_run_ok(5, 0, 32, 1))
+    damaged[11] = P.ERR
+    assert P.run_reply(bytes(damaged)) is None
