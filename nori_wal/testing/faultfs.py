@@ -25,6 +25,20 @@ ALICE and CrashMonkey model:
   ``process_crash()``.
 * A syscall counter, a trace and an observer hook (called after every
   operation) so a test can snapshot the state at every syscall boundary.
+* Preallocation (opt-in: ``FaultFS(preallocate=True)`` or ``PreallocFaultFS``):
+  handles get ``OsFile.preallocate(upto)``, so ``SegmentLog`` keeps durable
+  zeros ahead of its write point as it does on the OS layer. Modelled as
+  ``OsFile`` does it: a write of zeros past the end (the "preallocate"
+  syscall), then an fdatasync ("sync"). Records then overwrite durable zeros,
+  and a crash can lose, keep or tear those overwrites like any other unsynced
+  write (lost bytes read back as the zeros).
+
+Every handle writes at its own position (``pos``), as ``OsFile`` does: after
+the last byte it wrote (``create``: 0; ``open_append``: the size), over any
+zeros preallocated past it, not at the end of the file; ``truncate`` pulls it
+back to the new size when that is shorter. A failed write still moves it past
+the bytes that landed (``OsFile`` keeps the old position; ``SegmentLog`` cuts
+the file back to its end after a failed write either way).
 
 Simplifications, on purpose: directories made by ``makedirs`` are durable at
 once; ``lock_dir`` keeps its lock in memory (no LOCK file); a ``sync``
@@ -50,7 +64,8 @@ SECTOR_SIZE = 512
 CRASH = -1
 """Use as the ``errno`` of ``inject`` to make that call raise ``SimulatedCrash``."""
 
-MUTATING_OPS = frozenset({"makedirs", "create", "append", "sync", "truncate", "rename", "unlink", "sync_dir"})
+MUTATING_OPS = frozenset({"makedirs", "create", "append", "preallocate", "sync", "truncate", "rename", "unlink",
+                          "sync_dir"})
 """Operations that can change what a crash leaves behind (the rest only read)."""
 
 
@@ -143,9 +158,10 @@ class Fault:
     ``op`` is an operation name ("append", "sync", "sync_dir", "create", "rename",
     "unlink", "truncate", "open_append", "pread", ...; "*" for any); ``path``
     restricts it to paths containing that text. ``errno``: the OSError's errno,
-    or CRASH to raise SimulatedCrash. ``partial``: for "append", the bytes
-    written before the error. ``drop_unsynced``: for "sync", the failed fsync
-    drops the file's dirty data (Linux: a later fsync "succeeds" without it).
+    or CRASH to raise SimulatedCrash. ``partial``: for "append" (or
+    "preallocate"), the bytes (zeros) written before the error.
+    ``drop_unsynced``: for "sync", the failed fsync drops the file's dirty
+    data (Linux: a later fsync "succeeds" without it).
     """
 
     op: str
@@ -191,9 +207,18 @@ def _oserror(code: int, path: str) -> OSError:
 
 
 class FaultFS:
-    """An in-memory FileLayer with durable/unsynced bookkeeping, fault injection and crashes."""
+    """An in-memory FileLayer with durable/unsynced bookkeeping, fault injection and crashes.
 
-    def __init__(self) -> None:
+    ``preallocate``: open handles offer ``preallocate(upto)`` (see the module
+    docstring); default: the class's ``preallocating``. Layers made by
+    ``snapshot`` and ``crash`` keep the setting.
+    """
+
+    preallocating = False
+
+    def __init__(self, *, preallocate: bool | None = None) -> None:
+        if preallocate is not None:
+            self.preallocating = preallocate
         self._lock = threading.RLock()
         self._dirs: dict[str, dict[str, _Inode]] = {}          # visible entries
         self._durable_dirs: dict[str, dict[str, _Inode]] = {}  # entries as of the last sync_dir
@@ -347,13 +372,18 @@ class FaultFS:
                     new = memo[id(ino)] = _Inode(ino.data, ino.durable, list(ino.pending))
                 return new
 
-            fs = type(self)()      # a subclass (a disk with other habits) stays itself
+            fs = self._new_layer()
             fs._dirs = {d: {n: cp(i) for n, i in e.items()} for d, e in self._dirs.items()}
             fs._durable_dirs = {d: {n: cp(i) for n, i in e.items()} for d, e in self._durable_dirs.items()}
             fs._dir_pending = [(d, op if op[0] != "link" else (op[0], op[1], cp(op[2]))) for d, op in self._dir_pending]
             if self._last_written is not None:
                 fs._last_written = cp(self._last_written)
             return fs
+
+    def _new_layer(self) -> FaultFS:
+        fs = type(self)()      # a subclass (a disk with other habits) stays itself
+        fs.preallocating = self.preallocating
+        return fs
 
     def crash(self, spec: CrashSpec = POWER_LOSS) -> FaultFS:
         """A new layer holding what the disk holds after a crash described by ``spec``.
@@ -370,7 +400,7 @@ class FaultFS:
                     dirs.setdefault(d, {}).pop(op[1], None)
             target = self._target(spec.file)
             memo: dict[int, _Inode] = {}
-            fs = type(self)()      # a subclass (a disk with other habits) stays itself
+            fs = self._new_layer()
             for d, ents in dirs.items():
                 fs._dirs[d] = {}
                 fs._durable_dirs[d] = {}
@@ -460,7 +490,7 @@ class FaultFS:
             entries[name] = ino
             self._dir_pending.append((d, ("link", name, ino)))
             self._done("create", path)
-            return FaultFile(self, ino, path, writable=True, readable=False)   # O_WRONLY, like OsFileLayer
+            return self._handle(ino, path, writable=True, readable=False)   # O_WRONLY, like OsFileLayer
 
     def _open(self, op: str, path: str, writable: bool) -> FaultFile:
         path = _norm(path)
@@ -471,7 +501,11 @@ class FaultFS:
             if ino is None:
                 raise _oserror(errno_mod.EISDIR if path in self._dirs else errno_mod.ENOENT, path)
             self._done(op, path)
-            return FaultFile(self, ino, path, writable)
+            return self._handle(ino, path, writable, pos=len(ino.data) if writable else 0)
+
+    def _handle(self, ino: _Inode, path: str, writable: bool, readable: bool = True, pos: int = 0) -> FaultFile:
+        cls = PreallocFaultFile if self.preallocating else FaultFile
+        return cls(self, ino, path, writable, readable, pos)
 
     def open_append(self, path: str) -> FaultFile:
         return self._open("open_append", path, True)
@@ -538,9 +572,10 @@ class FaultFS:
             if fault is not None:
                 payload = payload[:fault.partial or 0]
             if payload:
-                op: FileOp = ("w", len(f.ino.data), payload)
+                op: FileOp = ("w", f.pos, payload)
                 _apply(f.ino.data, op)
                 f.ino.pending.append(op)
+                f.pos += len(payload)
                 self._last_written = f.ino
             if fault is not None:
                 raise _oserror(fault.errno, f.path)
@@ -568,8 +603,28 @@ class FaultFS:
             op: FileOp = ("t", size)
             _apply(f.ino.data, op)
             f.ino.pending.append(op)
+            f.pos = min(f.pos, size)
             self._last_written = f.ino
             self._done("truncate", f.path)
+
+    def _preallocate(self, f: FaultFile, upto: int) -> None:
+        """``OsFile.preallocate``: write zeros from the end up to ``upto``, then fdatasync (a "sync")."""
+        with self._lock:
+            fault = self._enter("preallocate", f.path)
+            size = len(f.ino.data)
+            zeros = max(0, upto - size)
+            if fault is not None:
+                zeros = min(zeros, fault.partial or 0)
+            if zeros:
+                op: FileOp = ("w", size, bytes(zeros))
+                _apply(f.ino.data, op)
+                f.ino.pending.append(op)
+                self._last_written = f.ino
+            if fault is not None:
+                raise _oserror(fault.errno, f.path)
+            self._done("preallocate", f.path, zeros)
+            if zeros:
+                self._sync(f)
 
     def _pread(self, f: FaultFile, size: int, offset: int) -> bytes:
         with self._lock:
@@ -593,16 +648,19 @@ class FaultFile:
     Modes follow OsFileLayer: ``create`` opens write-only, ``open_read`` read-only.
     """
 
-    __slots__ = ("closed", "fs", "ino", "path", "readable", "writable")
+    __slots__ = ("closed", "fs", "ino", "path", "pos", "readable", "writable")
 
-    def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool, readable: bool = True):
-        self.fs, self.ino, self.path, self.writable, self.readable, self.closed = fs, ino, path, writable, readable, False
+    def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool, readable: bool = True, pos: int = 0):
+        self.fs, self.ino, self.path = fs, ino, path
+        self.writable, self.readable, self.closed = writable, readable, False
+        self.pos = pos            # where the next append writes (OsFile.pos)
 
     def _check(self, write: bool = False, read: bool = False) -> None:
         if self.closed or (write and not self.writable) or (read and not self.readable):
             raise _oserror(errno_mod.EBADF, self.path)
 
     def append(self, data: BytesLike) -> None:
+        """Write all of ``data`` at ``pos`` (after the last byte written, over any preallocated zeros)."""
         self._check(True)
         self.fs._append(self, data)
 
@@ -638,6 +696,23 @@ class FaultFile:
 
     def close(self) -> None:
         self.closed = True        # never fails, never counted: it changes nothing on disk
+
+
+class PreallocFaultFile(FaultFile):
+    """A handle of a preallocating FaultFS: it has ``OsFile.preallocate``."""
+
+    __slots__ = ()
+
+    def preallocate(self, upto: int) -> None:
+        """Extend the file with durable zeros up to ``upto`` bytes: write them past the end, then fdatasync."""
+        self._check(True)
+        self.fs._preallocate(self, upto)
+
+
+class PreallocFaultFS(FaultFS):
+    """``FaultFS(preallocate=True)`` as a class, for code that takes a layer type (``crashsim.run_workload``)."""
+
+    preallocating = True
 
 
 class FaultLock:
@@ -687,6 +762,8 @@ __all__ = [
     "FaultFS",
     "FaultFile",
     "FaultLock",
+    "PreallocFaultFS",
+    "PreallocFaultFile",
     "SimulatedCrash",
     "Syscall",
     "sector_tears",

@@ -290,3 +290,149 @@ def test_the_wal_runs_unchanged_on_both_layers(layer_and_dir):
 def test_power_loss_and_process_crash_specs_are_the_documented_defaults():
     assert POWER_LOSS == CrashSpec()
     assert PROCESS_CRASH.keep_ops is None and PROCESS_CRASH.keep_dir_ops is None and PROCESS_CRASH.keep_other_files
+
+
+# -- preallocation (opt-in): durable zeros ahead of the write point, as OsFile.preallocate --------
+
+def test_preallocation_is_opt_in_and_survives_snapshots_and_crashes():
+    from nori_wal.testing.faultfs import PreallocFaultFS
+    assert not hasattr(durable_file(fresh(), "a", b""), "preallocate")
+    for fs in (FaultFS(preallocate=True), PreallocFaultFS()):
+        fs.makedirs(D)
+        f = durable_file(fs, "a", b"")
+        assert hasattr(f, "preallocate")
+        for later in (fs.snapshot(), fs.crash(), fs.process_crash(), fs.snapshot().crash()):
+            assert hasattr(later.open_append(f"{D}/a"), "preallocate")
+    off = PreallocFaultFS(preallocate=False)
+    off.makedirs(D)
+    assert not hasattr(off.snapshot().create(f"{D}/b"), "preallocate")
+
+
+def test_preallocated_zeros_are_durable_and_appends_overwrite_them():
+    fs = FaultFS(preallocate=True)
+    fs.makedirs(D)
+    f = durable_file(fs, "a", b"HEAD")
+    trace = fs.start_trace()
+    f.preallocate(16)
+    assert [(c.op, c.nbytes) for c in trace] == [("preallocate", 12), ("sync", 0)]   # pwrite zeros, fdatasync
+    assert fs.crash().files()[f"{D}/a"] == b"HEAD" + bytes(12)
+    f.append(b"rec1")                                  # at the write point, not at the end of the file
+    f.append(b"rec2")
+    assert fs.files()[f"{D}/a"] == b"HEADrec1rec2" + bytes(4)
+    assert fs.pending_ops() == [("w", 4, b"rec1"), ("w", 8, b"rec2")]
+    crash = lambda spec: fs.crash(spec).files()[f"{D}/a"]
+    assert crash(POWER_LOSS) == b"HEAD" + bytes(12)                       # lost: the durable zeros read back
+    assert crash(CrashSpec(keep_ops=1)) == b"HEADrec1" + bytes(8)
+    assert crash(CrashSpec(keep_ops=1, torn=3)) == b"HEADrec1rec" + bytes(5)   # torn into the zeros
+    assert crash(CrashSpec(keep_ops=0, zero_fill=True)) == b"HEAD" + bytes(12)
+    assert crash(PROCESS_CRASH) == b"HEADrec1rec2" + bytes(4)
+    f.preallocate(10)                                  # already that long: nothing written, no fsync
+    assert [c.op for c in trace[2:]] == ["append", "append", "preallocate"]
+    assert fs.pending_ops() == [("w", 4, b"rec1"), ("w", 8, b"rec2")]
+    f.append(b"longer-than-the-zeros")                 # runs past the zeros: overwrites, then extends
+    assert fs.files()[f"{D}/a"] == b"HEADrec1rec2longer-than-the-zeros"
+    assert crash(CrashSpec(keep_ops=2, torn=6)) == b"HEADrec1rec2longer"
+
+
+def test_preallocate_makes_earlier_writes_durable_too():
+    fs = FaultFS(preallocate=True)
+    fs.makedirs(D)
+    f = durable_file(fs, "a", b"H")
+    f.append(b"unsynced")
+    f.preallocate(20)                                  # one fdatasync for the file: everything so far
+    assert fs.crash().files()[f"{D}/a"] == b"Hunsynced" + bytes(11)
+
+
+def test_truncate_pulls_the_write_point_back_and_reopen_starts_at_the_size():
+    fs = FaultFS(preallocate=True)
+    fs.makedirs(D)
+    f = durable_file(fs, "a", b"HEAD")
+    f.preallocate(12)
+    f.append(b"seal")
+    f.truncate(8)                                      # a seal cuts the zeros after it
+    assert fs.files()[f"{D}/a"] == b"HEADseal"
+    assert fs.crash(CrashSpec(keep_ops=1)).files()[f"{D}/a"] == b"HEADseal" + bytes(4)   # the cut not yet durable
+    f.truncate(6)
+    f.append(b"AL")
+    assert fs.files()[f"{D}/a"] == b"HEADseAL"
+    f.truncate(10)                                     # growing the file leaves the write point alone
+    f.append(b"!")
+    assert fs.files()[f"{D}/a"] == b"HEADseAL!\0"
+    f.sync()
+    g = fs.open_append(f"{D}/a")
+    g.append(b"+")
+    assert fs.files()[f"{D}/a"] == b"HEADseAL!\0+"
+
+
+def test_preallocate_faults():
+    fs = FaultFS(preallocate=True)
+    fs.makedirs(D)
+    f = durable_file(fs, "a", b"H")
+    fs.inject("preallocate", errno.ENOSPC, partial=3)
+    with pytest.raises(OSError) as e:
+        f.preallocate(100)
+    assert e.value.errno == errno.ENOSPC and fs.files()[f"{D}/a"] == b"H" + bytes(3)
+    fs.inject("sync", errno.EIO)                       # the fdatasync after the zeros
+    with pytest.raises(OSError) as e:
+        f.preallocate(100)
+    assert e.value.errno == errno.EIO and len(fs.files()[f"{D}/a"]) == 100
+    assert fs.crash().files()[f"{D}/a"] == b"H"        # fsyncgate: the dirty zeros were dropped
+    fs.inject("preallocate", CRASH)
+    with pytest.raises(SimulatedCrash):
+        f.preallocate(200)
+
+
+@pytest.fixture(params=["os", "fault-prealloc"])
+def prealloc_layer_and_dir(request, tmp_path):
+    if request.param == "os":
+        return OsFileLayer(), str(tmp_path)
+    fs = FaultFS(preallocate=True)
+    fs.makedirs(str(tmp_path))
+    return fs, str(tmp_path)
+
+
+def test_preallocate_conformance(prealloc_layer_and_dir):
+    layer, d = prealloc_layer_and_dir
+    p = os.path.join(d, "f")
+    f = layer.create(p)
+    f.append(b"abc")
+    f.preallocate(10)
+    assert f.size() == 10
+    f.append(b"de")
+    f.preallocate(8)
+    f.truncate(12)
+    assert f.size() == 12
+    f.append(b"f")
+    f.sync()
+    f.close()
+    f = layer.open_append(p)
+    assert f.pread(100, 0) == b"abcdef" + bytes(6)
+    f.append(b"g")
+    f.truncate(5)
+    f.append(b"h")
+    assert f.pread(100, 0) == b"abcdeh" and f.size() == 6
+    f.close()
+
+
+def test_the_wal_keeps_preallocated_zeros_on_both_layers(prealloc_layer_and_dir):
+    """SegmentLog preallocates on FaultFS(preallocate=True) as it does on the OS, and seals cut the zeros."""
+    layer, d = prealloc_layer_and_dir
+    cfg = WalConfig(dir=os.path.join(d, "w"), max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    seg = os.path.join(cfg.dir, "000000.wal")
+    wal, _ = Wal.open(cfg, layer=layer)
+    with wal:
+        end = [wal.append(Record.put(b"k%d" % i, b"v" * 50)) for i in range(3)][-1]
+        h = layer.open_read(seg)
+        try:
+            assert h.size() > end.offset + 50 and not any(h.pread(4096, end.offset + 100))   # zeros ahead
+        finally:
+            h.close()
+    h = layer.open_read(seg)
+    try:
+        size = h.size()
+    finally:
+        h.close()
+    wal, info = Wal.open(cfg, layer=layer)
+    with wal, wal.read_from(Position(0, 0)) as r:
+        assert len(list(r)) == 3
+    assert size < end.offset + 100 and info.bytes_truncated == 0     # the seal cut them
