@@ -7,9 +7,10 @@ Rules:
 2. Judges damage exactly as recovery would, but reports instead of repairing:
    anything but whole records, a matching seal and end of file inside a segment
    that is not the last is corruption (``fatal``); at the end of the last segment a
-   torn record or a zero-filled tail is what a crash legally leaves (a warning:
-   opening the log cuts it off), while garbage (a record failing its checksum) is
-   reported as corruption, as ``RecoveryInfo.corruption_detected`` would.
+   torn record, a record torn into preallocated zeros, a zero-filled tail or zeros
+   after the seal is what a crash legally leaves (a warning: opening the log cuts
+   it off), while garbage (a record failing its checksum) is reported as
+   corruption, as ``RecoveryInfo.corruption_detected`` would.
 3. Every problem names the segment and the byte offset.
 
 The fast path (``detailed=False``) checks headers, every frame's CRC and the
@@ -46,7 +47,7 @@ from .codec import (
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression
-from .recovery import scan_in_chunks
+from .recovery import scan_in_chunks, torn_into_zeros
 from .scan import ScanResult, Stop, scan_frames
 from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
 
@@ -233,7 +234,12 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle) -> list[Prob
             out.append(Problem(sid, seal_at, f"seal counts {seg.seal.record_count} records, "
                                               f"the segment holds {seg.records}", True))
         if seg.valid_end != size:
-            out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} bytes after the seal", True))
+            if last and _first_nonzero(handle, seg.valid_end, size) is None:
+                # A crash between writing the seal over preallocated zeros and cutting them.
+                out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} zero bytes after the seal (a crash "
+                                                       f"before they were cut; opening the log cuts them)", False))
+            else:
+                out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} bytes after the seal", True))
         return out
     if seg.stop is Stop.END:
         if last:
@@ -256,6 +262,9 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle) -> list[Prob
                                                 f"cuts it off)", False)]
         return [Problem(sid, seg.valid_end, f"zero-filled bytes followed by data at offset {data_at}: "
                                             f"opening the log would cut off {cut} bytes", True)]
+    if torn_into_zeros(handle, seg.valid_end, size):
+        return [Problem(sid, seg.valid_end, f"torn tail: a record cut short over preallocated zeros, {cut} bytes "
+                                            f"(a crash; opening the log cuts it off)", False)]
     return [Problem(sid, seg.valid_end, f"{what} in the last segment: opening the log would cut off "
                                         f"{cut} bytes from here", True)]
 

@@ -174,11 +174,12 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                 else:
                     state.active_end = end
                 if end < size:
+                    # Read what the bad frame is before the cut removes it.
+                    corruption |= res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
                     # Rule 1: cut the tail on disk and make the cut durable before appending.
                     h.truncate(end)
                     h.sync()
                     truncated += size - end
-                    corruption |= res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
                     meter.event(CorruptionTruncated(sid, end, size - end, res.reason or res.stop.value))
         finally:
             h.close()

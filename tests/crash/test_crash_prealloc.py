@@ -222,10 +222,6 @@ def test_a_record_torn_into_zeros_is_cut_off(tmp_path, tear):
     assert info.valid_records == 1 and info.bytes_truncated > 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "recovery.recover calls torn_into_zeros(h, end, size) after h.truncate(end): it reads past the new end, "
-    "gets b'', and every record torn into (preallocated or zero-filled) zeros is reported as "
-    "corruption_detected=True; calling it before the truncate classifies all explored states as torn"))
 @pytest.mark.parametrize("tear", TEARS)
 def test_a_record_torn_into_zeros_is_not_reported_as_corruption(tmp_path, tear):
     cfg, post, _ = torn_over_zeros(tmp_path, tear)
@@ -234,9 +230,6 @@ def test_a_record_torn_into_zeros_is_not_reported_as_corruption(tmp_path, tear):
     assert info.bytes_truncated > 0 and not info.corruption_detected
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "inspect_log (nori-wal verify) judges a record torn into zeros at the tail of the last segment as "
-    "fatal 'checksum mismatch in the last segment', though it is what a power loss legally leaves there"))
 def test_verify_calls_a_record_torn_into_zeros_a_warning(tmp_path):
     cfg, post, _ = torn_over_zeros(tmp_path, 100)
     report = inspect_log(cfg.dir, layer=post)
@@ -267,19 +260,12 @@ def test_a_seal_over_zeros_not_yet_cut_recovers_as_sealed(tmp_path):
     assert info.bytes_truncated > 0 and info.bytes_truncated < size and not info.corruption_detected
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "inspect_log (nori-wal verify) reports zeros after the seal of the LAST segment as fatal "
-    "('N bytes after the seal'); a crash between the seal's write and its truncate leaves exactly that, "
-    "and recovery cuts it silently"))
 def test_verify_calls_zeros_after_the_last_seal_a_warning(tmp_path):
     cfg, post = sealed_over_zeros(tmp_path)
     report = inspect_log(cfg.dir, layer=post)
     assert report.ok, [str(p) for p in report.problems]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "no honest crash state should read as corruption: recovery flags records torn into zeros (torn_into_zeros "
-    "runs after the truncate) and verify flags them and zeros after the last seal as fatal"))
 def test_no_crash_state_of_the_preallocated_path_reads_as_corruption(tmp_path):
     run = run_workload("prealloc/report", workload_config(str(tmp_path), "always"), WORKLOADS["batches"], seed=7,
                        layer=PreallocFaultFS)
