@@ -1,4 +1,5 @@
-"""A failed fsync or write is fail-stop: nothing from the group is acknowledged, every later call fails, reopen recovers.
+"""A failed fsync or write is fail-stop: nothing from the group is acknowledged, every later call fails,
+reopen recovers.
 
 Linux may drop dirty pages after a failed fsync, so a retry can "succeed"
 without the data (PostgreSQL fsyncgate, 2018). FaultFS models exactly that

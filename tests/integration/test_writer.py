@@ -32,9 +32,10 @@ from nori_wal import (
 from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
 from nori_wal.codec import encode_record, encode_seal
-from nori_wal.segment import segment_name
+from nori_wal.segment import HEADER_SIZE, segment_name
 from nori_wal.writer_proc import WriterProcess
 from nori_wal.writer_proc.endpoint import ENDPOINT_FILE, read_endpoint_file
+from nori_wal.writer_proc.server import WRITEBACK_BYTES
 
 
 def rec(i: int, size: int = 100, tag: bytes = b"r") -> Record:
@@ -154,6 +155,21 @@ def test_os_acks_after_the_write_and_sync_forces_an_fsync(spawn_writer, wal_dir,
         c.sync()
         assert synced(journal)[segment_name(0)] > positions[-1].offset
         assert c.current_position() > positions[-1]
+
+
+def test_os_writes_back_in_the_background_without_holding_acks(spawn_writer, wal_dir, tmp_path):
+    """Under Os the flush thread fdatasyncs every WRITEBACK_BYTES, so a roll's fsync finds little dirty data."""
+    journal = str(tmp_path / "fsyncs")
+    w = spawn_writer(wal_dir, policy="os", layer=RecordingLayer(journal))
+    value = b"v" * 1000
+    with WalClient(w.endpoint, timeout=10) as c:
+        for b in range(WRITEBACK_BYTES // 1_000_000 + 2):          # ~1 MB per batch, past the threshold
+            c.append_batch([Record.put(b"%02d-%04d" % (b, i), value) for i in range(1000)])
+    assert w.stop() == 0            # joins the flush thread, then seals (a last fsync at the sealed size)
+    sealed = os.path.getsize(os.path.join(wal_dir, segment_name(0)))
+    with open(journal) as f:
+        sizes = [int(size) for name, size in (line.split() for line in f) if name == segment_name(0)]
+    assert any(HEADER_SIZE < size < sealed for size in sizes), sizes     # an fsync nobody asked for
 
 
 def test_payloads_larger_than_a_segment_are_split_at_frame_boundaries(spawn_writer, tmp_path):
