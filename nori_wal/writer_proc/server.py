@@ -119,7 +119,7 @@ class _FlushThread:
     def __init__(self, seglog: SegmentLog, ctx: zmq.Context[Any], wake_endpoint: str):
         self._log = seglog
         self._cond = threading.Condition()
-        self._job = False
+        self._jobs = 0              # fsyncs handed over and not yet begun (a writeback and a SYNC may queue)
         self._closing = False
         self.started = 0            # fsyncs handed to the thread ...
         self.finished = 0           # ... and finished (the result below belongs to the last one)
@@ -134,18 +134,18 @@ class _FlushThread:
     def start(self) -> None:
         with self._cond:
             self.started += 1
-            self._job = True
+            self._jobs += 1
             self._cond.notify()
 
     def _run(self) -> None:
         cond = self._cond
         while True:
             with cond:
-                while not self._job and not self._closing:
+                while not self._jobs and not self._closing:
                     cond.wait()
-                if not self._job:
+                if not self._jobs:
                     return
-                self._job = False
+                self._jobs -= 1
             try:
                 res: tuple[Position | None, WalError | None] = (self._log.sync(), None)
             except WalError as exc:

@@ -172,6 +172,36 @@ def test_os_writes_back_in_the_background_without_holding_acks(spawn_writer, wal
     assert any(HEADER_SIZE < size < sealed for size in sizes), sizes     # an fsync nobody asked for
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline", "flush-thread"])
+def test_sync_requests_interleave_with_background_writeback(spawn_writer, wal_dir, overlap):
+    """A SYNC may queue behind a writeback in the flush thread: each is answered, nothing hangs."""
+    w = spawn_writer(wal_dir, policy="os", overlap=overlap)
+    client = WalClient(w.endpoint, timeout=10)
+    value = b"v" * 1000
+    errors: list[BaseException] = []
+    last: list[Position] = []
+
+    def appender() -> None:
+        try:
+            for b in range(3 * WRITEBACK_BYTES // 1_000_000):
+                last[:] = client.append_batch([Record.put(b"%02d-%04d" % (b, i), value) for i in range(1000)])[-1:]
+        except BaseException as exc:          # noqa: BLE001  reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=appender)
+    t.start()
+    syncs = 0
+    while t.is_alive():
+        client.sync()
+        syncs += 1
+    t.join()
+    client.sync()
+    client.close()
+    assert not errors and syncs > 0
+    assert w.stop() == 0
+    assert keys_in(wal_dir)[-1] == b"%02d-0999" % (3 * WRITEBACK_BYTES // 1_000_000 - 1)
+
+
 def test_payloads_larger_than_a_segment_are_split_at_frame_boundaries(spawn_writer, tmp_path):
     d = str(tmp_path / "wal")
     w = spawn_writer(WalConfig(dir=d, max_segment_size=4096, fsync_policy=FsyncPolicy.always()))
