@@ -340,6 +340,7 @@ class WriterServer:
         counts: list[int] = []
         pending: list[tuple[bytes, int, int, int, int]] = []   # ident, rid, first unit, unit count, bytes
         nbytes = 0
+        failed: FatalStop | None = None
         for _ in range(MAX_GROUP_MESSAGES):
             try:
                 ident = recv(_NOBLOCK)              # once per group it raises Again: cheaper than asking first
@@ -354,7 +355,10 @@ class WriterServer:
                 f = recv(copy=False)
                 frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
             if ident[0] == 0x21:                    # b"!": one of our own threads
-                self._internal(ident)
+                try:
+                    self._internal(ident)
+                except FatalStop as stop:           # stop after this pass, once the requests taken are answered
+                    failed = failed or stop
                 continue
             h = append_header(head) if len(frames) == 2 else None
             if h is not None:                       # the hot path: a plain APPEND in our clients' encoding
@@ -391,7 +395,9 @@ class WriterServer:
             nbytes += size
             if nbytes >= MAX_GROUP_BYTES:
                 break
-        self._write_group(units, counts, pending, t_recv)
+        self._write_group(units, counts, pending, t_recv)   # after a failed fsync: answers them with its error
+        if failed is not None:
+            raise failed
 
     def _write_group(self, units: list[Any], counts: list[int], pending: list[tuple[bytes, int, int, int, int]],
                      t_recv: float) -> None:
