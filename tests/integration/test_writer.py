@@ -256,6 +256,7 @@ def bad_messages(max_frame: int) -> list[tuple[str, list[bytes], type]]:
         ("zeros", [P.encode_append(9, 1), bytes(64)], ProtocolError),
         ("frame too large", [P.encode_append(10, 1), big], RecordTooLargeError),
         ("negative delete", [msgpack.packb([1, 4, 11, -1, 0])], ProtocolError),
+        ("compact header, bad crc", [msgpack.packb([1, 1, 12, 1]), bytes(bad_crc)], ProtocolError),  # general path
     ]
 
 
@@ -286,6 +287,9 @@ def test_bad_requests_get_errors_while_a_good_producer_keeps_going(spawn_writer,
             assert not reply.ok and type(reply.result) is expected, (name, reply)
         raw.send_multipart([P.encode_append(99, 1), encode_record(rec(0, tag=b"raw"))])
         assert raw.poll(10_000) and P.decode_reply(raw.recv()).ok          # the writer still serves it
+        raw.send_multipart([msgpack.packb([1, 1, 98, 1]), encode_record(rec(1, tag=b"raw"))])
+        reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None   # any msgpack header is an APPEND
+        assert reply is not None and reply.ok and reply.request_id == 98 and reply.result[2] == 1
     finally:
         stop.set()
         t.join(60)
@@ -293,7 +297,7 @@ def test_bad_requests_get_errors_while_a_good_producer_keeps_going(spawn_writer,
         ctx.term()
     keys = keys_in(d)
     assert sorted(k for k in keys if k.startswith(b"g")) == [rec(i, tag=b"g").key for i in range(len(good_positions))]
-    assert len(keys) == len(good_positions) + 1 and len(set(good_positions)) == len(good_positions)
+    assert len(keys) == len(good_positions) + 2 and len(set(good_positions)) == len(good_positions)
 
 
 # -- crash and restart ----------------------------------------------------------------------------------
