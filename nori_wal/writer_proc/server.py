@@ -11,7 +11,7 @@ One pass of the loop::
     validate each request: one scan_frames call per APPEND payload
     write the valid payloads with ONE SegmentLog.append_frames call (one write per segment)
     Always/Batch: fsync once for the group (when due), then ack every request it covers
-    Os: ack right after the write (every WRITEBACK_BYTES, an fdatasync in the flush thread nobody waits for)
+    Os: ack right after the write
 
 The fsync runs inline by default: requests that arrive meanwhile wait in the
 socket and form the next group (the yardstick's loop). With ``overlap`` it runs
@@ -68,7 +68,6 @@ log = logging.getLogger("nori_wal.writer")
 EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4     # as in cli.py
 MAX_GROUP_BYTES = 64 * 1024 * 1024      # stop draining a group beyond this many payload bytes
 MAX_GROUP_MESSAGES = 4096               # ... or this many requests (bounds one pass's latency)
-WRITEBACK_BYTES = 8 * 1024 * 1024       # Os: fdatasync in the background after this many bytes (see _write_group)
 REPLY_LINGER_MS = 2000                  # how long closing waits to deliver the last replies
 
 
@@ -119,7 +118,7 @@ class _FlushThread:
     def __init__(self, seglog: SegmentLog, ctx: zmq.Context[Any], wake_endpoint: str):
         self._log = seglog
         self._cond = threading.Condition()
-        self._jobs = 0              # fsyncs handed over and not yet begun (a writeback and a SYNC may queue)
+        self._jobs = 0              # fsyncs handed over and not yet begun
         self._closing = False
         self.started = 0            # fsyncs handed to the thread ...
         self.finished = 0           # ... and finished (the result below belongs to the last one)
@@ -264,9 +263,6 @@ class WriterServer:
         self._flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
         self._watcher: _Watcher | None = None
         self._overlap = False
-        self._writeback = self.policy.kind == "os"     # background fdatasyncs (``_start_writeback``)
-        self._writeback_running = False
-        self._unflushed = 0
         self._arrived_during_fsync = False
         self._unsynced_records = 0
         self._unsynced_bytes = 0
@@ -437,10 +433,6 @@ class WriterServer:
         commit = self.commit
         if commit.written_group(end, tickets):
             self._send_acks(tickets)
-            if self._writeback:
-                self._unflushed += sum(p[4] for p in pending)
-                if self._unflushed >= WRITEBACK_BYTES and not self._writeback_running and not commit.in_flight:
-                    self._start_writeback()
         if commit.in_flight or commit.waiting:
             self._unsynced_records += records
             self._unsynced_bytes += sum(p[4] for p in pending)
@@ -448,32 +440,14 @@ class WriterServer:
             self.meter.histogram("wal_group_records", records)
             self.meter.histogram("wal_group_bytes", sum(p[4] for p in pending))
 
-    def _start_writeback(self) -> None:
-        """Os: fdatasync what is written so far in the flush thread, acknowledging nothing.
-
-        Nothing waits for it; it keeps the dirty data of the active segment
-        small, so the fsync that seals a full segment at a roll (128 MiB under
-        Os, 45-60 ms here) no longer stalls every producer at once. RocksDB's
-        ``wal_bytes_per_sync`` does the same. A failure stops the writer like
-        any failed fsync.
-        """
-        self._unflushed = 0
-        self._writeback_running = True
-        self._flusher.start()
-
     def _internal(self, ident: bytes) -> None:
         """A message from the flush thread (an fsync finished) or the watcher (a signal, the lifeline)."""
         if ident != _FLUSH_ID:
             return              # _WAKE_ID: nothing to do here; the loop looks at ``stopping`` next.
-        res = self._flusher.take()
-        if res is None:
-            return
-        if self._writeback_running:
-            self._writeback_running = False
-            if res[1] is not None:
-                raise FatalStop(str(res[1]), EXIT_IO) from res[1]
         if self.commit.in_flight and self._overlap:
-            self._finish_fsync(*res)
+            res = self._flusher.take()
+            if res is not None:
+                self._finish_fsync(*res)
 
     def _control(self, ident: bytes, req: P.Control, t_recv: float) -> None:
         op, rid = req.op, req.request_id

@@ -135,26 +135,3 @@ def test_writer_killed_at_named_crash_points(tmp_path, op, nth, path, crash_coun
     crash_counts["kills"] += 1
     crash_counts["torture_acked"] += len(acked)
 
-
-@pytest.mark.timeout(120)
-def test_a_failed_background_writeback_stops_an_os_writer(tmp_path, crash_counts):
-    """Under Os nothing waits for the background fdatasync, but its failure is still fail-stop."""
-    cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.os())
-    # The first fsync of a .wal path is the new segment's header; the second is the first writeback.
-    writer = WriterProcess.spawn(cfg, layer=FaultyOsLayer([Fault("sync", errno.EIO, nth=2, path=".wal")]))
-    acked: dict[bytes, Position] = {}
-    try:
-        with WalClient.for_dir(tmp_path, timeout=10) as client:
-            with pytest.raises(WalError):
-                for b in range(40):                                 # ~40 MB: far past the first writeback
-                    recs = [Record.put(b"%02d-%04d" % (b, i), b"v" * 1000) for i in range(1000)]
-                    acked.update(zip((r.key for r in recs), client.append_batch(recs)))
-        assert writer.wait(30) == EXIT_IO
-    finally:
-        if writer.is_alive():
-            writer.kill()
-        writer.stop()
-    with WriterProcess.spawn(cfg) as again:                         # the next start recovers
-        assert again.recovery_info.valid_records >= len(acked) > 0
-    check_acked(tmp_path, acked)
-    crash_counts["fault_cases"] += 1

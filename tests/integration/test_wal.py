@@ -27,6 +27,7 @@ class CountingLayer(OsFileLayer):
 
     def __init__(self):
         self.fsyncs = 0
+        self.writebacks = 0
 
     def create(self, path):
         return _Counting(super().create(path), self)
@@ -43,6 +44,10 @@ class _Counting:
         self._layer.fsyncs += 1
         self._inner.sync()
 
+    def start_writeback(self, offset, nbytes):
+        self._layer.writebacks += 1
+        self._inner.start_writeback(offset, nbytes)
+
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
@@ -55,6 +60,19 @@ def test_append_read_back_under_each_policy(tmp_path, policy):
         assert pos == sorted(pos) and len(set(pos)) == len(pos)
         got = list(wal.read_from(Position(0, 0)))
     assert [r for r, _ in got] == recs and [p for _, p in got] == pos
+
+
+def test_os_starts_writeback_without_fsyncing(tmp_path):
+    """Under Os the log hints the kernel to write back every WRITEBACK_BYTES; only the seal fsyncs the data."""
+    from nori_wal.segment_log import WRITEBACK_BYTES
+    layer = CountingLayer()
+    wal, _ = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.os()), layer=layer)
+    value = b"v" * 1000
+    for b in range(WRITEBACK_BYTES // 1_000_000 + 1):
+        wal.append_batch([Record.put(b"%02d-%03d" % (b, i), value) for i in range(1000)])
+    assert layer.writebacks == 1 and layer.fsyncs == 1          # the hint; the first segment's header
+    wal.close()
+    assert layer.fsyncs == 2                                    # the seal
 
 
 def test_threads_share_fsyncs_under_always(tmp_path):

@@ -33,9 +33,9 @@ from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
 from nori_wal.codec import encode_record, encode_seal
 from nori_wal.segment import HEADER_SIZE, segment_name
+from nori_wal.segment_log import WRITEBACK_BYTES
 from nori_wal.writer_proc import WriterProcess
 from nori_wal.writer_proc.endpoint import ENDPOINT_FILE, read_endpoint_file
-from nori_wal.writer_proc.server import WRITEBACK_BYTES
 
 
 def rec(i: int, size: int = 100, tag: bytes = b"r") -> Record:
@@ -157,19 +157,20 @@ def test_os_acks_after_the_write_and_sync_forces_an_fsync(spawn_writer, wal_dir,
         assert c.current_position() > positions[-1]
 
 
-def test_os_writes_back_in_the_background_without_holding_acks(spawn_writer, wal_dir, tmp_path):
-    """Under Os the flush thread fdatasyncs every WRITEBACK_BYTES, so a roll's fsync finds little dirty data."""
+def test_os_starts_writeback_every_few_mib_without_an_fsync(spawn_writer, wal_dir, tmp_path):
+    """Under Os the writer asks the kernel to write back every WRITEBACK_BYTES (a hint), and never fsyncs for it."""
     journal = str(tmp_path / "fsyncs")
     w = spawn_writer(wal_dir, policy="os", layer=RecordingLayer(journal))
+    created = fsync_count(journal)
     value = b"v" * 1000
     with WalClient(w.endpoint, timeout=10) as c:
-        for b in range(WRITEBACK_BYTES // 1_000_000 + 2):          # ~1 MB per batch, past the threshold
+        for b in range(2 * WRITEBACK_BYTES // 1_000_000 + 3):      # ~1 MB per batch: two hints' worth
             c.append_batch([Record.put(b"%02d-%04d" % (b, i), value) for i in range(1000)])
-    assert w.stop() == 0            # joins the flush thread, then seals (a last fsync at the sealed size)
-    sealed = os.path.getsize(os.path.join(wal_dir, segment_name(0)))
-    with open(journal) as f:
-        sizes = [int(size) for name, size in (line.split() for line in f) if name == segment_name(0)]
-    assert any(HEADER_SIZE < size < sealed for size in sizes), sizes     # an fsync nobody asked for
+        assert fsync_count(journal) == created                      # acks under Os wait for no fsync
+    with open(journal + ".writeback") as f:
+        hints = [(name, int(off), int(n)) for name, off, n in (line.split() for line in f)]
+    assert len(hints) == 2 and all(n >= WRITEBACK_BYTES for _, _, n in hints)
+    assert hints[0][1] == HEADER_SIZE and hints[1][1] == hints[0][1] + hints[0][2]    # contiguous, in order
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["inline", "flush-thread"])

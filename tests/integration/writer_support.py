@@ -41,6 +41,12 @@ class RecordingFile:
         finally:
             os.close(fd)
 
+    def start_writeback(self, offset: int, nbytes: int) -> None:
+        """Journal the writeback hint in ``<journal>.writeback`` (``<name> <offset> <nbytes>``), then give it."""
+        self._inner.start_writeback(offset, nbytes)
+        with open(self._journal + ".writeback", "a") as f:
+            f.write(f"{os.path.basename(self.path)} {offset} {nbytes}\n")
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
