@@ -54,8 +54,8 @@ class SegmentLog:
         self.end = HEADER_SIZE                # offset where the next record goes
         self._active_records = 0
         self._zeroed_to = 0                   # the active file holds durable zeros up to here
-        self._written_back = HEADER_SIZE      # Os: writeback of the active file was started up to here
         self._has_zeros = False               # ... that must be cut off when it is sealed
+        self._written_back = HEADER_SIZE      # Os: writeback of the active file was started up to here
         self.total_records = 0
         self.durable = Position(0, 0)          # everything before this is fsynced
         self._next_id = 0
