@@ -227,4 +227,26 @@ class OsFileLayer:
         return OsDirLock(fd)
 
 
+def writer_lock_held(path: str) -> bool | None:
+    """Whether a live writer (process or embedded Wal) holds ``path``'s lock; None when it cannot tell.
+
+    Read-only: looks the lock up in Linux's /proc/locks instead of trying to take
+    it, so it never makes a starting writer fail. None on other systems or
+    when the directory has no LOCK file.
+    """
+    try:
+        st = os.stat(os.path.join(path, LOCK_FILE))
+        with open("/proc/locks") as f:
+            table = f.read()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (waiters carry a "->" field and hold nothing)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[5] == wanted:
+            return True
+    return False
+
+
 OS = OsFileLayer()

@@ -44,7 +44,7 @@ from .codec import (
     decode_record,
     frame_layout,
 )
-from .fs import OS, FileHandle, FileLayer
+from .fs import OS, FileHandle, FileLayer, writer_lock_held
 from .position import Position
 from .record import Compression
 from .recovery import scan_in_chunks, torn_into_zeros
@@ -110,6 +110,7 @@ class LogReport:
     segments: list[SegmentScan]
     problems: list[Problem]
     detailed: bool
+    live_writer: bool = False         # a writer held the directory: its last segment was still growing
 
     @property
     def ok(self) -> bool:
@@ -168,6 +169,7 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
     done = 0
     segments: list[SegmentScan] = []
     problems: list[Problem] = []
+    live = writer_lock_held(directory) is True if layer is OS else False
     for i, sid in enumerate(ids):
         last = i == len(ids) - 1
         try:
@@ -183,7 +185,7 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
                 progress(done, total, _sid)
         try:
             seg = scan_segment(h, sid, detailed=detailed or deep, deep=deep, on_bytes=step)
-            problems.extend(judge_segment(seg, last, h))
+            problems.extend(judge_segment(seg, last, h, live_writer=live))
         finally:
             h.close()
         segments.append(seg)
@@ -192,7 +194,7 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
                                     f"(after {segment_name(ids[i - 1])}); records may be lost", False))
     if progress is not None:
         progress(total, total, ids[-1])
-    return LogReport(directory, segments, problems, detailed or deep)
+    return LogReport(directory, segments, problems, detailed or deep, live)
 
 
 def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False, deep: bool = False,
@@ -218,8 +220,12 @@ def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False,
     return seg
 
 
-def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle) -> list[Problem]:
-    """The problems of a scanned segment, as recovery would see them (module rule 2)."""
+def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writer: bool = False) -> list[Problem]:
+    """The problems of a scanned segment, as recovery would see them (module rule 2).
+
+    ``live_writer``: a writer holds the directory, so zeros after the last segment's
+    records are the durable zeros it keeps ahead of its writes, not a crash's tail.
+    """
     sid, size = seg.segment_id, seg.size
     if seg.header_problem is not None:
         return [Problem(sid, 0, f"bad segment header: {seg.header_problem}", True)]
@@ -258,6 +264,8 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle) -> list[Prob
     if seg.stop is Stop.ZEROED:
         data_at = _first_nonzero(handle, seg.valid_end, size)
         if data_at is None:
+            if live_writer:
+                return []          # the live writer's preallocated zeros: nothing wrong
             return [Problem(sid, seg.valid_end, f"zero-filled tail of {cut} bytes (a crash; opening the log "
                                                 f"cuts it off)", False)]
         return [Problem(sid, seg.valid_end, f"zero-filled bytes followed by data at offset {data_at}: "

@@ -119,5 +119,6 @@ def run(args: argparse.Namespace) -> int:
         first = fatal[0] if fatal else report.problems[0]
         error("verify", f"{'corruption' if fatal else 'warning (--strict)'} in {directory}: {first}")
         return EXIT_FAILED
-    print(f"OK: {summary}" + (f" ({warnings} warnings)" if warnings else ""))
+    live = " (a live writer holds the directory: its last segment is still growing)" if report.live_writer else ""
+    print(f"OK: {summary}" + (f" ({warnings} warnings)" if warnings else "") + live)
     return EXIT_OK

@@ -271,6 +271,32 @@ def test_verify_runs_beside_a_writer_holding_the_lock(log):
     assert f"{len(recs) + 1} records" in proc.stdout
 
 
+def test_verify_beside_a_live_always_writer_is_strict_clean(tmp_path):
+    """The zeros a live Always writer keeps ahead of its records are not a crash's tail: no warning."""
+    from nori_wal.fs import writer_lock_held
+    d = tmp_path / "wal"
+    with Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))[0] as wal:
+        wal.append(Record.put(b"k", b"v" * 100))
+        assert os.path.getsize(d / segment_name(0)) > 1024 * 1024          # preallocated zeros
+        assert writer_lock_held(str(d)) is True
+        proc = cli("verify", d, "--strict")
+    assert proc.returncode == 0 and "a live writer holds the directory" in proc.stdout, proc.stdout + proc.stderr
+    assert writer_lock_held(str(d)) is False
+
+
+def test_verify_warns_on_zeros_a_crash_left_behind(tmp_path):
+    """Without a live writer the same zeros are what a crash leaves: a warning, and --strict fails."""
+    d = tmp_path / "wal"
+    wal = Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))[0]
+    wal.append(Record.put(b"k", b"v" * 100))
+    zeroed = (d / segment_name(0)).read_bytes()
+    wal.close()
+    (d / segment_name(0)).write_bytes(zeroed)                  # as if it had died before sealing
+    proc = cli("verify", d)
+    assert proc.returncode == 0 and "zero-filled tail" in proc.stdout and "live writer" not in proc.stdout
+    assert cli("verify", d, "--strict").returncode == 1
+
+
 def test_verify_wrong_path_and_empty_dir(tmp_path):
     proc = cli("verify", tmp_path / "nope")
     assert proc.returncode == 2
