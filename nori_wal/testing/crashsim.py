@@ -145,14 +145,25 @@ def _watch(fs: FaultFS, run: WorkloadRun, acks: Acks) -> None:
     fs.observe(on_call)
 
 
+def _start_run(name: str, config: WalConfig, layer: type[FaultFS],
+               records: list[Record]) -> tuple[FaultFS, WorkloadRun, Acks]:
+    """A fresh ``layer()`` watched at every mutating syscall, and the run recording on it.
+
+    ``records``: known in advance (threaded workloads fill their positions as acks
+    arrive), or empty (``run_workload`` appends them step by step).
+    """
+    fs = layer()
+    run = WorkloadRun(name, config, records, [None] * len(records))
+    acks = Acks(config.fsync_policy.kind != "os")
+    _watch(fs, run, acks)
+    return fs, run, acks
+
+
 def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int = 0,
                  layer: type[FaultFS] = FaultFS) -> WorkloadRun:
     """Run ``steps`` (one thread) on a fresh ``layer()``, snapshotting after every mutating syscall."""
     rng = random.Random(seed)
-    fs = layer()
-    run = WorkloadRun(name, config)
-    acks = Acks(config.fsync_policy.kind != "os")
-    _watch(fs, run, acks)
+    fs, run, acks = _start_run(name, config, layer, [])
     wal, _ = Wal.open(config, layer=fs)
     try:
         for step in steps:
@@ -225,11 +236,8 @@ def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, app
     The interleaving differs from run to run; the invariants hold for every one.
     """
     rng = random.Random(seed)
-    total = threads * appends * batch
-    fs = layer()
-    run = WorkloadRun(name, config, [make_record(i, rng, size) for i in range(total)], [None] * total)
-    acks = Acks(config.fsync_policy.kind != "os")
-    _watch(fs, run, acks)
+    fs, run, acks = _start_run(name, config, layer,
+                               [make_record(i, rng, size) for i in range(threads * appends * batch)])
     wal, _ = Wal.open(config, layer=fs)
     try:
         errors = _append_from_threads(wal, run, acks, threads, appends, batch)
@@ -256,11 +264,8 @@ def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, app
     from ..writer_proc.server import WriterSpec, open_writer
 
     rng = random.Random(seed)
-    total = producers * appends * batch
-    fs = layer()
-    run = WorkloadRun(name, config, [make_record(i, rng, size) for i in range(total)], [None] * total)
-    acks = Acks(config.fsync_policy.kind != "os")
-    _watch(fs, run, acks)
+    fs, run, acks = _start_run(name, config, layer,
+                               [make_record(i, rng, size) for i in range(producers * appends * batch)])
     server = open_writer(WriterSpec(config=config, layer=fs))
     wake_r, wake_w = os.pipe()
     codes: list[int] = []

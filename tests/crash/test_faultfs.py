@@ -227,9 +227,14 @@ def test_tear_point_helpers():
 
 @pytest.fixture(params=["os", "fault"])
 def layer_and_dir(request, tmp_path):
-    if request.param == "os":
+    return make_layer(request.param, tmp_path)
+
+
+def make_layer(kind, tmp_path):
+    """The OS layer, or a FaultFS (preallocating for "fault-prealloc") holding ``tmp_path``."""
+    if kind == "os":
         return OsFileLayer(), str(tmp_path)
-    fs = FaultFS()
+    fs = FaultFS(preallocate=kind == "fault-prealloc")
     fs.makedirs(str(tmp_path))
     return fs, str(tmp_path)
 
@@ -384,11 +389,7 @@ def test_preallocate_faults():
 
 @pytest.fixture(params=["os", "fault-prealloc"])
 def prealloc_layer_and_dir(request, tmp_path):
-    if request.param == "os":
-        return OsFileLayer(), str(tmp_path)
-    fs = FaultFS(preallocate=True)
-    fs.makedirs(str(tmp_path))
-    return fs, str(tmp_path)
+    return make_layer(request.param, tmp_path)
 
 
 def test_preallocate_conformance(prealloc_layer_and_dir):
