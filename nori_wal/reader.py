@@ -100,8 +100,12 @@ class WalReader:
                     return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
                 lay = ZEROED if not any(buf[i:i + MIN_FRAME_SIZE]) else CORRUPT
                 if lay == CORRUPT and self._base + end < self._file_size() and not self._at_tail_of_last(i):
+                    if self._refill(i):
+                        continue        # the bytes changed under us: a write was landing (see _refill)
                     raise self._corrupt(i, "checksum mismatch")
             if lay == CORRUPT and not self._at_tail_of_last(i):
+                if self._refill(i):
+                    continue
                 raise self._corrupt(i, "invalid frame (bad lengths or flags)")
             # NEED_MORE, ZEROED, or garbage right at the tail: read on, or move on, or stop.
             if self._refill(i):
@@ -232,7 +236,11 @@ class WalReader:
 
         The bytes after the last whole frame are read again rather than kept: a writer
         killed mid-write leaves a torn frame there, and the next writer's recovery cuts
-        it and writes new frames in its place (found by the SIGKILL torture).
+        it and writes new frames in its place (found by the SIGKILL torture). Bad bytes
+        are read again before they are called corruption too: over the durable zeros a
+        writer preallocates, the file size no longer hides a write in progress, so a read
+        can catch a frame half-copied; only bytes that stay the same are damage (also
+        found by the torture).
         """
         assert self._fh is not None
         start = self._base + i

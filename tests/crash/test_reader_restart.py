@@ -49,3 +49,49 @@ def test_reader_continues_after_recovery_rewrites_the_torn_tail(tmp_path, torn, 
         after.append(item)
     reader.close()
     assert [(r.key, p) for r, p in after] == [(r.key, p) for r, p in zip(more, positions)]
+
+
+class _LandingLayer:
+    """The real files, except that the first read over ``hole`` sees those bytes still zero.
+
+    Over durable zeros a writer preallocated, a read can catch a write half-copied:
+    the frame's tail is still zeros while later frames are already there.
+    """
+
+    def __init__(self, inner, hole):
+        self._inner, self.hole, self.landed = inner, hole, False
+
+    def open_read(self, path):
+        return _LandingFile(self._inner.open_read(path), self)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _LandingFile:
+    def __init__(self, inner, layer):
+        self._inner, self._layer = inner, layer
+
+    def pread(self, size, offset):
+        data = self._inner.pread(size, offset)
+        start, end = self._layer.hole
+        if not self._layer.landed and offset <= start and offset + len(data) >= end:
+            self._layer.landed = True
+            data = data[:start - offset] + bytes(end - start) + data[end - offset:]
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_a_record_read_while_it_lands_over_zeros_is_read_again_not_called_corrupt(tmp_path):
+    from nori_wal.fs import OS
+    cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
+    recs = [rec(i) for i in range(3)]
+    with Wal.open(cfg)[0] as wal:
+        positions = [wal.append(r) for r in recs]
+        mid = positions[1].offset + len(encode_record(recs[1])) // 2
+        layer = _LandingLayer(OS, (mid, mid + 20))
+        with WalReader(str(tmp_path), layer=layer) as reader:
+            got = [reader.next_record() for _ in recs]
+    assert layer.landed and got == list(zip(recs, positions))
