@@ -19,7 +19,8 @@ class FsyncPolicy:
 
     always: fsync after each written group (survives power loss).
     batch:  at most one fsync per ``window`` seconds; acks wait for it (survives power loss).
-    os:     never fsync; the OS writes back (survives a crash of the writer process only).
+    os:     never fsync for a record (a full segment is fsynced once, when sealed at a roll); the OS writes back.
+            Survives a crash of the writer process only.
     """
 
     kind: Literal["always", "batch", "os"]

@@ -108,7 +108,7 @@ _packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 # An APPEND header in one fixed msgpack shape: fixarray(4), 1, 1, uint64 request_id, uint32 record_count.
 # Any msgpack encoding of the same array is valid; this one is what our clients send and what the
 # writer's fast path recognises with one struct call (``append_header``).
-_APPEND_HEADER = struct.Struct(">BBBBQBI")
+_APPEND_HEADER = struct.Struct(">4sQBI")             # the fixed bytes travel as one field: fewer to check
 _APPEND_PREFIX = bytes((0x94, VERSION, 1, 0xCF))       # fixarray(4), version, op APPEND, uint64 tag
 APPEND_HEADER_SIZE = _APPEND_HEADER.size
 
@@ -116,7 +116,7 @@ APPEND_HEADER_SIZE = _APPEND_HEADER.size
 def encode_append(request_id: int, record_count: int) -> bytes:
     """The header of an APPEND request (send it with the payload as the second frame)."""
     if 0 <= request_id < 2**64 and 0 <= record_count < 2**32:
-        return _APPEND_HEADER.pack(0x94, VERSION, 1, 0xCF, request_id, 0xCE, record_count)
+        return _APPEND_HEADER.pack(_APPEND_PREFIX, request_id, 0xCE, record_count)
     return _packb([VERSION, 1, request_id, record_count])
 
 
@@ -125,9 +125,10 @@ def append_header(head: BytesLike) -> tuple[int, int] | None:
 
     The writer's per-request fast path; None sends the header through ``decode_request``.
     """
-    if len(head) == APPEND_HEADER_SIZE and head[:4] == _APPEND_PREFIX and head[12] == 0xCE:
-        _, _, _, _, rid, _, count = _APPEND_HEADER.unpack(head)
-        return rid, count
+    if len(head) == APPEND_HEADER_SIZE:
+        prefix, rid, tag, count = _APPEND_HEADER.unpack(head)
+        if prefix == _APPEND_PREFIX and tag == 0xCE:
+            return rid, count
     return None
 
 
@@ -318,17 +319,15 @@ def encode_ok(request_id: int, result: Any) -> bytes:
 
 # The reply to a one-unit APPEND in one fixed msgpack shape:
 # [VERSION, uint64 request_id, OK, [uint64 segment_id, uint64 offset, uint32 count]].
-_RUN_REPLY = struct.Struct(">BBBQBBBQBQBI")
-
-
+_RUN_REPLY = struct.Struct(">3sQ3sQBQBI")
+_RUN_HEAD = bytes((0x94, VERSION, 0xCF))     # fixarray(4), version, uint64 tag (the request id follows)
+_RUN_MID = bytes((OK, 0x93, 0xCF))           # OK, fixarray(3), uint64 tag (the segment id follows)
 RUN_REPLY_SIZE = _RUN_REPLY.size
-_RUN_REPLY_TAGS = (0x94, VERSION, 0xCF, OK, 0x93, 0xCF, 0xCF, 0xCE)
 
 
 def encode_run_ok(request_id: int, segment_id: int, offset: int, count: int) -> bytes:
     """``encode_ok(request_id, [segment_id, offset, count])``, built with one struct call (the writer's hot path)."""
-    return _RUN_REPLY.pack(0x94, VERSION, 0xCF, request_id, OK, 0x93, 0xCF, segment_id, 0xCF, offset,
-                           0xCE, count)
+    return _RUN_REPLY.pack(_RUN_HEAD, request_id, _RUN_MID, segment_id, 0xCF, offset, 0xCE, count)
 
 
 def run_reply(data: BytesLike) -> tuple[int, int, int, int] | None:
@@ -338,10 +337,10 @@ def run_reply(data: BytesLike) -> tuple[int, int, int, int] | None:
     """
     if len(data) != RUN_REPLY_SIZE:
         return None
-    a, v, t1, rid, ok, arr, t2, seg, t3, off, t4, count = _RUN_REPLY.unpack(data)
-    if (a, v, t1, ok, arr, t2, t3, t4) != _RUN_REPLY_TAGS:
-        return None
-    return rid, seg, off, count
+    head, rid, mid, seg, t3, off, t4, count = _RUN_REPLY.unpack(data)
+    if head == _RUN_HEAD and mid == _RUN_MID and t3 == 0xCF and t4 == 0xCE:
+        return rid, seg, off, count
+    return None
 
 
 def encode_error(request_id: int, exc: BaseException) -> bytes:

@@ -60,6 +60,34 @@ _FAST_FLAGS = bytes(
     for f in range(256))
 
 
+# Flags of a plain record: the fast path's, and no compression (a compressed value needs a decode check).
+_PLAIN_FLAGS = bytes(ok if not f & COMPRESSION_MASK else 0 for f, ok in enumerate(_FAST_FLAGS))
+
+
+def one_plain_frame(buf: BytesLike, limit: int) -> bool:
+    """True if ``buf`` is exactly one valid record frame of at most ``limit`` bytes, uncompressed, no TTL.
+
+    The writer's check for a synchronous producer's one-record append: what
+    ``scan_frames`` accepts as one record ending at ``len(buf)``, in a tenth of
+    its steps (a key under 128 bytes, a value under 16 KiB). False means "use
+    ``scan_frames``", not "invalid".
+    """
+    n = len(buf)
+    if n < MIN_FRAME_SIZE or n > limit:
+        return False
+    klen = buf[4]
+    vlen = buf[5]
+    fp = 6
+    if vlen >= 0x80:
+        v1 = buf[6]
+        if v1 >= 0x80:
+            return False
+        vlen = (vlen & 0x7F) | (v1 << 7)
+        fp = 7
+    return (klen < 0x80 and fp + 1 + klen + vlen == n and _PLAIN_FLAGS[buf[fp]] == 1
+            and crc32c(buf[4:]) == _U32.unpack_from(buf)[0])
+
+
 def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
     """Walk the frames of ``buf`` from ``start``; never raises for damaged input.
 

@@ -155,6 +155,21 @@ class SegmentLog:
             self._write(pending, end, records)
         return positions
 
+    def append_in_place(self, units: list[BytesLike], records: int, nbytes: int) -> int | None:
+        """Write units with one write if all ``nbytes`` of them fit in the active segment; no fsync.
+
+        Returns the offset of the first unit (each next one follows the last),
+        or None, writing nothing, when a roll is needed (then ``append_frames``).
+        The writer's per-group path: no Position per unit. The caller vouches
+        that every unit is whole frames of at most ``max_frame`` bytes.
+        """
+        self.check_usable()
+        start = self.end
+        if self._active is None or start + nbytes > self._roll_at:
+            return None
+        self._write(units, start + nbytes, records)
+        return start
+
     def _write(self, frames: list[BytesLike], new_end: int, count: int) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         assert self._active is not None

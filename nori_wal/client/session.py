@@ -22,7 +22,8 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any, Generic, Sequence, TypeVar
+import itertools
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from .. import protocol as P
 from ..errors import ProtocolError, RecordTooLargeError, WalError
@@ -69,7 +70,8 @@ class Session(Generic[W]):
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.max_in_flight = max_in_flight
         self.coalesce_bytes = coalesce_bytes
-        self._next_id = 1
+        # Request ids 1, 2, 3, ...: a C-level counter (no wrap: 2**63 requests would take millennia).
+        self.new_id: Callable[[], int] = itertools.count(1).__next__
         self._in_flight: dict[int, _InFlight[W]] = {}
         self._queue: list[_Entry[W]] = []
         self._qhead = 0
@@ -94,15 +96,6 @@ class Session(Generic[W]):
         if not self._in_flight:
             return None
         return min(f.sent_at for f in self._in_flight.values())
-
-    def new_id(self) -> int:
-        """A request id for a request the caller tracks itself (the sync client's one-append fast path)."""
-        return self._rid()
-
-    def _rid(self) -> int:
-        rid = self._next_id
-        self._next_id = rid + 1 if rid < 2**63 else 1
-        return rid
 
     # -- appends ----------------------------------------------------------------------------
 
@@ -158,7 +151,7 @@ class Session(Generic[W]):
             all_frames = [f for e in entries for f in e.frames]
             count = len(all_frames)
             payload = b"".join(all_frames)
-        rid = self._rid()
+        rid = self.new_id()
         self._in_flight[rid] = _InFlight(P.Op.APPEND, entries, None, now)
         return (P.encode_append(rid, count), payload)
 
@@ -166,7 +159,7 @@ class Session(Generic[W]):
 
     def control(self, op: P.Op, waiter: W, now: float, *args: int) -> OutFrames:
         """A SYNC / POSITION / DELETE / INFO request to send now (not subject to the in-flight limit)."""
-        rid = self._rid()
+        rid = self.new_id()
         self._in_flight[rid] = _InFlight(op, None, waiter, now)
         return (P.encode_request(op, rid, *args),)
 

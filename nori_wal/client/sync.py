@@ -136,13 +136,19 @@ class WalClient(ClientBase):
     def _append_one(self, tc: _ThreadConn, frame: bytes) -> Position:
         """The hot path of a synchronous producer: one frame, nothing else outstanding on this thread."""
         runs = self._append_direct(tc, 1, frame)
-        if type(runs) in (list, tuple) and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int \
+        if type(runs) is tuple:         # run_reply's (segment_id, offset, count): ints by construction
+            if runs[2] == 1:
+                return _tuple_new(Position, runs[:2])    # Position(seg, off) without NamedTuple's Python __new__
+        elif type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int \
                 and type(runs[1]) is int:
-            return _tuple_new(Position, runs[:2])    # Position(seg, off) without NamedTuple's Python-level __new__
+            return _tuple_new(Position, runs[:2])
         raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
 
     def _append_direct(self, tc: _ThreadConn, count: int, payload: bytes) -> Any:
-        """Send one APPEND of ``count`` frames and wait for its reply; the reply's runs (unchecked).
+        """Send one APPEND of ``count`` frames and wait for its reply; the reply's runs.
+
+        The runs are a tuple ``(segment_id, offset, count)`` when the reply came
+        in ``encode_run_ok``'s fixed shape (checked), else msgpack's list (unchecked).
 
         For when nothing else is outstanding on this thread. Same protocol and
         guarantees as the general path (Session), minus its bookkeeping and

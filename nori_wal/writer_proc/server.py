@@ -9,7 +9,7 @@ One pass of the loop::
     block for the first message (poll timeout = time to the Batch deadline)
     drain everything already pending without blocking
     validate each request: one scan_frames call per APPEND payload
-    write the valid payloads with ONE SegmentLog.append_frames call (one write per segment)
+    write the valid payloads with ONE SegmentLog call (one write per segment touched)
     Always/Batch: fsync once for the group (when due), then ack every request it covers
     Os: ack right after the write
 
@@ -60,6 +60,7 @@ from ..observe import NOOP, Meter
 from ..position import Position
 from ..record import BytesLike
 from ..recovery import RecoveryInfo
+from ..scan import one_plain_frame as _one_plain_frame
 from ..segment_log import SegmentLog
 from .endpoint import default_endpoint, remove_endpoint_file, write_endpoint_file
 
@@ -93,6 +94,8 @@ class WriterSpec:
 # A request waiting for its ack: (routing id, request id, reply -- None for a SYNC, built at ack time --,
 # perf_counter when its group was received). A tuple: the writer makes one per request.
 Ticket = tuple[bytes, int, "bytes | None", float]
+# An APPEND validated and waiting to be written: (routing id, request id, records, bytes, units it became).
+_Pending = tuple[bytes, int, int, int, int]
 
 
 _FLUSH_ID = b"!flush"     # routing ids of the writer's own threads (peer-generated ids start with a 0 byte)
@@ -334,8 +337,8 @@ class WriterServer:
         t_recv = time.perf_counter() if self._metered else 0.0
         units: list[Any] = []
         counts: list[int] = []
-        pending: list[tuple[bytes, int, int, int, int]] = []   # ident, rid, first unit, unit count, bytes
-        nbytes = 0
+        pending: list[_Pending] = []
+        records = nbytes = 0
         failed: FatalStop | None = None
         for _ in range(MAX_GROUP_MESSAGES):
             try:
@@ -364,8 +367,8 @@ class WriterServer:
                 req = P.decode_request(frames)
                 if type(req) is P.Control:
                     # Keep each producer's order: write the appends received before it first.
-                    self._write_group(units, counts, pending, t_recv)
-                    units, counts, pending, nbytes = [], [], [], 0
+                    self._write_group(units, counts, pending, records, nbytes, t_recv)
+                    units, counts, pending, records, nbytes = [], [], [], 0, 0
                     self._control(ident, req, t_recv)
                     continue
                 if type(req) is P.BadRequest:
@@ -373,36 +376,42 @@ class WriterServer:
                     continue
                 assert type(req) is P.Append
                 rid, count, payload = req
-            err = check_payload(payload, count, max_frame)
-            if err is not None:
-                self._reply(ident, P.encode_error(rid, err))
-                continue
             size = len(payload)
-            first = len(units)
-            if size <= max_frame:
+            nunits = 1
+            if count != 1 or not _one_plain_frame(payload, max_frame):    # else: valid, checked in a few steps
+                err = check_payload(payload, count, max_frame)
+                if err is not None:
+                    self._reply(ident, P.encode_error(rid, err))
+                    continue
+                if size > max_frame:                # a batch larger than a segment holds: split at frames
+                    mv = memoryview(payload)
+                    parts = P.split_units(payload, count, max_frame)
+                    units += [mv[s:e] for s, e, _c in parts]
+                    counts += [c for _s, _e, c in parts]
+                    nunits = len(parts)
+                    payload = None
+            if payload is not None:
                 units.append(payload)
                 counts.append(count)
-            else:
-                mv = memoryview(payload)
-                for s, e, c in P.split_units(payload, count, max_frame):
-                    units.append(mv[s:e])
-                    counts.append(c)
-            pending.append((ident, rid, first, len(units) - first, size))
+            pending.append((ident, rid, count, size, nunits))
+            records += count
             nbytes += size
             if nbytes >= MAX_GROUP_BYTES:
                 break
-        self._write_group(units, counts, pending, t_recv)   # after a failed fsync: answers them with its error
+        self._write_group(units, counts, pending, records, nbytes, t_recv)   # after a failed fsync: answers them
         if failed is not None:
             raise failed
 
-    def _write_group(self, units: list[Any], counts: list[int], pending: list[tuple[bytes, int, int, int, int]],
-                     t_recv: float) -> None:
+    def _write_group(self, units: list[Any], counts: list[int], pending: list[_Pending], records: int,
+                     nbytes: int, t_recv: float) -> None:
         """Write the group's units with one call; ack now (Os) or hand the group's tickets to the commit."""
         if not pending:
             return
+        log = self.log
         try:
-            firsts = self.log.append_frames(units, counts)
-        except RecordTooLargeError as exc:   # cannot happen: check_payload bounded every frame
+            start = log.append_in_place(units, records, nbytes)      # None: a roll is due
+            firsts = log.append_frames(units, counts) if start is None else None
+        except RecordTooLargeError as exc:   # cannot happen: every unit was checked against max_frame
             for ident, rid, *_ in pending:
                 self._reply(ident, P.encode_error(rid, exc))
             return
@@ -413,32 +422,35 @@ class WriterServer:
             raise FatalStop(str(exc), EXIT_IO) from exc
         run_ok = P.encode_run_ok
         tickets: list[Ticket] = []
-        records = 0
-        for ident, rid, first, nunits, _size in pending:
-            if nunits == 1:                     # the common case: the request is one unit
-                seg, off = firsts[first]
-                count = counts[first]
-                reply = run_ok(rid, seg, off, count)
-                records += count
-            else:
-                runs: list[int] = []
-                for i in range(first, first + nunits):
-                    pos = firsts[i]
-                    runs += (pos[0], pos[1], counts[i])
-                    records += counts[i]
-                reply = P.encode_ok(rid, runs)
-            tickets.append((ident, rid, reply, t_recv))
-        last = len(units) - 1
-        end = Position(firsts[last][0], firsts[last][1] + len(units[last]))
+        if firsts is None:                  # all in the active segment: each request is one run
+            seg, off = log.active_id, start
+            for ident, rid, count, size, _n in pending:
+                tickets.append((ident, rid, run_ok(rid, seg, off, count), t_recv))
+                off += size
+            end = Position(seg, off)
+        else:                               # across a roll: a request's units may sit in two segments
+            i = 0
+            for ident, rid, count, size, nunits in pending:
+                if nunits == 1:
+                    seg, off = firsts[i]
+                    reply = run_ok(rid, seg, off, count)
+                else:
+                    runs: list[int] = []
+                    for j in range(i, i + nunits):
+                        runs += (firsts[j][0], firsts[j][1], counts[j])
+                    reply = P.encode_ok(rid, runs)
+                i += nunits
+                tickets.append((ident, rid, reply, t_recv))
+            end = Position(firsts[-1][0], firsts[-1][1] + len(units[-1]))
         commit = self.commit
         if commit.written_group(end, tickets):
             self._send_acks(tickets)
         if commit.in_flight or commit.waiting:
             self._unsynced_records += records
-            self._unsynced_bytes += sum(p[4] for p in pending)
+            self._unsynced_bytes += nbytes
         elif self._metered:        # Os: a group is what one write carried
             self.meter.histogram("wal_group_records", records)
-            self.meter.histogram("wal_group_bytes", sum(p[4] for p in pending))
+            self.meter.histogram("wal_group_bytes", nbytes)
 
     def _internal(self, ident: bytes) -> None:
         """A message from the flush thread (an fsync finished) or the watcher (a signal, the lifeline)."""

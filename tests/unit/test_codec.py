@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from nori_wal import Compression, Record
 from nori_wal.codec import Corrupt, Decoded, NeedMore, Seal, Zeroed, decode_record, encode_record, encode_seal
-from nori_wal.scan import Stop, scan_frames
+from nori_wal.scan import Stop, one_plain_frame, scan_frames
 
 keys = st.binary(max_size=300)
 values = st.binary(max_size=3000) | st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4),
@@ -132,3 +132,35 @@ def test_scan_finds_exactly_the_whole_records_of_a_cut_stream(recs, data):
     assert res.records == whole
     assert res.valid_end == (ends[whole - 1] if whole else 0)
     assert res.stop in ((Stop.END,) if res.valid_end == cut else (Stop.TORN, Stop.ZEROED))
+
+
+def _plain(rec: Record) -> bool:
+    """A record one_plain_frame is meant to take: no TTL, no compression, short key, value under 16 KiB."""
+    return rec.ttl is None and rec.compression == Compression.NONE and len(rec.key) < 0x80 \
+        and len(rec.value) < 0x4000
+
+
+@given(records(), st.integers(7, 1 << 20))
+def test_one_plain_frame_takes_every_plain_record_that_fits(rec, limit):
+    frame = encode_record(rec)
+    assert one_plain_frame(frame, limit) == (_plain(rec) and len(frame) <= limit)
+
+
+@given(st.lists(records(), min_size=1, max_size=3), st.data())
+def test_one_plain_frame_accepts_only_what_scan_frames_accepts_as_one_record(recs, data):
+    """Never a false yes: any accepted bytes (cut, corrupted, extended) scan as exactly one whole record."""
+    buf = bytearray(b"".join(encode_record(r) for r in recs))
+    for _ in range(data.draw(st.integers(0, 3))):
+        if buf:
+            buf[data.draw(st.integers(0, len(buf) - 1))] ^= data.draw(st.integers(1, 255))
+    buf = bytes(buf[:data.draw(st.integers(0, len(buf)))])
+    limit = data.draw(st.integers(7, 1 << 20))
+    if one_plain_frame(buf, limit):
+        res = scan_frames(buf, 0, limit)
+        assert (res.stop, res.valid_end, res.records, res.compressed) == (Stop.END, len(buf), 1, 0)
+
+
+@given(st.binary(max_size=64))
+def test_one_plain_frame_never_raises_on_garbage(blob):
+    if one_plain_frame(blob, 1 << 20):
+        assert scan_frames(blob).records == 1
