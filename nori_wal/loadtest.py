@@ -3,7 +3,9 @@
 Spawns one writer process per fsync policy and 1, 2, 4, ... producer processes
 (multiprocessing, ``spawn``) that append 1 KB records through the public client
 API, and prints a contention table: acked records/s, MiB/s, p50/p99 ack latency,
-each row as a multiple of F and of SQLite. Every cell runs in the same run as its
+each row as a multiple of F and of SQLite, and ``group``: records per group
+commit (per fsync; per write under Os), from the writer's INFO counters and the
+yardstick's own count, which says how well commits grouped. Every cell runs in the same run as its
 peers, because on a virtual disk fdatasync swings from 0.2 to 4 ms between runs:
 only same-run ratios mean anything.
 
@@ -113,6 +115,7 @@ class CellResult:
     p99_ms: float = 0.0
     calls: int = 0
     error: str = ""
+    group: float = 0.0      # records per group commit: per fsync (always, batch), per write (os); 0: not known
 
     @property
     def mib_per_s(self) -> float:
@@ -215,7 +218,7 @@ def peer_label(cell: Cell) -> str:
 
 
 HEADER = (f"{'producers':>9}  {'mode':<10}  {'policy':<16}  {'acked rec/s':>12}  {'MiB/s':>8}  "
-          f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}")
+          f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}  {'group':>6}")
 
 
 def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, batch_size: int) -> str:
@@ -226,8 +229,9 @@ def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, b
         return f"{c.producers:>9}  {mode:<10}  {name:<16}  error: {r.error}"
     xf = r.records_per_s / f if f > 0 else 0.0
     xs = f"{r.records_per_s / sqlite.records_per_s:>8.2f}" if sqlite and sqlite.records_per_s > 0 else f"{'-':>8}"
+    group = f"{r.group:>6.1f}" if r.group else f"{'-':>6}"
     return (f"{c.producers:>9}  {mode:<10}  {name:<16}  {r.records_per_s:>12,.0f}  {r.mib_per_s:>8.2f}  "
-            f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}")
+            f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}  {group}")
 
 
 def _ratio(a: CellResult | None, b: CellResult | None) -> float | None:
@@ -637,8 +641,11 @@ def summarize(cell: Cell, numbers: list[tuple[int, float, bytes]], errors: list[
 
 # -- the peers' servers ------------------------------------------------------------------------
 
-def _yard_writer(endpoint: str, path: str, fsync: str, ready: Any, stop: Any) -> None:
-    """The ideal group-commit writer: block for one message, drain, one write, one fdatasync, ack all."""
+def _yard_writer(endpoint: str, path: str, fsync: str, ready: Any, stop: Any, counts: Any) -> None:
+    """The ideal group-commit writer: block for one message, drain, one write, one fdatasync, ack all.
+
+    ``counts`` (shared: groups, messages) is what the original prints as group(msgs).
+    """
     import zmq
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = zmq.Context()
@@ -662,6 +669,8 @@ def _yard_writer(endpoint: str, path: str, fsync: str, ready: Any, stop: Any) ->
                 os.fdatasync(fd)
             for ident, _ in group:
                 sock.send_multipart([ident, b"k"])
+            counts[0] += 1
+            counts[1] += len(group)
     finally:
         os.close(fd)
         sock.close()
@@ -676,13 +685,19 @@ class Yardstick:
         self.path = os.path.join(data_dir, f"yardstick-{fsync}.log")
         self.endpoint = f"ipc://{sock_dir}/yard-{fsync}.sock"
         self._stop = ctx.Event()
+        self._counts = ctx.RawArray("q", 2)     # groups written, messages in them
         ready = ctx.Event()
-        self._proc = ctx.Process(target=_yard_writer, args=(self.endpoint, self.path, fsync, ready, self._stop),
+        self._proc = ctx.Process(target=_yard_writer,
+                                 args=(self.endpoint, self.path, fsync, ready, self._stop, self._counts),
                                  name=f"nori-load-yardstick-{fsync}", daemon=True)
         self._proc.start()
         if not ready.wait(SETUP_TIMEOUT) or not self._proc.is_alive():
             self.close()
             raise RuntimeError("the yardstick writer did not start")
+
+    def counts(self) -> tuple[int, int]:
+        """(groups, messages) written so far."""
+        return self._counts[0], self._counts[1]
 
     def reset(self) -> None:
         """Empty the file between cells (its writer appends with O_APPEND, so it follows)."""
@@ -831,8 +846,10 @@ def run_load(args: argparse.Namespace) -> LoadReport:
                 sqlite_path = os.path.join(run_dir, f"sqlite-{cell.producers}.db")
                 _sqlite_create(sqlite_path)
                 base_task["path"] = sqlite_path
+            before = _commit_counts(cell, controls, yards)
             numbers, errors = pool.run([base_task] * cell.producers, args.seconds)
             result = summarize(cell, numbers, errors)
+            result.group = group_size(cell, before, _commit_counts(cell, controls, yards), args.batch_size)
             rep.results.append(result)
             what = cell.policy if cell.system == "nori" else peer_label(cell)
             shown = result.error or f"{result.records_per_s:,.0f} rec/s, p99 {result.p99_ms:.2f} ms"
@@ -868,6 +885,33 @@ def run_load(args: argparse.Namespace) -> LoadReport:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     return rep
+
+
+def _commit_counts(cell: Cell, controls: dict[str, Any], yards: dict[str, "Yardstick"]) -> tuple[int, ...]:
+    """What a cell's writer has done so far: nori (records, writes, fsyncs), yardstick (groups, messages)."""
+    try:
+        if cell.system == "nori":
+            info = controls[cell.policy].info()
+            return info.get("records", 0), info.get("writes", 0), info.get("fsyncs", 0)
+        if cell.system == "yardstick":
+            return yards[YARD_FSYNC[cell.policy]].counts()
+    except Exception:  # noqa: BLE001 -- a counter is a detail: never lose the cell's numbers for it
+        pass
+    return ()
+
+
+def group_size(cell: Cell, before: tuple[int, ...], after: tuple[int, ...], batch_size: int) -> float:
+    """Records per group commit during a cell (per fsync; per write under Os); 0.0 when not known."""
+    if not before or not after:
+        return 0.0
+    if cell.system == "nori":
+        records = after[0] - before[0]
+        per = 1 if cell.policy == "os" else 2          # Os acks after the write; the others after an fsync
+        groups = after[per] - before[per]
+    else:
+        groups = after[0] - before[0]
+        records = (after[1] - before[1]) * (batch_size if cell.mode == "batch" else 1)
+    return records / groups if groups > 0 else 0.0
 
 
 def _sqlite_create(path: str) -> None:
@@ -997,6 +1041,7 @@ def report_json(rep: LoadReport) -> dict[str, Any]:
         "f_start": rep.f_start, "f_end": rep.f_end, "settings": rep.settings, "notes": rep.notes,
         "results": [{**asdict(r.cell), "records_per_s": r.records_per_s, "mib_per_s": r.mib_per_s,
                      "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "calls": r.calls, "error": r.error,
+                     "records_per_group": r.group or None,
                      "x_f": r.records_per_s / rep.f_start if rep.f_start else None}
                     for r in rep.results],
     }

@@ -57,6 +57,8 @@ class SegmentLog:
         self._has_zeros = False               # ... that must be cut off when it is sealed
         self._written_back = HEADER_SIZE      # Os: writeback of the active file was started up to here
         self.total_records = 0
+        self.writes = 0                        # group writes since open (one per segment touched) ...
+        self.fsyncs = 0                        # ... and fsyncs (records per fsync: how well commits group)
         self.durable = Position(0, 0)          # everything before this is fsynced
         self._next_id = 0
         self._failed: WalError | None = None
@@ -186,6 +188,7 @@ class SegmentLog:
             raise self._fail(
                 f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc) from exc
         self.end = new_end
+        self.writes += 1
         if new_end - self._written_back >= WRITEBACK_BYTES and self.config.fsync_policy.kind == "os":
             self._start_writeback(new_end)
         self._active_records += count
@@ -255,6 +258,7 @@ class SegmentLog:
             handle.sync()
         except OSError as exc:
             raise self._fail(f"fsync of segment {self.active_id} failed", exc) from exc
+        self.fsyncs += 1
         ms = (time.perf_counter() - t0) * 1e3
         self.meter.histogram("wal_fsync_ms", ms)
         self.meter.event(Fsync(ms))

@@ -284,7 +284,7 @@ class WalClient(ClientBase):
         return self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
 
     def info(self) -> dict[str, Any]:
-        """What the writer says about itself: pid, policy, position, durable position, limits."""
+        """What the writer says about itself: pid, policy, positions, limits; records, writes, fsyncs so far."""
         return self._control(P.Op.INFO)  # type: ignore[no-any-return]
 
     def close(self) -> None:

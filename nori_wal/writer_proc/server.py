@@ -490,7 +490,8 @@ class WriterServer:
         return {"version": P.VERSION, "pid": os.getpid(), "dir": self.log.dir, "policy": str(self.policy),
                 "position": list(self.log.position), "durable": list(self.log.durable),
                 "max_frame": self.log.max_frame, "max_payload": P.MAX_PAYLOAD_BYTES,
-                "segments": len(self.log.segment_ids), "recovered_records": self.info.valid_records}
+                "segments": len(self.log.segment_ids), "recovered_records": self.info.valid_records,
+                "records": self.log.total_records, "writes": self.log.writes, "fsyncs": self.log.fsyncs}
 
     # -- fsync and acks --------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROW = re.compile(r"^\s+(\d+)\s{2}(sync|pipe x\d+|submit x\d+|batch\(\d+\))\s+(.+?)\s{2,}([\d,]+)\s+([\d.]+)"
-                 r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|-)$")
+                 r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|-)\s+([\d.]+|-)$")
 
 
 def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
@@ -32,12 +32,15 @@ def test_load_prints_a_row_with_numbers_for_every_cell(tmp_path):
     assert len(rows) == 2 * 3 + 2 + 2, proc.stdout
     for m in rows:
         assert float(m.group(4).replace(",", "")) > 0, m.group(0)   # every producer acks at least one call
+        if "sqlite" not in m.group(3):      # records per group commit, from the writers' own counts
+            assert float(m.group(10)) >= 1, m.group(0)
     assert "error" not in proc.stdout
     assert "F = " in proc.stdout and "Ratios (same run):" in proc.stdout
     assert "Always sync N=8 / SQLite FULL N=8: n/a" in proc.stdout    # N=8 not run: said, not invented
     data = json.loads(out_json.read_text())
     assert {r["system"] for r in data["results"]} == {"nori", "sqlite", "yardstick"}
     assert all(r["records_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in data["results"])
+    assert all((r["records_per_group"] or 0) >= 1 for r in data["results"] if r["system"] != "sqlite")
     assert os.listdir(tmp_path / "data") == []    # the run directory is removed after
 
 

@@ -53,6 +53,8 @@ def test_spawn_serves_records_endpoint_and_stops_cleanly(spawn_writer, wal_dir):
         assert c.append(rec(0)) == Position(0, 32)
         info = c.info()
         assert info["pid"] == w.pid and info["policy"] == "always"
+        # Counters since start: the append was one write, made durable by (at least) one fsync.
+        assert info["records"] == 1 and info["writes"] == 1 and info["fsyncs"] >= 1
     assert w.stop() == 0
     assert not os.path.exists(os.path.join(wal_dir, ENDPOINT_FILE))
     wal, info = Wal.open(WalConfig(dir=wal_dir))
