@@ -3,9 +3,11 @@
 Spawns one writer process per fsync policy and 1, 2, 4, ... producer processes
 (multiprocessing, ``spawn``) that append 1 KB records through the public client
 API, and prints a contention table: acked records/s, MiB/s, p50/p99 ack latency,
-each row as a multiple of F and of SQLite, and ``group``: records per group
-commit (per fsync; per write under Os), from the writer's INFO counters and the
-yardstick's own count, which says how well commits grouped. Every cell runs in the same run as its
+each row as a multiple of F and of SQLite; ``group``: records per group commit
+(per fsync; per write under Os), from the writer's INFO counters and the
+yardstick's own count; ``cpu us``: CPU (user + system, every thread) per acked
+record, the producers' plus the server process's (/proc), which says where a
+CPU-bound row's ceiling is. Every cell runs in the same run as its
 peers, because on a virtual disk fdatasync swings from 0.2 to 4 ms between runs:
 only same-run ratios mean anything.
 
@@ -88,6 +90,7 @@ REDIS_FSYNC = {"always": "always", "batch": "everysec", "os": "no"}
 YARD_FSYNC = {"always": "always", "os": "none"}
 
 Task = dict[str, Any]
+Numbers = tuple[int, float, bytes, float]   # one producer's cell: acked records, elapsed s, latencies, CPU s
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -116,6 +119,7 @@ class CellResult:
     calls: int = 0
     error: str = ""
     group: float = 0.0      # records per group commit: per fsync (always, batch), per write (os); 0: not known
+    cpu_us: float = 0.0     # CPU (user + system) per acked record: producers plus the server process; 0: not known
 
     @property
     def mib_per_s(self) -> float:
@@ -218,7 +222,7 @@ def peer_label(cell: Cell) -> str:
 
 
 HEADER = (f"{'producers':>9}  {'mode':<10}  {'policy':<16}  {'acked rec/s':>12}  {'MiB/s':>8}  "
-          f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}  {'group':>6}")
+          f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}  {'group':>6}  {'cpu us':>6}")
 
 
 def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, batch_size: int) -> str:
@@ -230,8 +234,9 @@ def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, b
     xf = r.records_per_s / f if f > 0 else 0.0
     xs = f"{r.records_per_s / sqlite.records_per_s:>8.2f}" if sqlite and sqlite.records_per_s > 0 else f"{'-':>8}"
     group = f"{r.group:>6.1f}" if r.group else f"{'-':>6}"
+    cpu = f"{r.cpu_us:>6.1f}" if r.cpu_us else f"{'-':>6}"
     return (f"{c.producers:>9}  {mode:<10}  {name:<16}  {r.records_per_s:>12,.0f}  {r.mib_per_s:>8.2f}  "
-            f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}  {group}")
+            f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}  {group}  {cpu}")
 
 
 def _ratio(a: CellResult | None, b: CellResult | None) -> float | None:
@@ -532,18 +537,19 @@ def _worker_main(index: int, commands: Any, results: Any, go: Any) -> None:
         task = commands.get()
         if task is None:
             return
-        readied: list[bool] = []
+        readied: list[float] = []      # the process's CPU seconds when it reported ready
         try:
             acked, elapsed, lat = _RUNNERS[task["system"]](task, _ready_callback(results, index, readied), go)
-            results.put(("done", index, (acked, elapsed, lat.tobytes())))
+            cpu = time.process_time() - readied[0] if readied else 0.0     # all threads (ZeroMQ's I/O too)
+            results.put(("done", index, (acked, elapsed, lat.tobytes(), cpu)))
         except BaseException as exc:  # noqa: BLE001 -- reported, not raised: the pool must keep serving
             results.put(("failed" if readied else "setup-failed", index, f"{type(exc).__name__}: {exc}"))
 
 
-def _ready_callback(results: Any, index: int, readied: list[bool]) -> Callable[[], None]:
+def _ready_callback(results: Any, index: int, readied: list[float]) -> Callable[[], None]:
     def ready() -> None:
+        readied.append(time.process_time())
         results.put(("ready", index, None))
-        readied.append(True)
     return ready
 
 
@@ -580,7 +586,7 @@ class ProducerPool:
                 if time.monotonic() > deadline:
                     raise RuntimeError("producers did not answer in time") from None
 
-    def run(self, tasks: list[Task], seconds: float) -> tuple[list[tuple[int, float, bytes]], list[str]]:
+    def run(self, tasks: list[Task], seconds: float) -> tuple[list[Numbers], list[str]]:
         """Run one cell: ``tasks[i]`` on producer i, all starting together; (numbers, errors)."""
         self.grow(len(tasks))
         self._go.clear()
@@ -625,18 +631,20 @@ class ProducerPool:
             q.join_thread()
 
 
-def summarize(cell: Cell, numbers: list[tuple[int, float, bytes]], errors: list[str]) -> CellResult:
-    """A cell's row from its producers' (acked, elapsed, latencies) triples."""
+def summarize(cell: Cell, numbers: list[Numbers], errors: list[str], server_cpu: float = 0.0) -> CellResult:
+    """A cell's row from its producers' numbers and the CPU seconds its server process used meanwhile."""
     if errors:
         return CellResult(cell, error=errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
-    rate = sum(acked / elapsed for acked, elapsed, _ in numbers if elapsed > 0)
+    rate = sum(acked / elapsed for acked, elapsed, _, _ in numbers if elapsed > 0)
+    acked_total = sum(n[0] for n in numbers)
+    cpu_us = (sum(n[3] for n in numbers) + server_cpu) / acked_total * 1e6 if acked_total else 0.0
     lat: list[float] = []
-    for _, _, raw in numbers:
+    for _, _, raw, _ in numbers:
         a: array[float] = array("d")
         a.frombytes(raw)
         lat.extend(a)
     lat.sort()
-    return CellResult(cell, rate, percentile_ms(lat, 0.50), percentile_ms(lat, 0.99), len(lat))
+    return CellResult(cell, rate, percentile_ms(lat, 0.50), percentile_ms(lat, 0.99), len(lat), cpu_us=cpu_us)
 
 
 # -- the peers' servers ------------------------------------------------------------------------
@@ -695,6 +703,10 @@ class Yardstick:
             self.close()
             raise RuntimeError("the yardstick writer did not start")
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
     def counts(self) -> tuple[int, int]:
         """(groups, messages) written so far."""
         return self._counts[0], self._counts[1]
@@ -746,6 +758,10 @@ class RedisPeer:
                     raise RuntimeError(f"redis-server did not start (see {workdir}/redis.log)") from None
                 time.sleep(0.05)
         self.version = str(self._client.info("server").get("redis_version", "?"))
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     def prepare(self, appendfsync: str) -> None:
         self._client.delete("log")
@@ -847,8 +863,11 @@ def run_load(args: argparse.Namespace) -> LoadReport:
                 _sqlite_create(sqlite_path)
                 base_task["path"] = sqlite_path
             before = _commit_counts(cell, controls, yards)
+            server = _server_pid(cell, writers, yards, redis_peer)
+            cpu0 = process_cpu_seconds(server)
             numbers, errors = pool.run([base_task] * cell.producers, args.seconds)
-            result = summarize(cell, numbers, errors)
+            cpu1 = process_cpu_seconds(server)
+            result = summarize(cell, numbers, errors, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0)
             result.group = group_size(cell, before, _commit_counts(cell, controls, yards), args.batch_size)
             rep.results.append(result)
             what = cell.policy if cell.system == "nori" else peer_label(cell)
@@ -885,6 +904,30 @@ def run_load(args: argparse.Namespace) -> LoadReport:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     return rep
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds process ``pid`` (all its threads) has used, from /proc; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _server_pid(cell: Cell, writers: dict[str, Any], yards: dict[str, "Yardstick"],
+                redis_peer: "RedisPeer | None") -> int | None:
+    """The process serving a cell (its CPU counts with the producers'); None for SQLite (in-process)."""
+    if cell.system == "nori":
+        return int(writers[cell.policy].pid)
+    if cell.system == "yardstick":
+        return yards[YARD_FSYNC[cell.policy]].pid
+    if cell.system == "redis" and redis_peer is not None:
+        return redis_peer.pid
+    return None
 
 
 def _commit_counts(cell: Cell, controls: dict[str, Any], yards: dict[str, "Yardstick"]) -> tuple[int, ...]:
@@ -1041,7 +1084,7 @@ def report_json(rep: LoadReport) -> dict[str, Any]:
         "f_start": rep.f_start, "f_end": rep.f_end, "settings": rep.settings, "notes": rep.notes,
         "results": [{**asdict(r.cell), "records_per_s": r.records_per_s, "mib_per_s": r.mib_per_s,
                      "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "calls": r.calls, "error": r.error,
-                     "records_per_group": r.group or None,
+                     "records_per_group": r.group or None, "cpu_us_per_record": r.cpu_us or None,
                      "x_f": r.records_per_s / rep.f_start if rep.f_start else None}
                     for r in rep.results],
     }

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROW = re.compile(r"^\s+(\d+)\s{2}(sync|pipe x\d+|submit x\d+|batch\(\d+\))\s+(.+?)\s{2,}([\d,]+)\s+([\d.]+)"
-                 r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|-)\s+([\d.]+|-)$")
+                 r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|-)\s+([\d.]+|-)\s+([\d.]+|-)$")
 
 
 def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
@@ -34,6 +34,7 @@ def test_load_prints_a_row_with_numbers_for_every_cell(tmp_path):
         assert float(m.group(4).replace(",", "")) > 0, m.group(0)   # every producer acks at least one call
         if "sqlite" not in m.group(3):      # records per group commit, from the writers' own counts
             assert float(m.group(10)) >= 1, m.group(0)
+        assert float(m.group(11)) > 0, m.group(0)   # CPU per record: producers (and the server) did work
     assert "error" not in proc.stdout
     assert "F = " in proc.stdout and "Ratios (same run):" in proc.stdout
     assert "Always sync N=8 / SQLite FULL N=8: n/a" in proc.stdout    # N=8 not run: said, not invented

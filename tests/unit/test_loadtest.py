@@ -56,8 +56,10 @@ def test_plan_groups_by_producer_count_and_places_the_peers():
 def test_summarize_sums_producer_rates_and_merges_latencies():
     from array import array
     a, b = array("d", [0.001] * 99 + [0.010]), array("d", [0.002] * 100)
-    r = summarize(Cell("nori", "always", "sync", 2), [(100, 0.5, a.tobytes()), (100, 1.0, b.tobytes())], [])
+    r = summarize(Cell("nori", "always", "sync", 2), [(100, 0.5, a.tobytes(), 0.01), (100, 1.0, b.tobytes(), 0.02)],
+                  [], server_cpu=0.01)
     assert r.records_per_s == pytest.approx(300) and r.calls == 200
+    assert r.cpu_us == pytest.approx(200)       # 0.04 CPU seconds for 200 records, producers and server
     assert r.p50_ms == pytest.approx(2) and r.p99_ms == pytest.approx(2)
     assert summarize(Cell("nori", "os", "sync", 1), [], ["producer 0: boom"]).error == "producer 0: boom"
 
