@@ -19,7 +19,7 @@ class FsyncPolicy:
 
     always: fsync after each written group (survives power loss).
     batch:  at most one fsync per ``window`` seconds; acks wait for it (survives power loss).
-    os:     never fsync for a record (a full segment is fsynced once, when sealed at a roll); the OS writes back.
+    os:     never fsync for a record (a full segment is made durable when sealed at a roll); the OS writes back.
             Survives a crash of the writer process only.
     """
 

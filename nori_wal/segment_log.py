@@ -230,7 +230,16 @@ class SegmentLog:
         self._has_zeros = True
 
     def _seal(self, handle: FileHandle) -> None:
-        """Append the seal after the last record, cut any preallocated zeros after it, fsync."""
+        """Make the records durable, then append the seal after them, cut any preallocated zeros, fsync.
+
+        The records' fsync comes first because recovery trusts a seal without
+        rescanning its segment, and a disk may write back out of order: a seal
+        that reached the disk before the records it counts would vouch for
+        zeros (found by FaultFS's out-of-order crash states).
+        """
+        if self.durable < Position(self.active_id, self.end):
+            self._fsync(handle)
+            self.durable = Position(self.active_id, self.end)
         sealed_end = self.end + SEAL_FRAME_SIZE
         try:
             handle.append(encode_seal(self._active_records, self.end))

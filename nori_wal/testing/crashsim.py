@@ -10,7 +10,8 @@ How it works (the ALICE / CrashMonkey recipe, in-process):
 2. ``crash_variants`` turns each snapshot into crash states: power loss
    (unsynced bytes and directory entries lost), prefixes of the unsynced
    writes kept, the last write torn at sampled bytes and sector edges, tails
-   zero-filled, directory operations half journalled, and process crashes
+   zero-filled, writes written back out of order (an early unsynced write lost
+   while later ones landed: a hole), directory operations half journalled, and process crashes
    (everything the kernel got survives; the write in flight may be torn).
 3. ``Explorer.check`` recovers each state with ``Wal.open`` and checks the
    invariants: every record the policy promised is present and identical;
@@ -348,6 +349,9 @@ def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = Non
             yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t, zero_fill=True), False)
     if p:
         yield CrashState(m, CrashSpec(keep_ops=0, zero_fill=True), False)
+    for i in sorted({0, p - 2}) if p >= 2 else ():     # write-back out of order: a hole, later writes landed
+        if pending[i][0] == "w":
+            yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,)), False)
     dir_ops = len(m.fs.pending_dir_ops())
     for k in range(1, dir_ops + 1):
         yield CrashState(m, CrashSpec(keep_ops=0, keep_dir_ops=k), False)

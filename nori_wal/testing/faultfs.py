@@ -15,7 +15,8 @@ ALICE and CrashMonkey model:
   last ``sync_dir``. A file created but whose directory was not fsynced
   disappears at a crash; a rename or unlink not followed by ``sync_dir``
   reverts (etcd #6368, KAFKA-3968). A ``CrashSpec`` can keep a prefix of the
-  pending directory operations (journalled file systems commit them in order).
+  pending directory operations (journalled file systems commit them in order),
+  and can drop unsynced writes while later ones land (write-back out of order).
 * Faults: ``inject("sync", errno.EIO)`` fails an fsync (and, like Linux after
   fsyncgate, drops the dirty data so a retry "succeeds" without it);
   ``inject("append", errno.ENOSPC, partial=n)`` writes ``n`` bytes, then fails;
@@ -121,7 +122,10 @@ class CrashSpec:
     written last). ``keep_dir_ops``: how many pending directory operations
     (create, rename, unlink not yet followed by ``sync_dir``) persist, in order
     (None: all). ``keep_other_files``: other files keep all their unsynced
-    operations (a process crash) instead of none (a power loss).
+    operations (a process crash) instead of none (a power loss). ``drop``:
+    indexes of the target's unsynced writes that do NOT reach the disk although
+    later ones kept do (a disk without barriers writes back out of order): the
+    bytes under them stay what the disk held, zeros past the old end.
     """
 
     keep_ops: int | None = 0
@@ -130,6 +134,7 @@ class CrashSpec:
     file: str | None = None
     keep_dir_ops: int | None = 0
     keep_other_files: bool = False
+    drop: tuple[int, ...] = ()
 
     def label(self) -> str:
         parts = [f"keep={'all' if self.keep_ops is None else self.keep_ops}"]
@@ -141,6 +146,8 @@ class CrashSpec:
             parts.append(f"dir={'all' if self.keep_dir_ops is None else self.keep_dir_ops}")
         if self.keep_other_files:
             parts.append("others-kept")
+        if self.drop:
+            parts.append(f"dropped={','.join(map(str, self.drop))}")
         return " ".join(parts)
 
 
@@ -423,7 +430,11 @@ class FaultFS:
             return bytes(content)
         ops = ino.pending
         keep = len(ops) if spec.keep_ops is None else min(spec.keep_ops, len(ops))
-        for op in ops[:keep]:
+        for i, op in enumerate(ops[:keep]):
+            if i in spec.drop and op[0] == "w":
+                if op[1] > len(content):            # what a later write lands past still reads as zeros
+                    _apply(content, ("t", op[1]))
+                continue
             _apply(content, op)
         rest = ops[keep:]
         if rest and spec.torn is not None and rest[0][0] == "w":

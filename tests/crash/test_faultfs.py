@@ -74,6 +74,19 @@ def test_keep_prefix_tear_and_zero_fill():
     assert crash(keep_ops=None) == b"Honetwothree"
 
 
+def test_dropped_writes_leave_a_hole_when_later_ones_land():
+    fs = fresh()
+    f = durable_file(fs, "a", b"H")
+    f.append(b"one")
+    f.append(b"two")
+    f.append(b"three")
+    crash = lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]
+    assert crash(keep_ops=None, drop=(1,)) == b"Hone\0\0\0three"     # the size reached the disk, "two" did not
+    assert crash(keep_ops=None, drop=(0, 1)) == b"H" + bytes(6) + b"three"
+    assert crash(keep_ops=2, drop=(1,)) == b"Hone"                     # nothing later landed: no hole
+    assert crash(keep_ops=None, drop=(2,)) == b"Honetwo"
+
+
 def test_truncate_is_pending_until_synced():
     fs = fresh()
     f = durable_file(fs, "a", b"abcdef")
