@@ -349,7 +349,7 @@ def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = Non
             yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t, zero_fill=True), False)
     if p:
         yield CrashState(m, CrashSpec(keep_ops=0, zero_fill=True), False)
-    for i in sorted({0, p - 2}) if p >= 2 else ():     # write-back out of order: a hole, later writes landed
+    for i in sorted({0, p // 2 - 1, p - 2}) if p >= 2 else ():    # write-back out of order: a hole, later ones landed
         if pending[i][0] == "w":
             yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,)), False)
     dir_ops = len(m.fs.pending_dir_ops())
