@@ -8,7 +8,7 @@ One pass of the loop::
 
     block for the first message (poll timeout = time to the Batch deadline)
     drain everything already pending without blocking
-    validate each request: one scan_frames call per APPEND payload
+    validate each request: a one-record append in a few steps (one_plain_frame), else one scan_frames call
     write the valid payloads with ONE SegmentLog call (one write per segment touched)
     Always/Batch: fsync once for the group (when due), then ack every request it covers
     Os: ack right after the write
@@ -389,8 +389,7 @@ class WriterServer:
                     units += [mv[s:e] for s, e, _c in parts]
                     counts += [c for _s, _e, c in parts]
                     nunits = len(parts)
-                    payload = None
-            if payload is not None:
+            if nunits == 1:
                 units.append(payload)
                 counts.append(count)
             pending.append((ident, rid, count, size, nunits))
@@ -410,7 +409,7 @@ class WriterServer:
         log = self.log
         try:
             start = log.append_in_place(units, records, nbytes)      # None: a roll is due
-            firsts = log.append_frames(units, counts) if start is None else None
+            firsts = log.append_frames(units, counts) if start is None else []
         except RecordTooLargeError as exc:   # cannot happen: every unit was checked against max_frame
             for ident, rid, *_ in pending:
                 self._reply(ident, P.encode_error(rid, exc))
@@ -422,7 +421,7 @@ class WriterServer:
             raise FatalStop(str(exc), EXIT_IO) from exc
         run_ok = P.encode_run_ok
         tickets: list[Ticket] = []
-        if firsts is None:                  # all in the active segment: each request is one run
+        if start is not None:               # all in the active segment: each request is one run
             seg, off = log.active_id, start
             for ident, rid, count, size, _n in pending:
                 tickets.append((ident, rid, run_ok(rid, seg, off, count), t_recv))
@@ -430,7 +429,7 @@ class WriterServer:
             end = Position(seg, off)
         else:                               # across a roll: a request's units may sit in two segments
             i = 0
-            for ident, rid, count, size, nunits in pending:
+            for ident, rid, count, _size, nunits in pending:
                 if nunits == 1:
                     seg, off = firsts[i]
                     reply = run_ok(rid, seg, off, count)
