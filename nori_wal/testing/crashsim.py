@@ -28,6 +28,7 @@ acknowledgements.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
@@ -324,11 +325,14 @@ def _frame_ends(data: bytes) -> list[int]:
 
 
 def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = None,
-                   extra_tears: int = 0) -> Iterator[CrashState]:
+                   extra_tears: int = 0, all_drops: bool = False) -> Iterator[CrashState]:
     """Every crash state derived from moment ``m`` (see the module docstring).
 
     ``every``: also tear the last write at every ``every``-th byte;
-    ``extra_tears``: that many random tear points besides the fixed samples.
+    ``extra_tears``: that many random tear points besides the fixed samples;
+    ``all_drops``: write-back out of order exhaustively -- every unsynced write
+    dropped alone, every pair of the last six, and a drop beside a torn last
+    write -- instead of three sampled drops.
     """
     yield CrashState(m, POWER_LOSS, False)
     pending = m.fs.pending_ops()
@@ -349,9 +353,7 @@ def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = Non
             yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t, zero_fill=True), False)
     if p:
         yield CrashState(m, CrashSpec(keep_ops=0, zero_fill=True), False)
-    for i in sorted({0, p // 2 - 1, p - 2}) if p >= 2 else ():    # write-back out of order: a hole, later ones landed
-        if pending[i][0] == "w":
-            yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,)), False)
+    yield from _out_of_order(m, pending, all_drops)
     dir_ops = len(m.fs.pending_dir_ops())
     for k in range(1, dir_ops + 1):
         yield CrashState(m, CrashSpec(keep_ops=0, keep_dir_ops=k), False)
@@ -362,6 +364,24 @@ def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = Non
         # SIGKILL during the write itself: a prefix of it may have landed.
         for t in tears:
             yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=t, keep_dir_ops=None, keep_other_files=True), True)
+
+
+def _out_of_order(m: Moment, pending: list[Any], exhaustive: bool) -> Iterator[CrashState]:
+    """Write-back out of order: unsynced writes lost while later ones landed (holes)."""
+    p = len(pending)
+    writes = [i for i, op in enumerate(pending[:-1]) if op[0] == "w"]     # the last one has nothing after it
+    if not exhaustive:
+        for i in sorted({0, p // 2 - 1, p - 2} & set(writes)):
+            yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,)), False)
+        return
+    for i in writes:
+        yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,)), False)
+        yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,), keep_dir_ops=None), False)
+    for pair in itertools.combinations(writes[-6:], 2):
+        yield CrashState(m, CrashSpec(keep_ops=None, drop=pair), False)
+    if p >= 2 and pending[-1][0] == "w":
+        for i in writes[-3:]:
+            yield CrashState(m, CrashSpec(keep_ops=p - 1, torn=len(pending[-1][2]) // 2, drop=(i,)), False)
 
 
 # -- recovery and invariants ------------------------------------------------------------------
@@ -553,7 +573,7 @@ def _runs(idx: list[int]) -> str:
 
 
 def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int = 0,
-            recovery_crash_every: int = 0) -> Stats:
+            recovery_crash_every: int = 0, all_drops: bool = False) -> Stats:
     """Check every crash state of ``run``; raises InvariantViolation at the first broken one.
 
     ``recovery_crash_every``: for every n-th state whose recovery repaired something,
@@ -563,7 +583,7 @@ def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int
     rng = random.Random(seed)
     repaired = 0
     for m in run.moments:
-        for state in crash_variants(m, every=every, rng=rng, extra_tears=extra_tears):
+        for state in crash_variants(m, every=every, rng=rng, extra_tears=extra_tears, all_drops=all_drops):
             rec = ex.check(state)
             if recovery_crash_every and rec.repaired:
                 repaired += 1
