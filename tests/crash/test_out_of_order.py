@@ -10,11 +10,10 @@ were durable (recovery trusts a seal without rescanning its segment).
 """
 
 import pytest
+from test_crash_prealloc import count, use_zeros
 
 from nori_wal.testing.crashsim import POLICIES, WORKLOADS, explore, run_workload, workload_config
 from nori_wal.testing.faultfs import FaultFS, PreallocFaultFS
-
-from test_crash_prealloc import count, use_zeros
 
 
 @pytest.mark.parametrize("layer,zeros", [(FaultFS, "segment"), (PreallocFaultFS, "short")],
