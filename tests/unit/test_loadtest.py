@@ -8,10 +8,12 @@ from nori_wal.loadtest import (
     Cell,
     CellResult,
     LoadReport,
+    group_size,
     parse_counts,
     parse_list,
     percentile_ms,
     plan_cells,
+    process_cpu_seconds,
     ratio_lines,
     summarize,
 )
@@ -78,3 +80,19 @@ def test_ratio_lines_say_met_missed_and_not_measured():
     assert "pipe x32 N=8 / SQLite FULL N=8: 9.00x  (target >= 10x: MISSED)" in text
     assert "Always batch(100) N=8 / SQLite FULL N=8: n/a" in text
     assert "160 MiB/s (target >= 150: met)" in text and "40%" in text and "MISSED" in text
+
+
+def test_group_size_is_records_per_fsync_or_per_write_under_os():
+    # nori counters: (records, writes, fsyncs); the yardstick's: (groups, messages)
+    assert group_size(Cell("nori", "always", "sync", 8), (10, 5, 4), (310, 105, 104), 100) == pytest.approx(3.0)
+    assert group_size(Cell("nori", "os", "sync", 8), (0, 0, 1), (400, 200, 1), 100) == pytest.approx(2.0)
+    assert group_size(Cell("yardstick", "always", "batch", 8), (0, 0), (10, 30), 100) == pytest.approx(300.0)
+    assert group_size(Cell("nori", "always", "sync", 8), (), (1, 1, 1), 100) == 0.0      # not measured
+    assert group_size(Cell("nori", "always", "sync", 8), (5, 5, 5), (5, 5, 5), 100) == 0.0
+
+
+def test_process_cpu_seconds_reads_this_process_and_knows_when_it_cannot():
+    import os
+    assert process_cpu_seconds(os.getpid()) is not None and process_cpu_seconds(os.getpid()) >= 0
+    assert process_cpu_seconds(None) is None
+    assert process_cpu_seconds(2**22 + 12345) is None      # no such process
