@@ -76,6 +76,16 @@ def _load_sync_file_range() -> Any:
 _sync_file_range = _load_sync_file_range()
 
 
+def _pwrite_all(fd: int, data: BytesLike, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (pwrite may write less); the offset after it."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        offset += written
+        view = view[written:]
+    return offset
+
+
 class OsFile:
     """A real file descriptor, writing at its own offset (``pos``: the end of the records)."""
 
@@ -86,13 +96,7 @@ class OsFile:
 
     def append(self, data: BytesLike) -> None:
         """Write all of ``data`` at ``pos``: after the last record, over any preallocated zeros."""
-        view = memoryview(data)
-        pos = self.pos
-        while view:
-            written = os.pwrite(self.fd, view, pos)
-            pos += written
-            view = view[written:]
-        self.pos = pos
+        self.pos = _pwrite_all(self.fd, data, self.pos)
 
     def preallocate(self, upto: int) -> None:
         """Extend the file with durable zeros up to ``upto`` bytes, past the write point.
@@ -103,12 +107,7 @@ class OsFile:
         """
         size = os.fstat(self.fd).st_size
         if upto > size:
-            zeros = memoryview(bytes(upto - size))
-            offset = size
-            while zeros:
-                written = os.pwrite(self.fd, zeros, offset)
-                offset += written
-                zeros = zeros[written:]
+            _pwrite_all(self.fd, bytes(upto - size), size)
             os.fdatasync(self.fd)
 
     def start_writeback(self, offset: int, nbytes: int) -> None:

@@ -47,7 +47,7 @@ from .codec import (
 from .fs import OS, FileHandle, FileLayer, writer_lock_held
 from .position import Position
 from .record import Compression
-from .recovery import scan_in_chunks, torn_into_zeros
+from .recovery import first_nonzero, scan_in_chunks, torn_into_zeros
 from .scan import ScanResult, Stop, scan_frames
 from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
 
@@ -240,7 +240,7 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
             out.append(Problem(sid, seal_at, f"seal counts {seg.seal.record_count} records, "
                                               f"the segment holds {seg.records}", True))
         if seg.valid_end != size:
-            if last and _first_nonzero(handle, seg.valid_end, size) is None:
+            if last and first_nonzero(handle, seg.valid_end, size, READ_CHUNK) is None:
                 # A crash between writing the seal over preallocated zeros and cutting them.
                 out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} zero bytes after the seal (a crash "
                                                        f"before they were cut; opening the log cuts them)", False))
@@ -262,7 +262,7 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
                                             f"file (a write in progress, or a crash; opening the log cuts it off)",
                         False)]
     if seg.stop is Stop.ZEROED:
-        data_at = _first_nonzero(handle, seg.valid_end, size)
+        data_at = first_nonzero(handle, seg.valid_end, size, READ_CHUNK)
         if data_at is None:
             if live_writer:
                 return []          # the live writer's preallocated zeros: nothing wrong
@@ -275,19 +275,6 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
                                             f"(a crash; opening the log cuts it off)", False)]
     return [Problem(sid, seg.valid_end, f"{what} in the last segment: opening the log would cut off "
                                         f"{cut} bytes from here", True)]
-
-
-def _first_nonzero(handle: FileHandle, start: int, end: int) -> int | None:
-    pos = start
-    while pos < end:
-        data = handle.pread(min(READ_CHUNK, end - pos), pos)
-        if not data:
-            return None
-        stripped = data.lstrip(b"\x00")
-        if stripped:
-            return pos + len(data) - len(stripped)
-        pos += len(data)
-    return None
 
 
 def _raw_size(stored: memoryview, compression: int) -> int:

@@ -33,6 +33,7 @@ from .errors import CorruptionError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression, Record
+from .recovery import first_nonzero
 from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
 
 READ_SIZE = 1024 * 1024      # bytes per read: large sequential reads, few syscalls
@@ -190,20 +191,10 @@ class WalReader:
         if not last:
             return False
         size = self._file_size()
-        # Only zeros after it (a power loss zero-fills a torn tail, DESIGN rule 5) is a tail too.
-        return declared_end is None or declared_end >= size or self._zeros_from(declared_end, size)
-
-    def _zeros_from(self, offset: int, size: int) -> bool:
-        """Whether the current segment holds only zero bytes from ``offset`` to ``size``."""
         assert self._fh is not None
-        while offset < size:
-            chunk = self._fh.pread(min(READ_SIZE, size - offset), offset)
-            if not chunk:
-                return True
-            if any(chunk):
-                return False
-            offset += len(chunk)
-        return True
+        # Only zeros after it (a power loss zero-fills a torn tail, DESIGN rule 5) is a tail too.
+        return declared_end is None or declared_end >= size or \
+            first_nonzero(self._fh, declared_end, size, READ_SIZE) is None
 
     def _open_first(self) -> bool:
         ids = [s for s in self._ids() if s >= self._start.segment_id]

@@ -104,15 +104,21 @@ def torn_into_zeros(handle: FileHandle, offset: int, size: int) -> bool:
     """
     head = handle.pread(MAX_HEADER_BYTES, offset)
     lay = parse_header(head, 0, len(head))
-    if type(lay) is not tuple:
-        return False
-    pos = offset + lay[4]
-    while pos < size:
-        chunk = handle.pread(min(SCAN_CHUNK, size - pos), pos)
-        if not chunk or any(chunk):
-            return not chunk
-        pos += len(chunk)
-    return True
+    return type(lay) is tuple and first_nonzero(handle, offset + lay[4], size) is None
+
+
+def first_nonzero(handle: FileHandle, start: int, end: int, chunk: int = 1 << 20) -> int | None:
+    """Offset of the first nonzero byte in ``[start, end)`` of a file (None: all zeros, or the file ends)."""
+    pos = start
+    while pos < end:
+        data = handle.pread(min(chunk, end - pos), pos)
+        if not data:
+            return None
+        stripped = data.lstrip(b"\x00")
+        if stripped:
+            return pos + len(data) - len(stripped)
+        pos += len(data)
+    return None
 
 
 def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:

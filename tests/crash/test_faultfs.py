@@ -58,14 +58,19 @@ def test_crash_leaves_the_original_untouched_and_is_independent():
     assert post.files()[f"{D}/a"] == b"xz"
 
 
-def test_keep_prefix_tear_and_zero_fill():
+def three_unsynced_writes():
+    """A durable file "H" with "one", "two", "three" appended and not synced; its contents after a crash(**spec)."""
     fs = fresh()
     f = durable_file(fs, "a", b"H")
     f.append(b"one")
     f.append(b"two")
     f.append(b"three")
     assert fs.pending_ops() == [("w", 1, b"one"), ("w", 4, b"two"), ("w", 7, b"three")]
-    crash = lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]
+    return lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]
+
+
+def test_keep_prefix_tear_and_zero_fill():
+    crash = three_unsynced_writes()
     assert crash(keep_ops=1) == b"Hone"
     assert crash(keep_ops=2, torn=2) == b"Honetwoth"
     assert crash(keep_ops=2, torn=2, zero_fill=True) == b"Honetwoth\0\0\0"
@@ -75,12 +80,7 @@ def test_keep_prefix_tear_and_zero_fill():
 
 
 def test_dropped_writes_leave_a_hole_when_later_ones_land():
-    fs = fresh()
-    f = durable_file(fs, "a", b"H")
-    f.append(b"one")
-    f.append(b"two")
-    f.append(b"three")
-    crash = lambda **kw: fs.crash(CrashSpec(**kw)).files()[f"{D}/a"]
+    crash = three_unsynced_writes()
     assert crash(keep_ops=None, drop=(1,)) == b"Hone\0\0\0three"     # the size reached the disk, "two" did not
     assert crash(keep_ops=None, drop=(0, 1)) == b"H" + bytes(6) + b"three"
     assert crash(keep_ops=2, drop=(1,)) == b"Hone"                     # nothing later landed: no hole
