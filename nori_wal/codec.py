@@ -47,6 +47,7 @@ FORMAT_MAX_FRAME = 2**31 - 1   # no frame may be larger, whatever the segment si
 ZERO_COPY_MIN = 64 * 1024     # values at least this large are returned as memoryviews
 
 _U32 = struct.Struct("<I")
+_pack_u32 = _U32.pack
 _SEAL_BODY = struct.Struct("<QQ")    # record_count, data_end (offset of the seal frame)
 SEAL_FRAME_SIZE = MIN_FRAME_SIZE + _SEAL_BODY.size
 
@@ -126,8 +127,12 @@ def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
     raise ValueError(f"unknown compression {compression!r}")
 
 
-def encode_record(record: Record) -> bytes:
-    """The frame bytes of ``record`` (framing, compression and CRC32C)."""
+def encode_record(record: Record, prefix: bytes = b"") -> bytes:
+    """The frame bytes of ``record`` (framing, compression and CRC32C), after ``prefix``.
+
+    ``prefix`` (a request header, say) shares the frame's buffer, so a producer
+    copies the value once: the CRC is computed over the parts, then one join.
+    """
     key, value, tombstone, ttl, compression = record
     if not compression and ttl is None:
         # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
@@ -135,19 +140,20 @@ def encode_record(record: Record) -> bytes:
         if kl < 0x80 and vl < 0x4000:
             flag = FLAG_TOMBSTONE if tombstone else 0
             head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-            body = head + key + value
-            return _U32.pack(crc32c(body)) + body
+            head += key
+            return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
     flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
     stored = compress_value(value, compression) if compression else value
     if ttl is None:
         head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
     else:
         head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_to_ms(ttl))
-    body = b"".join((head, key, stored))
-    if len(body) + 4 > FORMAT_MAX_FRAME:
+    head += key
+    if len(head) + len(stored) + 4 > FORMAT_MAX_FRAME:
         from .errors import RecordTooLargeError
-        raise RecordTooLargeError(f"record of {len(body) + 4} bytes exceeds the format limit of {FORMAT_MAX_FRAME}")
-    return _U32.pack(crc32c(body)) + body
+        raise RecordTooLargeError(f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of "
+                                  f"{FORMAT_MAX_FRAME}")
+    return b"".join((prefix, _pack_u32(crc32c(stored, crc32c(head))), head, stored))
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:

@@ -107,16 +107,18 @@ _packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 # An APPEND header in one fixed msgpack shape: fixarray(4), 1, 1, uint64 request_id, uint32 record_count.
 # Any msgpack encoding of the same array is valid; this one is what our clients send and what the
-# writer's fast path recognises with one struct call (``append_header``).
-_APPEND_HEADER = struct.Struct(">4sQBI")             # the fixed bytes travel as one field: fewer to check
-_APPEND_PREFIX = bytes((0x94, VERSION, 1, 0xCF))       # fixarray(4), version, op APPEND, uint64 tag
-APPEND_HEADER_SIZE = _APPEND_HEADER.size
+# writer's fast path recognises with one struct call (``append_header``). Public for a producer's hot
+# path: ``APPEND_HEADER.pack(APPEND_PREFIX, request_id, APPEND_COUNT_TAG, record_count)``.
+APPEND_HEADER = struct.Struct(">4sQBI")              # the fixed bytes travel as one field: fewer to check
+APPEND_PREFIX = bytes((0x94, VERSION, 1, 0xCF))       # fixarray(4), version, op APPEND, uint64 tag
+APPEND_COUNT_TAG = 0xCE                               # uint32 tag (the record count follows)
+APPEND_HEADER_SIZE = APPEND_HEADER.size
 
 
 def encode_append(request_id: int, record_count: int) -> bytes:
-    """The header of an APPEND request (send it with the payload as the second frame)."""
+    """The header of an APPEND request: send the payload as the second frame, or after it in one frame."""
     if 0 <= request_id < 2**64 and 0 <= record_count < 2**32:
-        return _APPEND_HEADER.pack(_APPEND_PREFIX, request_id, 0xCE, record_count)
+        return APPEND_HEADER.pack(APPEND_PREFIX, request_id, APPEND_COUNT_TAG, record_count)
     return _packb([VERSION, 1, request_id, record_count])
 
 
@@ -126,8 +128,22 @@ def append_header(head: BytesLike) -> tuple[int, int] | None:
     The writer's per-request fast path; None sends the header through ``decode_request``.
     """
     if len(head) == APPEND_HEADER_SIZE:
-        prefix, rid, tag, count = _APPEND_HEADER.unpack(head)
-        if prefix == _APPEND_PREFIX and tag == 0xCE:
+        prefix, rid, tag, count = APPEND_HEADER.unpack(head)
+        if prefix == APPEND_PREFIX and tag == APPEND_COUNT_TAG:
+            return rid, count
+    return None
+
+
+def compact_append(msg: BytesLike) -> tuple[int, int] | None:
+    """(request_id, record_count) of a one-frame APPEND, ``encode_append``'s header then the payload; else None.
+
+    The compact form: a producer builds header and frames in one buffer and
+    sends one frame per request; the writer takes the payload as a view past the
+    header. A lone frame that does not start so is a control request (msgpack).
+    """
+    if len(msg) > APPEND_HEADER_SIZE:
+        prefix, rid, tag, count = APPEND_HEADER.unpack_from(msg)
+        if prefix == APPEND_PREFIX and tag == APPEND_COUNT_TAG:
             return rid, count
     return None
 
@@ -173,7 +189,11 @@ def decode_request(frames: Sequence[BytesLike]) -> Request:
     if not frames or len(frames) > 2:
         return BadRequest(0, ProtocolError(f"a request has 1 or 2 frames, got {len(frames)}"))
     head = frames[0]
-    if len(frames) == 2 and len(head) <= MAX_HEADER_BYTES:
+    if len(frames) == 1:
+        h = compact_append(head)
+        if h is not None:
+            return Append(h[0], h[1], memoryview(head)[APPEND_HEADER_SIZE:])
+    elif len(head) <= MAX_HEADER_BYTES:
         # The hot path: a well-formed APPEND (one unpack, no enum, no exception).
         try:
             h = _unpack_header(head)
@@ -319,15 +339,17 @@ def encode_ok(request_id: int, result: Any) -> bytes:
 
 # The reply to a one-unit APPEND in one fixed msgpack shape:
 # [VERSION, uint64 request_id, OK, [uint64 segment_id, uint64 offset, uint32 count]].
-_RUN_REPLY = struct.Struct(">3sQ3sQBQBI")
+# Public for a producer's hot path: unpack, then compare (head, mid, tag, tag) with RUN_REPLY_TAGS.
+RUN_REPLY = struct.Struct(">3sQ3sQBQBI")
 _RUN_HEAD = bytes((0x94, VERSION, 0xCF))     # fixarray(4), version, uint64 tag (the request id follows)
 _RUN_MID = bytes((OK, 0x93, 0xCF))           # OK, fixarray(3), uint64 tag (the segment id follows)
-RUN_REPLY_SIZE = _RUN_REPLY.size
+RUN_REPLY_TAGS = (_RUN_HEAD, _RUN_MID, 0xCF, 0xCE)
+RUN_REPLY_SIZE = RUN_REPLY.size
 
 
 def encode_run_ok(request_id: int, segment_id: int, offset: int, count: int) -> bytes:
     """``encode_ok(request_id, [segment_id, offset, count])``, built with one struct call (the writer's hot path)."""
-    return _RUN_REPLY.pack(_RUN_HEAD, request_id, _RUN_MID, segment_id, 0xCF, offset, 0xCE, count)
+    return RUN_REPLY.pack(_RUN_HEAD, request_id, _RUN_MID, segment_id, 0xCF, offset, 0xCE, count)
 
 
 def run_reply(data: BytesLike) -> tuple[int, int, int, int] | None:
@@ -337,7 +359,7 @@ def run_reply(data: BytesLike) -> tuple[int, int, int, int] | None:
     """
     if len(data) != RUN_REPLY_SIZE:
         return None
-    head, rid, mid, seg, t3, off, t4, count = _RUN_REPLY.unpack(data)
+    head, rid, mid, seg, t3, off, t4, count = RUN_REPLY.unpack(data)
     if head == _RUN_HEAD and mid == _RUN_MID and t3 == 0xCF and t4 == 0xCE:
         return rid, seg, off, count
     return None

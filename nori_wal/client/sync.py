@@ -22,8 +22,10 @@ out is unknown: the writer may have written it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from typing import Any, Iterable, Sequence
 
 import msgpack
@@ -31,9 +33,17 @@ import zmq
 
 from .. import protocol as P
 from ..codec import encode_record
-from ..errors import ProtocolError, WalClosedError, WalError, WriterUnavailableError
+from ..errors import ProtocolError, RecordTooLargeError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
-from ..protocol import run_reply
+from ..protocol import (
+    APPEND_COUNT_TAG,
+    APPEND_HEADER,
+    APPEND_PREFIX,
+    RUN_REPLY,
+    RUN_REPLY_SIZE,
+    RUN_REPLY_TAGS,
+    run_reply,
+)
 from ..record import Record
 from .base import DEFAULT_TIMEOUT, ClientBase
 from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames
@@ -42,7 +52,6 @@ from .transport import (
     NOBLOCK,
     POLLIN,
     RECV_SLICE_MS,
-    SNDMORE_NOBLOCK,
     ZERO_COPY_BYTES,
     Connection,
     close_context,
@@ -53,6 +62,21 @@ from .transport import (
 )
 
 _tuple_new = tuple.__new__
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+_pack_header = APPEND_HEADER.pack
+_unpack_run = RUN_REPLY.unpack
+
+# Every live client, so a forked child can disarm their lanes (its thread has the parent's ident).
+_CLIENTS: weakref.WeakSet[WalClient] = weakref.WeakSet()
+
+
+def _disarm_all() -> None:
+    for client in list(_CLIENTS):
+        client._lane = _NO_LANE
+
+
+os.register_at_fork(after_in_child=_disarm_all)
 
 
 def _unpackb(data: bytes) -> Any:
@@ -74,15 +98,34 @@ class _Slot:
 
 
 class _ThreadConn:
-    """One thread's connection and session."""
-    __slots__ = ("conn", "pid", "poll_items", "session", "thread")
+    """One thread's connection and session; also the lane of ``WalClient.append``'s hot path.
+
+    The hot path reads ``tid``, ``until``, ``new_id`` and ``sock`` only: a
+    synchronous producer's append touches as few objects as possible (its
+    Python runs with cold caches after every wait on a busy machine).
+    """
+    __slots__ = ("conn", "new_id", "pid", "poll_items", "session", "sock", "thread", "tid", "until")
 
     def __init__(self, conn: Connection, max_in_flight: int):
         self.thread = threading.current_thread()
+        self.tid = _get_ident()
         self.conn = conn
+        self.sock = conn.sock
         self.session: Session[_Slot] = Session(max_in_flight)
+        self.new_id = self.session.new_id
         self.poll_items = [(conn.sock, POLLIN), (conn.monitor, POLLIN)]
         self.pid = conn.pid
+        self.until = 0.0        # the lane serves appends until this monotonic time (the next disconnect check)
+
+
+class _NoLane:
+    """The lane of no thread: every append takes the general path."""
+    __slots__ = ()
+    tid = -1                    # threading.get_ident() is never negative
+    until = 0.0
+
+
+_NO_LANE: Any = _NoLane()
 
 
 class PendingAppend:
@@ -117,80 +160,128 @@ class WalClient(ClientBase):
         super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
         self._local = threading.local()
         self._conns: list[_ThreadConn] = []
+        # The last thread's connection while its session is idle, for append's hot path (Rules in append).
+        self._lane: Any = _NO_LANE
+        _CLIENTS.add(self)
 
     # -- the public calls ----------------------------------------------------------------
 
     def append(self, record: Record) -> Position:
         """Append one record; returns its Position once the writer acknowledged it."""
-        frame = encode_record(record)
-        tc = self._thread_conn()
-        if tc.session.idle:
-            return self._append_one(tc, frame)
-        slot = _Slot()
-        tc.session.queue_append((frame,), slot)
-        self._wait(tc, (slot,))
-        if slot.error is not None:
-            raise slot.error
-        return slot.value[0]  # type: ignore[no-any-return]
+        # The hot path of a synchronous producer, through the lane: the connection of the thread that
+        # appended last, armed only while its session is idle and until its next disconnect check is
+        # due; every other call disarms it (``_thread_conn``), and so do close, a reset and a fork.
+        # One compact APPEND (header and frame in one buffer), one blocking receive, one struct call
+        # to read the ack. Anything else -- another thread, a check due, a large record, an error
+        # reply, a timeout -- continues on the general path with the same guarantees.
+        lane = self._lane
+        if lane.tid != _get_ident() or _monotonic() >= lane.until:
+            return self._append_general(record)
+        rid = lane.new_id()
+        msg = encode_record(record, _pack_header(APPEND_PREFIX, rid, APPEND_COUNT_TAG, 1))
+        if len(msg) >= ZERO_COPY_BYTES:
+            return self._one_position(self._request(lane, rid, msg))
+        sock = lane.sock
+        try:
+            send_frame(sock, msg, NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise self._failed(lane, exc, "sending a request") from None
+        try:
+            data = sock.recv()
+        except zmq.Again:                                    # a receive slice passed: wait on
+            return self._one_position(self._await_reply(lane, rid, None, RECV_SLICE_MS / 1e3))
+        except zmq.ZMQError as exc:
+            raise self._failed(lane, exc, "receiving a reply") from None
+        if len(data) == RUN_REPLY_SIZE:
+            head, r, mid, seg, t3, off, t4, count = _unpack_run(data)
+            if r == rid and count == 1 and (head, mid, t3, t4) == RUN_REPLY_TAGS:
+                return _tuple_new(Position, (seg, off))     # Position(seg, off) without NamedTuple's __new__
+        return self._one_position(self._await_reply(lane, rid, data))
 
-    def _append_one(self, tc: _ThreadConn, frame: bytes) -> Position:
-        """The hot path of a synchronous producer: one frame, nothing else outstanding on this thread."""
-        runs = self._append_direct(tc, 1, frame)
+    def _append_general(self, record: Record) -> Position:
+        """append's general path: connects as needed, queues behind outstanding requests, re-arms the lane."""
+        tc = self._thread_conn()
+        if not tc.session.idle:
+            slot = _Slot()
+            tc.session.queue_append((encode_record(record),), slot)
+            self._wait(tc, (slot,))
+            if slot.error is not None:
+                raise slot.error
+            return slot.value[0]  # type: ignore[no-any-return]
+        rid = tc.new_id()
+        pos = self._one_position(self._request(tc, rid, encode_record(record, P.encode_append(rid, 1))))
+        if tc.session.idle and getattr(self._local, "tc", None) is tc:
+            tc.until = tc.conn.next_check
+            self._lane = tc
+        return pos
+
+    @staticmethod
+    def _one_position(runs: Any) -> Position:
+        """The Position in the runs of a one-record append (``_await_reply``'s result)."""
         if type(runs) is tuple:         # run_reply's (segment_id, offset, count): ints by construction
             if runs[2] == 1:
-                return _tuple_new(Position, runs[:2])    # Position(seg, off) without NamedTuple's Python __new__
+                return _tuple_new(Position, runs[:2])
         elif type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int \
                 and type(runs[1]) is int:
             return _tuple_new(Position, runs[:2])
         raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
 
-    def _append_direct(self, tc: _ThreadConn, count: int, payload: bytes) -> Any:
-        """Send one APPEND of ``count`` frames and wait for its reply; the reply's runs.
+    def _request(self, tc: _ThreadConn, rid: int, msg: bytes | None) -> Any:
+        """Send the compact APPEND ``msg`` (None: it was sent) and wait for its reply; the reply's runs.
+
+        For when nothing else is outstanding on this thread: the same protocol
+        and guarantees as the general path (Session), minus its bookkeeping and
+        polling. Raises the writer's error for the request.
+        """
+        if msg is not None:
+            if len(msg) - P.APPEND_HEADER_SIZE > P.MAX_PAYLOAD_BYTES:
+                raise RecordTooLargeError(f"a request of {len(msg) - P.APPEND_HEADER_SIZE} bytes of frames "
+                                          f"exceeds the {P.MAX_PAYLOAD_BYTES}-byte limit of the writer protocol")
+            try:
+                send_frame(tc.sock, msg, NOBLOCK, len(msg) < ZERO_COPY_BYTES)
+            except zmq.ZMQError as exc:
+                raise self._failed(tc, exc, "sending a request") from None
+        return self._await_reply(tc, rid, None)
+
+    def _failed(self, tc: _ThreadConn, exc: zmq.ZMQError, what: str) -> WalError:
+        """The WalError for a ZeroMQ failure on ``tc`` while doing ``what``, after resetting the connection."""
+        err = zmq_error(exc, what, tc.conn.endpoint)
+        self._reset(tc, err)
+        return err
+
+    def _await_reply(self, tc: _ThreadConn, rid: int, data: bytes | None, waited: float = 0.0) -> Any:
+        """Wait for the reply to request ``rid`` (``data``: a reply already received); the reply's runs.
+
+        ``waited``: seconds already spent waiting (they count against the timeout).
 
         The runs are a tuple ``(segment_id, offset, count)`` when the reply came
         in ``encode_run_ok``'s fixed shape (checked), else msgpack's list (unchecked).
-
-        For when nothing else is outstanding on this thread. Same protocol and
-        guarantees as the general path (Session), minus its bookkeeping and
-        polling: the CPU a producer spends per append is what limits a
-        two-core machine with many producers (its Python runs with cold caches
-        after every wait), so this path costs a handful of calls beyond the
-        two sends and one blocking receive, and reads the common reply with one
-        struct call. Raises the writer's error for the request.
+        Stale replies (from before a reset) are handed to the session and skipped.
         """
         session, conn = tc.session, tc.conn
         sock = conn.sock
-        rid = session.new_id()
         err: WalError
-        try:
-            send_frame(sock, P.encode_append(rid, count), SNDMORE_NOBLOCK)
-            send_frame(sock, payload, NOBLOCK, len(payload) < ZERO_COPY_BYTES)
-        except zmq.ZMQError as exc:
-            err = zmq_error(exc, "sending a request", conn.endpoint)
-            self._reset(tc, err)
-            raise err from None
         deadline = 0.0          # set at the first receive slice that times out: no clock read per append
         while True:
-            try:
-                data = sock.recv()                # blocks for at most RECV_SLICE_MS
-            except zmq.Again:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.timeout - RECV_SLICE_MS / 1e3
-                if conn.check_lost():
-                    err = self._lost_error(tc)
-                elif now >= deadline:
-                    err = WriterUnavailableError(f"no reply from the writer at {conn.endpoint} within "
-                                                 f"{self.timeout:g} s (is it running? the outcome of the append "
-                                                 f"is unknown)")
-                else:
-                    continue
-                self._reset(tc, err)
-                raise err from None
-            except zmq.ZMQError as exc:
-                err = zmq_error(exc, "receiving a reply", conn.endpoint)
-                self._reset(tc, err)
-                raise err from None
+            if data is None:
+                try:
+                    data = sock.recv()                # blocks for at most RECV_SLICE_MS
+                except zmq.Again:
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + self.timeout - RECV_SLICE_MS / 1e3 - waited
+                    if conn.check_lost():
+                        err = self._lost_error(tc)
+                    elif now >= deadline:
+                        err = WriterUnavailableError(f"no reply from the writer at {conn.endpoint} within "
+                                                     f"{self.timeout:g} s (is it running? the outcome of the "
+                                                     f"append is unknown)")
+                    else:
+                        continue
+                    self._reset(tc, err)
+                    raise err from None
+                except zmq.ZMQError as exc:
+                    raise self._failed(tc, exc, "receiving a reply") from None
             run = run_reply(data)
             if run is not None and run[0] == rid:
                 return run[1:]
@@ -204,6 +295,7 @@ class WalClient(ClientBase):
                 return reply.result
             for c in session.complete(data):              # a stale reply, from before a reset
                 _resolve(c.waiter, c.value, c.error)
+            data = None
 
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
@@ -240,7 +332,8 @@ class WalClient(ClientBase):
 
     def _batch_direct(self, tc: _ThreadConn, frames: list[bytes]) -> list[Position]:
         """append_batch's hot path: one request, nothing else outstanding on this thread."""
-        runs = self._append_direct(tc, len(frames), b"".join(frames))
+        rid = tc.new_id()
+        runs = self._request(tc, rid, b"".join([P.encode_append(rid, len(frames)), *frames]))
         if type(runs) not in (list, tuple) or not all(type(x) is int for x in runs):
             raise ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
         return P.positions_from_runs(runs, list(map(len, frames)))
@@ -305,6 +398,7 @@ class WalClient(ClientBase):
                 pass                 # the pending appends get their error below
         with self._lock:
             self._closed = True
+            self._lane = _NO_LANE
             conns, self._conns = self._conns, []
             ctx, self._ctx = self._ctx, None
         for tc in conns:
@@ -323,6 +417,8 @@ class WalClient(ClientBase):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _thread_conn(self) -> _ThreadConn:
+        """This thread's connection, made or remade as needed; disarms append's lane (see append)."""
+        self._lane = _NO_LANE
         if self._closed:
             raise WalClosedError("the client is closed")
         tc: _ThreadConn | None = getattr(self._local, "tc", None)
@@ -374,6 +470,7 @@ class WalClient(ClientBase):
 
     def _reset(self, tc: _ThreadConn, error: WalError) -> None:
         """Fail everything outstanding on ``tc`` with ``error`` and drop the connection (Rule 2 of transport)."""
+        self._lane = _NO_LANE
         for c in tc.session.fail_all(error):
             _resolve(c.waiter, None, c.error)
         with self._lock:

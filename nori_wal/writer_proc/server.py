@@ -106,6 +106,7 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
 _ZERO_COPY_BYTES = 64 * 1024
+_HEADER_SIZE = P.APPEND_HEADER_SIZE
 # pyzmq's C-level send: zmq.Socket.send's Python-level wrapper costs more per call than the C work
 # of a small message, and the writer sends two frames per reply.
 _send: Callable[..., Any] = zmq.backend.Socket.send
@@ -334,6 +335,7 @@ class WriterServer:
         max_frame = self.log.max_frame
         check_payload = P.check_payload
         append_header = P.append_header
+        compact_append = P.compact_append
         t_recv = time.perf_counter() if self._metered else 0.0
         units: list[Any] = []
         counts: list[int] = []
@@ -348,23 +350,31 @@ class WriterServer:
             # The rest of a multipart message is already here (ZeroMQ delivers messages whole); a Frame
             # says whether more follows, cheaper than a getsockopt(RCVMORE) per frame.
             f = recv(copy=False)
-            head = f.bytes
-            frames: list[Any] = [head]
-            while f.more:
-                f = recv(copy=False)
-                frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
+            payload: BytesLike
+            frames: list[Any] | None = None
+            if not f.more:                          # one frame: a compact APPEND (our clients'), or a control
+                head = f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer
+                h = compact_append(head)
+                if h is not None:
+                    payload = memoryview(head)[_HEADER_SIZE:]
+            else:                                   # a header and a payload frame (or garbage: more frames)
+                head = f.bytes
+                frames = [head]
+                while f.more:
+                    f = recv(copy=False)
+                    frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
+                h = append_header(head) if len(frames) == 2 else None
+                payload = frames[-1]
             if ident[0] == 0x21:                    # b"!": one of our own threads
                 try:
                     self._internal(ident)
                 except FatalStop as stop:           # stop after this pass, once the requests taken are answered
                     failed = failed or stop
                 continue
-            h = append_header(head) if len(frames) == 2 else None
-            if h is not None:                       # the hot path: a plain APPEND in our clients' encoding
+            if h is not None:                       # the hot path: an APPEND in our clients' encoding
                 rid, count = h
-                payload: BytesLike = frames[1]
             else:
-                req = P.decode_request(frames)
+                req = P.decode_request(frames or [head])
                 if type(req) is P.Control:
                     # Keep each producer's order: write the appends received before it first.
                     self._write_group(units, counts, pending, records, nbytes, t_recv)

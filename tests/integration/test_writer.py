@@ -260,6 +260,10 @@ def bad_messages(max_frame: int) -> list[tuple[str, list[bytes], type]]:
         ("frame too large", [P.encode_append(10, 1), big], RecordTooLargeError),
         ("negative delete", [msgpack.packb([1, 4, 11, -1, 0])], ProtocolError),
         ("compact header, bad crc", [msgpack.packb([1, 1, 12, 1]), bytes(bad_crc)], ProtocolError),  # general path
+        ("one-frame append, bad crc", [P.encode_append(13, 1) + bytes(bad_crc)], ProtocolError),
+        ("one-frame append, count mismatch", [P.encode_append(14, 3) + good], ProtocolError),
+        ("one-frame append, torn", [P.encode_append(15, 1) + good[:-1]], ProtocolError),
+        ("one-frame append, too large", [P.encode_append(16, 1) + big], RecordTooLargeError),
     ]
 
 
@@ -293,6 +297,9 @@ def test_bad_requests_get_errors_while_a_good_producer_keeps_going(spawn_writer,
         raw.send_multipart([msgpack.packb([1, 1, 98, 1]), encode_record(rec(1, tag=b"raw"))])
         reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None   # any msgpack header is an APPEND
         assert reply is not None and reply.ok and reply.request_id == 98 and reply.result[2] == 1
+        raw.send(P.encode_append(97, 2) + encode_record(rec(2, tag=b"raw")) + encode_record(rec(3, tag=b"raw")))
+        reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None   # the one-frame form, two records
+        assert reply is not None and reply.ok and reply.request_id == 97 and reply.result[2] == 2
     finally:
         stop.set()
         t.join(60)
@@ -300,7 +307,7 @@ def test_bad_requests_get_errors_while_a_good_producer_keeps_going(spawn_writer,
         ctx.term()
     keys = keys_in(d)
     assert sorted(k for k in keys if k.startswith(b"g")) == [rec(i, tag=b"g").key for i in range(len(good_positions))]
-    assert len(keys) == len(good_positions) + 2 and len(set(good_positions)) == len(good_positions)
+    assert len(keys) == len(good_positions) + 4 and len(set(good_positions)) == len(good_positions)
 
 
 # -- crash and restart ----------------------------------------------------------------------------------

@@ -41,6 +41,15 @@ def test_round_trip(rec):
     assert isinstance(res, Decoded) and res.record == rec and res.end == 3 + len(frame)
 
 
+@given(records(), st.binary(max_size=40), st.sampled_from([bytes, bytearray, memoryview]))
+def test_a_prefix_shares_the_frames_buffer_and_changes_nothing_else(rec, prefix, kind):
+    """encode_record(r, prefix) == prefix + encode_record(r), for any bytes-like key and value."""
+    frame = encode_record(rec)
+    assert encode_record(rec, prefix) == prefix + frame
+    other = rec._replace(key=kind(rec.key), value=kind(rec.value))
+    assert encode_record(other) == frame
+
+
 @given(records(), st.data())
 def test_every_truncation_is_need_more_or_zeroed(rec, data):
     """A cut-off frame is 'need more bytes' (a torn tail), never a record and never corrupt."""

@@ -255,6 +255,34 @@ def test_other_encodings_of_an_append_header_take_the_general_path(rid, count):
     assert P.decode_request([head, b"x"]) == P.Append(rid, count, b"x")
 
 
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**32 - 1),
+       st.binary(min_size=1, max_size=100))
+def test_a_compact_append_is_the_fixed_header_then_the_payload(rid, count, payload):
+    """One frame: encode_append's header, then the frames; decode_request takes it as the two-frame APPEND."""
+    msg = P.encode_append(rid, count) + payload
+    assert P.compact_append(msg) == (rid, count)
+    req = P.decode_request([msg])
+    assert type(req) is P.Append and (req.request_id, req.record_count) == (rid, count)
+    assert bytes(req.payload) == payload
+
+
+def test_a_lone_frame_that_is_not_a_compact_append_stays_a_control_request_or_an_error():
+    assert P.compact_append(P.encode_request(P.Op.SYNC, 3)) is None
+    assert P.decode_request([P.encode_request(P.Op.SYNC, 3)]) == P.Control(3, P.Op.SYNC)
+    header_alone = P.encode_append(4, 1)           # no payload: not compact, and an APPEND needs one
+    assert P.compact_append(header_alone) is None
+    assert isinstance(P.decode_request([header_alone]), P.BadRequest)
+    other_shape = msgpack.packb([P.VERSION, int(P.Op.APPEND), 4, 1]) + b"frames"
+    assert P.compact_append(other_shape) is None
+    assert isinstance(P.decode_request([other_shape]), P.BadRequest)
+
+
+@given(st.binary(max_size=60))
+def test_compact_append_never_raises(data):
+    h = P.compact_append(data)
+    assert h is None or P.decode_request([data]) == P.Append(h[0], h[1], memoryview(data)[P.APPEND_HEADER_SIZE:])
+
+
 @given(st.binary(max_size=40))
 def test_append_header_never_raises(data):
     h = P.append_header(data)
