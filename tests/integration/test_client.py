@@ -14,6 +14,7 @@ from writer_support import keys_in
 
 from nori_wal import Position, ProtocolError, Record, WalClosedError, WriterUnavailableError, open_reader
 from nori_wal.client import AsyncWalClient, WalClient
+from nori_wal.client.sync import _NO_LANE
 
 PER_WORKER = 40
 
@@ -222,16 +223,20 @@ def test_close_sends_and_acknowledges_submits_never_collected(spawn_writer, wal_
 def test_a_forked_child_never_touches_the_parents_sockets(spawn_writer, wal_dir):
     w = spawn_writer(wal_dir)
     client = WalClient(w.endpoint, timeout=10)
-    client.append(rec("parent", 0))
+    for i in range(3):
+        client.append(rec("parent", i))              # the parent's appends now take the lane (the hot path)
+    assert client._lane is not _NO_LANE
     pid = os.fork()
     if pid == 0:                                   # pragma: no cover - the child reports by exit code
         code = 1
         try:
+            if client._lane is not _NO_LANE:         # the fork hook must disarm it: same thread ident here
+                os._exit(3)
             code = 0 if client.append(rec("child", 0)) > Position(0, 32) else 2
             client.close()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert client.append(rec("parent", 1)) > Position(0, 32)
+    assert client.append(rec("parent", 3)) > Position(0, 32)
     client.close()
