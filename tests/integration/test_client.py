@@ -12,7 +12,16 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 from writer_support import keys_in
 
-from nori_wal import Position, ProtocolError, Record, WalClosedError, WriterUnavailableError, open_reader
+from nori_wal import (
+    Position,
+    ProtocolError,
+    Record,
+    RecordTooLargeError,
+    WalClosedError,
+    WriterUnavailableError,
+    open_reader,
+)
+from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
 from nori_wal.client.sync import _NO_LANE
 
@@ -141,6 +150,22 @@ def test_writer_errors_come_back_as_their_class(spawn_writer, wal_dir):
         c.append(rec("ok", 0))
     with pytest.raises(WalClosedError):
         c.append(rec("closed", 0))
+
+
+def test_a_record_too_large_for_a_request_is_refused_before_sending(spawn_writer, wal_dir, monkeypatch):
+    """RecordTooLargeError on the first append and on the hot path; nothing sent; the connection serves on."""
+    w = spawn_writer(wal_dir)
+    monkeypatch.setattr(P, "MAX_PAYLOAD_BYTES", 65_000)       # the real limit is 64 MiB: same code path
+    big = Record.put(b"big", b"x" * 70_000)
+    with WalClient(w.endpoint, timeout=5) as c:
+        with pytest.raises(RecordTooLargeError, match="65000-byte limit"):
+            c.append(big)                                   # the general path (no connection yet)
+        for i in range(3):
+            c.append(rec("ok", i))                          # the lane is armed from the second append on
+        with pytest.raises(RecordTooLargeError, match="65000-byte limit"):
+            c.append(big)
+        last = c.append(rec("ok", 3))
+    assert keys_in(wal_dir) == [rec("ok", i).key for i in range(4)] and last > Position(0, 0)
 
 
 # -- asyncio -----------------------------------------------------------------------------------------
