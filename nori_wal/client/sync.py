@@ -3,12 +3,15 @@
 Each call frames its records in this process (``codec.encode_record``:
 framing, CRC32C, compression), sends one request and waits for the writer's
 acknowledgement, which comes once the record is as durable as the writer's
-fsync policy promises.
+fsync policy promises. A synchronous ``append`` takes a short hot path (see
+``WalClient.append``): on a busy two-core machine the producers' Python,
+run with cold caches after every wait, is what limits throughput.
 
 Process and thread safety (diskcache's model): the client holds no socket
 until first used; each thread gets its own DEALER connection (ZeroMQ sockets
 are not thread-safe, and separate connections let one process's threads share
-the writer's group commit); a PID change (fork) is detected on every call and
+the writer's group commit); a fork is noticed on the first call in the child
+(an at-fork hook disarms the hot path, the general path compares PIDs) and
 the child builds its own context and sockets. It pickles as its constructor
 arguments, so it can be passed to ``spawn``/``forkserver`` children,
 ``multiprocessing.Pool`` and ``ProcessPoolExecutor`` workers.
