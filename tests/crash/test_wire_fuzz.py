@@ -220,7 +220,10 @@ def bad_payloads(draw):
         payload += b"\x01\x02\x03\x04" + _varint(1) + _varint(draw(st.integers(2**20, 2**35 - 1))) + b"\x00k"
         count += 1
     rid = draw(st.integers(0, 2**64 - 1))
-    return [P.encode_append(rid, count) if -2**63 <= count < 2**64 else P.encode_append(rid, 0), payload], rid, kind
+    head = P.encode_append(rid, count) if -2**63 <= count < 2**64 else P.encode_append(rid, 0)
+    if len(head) == P.APPEND_HEADER_SIZE and draw(st.booleans()):
+        return [head + payload], rid, kind + "/compact"     # the one-frame form: needs the fixed header
+    return [head, payload], rid, kind
 
 
 def expect_error(reply: P.Reply | None, rid: int | None, what: object) -> None:
@@ -258,8 +261,9 @@ def test_wire_fuzz_against_a_live_writer(live, crash_counts):
     @given(bad_payloads())
     def fuzz_bad_payloads(case):
         frames, rid, kind = case
-        kinds[kind] = kinds.get(kind, 0) + 1
-        expect_error(raw.ask(frames), rid, (kind, frames[1][:120]))
+        for k in (kind.split("/")[0], "one-frame" if kind.endswith("/compact") else "two-frame"):
+            kinds[k] = kinds.get(k, 0) + 1
+        expect_error(raw.ask(frames), rid, (kind, frames[-1][:120]))
 
     for fuzz in (fuzz_random_bytes, fuzz_wrong_types, fuzz_near_valid_headers, fuzz_bad_payloads):
         fuzz()
@@ -280,7 +284,7 @@ def test_wire_fuzz_against_a_live_writer(live, crash_counts):
     with open_reader(cfg.dir) as r:
         log = [(bytes(rec.key), pos) for rec, pos in r]
     assert log == good.acked, "the log must hold exactly the good producer's records"
-    assert set(kinds) >= {"count", "cut", "flip", "seal", "lz4-poison", "too-large"}, kinds
+    assert set(kinds) >= {"count", "cut", "flip", "seal", "lz4-poison", "too-large", "one-frame", "two-frame"}, kinds
 
 
 def test_a_message_over_the_transport_cap_cannot_harm_the_writer(live, crash_counts):
