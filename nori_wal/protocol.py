@@ -127,11 +127,7 @@ def append_header(head: BytesLike) -> tuple[int, int] | None:
 
     The writer's per-request fast path; None sends the header through ``decode_request``.
     """
-    if len(head) == APPEND_HEADER_SIZE:
-        prefix, rid, tag, count = APPEND_HEADER.unpack(head)
-        if prefix == APPEND_PREFIX and tag == APPEND_COUNT_TAG:
-            return rid, count
-    return None
+    return _fixed_append_header(head) if len(head) == APPEND_HEADER_SIZE else None
 
 
 def compact_append(msg: BytesLike) -> tuple[int, int] | None:
@@ -141,11 +137,13 @@ def compact_append(msg: BytesLike) -> tuple[int, int] | None:
     sends one frame per request; the writer takes the payload as a view past the
     header. A lone frame that does not start so is a control request (msgpack).
     """
-    if len(msg) > APPEND_HEADER_SIZE:
-        prefix, rid, tag, count = APPEND_HEADER.unpack_from(msg)
-        if prefix == APPEND_PREFIX and tag == APPEND_COUNT_TAG:
-            return rid, count
-    return None
+    return _fixed_append_header(msg) if len(msg) > APPEND_HEADER_SIZE else None
+
+
+def _fixed_append_header(buf: BytesLike) -> tuple[int, int] | None:
+    """(request_id, record_count) if ``buf`` starts with ``encode_append``'s fixed shape (long enough)."""
+    prefix, rid, tag, count = APPEND_HEADER.unpack_from(buf)
+    return (rid, count) if prefix == APPEND_PREFIX and tag == APPEND_COUNT_TAG else None
 
 
 def encode_request(op: Op, request_id: int, *args: int) -> bytes:
@@ -360,9 +358,7 @@ def run_reply(data: BytesLike) -> tuple[int, int, int, int] | None:
     if len(data) != RUN_REPLY_SIZE:
         return None
     head, rid, mid, seg, t3, off, t4, count = RUN_REPLY.unpack(data)
-    if head == _RUN_HEAD and mid == _RUN_MID and t3 == 0xCF and t4 == 0xCE:
-        return rid, seg, off, count
-    return None
+    return (rid, seg, off, count) if (head, mid, t3, t4) == RUN_REPLY_TAGS else None
 
 
 def encode_error(request_id: int, exc: BaseException) -> bytes:
