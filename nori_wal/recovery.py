@@ -8,6 +8,11 @@ Rules:
 3. A sealed segment is not rescanned: its seal frame gives its record count,
    so reopening a cleanly closed log costs one small read per segment.
 4. A last segment whose header is damaged (a crash mid-roll) is removed.
+5. What recovery trusts it first makes durable: a predecessor killed before
+   its fsync left its last writes (records, a seal, a cut, a rename or unlink)
+   in the page cache, readable but still lost by a power loss. So the last
+   segment is fsynced and the directory too, once per open, even when nothing
+   was cut; earlier segments were fsynced before their successor was created.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class RecoveryInfo:
     """What opening the log found and did."""
     valid_records: int          # records in the whole log
     segments_scanned: int       # segments whose records were read (not trusted from a seal)
-    bytes_truncated: int        # damaged or torn tail bytes cut off (0 after a clean close)
+    bytes_truncated: int        # tail bytes cut off: torn or damaged records, zeros (0 after a clean close)
     corruption_detected: bool   # the cut-off tail held garbage, not just a torn or zeroed write
     duration_s: float = 0.0
     segment_count: int = 0
@@ -125,7 +130,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     """Recover the log in ``directory`` (whose lock the caller holds)."""
     t0 = time.perf_counter()
     names = layer.listdir(directory)
-    dir_dirty = False
+    dir_dirty = False           # (synced at the end, with every open that finds segments)
     for name in names:
         if name.endswith(TMP_SUFFIX):          # a roll that crashed before its rename
             layer.unlink(os.path.join(directory, name))
@@ -152,9 +157,6 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
         layer.unlink(path)
         dir_dirty = True
         ids.pop()
-    if dir_dirty:
-        layer.sync_dir(directory)
-
     total = 0
     for sid in ids[:-1]:
         n, did_scan = _count_sealed(layer, directory, sid, limit)
@@ -184,12 +186,14 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                     corruption |= res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
                     # Rule 1: cut the tail on disk and make the cut durable before appending.
                     h.truncate(end)
-                    h.sync()
                     truncated += size - end
                     meter.event(CorruptionTruncated(sid, end, size - end, res.reason or res.stop.value))
+            h.sync()                    # Rule 5 (and Rule 1's cut): durable before anything is appended
         finally:
             h.close()
         state.total_records = total + state.active_records
+    if ids or dir_dirty:
+        layer.sync_dir(directory)       # Rule 5: the predecessor's renames and unlinks, and ours
     info = RecoveryInfo(state.total_records, scanned, truncated, corruption,
                         time.perf_counter() - t0, len(ids))
     meter.histogram("wal_recovery_ms", info.duration_s * 1e3)

@@ -126,6 +126,10 @@ class CrashSpec:
     indexes of the target's unsynced writes that do NOT reach the disk although
     later ones kept do (a disk without barriers writes back out of order): the
     bytes under them stay what the disk held, zeros past the old end.
+    ``page_cache``: the kernel survived (a process crash): what survives is
+    still in the page cache, readable but not yet durable, so a power loss of
+    the new layer (its ``crash()``) can still lose it; only ``keep_ops`` and
+    ``torn`` apply (every directory entry and other file survives).
     """
 
     keep_ops: int | None = 0
@@ -135,6 +139,7 @@ class CrashSpec:
     keep_dir_ops: int | None = 0
     keep_other_files: bool = False
     drop: tuple[int, ...] = ()
+    page_cache: bool = False
 
     def label(self) -> str:
         parts = [f"keep={'all' if self.keep_ops is None else self.keep_ops}"]
@@ -148,14 +153,16 @@ class CrashSpec:
             parts.append("others-kept")
         if self.drop:
             parts.append(f"dropped={','.join(map(str, self.drop))}")
+        if self.page_cache:
+            parts.append("page-cache")
         return " ".join(parts)
 
 
 POWER_LOSS = CrashSpec()
 """Every byte and directory entry not yet fsynced is lost."""
 
-PROCESS_CRASH = CrashSpec(keep_ops=None, keep_dir_ops=None, keep_other_files=True)
-"""The process died but the kernel kept everything it was given (SIGKILL)."""
+PROCESS_CRASH = CrashSpec(keep_ops=None, keep_dir_ops=None, keep_other_files=True, page_cache=True)
+"""The process died but the kernel kept everything it was given (SIGKILL), unsynced as it was."""
 
 
 @dataclass
@@ -397,6 +404,8 @@ class FaultFS:
 
         This layer is left as it was (so one state can be crashed many ways).
         """
+        if spec.page_cache:
+            return self._killed(spec)
         with self._lock:
             dirs = {d: dict(e) for d, e in self._durable_dirs.items()}
             dir_ops = self._dir_pending if spec.keep_dir_ops is None else self._dir_pending[:spec.keep_dir_ops]
@@ -419,6 +428,26 @@ class FaultFS:
                     fs._dirs[d][name] = new
                     fs._durable_dirs[d][name] = new
             return fs
+
+    def _killed(self, spec: CrashSpec) -> FaultFS:
+        """``crash`` of the process alone: the page cache outlives it, so nothing becomes durable here.
+
+        The target's unsynced operations after ``keep_ops`` never reached the
+        kernel, except ``torn`` bytes of the first (a write cut short by SIGKILL).
+        """
+        fs = self.snapshot()
+        target = fs._target(spec.file)
+        if target is not None and spec.keep_ops is not None:
+            kept = target.pending[:spec.keep_ops]
+            rest = target.pending[spec.keep_ops:]
+            if rest and spec.torn and rest[0][0] == "w":
+                _, off, data = rest[0]  # type: ignore[misc]
+                kept.append(("w", off, data[:spec.torn]))
+            content = bytearray(target.durable)
+            for op in kept:
+                _apply(content, op)
+            target.data, target.pending = content, kept
+        return fs
 
     @staticmethod
     def _crashed_content(ino: _Inode, spec: CrashSpec, is_target: bool) -> bytes:

@@ -308,6 +308,46 @@ def test_the_wal_runs_unchanged_on_both_layers(layer_and_dir):
 def test_power_loss_and_process_crash_specs_are_the_documented_defaults():
     assert POWER_LOSS == CrashSpec()
     assert PROCESS_CRASH.keep_ops is None and PROCESS_CRASH.keep_dir_ops is None and PROCESS_CRASH.keep_other_files
+    assert PROCESS_CRASH.page_cache
+
+
+def test_a_process_crash_leaves_its_unsynced_writes_in_the_page_cache():
+    """SIGKILL: the next process reads everything, but a later power loss still loses what nobody synced."""
+    fs = fresh()
+    durable_file(fs, "a", b"synced")
+    f = fs.open_append(f"{D}/a")
+    f.append(b"+cached")
+    fs.create(f"{D}/b").append(b"new file")
+    killed = fs.process_crash()
+    assert killed.files() == {f"{D}/a": b"synced+cached", f"{D}/b": b"new file"}
+    assert killed.crash().files() == {f"{D}/a": b"synced"}
+    torn = fs.crash(CrashSpec(keep_ops=0, torn=3, file=f"{D}/a", keep_dir_ops=None, keep_other_files=True,
+                              page_cache=True))
+    assert torn.files()[f"{D}/a"] == b"synced+ca" and torn.crash().files()[f"{D}/a"] == b"synced"
+
+
+@pytest.mark.parametrize("policy", [FsyncPolicy.os(), FsyncPolicy.always()])
+def test_recovery_makes_what_it_trusts_durable(policy):
+    """A writer killed before its fsync (or under Os, which never fsyncs a record) left records and
+    a seal in the page cache; recovery trusts them, so it fsyncs them: a power loss after the
+    restart must not take back records the restarted writer went on from (or a seal it believed)."""
+    fs = FaultFS(preallocate=True)
+    cfg = WalConfig(dir=D, max_segment_size=4096, fsync_policy=policy)
+    wal, _ = Wal.open(cfg, layer=fs)
+    pos = [wal.append(Record.put(b"k%d" % i, b"v" * 100)) for i in range(5)]
+    fs.inject("sync", CRASH, times=None)           # killed at its next fsync: the close's seal stays unsynced
+    with pytest.raises(SimulatedCrash):
+        wal.close()
+    killed = fs.process_crash()
+    wal, info = Wal.open(cfg, layer=killed)
+    more = wal.append(Record.put(b"after", b"restart"))     # Always: acknowledged after an fsync
+    got = [(bytes(r.key), p) for r, p in wal.read_from(Position(0, 0))]
+    assert got[:5] == [(b"k%d" % i, p) for i, p in enumerate(pos)] and got[5] == (b"after", more)
+    power_loss = killed.crash()
+    wal2, _ = Wal.open(cfg, layer=power_loss)
+    kept = got if policy.kind == "always" else got[:5]    # Os: the new append was never fsynced
+    with wal2:
+        assert [(bytes(r.key), p) for r, p in wal2.read_from(Position(0, 0))] == kept
 
 
 # -- preallocation (opt-in): durable zeros ahead of the write point, as OsFile.preallocate --------
