@@ -103,11 +103,11 @@ class WalReader:
                 if lay == CORRUPT and self._base + end < self._file_size() and not self._at_tail_of_last(i):
                     if self._refill(i):
                         continue        # the bytes changed under us: a write was landing (see _refill)
-                    raise self._corrupt(i, "checksum mismatch")
+                    raise self._corrupt(self._i, "checksum mismatch")     # _refill moved the buffer to i
             if lay == CORRUPT and not self._at_tail_of_last(i):
                 if self._refill(i):
                     continue
-                raise self._corrupt(i, "invalid frame (bad lengths or flags)")
+                raise self._corrupt(self._i, "invalid frame (bad lengths or flags)")
             # NEED_MORE, ZEROED, or garbage right at the tail: read on, or move on, or stop.
             if self._refill(i):
                 continue

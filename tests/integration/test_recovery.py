@@ -178,6 +178,23 @@ def test_corruption_inside_a_sealed_segment_is_reported_not_skipped(tmp_path):
         read_all(d)
 
 
+@pytest.mark.parametrize("at", [0, 5, 8, 40])
+def test_a_reader_names_the_offset_of_the_damaged_record(tmp_path, at):
+    """Whatever record the read buffer starts with, the error points at the damaged one."""
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=300, seg=16 * 1024)
+    bad = next(p for p in pos[1:] if p.segment_id == 0 and p.offset > 3000)
+    with open(os.path.join(d, segment_name(0)), "r+b") as f:
+        f.seek(bad.offset + at)
+        f.write(bytes([f.read(1)[0] ^ 0xFF]) if at else b"\x00\x00\x00\x00")
+    for start in (Position(0, 0), pos[3]):
+        with open_reader(d, start) as r, pytest.raises(CorruptionError) as err:
+            for _ in r:
+                pass
+        assert (err.value.segment_id, err.value.offset) == (0, bad.offset), str(err.value)
+        assert f"offset {bad.offset}:" in str(err.value)
+
+
 def test_clean_reopen_does_not_rescan_sealed_segments(tmp_path):
     d = str(tmp_path)
     cfg = WalConfig(dir=d, max_segment_size=16 * 1024)
