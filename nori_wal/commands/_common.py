@@ -52,6 +52,26 @@ def check_dir(path: str) -> str:
     return path
 
 
+def dir_path_problem(path: str) -> str | None:
+    """Why ``path`` can never be a directory (a file on it or above it), or None.
+
+    For commands that create their directory: a file in the way is a wrong path
+    (exit 2), not an I/O error. Only the path's shape is judged; permissions and
+    full disks are left to the real open, which reports them as I/O errors.
+    """
+    probe = path.rstrip(os.sep) or os.sep
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe) or os.curdir
+        if parent == probe:
+            return None
+        probe = parent
+    if os.path.isdir(probe):
+        return None
+    if probe == (path.rstrip(os.sep) or os.sep):
+        return f"{path}: not a directory"
+    return f"{path}: {probe} is not a directory"
+
+
 def n(value: float) -> str:
     """A number with thousands separators (``12,345``)."""
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"

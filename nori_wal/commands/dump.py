@@ -23,7 +23,7 @@ import time
 from datetime import timedelta
 from typing import Callable, TextIO
 
-from ..errors import CorruptionError
+from ..errors import CorruptionError, WalError
 from ..inspect_log import NotAWalDirectory, check_start, list_segments
 from ..position import Position
 from ..reader import open_reader
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         problem = check_start(directory, start)
     except NotAWalDirectory as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"reading {directory}: {exc}", EXIT_IO)
     if problem is not None:
         fail(f"bad position {start}: {problem}")
     out: TextIO = sys.stdout
@@ -119,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     except CorruptionError as exc:
         out.flush()
         fail(str(exc), EXIT_FAILED)
+    except WalError as exc:         # WalIOError: the reader wraps a failed read (the OSError is its cause)
+        out.flush()
+        fail(str(exc), EXIT_IO)
     except KeyboardInterrupt:
         out.flush()
         return EXIT_OK

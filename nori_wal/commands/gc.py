@@ -12,7 +12,9 @@ process answers (an embedded Wal in some program), gc fails with exit 3.
 
 Exit codes: 0 done; 2 a wrong path, no segments or a bad position; 3 the
 directory is locked by another writer that cannot be asked; 4 an I/O error;
-1 the log is corrupt (a sealed segment is damaged: run verify).
+1 recovery refused the log: an earlier segment's header or seal is damaged, or
+an unsealed earlier segment holds a damaged record (a valid seal is trusted
+without reading the records behind it: only verify checks every record).
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ producers connect with ``WalClient(endpoint)`` or ``WalClient.for_dir(DIR)``.
 SIGTERM or SIGINT: drain what is pending, fsync, acknowledge, close the log
 cleanly, exit 0. No daemonising, no new session: run it under a supervisor.
 
-Exit codes: 0 stopped cleanly; 2 bad arguments or the endpoint cannot be
-bound; 3 the directory belongs to another live writer (nothing is disturbed);
-4 a write or fsync failed (fail-stop: restart it and recovery keeps every
-acknowledged record).
+Exit codes: 0 stopped cleanly; 2 bad arguments (e.g. DIR is a file, or lies
+under one) or the endpoint cannot be bound; 3 the directory belongs to another
+live writer (nothing is disturbed); 4 a write or fsync failed (fail-stop:
+restart it and recovery keeps every acknowledged record).
 """
 
 from __future__ import annotations
@@ -38,10 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_MAX_SEGMENT_SIZE, FsyncPolicy, WalConfig
     from ..errors import WalError, WalLockedError
     from ..writer_proc.server import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, FatalStop, WriterServer, WriterSpec, run_writer
+    from ._common import dir_path_problem
 
     def say(message: str) -> None:
         print(f"nori-wal serve: error: {message}", file=sys.stderr, flush=True)
 
+    problem = dir_path_problem(args.dir)      # else the open fails later, reported as an I/O error (exit 4)
+    if problem is not None:
+        say(problem)
+        return EXIT_USAGE
     try:
         policy = FsyncPolicy.parse(args.fsync)
         config = WalConfig(dir=args.dir, fsync_policy=policy,

@@ -9,7 +9,8 @@ acknowledged, lost, duplicated, the calls whose outcome was unknown, and the
 restart and recovery times.
 
 Exit codes: 0 nothing acknowledged was lost (and nothing duplicated, invented
-or torn); 1 the check failed; 2 a bad argument; 4 an I/O error.
+or torn); 1 the check failed; 2 a bad argument (e.g. DIR is a file, or lies
+under one); 4 an I/O error.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 
 from ..config import FsyncPolicy
 from ..errors import WalError
-from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, fail, guarded
+from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, dir_path_problem, fail, guarded
 
 HELP = "SIGKILL the writer under load at random moments, restart it, and report what survived"
 
@@ -61,11 +62,14 @@ def run(args: argparse.Namespace) -> int:
         FsyncPolicy.parse(args.fsync)
     except ValueError as exc:
         fail(str(exc))
+    problem = dir_path_problem(args.dir)
+    if problem is not None:
+        fail(problem)
     try:
         os.makedirs(args.dir, exist_ok=True)
         work = tempfile.mkdtemp(prefix="nori-wal-torture-", dir=args.dir)
     except OSError as exc:
-        fail(f"{args.dir}: {exc.strerror or exc}")
+        fail(f"{args.dir}: {exc.strerror or exc}", EXIT_IO)
     opts = TortureOptions(directory=os.path.join(work, "wal"), producers=args.producers, rounds=args.rounds,
                           fsync=args.fsync, max_segment_size=args.max_segment_size, value_size=args.value_size,
                           batch=args.batch, reader=not args.no_reader, max_acks_per_round=args.max_acks_per_round,

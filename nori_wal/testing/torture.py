@@ -103,7 +103,7 @@ class TortureReport:
     stalled_rounds: int = 0           # rounds that saw no ack within round_timeout
     restart_s: list[float] = field(default_factory=list)      # spawn to serving, per restart
     recovery_s: list[float] = field(default_factory=list)     # recovery alone (RecoveryInfo.duration_s)
-    truncated_bytes: list[int] = field(default_factory=list)  # torn tail cut per restart
+    truncated_bytes: list[int] = field(default_factory=list)  # tail cut per restart (torn records, zeros)
     final_exit_code: int | None = None
     seed: int = 0
     duration_s: float = 0.0
@@ -137,7 +137,8 @@ class TortureReport:
             (f"  reader:           {self.reader_records} records read during the kills, "
              f"{len(self.reader_errors)} errors"),
             f"  restart (spawn to serving): {ms(self.restart_s)}",
-            (f"  recovery alone:             {ms(self.recovery_s)}; torn bytes cut per restart: "
+            (f"  recovery alone:             {ms(self.recovery_s)}; tail bytes cut per restart "
+             f"(torn records and preallocated zeros): "
              f"max {max(self.truncated_bytes, default=0)}"),
         ]
         if self.stalled_rounds:

@@ -419,3 +419,50 @@ def test_gc_asks_the_writer_process_that_owns_the_directory(tmp_path):
                                        f"through the writer process at {writer.endpoint}")
         assert segment_files(d) == [segment_name(keep.segment_id)]
         assert cli("verify", d).returncode == 0
+
+
+# -- wrong paths and failed reads -----------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["dump", "verify", "stats"])
+def test_a_segment_that_cannot_be_read_is_one_line_and_exit_4(log, command):
+    d, _recs, _pos = log
+    (d / segment_name(1)).unlink()
+    (d / segment_name(1)).mkdir()          # reading it fails with EISDIR: an I/O error, not corruption
+    proc = cli(command, d)
+    assert proc.returncode == 4, proc.stderr
+    one_line_error(proc, f"nori-wal {command}: error:", "Is a directory")
+
+
+def test_dump_from_a_segment_that_cannot_be_read_exits_4(log):
+    d, _recs, _pos = log
+    (d / segment_name(1)).unlink()
+    (d / segment_name(1)).mkdir()
+    proc = cli("dump", d, "--from", "1:100")      # fails while checking the start position
+    assert proc.returncode == 4 and proc.stdout == ""
+    one_line_error(proc, "Is a directory")
+
+
+def test_a_file_where_a_directory_must_be_is_a_wrong_path_exit_2(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"not a log")
+    for path in (afile, afile / "sub", afile / "sub" / "deeper"):
+        proc = cli("serve", "--dir", path)
+        assert proc.returncode == 2, proc.stderr
+        one_line_error(proc, "nori-wal serve: error:", str(path), "not a directory")
+    proc = cli("torture", "--dir", afile / "sub", "--rounds", "1")
+    assert proc.returncode == 2
+    one_line_error(proc, f"{afile} is not a directory")
+    proc = cli("load", "--dir", afile, "--quick", "--no-peers", "--no-plot")
+    assert proc.returncode == 2
+    one_line_error(proc, "nori-wal load: error:", "not a directory")
+    for command in ("dump", "verify", "stats"):
+        assert cli(command, afile).returncode == 2
+    assert afile.read_bytes() == b"not a log"
+
+
+def test_serve_keeps_exit_4_for_a_directory_it_cannot_recover(tmp_path):
+    d = tmp_path / "wal"
+    (d / segment_name(0)).mkdir(parents=True)     # the path is right; reading the segment fails
+    proc = cli("serve", "--dir", d)
+    assert proc.returncode == 4, proc.stderr
+    one_line_error(proc, "nori-wal serve: error:", "Is a directory")
