@@ -16,9 +16,12 @@ Rules:
 2. Lengths are untrusted: they are checked against ``limit`` and against the
    bytes present before anything is sliced or allocated; a value is only
    decompressed after its checksum passed, into a buffer no larger than ``limit``.
+   A TTL is untrusted too: one larger than a timedelta holds is corrupt.
 3. The CRC covers the header too, so a torn length or flag byte cannot pass.
 4. Seven zero bytes can never be a valid frame, so a zero-filled tail reads as
    ``Zeroed`` ("end"), not as corruption.
+5. Encoding refuses what decoding would reject: a value too large to decompress
+   within FORMAT_MAX_FRAME raises RecordTooLargeError before it is compressed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import lz4.block
 import zstandard
 from crc32c import crc32c
 
+from .errors import RecordTooLargeError, WalError
 from .record import BytesLike, Compression, Record, ttl_to_ms
 
 FLAG_TOMBSTONE = 0x01
@@ -45,6 +49,13 @@ MIN_FRAME_SIZE = 7        # crc + key_len + value_len + flags
 MAX_VARINT_BYTES = 10     # u64: lengths are bounded by the frame limit anyway
 FORMAT_MAX_FRAME = 2**31 - 1   # no frame may be larger, whatever the segment size
 ZERO_COPY_MIN = 64 * 1024     # values at least this large are returned as memoryviews
+# The largest ttl_ms a frame may carry: datetime.timedelta holds no more (timedelta.max in whole ms,
+# ~2.7 million years). A larger varint fits MAX_VARINT_BYTES but cannot become a Record, so it is corrupt.
+MAX_TTL_MS = timedelta.max // timedelta(milliseconds=1)
+# Readers decompress a value into at most FORMAT_MAX_FRAME bytes (their default limit), and LZ4
+# takes at most LZ4_MAX_INPUT_SIZE (lz4.h) bytes: a larger value is refused before it is compressed.
+MAX_DECOMPRESSED_VALUE = FORMAT_MAX_FRAME
+LZ4_MAX_INPUT = 0x7E000000
 
 _U32 = struct.Struct("<I")
 _pack_u32 = _U32.pack
@@ -116,14 +127,38 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def check_value_size(size: int, compression: int) -> None:
+    """Raise RecordTooLargeError if a ``size``-byte value cannot be stored under ``compression``.
+
+    A compressed frame is small, so the frame limit does not catch a huge value;
+    acknowledged, it would stop every reader (they decompress within a limit).
+    """
+    if compression == Compression.NONE:
+        return          # the frame itself is checked against FORMAT_MAX_FRAME
+    if size > MAX_DECOMPRESSED_VALUE:
+        raise RecordTooLargeError(f"a {Compression(compression).name} value of {size} bytes exceeds the "
+                                  f"{MAX_DECOMPRESSED_VALUE} bytes readers decompress a value into")
+    if compression == Compression.LZ4 and size > LZ4_MAX_INPUT:
+        raise RecordTooLargeError(f"an LZ4 value of {size} bytes exceeds the {LZ4_MAX_INPUT} bytes LZ4 compresses")
+
+
 def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
-    """The stored form of ``value`` under ``compression``."""
+    """The stored form of ``value`` under ``compression``.
+
+    Raises RecordTooLargeError for a value too large to store compressed, and
+    WalError if the compressor fails (only WalError subclasses cross the API).
+    """
     if compression == Compression.NONE:
         return value
-    if compression == Compression.LZ4:
-        return bytes(lz4.block.compress(value, store_size=True))
-    if compression == Compression.ZSTD:
-        return _ZSTD_C.compress(value)
+    check_value_size(len(value), compression)
+    try:
+        if compression == Compression.LZ4:
+            return bytes(lz4.block.compress(value, store_size=True))
+        if compression == Compression.ZSTD:
+            return _ZSTD_C.compress(value)
+    except (lz4.block.LZ4BlockError, zstandard.ZstdError) as exc:
+        name = Compression(compression).name
+        raise WalError(f"{name} compression of a {len(value)}-byte value failed: {exc}") from exc
     raise ValueError(f"unknown compression {compression!r}")
 
 
@@ -150,10 +185,12 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
     if ttl is None:
         head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
     else:
-        head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_to_ms(ttl))
+        ttl_ms = ttl_to_ms(ttl)
+        if ttl_ms > MAX_TTL_MS:     # only a ttl that is no timedelta can be: decoding would call it corrupt
+            raise ValueError(f"ttl of {ttl_ms} ms exceeds the largest a frame holds ({MAX_TTL_MS} ms)")
+        head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_ms)
     head += key
     if len(head) + len(stored) + 4 > FORMAT_MAX_FRAME:
-        from .errors import RecordTooLargeError
         raise RecordTooLargeError(f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of "
                                   f"{FORMAT_MAX_FRAME}")
     return b"".join((prefix, _pack_u32(crc32c(stored, crc32c(head))), head, stored))
@@ -220,8 +257,9 @@ def frame_layout(buf: BytesLike, off: int, n: int, limit: int) -> tuple[int, int
         if not any(buf[off:min(n, off + MIN_FRAME_SIZE)]):
             return ZEROED
         return lay
-    flags, _ttl, _ks, _vs, end = lay  # type: ignore[misc]
-    if end - off > limit or flags & RESERVED_FLAGS or (flags & COMPRESSION_MASK) == COMPRESSION_MASK:
+    flags, ttl_ms, _ks, _vs, end = lay  # type: ignore[misc]
+    if (end - off > limit or flags & RESERVED_FLAGS or (flags & COMPRESSION_MASK) == COMPRESSION_MASK
+            or ttl_ms > MAX_TTL_MS):     # ttl_ms is -1 without a TTL
         return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else CORRUPT
     if end > n:
         return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else NEED_MORE
@@ -291,7 +329,7 @@ def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FR
     if lay == NEED_MORE:
         return NeedMore(_declared_size(buf, offset, n))
     if lay == CORRUPT:
-        return Corrupt("bad lengths or flags")
+        return Corrupt(_corrupt_reason(buf, offset, n, limit))
     flags, _ttl, ks, vs, end = lay  # type: ignore[misc]
     mv = buf if type(buf) is memoryview else memoryview(buf)
     if crc32c(mv[offset + 4:end]) != _U32.unpack_from(buf, offset)[0]:
@@ -307,6 +345,19 @@ def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FR
     if isinstance(rec, str):
         return Corrupt(rec)
     return Decoded(rec, end)
+
+
+def _corrupt_reason(buf: BytesLike, off: int, n: int, limit: int) -> str:
+    """Why ``frame_layout`` called the frame at ``off`` corrupt (its checks, in words)."""
+    lay = parse_header(buf, off, n)
+    if type(lay) is not tuple:
+        return "over-long varint in the header"
+    flags, ttl_ms, _ks, _vs, end = lay
+    if end - off > limit:
+        return f"frame of {end - off} bytes exceeds the limit of {limit}"
+    if ttl_ms > MAX_TTL_MS:
+        return f"ttl of {ttl_ms} ms exceeds the largest a timedelta holds ({MAX_TTL_MS} ms)"
+    return f"invalid flags 0x{flags:02x}"
 
 
 def _declared_size(buf: BytesLike, off: int, n: int) -> int | None:

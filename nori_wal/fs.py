@@ -41,7 +41,8 @@ class DirLock(Protocol):
 class FileLayer(Protocol):
     """Directory-level operations plus opening files."""
 
-    def makedirs(self, path: str) -> None: ...
+    def makedirs(self, path: str) -> None:
+        """``mkdir -p``; like a new file's, a new directory's entry is durable once its parent is ``sync_dir``-ed."""
     def listdir(self, path: str) -> list[str]: ...
     def exists(self, path: str) -> bool: ...
     def create(self, path: str) -> FileHandle:

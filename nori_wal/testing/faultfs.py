@@ -14,9 +14,11 @@ ALICE and CrashMonkey model:
 * Per directory: the entries visible now and the entries made durable by the
   last ``sync_dir``. A file created but whose directory was not fsynced
   disappears at a crash; a rename or unlink not followed by ``sync_dir``
-  reverts (etcd #6368, KAFKA-3968). A ``CrashSpec`` can keep a prefix of the
-  pending directory operations (journalled file systems commit them in order),
-  and can drop unsynced writes while later ones land (write-back out of order).
+  reverts (etcd #6368, KAFKA-3968); a directory made by ``makedirs`` vanishes,
+  with everything in it, until its parent is fsynced. A ``CrashSpec`` can keep
+  a prefix of the pending directory operations (journalled file systems commit
+  them in order), and can drop unsynced writes while later ones land
+  (write-back out of order).
 * Faults: ``inject("sync", errno.EIO)`` fails an fsync (and, like Linux after
   fsyncgate, drops the dirty data so a retry "succeeds" without it);
   ``inject("append", errno.ENOSPC, partial=n)`` writes ``n`` bytes, then fails;
@@ -41,10 +43,10 @@ back to the new size when that is shorter. A failed write still moves it past
 the bytes that landed (``OsFile`` keeps the old position; ``SegmentLog`` cuts
 the file back to its end after a failed write either way).
 
-Simplifications, on purpose: directories made by ``makedirs`` are durable at
-once; ``lock_dir`` keeps its lock in memory (no LOCK file); a ``sync``
-(fdatasync) makes the file's size durable with its data but not its
-directory entry. Everything is guarded by one lock, so threads may share it.
+Simplifications, on purpose: the root (``/`` or ``.``) and the directories of
+``from_files`` are durable at once; ``lock_dir`` keeps its lock in memory (no
+LOCK file); a ``sync`` (fdatasync) makes the file's size durable with its data
+but not its directory entry. Everything is guarded by one lock, so threads may share it.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _apply(content: bytearray, op: FileOp) -> None:
             content.extend(bytes(size - len(content)))
 
 
-DirOp = tuple[Any, ...]  # ("link", name, inode) | ("unlink", name)
+DirOp = tuple[Any, ...]  # ("link", name, inode) | ("unlink", name) | ("mkdir", name)
 
 
 @dataclass(frozen=True)
@@ -412,8 +414,13 @@ class FaultFS:
             for d, op in dir_ops:
                 if op[0] == "link":
                     dirs.setdefault(d, {})[op[1]] = op[2]
-                else:
+                elif op[0] == "unlink":
                     dirs.setdefault(d, {}).pop(op[1], None)
+            for d, op in self._dir_pending[len(dir_ops):]:
+                if op[0] == "mkdir":                 # its entry was lost: the directory and all below it
+                    gone = _norm(os.path.join(d, op[1]))
+                    for sub in [s for s in dirs if s == gone or s.startswith(gone + os.sep)]:
+                        del dirs[sub]
             target = self._target(spec.file)
             memo: dict[int, _Inode] = {}
             fs = self._new_layer()
@@ -485,15 +492,26 @@ class FaultFS:
     # -- FileLayer ------------------------------------------------------------------------
 
     def makedirs(self, path: str) -> None:
+        """``mkdir -p``: each new directory's entry in its parent is pending until that parent's ``sync_dir``."""
         path = _norm(path)
         with self._lock:
             self._fail_simple("makedirs", path)
-            if path in self._dirs:
-                pass
-            elif self._is_file(path):
-                raise _oserror(errno_mod.EEXIST, path)
-            else:
-                self._mkdirs(path)
+            missing: list[str] = []
+            p = path
+            while p not in self._dirs:
+                if self._is_file(p):
+                    raise _oserror(errno_mod.EEXIST if p == path else errno_mod.ENOTDIR, path)
+                missing.append(p)
+                parent = _norm(os.path.dirname(p))
+                if parent == p:
+                    break
+                p = parent
+            for p in reversed(missing):
+                self._dirs[p] = {}
+                self._durable_dirs[p] = {}          # what it holds; whether it exists is up to its parent
+                parent = _norm(os.path.dirname(p))
+                if parent != p:                      # the root always exists
+                    self._dir_pending.append((parent, ("mkdir", os.path.basename(p))))
             self._done("makedirs", path)
 
     def _is_file(self, path: str) -> bool:

@@ -221,7 +221,7 @@ def test_io_errors_while_recovering_surface_as_wal_errors(tmp_path, op):
     crashed.open_append(d + "/000000.wal").append(b"\x01torn")     # a torn tail: recovery truncates + fsyncs
     crashed.create(d + "/000001.wal.tmp").close()                   # a crashed roll's leftover: recovery unlinks it
     trial = crashed.snapshot()
-    fault = trial.inject(op, errno.EIO)
+    fault = trial.inject(op, errno.EIO, path=d)       # the log directory's own calls, not its parents' fsyncs
     with pytest.raises(WalIOError) as e:
         Wal.open(cfg, layer=trial)
     assert fault.fired == 1 and e.value.__cause__.errno == errno.EIO and d in str(e.value)

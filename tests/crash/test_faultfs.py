@@ -21,9 +21,11 @@ from nori_wal.testing import (
 D = "/wal"
 
 
-def fresh():
-    fs = FaultFS()
+def fresh(fs=None):
+    """A layer holding the directory D, durably (its entry in / is fsynced)."""
+    fs = FaultFS() if fs is None else fs
     fs.makedirs(D)
+    fs.sync_dir("/")
     return fs
 
 
@@ -108,6 +110,32 @@ def test_created_file_without_dir_fsync_disappears_even_if_its_data_was_synced()
     assert fs.crash(CrashSpec(keep_dir_ops=1)).files() == {f"{D}/new": b"data"}
     fs.sync_dir(D)
     assert fs.crash().files() == {f"{D}/new": b"data"}
+
+
+def test_a_new_directory_vanishes_with_its_files_until_its_parent_is_fsynced():
+    """mkdir's entry lives in the parent: fsyncing the new directory itself does not make it durable."""
+    fs = FaultFS()
+    fs.makedirs("/a/b")
+    assert fs.pending_dir_ops() == [("/", ("mkdir", "a")), ("/a", ("mkdir", "b"))]
+    f = fs.create("/a/b/f")
+    f.append(b"data")
+    f.sync()
+    fs.sync_dir("/a/b")
+    assert fs.files() == {"/a/b/f": b"data"}
+    assert not fs.crash().exists("/a")
+    assert fs.crash(CrashSpec(keep_dir_ops=1)).exists("/a") and not fs.crash(CrashSpec(keep_dir_ops=1)).exists("/a/b")
+    fs.sync_dir("/a")
+    assert not fs.crash().exists("/a")             # /a's own entry in / is still pending
+    killed = fs.process_crash()                    # the page cache keeps it, a later power loss does not
+    assert killed.files() == {"/a/b/f": b"data"} and not killed.crash().exists("/a")
+    fs.sync_dir("/")
+    assert fs.pending_dir_ops() == [] and fs.crash().files() == {"/a/b/f": b"data"}
+    fs.makedirs("/a/b")                            # already there: nothing new, nothing pending
+    assert fs.pending_dir_ops() == []
+    with pytest.raises(FileExistsError):
+        fs.makedirs("/a/b/f")
+    with pytest.raises(NotADirectoryError):
+        fs.makedirs("/a/b/f/g")
 
 
 def test_rename_and_unlink_revert_without_dir_fsync():
@@ -356,19 +384,18 @@ def test_preallocation_is_opt_in_and_survives_snapshots_and_crashes():
     from nori_wal.testing.faultfs import PreallocFaultFS
     assert not hasattr(durable_file(fresh(), "a", b""), "preallocate")
     for fs in (FaultFS(preallocate=True), PreallocFaultFS()):
-        fs.makedirs(D)
+        fresh(fs)
         f = durable_file(fs, "a", b"")
         assert hasattr(f, "preallocate")
         for later in (fs.snapshot(), fs.crash(), fs.process_crash(), fs.snapshot().crash()):
             assert hasattr(later.open_append(f"{D}/a"), "preallocate")
     off = PreallocFaultFS(preallocate=False)
-    off.makedirs(D)
+    fresh(off)
     assert not hasattr(off.snapshot().create(f"{D}/b"), "preallocate")
 
 
 def test_preallocated_zeros_are_durable_and_appends_overwrite_them():
-    fs = FaultFS(preallocate=True)
-    fs.makedirs(D)
+    fs = fresh(FaultFS(preallocate=True))
     f = durable_file(fs, "a", b"HEAD")
     trace = fs.start_trace()
     f.preallocate(16)
@@ -393,8 +420,7 @@ def test_preallocated_zeros_are_durable_and_appends_overwrite_them():
 
 
 def test_preallocate_makes_earlier_writes_durable_too():
-    fs = FaultFS(preallocate=True)
-    fs.makedirs(D)
+    fs = fresh(FaultFS(preallocate=True))
     f = durable_file(fs, "a", b"H")
     f.append(b"unsynced")
     f.preallocate(20)                                  # one fdatasync for the file: everything so far
@@ -402,8 +428,7 @@ def test_preallocate_makes_earlier_writes_durable_too():
 
 
 def test_truncate_pulls_the_write_point_back_and_reopen_starts_at_the_size():
-    fs = FaultFS(preallocate=True)
-    fs.makedirs(D)
+    fs = fresh(FaultFS(preallocate=True))
     f = durable_file(fs, "a", b"HEAD")
     f.preallocate(12)
     f.append(b"seal")
@@ -423,8 +448,7 @@ def test_truncate_pulls_the_write_point_back_and_reopen_starts_at_the_size():
 
 
 def test_preallocate_faults():
-    fs = FaultFS(preallocate=True)
-    fs.makedirs(D)
+    fs = fresh(FaultFS(preallocate=True))
     f = durable_file(fs, "a", b"H")
     fs.inject("preallocate", errno.ENOSPC, partial=3)
     with pytest.raises(OSError) as e:

@@ -102,7 +102,7 @@ CRASH_POINTS = [
     ("create", 2, ".tmp"),           # creating the next segment
     ("sync", 2, ".tmp"),             # fsyncing the next segment's header
     ("rename", 2, ".tmp"),           # renaming it into place
-    ("sync_dir", 2, None),           # fsyncing the directory after the roll
+    ("sync_dir", 2, "DIR"),          # fsyncing the directory after the roll (DIR: the log directory, not its parents)
     ("rename", 1, ".tmp"),           # the very first segment, while starting
 ]
 
@@ -111,7 +111,7 @@ CRASH_POINTS = [
 @pytest.mark.parametrize("op,nth,path", CRASH_POINTS, ids=[f"{o}{n}{p or ''}" for o, n, p in CRASH_POINTS])
 def test_writer_killed_at_named_crash_points(tmp_path, op, nth, path, crash_counts):
     cfg = config(tmp_path, seg=16 * 1024)
-    layer = FaultyOsLayer([Fault(op, CRASH, nth=nth, path=path)])
+    layer = FaultyOsLayer([Fault(op, CRASH, nth=nth, path=str(tmp_path) if path == "DIR" else path)])
     if nth == 1:
         with pytest.raises(WalError, match="exited with code -9 before serving"):
             WriterProcess.spawn(cfg, layer=layer)

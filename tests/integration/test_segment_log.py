@@ -1,9 +1,16 @@
-"""SegmentLog.append_in_place: the writer's one-write path for a group that fits the active segment."""
+"""SegmentLog: the writer's one-write path for a group that fits the active segment; a new log directory."""
 
-from nori_wal import FsyncPolicy, Position, Record, WalConfig, open_reader
+import errno
+import os
+
+import pytest
+
+from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig, WalIOError, open_reader
 from nori_wal.codec import encode_record
+from nori_wal.fs import OsFileLayer
 from nori_wal.segment import HEADER_SIZE
 from nori_wal.segment_log import SegmentLog
+from nori_wal.testing import CRASH, POWER_LOSS, FaultFS, SimulatedCrash
 
 
 def _frames(tag: str, count: int, size: int) -> list[bytes]:
@@ -30,3 +37,82 @@ def test_append_in_place_writes_a_group_in_one_run_or_nothing_when_a_roll_is_due
     with open_reader(tmp_path) as reader:
         keys = [rec.key for rec, _pos in reader]
     assert keys == [f"a{i}".encode() for i in range(3)] + [f"b{i}".encode() for i in range(70)]
+
+
+# -- a new log directory: its entry (and its new parents') made durable before anything is acked --
+
+class DirCallsLayer(OsFileLayer):
+    """The real file system, recording its directory-level calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def makedirs(self, path):
+        self.calls.append(("makedirs", path))
+        super().makedirs(path)
+
+    def sync_dir(self, path):
+        self.calls.append(("sync_dir", path))
+        super().sync_dir(path)
+
+    def lock_dir(self, path):
+        self.calls.append(("lock_dir", path))
+        return super().lock_dir(path)
+
+
+def test_opening_fsyncs_the_parent_of_every_directory_on_the_path_before_locking(tmp_path):
+    d = str(tmp_path / "a" / "wal")
+    parents = [str(tmp_path / "a")]
+    while parents[-1] != "/":
+        parents.append(os.path.dirname(parents[-1]))
+    for _ in range(2):                  # new, then existing (a killed opener may have left it unsynced)
+        layer = DirCallsLayer()
+        Wal.open(WalConfig(dir=d), layer=layer)[0].close()
+        assert layer.calls[:len(parents) + 2] == [("makedirs", d)] + [("sync_dir", p) for p in parents] + [
+            ("lock_dir", d)]
+
+
+def test_acked_records_in_a_new_directory_survive_a_power_loss():
+    fs = FaultFS()
+    fs.makedirs("/srv")
+    fs.sync_dir("/")
+    cfg = WalConfig(dir="/srv/a/wal", fsync_policy=FsyncPolicy.always())
+    with Wal.open(cfg, layer=fs)[0] as wal:
+        wal.append(Record.put(b"k", b"acked"))
+        after = fs.crash(POWER_LOSS)            # power fails while the log is open
+    wal2, _info = Wal.open(cfg, layer=after)
+    with wal2, wal2.read_from(Position(0, 0)) as reader:
+        assert [(r.key, bytes(r.value)) for r, _ in reader] == [(b"k", b"acked")]
+
+
+def test_a_failed_fsync_of_a_new_directorys_parent_fails_the_open():
+    fs = FaultFS()
+    fault = fs.inject("sync_dir", errno.EIO, path="/srv")
+    with pytest.raises(WalIOError, match="entry of /srv/wal durable failed .fsync of /srv.") as e:
+        Wal.open(WalConfig(dir="/srv/wal"), layer=fs)
+    assert fault.fired == 1 and e.value.__cause__.errno == errno.EIO
+    assert ("/srv", ("mkdir", "wal")) in fs.pending_dir_ops()            # still not durable
+
+
+def test_a_directory_left_unsynced_by_a_killed_opener_is_made_durable_by_the_next():
+    fs = FaultFS()
+    fs.inject("sync_dir", CRASH)                # killed right after its mkdir, before any fsync
+    with pytest.raises(SimulatedCrash):
+        Wal.open(WalConfig(dir="/srv/wal"), layer=fs)
+    kernel = fs.process_crash()                 # the directories exist, in the page cache only
+    assert kernel.exists("/srv/wal") and not kernel.crash().exists("/srv")
+    with Wal.open(WalConfig(dir="/srv/wal", fsync_policy=FsyncPolicy.always()), layer=kernel)[0] as wal:
+        wal.append(Record.put(b"k", b"acked"))
+    assert kernel.crash().exists("/srv/wal/000000.wal")
+
+
+def test_an_unreadable_parent_is_skipped_unless_the_open_created_a_directory_in_it():
+    fs = FaultFS()
+    fs.makedirs("/srv/wal")
+    fs.sync_dir("/")
+    fs.sync_dir("/srv")
+    fs.inject("sync_dir", errno.EACCES)            # the first: /srv, the parent of /srv/wal
+    Wal.open(WalConfig(dir="/srv/wal"), layer=fs)[0].close()     # /srv/wal existed: skipped
+    fs.inject("sync_dir", errno.EACCES)
+    with pytest.raises(WalIOError, match="entry of /srv/new durable failed .fsync of /srv.: Permission denied"):
+        Wal.open(WalConfig(dir="/srv/new"), layer=fs)

@@ -2,11 +2,15 @@
 
 import multiprocessing as mp
 import os
+import struct
 import threading
 
 import pytest
+from crc32c import crc32c
 
 from nori_wal import (
+    Compression,
+    CorruptionError,
     FsyncPolicy,
     Position,
     Record,
@@ -15,6 +19,7 @@ from nori_wal import (
     WalClosedError,
     WalConfig,
     WalLockedError,
+    codec,
     open_reader,
 )
 from nori_wal.fs import OsFileLayer
@@ -139,6 +144,39 @@ def test_record_larger_than_a_segment_is_rejected_and_nothing_is_written(tmp_pat
             wal.append_batch([Record.put(b"b", b"2"), Record.put(b"big", b"x" * 9000)])
         assert wal.current_position() == before
         assert wal.append(Record.put(b"c", b"3")).offset == before.offset
+
+
+@pytest.mark.parametrize("comp, limit_name", [(Compression.ZSTD, "MAX_DECOMPRESSED_VALUE"),
+                                              (Compression.LZ4, "MAX_DECOMPRESSED_VALUE"),
+                                              (Compression.LZ4, "LZ4_MAX_INPUT")])
+def test_a_compressed_value_readers_could_not_decompress_is_rejected_not_acked(tmp_path, monkeypatch, comp,
+                                                                               limit_name):
+    """Its frame is small, but its value is over a limit (shrunk here: the real ones are ~2 GB)."""
+    monkeypatch.setattr(codec, limit_name, 4096)
+    with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
+        wal.append(Record.put(b"a", b"1"))
+        before = wal.current_position()
+        with pytest.raises(RecordTooLargeError, match="4097 bytes"):
+            wal.append(Record.put(b"big", bytes(4097)).with_compression(comp))
+        assert wal.current_position() == before
+        wal.append(Record.put(b"c", b"3"))
+    assert [r.key for r, _ in open_reader(tmp_path)] == [b"a", b"c"]
+
+
+def test_a_frame_with_an_overflowing_ttl_is_corruption_for_readers(tmp_path):
+    """Such a frame (written before writers refused it) stops readers with CorruptionError, not OverflowError."""
+    body = b"\x01\x01" + bytes((codec.FLAG_TTL,)) + codec._varint(2**63) + b"kv"
+    bad = struct.pack("<I", crc32c(body)) + body
+    with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
+        wal.append(Record.put(b"a", b"1"))
+        at = wal.append_frames([bad])[0]            # the trusted path: no validation
+        wal.append(Record.put(b"b", b"2"))
+    reader = open_reader(tmp_path)
+    assert next(iter(reader))[0].key == b"a"
+    with pytest.raises(CorruptionError) as e:
+        reader.next_record()
+    assert (e.value.segment_id, e.value.offset) == (at.segment_id, at.offset)
+    reader.close()
 
 
 def test_gc_deletes_old_segments_never_the_active_one_and_an_open_reader_survives(tmp_path):

@@ -1,19 +1,44 @@
 """The record codec: round trips, and every truncation or single-byte corruption is detected."""
 
+import inspect
+import struct
 from datetime import timedelta
 
+import lz4.block
 import pytest
+import zstandard
+from crc32c import crc32c
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nori_wal import Compression, Record
-from nori_wal.codec import Corrupt, Decoded, NeedMore, Seal, Zeroed, decode_record, encode_record, encode_seal
+from nori_wal import Compression, Record, RecordTooLargeError, WalError, codec
+from nori_wal.codec import (
+    CORRUPT,
+    FLAG_TTL,
+    FORMAT_MAX_FRAME,
+    LZ4_MAX_INPUT,
+    MAX_DECOMPRESSED_VALUE,
+    MAX_TTL_MS,
+    MAX_VARINT_BYTES,
+    Corrupt,
+    Decoded,
+    NeedMore,
+    Seal,
+    Zeroed,
+    _varint,
+    check_value_size,
+    decode_record,
+    encode_record,
+    encode_seal,
+    frame_layout,
+)
+from nori_wal.reader import WalReader
 from nori_wal.scan import Stop, one_plain_frame, scan_frames
 
 keys = st.binary(max_size=300)
 values = st.binary(max_size=3000) | st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4),
                                              st.integers(0, 2000))
-ttls = st.none() | st.integers(0, 10**12).map(lambda ms: timedelta(milliseconds=ms))
+ttls = st.none() | (st.integers(0, 10**12) | st.integers(0, MAX_TTL_MS)).map(lambda ms: timedelta(milliseconds=ms))
 compressions = st.sampled_from(list(Compression))
 
 
@@ -173,3 +198,114 @@ def test_one_plain_frame_accepts_only_what_scan_frames_accepts_as_one_record(rec
 def test_one_plain_frame_never_raises_on_garbage(blob):
     if one_plain_frame(blob, 1 << 20):
         assert scan_frames(blob).records == 1
+
+
+# -- a TTL larger than a timedelta holds (it once passed every check and stopped every reader) ----
+
+def _ttl_frame(ttl_ms: int, key: bytes = b"k", value: bytes = b"v") -> bytes:
+    """A checksummed frame carrying any ttl_ms varint (encode_record only writes timedeltas)."""
+    body = _varint(len(key)) + _varint(len(value)) + bytes((FLAG_TTL,)) + _varint(ttl_ms) + key + value
+    return struct.pack("<I", crc32c(body)) + body
+
+
+def test_max_ttl_is_the_largest_timedelta_in_whole_milliseconds():
+    assert MAX_TTL_MS == timedelta.max // timedelta(milliseconds=1)
+    timedelta(milliseconds=MAX_TTL_MS)
+    with pytest.raises(OverflowError):
+        timedelta(milliseconds=MAX_TTL_MS + 1)
+
+
+def test_the_largest_timedelta_ttl_round_trips():
+    rec = Record.put_with_ttl(b"k", b"v", timedelta.max)
+    out = decode_record(encode_record(rec))
+    assert isinstance(out, Decoded) and out.record == rec and out.record.ttl == timedelta(milliseconds=MAX_TTL_MS)
+
+
+@pytest.mark.parametrize("ttl_ms", [MAX_TTL_MS + 1, 2**63, 2**(7 * MAX_VARINT_BYTES) - 1])
+def test_a_ttl_beyond_timedelta_is_corrupt_not_an_overflow(ttl_ms):
+    """decode_record never raises: an overflowing TTL is Corrupt, and a scan stops there."""
+    bad = _ttl_frame(ttl_ms)
+    res = decode_record(bad)
+    assert isinstance(res, Corrupt) and "ttl" in res.reason
+    assert frame_layout(bad, 0, len(bad), FORMAT_MAX_FRAME) == CORRUPT
+    good = encode_record(Record.put(b"a", b"1"))
+    res = scan_frames(good + bad + good)
+    assert (res.stop, res.records, res.valid_end) == (Stop.CORRUPT, 1, len(good)) and "ttl" in res.reason
+
+
+@given(st.integers(0, 2**(7 * MAX_VARINT_BYTES) - 1), st.binary(max_size=20), st.binary(max_size=50))
+def test_any_ttl_varint_decodes_or_is_corrupt(ttl_ms, key, value):
+    frame = _ttl_frame(ttl_ms, key, value)
+    res = decode_record(frame)
+    if ttl_ms <= MAX_TTL_MS:
+        assert isinstance(res, Decoded) and res.record.ttl == timedelta(milliseconds=ttl_ms)
+        assert scan_frames(frame).stop is Stop.END
+    else:
+        assert isinstance(res, Corrupt)
+        assert scan_frames(frame).stop is Stop.CORRUPT
+
+
+def test_encoding_refuses_a_ttl_decoding_would_reject():
+    """Only a ttl that is no timedelta can exceed MAX_TTL_MS; it is refused, not written."""
+    class Forever:
+        def __floordiv__(self, unit):
+            return MAX_TTL_MS + 1
+
+    with pytest.raises(ValueError, match="ttl"):
+        encode_record(Record(b"k", b"v", False, Forever()))
+
+
+# -- a compressed value readers could not decompress is refused before it is compressed ------------
+
+def test_value_size_limits_match_the_readers_and_lz4():
+    """Readers decompress within their default limit; LZ4 takes at most LZ4_MAX_INPUT_SIZE (lz4.h)."""
+    assert MAX_DECOMPRESSED_VALUE == inspect.signature(WalReader).parameters["limit"].default == FORMAT_MAX_FRAME
+    assert LZ4_MAX_INPUT == 0x7E000000
+    check_value_size(FORMAT_MAX_FRAME, Compression.ZSTD)
+    check_value_size(LZ4_MAX_INPUT, Compression.LZ4)
+    check_value_size(2**40, Compression.NONE)          # an uncompressed value is bounded by its frame
+    with pytest.raises(RecordTooLargeError, match="ZSTD value of 2147483648 bytes"):
+        check_value_size(FORMAT_MAX_FRAME + 1, Compression.ZSTD)
+    with pytest.raises(RecordTooLargeError, match="LZ4 value of 2113929217 bytes"):
+        check_value_size(LZ4_MAX_INPUT + 1, Compression.LZ4)
+    with pytest.raises(RecordTooLargeError):
+        check_value_size(FORMAT_MAX_FRAME + 1, Compression.LZ4)
+
+
+@pytest.mark.parametrize("comp", [Compression.LZ4, Compression.ZSTD])
+def test_a_compressed_value_over_the_decode_limit_is_refused_before_compressing(monkeypatch, comp):
+    """What encode_record accepts, a reader decompressing within the same limit reads back (limit shrunk)."""
+    limit = 4096
+    monkeypatch.setattr(codec, "MAX_DECOMPRESSED_VALUE", limit)
+    ok = Record.put(b"k", bytes(limit)).with_compression(comp)
+    res = decode_record(encode_record(ok), limit=limit)
+    assert isinstance(res, Decoded) and res.record == ok
+
+    def no_compressing(*args, **kwargs):
+        raise AssertionError("compressed a value that is refused anyway")
+    monkeypatch.setattr(lz4.block, "compress", no_compressing)
+    monkeypatch.setattr(codec, "_ZSTD_C", type("NoZstd", (), {"compress": staticmethod(no_compressing)})())
+    with pytest.raises(RecordTooLargeError, match=f"{comp.name} value of {limit + 1} bytes"):
+        encode_record(Record.put(b"k", bytes(limit + 1)).with_compression(comp))
+
+
+def test_lz4_past_its_input_limit_is_record_too_large(monkeypatch):
+    """LZ4 fails above LZ4_MAX_INPUT (LZ4BlockError); the value is refused first (limit shrunk)."""
+    monkeypatch.setattr(codec, "LZ4_MAX_INPUT", 1000)
+    with pytest.raises(RecordTooLargeError, match="LZ4 compresses"):
+        encode_record(Record.put(b"k", bytes(1001)).with_compression(Compression.LZ4))
+    encode_record(Record.put(b"k", bytes(1001)).with_compression(Compression.ZSTD))
+
+
+def test_a_compressor_failure_is_a_wal_error(monkeypatch):
+    def lz4_fails(*args, **kwargs):
+        raise lz4.block.LZ4BlockError("Compression failed")
+
+    def zstd_fails(*args, **kwargs):
+        raise zstandard.ZstdError("cannot compress")
+    monkeypatch.setattr(lz4.block, "compress", lz4_fails)
+    monkeypatch.setattr(codec, "_ZSTD_C", type("FailingZstd", (), {"compress": staticmethod(zstd_fails)})())
+    for comp, cause in ((Compression.LZ4, lz4.block.LZ4BlockError), (Compression.ZSTD, zstandard.ZstdError)):
+        with pytest.raises(WalError, match=f"{comp.name} compression of a 10-byte value failed") as e:
+            encode_record(Record.put(b"k", bytes(10)).with_compression(comp))
+        assert isinstance(e.value.__cause__, cause)

@@ -161,6 +161,28 @@ def test_ttl_and_compressed_records_pass():
     assert P.check_payload(payload, 4, 1 << 20) is None
 
 
+def test_a_ttl_beyond_timedelta_is_rejected_not_written():
+    """A frame whose TTL no timedelta holds would stop every reader: the writer refuses it (ERR reply)."""
+    import struct
+    from datetime import timedelta
+
+    from crc32c import crc32c
+
+    from nori_wal.codec import MAX_TTL_MS, _varint
+
+    def ttl_frame(ttl_ms):
+        body = b"\x01\x01" + bytes((FLAG_TTL,)) + _varint(ttl_ms) + b"kv"
+        return struct.pack("<I", crc32c(body)) + body
+
+    good = encode_record(Record.put(b"a", b"1"))
+    assert P.check_payload(good + ttl_frame(MAX_TTL_MS), 2, 1 << 20) is None
+    assert P.check_payload(encode_record(Record.put_with_ttl(b"k", b"v", timedelta.max)), 1, 1 << 20) is None
+    for ttl_ms in (MAX_TTL_MS + 1, 2**63):
+        err = P.check_payload(good + ttl_frame(ttl_ms), 2, 1 << 20)
+        assert isinstance(err, ProtocolError)
+        assert f"record 1 at payload offset {len(good)}" in str(err) and f"ttl of {ttl_ms} ms" in str(err)
+
+
 # -- splitting a payload larger than a segment --------------------------------------------------
 
 @given(record_lists, st.integers(min_value=350, max_value=2000))
