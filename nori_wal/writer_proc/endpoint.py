@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
+
+from ..fs import writer_lock_held
 
 ENDPOINT_FILE = "WRITER"
 SOCKET_NAME = "writer.sock"
@@ -69,6 +72,42 @@ def remove_endpoint_file(directory: str, pid: int) -> None:
 
 
 def resolve_endpoint(directory: str | os.PathLike[str]) -> str:
-    """The endpoint a client should use for ``directory``: the recorded one, else the default."""
+    """The endpoint a client should use for ``directory``: the recorded one, else the default.
+
+    A record left by a killed writer is ignored (its pid is gone, or nobody holds
+    the directory's lock): its tcp port may since belong to another directory's
+    writer, which would acknowledge appends into the wrong log.
+    """
     rec = read_endpoint_file(directory)
-    return rec.endpoint if rec is not None else default_endpoint(directory)
+    if rec is None or not _pid_alive(rec.pid) or writer_lock_held(os.fspath(directory)) is False:
+        return default_endpoint(directory)
+    return rec.endpoint
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # alive, another user's
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def ipc_in_use(endpoint: str) -> bool:
+    """Whether a process listens on the ``ipc://`` ``endpoint`` now (ZeroMQ would silently take it over)."""
+    if not endpoint.startswith("ipc://"):
+        return False
+    path = endpoint[len("ipc://"):]
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:             # refused: a socket file left by a dead process
+            return False
+    return True

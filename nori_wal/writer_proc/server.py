@@ -54,7 +54,7 @@ import zmq
 from .. import protocol as P
 from ..commit import GroupCommit, overlap_fsync
 from ..config import WalConfig
-from ..errors import RecordTooLargeError, WalError, WalIOError, WalLockedError
+from ..errors import ProtocolError, RecordTooLargeError, WalError, WalIOError, WalLockedError
 from ..fs import OS, FileLayer
 from ..observe import NOOP, Meter
 from ..position import Position
@@ -62,7 +62,7 @@ from ..record import BytesLike
 from ..recovery import RecoveryInfo
 from ..scan import one_plain_frame as _one_plain_frame
 from ..segment_log import SegmentLog
-from .endpoint import default_endpoint, remove_endpoint_file, write_endpoint_file
+from .endpoint import default_endpoint, ipc_in_use, remove_endpoint_file, write_endpoint_file
 
 log = logging.getLogger("nori_wal.writer")
 
@@ -70,6 +70,8 @@ EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4     # as in cli.py
 MAX_GROUP_BYTES = 64 * 1024 * 1024      # stop draining a group beyond this many payload bytes
 MAX_GROUP_MESSAGES = 4096               # ... or this many requests (bounds one pass's latency)
 REPLY_LINGER_MS = 2000                  # how long closing waits to deliver the last replies
+PEER_QUEUE_LIMIT = 100_000              # messages queued per peer, each way (ZeroMQ's high-water marks)
+SHUTDOWN_DRAIN_S = 2.0                  # how long a graceful stop keeps taking queued requests
 
 
 class FatalStop(BaseException):
@@ -100,6 +102,7 @@ _Pending = tuple[bytes, int, int, int, int]
 
 _FLUSH_ID = b"!flush"     # routing ids of the writer's own threads (peer-generated ids start with a 0 byte)
 _WAKE_ID = b"!wake"
+_INTERNAL_IDS = frozenset((_FLUSH_ID, _WAKE_ID))    # a peer may choose an id starting with "!": it is served
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
@@ -127,10 +130,7 @@ class _FlushThread:
         self.started = 0            # fsyncs handed to the thread ...
         self.finished = 0           # ... and finished (the result below belongs to the last one)
         self._result: tuple[Position | None, WalError | None] = (None, None)
-        self._sock = ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.ROUTING_ID, _FLUSH_ID)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(wake_endpoint)
+        self._sock = _internal_socket(ctx, _FLUSH_ID, wake_endpoint)
         self._thread = threading.Thread(target=self._run, name="nori-wal-flush", daemon=True)
         self._thread.start()
 
@@ -194,15 +194,12 @@ class _Watcher:
     the loop. Blocked in ``select``, it costs nothing.
     """
 
-    def __init__(self, server: "WriterServer", wake_fd: int | None, lifeline_fd: int | None):
+    def __init__(self, server: "WriterServer", sock: zmq.Socket[Any], wake_fd: int | None, lifeline_fd: int | None):
         self._server = server
         self._fds = [fd for fd in (wake_fd, lifeline_fd) if fd is not None]
         self._lifeline = lifeline_fd
         self._stop_r, self._stop_w = os.pipe()
-        self._sock = server.ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.ROUTING_ID, _WAKE_ID)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(server.wake_endpoint)
+        self._sock = sock           # connected by the server before its public endpoint existed
         self._thread = threading.Thread(target=self._run, name="nori-wal-watch", daemon=True)
         self._thread.start()
 
@@ -250,21 +247,28 @@ class WriterServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)      # unroutable replies raise, never vanish
         self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
-        self.sock.setsockopt(zmq.SNDHWM, 0)                # replies are bounded by clients' in-flight limits
-        self.sock.setsockopt(zmq.RCVHWM, 0)
+        # Per peer: past these a peer that sends without reading stops being read (receive) and loses
+        # the replies it leaves unread (send: ROUTER_MANDATORY raises, _reply counts the drop) instead
+        # of growing the writer without bound. Our clients keep 8 requests in flight by default.
+        self.sock.setsockopt(zmq.SNDHWM, PEER_QUEUE_LIMIT)
+        self.sock.setsockopt(zmq.RCVHWM, PEER_QUEUE_LIMIT)
         self.sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         self.wake_endpoint = f"inproc://nori-wal-writer-{id(self):x}"
         try:
             self.sock.bind(self.wake_endpoint)
+            # Our threads' sockets connect (and the ROUTER takes them in) before the public endpoint
+            # exists, so no peer can claim their ids first: ZeroMQ refuses a second pipe with one id.
+            self._flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
+            self._wake_sock = _internal_socket(self.ctx, _WAKE_ID, self.wake_endpoint)
+            self.sock.getsockopt(zmq.EVENTS)        # processes the pending attach commands
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self.sock.close(0)
-            self.ctx.term()
+            self.ctx.destroy(0)
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
         self.endpoint = self._bound_endpoint(endpoint)
         self.stopping = False
         self.stop_reason = ""
-        self._flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
         self._watcher: _Watcher | None = None
         self._overlap = False
         self._arrived_during_fsync = False
@@ -289,7 +293,7 @@ class WriterServer:
         helper thread; the loop itself waits on its ROUTER socket alone.
         """
         if wake_fd is not None or lifeline_fd is not None:
-            self._watcher = _Watcher(self, wake_fd, lifeline_fd)
+            self._watcher = _Watcher(self, self._wake_sock, wake_fd, lifeline_fd)
         sock = self.sock
         items = [(sock, _POLLIN)]
         zpoll = zmq.zmq_poll
@@ -359,13 +363,18 @@ class WriterServer:
                     payload = memoryview(head)[_HEADER_SIZE:]
             else:                                   # a header and a payload frame (or garbage: more frames)
                 head = f.bytes
-                frames = [head]
-                while f.more:
-                    f = recv(copy=False)
-                    frames.append(f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer)   # big payloads: no copy
-                h = append_header(head) if len(frames) == 2 else None
+                f = recv(copy=False)
+                frames = [head, f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer]   # big payloads: no copy
+                if f.more:                          # garbage: count its frames, keep none of them
+                    n = 2
+                    while f.more:
+                        f = recv(copy=False)
+                        n += 1
+                    self._reply(ident, P.encode_error(0, ProtocolError(f"a request has 1 or 2 frames, got {n}")))
+                    continue
+                h = append_header(head)
                 payload = frames[-1]
-            if ident[0] == 0x21:                    # b"!": one of our own threads
+            if ident[0] == 0x21 and ident in _INTERNAL_IDS:      # b"!": one of our own threads
                 try:
                     self._internal(ident)
                 except FatalStop as stop:           # stop after this pass, once the requests taken are answered
@@ -572,7 +581,12 @@ class WriterServer:
     def _shutdown(self) -> int:
         """Graceful stop: take what is pending, finish the fsync, ack, seal the segment, exit 0."""
         try:
+            # Everything already queued, not one group: a request left unanswered here would reach
+            # its producer as a lost connection (outcome unknown). Bounded: producers may keep sending.
+            deadline = time.monotonic() + SHUTDOWN_DRAIN_S
             self._receive_group()
+            while self.sock.poll(0) and time.monotonic() < deadline:
+                self._receive_group()
             self._settle()
         except FatalStop as stop:
             self._fail_stop(stop)
@@ -613,7 +627,7 @@ class WriterServer:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
-            if frames[0][:1] == b"!":
+            if frames[0] in _INTERNAL_IDS:
                 continue
             req = P.decode_request(frames[1:])
             self._reply(frames[0], P.encode_error(getattr(req, "request_id", 0), exc))
@@ -630,6 +644,8 @@ class WriterServer:
         helpers_done = self._flusher.close()
         if self._watcher is not None:
             helpers_done = self._watcher.close() and helpers_done
+        else:
+            self._wake_sock.close(0)
         self.sock.close(REPLY_LINGER_MS)
         if helpers_done:
             self.ctx.term()            # waits (up to the linger) for the last replies to go out
@@ -642,6 +658,15 @@ class WriterServer:
                 os.unlink(self.endpoint[len("ipc://"):])
             except OSError:
                 pass
+
+
+def _internal_socket(ctx: zmq.Context[Any], routing_id: bytes, endpoint: str) -> zmq.Socket[Any]:
+    """A DEALER for one of the writer's own threads, connected to the loop's ROUTER (inproc)."""
+    sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
 
 
 def _drain_fd(fd: int) -> bool:
@@ -665,6 +690,8 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     endpoint = spec.endpoint or default_endpoint(seglog.dir)
     try:
+        if ipc_in_use(endpoint):    # another directory's live writer (or anything else): never take it over
+            raise FatalStop(f"endpoint {endpoint} is in use by another process", EXIT_USAGE)
         if endpoint.startswith("ipc://"):
             os.makedirs(os.path.dirname(endpoint[len("ipc://"):]) or ".", exist_ok=True)
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap)
