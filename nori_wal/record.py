@@ -25,8 +25,20 @@ class Compression(enum.IntEnum):
     ZSTD = 2
 
 
-def _as_bytes(data: BytesLike) -> bytes:
-    return data if type(data) is bytes else bytes(data)
+def _as_bytes(data: BytesLike, field: str) -> bytes:
+    """``data`` as bytes; any bytes-like object (buffer protocol) is accepted, nothing else.
+
+    ``bytes(5)`` would silently be five zero bytes, and ``bytes("k")`` a confusing
+    error: both are refused with a TypeError naming the field.
+    """
+    if type(data) is bytes:
+        return data
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"Record {field} must be bytes, bytearray or memoryview (a bytes-like object), "
+                        f"got {type(data).__name__}") from None
+    return view.tobytes()
 
 
 def ttl_to_ms(ttl: timedelta) -> int:
@@ -49,18 +61,18 @@ class Record(NamedTuple):
     @classmethod
     def put(cls, key: BytesLike, value: BytesLike) -> "Record":
         """A key/value put."""
-        return cls(_as_bytes(key), _as_bytes(value), False, None, Compression.NONE)
+        return cls(_as_bytes(key, "key"), _as_bytes(value, "value"), False, None, Compression.NONE)
 
     @classmethod
     def put_with_ttl(cls, key: BytesLike, value: BytesLike, ttl: timedelta) -> "Record":
         """A put that expires ``ttl`` after it was written (kept to the millisecond)."""
-        return cls(_as_bytes(key), _as_bytes(value), False, timedelta(milliseconds=ttl_to_ms(ttl)),
+        return cls(_as_bytes(key, "key"), _as_bytes(value, "value"), False, timedelta(milliseconds=ttl_to_ms(ttl)),
                    Compression.NONE)
 
     @classmethod
     def delete(cls, key: BytesLike) -> "Record":
         """A tombstone: the key was deleted; value is empty."""
-        return cls(_as_bytes(key), b"", True, None, Compression.NONE)
+        return cls(_as_bytes(key, "key"), b"", True, None, Compression.NONE)
 
     def with_compression(self, compression: Compression) -> "Record":
         """The same record, its value stored compressed with ``compression``."""

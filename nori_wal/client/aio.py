@@ -32,8 +32,16 @@ from ..codec import encode_record
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
-from .base import DEFAULT_TIMEOUT, ClientBase
-from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Completion, Session, chunk_frames
+from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
+from .session import (
+    MAX_IN_FLIGHT,
+    MAX_REQUEST_BYTES,
+    Completion,
+    Session,
+    check_chunks,
+    chunk_frames,
+    split_batch_error,
+)
 from .transport import Connection, close_context, current_pid, new_context, zmq_error
 
 
@@ -217,7 +225,16 @@ class AsyncWalClient(ClientBase):
         return positions[0]  # type: ignore[no-any-return]
 
     async def append_batch(self, records: Iterable[Record]) -> list[Position]:
-        """Append records in order; their Positions once acknowledged (one request per 16 MiB)."""
+        """Append records in order; their Positions once acknowledged (one request per 16 MiB).
+
+        A batch of up to 16 MiB of frames is one request, written all or
+        nothing. A larger batch is split into several requests, which are NOT
+        one unit: if one fails, those before it were already written (and later
+        ones may be); the error raised then (the class of the failing request's
+        error) says so and how many records -- the first k of the batch -- were
+        acknowledged before the failing request. A batch with a frame too large
+        for any request is refused before anything of it is queued.
+        """
         frames = list(map(encode_record, records))
         if not frames:
             return []
@@ -228,19 +245,42 @@ class AsyncWalClient(ClientBase):
             c.session.queue_append(frames, fut, solo=True, size=size)
             c.schedule_flush()
             return await fut  # type: ignore[no-any-return]
-        futs = []
-        for chunk in chunk_frames(frames):
-            fut = c.loop.create_future()
-            c.session.queue_append(chunk, fut, solo=True)
-            futs.append(fut)
+        chunks = chunk_frames(frames)
+        check_chunks(chunks)                            # before queueing any: a refusal leaves nothing queued
+        futs: list[asyncio.Future[Any]] = []
+        try:
+            for chunk in chunks:
+                fut = c.loop.create_future()
+                c.session.queue_append(chunk, fut, solo=True)
+                futs.append(fut)
+        except BaseException:
+            c.session.forget(set(futs))
+            raise
         c.schedule_flush()
+        parts = await asyncio.gather(*futs, return_exceptions=True)
+        errors = [p if isinstance(p, BaseException) else None for p in parts]
+        for e in errors:
+            if e is not None and not isinstance(e, WalError):
+                raise e                                 # CancelledError and the like, as they are
+        if any(e is not None for e in errors):
+            raise split_batch_error([len(ch) for ch in chunks], errors)  # type: ignore[arg-type]
         out: list[Position] = []
-        for part in await asyncio.gather(*futs):
-            out += part
+        for part in parts:
+            out += part  # type: ignore[arg-type]
         return out
 
     async def sync(self) -> None:
-        """fsync everything the writer has written so far, whatever its policy."""
+        """fsync everything the writer has written so far, whatever its policy.
+
+        Appends already queued or in flight on this event loop's connection are
+        sent and acknowledged first, so they are covered too (their errors, if
+        any, go to their own callers).
+        """
+        c = self._conn()
+        waiters = c.session.waiters()
+        if waiters:
+            c.schedule_flush()
+            await asyncio.wait(waiters)                 # not gather: cancelling sync must not cancel them
         await self._control(P.Op.SYNC)
 
     async def current_position(self) -> Position:
@@ -249,7 +289,7 @@ class AsyncWalClient(ClientBase):
 
     async def delete_segments_before(self, position: Position) -> int:
         """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
-        pos = Position(*position)
+        pos = checked_position(position)
         return await self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
 
     async def info(self) -> dict[str, Any]:

@@ -211,6 +211,12 @@ class Session(Generic[W]):
         self.queued_bytes = 0
         return out
 
+    def waiters(self) -> list[W]:
+        """The waiters of every append outstanding, in flight or queued (what a SYNC must wait for)."""
+        out = [e.waiter for req in self._in_flight.values() if req.entries is not None for e in req.entries]
+        out += [e.waiter for e in self._queue[self._qhead:]]
+        return out
+
     def forget(self, waiters: set[W]) -> None:
         """Drop queued (not yet sent) appends of these waiters (their caller gave up)."""
         self._queue[self._qhead:] = [e for e in self._queue[self._qhead:] if e.waiter not in waiters]
@@ -253,6 +259,43 @@ def _control_value(op: P.Op, result: Any) -> Any:
     if type(result) is not dict:
         raise ProtocolError(f"INFO reply must be a map, got {result!r:.80}")
     return result
+
+
+def check_chunks(chunks: Sequence[Sequence[bytes]]) -> None:
+    """RecordTooLargeError if any chunk of a batch exceeds the request limit: checked before any is
+    queued, so a refused batch leaves nothing behind to be sent by a later call."""
+    for chunk in chunks:
+        size = sum(map(len, chunk))
+        if size > P.MAX_PAYLOAD_BYTES:
+            raise RecordTooLargeError(f"{len(chunk)} record frame(s) of {size} bytes exceed the "
+                                      f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol; "
+                                      f"nothing of the batch was sent")
+
+
+def split_batch_error(counts: Sequence[int], errors: Sequence[WalError | None]) -> WalError:
+    """The error of an append_batch sent as several requests (``counts`` records each) of which one failed.
+
+    The requests are not one unit: those before the first failing one were
+    acknowledged (their records are in the log), so the error says how many
+    records that is. Same class as the first request's error, which is chained.
+    """
+    i = next(j for j, e in enumerate(errors) if e is not None)
+    err = errors[i]
+    assert err is not None
+    done = sum(counts[:i])
+    later = sum(n for n, e in zip(counts[i + 1:], errors[i + 1:]) if e is None)
+    msg = (f"append_batch of {sum(counts)} records was split into {len(counts)} requests (one per 16 MiB), "
+           f"which are not one unit: the first {done} record(s) ")
+    msg += f"(requests 1-{i}) were acknowledged and are in the log" if i else "were acknowledged (none)"
+    msg += f"; request {i + 1} ({counts[i]} records) failed: {err}"
+    if later:
+        msg += f"; {later} record(s) of later requests were acknowledged too"
+    try:
+        out = type(err)(msg)
+    except TypeError:
+        out = WalError(msg)
+    out.__cause__ = err
+    return out
 
 
 def chunk_frames(frames: Sequence[bytes], max_bytes: int = MAX_REQUEST_BYTES) -> list[Sequence[bytes]]:

@@ -25,10 +25,8 @@ out is unknown: the writer may have written it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from typing import Any, Iterable, Sequence
 
 import msgpack
@@ -48,8 +46,8 @@ from ..protocol import (
     run_reply,
 )
 from ..record import Record
-from .base import DEFAULT_TIMEOUT, ClientBase
-from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames
+from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
+from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, check_chunks, chunk_frames, split_batch_error
 from .transport import (
     EVENTS,
     NOBLOCK,
@@ -69,18 +67,6 @@ _get_ident = threading.get_ident
 _monotonic = time.monotonic
 _pack_header = APPEND_HEADER.pack
 _unpack_run = RUN_REPLY.unpack
-
-# Every live client, so a forked child can disarm their lanes (its thread has the parent's ident).
-_CLIENTS: weakref.WeakSet[WalClient] = weakref.WeakSet()
-
-
-def _disarm_all() -> None:
-    for client in list(_CLIENTS):
-        client._lane = _NO_LANE
-
-
-os.register_at_fork(after_in_child=_disarm_all)
-
 
 def _unpackb(data: bytes) -> Any:
     """A reply's msgpack value, or None if it is not msgpack (Session.complete then says why)."""
@@ -139,7 +125,12 @@ class PendingAppend:
         self._client, self._slot, self._tc = client, slot, tc
 
     def done(self) -> bool:
-        """True once answered; sends this thread's queued appends and takes in replies already here."""
+        """True once answered; sends this thread's queued appends and takes in replies already here.
+
+        Only in the thread that submitted it (that thread's connection is driven):
+        another thread gets a WalError.
+        """
+        self._check_thread()
         if not self._slot.done:
             try:
                 self._client._pump(self._tc)
@@ -148,12 +139,21 @@ class PendingAppend:
         return self._slot.done
 
     def result(self) -> Position:
-        """The record's Position once acknowledged; raises its WalError otherwise."""
+        """The record's Position once acknowledged; raises its WalError otherwise.
+
+        Only in the thread that submitted it (see ``done``).
+        """
+        self._check_thread()
         if not self._slot.done:
             self._client._wait(self._tc, (self._slot,))
         if self._slot.error is not None:
             raise self._slot.error
         return self._slot.value[0]  # type: ignore[no-any-return]
+
+    def _check_thread(self) -> None:
+        if self._tc.tid != _get_ident():
+            raise WalError("a PendingAppend's result must be collected in the thread that submitted it "
+                           "(each thread has its own connection, which only that thread may drive)")
 
 
 class WalClient(ClientBase):
@@ -165,7 +165,11 @@ class WalClient(ClientBase):
         self._conns: list[_ThreadConn] = []
         # The last thread's connection while its session is idle, for append's hot path (Rules in append).
         self._lane: Any = _NO_LANE
-        _CLIENTS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock, and the lane disarmed (the child's thread has the parent's ident)."""
+        super()._after_fork()
+        self._lane = _NO_LANE
 
     # -- the public calls ----------------------------------------------------------------
 
@@ -216,6 +220,8 @@ class WalClient(ClientBase):
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
             tc.until = tc.conn.next_check
             self._lane = tc
+            if self._closed:            # close() ran meanwhile (it sets _closed, then disarms): stay disarmed
+                self._lane = _NO_LANE
         return pos
 
     @staticmethod
@@ -273,7 +279,10 @@ class WalClient(ClientBase):
                     now = time.monotonic()
                     if not deadline:
                         deadline = now + self.timeout - RECV_SLICE_MS / 1e3 - waited
-                    if conn.check_lost():
+                    if self._closed:                  # another thread closed the client
+                        err = WalClosedError("the client was closed while waiting for a reply (the outcome "
+                                             "of the request is unknown)")
+                    elif conn.check_lost():
                         err = self._lost_error(tc)
                     elif now >= deadline:
                         err = WriterUnavailableError(f"no reply from the writer at {conn.endpoint} within "
@@ -304,7 +313,13 @@ class WalClient(ClientBase):
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
 
         A batch of up to 16 MiB of frames is one request: written with one
-        write and acknowledged by one fsync. Raises the first error of any part.
+        write and acknowledged by one fsync, all or nothing. A larger batch is
+        split into several requests, which are NOT one unit: if one fails,
+        those before it were already written (and later ones may be). The
+        error raised then (the class of the failing request's error) says so
+        and how many records -- the first k of the batch -- were acknowledged
+        before the failing request. A batch with a frame too large for any
+        request is refused before anything of it is sent.
         """
         frames = list(map(encode_record, records))
         if not frames:
@@ -320,16 +335,22 @@ class WalClient(ClientBase):
             if slot.error is not None:
                 raise slot.error
             return slot.value  # type: ignore[no-any-return]
-        slots = []
-        for chunk in chunk_frames(frames):
-            slot = _Slot()
-            tc.session.queue_append(chunk, slot, solo=True)
-            slots.append(slot)
+        chunks = chunk_frames(frames)
+        check_chunks(chunks)                            # before queueing any: a refusal leaves nothing queued
+        slots: list[_Slot] = []
+        try:
+            for chunk in chunks:
+                slot = _Slot()
+                tc.session.queue_append(chunk, slot, solo=True)
+                slots.append(slot)
+        except BaseException:
+            tc.session.forget(set(slots))
+            raise
         self._wait(tc, slots)
+        if any(slot.error is not None for slot in slots):
+            raise split_batch_error([len(c) for c in chunks], [slot.error for slot in slots])
         out: list[Position] = []
         for slot in slots:
-            if slot.error is not None:
-                raise slot.error
             out += slot.value
         return out
 
@@ -367,7 +388,17 @@ class WalClient(ClientBase):
         return PendingAppend(self, slot, tc)
 
     def sync(self) -> None:
-        """fsync everything the writer has written so far, whatever its policy."""
+        """fsync everything the writer has written so far, whatever its policy.
+
+        Appends this thread queued or sent before (``submit``) are sent and
+        acknowledged first, so they are covered too (their errors, if any, go
+        to their own ``result()``).
+        """
+        tc = self._thread_conn()
+        if not tc.session.idle:
+            waiters = tc.session.waiters()
+            if waiters:
+                self._wait(tc, waiters)                 # SYNC must not overtake this thread's appends
         self._control(P.Op.SYNC)
 
     def current_position(self) -> Position:
@@ -376,7 +407,7 @@ class WalClient(ClientBase):
 
     def delete_segments_before(self, position: Position) -> int:
         """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
-        pos = Position(*position)
+        pos = checked_position(position)
         return self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
 
     def info(self) -> dict[str, Any]:
@@ -384,30 +415,62 @@ class WalClient(ClientBase):
         return self._control(P.Op.INFO)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Close every connection (linger 0) and the context. Idempotent.
+        """Close the client: every later call raises WalClosedError. Idempotent, and never blocks on
+        other threads.
 
         Appends this thread submitted and never collected are sent and made
         durable first (bounded by ``timeout``), so closing does not drop them.
+        This thread's connection (and those of threads that have ended) is
+        closed at once (linger 0). Another thread's connection is closed by
+        that thread (ZeroMQ sockets are not thread-safe): its call in progress
+        raises WalClosedError within a receive slice (0.25 s; the outcome of
+        its request is unknown), or its next call does. The ZeroMQ context is
+        terminated with the last connection.
         """
         tc: _ThreadConn | None = getattr(self._local, "tc", None)
         if not self._closed and tc is not None and tc.pid == current_pid() and not tc.session.idle:
             try:
-                self.sync()          # drives this thread's queue first, then fsyncs what the writer has
-                deadline = time.monotonic() + self.timeout
-                while not tc.session.idle and time.monotonic() < deadline:
-                    if tc.conn.sock.poll(50):
-                        self._receive(tc)    # the acks (a SYNC reply may overtake them)
+                self.sync()          # sends this thread's queue, waits for its acks, then fsyncs
             except WalError:
                 pass                 # the pending appends get their error below
+        error = WalClosedError("the client was closed")
         with self._lock:
             self._closed = True
             self._lane = _NO_LANE
-            conns, self._conns = self._conns, []
-            ctx, self._ctx = self._ctx, None
-        for tc in conns:
-            for c in tc.session.fail_all(WalClosedError("the client was closed")):
-                _resolve(c.waiter, None, c.error)
-            tc.conn.close()
+            if self._pid != current_pid():         # forked, no call since: all of it is the parent's
+                mine, self._conns = self._conns, []
+            else:
+                mine = [c for c in self._conns if c is tc or not c.thread.is_alive()]
+                self._conns = [c for c in self._conns if all(c is not m for m in mine)]
+            for c in mine:
+                for done in c.session.fail_all(error):
+                    _resolve(done.waiter, None, done.error)
+                c.conn.close()
+            ctx = self._release_context()
+        if tc is not None:
+            self._local.tc = None
+        if ctx is not None:
+            close_context(ctx, self._pid)
+
+    def _release_context(self) -> Any:
+        """Under the lock, once closed: the context to terminate if no thread's connection is left."""
+        if not self._closed:
+            return None
+        for dead in [c for c in self._conns if not c.thread.is_alive()]:
+            self._drop(dead)
+        if self._conns:
+            return None                            # the last thread to close its connection terminates it
+        ctx, self._ctx = self._ctx, None
+        return ctx
+
+    def _close_own(self) -> None:
+        """After close (by any thread): close this thread's connection; the context if it was the last."""
+        tc: _ThreadConn | None = getattr(self._local, "tc", None)
+        if tc is not None:
+            self._reset(tc, WalClosedError("the client was closed"))
+            return
+        with self._lock:
+            ctx = self._release_context()
         if ctx is not None:
             close_context(ctx, self._pid)
 
@@ -423,6 +486,7 @@ class WalClient(ClientBase):
         """This thread's connection, made or remade as needed; disarms append's lane (see append)."""
         self._lane = _NO_LANE
         if self._closed:
+            self._close_own()
             raise WalClosedError("the client is closed")
         tc: _ThreadConn | None = getattr(self._local, "tc", None)
         if tc is not None and tc.pid == current_pid():
@@ -478,8 +542,11 @@ class WalClient(ClientBase):
             _resolve(c.waiter, None, c.error)
         with self._lock:
             self._drop(tc)
+            ctx = self._release_context()           # closed meanwhile, and this was the last connection
         if getattr(self._local, "tc", None) is tc:
             self._local.tc = None
+        if ctx is not None:
+            close_context(ctx, self._pid)
 
     def _control(self, op: P.Op, *args: int) -> Any:
         tc = self._thread_conn()
@@ -541,6 +608,10 @@ class WalClient(ClientBase):
         timeout = self.timeout
         deadline = time.monotonic() + timeout
         while True:
+            if self._closed:                        # another thread closed the client
+                self._reset(tc, WalClosedError("the client was closed while waiting for a reply (the outcome "
+                                               "of the request(s) in flight is unknown)"))
+                return
             now = time.monotonic()
             self._send_ready(tc, now)
             if last.done and all(s.done for s in slots):
@@ -552,7 +623,7 @@ class WalClient(ClientBase):
                     f"(is it running? the outcome of the {session.in_flight} request(s) in flight is unknown)")
                 self._reset(tc, err)
                 return
-            if not zpoll(items, max(1, int(left * 1e3 + 0.999))):
+            if not zpoll(items, max(1, min(RECV_SLICE_MS, int(left * 1e3 + 0.999)))):   # slices: see _closed
                 continue
             if self._receive(tc):
                 deadline = time.monotonic() + timeout

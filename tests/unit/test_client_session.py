@@ -208,3 +208,57 @@ def test_every_append_is_answered_once_in_queue_order(appends, max_in_flight):
                 answered.append(c.waiter)
             off += len(out[1])
     assert answered == list(range(len(appends)))
+
+
+# -- hardening: batch chunk checks, split-batch errors, SYNC's waiters, Record input types --------------
+
+
+def test_check_chunks_refuses_before_anything_is_queued():
+    from nori_wal.client.session import check_chunks
+    check_chunks([[b"x" * 10], [b"y" * 10]])
+    with pytest.raises(RecordTooLargeError, match="nothing of the batch was sent"):
+        check_chunks([[b"x" * 10], [b"y" * (P.MAX_PAYLOAD_BYTES + 1)]])
+
+
+def test_split_batch_error_says_how_many_records_were_acknowledged():
+    from nori_wal.client.session import split_batch_error
+    cause = RecordTooLargeError("writer: too big")
+    err = split_batch_error([15, 15, 3], [None, cause, None])
+    assert type(err) is RecordTooLargeError and err.__cause__ is cause
+    msg = str(err)
+    assert "33 records was split into 3 requests" in msg and "not one unit" in msg
+    assert "the first 15 record(s) (requests 1-1) were acknowledged" in msg and "request 2 (15 records)" in msg
+    assert "3 record(s) of later requests were acknowledged too" in msg and "writer: too big" in msg
+    first = split_batch_error([15, 2], [WriterUnavailableError("gone"), WriterUnavailableError("gone")])
+    assert type(first) is WriterUnavailableError and "the first 0 record(s)" in str(first)
+
+
+def test_waiters_lists_every_outstanding_append_but_no_control():
+    s: Session[str] = Session(max_in_flight=1)
+    s.queue_append([b"a"], "a")
+    s.queue_append([b"b" * (2 << 20)], "b")
+    assert s.take(0.0) is not None
+    s.control(P.Op.INFO, "info", 0.0)
+    assert s.waiters() == ["a", "b"]               # in flight, then queued; never the control's
+    s.fail_all(WriterUnavailableError("x"))
+    assert s.waiters() == []
+
+
+@pytest.mark.parametrize("bad", [5, 0, "k", None, 1.5, [1, 2]])
+def test_record_refuses_what_is_not_bytes_like(bad):
+    from datetime import timedelta
+    with pytest.raises(TypeError, match="Record key must be bytes"):
+        Record.put(bad, b"v")
+    with pytest.raises(TypeError, match="Record value must be bytes"):
+        Record.put(b"k", bad)
+    with pytest.raises(TypeError, match="Record key must be bytes"):
+        Record.delete(bad)
+    with pytest.raises(TypeError, match="Record value must be bytes"):
+        Record.put_with_ttl(b"k", bad, timedelta(seconds=1))
+
+
+def test_record_accepts_bytes_likes():
+    import array
+    r = Record.put(bytearray(b"k"), memoryview(b"abcd")[::2])
+    assert r.key == b"k" and r.value == b"ac" and type(r.key) is bytes and type(r.value) is bytes
+    assert Record.put(b"k", array.array("B", [1, 2])).value == b"\x01\x02"

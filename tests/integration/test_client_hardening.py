@@ -1,0 +1,343 @@
+"""Client hardening: close under concurrency, split batches, SYNC ordering, fork with a held lock,
+cross-thread PendingAppend, position validation. Every wait is bounded (joins and events with timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from typing import Any
+
+import pytest
+from writer_support import keys_in
+
+from nori_wal import (
+    FsyncPolicy,
+    Position,
+    ProtocolError,
+    Record,
+    RecordTooLargeError,
+    WalClosedError,
+    WalConfig,
+    WalError,
+)
+from nori_wal.client import AsyncWalClient, WalClient
+
+MiB = 1 << 20
+
+
+def rec(tag: str, i: int, size: int = 100) -> Record:
+    return Record.put(f"{tag}-{i:05d}".encode(), b"v" * size)
+
+
+# -- 1. close() while other threads wait for replies ----------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_close_while_other_threads_wait_for_replies_never_blocks(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    c = WalClient(w.endpoint, timeout=30)       # far longer than the test waits: only close can end their calls
+    results: dict[str, Any] = {}
+    connected = [threading.Event(), threading.Event()]
+
+    def lane_append() -> None:                   # ends blocked in the hot path's receive
+        c.append(rec("t", 0))
+        connected[0].set()
+        i = 1
+        while True:                              # until the stopped writer leaves one unanswered
+            try:
+                c.append(rec("t", i))
+            except Exception as exc:             # noqa: BLE001 - reported to the main thread
+                results["lane"] = exc
+                break
+            i += 1
+        try:
+            c.append(rec("t", -1))
+            results["lane-after"] = None
+        except Exception as exc:                 # noqa: BLE001
+            results["lane-after"] = exc
+
+    def pipelined() -> None:                     # ends blocked in _wait's poll
+        c.append(rec("p", 0))
+        connected[1].set()
+        i = 1
+        while True:
+            try:
+                c.submit(rec("p", i)).result()
+            except Exception as exc:             # noqa: BLE001
+                results["submit"] = exc
+                break
+            i += 1
+
+    threads = [threading.Thread(target=lane_append, daemon=True), threading.Thread(target=pipelined, daemon=True)]
+    stopped = False
+    try:
+        for t in threads:
+            t.start()
+        for e in connected:
+            assert e.wait(20)
+        os.kill(w.pid, signal.SIGSTOP)           # the writer answers nothing now
+        stopped = True
+        closer = threading.Thread(target=c.close, daemon=True)
+        closer.start()                           # used to close their sockets from here and block in term
+        closer.join(10)
+        assert not closer.is_alive(), "close() blocked while other threads waited for replies"
+        with pytest.raises(WalClosedError):
+            c.append(rec("m", 1))                # promptly, in the closing thread
+        with pytest.raises(WalClosedError):
+            c.submit(rec("m", 2))
+        for t in threads:
+            t.join(10)                           # each notices within a receive slice
+            assert not t.is_alive()
+    finally:
+        if stopped:
+            os.kill(w.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(10)
+    assert isinstance(results["lane"], WalClosedError)
+    assert isinstance(results["lane-after"], WalClosedError)
+    assert isinstance(results["submit"], WalClosedError)
+    assert c._conns == [] and c._ctx is None     # the last thread out terminated the context
+    c.close()                                    # idempotent
+
+
+def _append_until_error(c: WalClient, started: threading.Barrier, errors: list[BaseException]) -> None:
+    started.wait()
+    try:
+        while True:
+            c.append(rec("x", 0))
+    except Exception as exc:                     # noqa: BLE001 - reported to the main thread
+        errors.append(exc)
+
+
+@pytest.mark.timeout(60)
+def test_close_from_one_thread_while_others_append(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    for _ in range(5):
+        c = WalClient(w.endpoint, timeout=30)
+        errors: list[BaseException] = []
+        started = threading.Barrier(4, timeout=20)
+
+        threads = [threading.Thread(target=_append_until_error, args=(c, started, errors), daemon=True)
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        started.wait()
+        c.append(rec("main", 0))
+        c.close()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        assert len(errors) == 3 and all(isinstance(e, WalClosedError) for e in errors), errors
+        assert c._ctx is None
+
+
+# -- 2./3. batches over 16 MiB ----------------------------------------------------------------------------
+
+
+def _orphan_batch() -> list[Record]:
+    # 20 MiB in two chunks, then a record no request can carry (> 64 MiB)
+    return [rec("k", i, MiB) for i in range(20)] + [Record.put(b"big", b"y" * (65 * MiB))]
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_split_batch_leaves_nothing_queued(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    with WalClient(w.endpoint, timeout=30) as c:
+        before = c.current_position()
+        with pytest.raises(RecordTooLargeError):
+            c.append_batch(_orphan_batch())
+        assert c.append(rec("next", 0)) == before       # none of the batch went out with this call
+        assert c.current_position() > before
+    assert keys_in(wal_dir) == [rec("next", 0).key]
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_split_batch_leaves_nothing_queued_async(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+
+    async def main() -> None:
+        async with AsyncWalClient(w.endpoint, timeout=30) as a:
+            before = await a.current_position()
+            with pytest.raises(RecordTooLargeError):
+                await a.append_batch(_orphan_batch())
+            assert await a.append(rec("next", 0)) == before
+
+    asyncio.run(main())
+    assert keys_in(wal_dir) == [rec("next", 0).key]
+
+
+def _partial_writer(spawn_writer: Any, wal_dir: str) -> Any:
+    return spawn_writer(WalConfig(dir=wal_dir, fsync_policy=FsyncPolicy.always(), max_segment_size=24 * MiB))
+
+
+def _partial_batch() -> list[Record]:
+    # 16 x 1 MiB: the first request(s); then a record larger than a 24 MiB segment: the writer refuses it
+    return [rec("k", i, MiB) for i in range(16)] + [Record.put(b"big", b"y" * (25 * MiB))]
+
+
+def _check_partial(exc: RecordTooLargeError, wal_dir: str) -> None:
+    msg = str(exc)
+    keys = keys_in(wal_dir)
+    assert 0 < len(keys) < 17 and keys == [rec("k", i).key for i in range(len(keys))]
+    assert "split into" in msg and "not one unit" in msg
+    assert f"the first {len(keys)} record(s)" in msg and "were acknowledged" in msg
+    assert isinstance(exc.__cause__, RecordTooLargeError)
+
+
+@pytest.mark.timeout(120)
+def test_a_split_batch_failing_late_says_what_was_written(spawn_writer, wal_dir):
+    w = _partial_writer(spawn_writer, wal_dir)
+    with WalClient(w.endpoint, timeout=30) as c:
+        with pytest.raises(RecordTooLargeError) as info:
+            c.append_batch(_partial_batch())
+    _check_partial(info.value, wal_dir)
+
+
+@pytest.mark.timeout(120)
+def test_a_split_batch_failing_late_says_what_was_written_async(spawn_writer, wal_dir):
+    w = _partial_writer(spawn_writer, wal_dir)
+
+    async def main() -> RecordTooLargeError:
+        async with AsyncWalClient(w.endpoint, timeout=30) as a:
+            with pytest.raises(RecordTooLargeError) as info:
+                await a.append_batch(_partial_batch())
+            return info.value
+
+    _check_partial(asyncio.run(main()), wal_dir)
+
+
+# -- 4. SYNC never overtakes this thread's queued appends --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_sync_covers_appends_submitted_before_it(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir, policy="os")                     # only SYNC fsyncs
+    c = WalClient(w.endpoint, timeout=30, max_in_flight=1)
+    p1 = c.submit(rec("r", 1, MiB))                            # sent: the window is full
+    p2 = c.submit(rec("r", 2, MiB))                            # waits in this thread's queue
+    c.sync()
+    durable = Position(*c.info()["durable"])
+    end = c.current_position()
+    assert p1.result() < p2.result() < durable and durable == end
+    c.close()
+
+
+@pytest.mark.timeout(60)
+def test_async_sync_covers_appends_queued_before_it(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir, policy="os")
+
+    async def main() -> None:
+        async with AsyncWalClient(w.endpoint, timeout=30, max_in_flight=1) as a:
+            t1 = asyncio.ensure_future(a.append(rec("r", 1, MiB)))
+            t2 = asyncio.ensure_future(a.append(rec("r", 2, MiB)))
+            await asyncio.sleep(0)                             # one loop turn: both are queued
+            await a.sync()
+            durable = Position(*(await a.info())["durable"])
+            assert await t1 < await t2 < durable
+            assert durable == await a.current_position()
+
+    asyncio.run(main())
+
+
+# -- 5. fork while another thread holds a client's lock --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_while_another_thread_holds_the_lock(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    c = WalClient(w.endpoint, timeout=10)
+    a = AsyncWalClient(w.endpoint, timeout=10)
+    c.append(rec("parent", 0))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with c._lock, a._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(20)
+        pid = os.fork()
+        if pid == 0:                                           # pragma: no cover - reports by exit code
+            code = 1
+            try:
+                c.append(rec("child", 0))
+                code = 2
+                asyncio.run(a.append(rec("child", 1)))
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        release.set()
+        holder.join(10)
+    status: list[int] = []
+    waiter = threading.Thread(target=lambda: status.append(os.waitpid(pid, 0)[1]), daemon=True)
+    waiter.start()
+    waiter.join(30)
+    if waiter.is_alive():                                      # the child hangs: kill it, then fail
+        os.kill(pid, signal.SIGKILL)
+        waiter.join(10)
+        pytest.fail("the forked child blocked on a lock held by a parent thread at the fork")
+    assert os.waitstatus_to_exitcode(status[0]) == 0
+    assert c.append(rec("parent", 1)) > Position(0, 32)
+    c.close()
+    a.close_nowait()
+
+
+# -- 7. PendingAppend belongs to the submitting thread --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_pending_append_results_only_in_the_submitting_thread(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    with WalClient(w.endpoint, timeout=30) as c:
+        p = c.submit(rec("s", 0))
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            for call in (p.result, p.done):
+                try:
+                    call()
+                except BaseException as exc:                   # noqa: BLE001
+                    errors.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(20)
+        assert not t.is_alive()
+        assert len(errors) == 2
+        assert all(type(e) is WalError and "thread that submitted it" in str(e) for e in errors)
+        assert p.result() == Position(0, 32)                   # the submitting thread still collects it
+        assert p.done()
+
+
+# -- 8. positions out of the protocol's range ---------------------------------------------------------
+
+
+BAD_POSITIONS = [Position(2**64, 0), Position(0, 2**64), Position(-1, 0), Position(0, -1)]
+
+
+@pytest.mark.timeout(60)
+def test_delete_segments_before_validates_the_position(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    with WalClient(w.endpoint, timeout=30) as c:
+        for bad in BAD_POSITIONS:
+            with pytest.raises(ProtocolError, match="out of range"):
+                c.delete_segments_before(bad)
+        with pytest.raises(TypeError):
+            c.delete_segments_before((1.5, 0))  # type: ignore[arg-type]
+        assert c.delete_segments_before(Position(2**64 - 1, 0)) == 0     # the largest valid: fine
+        assert c.append(rec("after", 0)) == Position(0, 32)             # the connection is unharmed
+
+    async def main() -> None:
+        async with AsyncWalClient(w.endpoint, timeout=30) as a:
+            for bad in BAD_POSITIONS:
+                with pytest.raises(ProtocolError, match="out of range"):
+                    await a.delete_segments_before(bad)
+            assert await a.delete_segments_before(Position(0, 0)) == 0
+
+    asyncio.run(main())
