@@ -297,7 +297,20 @@ class AsyncWalClient(ClientBase):
         return await self._control(P.Op.INFO)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        """Close every connection (linger 0); outstanding appends fail with WalClosedError. Idempotent."""
+        """Close every connection (linger 0). Idempotent.
+
+        As ``WalClient.close`` does, appends queued or in flight on this event
+        loop's connection are sent, acknowledged and made durable first
+        (``sync``, bounded by ``timeout``), so closing does not drop them;
+        whatever is still outstanding then fails with WalClosedError.
+        """
+        loop = asyncio.get_running_loop()
+        mine = [c for c in self._conns if c.loop is loop and c.pid == current_pid() and not c.closed]
+        if not self._closed and mine and not mine[-1].session.idle:
+            try:
+                await asyncio.wait_for(self.sync(), self.timeout)
+            except (WalError, asyncio.TimeoutError):
+                pass                 # the appends still outstanding get their error below
         self.close_nowait()
 
     def close_nowait(self) -> None:

@@ -241,6 +241,26 @@ def test_async_sync_covers_appends_queued_before_it(spawn_writer, wal_dir):
     asyncio.run(main())
 
 
+@pytest.mark.timeout(60)
+def test_async_close_sends_and_acknowledges_what_is_queued_first(spawn_writer, wal_dir):
+    """As WalClient.close does: appends queued on the loop when close() is called are not dropped."""
+    w = spawn_writer(wal_dir, policy="os")
+
+    async def main() -> list[Any]:
+        a = AsyncWalClient(w.endpoint, timeout=30)
+        await a.append(rec("first", 0))
+        tasks = [asyncio.ensure_future(a.append(rec("q", i))) for i in range(50)]
+        await asyncio.sleep(0)                                 # one loop turn: all are queued
+        await a.close()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Position) for r in results), results
+    with WalClient(w.endpoint, timeout=30) as c:
+        assert Position(*c.info()["durable"]) == c.current_position()   # and made durable (policy os)
+    assert len(keys_in(wal_dir)) == 51
+
+
 # -- 5. fork while another thread holds a client's lock --------------------------------------------------
 
 
