@@ -127,8 +127,8 @@ class PendingAppend:
     def done(self) -> bool:
         """True once answered; sends this thread's queued appends and takes in replies already here.
 
-        Only in the thread that submitted it (that thread's connection is driven):
-        another thread gets a WalError.
+        Until it is answered, only in the thread that submitted it (that thread's
+        connection is driven): another thread gets a WalError.
         """
         self._check_thread()
         if not self._slot.done:
@@ -141,7 +141,7 @@ class PendingAppend:
     def result(self) -> Position:
         """The record's Position once acknowledged; raises its WalError otherwise.
 
-        Only in the thread that submitted it (see ``done``).
+        Until it is answered, only in the thread that submitted it (see ``done``).
         """
         self._check_thread()
         if not self._slot.done:
@@ -151,7 +151,7 @@ class PendingAppend:
         return self._slot.value[0]  # type: ignore[no-any-return]
 
     def _check_thread(self) -> None:
-        if self._tc.tid != _get_ident():
+        if not self._slot.done and self._tc.tid != _get_ident():
             raise WalError("a PendingAppend's result must be collected in the thread that submitted it "
                            "(each thread has its own connection, which only that thread may drive)")
 
@@ -399,6 +399,9 @@ class WalClient(ClientBase):
             waiters = tc.session.waiters()
             if waiters:
                 self._wait(tc, waiters)                 # SYNC must not overtake this thread's appends
+                if getattr(self._local, "tc", None) is not tc:     # that wait lost the connection: say so
+                    raise next((w.error for w in waiters if w.error is not None),  # (one timeout, not two)
+                               WriterUnavailableError(f"lost the connection to the writer at {tc.conn.endpoint}"))
         self._control(P.Op.SYNC)
 
     def current_position(self) -> Position:
@@ -425,7 +428,8 @@ class WalClient(ClientBase):
         that thread (ZeroMQ sockets are not thread-safe): its call in progress
         raises WalClosedError within a receive slice (0.25 s; the outcome of
         its request is unknown), or its next call does. The ZeroMQ context is
-        terminated with the last connection.
+        terminated with the last connection: a live thread that never calls the
+        client again keeps its socket, and the context, until the process ends.
         """
         tc: _ThreadConn | None = getattr(self._local, "tc", None)
         if not self._closed and tc is not None and tc.pid == current_pid() and not tc.session.idle:

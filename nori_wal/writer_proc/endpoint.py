@@ -40,6 +40,14 @@ def default_endpoint(directory: str | os.PathLike[str]) -> str:
 class EndpointRecord:
     endpoint: str
     pid: int
+    pid_ns: int | None = None       # the writer's PID namespace: its pid means nothing from another one
+
+
+def _pid_ns() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def write_endpoint_file(directory: str, endpoint: str, pid: int) -> None:
@@ -47,7 +55,7 @@ def write_endpoint_file(directory: str, endpoint: str, pid: int) -> None:
     path = os.path.join(directory, ENDPOINT_FILE)
     tmp = f"{path}.{pid}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"endpoint": endpoint, "pid": pid}, f)
+        json.dump({"endpoint": endpoint, "pid": pid, "pid_ns": _pid_ns()}, f)
     os.replace(tmp, path)
 
 
@@ -56,7 +64,8 @@ def read_endpoint_file(directory: str | os.PathLike[str]) -> EndpointRecord | No
     try:
         with open(os.path.join(os.fspath(directory), ENDPOINT_FILE)) as f:
             data = json.load(f)
-        return EndpointRecord(str(data["endpoint"]), int(data["pid"]))
+        ns = data.get("pid_ns")
+        return EndpointRecord(str(data["endpoint"]), int(data["pid"]), None if ns is None else int(ns))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -76,10 +85,15 @@ def resolve_endpoint(directory: str | os.PathLike[str]) -> str:
 
     A record left by a killed writer is ignored (its pid is gone, or nobody holds
     the directory's lock): its tcp port may since belong to another directory's
-    writer, which would acknowledge appends into the wrong log.
+    writer, which would acknowledge appends into the wrong log. Only judged from
+    the writer's own PID namespace (a client in another container cannot see its
+    pid or its lock in /proc), else the record is trusted.
     """
     rec = read_endpoint_file(directory)
-    if rec is None or not _pid_alive(rec.pid) or writer_lock_held(os.fspath(directory)) is False:
+    if rec is None:
+        return default_endpoint(directory)
+    if rec.pid_ns is not None and rec.pid_ns == _pid_ns() and (
+            not _pid_alive(rec.pid) or writer_lock_held(os.fspath(directory)) is False):
         return default_endpoint(directory)
     return rec.endpoint
 

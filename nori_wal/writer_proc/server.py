@@ -254,15 +254,18 @@ class WriterServer:
         self.sock.setsockopt(zmq.RCVHWM, PEER_QUEUE_LIMIT)
         self.sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         self.wake_endpoint = f"inproc://nori-wal-writer-{id(self):x}"
+        flusher: _FlushThread | None = None
         try:
             self.sock.bind(self.wake_endpoint)
             # Our threads' sockets connect (and the ROUTER takes them in) before the public endpoint
             # exists, so no peer can claim their ids first: ZeroMQ refuses a second pipe with one id.
-            self._flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
+            self._flusher = flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
             self._wake_sock = _internal_socket(self.ctx, _WAKE_ID, self.wake_endpoint)
             self.sock.getsockopt(zmq.EVENTS)        # processes the pending attach commands
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
+            if flusher is not None:
+                flusher.close()
             self.sock.close(0)
             self.ctx.destroy(0)
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc

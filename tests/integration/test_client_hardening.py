@@ -333,6 +333,11 @@ def test_pending_append_results_only_in_the_submitting_thread(spawn_writer, wal_
         assert all(type(e) is WalError and "thread that submitted it" in str(e) for e in errors)
         assert p.result() == Position(0, 32)                   # the submitting thread still collects it
         assert p.done()
+        answered: list[Any] = []
+        t = threading.Thread(target=lambda: answered.append((p.done(), p.result())))
+        t.start()                                              # once answered, any thread may read it
+        t.join(20)
+        assert answered == [(True, Position(0, 32))]
 
 
 # -- 8. positions out of the protocol's range ---------------------------------------------------------
