@@ -38,7 +38,6 @@ from .session import (
     MAX_REQUEST_BYTES,
     Completion,
     Session,
-    check_chunks,
     chunk_frames,
     split_batch_error,
 )
@@ -246,16 +245,7 @@ class AsyncWalClient(ClientBase):
             c.schedule_flush()
             return await fut  # type: ignore[no-any-return]
         chunks = chunk_frames(frames)
-        check_chunks(chunks)                            # before queueing any: a refusal leaves nothing queued
-        futs: list[asyncio.Future[Any]] = []
-        try:
-            for chunk in chunks:
-                fut = c.loop.create_future()
-                c.session.queue_append(chunk, fut, solo=True)
-                futs.append(fut)
-        except BaseException:
-            c.session.forget(set(futs))
-            raise
+        futs = c.session.queue_chunks(chunks, c.loop.create_future)
         c.schedule_flush()
         parts = await asyncio.gather(*futs, return_exceptions=True)
         errors = [p if isinstance(p, BaseException) else None for p in parts]

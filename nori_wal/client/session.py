@@ -211,6 +211,17 @@ class Session(Generic[W]):
         self.queued_bytes = 0
         return out
 
+    def queue_chunks(self, chunks: Sequence[Sequence[bytes]], new_waiter: Callable[[], W]) -> list[W]:
+        """Queue a split batch, one request (and one new waiter) per chunk: all of it or, when a chunk
+        is too large for any request, none of it (``check_chunks`` first)."""
+        check_chunks(chunks)
+        waiters = []
+        for chunk in chunks:
+            w = new_waiter()
+            self.queue_append(chunk, w, solo=True)
+            waiters.append(w)
+        return waiters
+
     def waiters(self) -> list[W]:
         """The waiters of every append outstanding, in flight or queued (what a SYNC must wait for)."""
         out = [e.waiter for req in self._in_flight.values() if req.entries is not None for e in req.entries]

@@ -47,7 +47,7 @@ from ..protocol import (
 )
 from ..record import Record
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
-from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, check_chunks, chunk_frames, split_batch_error
+from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames, split_batch_error
 from .transport import (
     EVENTS,
     NOBLOCK,
@@ -336,16 +336,7 @@ class WalClient(ClientBase):
                 raise slot.error
             return slot.value  # type: ignore[no-any-return]
         chunks = chunk_frames(frames)
-        check_chunks(chunks)                            # before queueing any: a refusal leaves nothing queued
-        slots: list[_Slot] = []
-        try:
-            for chunk in chunks:
-                slot = _Slot()
-                tc.session.queue_append(chunk, slot, solo=True)
-                slots.append(slot)
-        except BaseException:
-            tc.session.forget(set(slots))
-            raise
+        slots = tc.session.queue_chunks(chunks, _Slot)
         self._wait(tc, slots)
         if any(slot.error is not None for slot in slots):
             raise split_batch_error([len(c) for c in chunks], [slot.error for slot in slots])

@@ -263,16 +263,20 @@ class FaultFS:
         return fs
 
     def _mkdirs(self, path: str) -> None:
-        parts: list[str] = []
+        for p in reversed(self._missing_dirs(path)):
+            self._dirs[p] = {}
+            self._durable_dirs[p] = {}
+
+    def _missing_dirs(self, path: str) -> list[str]:
+        """``path`` and its ancestors up to the first that exists (or the root), deepest first."""
+        missing: list[str] = []
         while path not in self._dirs:
-            parts.append(path)
-            parent = os.path.dirname(path)
+            missing.append(path)
+            parent = _norm(os.path.dirname(path))
             if parent == path:
                 break
             path = parent
-        for p in reversed(parts):
-            self._dirs.setdefault(p, {})
-            self._durable_dirs.setdefault(p, {})
+        return missing
 
     # -- faults, crashes and observation --------------------------------------------------
 
@@ -496,16 +500,10 @@ class FaultFS:
         path = _norm(path)
         with self._lock:
             self._fail_simple("makedirs", path)
-            missing: list[str] = []
-            p = path
-            while p not in self._dirs:
+            missing = self._missing_dirs(path)
+            for p in missing:
                 if self._is_file(p):
                     raise _oserror(errno_mod.EEXIST if p == path else errno_mod.ENOTDIR, path)
-                missing.append(p)
-                parent = _norm(os.path.dirname(p))
-                if parent == p:
-                    break
-                p = parent
             for p in reversed(missing):
                 self._dirs[p] = {}
                 self._durable_dirs[p] = {}          # what it holds; whether it exists is up to its parent
