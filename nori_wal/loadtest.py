@@ -41,11 +41,16 @@ Measured in the same run, beside the cells:
              beside ``batch`` (it acks BEFORE its fsync: weaker) and ``no`` beside ``os``.
 
 Cells are ordered by producer count, every system at N before N+1, so the peers
-and nori-wal see the same disk weather. Producer processes form one pool started
-before the first clock and reused by every cell; each cell's producers set up
+and nori-wal see the same disk weather. Within one N each cell runs in ``--slices``
+(2) slices of equal length, the cells in order for the first slice and in reverse
+for the next (A B C, C B A, ...): the disk and the machine drift within seconds,
+and interleaving gives every system the early and the late turns, so a drift
+does not land on one side of a ratio. Producer processes form one pool started
+before the first clock and reused by every cell; each slice's producers set up
 (connect, one warm-up call that is not counted), report ready, and start together
 on an ``Event``; each counts its acked records and per-call ack latencies and
-returns them through a ``Queue``. A cell's rate is the sum of its producers' rates.
+returns them through a ``Queue``. A slice's rate is the sum of its producers'
+rates; a cell's, the mean of its slices'.
 
 With matplotlib installed a PNG of throughput against producers is written too.
 """
@@ -81,6 +86,7 @@ PEERS = ("sqlite", "yardstick", "redis")
 DEFAULT_PRODUCERS = (1, 2, 4, 8, 16, 32, 64)     # the targets are for N <= 32; 64 shows what is past them
 QUICK_PRODUCERS = (1, 8)
 DEFAULT_SECONDS = 2.0               # per cell
+DEFAULT_SLICES = 2                  # a cell's seconds are split into this many interleaved slices
 QUICK_SECONDS = 0.5
 FULL_SECONDS = 3.0
 SETUP_TIMEOUT = 60.0                # seconds for a cell's producers to connect and warm up
@@ -208,6 +214,27 @@ def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequenc
                 if "redis" in peers and redis_ok and (policy == "always" or full) and mode != "submit":
                     cells.append(Cell("redis", policy, mode, n, f"appendfsync {REDIS_FSYNC[policy]}"))
     return cells
+
+
+def slice_order(cells: Sequence[Cell], slices: int) -> list[tuple[Cell, int]]:
+    """The order to run ``cells`` in: (cell, slice index) pairs.
+
+    Cells with the same producer count (``plan_cells`` keeps them adjacent) take
+    turns: all of them for slice 0, then in reverse for slice 1, and so on
+    (A B C, C B A, A B C): a drift of the disk or the machine during one N is
+    shared by every system instead of landing on whichever ran last.
+    """
+    order: list[tuple[Cell, int]] = []
+    i = 0
+    while i < len(cells):
+        j = i
+        while j < len(cells) and cells[j].producers == cells[i].producers:
+            j += 1
+        group = list(cells[i:j])
+        for k in range(slices):
+            order += [(c, k) for c in (group if k % 2 == 0 else group[::-1])]
+        i = j
+    return order
 
 
 def peer_label(cell: Cell) -> str:
@@ -554,7 +581,7 @@ def _ready_callback(results: Any, index: int, readied: list[float]) -> Callable[
 
 
 class ProducerPool:
-    """``size`` spawned producer processes, started once, synchronised per cell with one Event."""
+    """``size`` spawned producer processes, started once, synchronised per slice with one Event."""
 
     def __init__(self, size: int):
         self._ctx = mp.get_context("spawn")
@@ -587,7 +614,7 @@ class ProducerPool:
                     raise RuntimeError("producers did not answer in time") from None
 
     def run(self, tasks: list[Task], seconds: float) -> tuple[list[Numbers], list[str]]:
-        """Run one cell: ``tasks[i]`` on producer i, all starting together; (numbers, errors)."""
+        """Run one slice of a cell: ``tasks[i]`` on producer i, all starting together; (numbers, errors)."""
         self.grow(len(tasks))
         self._go.clear()
         for i, task in enumerate(tasks):
@@ -631,15 +658,21 @@ class ProducerPool:
             q.join_thread()
 
 
-def summarize(cell: Cell, numbers: list[Numbers], errors: list[str], server_cpu: float = 0.0) -> CellResult:
-    """A cell's row from its producers' numbers and the CPU seconds its server process used meanwhile."""
+def summarize(cell: Cell, slices: list[list[Numbers]], errors: list[str], server_cpu: float = 0.0) -> CellResult:
+    """A cell's row from its producers' numbers, slice by slice, and the CPU seconds its server used meanwhile.
+
+    A slice's rate is the sum of its producers' rates (they ran together); the
+    cell's is the mean of its slices' (equal lengths).
+    """
     if errors:
         return CellResult(cell, error=errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
-    rate = sum(acked / elapsed for acked, elapsed, _, _ in numbers if elapsed > 0)
-    acked_total = sum(n[0] for n in numbers)
-    cpu_us = (sum(n[3] for n in numbers) + server_cpu) / acked_total * 1e6 if acked_total else 0.0
+    rates = [sum(acked / elapsed for acked, elapsed, _, _ in numbers if elapsed > 0) for numbers in slices]
+    rate = sum(rates) / len(rates) if rates else 0.0
+    every = [n for numbers in slices for n in numbers]
+    acked_total = sum(n[0] for n in every)
+    cpu_us = (sum(n[3] for n in every) + server_cpu) / acked_total * 1e6 if acked_total else 0.0
     lat: list[float] = []
-    for _, _, raw, _ in numbers:
+    for _, _, raw, _ in every:
         a: array[float] = array("d")
         a.frombytes(raw)
         lat.extend(a)
@@ -812,9 +845,9 @@ def run_load(args: argparse.Namespace) -> LoadReport:
     run_dir = tempfile.mkdtemp(prefix="nori-load-", dir=base)
     sock_dir = tempfile.mkdtemp(prefix="nori-load-sock-")   # short ipc paths, whatever --dir is
     rep.settings = {
-        "seconds_per_cell": args.seconds, "producers": producers, "policies": policies, "modes": modes,
-        "peers": peers, "depth": args.depth, "batch_size": args.batch_size, "record_bytes": RECORD_BYTES,
-        "dir": run_dir, "disk": describe_disk(run_dir), "cpus": os.cpu_count(),
+        "seconds_per_cell": args.seconds, "slices": args.slices, "producers": producers, "policies": policies,
+        "modes": modes, "peers": peers, "depth": args.depth, "batch_size": args.batch_size,
+        "record_bytes": RECORD_BYTES, "dir": run_dir, "disk": describe_disk(run_dir), "cpus": os.cpu_count(),
         "python": platform.python_version(), "sqlite": __import__("sqlite3").sqlite_version,
     }
     writers: dict[str, Any] = {}
@@ -846,10 +879,15 @@ def run_load(args: argparse.Namespace) -> LoadReport:
             except RuntimeError as exc:
                 rep.notes.append(f"{exc}: Redis AOF peer skipped")
                 cells = [c for c in cells if c.system != "redis"]
-        for k, cell in enumerate(cells, 1):
-            base_task: Task = {"system": cell.system, "mode": cell.mode, "seconds": args.seconds,
+        runs = {cell: _CellRun() for cell in cells}
+        finished: dict[Cell, CellResult] = {}
+        slice_s = args.seconds / args.slices
+        for cell, k in slice_order(cells, args.slices):
+            run = runs[cell]
+            if cell in finished:            # an earlier slice failed: the cell is reported already
+                continue
+            base_task: Task = {"system": cell.system, "mode": cell.mode, "seconds": slice_s,
                                "depth": args.depth, "batch_size": args.batch_size}
-            sqlite_path = ""
             if cell.system == "nori":
                 base_task["endpoint"] = writers[cell.policy].endpoint
             elif cell.system == "yardstick":
@@ -859,21 +897,18 @@ def run_load(args: argparse.Namespace) -> LoadReport:
                 redis_peer.prepare(REDIS_FSYNC[cell.policy])
                 base_task["port"] = redis_peer.port
             elif cell.system == "sqlite":
-                sqlite_path = os.path.join(run_dir, f"sqlite-{cell.producers}.db")
-                _sqlite_create(sqlite_path)
-                base_task["path"] = sqlite_path
+                if not run.sqlite_path:
+                    run.sqlite_path = os.path.join(run_dir, f"sqlite-{cell.producers}.db")
+                    _sqlite_create(run.sqlite_path)
+                base_task["path"] = run.sqlite_path
             before = _commit_counts(cell, controls, yards)
             server = _server_pid(cell, writers, yards, redis_peer)
             cpu0 = process_cpu_seconds(server)
-            numbers, errors = pool.run([base_task] * cell.producers, args.seconds)
+            numbers, errors = pool.run([base_task] * cell.producers, slice_s)
             cpu1 = process_cpu_seconds(server)
-            result = summarize(cell, numbers, errors, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0)
-            result.group = group_size(cell, before, _commit_counts(cell, controls, yards), args.batch_size)
-            rep.results.append(result)
-            what = cell.policy if cell.system == "nori" else peer_label(cell)
-            shown = result.error or f"{result.records_per_s:,.0f} rec/s, p99 {result.p99_ms:.2f} ms"
-            _say(f"[{k}/{len(cells)}] N={cell.producers} {cell.system} {what} {cell.mode}: {shown}")
-            # keep the disk bounded between cells
+            run.add(numbers, errors, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0,
+                    before, _commit_counts(cell, controls, yards))
+            # keep the disk bounded between slices
             if cell.system == "nori":
                 ctl = controls[cell.policy]
                 try:
@@ -884,10 +919,20 @@ def run_load(args: argparse.Namespace) -> LoadReport:
                         rep.notes.append(note)
             elif cell.system == "yardstick":
                 yards[YARD_FSYNC[cell.policy]].reset()
-            elif cell.system == "sqlite":
+            if k < args.slices - 1 and not errors:
+                continue
+            if run.sqlite_path:
                 for suffix in ("", "-wal", "-shm"):
-                    if os.path.exists(sqlite_path + suffix):
-                        os.unlink(sqlite_path + suffix)
+                    if os.path.exists(run.sqlite_path + suffix):
+                        os.unlink(run.sqlite_path + suffix)
+            result = summarize(cell, run.slices, run.errors, run.server_cpu)
+            result.group = group_size(cell, tuple(0 for _ in run.counts), tuple(run.counts), args.batch_size) \
+                if run.counts else 0.0
+            finished[cell] = result
+            what = cell.policy if cell.system == "nori" else peer_label(cell)
+            shown = result.error or f"{result.records_per_s:,.0f} rec/s, p99 {result.p99_ms:.2f} ms"
+            _say(f"[{len(finished)}/{len(cells)}] N={cell.producers} {cell.system} {what} {cell.mode}: {shown}")
+        rep.results = [finished[c] for c in cells if c in finished]
         rep.f_end = measure_f(run_dir, args.f_seconds)
     finally:
         closers: list[Callable[[], Any]] = [pool.close] if pool is not None else []
@@ -904,6 +949,29 @@ def run_load(args: argparse.Namespace) -> LoadReport:
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     return rep
+
+
+@dataclass
+class _CellRun:
+    """What a cell's slices gathered so far."""
+
+    slices: list[list[Numbers]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    server_cpu: float = 0.0
+    counts: list[int] = field(default_factory=list)    # the writer's counters' growth; [] once one is unknown
+    counts_known: bool = True
+    sqlite_path: str = ""
+
+    def add(self, numbers: list[Numbers], errors: list[str], server_cpu: float,
+            before: tuple[int, ...], after: tuple[int, ...]) -> None:
+        self.slices.append(numbers)
+        self.errors += errors
+        self.server_cpu += server_cpu
+        if not (before and after and self.counts_known):
+            self.counts, self.counts_known = [], False
+            return
+        grown = [a - b for a, b in zip(after, before)]
+        self.counts = [c + g for c, g in zip(self.counts, grown)] if self.counts else grown
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:
@@ -976,7 +1044,8 @@ def render(rep: LoadReport, depth: int, batch_size: int) -> str:
     s = rep.settings
     f = rep.f_start
     lines = [
-        f"nori-wal contention load: {RECORD_BYTES} B records, {s.get('seconds_per_cell', 0):g} s per cell, "
+        f"nori-wal contention load: {RECORD_BYTES} B records, {s.get('seconds_per_cell', 0):g} s per cell"
+        + (f" in {s['slices']} interleaved slices" if s.get("slices", 1) > 1 else "") + ", "
         f"{s.get('cpus')} CPUs, {s.get('disk')}, Python {s.get('python')}, SQLite {s.get('sqlite')}"
         + (f", Redis {s['redis']}" if "redis" in s else ""),
         (f"F = {rep.f_start:,.0f} appends+fdatasync/s at start ({1e3 / rep.f_start if rep.f_start else 0:.3f} ms), "
@@ -1104,6 +1173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=None,
                    help=f"seconds per cell (default {DEFAULT_SECONDS:g}; --quick {QUICK_SECONDS:g}; "
                         f"--full {FULL_SECONDS:g})")
+    p.add_argument("--slices", type=int, default=DEFAULT_SLICES,
+                   help=f"interleaved slices per cell: the cells at one producer count take turns, in order "
+                        f"then in reverse (default {DEFAULT_SLICES}; 1: one after the other)")
     p.add_argument("--depth", type=int, default=32, help="appends in flight per producer in pipelined mode")
     p.add_argument("--batch-size", type=int, default=100, help="records per append_batch in batch mode")
     p.add_argument("--peers", default=",".join(PEERS), help="peers to run beside: sqlite,yardstick,redis")
@@ -1138,8 +1210,8 @@ def resolve(args: argparse.Namespace) -> None:
     args.seconds = secs if args.seconds is None else args.seconds
     if not args.seconds > 0:
         raise ValueError(f"--seconds must be > 0, got {args.seconds}")
-    if args.depth < 1 or args.batch_size < 1:
-        raise ValueError("--depth and --batch-size must be >= 1")
+    if args.depth < 1 or args.batch_size < 1 or args.slices < 1:
+        raise ValueError("--depth, --batch-size and --slices must be >= 1")
     if not args.f_seconds > 0:
         raise ValueError(f"--f-seconds must be > 0, got {args.f_seconds}")
 

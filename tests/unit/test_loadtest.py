@@ -8,6 +8,7 @@ from nori_wal.loadtest import (
     Cell,
     CellResult,
     LoadReport,
+    _CellRun,
     group_size,
     parse_counts,
     parse_list,
@@ -15,6 +16,7 @@ from nori_wal.loadtest import (
     plan_cells,
     process_cpu_seconds,
     ratio_lines,
+    slice_order,
     summarize,
 )
 
@@ -58,12 +60,37 @@ def test_plan_groups_by_producer_count_and_places_the_peers():
 def test_summarize_sums_producer_rates_and_merges_latencies():
     from array import array
     a, b = array("d", [0.001] * 99 + [0.010]), array("d", [0.002] * 100)
-    r = summarize(Cell("nori", "always", "sync", 2), [(100, 0.5, a.tobytes(), 0.01), (100, 1.0, b.tobytes(), 0.02)],
+    r = summarize(Cell("nori", "always", "sync", 2), [[(100, 0.5, a.tobytes(), 0.01), (100, 1.0, b.tobytes(), 0.02)]],
                   [], server_cpu=0.01)
     assert r.records_per_s == pytest.approx(300) and r.calls == 200
     assert r.cpu_us == pytest.approx(200)       # 0.04 CPU seconds for 200 records, producers and server
     assert r.p50_ms == pytest.approx(2) and r.p99_ms == pytest.approx(2)
     assert summarize(Cell("nori", "os", "sync", 1), [], ["producer 0: boom"]).error == "producer 0: boom"
+
+
+def test_a_cell_in_slices_is_the_mean_of_its_slices_and_its_counters_add_up():
+    from array import array
+    lat = array("d", [0.001] * 10).tobytes()
+    run = _CellRun()
+    run.add([(100, 1.0, lat, 0.1), (300, 1.0, lat, 0.1)], [], 0.2, (1000, 10, 50), (1400, 12, 60))   # 400 rec/s
+    run.add([(200, 1.0, lat, 0.1), (0, 1.0, b"", 0.1)], [], 0.2, (1400, 12, 60), (1600, 13, 70))      # 200 rec/s
+    r = summarize(Cell("nori", "always", "sync", 2), run.slices, run.errors, run.server_cpu)
+    assert r.records_per_s == pytest.approx(300) and r.calls == 30
+    assert r.cpu_us == pytest.approx(0.8 / 600 * 1e6)     # 4 x 0.1 s in producers, 2 x 0.2 s in the server
+    assert run.counts == [600, 3, 20]
+    assert group_size(Cell("nori", "always", "sync", 2), (0, 0, 0), tuple(run.counts), 100) == pytest.approx(30)
+    run.add([], [], 0.0, (), (1, 2, 3))          # a counter read failed: the group size is unknown, not wrong
+    run.add([], [], 0.0, (1, 2, 3), (2, 3, 4))
+    assert run.counts == []
+
+
+def test_slices_interleave_the_cells_at_one_producer_count_forward_then_back():
+    a, b, c = Cell("sqlite", "-", "sync", 1), Cell("nori", "always", "sync", 1), Cell("yardstick", "always", "sync", 1)
+    d, e = Cell("sqlite", "-", "sync", 8), Cell("nori", "always", "sync", 8)
+    assert slice_order([a, b, c, d, e], 3) == [(a, 0), (b, 0), (c, 0), (c, 1), (b, 1), (a, 1), (a, 2), (b, 2), (c, 2),
+                                               (d, 0), (e, 0), (e, 1), (d, 1), (d, 2), (e, 2)]
+    assert slice_order([a, b], 1) == [(a, 0), (b, 0)]
+    assert slice_order([], 2) == []
 
 
 def test_ratio_lines_say_met_missed_and_not_measured():
