@@ -55,3 +55,15 @@ def test_load_script_wraps_the_same_engine(tmp_path):
 def test_load_rejects_a_bad_argument(tmp_path):
     proc = _run(["-m", "nori_wal.cli", "load", "--modes", "sync,warp"], tmp_path)
     assert proc.returncode == 2 and "warp" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_sync_ladder_prints_every_system_with_a_ratio(tmp_path):
+    proc = _run([os.path.join(ROOT, "scripts", "sync_ladder.py"), "--producers", "1", "--slices", "2",
+                 "--slice-seconds", "0.2", "--dir", str(tmp_path)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\s+1\s{2}(nori|bare|yardstick)\s+([\d,]+)\s+([\d.]+)x\s+([\d.]+)$", proc.stdout, re.M)
+    assert [r[0] for r in rows] == ["nori", "bare", "yardstick"], proc.stdout
+    assert all(int(r[1].replace(",", "")) > 0 and float(r[3]) >= 1 for r in rows), proc.stdout
+    assert rows[2][2] == "1.00"
+    assert os.listdir(tmp_path) == []     # logs and the F probe are removed after
