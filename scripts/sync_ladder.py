@@ -16,8 +16,8 @@ in alternating slices so that the disk's and the machine's drift cancel
 ``bare`` against ``yardstick`` compares the writers; ``nori`` against ``bare``
 is the price of the client's per-call work (framing, CRC32C, the reply check,
 the API). On a two-core machine past 8 producers the CPU is the limit, so that
-price is paid in throughput. Slices are short and many: ratios from one run are
-steady to a few percent where ``nori-wal load``'s sequential cells swing by ten.
+price is paid in throughput. Slices are short and many, so a drift of the
+machine is shared by the three: the ratios are steadier than ``nori-wal load``'s.
 
     python scripts/sync_ladder.py [--producers 8,32] [--slices 10] [--slice-seconds 0.4] [--dir DIR]
 """
