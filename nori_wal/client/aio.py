@@ -248,12 +248,12 @@ class AsyncWalClient(ClientBase):
         futs = c.session.queue_chunks(chunks, c.loop.create_future)
         c.schedule_flush()
         parts = await asyncio.gather(*futs, return_exceptions=True)
-        errors = [p if isinstance(p, BaseException) else None for p in parts]
-        for e in errors:
-            if e is not None and not isinstance(e, WalError):
-                raise e                                 # CancelledError and the like, as they are
-        if any(e is not None for e in errors):
-            raise split_batch_error([len(ch) for ch in chunks], errors)  # type: ignore[arg-type]
+        for p in parts:
+            if isinstance(p, BaseException) and not isinstance(p, WalError):
+                raise p                                 # CancelledError and the like, as they are
+        errors = [p if isinstance(p, WalError) else None for p in parts]
+        if any(errors):
+            raise split_batch_error([len(ch) for ch in chunks], errors)
         out: list[Position] = []
         for part in parts:
             out += part  # type: ignore[arg-type]
