@@ -10,7 +10,8 @@ Rules:
    torn record, a record torn into preallocated zeros, a zero-filled tail or zeros
    after the seal is what a crash legally leaves (a warning: opening the log cuts
    it off), while garbage (a record failing its checksum) is reported as
-   corruption, as ``RecoveryInfo.corruption_detected`` would.
+   corruption, as ``RecoveryInfo.corruption_detected`` would. A lost segment
+   (recovery's rule 5) is corruption.
 3. Every problem names the segment and the byte offset.
 
 The fast path (``detailed=False``) checks headers, every frame's CRC and the
@@ -49,7 +50,7 @@ from .position import Position
 from .record import Compression
 from .recovery import first_nonzero, scan_in_chunks, torn_into_zeros
 from .scan import ScanResult, Stop, scan_frames
-from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
+from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
 
 READ_CHUNK = 8 * 1024 * 1024     # bytes read per step
 _U32 = struct.Struct("<I")
@@ -80,6 +81,7 @@ class SegmentScan:
     segment_id: int
     size: int                         # file size when opened
     header_problem: str | None = None
+    predecessor: int | None = None    # the segment its header says it follows
     records: int = 0
     valid_end: int = 0                # offset past the last whole record (past the seal if sealed)
     stop: Stop = Stop.END
@@ -189,12 +191,34 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
         finally:
             h.close()
         segments.append(seg)
-        if i and ids[i - 1] + 1 != sid:
-            problems.append(Problem(sid, 0, f"segments {ids[i - 1] + 1}..{sid - 1} are missing "
-                                    f"(after {segment_name(ids[i - 1])}); records may be lost", False))
+    problems.extend(sequence_problems(segments, list_segments(directory, layer)))
     if progress is not None:
         progress(total, total, ids[-1])
     return LogReport(directory, segments, problems, detailed or deep, live)
+
+
+def sequence_problems(segments: list[SegmentScan], present: list[int]) -> list[Problem]:
+    """Lost segments, as recovery judges them (``segment.sequence_problem``), given the ids ``present`` now.
+
+    ``present`` is listed after the scan, so segments GC deleted meanwhile count
+    as deleted, not lost. A gap before a segment whose header names no
+    predecessor (an older version wrote it) cannot be judged: a warning.
+    """
+    out = []
+    for prev, seg in zip([None, *segments], segments):
+        sid = seg.segment_id
+        if seg.header_problem is not None:
+            continue
+        if seg.predecessor is not None:
+            problem = sequence_problem(sid, seg.predecessor, present)
+            if problem is not None:
+                out.append(Problem(sid, 0, problem, True))
+        elif prev is not None and prev.segment_id + 1 != sid:
+            out.append(Problem(sid, 0, f"segments {prev.segment_id + 1}..{sid - 1} are missing after "
+                                       f"{segment_name(prev.segment_id)}, and this segment's header does not "
+                                       f"say which it follows (an older version wrote it): records may be "
+                                       f"lost", False))
+    return out
 
 
 def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False, deep: bool = False,
@@ -202,8 +226,11 @@ def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False,
     """Check one segment's header and walk its frames in bounded chunks (offsets are absolute)."""
     size = handle.size()
     seg = SegmentScan(segment_id, size)
-    problem = check_header(handle.pread(HEADER_SIZE, 0), segment_id)
-    if problem is not None:
+    head = handle.pread(HEADER_SIZE, 0)
+    problem = check_header(head, segment_id)
+    if problem is None:
+        seg.predecessor = header_predecessor(head)
+    else:
         seg.header_problem = problem
         seg.stop, seg.reason = Stop.CORRUPT, f"segment header: {problem}"
         if on_bytes:

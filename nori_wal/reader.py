@@ -8,6 +8,9 @@ a sealed segment, raises CorruptionError naming the segment and offset.
 
 Segments deleted by GC while a reader runs are fine: an open file stays
 readable (POSIX), and a reader moving on skips to the next remaining segment.
+A segment lost from the middle of the log is not skipped: entering a segment
+whose predecessor (its header names it) is gone while an older segment is
+still there raises CorruptionError (``segment.sequence_problem``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression, Record
 from .recovery import first_nonzero
-from .segment import HEADER_SIZE, check_header, segment_ids, segment_name
+from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
 
 READ_SIZE = 1024 * 1024      # bytes per read: large sequential reads, few syscalls
 _U32 = struct.Struct("<I")
@@ -211,7 +214,12 @@ class WalReader:
             except FileNotFoundError:      # deleted by GC since we listed: try the next
                 offset = HEADER_SIZE
                 continue
-            problem = check_header(fh.pread(HEADER_SIZE, 0), sid)
+            head = fh.pread(HEADER_SIZE, 0)
+            problem = check_header(head, sid)
+            if problem is None:
+                predecessor = header_predecessor(head)
+                if predecessor is not None and predecessor != self._seg:   # not the one just read: look
+                    problem = sequence_problem(sid, predecessor, self._ids())
             if problem:
                 fh.close()
                 raise CorruptionError(f"segment {sid} offset 0: {problem} ({self.dir})", sid, 0)

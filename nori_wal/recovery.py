@@ -8,7 +8,10 @@ Rules:
 3. A sealed segment is not rescanned: its seal frame gives its record count,
    so reopening a cleanly closed log costs one small read per segment.
 4. A last segment whose header is damaged (a crash mid-roll) is removed.
-5. What recovery trusts it first makes durable: a predecessor killed before
+5. A lost segment is corruption: a segment whose header names a predecessor
+   that is gone while an older segment is still here (``sequence_problem``;
+   GC deletes oldest first, so that was no GC).
+6. What recovery trusts it first makes durable: a predecessor killed before
    its fsync left its last writes (records, a seal, a cut, a rename or unlink)
    in the page cache, readable but still lost by a power loss. So the last
    segment is fsynced and the directory too, once per open, even when nothing
@@ -27,7 +30,15 @@ from .errors import CorruptionError
 from .fs import FileHandle, FileLayer
 from .observe import CorruptionTruncated, Meter
 from .scan import ScanResult, Stop, scan_frames
-from .segment import HEADER_SIZE, TMP_SUFFIX, check_header, segment_ids, segment_name
+from .segment import (
+    HEADER_SIZE,
+    TMP_SUFFIX,
+    check_header,
+    header_predecessor,
+    segment_ids,
+    segment_name,
+    sequence_problem,
+)
 
 SCAN_CHUNK = 32 * 1024 * 1024   # bytes read per step when scanning a segment
 MAX_HEADER_BYTES = 4 + 3 * 10 + 1   # crc, three varints, flags
@@ -138,6 +149,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     ids = segment_ids(names)
     next_id = ids[-1] + 1 if ids else 0
     truncated, corruption, scanned = 0, False, 0
+    predecessors: dict[int, int | None] = {}    # what each segment's header says it follows
 
     # Rule 4: peel off last segments whose header did not survive.
     while ids:
@@ -150,6 +162,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
             h.close()
         problem = check_header(head, ids[-1])
         if problem is None:
+            predecessors[ids[-1]] = header_predecessor(head)
             break
         corruption |= len(head) == HEADER_SIZE and any(head)
         meter.event(CorruptionTruncated(ids[-1], 0, size, f"segment header: {problem}"))
@@ -159,9 +172,13 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
         ids.pop()
     total = 0
     for sid in ids[:-1]:
-        n, did_scan = _count_sealed(layer, directory, sid, limit)
+        n, did_scan, predecessors[sid] = _count_sealed(layer, directory, sid, limit)
         total += n
         scanned += did_scan
+    for sid in ids:                             # Rule 5
+        problem = sequence_problem(sid, predecessors[sid], ids)
+        if problem is not None:
+            raise CorruptionError(f"segment {sid} offset 0: {problem}; refusing to open", sid, 0)
 
     state = RecoveredState(ids, next_id, HEADER_SIZE, 0, False, total)
     if ids:
@@ -188,12 +205,12 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                     h.truncate(end)
                     truncated += size - end
                     meter.event(CorruptionTruncated(sid, end, size - end, res.reason or res.stop.value))
-            h.sync()                    # Rule 5 (and Rule 1's cut): durable before anything is appended
+            h.sync()                    # Rule 6 (and Rule 1's cut): durable before anything is appended
         finally:
             h.close()
         state.total_records = total + state.active_records
     if ids or dir_dirty:
-        layer.sync_dir(directory)       # Rule 5: the predecessor's renames and unlinks, and ours
+        layer.sync_dir(directory)       # Rule 6: the predecessor's renames and unlinks, and ours
     info = RecoveryInfo(state.total_records, scanned, truncated, corruption,
                         time.perf_counter() - t0, len(ids))
     meter.histogram("wal_recovery_ms", info.duration_s * 1e3)
@@ -201,22 +218,26 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     return state, info
 
 
-def _count_sealed(layer: FileLayer, directory: str, sid: int, limit: int) -> tuple[int, int]:
-    """Records in a sealed segment: from its seal, else by a full scan that must be clean."""
+def _count_sealed(layer: FileLayer, directory: str, sid: int, limit: int) -> tuple[int, int, int | None]:
+    """Records in a sealed segment: from its seal, else by a full scan that must be clean.
+
+    Returns (records, 1 if it was scanned, the predecessor its header names).
+    """
     h = layer.open_read(os.path.join(directory, segment_name(sid)))
     try:
         size = h.size()
-        problem = check_header(h.pread(HEADER_SIZE, 0), sid)
+        head = h.pread(HEADER_SIZE, 0)
+        problem = check_header(head, sid)
         if problem:
             raise CorruptionError(f"segment {sid} offset 0: {problem}", sid, 0)
         seal = read_seal(h, size)
         if seal is not None:
-            return seal.record_count, 0
+            return seal.record_count, 0, header_predecessor(head)
         res = scan_segment(h, size, limit)
     finally:
         h.close()
     if res.stop is Stop.END or (res.stop is Stop.SEALED and res.valid_end == size):
-        return res.records, 1
+        return res.records, 1, header_predecessor(head)
     raise CorruptionError(
         f"segment {sid} offset {res.valid_end}: {res.reason or res.stop.value} inside a sealed segment "
         f"(not the log's tail); refusing to skip it", sid, res.valid_end)

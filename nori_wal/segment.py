@@ -11,14 +11,26 @@ Header (32 bytes, little-endian)::
     u16  header size (32)
     u32  node_id
     u64  segment_id (must match the file name)
-    u32  reserved (0)
+    u32  back: segment_id minus the id of the segment this one follows
+         (0: it follows none -- the log's first -- or an older version wrote it)
     u32  crc32c of the 28 bytes before it
+
+Rules (the segment sequence; etcd refuses a WAL whose file sequence has a hole, ours may skip):
+1. Ids only grow and are never reused, but they may skip: recovery removes a
+   last segment whose header did not survive, and the next one takes a new id.
+   ``back`` records which segment each one follows, so a skip is told apart
+   from a lost segment.
+2. GC deletes a prefix, oldest first, each unlink durable before the next: so
+   a predecessor that is gone while an older segment is still there was lost
+   (``sequence_problem``), never deleted.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from bisect import bisect_left, bisect_right
+from typing import Sequence
 
 from crc32c import crc32c
 
@@ -51,16 +63,26 @@ def segment_ids(names: list[str]) -> list[int]:
     return sorted(i for i in map(parse_segment_name, names) if i is not None)
 
 
-def encode_header(segment_id: int, node_id: int = 0) -> bytes:
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, node_id, segment_id, 0)
+def encode_header(segment_id: int, node_id: int = 0, predecessor: int | None = None) -> bytes:
+    """The header of segment ``segment_id``, which follows segment ``predecessor`` (None: none)."""
+    back = 0 if predecessor is None else segment_id - predecessor
+    if predecessor is not None and not 0 < back < 2**32:
+        raise ValueError(f"segment {segment_id} cannot follow segment {predecessor}")
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, node_id, segment_id, back)
     return head + struct.pack("<I", crc32c(head))
+
+
+def header_predecessor(data: bytes) -> int | None:
+    """The segment a valid header (``check_header``) says its segment follows; None when it names none."""
+    _magic, _version, _size, _node, seg, back = _HEADER.unpack_from(data)
+    return seg - back if back else None
 
 
 def check_header(data: bytes, segment_id: int) -> str | None:
     """None if ``data`` is a valid header for ``segment_id``, else what is wrong with it."""
     if len(data) < HEADER_SIZE:
         return f"header cut short at {len(data)} of {HEADER_SIZE} bytes"
-    magic, version, size, _node, seg, _res = _HEADER.unpack_from(data)
+    magic, version, size, _node, seg, back = _HEADER.unpack_from(data)
     (crc,) = struct.unpack_from("<I", data, _HEADER.size)
     if crc != crc32c(data[:_HEADER.size]):
         return "header checksum mismatch"
@@ -70,6 +92,30 @@ def check_header(data: bytes, segment_id: int) -> str | None:
         return f"unsupported segment format version {version}"
     if seg != segment_id:
         return f"header says segment {seg}, file name says {segment_id}"
+    if back > seg:
+        return f"header says segment {seg} follows segment {seg - back}"
+    return None
+
+
+def sequence_problem(segment_id: int, predecessor: int | None, present: Sequence[int]) -> str | None:
+    """What breaks the sequence at ``segment_id``, given the sorted ids ``present`` now; None if nothing.
+
+    ``predecessor``: the segment its header says it follows. Gone while an
+    older segment is present, it was lost (Rule 2); present, nothing may lie
+    between the two.
+    """
+    if predecessor is None:
+        return None
+    lo = bisect_left(present, predecessor)
+    if lo == len(present) or present[lo] != predecessor:
+        if lo == 0:
+            return None         # GC deleted it, and everything before it
+        return (f"segment {predecessor} is missing: segment {segment_id} follows it, and segment "
+                f"{present[lo - 1]}, older, is still here (GC deletes oldest first): its records are lost")
+    stray = bisect_left(present, segment_id) - bisect_right(present, predecessor)
+    if stray > 0:
+        return (f"segment {present[lo + 1]} does not belong to the log: segment {segment_id} follows "
+                f"segment {predecessor} directly")
     return None
 
 

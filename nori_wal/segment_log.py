@@ -346,7 +346,8 @@ class SegmentLog:
         try:
             handle = self.layer.create(tmp)
             try:
-                handle.append(encode_header(sid, self.config.node_id))
+                predecessor = self.segment_ids[-1] if self.segment_ids else None
+                handle.append(encode_header(sid, self.config.node_id, predecessor))
                 handle.sync()
                 self.layer.rename(tmp, final)
                 self.layer.sync_dir(self.dir)
@@ -367,18 +368,29 @@ class SegmentLog:
         self.meter.gauge("wal_segment_count", len(self.segment_ids))
 
     def delete_segments_before(self, position: Position) -> int:
-        """Delete segments wholly before ``position``, never the active one; fsyncs the directory."""
+        """Delete segments wholly before ``position``, never the active one.
+
+        Oldest first, the directory fsynced after each unlink: a crash leaves a
+        suffix of the log, never a hole (the segment module's Rule 2), so a hole
+        found later is a lost segment. A failed directory fsync is fail-stop like
+        any other (whether that unlink, or an earlier one, is durable is unknown).
+        """
         self.check_usable()
         t0 = time.perf_counter()
         victims = [s for s in self.segment_ids[:-1] if s < position.segment_id]
-        try:
-            for sid in victims:
+        for sid in victims:
+            try:
                 self.layer.unlink(os.path.join(self.dir, segment_name(sid)))
-                self.segment_ids.remove(sid)
-            if victims:
+            except FileNotFoundError:
+                pass                # removed by hand: gone as GC wanted
+            except OSError as exc:
+                raise WalIOError(f"deleting segment {sid} (GC before {position}) failed: "
+                                 f"{exc.strerror or exc}") from exc
+            self.segment_ids.remove(sid)
+            try:
                 self.layer.sync_dir(self.dir)
-        except OSError as exc:
-            raise WalIOError(f"deleting segments before {position} failed: {exc}") from exc
+            except OSError as exc:
+                raise self._fail(f"fsync of {self.dir} after deleting segment {sid} failed", exc) from exc
         ms = (time.perf_counter() - t0) * 1e3
         self.meter.counter("wal_segments_deleted_total", len(victims))
         self.meter.histogram("wal_gc_latency_ms", ms)
