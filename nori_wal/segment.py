@@ -111,11 +111,13 @@ def sequence_problem(segment_id: int, predecessor: int | None, present: Sequence
         if lo == 0:
             return None         # GC deleted it, and everything before it
         return (f"segment {predecessor} is missing: segment {segment_id} follows it, and segment "
-                f"{present[lo - 1]}, older, is still here (GC deletes oldest first): its records are lost")
+                f"{present[lo - 1]}, older, is still here (GC deletes oldest first): its records are lost "
+                f"(restore it, or move the segments before it out of the directory to keep the log from "
+                f"segment {segment_id} on)")
     stray = bisect_left(present, segment_id) - bisect_right(present, predecessor)
     if stray > 0:
         return (f"segment {present[lo + 1]} does not belong to the log: segment {segment_id} follows "
-                f"segment {predecessor} directly")
+                f"segment {predecessor} directly (move it out of the directory)")
     return None
 
 

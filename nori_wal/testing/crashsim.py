@@ -625,8 +625,8 @@ WORKLOADS: dict[str, list[Step]] = {
     # Batches, some large enough to span a roll within one batch.
     "batches": [Step("batch", 6, 300), Step("batch", 1, 3000), Step("batch", 12, 200), Step("batch", 3, 1500),
                 Step("batch", 9, 100), Step("batch", 2, 3500)],
-    # Appends, GC while more are written, a clean close + reopen, explicit syncs.
-    "gc": [Step("append", 40, 150), Step("gc"), Step("batch", 8, 200), Step("sync"), Step("append", 20, 150),
+    # Appends, GC of several segments while more are written, a clean close + reopen, explicit syncs.
+    "gc": [Step("append", 80, 150), Step("gc"), Step("batch", 8, 200), Step("sync"), Step("append", 20, 150),
            Step("reopen"), Step("append", 20, 150), Step("gc"), Step("append", 6, 150)],
 }
 
