@@ -8,6 +8,12 @@ a sealed segment, raises CorruptionError naming the segment and offset.
 
 Segments deleted by GC while a reader runs are fine: an open file stays
 readable (POSIX), and a reader moving on skips to the next remaining segment.
+With ``durable_only`` a reader yields only records the writer has fsynced:
+it reads no further than the durable mark the writer publishes
+(``durable_mark.py``), so a consumer never acts on a record a power loss
+could still take. Under the Os policy that mark moves only when a segment is
+sealed (or on ``sync``).
+
 A segment lost from the middle of the log is not skipped: entering a segment
 whose predecessor (its header names it) is gone while an older segment is
 still there raises CorruptionError (``segment.sequence_problem``).
@@ -32,6 +38,7 @@ from .codec import (
     frame_layout,
     parse_header,
 )
+from .durable_mark import MarkReader
 from .errors import CorruptionError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
@@ -48,7 +55,7 @@ class WalReader:
 
     def __init__(self, directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
                  layer: FileLayer = OS, follow: bool = False, poll_interval: float = 0.05,
-                 limit: int = FORMAT_MAX_FRAME):
+                 limit: int = FORMAT_MAX_FRAME, durable_only: bool = False):
         self.dir = os.fspath(directory)
         self._layer = layer
         self._start = Position(*start)
@@ -61,6 +68,7 @@ class WalReader:
         self._base = 0          # file offset of _buf[0]
         self._i = 0             # index of the next frame in _buf
         self._closed = False
+        self._mark = MarkReader(layer, self.dir) if durable_only else None
         if not layer.exists(self.dir):     # through the layer: readers run on FaultFS too
             raise FileNotFoundError(f"no WAL directory at {self.dir}")
 
@@ -165,6 +173,8 @@ class WalReader:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._mark is not None:
+            self._mark.close()
         self._buf = b""
 
     def __enter__(self) -> "WalReader":
@@ -226,9 +236,28 @@ class WalReader:
             if self._fh is not None:
                 self._fh.close()
             self._fh, self._seg = fh, sid
-            self._base, self._buf, self._i = offset, fh.pread(READ_SIZE, offset), 0
+            self._base, self._buf, self._i = offset, self._read(READ_SIZE, offset), 0
             return True
         return False
+
+    def _durable_end(self, sid: int) -> int | None:
+        """Where reading segment ``sid`` must stop for ``durable_only`` (None: nowhere before its end)."""
+        if self._mark is None:
+            return None
+        mark = self._mark.read()
+        if mark is None or sid > mark.segment_id:
+            return 0                        # nothing known durable here yet
+        return mark.offset if sid == mark.segment_id else None
+
+    def _read(self, size: int, start: int) -> bytes:
+        """Up to ``size`` bytes of the current segment from ``start``, never past the durable mark."""
+        assert self._fh is not None and self._seg is not None
+        end = self._durable_end(self._seg)
+        if end is not None:
+            size = min(size, end - start)
+            if size <= 0:
+                return b""
+        return self._fh.pread(size, start)
 
     def _refill(self, i: int) -> bool:
         """Read the current segment again from ``_buf[i]`` on; False if nothing there changed or grew.
@@ -252,15 +281,15 @@ class WalReader:
                 # Lengths are untrusted: never ask for more than the file holds (os.pread
                 # allocates what it is asked for; etcd #14098 allocated 13 PB this way).
                 need = max(need, min(want, self._file_size() - start))
-        data = self._fh.pread(need, start)
+        data = self._read(need, start)
         self._base, self._buf, self._i = start, data, 0
         return len(data) > len(rest) or data != rest
 
     def _next_segment(self, after_seal: bool) -> bool:
         """Move to the segment after the current one; False if there is none yet."""
         later = [s for s in self._ids() if s > self._seg]  # type: ignore[operator]
-        if not later:
-            return False
+        if not later or self._durable_end(self._seg) is not None:  # type: ignore[arg-type]
+            return False                    # none yet, or the durable mark has not left this segment
         if not after_seal:
             # The writer seals a segment before it creates the next, so look once more.
             if self._refill(self._i):
@@ -271,10 +300,12 @@ class WalReader:
 
 
 def open_reader(directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
-                follow: bool = False) -> WalReader:
+                follow: bool = False, durable_only: bool = False) -> WalReader:
     """A reader over the log in ``directory`` from ``start`` (Position(0, 0): the oldest record).
 
     A start in a segment already deleted by GC moves to the first remaining one.
     With ``follow=True`` iteration waits for new records instead of ending.
+    With ``durable_only=True`` it yields only records the writer has fsynced
+    (see the module docstring).
     """
-    return WalReader(directory, start, follow=follow)
+    return WalReader(directory, start, follow=follow, durable_only=durable_only)

@@ -24,8 +24,9 @@ from typing import Sequence
 
 from .codec import SEAL_FRAME_SIZE, encode_seal
 from .config import WalConfig
+from .durable_mark import MarkPublisher
 from .errors import RecordTooLargeError, WalClosedError, WalError, WalIOError
-from .fs import OS, DirLock, FileHandle, FileLayer
+from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer
 from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted
 from .position import Position
 from .record import BytesLike
@@ -93,7 +94,8 @@ class SegmentLog:
         self.total_records = 0
         self.writes = 0                        # group writes since open (one per segment touched) ...
         self.fsyncs = 0                        # ... and fsyncs (records per fsync: how well commits group)
-        self.durable = Position(0, 0)          # everything before this is fsynced
+        self._durable = Position(0, 0)         # everything before this is fsynced
+        self._mark: MarkPublisher | None = None   # publishes ``durable`` for readers (real files only)
         self._next_id = 0
         self._failed: WalError | None = None
 
@@ -108,8 +110,12 @@ class SegmentLog:
             lock = layer.lock_dir(directory)
         except OSError as exc:      # only WalError subclasses cross the public API
             raise WalIOError(f"opening {directory} failed: {exc.strerror or exc}") from exc
+        mark = None
         try:
+            if isinstance(layer, OsFileLayer):
+                mark = MarkPublisher(directory)
             log = cls(layer, directory, config, meter, lock)
+            log._mark = mark
             state, info = recover(layer, directory, log.max_frame, meter)
             log.segment_ids = state.segment_ids
             log._next_id = state.next_segment_id
@@ -131,13 +137,15 @@ class SegmentLog:
                         if log._active is not None:
                             log._active.close()
                         raise
-            log.durable = log.position
+            log.durable = log.position          # recovery made everything durable: published before any append
             meter.gauge("wal_segment_count", len(log.segment_ids))
-        except OSError as exc:
+        except BaseException as exc:
+            if mark is not None:
+                mark.close()
             lock.release()
-            raise WalIOError(f"recovering {directory} failed: {exc.strerror or exc}; open it again to retry") from exc
-        except BaseException:
-            lock.release()
+            if isinstance(exc, OSError):
+                raise WalIOError(f"recovering {directory} failed: {exc.strerror or exc}; open it again to "
+                                 f"retry") from exc
             raise
         return log, info
 
@@ -147,6 +155,17 @@ class SegmentLog:
     def position(self) -> Position:
         """Where the next record goes (before a roll the next append may need)."""
         return Position(self.active_id, self.end)
+
+    @property
+    def durable(self) -> Position:
+        """Everything before this position is fsynced."""
+        return self._durable
+
+    @durable.setter
+    def durable(self, position: Position) -> None:
+        self._durable = position
+        if self._mark is not None:
+            self._mark.publish(position)        # for readers of durable records only (durable_mark.py)
 
     def check_usable(self) -> None:
         if self._failed is not None:
@@ -421,8 +440,12 @@ class SegmentLog:
                     self._seal(self._active)
                     self.durable = max(self.durable, self.position)
         finally:
-            if self._active is not None:
-                self._active.close()
-                self._active = None
+            with self._io_lock:
+                if self._active is not None:
+                    self._active.close()
+                    self._active = None
+                if self._mark is not None:
+                    self._mark.close()
+                    self._mark = None
             lock, self._lock = self._lock, None
             lock.release()

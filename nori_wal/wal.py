@@ -132,10 +132,10 @@ class Wal:
         with self._write_lock:      # a roll sets the segment id and the offset in two steps
             return self._log.position
 
-    def read_from(self, position: Position) -> WalReader:
+    def read_from(self, position: Position, *, durable_only: bool = False) -> WalReader:
         """A reader over this log from ``position`` (see ``open_reader``)."""
         self._check_open()
-        return WalReader(self._log.dir, position, layer=self._log.layer)
+        return WalReader(self._log.dir, position, layer=self._log.layer, durable_only=durable_only)
 
     def delete_segments_before(self, position: Position) -> int:
         """Delete whole segments before ``position``'s segment; never the active one."""

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start at this record position (default 0:0, the oldest record)")
     parser.add_argument("-f", "--follow", action="store_true",
                         help="after the last record, wait for new ones (Ctrl-C to stop)")
+    parser.add_argument("--durable", action="store_true",
+                        help="only records the writer has fsynced (read up to the durable mark it publishes)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line; key and value in base64")
     parser.add_argument("-n", "--limit", type=int, metavar="N", default=None, help="stop after N records")
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     limit = args.limit
     printed = 0
     try:
-        with open_reader(directory, start, follow=args.follow) as reader:
+        with open_reader(directory, start, follow=args.follow, durable_only=args.durable) as reader:
             while limit is None or printed < limit:
                 item = reader.next_record()
                 if item is None:
