@@ -4,10 +4,12 @@ Rules:
 1. A torn, zero-filled or garbage tail is legal only in the last segment;
    recovery truncates it on disk (then fsyncs) so the next open is clean.
 2. Damage inside an earlier (sealed) segment is corruption: CorruptionError,
-   never skipped (RocksDB #7701 made holes that way).
+   never skipped (RocksDB #7701 made holes that way). An open that refuses
+   has removed nothing but leftover ``.wal.tmp`` files.
 3. A sealed segment is not rescanned: its seal frame gives its record count,
    so reopening a cleanly closed log costs one small read per segment.
-4. A last segment whose header is damaged (a crash mid-roll) is removed.
+4. A last segment whose header is damaged is removed (the contract: damage
+   in the last segment, its header included, never makes open raise).
 5. A lost segment is corruption: a segment whose header names a predecessor
    that is gone while an older segment is still here (``sequence_problem``;
    GC deletes oldest first, so that was no GC).
@@ -151,10 +153,10 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     truncated, corruption, scanned = 0, False, 0
     predecessors: dict[int, int | None] = {}    # what each segment's header says it follows
 
-    # Rule 4: peel off last segments whose header did not survive.
+    # Rule 4: last segments whose header did not survive are removed, once nothing can refuse the open.
+    peeled: list[tuple[int, int, str]] = []     # (segment id, size, what is wrong with its header)
     while ids:
-        path = os.path.join(directory, segment_name(ids[-1]))
-        h = layer.open_read(path)
+        h = layer.open_read(os.path.join(directory, segment_name(ids[-1])))
         try:
             size = h.size()
             head = h.pread(HEADER_SIZE, 0)
@@ -165,11 +167,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
             predecessors[ids[-1]] = header_predecessor(head)
             break
         corruption |= len(head) == HEADER_SIZE and any(head)
-        meter.event(CorruptionTruncated(ids[-1], 0, size, f"segment header: {problem}"))
-        truncated += size
-        layer.unlink(path)
-        dir_dirty = True
-        ids.pop()
+        peeled.append((ids.pop(), size, problem))
     total = 0
     for sid in ids[:-1]:
         n, did_scan, predecessors[sid] = _count_sealed(layer, directory, sid, limit)
@@ -179,6 +177,11 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
         problem = sequence_problem(sid, predecessors[sid], ids)
         if problem is not None:
             raise CorruptionError(f"segment {sid} offset 0: {problem}; refusing to open", sid, 0)
+    for sid, size, problem in peeled:
+        meter.event(CorruptionTruncated(sid, 0, size, f"segment header: {problem}"))
+        truncated += size
+        layer.unlink(os.path.join(directory, segment_name(sid)))
+        dir_dirty = True
 
     state = RecoveredState(ids, next_id, HEADER_SIZE, 0, False, total)
     if ids:

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Sequence
 
-from .codec import SEAL_FRAME_SIZE, encode_seal
+from .codec import FORMAT_MAX_FRAME, SEAL_FRAME_SIZE, encode_seal
 from .config import WalConfig
 from .durable_mark import MarkPublisher
 from .errors import RecordTooLargeError, WalClosedError, WalError, WalIOError
@@ -116,7 +116,9 @@ class SegmentLog:
                 mark = MarkPublisher(directory)
             log = cls(layer, directory, config, meter, lock)
             log._mark = mark
-            state, info = recover(layer, directory, log.max_frame, meter)
+            # Frames this config could not write are still records: an earlier open may have had
+            # larger segments (the limit here is the format's; max_frame bounds new appends only).
+            state, info = recover(layer, directory, FORMAT_MAX_FRAME, meter)
             log.segment_ids = state.segment_ids
             log._next_id = state.next_segment_id
             log.total_records = state.total_records
@@ -319,13 +321,31 @@ class SegmentLog:
         try:
             handle.sync()
         except OSError as exc:
-            raise self._fail(f"fsync of segment {self.active_id} failed", exc) from exc
+            err = self._fail(f"fsync of segment {self.active_id} failed", exc)
+            self._cut_to_durable(handle)
+            raise err from exc
         self.fsyncs += 1
         ms = (time.perf_counter() - t0) * 1e3
         self.meter.histogram("wal_fsync_ms", ms)
         self.meter.event(Fsync(ms))
         if ms > SLOW_FSYNC_WARN_S * 1e3:
             _log.warning("slow fsync: %.0f ms on segment %d in %s", ms, self.active_id, self.dir)
+
+    def _cut_to_durable(self, handle: FileHandle) -> None:
+        """After a failed fsync, cut off what it was to make durable (best effort; the log has stopped).
+
+        Linux may have dropped those pages while they still read back (fsyncgate):
+        left in the file, a restart on the same kernel would recover them from the
+        page cache and append after them, and a power loss would then cut off the
+        records acknowledged after the restart too. Under Always and Batch nothing
+        past ``durable`` was acknowledged; under Os it was (at the write): it stays.
+        """
+        if self.config.fsync_policy.kind == "os" or self.durable.segment_id != self.active_id:
+            return
+        try:
+            handle.truncate(self.durable.offset)
+        except OSError:
+            pass                # recovery cuts at the first bytes that are not whole records
 
     def _fail(self, what: str, exc: OSError) -> WalIOError:
         err = WalIOError(f"{what}: {exc.strerror or exc}; the log stopped acknowledging "

@@ -228,3 +228,29 @@ def test_io_errors_while_recovering_surface_as_wal_errors(tmp_path, op):
     trial.clear_faults()
     keys, _info = recovered_keys(cfg, trial)           # the lock was released; the next open recovers
     assert keys == [b"r%07d" % i for i in range(3)]
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_a_restart_after_a_failed_fsync_does_not_build_on_dropped_pages(tmp_path, policy):
+    """fsyncgate across a restart: the pages the failed fsync dropped still read back on the same kernel.
+
+    Left in the file, recovery would keep them and append after them, and a power loss would then
+    take the records acknowledged after the restart as well (the disk holds a hole there). The log
+    cuts them off when it stops (nothing past the durable point was acknowledged).
+    """
+    cfg = WalConfig(dir=str(tmp_path), max_segment_size=1 << 20, fsync_policy=POLICIES[policy])
+    fs = FaultFS()
+    wal, _ = Wal.open(cfg, layer=fs)
+    for i in range(5):
+        wal.append(rec(i))
+    fs.inject("sync", errno.EIO)
+    with pytest.raises(WalIOError):
+        wal.append(rec(5))
+    wal.close()
+    restarted = fs.process_crash()                       # same kernel: the page cache as it is
+    wal2, info = Wal.open(cfg, layer=restarted)
+    assert info.valid_records == 5
+    for i in range(6, 11):
+        wal2.append(rec(i))                              # acknowledged after their fsync
+    keys, _ = recovered_keys(cfg, restarted.crash())     # then a power loss
+    assert keys == [b"r%07d" % i for i in (*range(5), *range(6, 11))]

@@ -217,3 +217,34 @@ def test_junk_files_in_the_directory_are_ignored(tmp_path):
     assert info.valid_records == 5 and read_all(d) == recs
     wal.close()
     assert not (tmp_path / "000001.wal.tmp").exists()   # a crashed roll's temp file is cleaned up
+
+
+def test_reopening_with_smaller_segments_keeps_every_record(tmp_path):
+    """A frame the new config could not write is still a record: recovery judges frames by the format."""
+    d = str(tmp_path)
+    big = WalConfig(dir=d, max_segment_size=1 << 20, fsync_policy=FsyncPolicy.always())
+    wal, _ = Wal.open(big)
+    acked = [Record.put(b"small1", b"a"), Record.put(b"big", os.urandom(100_000)), Record.put(b"small2", b"b")]
+    for r in acked:
+        wal.append(r)
+    wal._log._active.close()                     # a crash: no clean close, the last segment stays unsealed
+    wal._log._lock.release()
+    small = WalConfig(dir=d, max_segment_size=64 * 1024, fsync_policy=FsyncPolicy.always())
+    wal2, info = Wal.open(small)
+    assert info.valid_records == 3 and not info.corruption_detected     # (preallocated zeros are cut)
+    wal2.append(Record.put(b"after", b"reopen"))
+    wal2.close()
+    assert read_all(d) == acked + [Record.put(b"after", b"reopen")]
+
+
+def test_an_open_that_refuses_removes_nothing(tmp_path):
+    """A lost middle segment and a damaged last header: the open refuses before rule 4 removes anything."""
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=600, seg=16 * 1024)
+    assert pos[-1].segment_id >= 3
+    os.unlink(os.path.join(d, segment_name(1)))
+    flip_byte(3)(path)                           # the last segment's header
+    before = {n: os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)}
+    with pytest.raises(CorruptionError, match="segment 1 is missing"):
+        Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
+    assert {n: os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)} == before
