@@ -16,7 +16,9 @@ sealed (or on ``sync``).
 
 A segment lost from the middle of the log is not skipped: entering a segment
 whose predecessor (its header names it) is gone while an older segment is
-still there raises CorruptionError (``segment.sequence_problem``).
+still there raises CorruptionError (``segment.sequence_problem``). A stray
+segment (one between a segment and the predecessor it names) is only seen
+at the segment after it: its records have been yielded by then.
 """
 
 from __future__ import annotations
