@@ -66,18 +66,15 @@ class MarkPublisher:
         try:
             if os.fstat(fd).st_size < MARK_SIZE:
                 os.ftruncate(fd, MARK_SIZE)
-            self._map: mmap.mmap | None = mmap.mmap(fd, MARK_SIZE)
+            self._map = mmap.mmap(fd, MARK_SIZE)
         finally:
             os.close(fd)
 
     def publish(self, position: Position) -> None:
-        if self._map is not None:
-            self._map[:MARK_SIZE] = encode_mark(position)
+        self._map[:MARK_SIZE] = encode_mark(position)
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._map.close()
 
 
 class MarkReader:

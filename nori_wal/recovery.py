@@ -233,14 +233,15 @@ def _count_sealed(layer: FileLayer, directory: str, sid: int, limit: int) -> tup
         problem = check_header(head, sid)
         if problem:
             raise CorruptionError(f"segment {sid} offset 0: {problem}", sid, 0)
+        predecessor = header_predecessor(head)
         seal = read_seal(h, size)
         if seal is not None:
-            return seal.record_count, 0, header_predecessor(head)
+            return seal.record_count, 0, predecessor
         res = scan_segment(h, size, limit)
     finally:
         h.close()
     if res.stop is Stop.END or (res.stop is Stop.SEALED and res.valid_end == size):
-        return res.records, 1, header_predecessor(head)
+        return res.records, 1, predecessor
     raise CorruptionError(
         f"segment {sid} offset {res.valid_end}: {res.reason or res.stop.value} inside a sealed segment "
         f"(not the log's tail); refusing to skip it", sid, res.valid_end)
