@@ -48,7 +48,15 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import msgpack
 
-from .codec import COMPRESSION_MASK, COMPRESSION_SHIFT, FORMAT_MAX_FRAME, MIN_FRAME_SIZE, decompress_value, parse_header
+from .codec import (
+    COMPRESSION_MASK,
+    COMPRESSION_SHIFT,
+    FORMAT_MAX_FRAME,
+    MIN_FRAME_SIZE,
+    SEAL_FRAME_SIZE,
+    decompress_value,
+    parse_header,
+)
 from .errors import (
     CorruptionError,
     ProtocolError,
@@ -260,9 +268,10 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
         if n > max_frame:       # only then can a single frame be too large for a segment
             return _check_frame_sizes(payload, max_frame)
         return None
+    if res.stop is Stop.SEALED:     # (the scan stops past the seal: name where it starts)
+        return ProtocolError(f"record {res.records} at payload offset {res.valid_end - SEAL_FRAME_SIZE} is a "
+                             f"seal frame: seals are writer-internal")
     at = f"record {res.records} at payload offset {res.valid_end}"
-    if res.stop is Stop.SEALED:
-        return ProtocolError(f"{at} is a seal frame: seals are writer-internal")
     if res.stop is Stop.TORN:
         return ProtocolError(f"{at} is cut off by the end of the payload ({n} bytes)")
     if res.stop is Stop.ZEROED:

@@ -22,6 +22,7 @@ after ``fork`` or in another loop (``asyncio.run`` twice) a fresh one is built.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any, Iterable
 
@@ -184,6 +185,26 @@ class _AsyncConn:
         self.conn.close()
 
 
+class _ContextCloser:
+    """Closes connections in their own loops, then the context once the last one is closed."""
+
+    def __init__(self, ctx: zmq.Context[Any] | None, pid: int):
+        self.ctx, self.pid = ctx, pid
+        self.pending = 1                # the caller's own part, plus connections other loops have to close
+        self._lock = threading.Lock()
+
+    def close(self, conn: _AsyncConn | None) -> None:
+        """Close ``conn`` (in its loop) and fail its waiters; None: the caller's own part is done."""
+        if conn is not None:
+            conn.close()
+            _settle(conn.session.fail_all(WalClosedError("the client was closed")))
+        with self._lock:
+            self.pending -= 1
+            ctx = self.ctx if self.pending == 0 else None
+        if ctx is not None:
+            close_context(ctx, self.pid)
+
+
 def _settle(done: list[Completion[asyncio.Future[Any]]]) -> None:
     shared = len(done) > 1
     for c in done:
@@ -304,16 +325,34 @@ class AsyncWalClient(ClientBase):
         self.close_nowait()
 
     def close_nowait(self) -> None:
-        """``close`` for code outside a coroutine."""
+        """``close`` for code outside a coroutine.
+
+        A connection of an event loop running in another thread is closed by
+        that loop (a ZeroMQ socket must not be closed under the thread using
+        it): its waiting calls fail at its next turn. The ZeroMQ context is
+        terminated with the last connection.
+        """
         with self._lock:
             self._closed = True
             conns, self._conns = self._conns, []
             ctx, self._ctx = self._ctx, None
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        pid = current_pid()
+        closing = _ContextCloser(ctx, self._pid)
         for c in conns:
+            if c.loop is not here and c.pid == pid and c.loop.is_running():
+                closing.pending += 1
+                try:
+                    c.loop.call_soon_threadsafe(closing.close, c)
+                    continue
+                except RuntimeError:                # that loop closed meanwhile: nobody uses its socket
+                    closing.pending -= 1
             c.close()
             _settle(c.session.fail_all(WalClosedError("the client was closed")))
-        if ctx is not None:
-            close_context(ctx, self._pid)
+        closing.close(None)
 
     async def __aenter__(self) -> AsyncWalClient:
         return self

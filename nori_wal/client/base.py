@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import threading
@@ -56,8 +57,8 @@ class ClientBase:
     """Endpoint, timeout and in-flight bound of a client; pickles as its constructor arguments."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if not (timeout > 0 and math.isfinite(timeout)):     # a call must never hang: no infinite timeout
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self._endpoint = endpoint
         self._dir: str | None = None
         self.timeout = float(timeout)

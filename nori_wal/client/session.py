@@ -12,9 +12,14 @@ Rules:
    request, up to ``coalesce_bytes``, in the order they were queued (Kafka's
    producer batches the same way). That is how many appends in flight per
    producer get past the messages-per-second ceiling of one record per message.
-3. A coalesced request rejected as a whole (a frame too large for a segment,
-   say) wrote nothing (the writer's Rule 1), so each of its appends is queued
-   again alone and gets its own answer: one append's error never fails another.
+3. A request is all or nothing at the writer, and resending part of a
+   rejected one would put it behind requests sent after it (reordering the
+   producer's records). So a coalesced request never carries a frame the
+   writer might refuse: only frames no larger than the largest this
+   connection's writer has accepted (at first, what the smallest segment
+   holds, which every writer accepts). A larger frame goes alone, so its
+   rejection answers that append only; once acknowledged, it raises the bar.
+   A coalesced request rejected anyway fails each of its appends.
 4. A reply whose request id is not in flight is stale (from before a reset)
    and ignored.
 5. Positions are computed here from the reply's runs and our frame lengths.
@@ -28,12 +33,14 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from .. import protocol as P
 from ..errors import ProtocolError, RecordTooLargeError, WalError
 from ..position import Position
+from ..segment import MIN_SEGMENT_SIZE, max_frame_size
 
 W = TypeVar("W")
 
 MAX_IN_FLIGHT = 8                     # requests outstanding per connection
 COALESCE_BYTES = 1024 * 1024          # appends merged into one request up to this many bytes
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # an append_batch larger than this is sent as several requests
+SAFE_FRAME_BYTES = max_frame_size(MIN_SEGMENT_SIZE)   # a frame every writer accepts (Rule 3)
 
 
 class _Entry(Generic[W]):
@@ -76,6 +83,7 @@ class Session(Generic[W]):
         self._queue: list[_Entry[W]] = []
         self._qhead = 0
         self.queued_bytes = 0           # frame bytes queued, not yet taken
+        self.merge_limit = SAFE_FRAME_BYTES     # larger appends are sent alone (Rule 3)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -125,11 +133,12 @@ class Session(Generic[W]):
         i += 1
         entries = [first]
         total = first.size
-        if not first.solo:
+        merge_limit = self.merge_limit
+        if not first.solo and total <= merge_limit:
             limit = self.coalesce_bytes
             while i < len(q):
                 e = q[i]
-                if e.solo or total + e.size > limit:
+                if e.solo or e.size > merge_limit or total + e.size > limit:
                     break
                 entries.append(e)
                 total += e.size
@@ -177,16 +186,13 @@ class Session(Generic[W]):
         if not reply.ok:
             err: WalError = reply.result
             if req.entries is not None:
-                if len(req.entries) > 1 and isinstance(err, (RecordTooLargeError, ProtocolError)):
-                    for e in req.entries:                # Rule 3: retry each alone, in order, first
-                        e.solo = True
-                    self._queue[self._qhead:self._qhead] = req.entries
-                    self.queued_bytes += sum(e.size for e in req.entries)
-                    return []
                 return [Completion(e.waiter, None, err) for e in req.entries]
             assert req.waiter is not None
             return [Completion(req.waiter, None, err)]
         if req.entries is not None:
+            first = req.entries[0]
+            if first.size > self.merge_limit and len(first.frames) == 1:    # Rule 3: the writer took this size
+                self.merge_limit = first.size
             return _append_completions(req.entries, reply.result)
         assert req.waiter is not None
         try:

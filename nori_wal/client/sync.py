@@ -63,7 +63,6 @@ from .transport import (
 )
 
 _tuple_new = tuple.__new__
-_get_ident = threading.get_ident
 _monotonic = time.monotonic
 _pack_header = APPEND_HEADER.pack
 _unpack_run = RUN_REPLY.unpack
@@ -89,15 +88,14 @@ class _Slot:
 class _ThreadConn:
     """One thread's connection and session; also the lane of ``WalClient.append``'s hot path.
 
-    The hot path reads ``tid``, ``until``, ``new_id`` and ``sock`` only: a
+    The hot path reads ``until``, ``new_id`` and ``sock`` only: a
     synchronous producer's append touches as few objects as possible (its
     Python runs with cold caches after every wait on a busy machine).
     """
-    __slots__ = ("conn", "new_id", "pid", "poll_items", "session", "sock", "thread", "tid", "until")
+    __slots__ = ("conn", "new_id", "pid", "poll_items", "session", "sock", "thread", "until")
 
     def __init__(self, conn: Connection, max_in_flight: int):
         self.thread = threading.current_thread()
-        self.tid = _get_ident()
         self.conn = conn
         self.sock = conn.sock
         self.session: Session[_Slot] = Session(max_in_flight)
@@ -105,16 +103,6 @@ class _ThreadConn:
         self.poll_items = [(conn.sock, POLLIN), (conn.monitor, POLLIN)]
         self.pid = conn.pid
         self.until = 0.0        # the lane serves appends until this monotonic time (the next disconnect check)
-
-
-class _NoLane:
-    """The lane of no thread: every append takes the general path."""
-    __slots__ = ()
-    tid = -1                    # threading.get_ident() is never negative
-    until = 0.0
-
-
-_NO_LANE: Any = _NoLane()
 
 
 class PendingAppend:
@@ -151,7 +139,9 @@ class PendingAppend:
         return self._slot.value[0]  # type: ignore[no-any-return]
 
     def _check_thread(self) -> None:
-        if not self._slot.done and self._tc.tid != _get_ident():
+        # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
+        # thread's connection may be closed by another thread at any moment.
+        if not self._slot.done and getattr(self._client._local, "tc", None) is not self._tc:
             raise WalError("a PendingAppend's result must be collected in the thread that submitted it "
                            "(each thread has its own connection, which only that thread may drive)")
 
@@ -163,26 +153,33 @@ class WalClient(ClientBase):
         super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
         self._local = threading.local()
         self._conns: list[_ThreadConn] = []
-        # The last thread's connection while its session is idle, for append's hot path (Rules in append).
-        self._lane: Any = _NO_LANE
 
     def _after_fork(self) -> None:
-        """In a forked child: a fresh lock, and the lane disarmed (the child's thread has the parent's ident)."""
+        """In a forked child: a fresh lock, and every lane disarmed (they hold the parent's sockets)."""
         super()._after_fork()
-        self._lane = _NO_LANE
+        self._disarm_all()
+
+    def _disarm_all(self) -> None:
+        for tc in self._conns:
+            tc.until = 0.0
 
     # -- the public calls ----------------------------------------------------------------
 
     def append(self, record: Record) -> Position:
         """Append one record; returns its Position once the writer acknowledged it."""
-        # The hot path of a synchronous producer, through the lane: the connection of the thread that
-        # appended last, armed only while its session is idle and until its next disconnect check is
-        # due; every other call disarms it (``_thread_conn``), and so do close, a reset and a fork.
-        # One compact APPEND (header and frame in one buffer), one blocking receive, one struct call
-        # to read the ack. Anything else -- another thread, a check due, a large record, an error
-        # reply, a timeout -- continues on the general path with the same guarantees.
-        lane = self._lane
-        if lane.tid != _get_ident() or _monotonic() >= lane.until:
+        # The hot path of a synchronous producer, through the lane: this thread's connection, kept
+        # in thread-local storage (which dies with the thread: a new thread that gets a dead one's id
+        # never finds its socket), armed only while its session is idle and until its next disconnect
+        # check is due (``until``); this thread's other calls disarm it (``_thread_conn``), and so do
+        # close, a reset and a fork. One compact APPEND (header and frame in one buffer), one
+        # blocking receive, one struct call to read the ack. Anything else -- a thread's first call, a
+        # check due, a large record, an error reply, a timeout -- takes the general path, with the
+        # same guarantees.
+        try:
+            lane = self._local.lane
+        except AttributeError:
+            return self._append_general(record)
+        if _monotonic() >= lane.until:
             return self._append_general(record)
         rid = lane.new_id()
         msg = encode_record(record, _pack_header(APPEND_PREFIX, rid, APPEND_COUNT_TAG, 1))
@@ -219,9 +216,9 @@ class WalClient(ClientBase):
         pos = self._one_position(self._request(tc, rid, encode_record(record, P.encode_append(rid, 1))))
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
             tc.until = tc.conn.next_check
-            self._lane = tc
+            self._local.lane = tc
             if self._closed:            # close() ran meanwhile (it sets _closed, then disarms): stay disarmed
-                self._lane = _NO_LANE
+                tc.until = 0.0
         return pos
 
     @staticmethod
@@ -431,7 +428,7 @@ class WalClient(ClientBase):
         error = WalClosedError("the client was closed")
         with self._lock:
             self._closed = True
-            self._lane = _NO_LANE
+            self._disarm_all()
             if self._pid != current_pid():         # forked, no call since: all of it is the parent's
                 mine, self._conns = self._conns, []
             else:
@@ -478,8 +475,10 @@ class WalClient(ClientBase):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _thread_conn(self) -> _ThreadConn:
-        """This thread's connection, made or remade as needed; disarms append's lane (see append)."""
-        self._lane = _NO_LANE
+        """This thread's connection, made or remade as needed; disarms its append lane (see append)."""
+        lane = getattr(self._local, "lane", None)
+        if lane is not None:
+            lane.until = 0.0
         if self._closed:
             self._close_own()
             raise WalClosedError("the client is closed")
@@ -532,7 +531,7 @@ class WalClient(ClientBase):
 
     def _reset(self, tc: _ThreadConn, error: WalError) -> None:
         """Fail everything outstanding on ``tc`` with ``error`` and drop the connection (Rule 2 of transport)."""
-        self._lane = _NO_LANE
+        tc.until = 0.0
         for c in tc.session.fail_all(error):
             _resolve(c.waiter, None, c.error)
         with self._lock:

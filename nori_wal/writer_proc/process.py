@@ -37,6 +37,7 @@ import sys
 import time
 from typing import Any
 
+from .. import protocol
 from ..config import WalConfig
 from ..errors import WalError, WalLockedError, WriterUnavailableError
 from ..fs import FileLayer
@@ -118,9 +119,7 @@ class WriterProcess:
                 raise WalError(f"writer for {config.dir} exited with code {rc} before serving")
             _wait(proc, 10.0)
             _kill(proc)         # (if still running) and close the lifeline pipe
-            if msg["error"] == "WalLockedError":
-                raise WalLockedError(msg["message"])
-            raise WalError(msg["message"])
+            raise protocol.ERRORS.get(msg["error"], WalError)(msg["message"])
         info = RecoveryInfo(**msg["recovery"])
         return cls(proc, msg["endpoint"], int(msg["pid"]), info, os.fspath(config.dir))
 

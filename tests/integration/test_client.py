@@ -23,7 +23,6 @@ from nori_wal import (
 )
 from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
-from nori_wal.client.sync import _NO_LANE
 
 PER_WORKER = 40
 
@@ -250,12 +249,12 @@ def test_a_forked_child_never_touches_the_parents_sockets(spawn_writer, wal_dir)
     client = WalClient(w.endpoint, timeout=10)
     for i in range(3):
         client.append(rec("parent", i))              # the parent's appends now take the lane (the hot path)
-    assert client._lane is not _NO_LANE
+    assert client._local.lane.until > 0           # armed
     pid = os.fork()
     if pid == 0:                                   # pragma: no cover - the child reports by exit code
         code = 1
         try:
-            if client._lane is not _NO_LANE:         # the fork hook must disarm it: same thread ident here
+            if client._local.lane.until != 0:         # the fork hook must disarm it: it holds the parent's socket
                 os._exit(3)
             code = 0 if client.append(rec("child", 0)) > Position(0, 32) else 2
             client.close()

@@ -4,6 +4,7 @@ cross-thread PendingAppend, position validation. Every wait is bounded (joins an
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import threading
@@ -131,6 +132,41 @@ def test_close_from_one_thread_while_others_append(spawn_writer, wal_dir):
             assert not t.is_alive()
         assert len(errors) == 3 and all(isinstance(e, WalClosedError) for e in errors), errors
         assert c._ctx is None
+
+
+@pytest.mark.timeout(60)
+def test_async_close_from_another_loop_fails_that_loops_waiting_call_at_once(spawn_writer, wal_dir):
+    """The waiting loop closes its own socket (never closed under its thread) and its call ends then,
+    with WalClosedError, not at the client's timeout."""
+    w = spawn_writer(wal_dir)
+    c = AsyncWalClient(w.endpoint, timeout=60)   # far longer than the test waits: only close can end the call
+    in_flight = threading.Event()
+    result: list[BaseException | Position] = []
+
+    def other_loop() -> None:
+        async def run() -> None:
+            await c.append(rec("b", 0))
+            os.kill(w.pid, signal.SIGSTOP)      # the writer cannot answer the next append
+            task = asyncio.ensure_future(c.append(rec("b", 1)))
+            await asyncio.sleep(0)              # a loop turn: the append is sent
+            await asyncio.sleep(0)
+            in_flight.set()
+            try:
+                result.append(await task)
+            except BaseException as exc:        # noqa: BLE001
+                result.append(exc)
+        asyncio.run(run())
+
+    t = threading.Thread(target=other_loop)
+    t.start()
+    try:
+        assert in_flight.wait(20)
+        asyncio.run(c.close())
+        t.join(30)
+    finally:
+        os.kill(w.pid, signal.SIGCONT)
+    assert not t.is_alive()
+    assert len(result) == 1 and isinstance(result[0], WalClosedError)
 
 
 # -- 2./3. batches over 16 MiB ----------------------------------------------------------------------------
@@ -308,6 +344,40 @@ def test_a_fork_while_another_thread_holds_the_lock(spawn_writer, wal_dir):
     a.close_nowait()
 
 
+# -- 6. a record refused among pipelined appends --------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_record_between_pipelined_appends_keeps_the_others_in_order(spawn_writer, wal_dir):
+    """A record too large for this writer's segments, submitted between small ones, fails alone; the
+    small ones land in the order submitted (a resent part of a refused request would land last)."""
+    w = spawn_writer(WalConfig(dir=wal_dir, max_segment_size=64 * 1024, fsync_policy=FsyncPolicy.always()))
+    big = Record.put(b"big", b"x" * 100_000)            # more than a 64 KiB segment holds, less than 1 MiB
+    with WalClient(w.endpoint, timeout=30) as c:
+        p1, p2 = c.submit(rec("k", 1)), c.submit(big)
+        p1.done()                                       # sends what is queued
+        p3 = c.submit(rec("k", 2))
+        p3.done()                                       # sent while the first request(s) are in flight
+        with pytest.raises(RecordTooLargeError):
+            p2.result()
+        assert p1.result() < p3.result()
+
+    async def pipelined() -> None:
+        ac = AsyncWalClient(w.endpoint, timeout=30)
+        first = asyncio.ensure_future(ac.append(rec("a", 1)))
+        refused = asyncio.ensure_future(ac.append(big))
+        await asyncio.sleep(0)                          # a loop turn: what is queued goes out
+        await asyncio.sleep(0)
+        last = asyncio.ensure_future(ac.append(rec("a", 2)))
+        results = await asyncio.gather(first, refused, last, return_exceptions=True)
+        assert isinstance(results[1], RecordTooLargeError)
+        assert results[0] < results[2]
+        await ac.close()
+
+    asyncio.run(pipelined())
+    assert keys_in(wal_dir) == [rec("k", 1).key, rec("k", 2).key, rec("a", 1).key, rec("a", 2).key]
+
+
 # -- 7. PendingAppend belongs to the submitting thread --------------------------------------------------
 
 
@@ -340,7 +410,70 @@ def test_pending_append_results_only_in_the_submitting_thread(spawn_writer, wal_
         assert answered == [(True, Position(0, 32))]
 
 
-# -- 8. positions out of the protocol's range ---------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_pending_append_of_a_thread_that_ended_is_not_driven_by_its_successor(spawn_writer, wal_dir):
+    """A new thread often gets a dead thread's id; that must not make it the owner of the dead one's socket."""
+    w = spawn_writer(wal_dir)
+    with WalClient(w.endpoint, timeout=30) as c:
+        pending: list[Any] = []
+        t = threading.Thread(target=lambda: pending.append(c.submit(rec("dead", 0))))
+        t.start()
+        t.join(20)
+        errors: list[BaseException] = []
+
+        def successor() -> None:
+            try:
+                pending[0].result()
+            except BaseException as exc:                       # noqa: BLE001
+                errors.append(exc)
+
+        t = threading.Thread(target=successor)
+        t.start()
+        t.join(20)
+        assert len(errors) == 1 and "thread that submitted it" in str(errors[0])
+
+
+# -- 8. short-lived threads ------------------------------------------------------------------------------
+
+
+def _threads_that_append_and_end(endpoint: str, pairs: int) -> None:
+    """Pairs of threads that append a few records each and end (a thread per task, as socketserver does).
+
+    Run in a child: a thread that reused a dead thread's socket while another thread closed it
+    aborted the process in libzmq (``Assertion failed: pfd.revents & POLLIN``).
+    """
+    c = WalClient(endpoint, timeout=30)
+    failures: list[BaseException] = []
+
+    def task(i: int) -> None:
+        try:
+            for k in range(3):
+                c.append(rec(f"t{i}", k))
+        except BaseException as exc:                           # noqa: BLE001
+            failures.append(exc)
+
+    for n in range(pairs):
+        threads = [threading.Thread(target=task, args=(2 * n + j,)) for j in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    c.close()
+    os._exit(1 if failures else 0)
+
+
+@pytest.mark.timeout(120)
+def test_short_lived_threads_never_share_a_socket(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir, policy="os")
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_threads_that_append_and_end, args=(w.endpoint, 300))
+    child.start()
+    child.join(100)
+    assert child.exitcode == 0                                 # not -6 (SIGABRT), not 1 (a failed append)
+    assert len(keys_in(wal_dir)) == 300 * 2 * 3
+
+
+# -- 9. positions out of the protocol's range ---------------------------------------------------------
 
 
 BAD_POSITIONS = [Position(2**64, 0), Position(0, 2**64), Position(-1, 0), Position(0, -1)]

@@ -25,6 +25,7 @@ from nori_wal import (
     RecordTooLargeError,
     Wal,
     WalConfig,
+    WalIOError,
     WalLockedError,
     WriterUnavailableError,
     open_reader,
@@ -69,6 +70,13 @@ def test_restart_reports_recovery(spawn_writer, wal_dir):
     w.stop()
     w2 = spawn_writer(wal_dir)
     assert w2.recovery_info.valid_records == 10
+
+
+def test_spawn_raises_the_class_of_the_error_that_stopped_the_writer(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    with pytest.raises(WalIOError, match="Not a directory"):
+        WriterProcess.spawn(WalConfig(dir=str(not_a_dir / "wal")))
 
 
 def test_second_writer_on_a_locked_dir_fails_at_once(spawn_writer, wal_dir, serve_process):

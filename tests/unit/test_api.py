@@ -65,6 +65,14 @@ def test_config_defaults_and_validation():
         WalConfig(max_segment_size=100)
 
 
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
+def test_clients_refuse_a_timeout_that_is_not_a_finite_positive_number(timeout):
+    from nori_wal.client import AsyncWalClient, WalClient
+    for cls in (WalClient, AsyncWalClient):
+        with pytest.raises(ValueError, match="timeout"):
+            cls("ipc:///nonexistent", timeout=timeout)
+
+
 def test_record_constructors():
     r = Record.put(bytearray(b"k"), memoryview(b"v"))
     assert r.key == b"k" and r.value == b"v" and not r.tombstone and r.ttl is None

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from nori_wal import Position, ProtocolError, Record, RecordTooLargeError, WalIOError, WriterUnavailableError
 from nori_wal import protocol as P
-from nori_wal.client.session import Session, chunk_frames
+from nori_wal.client.session import SAFE_FRAME_BYTES, Session, chunk_frames
 from nori_wal.codec import encode_record
 
 
@@ -113,18 +113,36 @@ def test_errors_fail_every_coalesced_waiter_with_the_same_class():
 
 
 @pytest.mark.parametrize("err", [RecordTooLargeError("too big"), ProtocolError("bad")])
-def test_a_rejected_coalesced_request_is_retried_one_append_at_a_time(err):
-    """Rule 3: the writer wrote nothing of a rejected request, so each append is asked alone."""
+def test_a_rejected_coalesced_request_fails_each_append_and_is_not_resent(err):
+    """Rule 3: resending part of it would put it behind requests sent after it."""
     s = Session()
     for i in range(3):
         s.queue_append((frame(i),), i)
     rid = header(s.take(0.0))[2]
-    assert s.complete(P.encode_error(rid, err)) == []
-    assert s.queued == 3
-    rids = [header(s.take(0.0))[2] for _ in range(3)]
-    done = s.complete(P.encode_error(rids[0], err))
-    assert len(done) == 1 and done[0].waiter == 0 and type(done[0].error) is type(err)
-    assert s.complete(ok_runs(rids[1], 0, 32, 1))[0].value == [Position(0, 32)]
+    done = s.complete(P.encode_error(rid, err))
+    assert [c.waiter for c in done] == [0, 1, 2] and all(type(c.error) is type(err) for c in done)
+    assert s.idle
+
+
+def test_a_frame_larger_than_every_writer_takes_goes_alone_until_one_that_large_was_acknowledged():
+    """Rule 3: a frame the writer may refuse is never coalesced, so its refusal answers it alone."""
+    s = Session()
+    small, big = frame(0), frame(1, size=SAFE_FRAME_BYTES)
+    assert len(big) > SAFE_FRAME_BYTES
+    for f, w in ((small, "a"), (big, "big"), (small, "b"), (small, "c")):
+        s.queue_append((f,), w)
+    requests = [s.take(0.0) for _ in range(3)]
+    assert [len(r[1]) for r in requests] == [len(small), len(big), 2 * len(small)]
+    [refused] = s.complete(P.encode_error(header(requests[1])[2], RecordTooLargeError("too big")))
+    assert refused.waiter == "big" and isinstance(refused.error, RecordTooLargeError)
+    s.queue_append((big,), "big2")
+    s.queue_append((small,), "d")
+    rid = header(s.take(0.0))[2]                       # still alone: nothing that large was acknowledged yet
+    assert s.take(0.0)[1] == small
+    s.complete(ok_runs(rid, 0, 32, 1))
+    for f, w in ((big, "x"), (big, "y")):
+        s.queue_append((f,), w)
+    assert s.take(0.0)[1] == big + big                 # acknowledged once: now coalesced
 
 
 def test_control_requests_bypass_the_in_flight_limit():

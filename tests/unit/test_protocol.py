@@ -118,6 +118,7 @@ def test_seal_frames_are_writer_internal():
     payload, _ = payload_of([Record.put(b"a", b"b")])
     err = P.check_payload(payload + encode_seal(1, 32), 2, 1 << 20)
     assert isinstance(err, ProtocolError) and "seal" in str(err)
+    assert f"record 1 at payload offset {len(payload)} " in str(err)        # where the seal starts
 
 
 def test_reserved_flags_are_rejected():
