@@ -24,6 +24,16 @@ Rules:
    seeing it.
 3. A copy that fails its CRC (read while being written) is read again; a
    missing or invalid mark means nothing is known to be durable yet.
+4. It is evidence for recovery and ``verify`` too (as Kafka's recovery-point
+   checkpoint is): records below it were durable, so a last segment that ends
+   (or must be cut) below it, or a mark naming a segment past the last one,
+   lost records the writer had made durable: corruption, not what a crash
+   leaves. A stale or missing mark only knows less. Whoever judges reads it
+   before anything can move it: the next writer before its recovery (its
+   publisher does not rewrite the file when it opens it), ``verify`` before
+   its scan, so all below it was whole before the scan began. A hot copy of a
+   live directory should copy ``DURABLE`` first: copied after the segments it
+   may name records the copy missed.
 """
 
 from __future__ import annotations
@@ -58,10 +68,38 @@ def decode_mark(data: bytes) -> Position | None:
     return Position(segment_id, offset) if magic == MAGIC else None
 
 
+def records_lost_below_mark(mark: Position | None, segment_id: int, end: int) -> str | None:
+    """Why the records of segment ``segment_id`` ending at ``end`` lost durable ones (Rule 4), or None."""
+    if mark is None or mark.segment_id != segment_id or end >= mark.offset:
+        return None
+    return (f"records the writer had made durable are lost: its durable mark is {mark.segment_id}:{mark.offset}, "
+            f"the records end at {end}")
+
+
+def segments_lost_past_mark(mark: Position | None, last_segment: int | None) -> str | None:
+    """Why a log whose last segment is ``last_segment`` (None: no segment) lost durable segments (Rule 4), or None."""
+    if mark is None or (last_segment is not None and mark.segment_id <= last_segment):
+        return None
+    last = "no segment is left" if last_segment is None else f"the last segment is {last_segment}"
+    return (f"segments holding records the writer had made durable are gone: its durable mark is "
+            f"{mark.segment_id}:{mark.offset}, {last}")
+
+
+def read_mark(layer: FileLayer, directory: str) -> Position | None:
+    """The mark in ``directory`` now (None: no valid mark); an I/O error other than a missing file raises."""
+    reader = MarkReader(layer, directory)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
 class MarkPublisher:
     """The writer's side: a shared mapping of ``DIR/DURABLE`` (Rules 1 and 2)."""
 
     def __init__(self, directory: str):
+        # Opening never rewrites a whole mark (only a shorter file, which holds none, is extended
+        # with zeros): recovery reads the previous writer's mark after this (Rule 4).
         fd = os.open(os.path.join(directory, MARK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if os.fstat(fd).st_size < MARK_SIZE:

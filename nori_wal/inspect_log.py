@@ -5,14 +5,24 @@ Rules:
    running writer. Each segment is read up to the size it had when opened, so a
    segment still growing is judged on a consistent prefix.
 2. Judges damage exactly as recovery would, but reports instead of repairing:
-   anything but whole records, a matching seal and end of file inside a segment
-   that is not the last is corruption (``fatal``); at the end of the last segment a
-   torn record, a record torn into preallocated zeros, a zero-filled tail or zeros
-   after the seal is what a crash legally leaves (a warning: opening the log cuts
-   it off), while garbage (a record failing its checksum) is reported as
-   corruption, as ``RecoveryInfo.corruption_detected`` would. A lost segment
-   (recovery's rule 5) is corruption.
+   anything but whole records, a matching seal and end of file inside a sealed
+   segment (one that is not the last, or a last one ending with a valid seal
+   past the damage) is corruption (``fatal``); at the end of the last segment a
+   torn record, a record torn into preallocated zeros, a zero-filled tail, zeros
+   followed by data (an unacknowledged write whose pages reached the disk out
+   of order) or zeros after the seal is what a crash legally leaves (a warning:
+   opening the log cuts it off), while garbage (a record failing its checksum)
+   is reported as corruption, as ``RecoveryInfo.corruption_detected`` would. A
+   lost segment (recovery's rule 5) is corruption.
 3. Every problem names the segment and the byte offset.
+4. The durable mark is read first, before any segment (``durable_mark.py``
+   Rule 4): everything below it was whole before the scan began, so a last
+   segment that stops below it lost records the writer had made durable
+   (fatal, as recovery's rule 7 sets ``corruption_detected``), and so does a
+   mark naming a segment past the last one.
+5. A last segment found sealed past its stop is read again before it is
+   called corrupt: a live writer seals only after the records are written and
+   fsynced, so a scan may have read a frame mid-write and then see the seal.
 
 The fast path (``detailed=False``) checks headers, every frame's CRC and the
 seals with ``scan.scan_frames``; the detailed walk also gathers per-record
@@ -45,10 +55,11 @@ from .codec import (
     decode_record,
     frame_layout,
 )
+from .durable_mark import read_mark, records_lost_below_mark, segments_lost_past_mark
 from .fs import OS, FileHandle, FileLayer, writer_lock_held
 from .position import Position
 from .record import Compression
-from .recovery import first_nonzero, scan_in_chunks, torn_into_zeros
+from .recovery import first_nonzero, read_seal, scan_in_chunks, torn_into_zeros
 from .scan import ScanResult, Stop, scan_frames
 from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
 
@@ -142,12 +153,17 @@ class LogReport:
         return None
 
 
-def list_segments(directory: str, layer: FileLayer = OS) -> list[int]:
-    """Segment ids in ``directory``; raises NotAWalDirectory for a wrong path (junk files are ignored)."""
+def check_directory(directory: str) -> None:
+    """Raise NotAWalDirectory if ``directory`` does not exist or is not a directory."""
     if not os.path.exists(directory):
         raise NotAWalDirectory(f"{directory}: no such directory")
     if not os.path.isdir(directory):
         raise NotAWalDirectory(f"{directory}: not a directory")
+
+
+def list_segments(directory: str, layer: FileLayer = OS) -> list[int]:
+    """Segment ids in ``directory``; raises NotAWalDirectory for a wrong path (junk files are ignored)."""
+    check_directory(directory)
     return segment_ids(layer.listdir(directory))
 
 
@@ -158,6 +174,8 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
     Raises NotAWalDirectory when the path is wrong or holds no segments.
     """
     directory = os.fspath(directory)
+    check_directory(directory)
+    mark = read_mark(layer, directory)     # Rule 4: first, so all below it was whole before the scan
     ids = list_segments(directory, layer)
     if not ids:
         raise NotAWalDirectory(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
@@ -187,10 +205,18 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
                 progress(done, total, _sid)
         try:
             seg = scan_segment(h, sid, detailed=detailed or deep, deep=deep, on_bytes=step)
-            problems.extend(judge_segment(seg, last, h, live_writer=live))
+            if last and _sealed_past_stop(seg, h):
+                # Rule 5: read it again, and judge it as the sealed segment it is (a frame read
+                # mid-write is whole now; bytes still bad are damage under a seal).
+                seg = scan_segment(h, sid, detailed=detailed or deep, deep=deep)
+                last = False
+            problems.extend(judge_segment(seg, last, h, live_writer=live, mark=mark))
         finally:
             h.close()
         segments.append(seg)
+    lost = segments_lost_past_mark(mark, ids[-1])
+    if lost is not None and mark is not None:
+        problems.append(Problem(mark.segment_id, mark.offset, lost, True))
     problems.extend(sequence_problems(segments, list_segments(directory, layer)))
     if progress is not None:
         progress(total, total, ids[-1])
@@ -247,11 +273,21 @@ def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False,
     return seg
 
 
-def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writer: bool = False) -> list[Problem]:
+def _sealed_past_stop(seg: SegmentScan, handle: FileHandle) -> bool:
+    """Whether a segment whose scan stopped at bad bytes now ends with a valid seal past them."""
+    if seg.header_problem is not None or seg.stop not in (Stop.TORN, Stop.ZEROED, Stop.CORRUPT):
+        return False
+    seal = read_seal(handle, handle.size())
+    return seal is not None and seal.data_end > seg.valid_end
+
+
+def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writer: bool = False,
+                  mark: Position | None = None) -> list[Problem]:
     """The problems of a scanned segment, as recovery would see them (module rule 2).
 
     ``live_writer``: a writer holds the directory, so zeros after the last segment's
     records are the durable zeros it keeps ahead of its writes, not a crash's tail.
+    ``mark``: the durable mark read before the scan (module rule 4).
     """
     sid, size = seg.segment_id, seg.size
     if seg.header_problem is not None:
@@ -274,7 +310,10 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
             else:
                 out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} bytes after the seal", True))
         return out
+    lost = records_lost_below_mark(mark, sid, seg.valid_end) if last else None
     if seg.stop is Stop.END:
+        if lost is not None:
+            return [Problem(sid, seg.valid_end, f"the segment ends here: {lost}", True)]
         if last:
             return []      # the active segment: a writer appends here, or did not close cleanly
         return [Problem(sid, seg.valid_end, "segment is not sealed, though later segments exist "
@@ -284,6 +323,9 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
     if not last:
         return [Problem(sid, seg.valid_end, f"{what} inside a sealed segment (not the log's tail): "
                                             f"{cut} bytes from here are unreadable", True)]
+    if lost is not None:
+        return [Problem(sid, seg.valid_end, f"{what}: opening the log would cut off {cut} bytes from here, "
+                                            f"cutting records the writer had made durable ({lost})", True)]
     if seg.stop is Stop.TORN:
         return [Problem(sid, seg.valid_end, f"torn tail: {cut} bytes of a record cut off by the end of the "
                                             f"file (a write in progress, or a crash; opening the log cuts it off)",
@@ -295,8 +337,11 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
                 return []          # the live writer's preallocated zeros: nothing wrong
             return [Problem(sid, seg.valid_end, f"zero-filled tail of {cut} bytes (a crash; opening the log "
                                                 f"cuts it off)", False)]
-        return [Problem(sid, seg.valid_end, f"zero-filled bytes followed by data at offset {data_at}: "
-                                            f"opening the log would cut off {cut} bytes", True)]
+        # Past what the writer made durable: pages of an unacknowledged write that reached the
+        # disk out of order over preallocated zeros (a power loss), which recovery cuts.
+        return [Problem(sid, seg.valid_end, f"zero-filled bytes followed by data at offset {data_at}: an "
+                                            f"unacknowledged write torn by a crash (opening the log cuts off "
+                                            f"{cut} bytes from here)", False)]
     if torn_into_zeros(handle, seg.valid_end, size):
         return [Problem(sid, seg.valid_end, f"torn tail: a record cut short over preallocated zeros, {cut} bytes "
                                             f"(a crash; opening the log cuts it off)", False)]

@@ -17,10 +17,15 @@ What the log reports (see docs/CLI.md for the Prometheus view):
     events      SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted
 
 A meter is called on the append path: it must be cheap and must not raise.
+The log wraps the meter it is given in a ``GuardedMeter``, so one that does
+raise anyway is dropped from, never raised into, the log: the log reports after
+the fact (a record counted after its write), and an exception there would turn
+a durable append into an error its caller retries, writing the record twice.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, Union, runtime_checkable
@@ -42,7 +47,12 @@ class Fsync:
 
 @dataclass(frozen=True)
 class CorruptionTruncated:
-    """Recovery cut ``bytes`` of damaged or torn tail off ``segment`` at ``offset``."""
+    """Recovery cut ``bytes`` of damaged or torn tail off ``segment`` at ``offset``.
+
+    ``bytes`` is 0 when it cut nothing but found durable records gone (the log ends
+    below the previous writer's durable mark, or the segment the mark names is gone):
+    ``reason`` says which.
+    """
     segment: int
     offset: int
     bytes: int
@@ -181,6 +191,55 @@ class TeeMeter:
     def event(self, event: Event) -> None:
         for m in self.meters:
             m.event(event)
+
+
+_log = logging.getLogger(__name__)
+
+
+class GuardedMeter:
+    """Reports to ``meter``; a call that raises is dropped, with one warning per metric or event type.
+
+    The log wraps every meter it is given in one (see the module docstring).
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self._warned: set[str] = set()
+
+    def counter(self, name: str, value: float = 1.0) -> None:
+        try:
+            self.meter.counter(name, value)
+        except Exception as exc:
+            self._dropped(f"counter {name}", exc)
+
+    def histogram(self, name: str, value: float) -> None:
+        try:
+            self.meter.histogram(name, value)
+        except Exception as exc:
+            self._dropped(f"histogram {name}", exc)
+
+    def gauge(self, name: str, value: float) -> None:
+        try:
+            self.meter.gauge(name, value)
+        except Exception as exc:
+            self._dropped(f"gauge {name}", exc)
+
+    def event(self, event: Event) -> None:
+        try:
+            self.meter.event(event)
+        except Exception as exc:
+            self._dropped(f"event {event_name(event)}", exc)
+
+    def _dropped(self, what: str, exc: Exception) -> None:
+        if what not in self._warned:        # (a set add is atomic under the GIL: at worst two warnings)
+            self._warned.add(what)
+            _log.warning("meter %s failed on %s (dropped; the log goes on): %r",
+                         type(self.meter).__name__, what, exc)
+
+
+def guard_meter(meter: Meter) -> Meter:
+    """``meter`` wrapped so it never raises into the log (the no-op meter needs no guard)."""
+    return meter if isinstance(meter, (NoopMeter, GuardedMeter)) else GuardedMeter(meter)
 
 
 def __getattr__(name: str) -> object:

@@ -19,7 +19,10 @@ so names the writer process adds later need no registration):
 Each meter has its own CollectorRegistry (unless one is passed), so several logs
 (or tests) in one process never collide. A meter never raises into the log: a
 metric that cannot be made (a name already used with another type, say) is
-dropped with one warning in the ``nori_wal.prometheus`` logger.
+dropped with one warning in the ``nori_wal.prometheus`` logger. Constant labels
+are checked when the meter is made: ``type`` (the events' label), ``le``
+(histogram buckets) and names Prometheus does not allow raise ValueError there,
+not at the first append.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ _HELP = {
 }
 
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+RESERVED_LABELS = frozenset({"type", "le", "quantile"})   # the events' label; histogram and summary labels
 
 
 def _metric_name(name: str) -> str:
@@ -105,12 +110,17 @@ class PrometheusMeter:
     """A Meter that keeps Prometheus metrics in its own registry.
 
     ``labels`` are constant labels put on every metric (e.g. ``{"wal": "orders"}``
-    when one process runs several logs into one registry). ``namespace`` is
-    prefixed to every metric name (``namespace_wal_records_total``).
+    when one process runs several logs into one registry); a reserved or invalid
+    label name raises ValueError here. ``namespace`` is prefixed to every metric
+    name (``namespace_wal_records_total``).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, namespace: str = "",
                  labels: Mapping[str, str] | None = None):
+        for name in labels or {}:
+            if name in RESERVED_LABELS or name.startswith("__") or not _LABEL_NAME.fullmatch(name):
+                raise ValueError(f"label name {name!r} is reserved or not a valid Prometheus label name "
+                                 f"(reserved: {', '.join(sorted(RESERVED_LABELS))})")
         self.registry = registry if registry is not None else CollectorRegistry()
         self.namespace = namespace
         self.labels = dict(labels or {})
@@ -185,7 +195,7 @@ class PrometheusMeter:
                 if self.labels:
                     metric = metric.labels(**self.labels)
                 rec = self._recorder(kind, metric)
-            except ValueError as exc:    # e.g. the name is already a metric of another type
+            except Exception as exc:     # e.g. the name is already a metric of another type: never raise
                 _log.warning("dropping metric %s %r: %s", kind, name, exc)
                 rec = _noop
             self._record[(kind, name)] = rec
@@ -205,7 +215,7 @@ class PrometheusMeter:
                 if family is None:
                     family = self._by_type[name] = self._create(kind, name, ("type",))
                 rec = self._recorder(kind, family.labels(**self.labels, type=event_type))
-            except ValueError as exc:
+            except Exception as exc:
                 _log.warning("dropping metric %s %r: %s", kind, name, exc)
                 rec = _noop
             self._record[key] = rec

@@ -4,27 +4,46 @@ A reader never repairs and never takes the writer's lock. It yields only
 whole, checksummed records; at the end of what is written (a half-written
 record included) it returns None ("not yet") and, called again, continues
 from the same place once more bytes exist. Damage before the end, or inside
-a sealed segment, raises CorruptionError naming the segment and offset.
+a sealed segment, raises CorruptionError naming the segment and offset. A
+last segment is sealed too once it ends with a valid seal past the stop (a
+clean close): bytes there that are not records are damage, not the end. As a
+live writer seals only after its records are written and fsynced, a frame
+read mid-write is whole once the seal shows: the bytes are read once more
+before they are called damage.
 
-Segments deleted by GC while a reader runs are fine: an open file stays
-readable (POSIX), and a reader moving on skips to the next remaining segment.
-With ``durable_only`` a reader yields only records the writer has fsynced:
-it reads no further than the durable mark the writer publishes
+Segments deleted by GC while a reader runs are skipped: an open file stays
+readable (POSIX), so the reader finishes the segment it holds, then moves on
+to the first segment that remains; the records of segments GC deleted in
+between are never yielded (a consumer that must see every record keeps GC
+behind its position). A start in a deleted segment moves to the first one
+that remains. With ``durable_only`` a reader yields only records the writer
+has fsynced: it reads no further than the durable mark the writer publishes
 (``durable_mark.py``), so a consumer never acts on a record a power loss
 could still take. Under the Os policy that mark moves only when a segment is
 sealed (or on ``sync``).
+
+Zero-copy values: a value of at least 64 KiB (``codec.ZERO_COPY_MIN``) stored
+uncompressed is a memoryview into the reader's read buffer (1 MiB or more),
+not a copy; keeping the value keeps that whole buffer alive. To keep a few
+values from many buffers, keep ``bytes(record.value)`` instead.
 
 A segment lost from the middle of the log is not skipped: entering a segment
 whose predecessor (its header names it) is gone while an older segment is
 still there raises CorruptionError (``segment.sequence_problem``). A stray
 segment (one between a segment and the predecessor it names) is only seen
 at the segment after it: its records have been yielded by then.
+
+A reader belongs to one thread; ``close`` may come from another (to stop a
+follower): it waits for a read in progress, and the iteration ends quietly
+at its next step.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
+import threading
 import time
 from typing import Iterator
 
@@ -35,6 +54,7 @@ from .codec import (
     FLAG_SEAL,
     FORMAT_MAX_FRAME,
     MIN_FRAME_SIZE,
+    NEED_MORE,
     ZEROED,
     build_record,
     frame_layout,
@@ -45,11 +65,12 @@ from .errors import CorruptionError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression, Record
-from .recovery import first_nonzero
+from .recovery import first_nonzero, read_seal
 from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
 
 READ_SIZE = 1024 * 1024      # bytes per read: large sequential reads, few syscalls
 _U32 = struct.Struct("<I")
+_CLOSED = object()           # what a step returns once the reader is closed
 
 
 class WalReader:
@@ -70,9 +91,12 @@ class WalReader:
         self._base = 0          # file offset of _buf[0]
         self._i = 0             # index of the next frame in _buf
         self._closed = False
+        self._io_lock = threading.RLock()   # close() from another thread never closes a file mid-read
         self._mark = MarkReader(layer, self.dir) if durable_only else None
         if not layer.exists(self.dir):     # through the layer: readers run on FaultFS too
-            raise FileNotFoundError(f"no WAL directory at {self.dir}")
+            # Only WalError subclasses cross the public API (the OSError chained, as for a failed read).
+            missing = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.dir)
+            raise WalIOError(f"no WAL directory at {self.dir}") from missing
 
     # -- public ------------------------------------------------------------------------
 
@@ -85,14 +109,22 @@ class WalReader:
         """The next whole record and its position, or None at the current end of the log.
 
         Raises CorruptionError for damage before the end, WalIOError when the OS
-        fails a read (the OSError chained).
+        fails a read (the OSError chained), WalClosedError after ``close``.
         """
-        if self._closed:
+        item = self._step()
+        if item is _CLOSED:
             raise WalClosedError("reader is closed")
-        try:
-            return self._next_record()
-        except OSError as exc:
-            raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc}") from exc
+        return item  # type: ignore[return-value]
+
+    def _step(self) -> tuple[Record, Position] | None | object:
+        """``next_record``, or _CLOSED; holds the I/O lock while it reads (see ``close``)."""
+        with self._io_lock:
+            if self._closed:
+                return _CLOSED
+            try:
+                return self._next_record()
+            except OSError as exc:
+                raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc}") from exc
 
     def _next_record(self) -> tuple[Record, Position] | None:
         while True:
@@ -132,7 +164,8 @@ class WalReader:
 
         Plain puts (no flags, small value) take an inlined fast path over the
         read buffer; anything else, and every buffer edge, goes through
-        ``next_record``, which holds the rules.
+        ``next_record``, which holds the rules. After ``close`` (from the loop's
+        body or from another thread) the iteration ends quietly at its next step.
         """
         new = tuple.__new__
         unpack = _U32.unpack_from
@@ -160,24 +193,36 @@ class WalReader:
                     break
                 self._i = e
                 yield new(Record, (buf[fp + 1:vs], buf[vs:e], False, None, none)), new(Position, (seg, base + i))
+                if self._closed:
+                    return
                 i = e
             self._i = i
-            item = self.next_record()
+            item = self._step()
+            if item is _CLOSED:
+                return
             if item is None:
-                if not self.follow or self._closed:
+                if not self.follow:
                     return
                 time.sleep(self.poll_interval)   # follow mode: poll for the writer's next bytes
                 continue
-            yield item
+            yield item  # type: ignore[misc]
 
     def close(self) -> None:
+        """Release the files. Safe from another thread than the one iterating.
+
+        That thread's read in progress finishes first (a descriptor closed under a
+        pread could even be reused by another file meanwhile); its iteration then
+        ends quietly at its next step (a follower within ``poll_interval``), while
+        ``next_record`` raises WalClosedError. Idempotent.
+        """
         self._closed = True
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._mark is not None:
-            self._mark.close()
-        self._buf = b""
+        with self._io_lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            if self._mark is not None:
+                self._mark.close()
+            self._buf = b""
 
     def __enter__(self) -> "WalReader":
         return self
@@ -288,23 +333,50 @@ class WalReader:
         return len(data) > len(rest) or data != rest
 
     def _next_segment(self, after_seal: bool) -> bool:
-        """Move to the segment after the current one; False if there is none yet."""
+        """Move to the segment after the current one; False if there is none yet.
+
+        Stopped at bytes that are not a whole record (``after_seal`` False) in a
+        sealed segment -- one with a successor, or one ending with a seal past the
+        stop (a last segment closed cleanly) -- that is damage, not the end. But the
+        writer seals only after its records are written and fsynced (and before it
+        creates the next segment): a frame read mid-write is whole by the time the
+        seal is seen, so the bytes are read once more before they are called damage.
+        """
         later = [s for s in self._ids() if s > self._seg]  # type: ignore[operator]
-        if not later or self._durable_end(self._seg) is not None:  # type: ignore[arg-type]
-            return False                    # none yet, or the durable mark has not left this segment
-        if not after_seal:
-            # The writer seals a segment before it creates the next, so look once more.
+        mark_here = self._durable_end(self._seg) is not None  # type: ignore[arg-type]
+        if not after_seal and ((later and not mark_here) or self._sealed_past(self._base + self._i)):
             if self._refill(self._i):
                 return True
             if self._i < len(self._buf):
-                raise self._corrupt(self._i, "record runs past the end of a sealed segment")
+                raise self._corrupt(self._i, self._damage_under_seal(self._i))
+        if not later or mark_here:
+            return False                    # none yet, or the durable mark has not left this segment
         return self._open_segment(later, HEADER_SIZE)
+
+    def _sealed_past(self, offset: int) -> bool:
+        """Whether the current segment ends with a valid seal vouching for records past ``offset``."""
+        assert self._fh is not None
+        seal = read_seal(self._fh, self._fh.size())
+        return seal is not None and seal.data_end > offset
+
+    def _damage_under_seal(self, i: int) -> str:
+        """What the bytes at ``_buf[i]``, in a sealed segment, are instead of a record."""
+        buf = self._buf
+        if not any(buf[i:i + MIN_FRAME_SIZE]):
+            return "zero-filled bytes inside a sealed segment"
+        lay = frame_layout(buf, i, len(buf), self._limit)
+        if lay == NEED_MORE:
+            return "record runs past the end of a sealed segment"
+        if type(lay) is tuple:
+            return "checksum mismatch inside a sealed segment"
+        return "invalid frame (bad lengths or flags) inside a sealed segment"
 
 
 def open_reader(directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
                 follow: bool = False, durable_only: bool = False) -> WalReader:
     """A reader over the log in ``directory`` from ``start`` (Position(0, 0): the oldest record).
 
+    Raises WalIOError (a FileNotFoundError chained) when ``directory`` does not exist.
     A start in a segment already deleted by GC moves to the first remaining one.
     With ``follow=True`` iteration waits for new records instead of ending.
     With ``durable_only=True`` it yields only records the writer has fsynced

@@ -18,6 +18,12 @@ Rules:
    in the page cache, readable but still lost by a power loss. So the last
    segment is fsynced and the directory too, once per open, even when nothing
    was cut; earlier segments were fsynced before their successor was created.
+7. The previous writer's durable mark (``durable_mark.py`` Rule 4), read
+   before anything changes it, tells a crash's tail from lost records: a
+   last segment cut (or ending) below it, or a mark naming a segment past the
+   last one, lost records that writer had made durable. Recovery still cuts
+   and opens (the contract: damage in the last segment never makes open
+   raise) but sets ``corruption_detected`` and says so in the event.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record, parse_header
+from .durable_mark import read_mark, records_lost_below_mark, segments_lost_past_mark
 from .errors import CorruptionError
 from .fs import FileHandle, FileLayer
 from .observe import CorruptionTruncated, Meter
@@ -52,7 +59,8 @@ class RecoveryInfo:
     valid_records: int          # records in the whole log
     segments_scanned: int       # segments whose records were read (not trusted from a seal)
     bytes_truncated: int        # tail bytes cut off: torn or damaged records, zeros (0 after a clean close)
-    corruption_detected: bool   # the cut-off tail held garbage, not just a torn or zeroed write
+    corruption_detected: bool   # the cut-off tail held garbage, not just a torn or zeroed write, or
+                                # records the previous writer had made durable were lost (Rule 7)
     duration_s: float = 0.0
     segment_count: int = 0
 
@@ -142,6 +150,7 @@ def first_nonzero(handle: FileHandle, start: int, end: int, chunk: int = 1 << 20
 def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:
     """Recover the log in ``directory`` (whose lock the caller holds)."""
     t0 = time.perf_counter()
+    mark = read_mark(layer, directory)      # Rule 7: the previous writer's, before anything changes it
     names = layer.listdir(directory)
     dir_dirty = False           # (synced at the end, with every open that finds segments)
     for name in names:
@@ -160,13 +169,16 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
         try:
             size = h.size()
             head = h.pread(HEADER_SIZE, 0)
+            problem = check_header(head, ids[-1])
+            # A whole header that is damaged, or zeroed with records behind it, is damage, not a stub.
+            damaged = problem is not None and len(head) == HEADER_SIZE and (
+                any(head) or first_nonzero(h, HEADER_SIZE, size) is not None)
         finally:
             h.close()
-        problem = check_header(head, ids[-1])
         if problem is None:
             predecessors[ids[-1]] = header_predecessor(head)
             break
-        corruption |= len(head) == HEADER_SIZE and any(head)
+        corruption |= damaged
         peeled.append((ids.pop(), size, problem))
     total = 0
     for sid in ids[:-1]:
@@ -187,6 +199,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     if ids:
         sid = ids[-1]
         h = layer.open_append(os.path.join(directory, segment_name(sid)))
+        cut = False
         try:
             size = h.size()
             seal = read_seal(h, size)
@@ -201,17 +214,30 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                     state.active_end, state.active_sealed = res.seal.data_end, True
                 else:
                     state.active_end = end
-                if end < size:
+                cut = end < size
+                if cut:
                     # Read what the bad frame is before the cut removes it.
                     corruption |= res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
                     # Rule 1: cut the tail on disk and make the cut durable before appending.
                     h.truncate(end)
                     truncated += size - end
-                    meter.event(CorruptionTruncated(sid, end, size - end, res.reason or res.stop.value))
+                    reason = res.reason or res.stop.value
+                    lost = records_lost_below_mark(mark, sid, end)      # Rule 7
+                    corruption |= lost is not None
+                    meter.event(CorruptionTruncated(sid, end, size - end, f"{reason}; {lost}" if lost else reason))
             h.sync()                    # Rule 6 (and Rule 1's cut): durable before anything is appended
         finally:
             h.close()
         state.total_records = total + state.active_records
+        if not cut:                     # (a cut reported it above) Rule 7: ending below the mark
+            lost = records_lost_below_mark(mark, sid, state.active_end)
+            if lost is not None:
+                corruption = True
+                meter.event(CorruptionTruncated(sid, state.active_end, 0, lost))
+    lost = segments_lost_past_mark(mark, ids[-1] if ids else None)     # Rule 7; a hot copy can look so too
+    if lost is not None and mark is not None:
+        corruption = True
+        meter.event(CorruptionTruncated(mark.segment_id, mark.offset, 0, lost))
     if ids or dir_dirty:
         layer.sync_dir(directory)       # Rule 6: the predecessor's renames and unlinks, and ours
     info = RecoveryInfo(state.total_records, scanned, truncated, corruption,

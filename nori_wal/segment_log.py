@@ -27,7 +27,7 @@ from .config import WalConfig
 from .durable_mark import MarkPublisher
 from .errors import RecordTooLargeError, WalClosedError, WalError, WalIOError
 from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer
-from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted
+from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted, guard_meter
 from .position import Position
 from .record import BytesLike
 from .recovery import RecoveryInfo, recover
@@ -103,8 +103,12 @@ class SegmentLog:
 
     @classmethod
     def open(cls, config: WalConfig, layer: FileLayer = OS, meter: Meter = NOOP) -> tuple["SegmentLog", RecoveryInfo]:
-        """Lock ``config.dir`` (creating it), recover it, and get ready to append."""
+        """Lock ``config.dir`` (creating it), recover it, and get ready to append.
+
+        ``meter`` is guarded: one that raises is dropped, never raised into the log (``observe``).
+        """
         directory = os.fspath(config.dir)
+        meter = guard_meter(meter)
         try:
             make_dirs_durable(layer, directory)
             lock = layer.lock_dir(directory)
@@ -417,28 +421,32 @@ class SegmentLog:
         self.check_usable()
         t0 = time.perf_counter()
         victims = [s for s in self.segment_ids[:-1] if s < position.segment_id]
-        for sid in victims:
-            try:
-                self.layer.unlink(os.path.join(self.dir, segment_name(sid)))
-            except FileNotFoundError:
-                pass                # removed by hand: gone as GC wanted
-            except OSError as exc:
-                raise WalIOError(f"deleting segment {sid} (GC before {position}) failed: "
-                                 f"{exc.strerror or exc}") from exc
-            self.segment_ids.remove(sid)
-            try:
-                self.layer.sync_dir(self.dir)
-            except OSError as exc:
-                raise self._fail(f"fsync of {self.dir} after deleting segment {sid} failed", exc) from exc
-        ms = (time.perf_counter() - t0) * 1e3
-        self.meter.counter("wal_segments_deleted_total", len(victims))
-        self.meter.histogram("wal_gc_latency_ms", ms)
-        self.meter.gauge("wal_segment_count", len(self.segment_ids))
-        self.meter.event(SegmentsDeleted(len(victims), position.segment_id, ms))
-        _log.log(logging.INFO if victims else logging.DEBUG,
-                 "GC deleted %d segments before %s in %.1f ms; %d remain in %s",
-                 len(victims), position, ms, len(self.segment_ids), self.dir)
-        return len(victims)
+        deleted = 0
+        try:
+            for sid in victims:
+                try:
+                    self.layer.unlink(os.path.join(self.dir, segment_name(sid)))
+                except FileNotFoundError:
+                    pass                # removed by hand: gone as GC wanted
+                except OSError as exc:
+                    raise WalIOError(f"deleting segment {sid} (GC before {position}) failed: "
+                                     f"{exc.strerror or exc}") from exc
+                self.segment_ids.remove(sid)
+                deleted += 1
+                try:
+                    self.layer.sync_dir(self.dir)
+                except OSError as exc:
+                    raise self._fail(f"fsync of {self.dir} after deleting segment {sid} failed", exc) from exc
+        finally:                        # also after a failure part way: report the segments that are gone
+            ms = (time.perf_counter() - t0) * 1e3
+            self.meter.counter("wal_segments_deleted_total", deleted)
+            self.meter.histogram("wal_gc_latency_ms", ms)
+            self.meter.gauge("wal_segment_count", len(self.segment_ids))
+            self.meter.event(SegmentsDeleted(deleted, position.segment_id, ms))
+            _log.log(logging.INFO if deleted else logging.DEBUG,
+                     "GC deleted %d segments before %s in %.1f ms; %d remain in %s",
+                     deleted, position, ms, len(self.segment_ids), self.dir)
+        return deleted
 
     # -- closing ---------------------------------------------------------------------------
 

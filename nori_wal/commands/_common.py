@@ -43,6 +43,17 @@ def parse_position(text: str) -> Position:
         fail(str(exc))
 
 
+def count_arg(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (a negative count or size is bad usage, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def check_dir(path: str) -> str:
     """The path of an existing directory, or fail with exit 2."""
     if not os.path.exists(path):

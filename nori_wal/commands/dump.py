@@ -28,7 +28,7 @@ from ..inspect_log import NotAWalDirectory, check_start, list_segments
 from ..position import Position
 from ..reader import open_reader
 from ..record import Record
-from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, check_dir, fail, guarded, parse_position
+from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, check_dir, count_arg, fail, guarded, parse_position
 
 _MS = timedelta(milliseconds=1)
 
@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only records the writer has fsynced (read up to the durable mark it publishes)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line; key and value in base64")
-    parser.add_argument("-n", "--limit", type=int, metavar="N", default=None, help="stop after N records")
-    parser.add_argument("--max-bytes", type=int, metavar="N", default=64,
+    parser.add_argument("-n", "--limit", type=count_arg, metavar="N", default=None, help="stop after N records")
+    parser.add_argument("--max-bytes", type=count_arg, metavar="N", default=64,
                         help="plain output: show at most N bytes of each key and value (0: all; default 64)")
 
 

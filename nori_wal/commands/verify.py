@@ -2,9 +2,10 @@
 
 Never modifies a file and needs no lock (safe beside a running writer). Judges
 damage as recovery would (see ``nori_wal.inspect_log``): damage inside a sealed
-segment, or garbage in the last one, is corruption; a torn or zero-filled tail of
-the last segment is what a crash legally leaves (a warning). A progress bar goes
-to stderr when it is a terminal (or with ``--progress``).
+segment (a cleanly closed last one included), garbage in the last one, or a
+stop below the writer's durable mark is corruption; a torn or zero-filled tail
+of the last segment past that mark is what a crash legally leaves (a warning).
+A progress bar goes to stderr when it is a terminal (or with ``--progress``).
 
 Exit codes: 0 no corruption (warnings allowed; ``--strict`` makes them fail);
 1 corruption, each problem printed as ``segment N offset X: ...``; 2 a wrong path

@@ -56,7 +56,7 @@ from ..commit import GroupCommit, overlap_fsync
 from ..config import WalConfig
 from ..errors import ProtocolError, RecordTooLargeError, WalError, WalIOError, WalLockedError
 from ..fs import OS, FileLayer
-from ..observe import NOOP, Meter
+from ..observe import NOOP, Meter, guard_meter
 from ..position import Position
 from ..record import BytesLike
 from ..recovery import RecoveryInfo
@@ -690,6 +690,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     The lock comes first, so a second writer never touches the live writer's socket.
     """
     config = spec.config
+    meter = guard_meter(meter)      # the server's own reports too: a meter never raises into the log
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     endpoint = spec.endpoint or default_endpoint(seglog.dir)
     try:

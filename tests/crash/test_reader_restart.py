@@ -95,3 +95,62 @@ def test_a_record_read_while_it_lands_over_zeros_is_read_again_not_called_corrup
         with WalReader(str(tmp_path), layer=layer) as reader:
             got = [reader.next_record() for _ in recs]
     assert layer.landed and got == list(zip(recs, positions))
+
+
+class _SealLandsLayer:
+    """The real files, except that until a read of the seal, the bytes from ``start`` on read as zeros.
+
+    A reader can stop at a frame a live writer is still copying, and then find the seal the
+    writer appended once those records were written and fsynced: the records landed first.
+    """
+
+    def __init__(self, inner, start):
+        self._inner, self.start, self.landed = inner, start, False
+
+    def open_read(self, path):
+        return _SealLandsFile(self._inner.open_read(path), self)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _SealLandsFile:
+    def __init__(self, inner, layer):
+        self._inner, self._layer = inner, layer
+
+    def pread(self, size, offset):
+        from nori_wal.codec import SEAL_FRAME_SIZE
+        if offset == self._inner.size() - SEAL_FRAME_SIZE:
+            self._layer.landed = True               # the reader looks for a seal: it is there, and all before it
+        data = self._inner.pread(size, offset)
+        cut = self._layer.start - offset
+        if not self._layer.landed and cut < len(data):
+            data = data[:max(cut, 0)] + bytes(len(data) - max(cut, 0))
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_a_seal_seen_after_a_stop_mid_write_means_read_again_not_corrupt(tmp_path):
+    from nori_wal.fs import OS
+    cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
+    recs = [rec(i) for i in range(3)]
+    with Wal.open(cfg)[0] as wal:
+        positions = [wal.append(r) for r in recs]
+    layer = _SealLandsLayer(OS, positions[1].offset + 10)
+    with WalReader(str(tmp_path), layer=layer) as reader:
+        got = list(reader)
+    assert layer.landed and got == list(zip(recs, positions))
+
+
+def test_verify_reads_a_last_segment_again_once_it_finds_it_sealed(tmp_path):
+    """verify's scan stopped at a frame still being copied; the seal it then finds vouches for it."""
+    from nori_wal.fs import OS
+    from nori_wal.inspect_log import inspect_log
+    cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
+    with Wal.open(cfg)[0] as wal:
+        positions = [wal.append(rec(i)) for i in range(3)]
+    layer = _SealLandsLayer(OS, positions[1].offset + 10)
+    report = inspect_log(str(tmp_path), layer=layer)
+    assert layer.landed and report.problems == [] and report.records == 3 and report.segments[0].sealed

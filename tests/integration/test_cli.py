@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from nori_wal import Compression, FsyncPolicy, Position, Record, Wal, WalConfig
-from nori_wal.codec import COMPRESSION_SHIFT, FLAG_TTL, compress_value, encode_record
+from nori_wal.codec import COMPRESSION_SHIFT, FLAG_TTL, SEAL_FRAME_SIZE, compress_value, encode_record
 from nori_wal.segment import segment_name
 
 SEGMENT = 4096   # small segments, so a few hundred records span several
@@ -145,6 +145,13 @@ def test_dump_rejects_bad_positions_and_paths(log, tmp_path):
     proc = cli("dump", tmp_path / "empty")
     assert proc.returncode == 2
     one_line_error(proc, "no segments")
+
+
+def test_dump_rejects_negative_counts(log):
+    d, _recs, _pos = log
+    for args in (("-n", "-1"), ("--max-bytes", "-5")):
+        proc = cli("dump", d, *args)
+        assert proc.returncode == 2 and proc.stdout == "" and "must be 0 or more" in proc.stderr, args
 
 
 WRITER = textwrap.dedent("""
@@ -304,6 +311,65 @@ def test_verify_wrong_path_and_empty_dir(tmp_path):
     proc = cli("verify", tmp_path)
     assert proc.returncode == 2
     one_line_error(proc, "no segments")
+
+
+def one_sealed_segment(d, n=20):
+    """A cleanly closed log of one segment, ending with its seal (the durable mark at its records' end)."""
+    with Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))[0] as wal:
+        return [wal.append(Record.put(b"k%02d" % i, b"v" * 200)) for i in range(n)]
+
+
+def stretch_value_len(path, at):
+    """One bit of the record at ``at``'s value_len flipped: 200 becomes 8392, past the end of the file."""
+    data = bytearray(path.read_bytes())
+    data[at + 6] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_damage_inside_a_sealed_last_segment_fails_verify_dump_and_stats(tmp_path):
+    """Not a torn tail: the seal after it vouches for records there (the reader raises, see test_recovery)."""
+    d = tmp_path / "wal"
+    pos = one_sealed_segment(d)
+    stretch_value_len(d / segment_name(0), pos[5].offset)
+    where = f"segment 0 offset {pos[5].offset}"
+    proc = cli("verify", d)
+    assert proc.returncode == 1 and f"corrupt: {where}: " in proc.stdout and "sealed segment" in proc.stdout
+    proc = cli("dump", d)
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 5
+    one_line_error(proc, where)
+    assert cli("stats", d).returncode == 1
+
+
+def test_verify_fails_on_a_tail_below_the_durable_mark(tmp_path):
+    """The writer died (no seal) after making 20 records durable: a stop before their end cuts them."""
+    d = tmp_path / "wal"
+    pos = one_sealed_segment(d)
+    path = d / segment_name(0)
+    path.write_bytes(path.read_bytes()[:-SEAL_FRAME_SIZE])
+    stretch_value_len(path, pos[5].offset)
+    proc = cli("verify", d)
+    assert proc.returncode == 1 and "records the writer had made durable" in proc.stdout
+    one_line_error(proc, f"segment 0 offset {pos[5].offset}")
+
+
+def test_verify_warns_on_zeros_then_data_past_the_durable_mark(tmp_path):
+    """A power loss kept a later page of an unacknowledged write over preallocated zeros: recovery cuts it."""
+    d = tmp_path / "wal"
+    one_sealed_segment(d)
+    path = d / segment_name(0)
+    acked = path.read_bytes()[:-SEAL_FRAME_SIZE]
+    group = b"".join(encode_record(Record.put(b"g%02d" % i, b"w" * 200)) for i in range(40))
+    path.write_bytes(acked + bytes(4096) + group[4096:8192] + bytes(8192))
+    proc = cli("verify", d)
+    assert proc.returncode == 0 and "warning: segment 0" in proc.stdout and "followed by data" in proc.stdout
+
+
+def test_verify_fails_when_the_durable_mark_names_a_segment_that_is_gone(log):
+    d, _recs, pos = log
+    (d / segment_name(pos[-1].segment_id)).unlink()
+    proc = cli("verify", d)
+    assert proc.returncode == 1 and "are gone" in proc.stdout
+    one_line_error(proc, f"segment {pos[-1].segment_id}")
 
 
 # -- stats --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """/metrics over real HTTP: known work on a real log, scraped and parsed as Prometheus would."""
 
+import logging
 import os
 import queue
 import re
@@ -156,3 +157,67 @@ def test_without_prometheus_client_the_import_error_says_what_to_install():
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "pip install 'nori-wal[prometheus]'" in out.stdout
+
+
+# -- a meter never raises into the log ------------------------------------------------------------
+
+class _BrokenMeter:
+    """A user's meter with a bug: every call raises."""
+
+    def counter(self, name, value=1.0):
+        raise RuntimeError("broken counter")
+
+    def histogram(self, name, value):
+        raise RuntimeError("broken histogram")
+
+    def gauge(self, name, value):
+        raise RuntimeError("broken gauge")
+
+    def event(self, event):
+        raise RuntimeError("broken event")
+
+
+def test_a_meter_that_raises_never_fails_an_append_after_its_write(tmp_path, caplog):
+    """The record is written before the log reports it: an exception then would make a caller
+    retry an append that is already in the log (a duplicate)."""
+    from nori_wal import open_reader
+    config = WalConfig(dir=tmp_path, max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    with caplog.at_level(logging.WARNING, logger="nori_wal.observe"):
+        wal, _ = Wal.open_with_meter(config, _BrokenMeter())
+        with wal:
+            positions = [wal.append(Record.put(b"k%d" % i, b"v" * 500)) for i in range(20)]   # rolls too
+            wal.delete_segments_before(positions[-1])
+    assert positions[-1].segment_id >= 2
+    with open_reader(tmp_path) as r:
+        assert [p for _, p in r] == [p for p in positions if p.segment_id == positions[-1].segment_id]
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("counter wal_records_total" in m for m in warned)
+    assert len(warned) == len(set(warned))                 # one warning per metric, not one per call
+
+
+def test_a_prometheus_meter_with_a_reserved_label_is_refused_when_made():
+    for name in ("type", "le", "bad-name", "__x"):
+        with pytest.raises(ValueError, match=repr(name)):
+            PrometheusMeter(labels={name: "orders"})
+
+
+def test_gc_that_fails_part_way_reports_the_segments_it_did_delete(tmp_path):
+    import errno
+
+    from nori_wal import WalIOError
+    from nori_wal.observe import SegmentsDeleted
+    from nori_wal.testing.faultyos import FaultyOsLayer
+    layer, meter = FaultyOsLayer(), RecordingMeter()
+    wal, _ = Wal.open_with_meter(WalConfig(dir=tmp_path, max_segment_size=4096), meter, layer=layer)
+    with wal:
+        for i in range(300):
+            wal.append(Record.put(b"k%d" % i, b"v" * 100))
+        before = len(segment_ids(os.listdir(tmp_path)))
+        layer.inject("unlink", errno.EACCES, nth=3, path=".wal")
+        with pytest.raises(WalIOError):
+            wal.delete_segments_before(wal.current_position())
+        remaining = len(segment_ids(os.listdir(tmp_path)))
+        assert before - remaining == 2
+        assert meter.count("wal_segments_deleted_total") == 2
+        assert [e.count for e in meter.events_of(SegmentsDeleted)] == [2]
+        assert meter.gauges["wal_segment_count"] == remaining

@@ -248,3 +248,132 @@ def test_an_open_that_refuses_removes_nothing(tmp_path):
     with pytest.raises(CorruptionError, match="segment 1 is missing"):
         Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
     assert {n: os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)} == before
+
+
+# -- damage in a sealed last segment; the durable mark ----------------------------------------------
+
+def sealed_log(d, n=20):
+    """A cleanly closed log of one segment (it ends with its seal): (records, positions, path)."""
+    recs = [Record.put(b"k%02d" % i, b"v" * 200) for i in range(n)]
+    with Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))[0] as wal:
+        pos = [wal.append(r) for r in recs]
+    return recs, pos, os.path.join(d, segment_name(0))
+
+
+def stretch_value_len(at):
+    """One bit of a record's 2-byte value_len flipped: 200 becomes 8392, its end past the end of the file."""
+    def damage(path):
+        with open(path, "r+b") as f:
+            f.seek(at + 6)
+            b = f.read(1)[0]
+            f.seek(at + 6)
+            f.write(bytes([b ^ 0x40]))
+    return damage
+
+
+def zero_records(start, end):
+    def damage(path):
+        with open(path, "r+b") as f:
+            f.seek(start)
+            f.write(bytes(end - start))
+    return damage
+
+
+@pytest.mark.parametrize("kind", ["value_len", "zeroed"])
+@pytest.mark.parametrize("durable_only", [False, True])
+def test_damage_inside_a_sealed_last_segment_raises_it_is_not_the_end(tmp_path, kind, durable_only):
+    """A clean close sealed the last segment: bytes that are not records before its seal are damage."""
+    d = str(tmp_path)
+    recs, pos, path = sealed_log(d)
+    {"value_len": stretch_value_len(pos[5].offset), "zeroed": zero_records(pos[5].offset, pos[7].offset)}[kind](path)
+    with open_reader(d, durable_only=durable_only) as r, pytest.raises(CorruptionError) as err:
+        for _ in r:
+            pass
+    assert (err.value.segment_id, err.value.offset) == (0, pos[5].offset)
+    assert "segment 0 offset %d:" % pos[5].offset in str(err.value) and "sealed segment" in str(err.value)
+
+
+def unsealed_log(d, n=20):
+    """A log whose writer made ``n`` records durable and died (no seal; the durable mark at their end)."""
+    recs, pos, path = sealed_log(d, n)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - SEAL_FRAME_SIZE)
+    return recs, pos, path
+
+
+@pytest.mark.parametrize("damage", ["value_len", "flip", "zeroed"])
+def test_a_cut_below_the_durable_mark_is_corruption(tmp_path, damage):
+    """The cut removes records the previous writer had made durable: not a crash's tail (recovery rule 7)."""
+    from nori_wal.observe import CorruptionTruncated, RecordingMeter
+    d = str(tmp_path)
+    recs, pos, path = unsealed_log(d)
+    end = os.path.getsize(path)
+    {"value_len": stretch_value_len(pos[5].offset), "flip": flip_byte(pos[5].offset + 9),
+     "zeroed": zero_records(pos[5].offset, pos[7].offset)}[damage](path)
+    meter = RecordingMeter()
+    wal, info = Wal.open_with_meter(WalConfig(dir=d), meter)            # never raises: it cuts, and says so
+    wal.close()
+    assert info.corruption_detected and info.valid_records == 5
+    (event,) = meter.events_of(CorruptionTruncated)
+    assert event.offset == pos[5].offset and f"durable mark is 0:{end}" in event.reason
+    assert read_all(d) == recs[:5]
+
+
+def test_a_tail_past_the_durable_mark_is_a_crash_not_corruption(tmp_path):
+    """Pages of an unacknowledged write that reached the disk out of order, past zeros: a legal tail."""
+    d = str(tmp_path)
+    recs, pos, path = unsealed_log(d)
+    end = os.path.getsize(path)
+    group = b"".join(_frame(Record.put(b"g%02d" % i, b"w" * 200)) for i in range(40))
+    with open(path, "r+b") as f:
+        f.seek(end + 4096)                               # its first page lost (zeros), the next one kept
+        f.write(group[4096:8192])
+    wal, info = Wal.open(WalConfig(dir=d))
+    wal.close()
+    assert not info.corruption_detected and info.bytes_truncated == 8192 and read_all(d) == recs
+
+
+def test_a_log_ending_below_the_durable_mark_is_corruption(tmp_path):
+    d = str(tmp_path)
+    recs, pos, path = unsealed_log(d)
+    truncate_to(pos[15].offset)(path)                    # whole records, but fewer than were durable
+    wal, info = Wal.open(WalConfig(dir=d))
+    wal.close()
+    assert info.corruption_detected and info.bytes_truncated == 0 and info.valid_records == 15
+
+
+def test_a_durable_mark_past_the_last_segment_is_reported_not_refused(tmp_path):
+    """Segments holding durable records are gone (or a hot copy took the segments before the mark)."""
+    from nori_wal.observe import CorruptionTruncated, RecordingMeter
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=300, seg=16 * 1024)
+    last = pos[-1].segment_id
+    os.unlink(path)
+    meter = RecordingMeter()
+    wal, info = Wal.open_with_meter(WalConfig(dir=d, max_segment_size=16 * 1024), meter)
+    wal.close()
+    assert info.corruption_detected
+    assert [(e.segment, e.bytes) for e in meter.events_of(CorruptionTruncated)] == [(last, 0)]
+    assert "are gone" in meter.events_of(CorruptionTruncated)[0].reason
+    assert read_all(d) == [r for r, p in zip(recs, pos) if p.segment_id < last]
+
+
+def test_a_zeroed_last_header_with_records_behind_it_is_corruption(tmp_path):
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=300, seg=16 * 1024)
+    os.unlink(os.path.join(d, "DURABLE"))                # (the mark alone would tell: see above)
+    zero_records(0, HEADER_SIZE)(path)
+    wal, info = Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
+    wal.close()
+    assert info.corruption_detected
+
+
+def test_a_zero_filled_last_segment_is_not_corruption(tmp_path):
+    """All zeros, header included (no record behind it): nothing acknowledged was there."""
+    d = str(tmp_path)
+    recs, pos, path = make_log(d, n=300, seg=16 * 1024)
+    os.unlink(os.path.join(d, "DURABLE"))
+    zero_records(0, os.path.getsize(path))(path)
+    wal, info = Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
+    wal.close()
+    assert not info.corruption_detected and info.bytes_truncated > 0

@@ -18,6 +18,7 @@ from nori_wal import (
     Wal,
     WalClosedError,
     WalConfig,
+    WalIOError,
     WalLockedError,
     codec,
     open_reader,
@@ -201,6 +202,38 @@ def test_gc_deletes_old_segments_never_the_active_one_and_an_open_reader_survive
     assert [r for r, _ in open_reader(tmp_path, Position(1, 500))] == tail
     assert wal.delete_segments_before(Position(last_seg, 0)) == 0
     wal.close()
+
+
+def test_closing_a_following_reader_from_another_thread_ends_its_iteration_quietly(tmp_path):
+    """close() is how another thread stops a follower: it ends at its next step, it does not raise."""
+    with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
+        first = wal.append(Record.put(b"a", b"b"))
+        reader = open_reader(tmp_path, follow=True)
+        got, outcome, started = [], [], threading.Event()
+
+        def consume():
+            try:
+                for _, pos in reader:
+                    got.append(pos)
+                    started.set()
+                outcome.append("ended")
+            except Exception as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=consume, daemon=True)
+        t.start()
+        assert started.wait(30)
+        reader.close()
+        t.join(30)
+        assert not t.is_alive() and outcome == ["ended"] and got == [first]
+        with pytest.raises(WalClosedError):
+            reader.next_record()
+
+
+def test_open_reader_on_a_missing_directory_raises_a_wal_error(tmp_path):
+    with pytest.raises(WalIOError) as err:
+        open_reader(tmp_path / "missing")
+    assert "missing" in str(err.value) and isinstance(err.value.__cause__, FileNotFoundError)
 
 
 def test_second_opener_gets_locked_error_at_once_also_in_the_same_process(tmp_path):
