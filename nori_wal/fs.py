@@ -12,6 +12,7 @@ import errno
 import fcntl
 import mmap
 import os
+import weakref
 from typing import Any, Iterator, Protocol
 
 from .errors import WalLockedError
@@ -164,15 +165,43 @@ class OsFile:
 
 
 class OsDirLock:
-    """An exclusive flock on DIR/LOCK, held while the file stays open."""
+    """An exclusive flock on DIR/LOCK, held while the file stays open.
+
+    A flock belongs to the open file description, which a forked child shares:
+    ``release`` unlocks explicitly (closing our descriptor would leave the lock to
+    a child that still has its copy), and a forked child closes its copy at once
+    (``_disown_in_child``), so a writer killed while its children live does not
+    leave its directory locked.
+    """
 
     def __init__(self, fd: int):
         self._fd = fd
+        _LOCKS.add(self)
 
     def release(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)          # closing the descriptor drops the flock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copy of the descriptor, leaving the lock to its owner."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+_LOCKS: weakref.WeakSet[OsDirLock] = weakref.WeakSet()
+
+
+def _disown_in_child() -> None:
+    for lock in list(_LOCKS):
+        lock.forget()
+
+
+os.register_at_fork(after_in_child=_disown_in_child)
 
 
 LOCK_FILE = "LOCK"

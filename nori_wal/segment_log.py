@@ -11,7 +11,17 @@ releases the GIL). A roll waits for an fsync in flight on the old file.
 Fail-stop: after a failed write or fsync every later call raises the same
 WalIOError (original OSError as ``__cause__``) until the log is reopened and
 recovered. After a failed fsync Linux may drop the dirty pages, so a retry
-could "succeed" without the data (PostgreSQL fsyncgate, 2018).
+could "succeed" without the data (PostgreSQL fsyncgate, 2018). So does a
+write interrupted between the bytes and their bookkeeping (a KeyboardInterrupt):
+where the file ends is no longer known.
+
+Fork: a forked child (a ``multiprocessing`` fork pool) inherits the open log
+but is not its writer: two processes appending at their own copies of ``end``
+would overwrite each other's records. In the child the log is closed at once
+(an at-fork hook drops its copies of the descriptors and of the directory
+lock, touching nothing of the parent's); every call there raises
+WalClosedError saying so. Share a log between processes through the writer
+process, or open it in the child.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Sequence
 
 from .codec import FORMAT_MAX_FRAME, SEAL_FRAME_SIZE, encode_seal
@@ -38,6 +49,7 @@ PREALLOC_BYTES = 2 * 1024 * 1024   # durable zeros kept ahead of the write point
 PREALLOC_MAX_WRITE = 32 * 1024     # ... for small writes only: large groups would write every byte twice
 WRITEBACK_BYTES = 8 * 1024 * 1024  # Os: ask the kernel to start writing back after this many bytes
 _log = logging.getLogger(__name__)
+_OPEN_LOGS: weakref.WeakSet[SegmentLog] = weakref.WeakSet()
 
 
 def make_dirs_durable(layer: FileLayer, directory: str) -> None:
@@ -98,6 +110,8 @@ class SegmentLog:
         self._mark: MarkPublisher | None = None   # publishes ``durable`` for readers (real files only)
         self._next_id = 0
         self._failed: WalError | None = None
+        self._pid = os.getpid()
+        _OPEN_LOGS.add(self)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -238,6 +252,7 @@ class SegmentLog:
             self._preallocate(new_end)
         try:
             self._active.append(data)
+            self.end = new_end
         except OSError as exc:
             # Cut back whatever part of the group reached the file, then stop for good.
             try:
@@ -246,7 +261,13 @@ class SegmentLog:
                 pass
             raise self._fail(
                 f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc) from exc
-        self.end = new_end
+        except BaseException as exc:
+            # An asynchronous exception (KeyboardInterrupt) between the write and ``end``: the file
+            # may end past ``end``, so the next record's Position would not be where its bytes go.
+            self._failed = WalIOError(f"a write to segment {self.active_id} at offset {self.end} was interrupted "
+                                      f"({type(exc).__name__}); the log stopped acknowledging (fail-stop) and "
+                                      f"recovers when reopened")
+            raise
         self.writes += 1
         if new_end - self._written_back >= WRITEBACK_BYTES and self.config.fsync_policy.kind == "os":
             self._start_writeback(new_end)
@@ -458,6 +479,31 @@ class SegmentLog:
     def failed(self) -> WalError | None:
         return self._failed
 
+    def _disown(self) -> None:
+        """In a forked child: close this process's copies of the parent's descriptors (module docstring)."""
+        self._io_lock = threading.Lock()        # the parent's may have been held by another thread
+        if self._lock is None:
+            return
+        self._failed = WalClosedError(
+            f"the log in {self.dir} was opened by process {self._pid}, and this process is a fork of it: a "
+            f"forked child cannot append to it (two writers would overwrite each other's records). Share the "
+            f"log through a writer process (nori_wal.writer_proc), or open it in the child once the parent "
+            f"has closed it")
+        for handle in (self._active,):
+            if handle is not None:
+                try:
+                    handle.close()
+                except OSError:
+                    pass
+        self._active = None
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
+        lock, self._lock = self._lock, None
+        forget = getattr(lock, "forget", None)
+        if forget is not None:
+            forget()
+
     def close(self) -> None:
         """Seal and fsync the active segment (a clean close), release the lock. Idempotent."""
         if self._lock is None:
@@ -477,3 +523,11 @@ class SegmentLog:
                     self._mark = None
             lock, self._lock = self._lock, None
             lock.release()
+
+
+def _disown_in_child() -> None:
+    for log in list(_OPEN_LOGS):
+        log._disown()
+
+
+os.register_at_fork(after_in_child=_disown_in_child)

@@ -4,12 +4,19 @@ Appends from many threads share fsyncs (group commit, as okaywal does it):
 a thread whose bytes are already synced returns; one whose bytes are not
 waits for the fsync in flight or becomes the syncer itself, and syncs outside
 the write lock so other threads keep writing meanwhile.
+
+A forked child cannot use its parent's Wal (``segment_log``: every call there
+raises WalClosedError); its locks are renewed in the child so that such a call,
+or ``close``, never blocks on a lock a parent thread held at the fork.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
+import weakref
 from typing import Iterable, Sequence
 
 from .codec import encode_record
@@ -33,10 +40,15 @@ class Wal:
         self._meter = meter
         self.config = log.config
         self._policy = log.config.fsync_policy
+        self._last_fsync = float("-inf")
+        self._new_locks()
+        _OPEN_WALS.add(self)
+
+    def _new_locks(self) -> None:
+        """Fresh locks (at open, and in a forked child: the parent's may be held by its other threads)."""
         self._write_lock = threading.Lock()
         self._sync_cond = threading.Condition(threading.Lock())
         self._syncing = False
-        self._last_fsync = float("-inf")
 
     @classmethod
     def open(cls, config: WalConfig, *, layer: FileLayer = OS) -> tuple["Wal", RecoveryInfo]:
@@ -65,13 +77,27 @@ class Wal:
         return pos
 
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
-        """Append records in order with one write (per segment touched) and one shared fsync."""
+        """Append records in order with one write and one shared fsync.
+
+        A batch that fits in one segment is one unit, written with one write
+        after any roll it needs: a failed roll or write leaves none of it. A
+        batch larger than a segment is written across segments; if it fails
+        part way, the records before the failure may be in the log. (As for any
+        write not yet acknowledged, a crash may leave a prefix of a batch.)
+        """
         frames = [encode_record(r) for r in records]
-        if not frames:
-            return []
         with self._write_lock:
-            positions = self._log.append_frames(frames)
-            end = self._log.position
+            log = self._log
+            if len(frames) > 1 and sum(map(len, frames)) <= log.max_frame:
+                seg, first = log.append_frames((b"".join(frames),), (len(frames),))[0]
+                offsets = itertools.accumulate(map(len, frames[:-1]), initial=first)
+                positions = [Position(seg, off) for off in offsets]
+            elif frames:
+                positions = log.append_frames(frames)
+            else:
+                log.check_usable()
+                return []
+            end = log.position
         self._await_durable(end)
         return positions
 
@@ -168,3 +194,14 @@ class Wal:
         except WalError:
             if exc[0] is None:
                 raise
+
+
+_OPEN_WALS: weakref.WeakSet[Wal] = weakref.WeakSet()
+
+
+def _renew_locks_in_child() -> None:
+    for wal in list(_OPEN_WALS):
+        wal._new_locks()
+
+
+os.register_at_fork(after_in_child=_renew_locks_in_child)

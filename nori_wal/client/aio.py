@@ -247,8 +247,8 @@ class AsyncWalClient(ClientBase):
     async def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order; their Positions once acknowledged (one request per 16 MiB).
 
-        A batch of up to 16 MiB of frames is one request, written all or
-        nothing. A larger batch is split into several requests, which are NOT
+        A batch of up to 16 MiB of frames is one request, acknowledged or
+        refused whole (a crash before the ack may leave a prefix). A larger batch is split into several requests, which are NOT
         one unit: if one fails, those before it were already written (and later
         ones may be); the error raised then (the class of the failing request's
         error) says so and how many records -- the first k of the batch -- were

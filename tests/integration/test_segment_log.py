@@ -116,3 +116,49 @@ def test_an_unreadable_parent_is_skipped_unless_the_open_created_a_directory_in_
     fs.inject("sync_dir", errno.EACCES)
     with pytest.raises(WalIOError, match="entry of /srv/new durable failed .fsync of /srv.: Permission denied"):
         Wal.open(WalConfig(dir="/srv/new"), layer=fs)
+
+
+def test_an_interrupt_between_a_write_and_its_bookkeeping_stops_the_log_instead_of_misplacing_records():
+    """A KeyboardInterrupt (SIGINT in the appending thread) can land after the bytes were written but
+    before the log moved its end: the next record's Position would not be where its bytes go."""
+    fs = FaultFS()
+    cfg = WalConfig(dir="/w", fsync_policy=FsyncPolicy.always())
+    wal, _ = Wal.open(cfg, layer=fs)
+    wal.append(Record.put(b"a", b"1"))
+    fired: list[int] = []
+
+    def interrupt_once(_layer, call):          # stands in for a signal handler right after the write
+        if call.op == "append" and not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+
+    fs.observe(interrupt_once)
+    with pytest.raises(KeyboardInterrupt):
+        wal.append(Record.put(b"b", b"2"))
+    with pytest.raises(WalIOError, match="interrupted"):
+        wal.append(Record.put(b"c", b"3"))
+    wal.close()
+    with Wal.open(cfg, layer=fs)[0] as again, again.read_from(Position(0, 0)) as reader:
+        keys = [r.key for r, _ in reader]
+    assert keys[0] == b"a" and b"c" not in keys     # "b" was never acknowledged: it may or may not be there
+
+
+def test_a_batch_that_fits_in_a_segment_is_written_whole_or_not_at_all_across_a_roll():
+    """The batch does not fit in the rest of the active segment: the log rolls first, then writes it as
+    one unit; a roll that fails leaves none of it (a caller retrying it duplicates nothing)."""
+    fs = FaultFS()
+    cfg = WalConfig(dir="/w", max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    wal, _ = Wal.open(cfg, layer=fs)
+    wal.append_batch([Record.put(b"old%d" % i, b"x" * 300) for i in range(8)])     # most of segment 0
+    batch = [Record.put(b"new%d" % i, b"y" * 300) for i in range(10)]              # ~3.2 KB: fits in one
+    fs.inject("create", errno.EIO)
+    with pytest.raises(WalIOError):
+        wal.append_batch(batch)
+    wal.close()
+    with Wal.open(cfg, layer=fs)[0] as again:
+        with again.read_from(Position(0, 0)) as reader:
+            assert not [r for r, _ in reader if r.key.startswith(b"new")]
+        positions = again.append_batch(batch)                                       # and when it works
+        assert len({p.segment_id for p in positions}) == 1
+        with again.read_from(positions[0]) as reader:
+            assert [(r.key, p) for (r, p), _ in zip(reader, batch)] == [(r.key, p) for r, p in zip(batch, positions)]

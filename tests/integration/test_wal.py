@@ -337,3 +337,86 @@ def test_preallocated_zeros_speed_fsyncs_and_are_cut_by_recovery_and_seals(tmp_p
     finally:
         h.close()
     assert [r.key for r, _ in open_reader(tmp_path)][-1] == b"after"
+
+
+def _in_forked_child(body) -> int:
+    """Run ``body()`` in a forked child; its exit code (0: it returned True)."""
+    pid = os.fork()
+    if pid == 0:                                   # pragma: no cover - the child reports by exit code
+        code = 1
+        try:
+            code = 0 if body() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_a_forked_child_cannot_append_to_its_parents_wal_and_changes_nothing_of_it(tmp_path):
+    """Two processes appending at their own copies of the end would overwrite each other's records."""
+    cfg = WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always())
+    wal, _ = Wal.open(cfg)
+    first = wal.append(Record.put(b"a", b"parent"))
+
+    def child() -> bool:
+        try:
+            wal.append(Record.put(b"b", b"child"))
+            return False
+        except WalClosedError as exc:
+            wal.close()                           # closes nothing of the parent's: no seal, no unlock
+            return "fork" in str(exc)
+
+    assert _in_forked_child(child) == 0
+    second = wal.append(Record.put(b"c", b"parent"))
+    assert second > first
+    wal.close()
+    with open_reader(tmp_path) as reader:
+        assert [(r.key, p) for r, p in reader] == [(b"a", first), (b"c", second)]
+
+
+def test_closing_releases_the_directory_though_a_forked_child_still_runs(tmp_path):
+    cfg = WalConfig(dir=tmp_path)
+    wal, _ = Wal.open(cfg)
+    wal.append(Record.put(b"a", b"1"))
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # pragma: no cover - a child that outlives the close
+        os.close(go_write)
+        os.read(go_read, 1)
+        os._exit(0)
+    os.close(go_read)
+    try:
+        wal.close()
+        Wal.open(cfg)[0].close()                   # the child never held the lock: no WalLockedError
+    finally:
+        os.close(go_write)
+        os.waitpid(pid, 0)
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from nori_wal import Wal, WalConfig, Record
+wal, _ = Wal.open(WalConfig(dir=sys.argv[1]))
+wal.append(Record.put(b"a", b"1"))
+go = int(sys.argv[2])
+if os.fork() == 0:                  # a pool worker, say: it outlives its parent
+    os.read(go, 1)
+    os._exit(0)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writer_does_not_leave_its_directory_locked_by_its_children(tmp_path):
+    import subprocess
+    import sys
+    go_read, go_write = os.pipe()
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(go_read)],
+                          pass_fds=(go_read,), timeout=60)
+    os.close(go_read)
+    try:
+        assert proc.returncode == -9
+        wal, info = Wal.open(WalConfig(dir=tmp_path))      # while the orphaned child still runs
+        assert info.valid_records == 1
+        wal.close()
+    finally:
+        os.close(go_write)                                 # the child ends
