@@ -420,3 +420,11 @@ def test_a_killed_writer_does_not_leave_its_directory_locked_by_its_children(tmp
         wal.close()
     finally:
         os.close(go_write)                                 # the child ends
+
+
+def test_every_call_after_close_raises_even_an_empty_batch(tmp_path):
+    wal, _ = Wal.open(WalConfig(dir=tmp_path))
+    wal.close()
+    for call in (lambda: wal.append_batch([]), lambda: wal.append(Record.put(b"k", b"v")), wal.sync):
+        with pytest.raises(WalClosedError):
+            call()
