@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fsync in a flush thread while the next group is received (helps only with idle cores)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus /metrics on this port (needs prometheus-client)")
+    parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                        help="the address /metrics listens on (default 127.0.0.1; 0.0.0.0 for every interface)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         say(str(exc))
         return EXIT_USAGE
-    spec = WriterSpec(config=config, endpoint=args.endpoint, metrics_port=args.metrics_port, overlap=args.overlap)
+    spec = WriterSpec(config=config, endpoint=args.endpoint, metrics_port=args.metrics_port,
+                      metrics_addr=args.metrics_addr, overlap=args.overlap)
 
     def ready(server: WriterServer) -> None:
         print(server.endpoint, flush=True)

@@ -7,14 +7,24 @@ socket in ``$XDG_RUNTIME_DIR`` (or the temp dir) named after a hash of the
 directory's real path. A running writer also records its endpoint and pid in
 ``DIR/WRITER`` (JSON, replaced atomically), which is what ``for_dir`` reads
 first: it covers ``--endpoint tcp://...`` and ephemeral ports.
+
+An ipc:// path is claimed before it is bound (``claim_ipc``): an flock on
+``PATH.lock``, held for the writer's life. ZeroMQ's bind silently replaces
+whatever is at the path, so two writers (of two directories) starting at once
+on one explicit endpoint would otherwise both serve, and a client of one
+would be acknowledged into the other's log. A path that exists and is not a
+socket is never replaced.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 
@@ -125,3 +135,66 @@ def ipc_in_use(endpoint: str) -> bool:
         except OSError:             # refused: a socket file left by a dead process
             return False
     return True
+
+
+class EndpointBusy(Exception):
+    """The ipc:// path is another process's (or not a socket at all): the writer must not bind it."""
+
+
+class IpcClaim:
+    """A writer's exclusive hold on an ipc:// socket path, from before its bind to after its unlink."""
+
+    def __init__(self, path: str, fd: int):
+        self.path, self._fd = path, fd
+        self._inode: int | None = None
+
+    def bound(self) -> None:
+        """Remember the socket file the bind made (only that one is removed at the end)."""
+        try:
+            self._inode = os.stat(self.path).st_ino
+        except OSError:
+            self._inode = None
+
+    def release(self) -> None:
+        """Remove our socket file (if it is still ours), then let the path go. Idempotent."""
+        if self._fd < 0:
+            return
+        try:
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        fd, self._fd = self._fd, -1
+        os.close(fd)        # drops the flock (the .lock file stays: unlinking it would race a waiter)
+
+
+def claim_ipc(endpoint: str) -> IpcClaim | None:
+    """Claim an ``ipc://`` endpoint's path for this process (None for other transports).
+
+    Raises EndpointBusy when another writer holds the claim, a process listens
+    on the path, or the path is something other than a socket.
+    """
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise EndpointBusy(f"endpoint {endpoint} is claimed by another writer") from None
+            raise
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return IpcClaim(path, fd)
+        if not stat.S_ISSOCK(mode):
+            raise EndpointBusy(f"endpoint {endpoint}: {path} exists and is not a socket; refusing to replace it")
+        if ipc_in_use(endpoint):
+            raise EndpointBusy(f"endpoint {endpoint} is in use by another process")
+        return IpcClaim(path, fd)           # a socket file left by a dead process: ours to replace
+    except BaseException:
+        os.close(fd)
+        raise

@@ -67,7 +67,8 @@ class WriterProcess:
     @classmethod
     def spawn(cls, config: WalConfig, endpoint: str | None = None, *, timeout: float = SPAWN_TIMEOUT,
               layer: FileLayer | None = None, metrics_port: int | None = None,
-              log_level: str = "WARNING", overlap: bool = False) -> WriterProcess:
+              metrics_addr: str = "127.0.0.1", log_level: str = "WARNING",
+              overlap: bool = False) -> WriterProcess:
         """Start a writer for ``config.dir`` in a new process; returns once it serves.
 
         ``endpoint``: ``ipc://...`` or ``tcp://host:port`` (``tcp://127.0.0.1:*``
@@ -83,7 +84,7 @@ class WriterProcess:
         child is not serving within ``timeout`` seconds; WalError if it exits.
         """
         spec = WriterSpec(config=config, endpoint=endpoint, layer=layer, metrics_port=metrics_port,
-                          log_level=log_level, overlap=overlap)
+                          metrics_addr=metrics_addr, log_level=log_level, overlap=overlap)
         path = json.dumps([p for p in sys.path if isinstance(p, str)]).encode()
         blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         ready_r, ready_w = os.pipe()

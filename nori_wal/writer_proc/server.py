@@ -62,7 +62,7 @@ from ..record import BytesLike
 from ..recovery import RecoveryInfo
 from ..scan import one_plain_frame as _one_plain_frame
 from ..segment_log import SegmentLog
-from .endpoint import default_endpoint, ipc_in_use, remove_endpoint_file, write_endpoint_file
+from .endpoint import EndpointBusy, IpcClaim, claim_ipc, default_endpoint, remove_endpoint_file, write_endpoint_file
 
 log = logging.getLogger("nori_wal.writer")
 
@@ -70,7 +70,7 @@ EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4     # as in cli.py
 MAX_GROUP_BYTES = 64 * 1024 * 1024      # stop draining a group beyond this many payload bytes
 MAX_GROUP_MESSAGES = 4096               # ... or this many requests (bounds one pass's latency)
 REPLY_LINGER_MS = 2000                  # how long closing waits to deliver the last replies
-PEER_QUEUE_LIMIT = 100_000              # messages queued per peer, each way (ZeroMQ's high-water marks)
+PEER_QUEUE_LIMIT = 1024                 # messages queued per peer, each way (ZeroMQ's high-water marks)
 SHUTDOWN_DRAIN_S = 2.0                  # how long a graceful stop keeps taking queued requests
 
 
@@ -89,6 +89,7 @@ class WriterSpec:
     endpoint: str | None = None           # None: default_endpoint(config.dir)
     layer: FileLayer | None = None        # test seam: a picklable FileLayer (None: the OS)
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"       # where /metrics listens (0.0.0.0: every interface)
     log_level: str = "WARNING"
     overlap: bool = False                 # fsync in a flush thread while the next group is received (see commit)
 
@@ -270,6 +271,7 @@ class WriterServer:
             self.ctx.destroy(0)
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
         self.endpoint = self._bound_endpoint(endpoint)
+        self.ipc_claim: IpcClaim | None = None      # set by open_writer; released with the socket file
         self.stopping = False
         self.stop_reason = ""
         self._watcher: _Watcher | None = None
@@ -656,11 +658,8 @@ class WriterServer:
             log.warning("writer for %s: a helper thread did not stop; closing its socket anyway", self.log.dir)
             self.ctx.destroy(linger=REPLY_LINGER_MS)
         remove_endpoint_file(self.log.dir, os.getpid())
-        if self.endpoint.startswith("ipc://"):
-            try:
-                os.unlink(self.endpoint[len("ipc://"):])
-            except OSError:
-                pass
+        if self.ipc_claim is not None:
+            self.ipc_claim.release()       # removes the socket file if it is still ours
 
 
 def _internal_socket(ctx: zmq.Context[Any], routing_id: bytes, endpoint: str) -> zmq.Socket[Any]:
@@ -693,13 +692,21 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     meter = guard_meter(meter)      # the server's own reports too: a meter never raises into the log
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     endpoint = spec.endpoint or default_endpoint(seglog.dir)
+    claim: IpcClaim | None = None
     try:
-        if ipc_in_use(endpoint):    # another directory's live writer (or anything else): never take it over
-            raise FatalStop(f"endpoint {endpoint} is in use by another process", EXIT_USAGE)
-        if endpoint.startswith("ipc://"):
-            os.makedirs(os.path.dirname(endpoint[len("ipc://"):]) or ".", exist_ok=True)
+        try:                        # another directory's live writer (or anything else): never take it over
+            claim = claim_ipc(endpoint)
+        except EndpointBusy as exc:
+            raise FatalStop(str(exc), EXIT_USAGE) from None
+        except OSError as exc:
+            raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap)
+        server.ipc_claim = claim
+        if claim is not None:
+            claim.bound()
     except BaseException:
+        if claim is not None:
+            claim.release()
         seglog.close()
         raise
     write_endpoint_file(seglog.dir, server.endpoint, os.getpid())
@@ -719,8 +726,15 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
     """
     meter: Meter = NOOP
     if spec.metrics_port is not None:
-        meter = _metrics_meter(spec.metrics_port)
-    server = open_writer(spec, meter)
+        meter = _metrics_meter()
+    server = open_writer(spec, meter)       # the lock first: a second writer is told so, whatever its port
+    if spec.metrics_port is not None:
+        try:
+            _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
+        except FatalStop:
+            server.stop("the metrics port is unusable")
+            server._shutdown()
+            raise
     rfd, wfd = os.pipe()
     os.set_blocking(rfd, False)
     os.set_blocking(wfd, False)
@@ -743,16 +757,24 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
         os.close(wfd)
 
 
-def _metrics_meter(port: int) -> Meter:
-    """A PrometheusMeter serving /metrics on ``port`` (nori_wal.prometheus, imported only when asked)."""
+def _metrics_meter() -> Meter:
+    """A PrometheusMeter (nori_wal.prometheus, imported only when asked)."""
     try:
-        from ..prometheus import PrometheusMeter, start_metrics_server
+        from ..prometheus import PrometheusMeter
     except ImportError as exc:
         raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) \
             from exc
-    meter = PrometheusMeter()
-    start_metrics_server(port, meter)
-    return meter
+    return PrometheusMeter()
+
+
+def _serve_metrics(meter: Meter, port: int, addr: str) -> None:
+    """Serve ``meter`` at http://addr:port/metrics from a daemon thread; FatalStop if the port is unusable."""
+    from ..prometheus import PrometheusMeter, start_metrics_server
+    assert isinstance(meter, PrometheusMeter)
+    try:
+        start_metrics_server(port, meter, addr=addr)
+    except OSError as exc:
+        raise FatalStop(f"metrics port {addr}:{port}: {exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 __all__ = ["EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "FatalStop", "WalLockedError", "WriterServer", "WriterSpec",

@@ -532,3 +532,26 @@ def test_serve_keeps_exit_4_for_a_directory_it_cannot_recover(tmp_path):
     proc = cli("serve", "--dir", d)
     assert proc.returncode == 4, proc.stderr
     one_line_error(proc, "nori-wal serve: error:", "Is a directory")
+
+
+def test_serve_judges_the_directory_before_the_metrics_port(tmp_path, serve_process):
+    """A second writer on a locked directory hears that (exit 3), even when its metrics port is the first
+    writer's; a port already in use is named as such (exit 2), and the log is left closed cleanly."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        d = str(tmp_path / "wal")
+        with Wal.open(WalConfig(dir=d))[0]:
+            locked = serve_process("--dir", d, "--metrics-port", port)
+            assert locked.wait(60) == 3
+            assert "locked" in locked.stderr.read()
+        other = serve_process("--dir", d, "--metrics-port", port)
+        assert other.wait(60) == 2
+        err = other.stderr.read()
+        assert f"metrics port 127.0.0.1:{port}" in err and "in use" in err
+    wal, info = Wal.open(WalConfig(dir=d))                          # the lock is free again, the log clean
+    wal.close()
+    assert info.bytes_truncated == 0 and not info.corruption_detected

@@ -16,7 +16,7 @@ from nori_wal import protocol as P
 from nori_wal.client import WalClient
 from nori_wal.codec import encode_record
 from nori_wal.writer_proc import WriterProcess
-from nori_wal.writer_proc.endpoint import read_endpoint_file
+from nori_wal.writer_proc.endpoint import EndpointBusy, claim_ipc, read_endpoint_file
 from nori_wal.writer_proc.server import MAX_GROUP_MESSAGES, WriterSpec, open_writer
 
 FRAME = encode_record(Record.put(b"k", b"v" * 20))
@@ -137,11 +137,44 @@ def test_a_peer_that_never_reads_its_replies_cannot_grow_the_writer_without_boun
 
 def test_a_second_writer_cannot_take_over_a_live_writers_ipc_endpoint(spawn_writer, tmp_path):
     first = spawn_writer(str(tmp_path / "a"))
-    with pytest.raises(WalError, match="in use by another process"):
+    with pytest.raises(WalError, match="claimed by another writer"):
         WriterProcess.spawn(WalConfig(dir=str(tmp_path / "b")), first.endpoint, timeout=30)
     with WalClient.for_dir(str(tmp_path / "a"), timeout=20) as c:
         c.append(Record.put(b"still", b"mine"))
         assert c.info()["dir"] == os.path.realpath(tmp_path / "a")
+
+
+def test_an_ipc_path_is_claimed_before_it_is_bound(tmp_path):
+    """Two writers starting at once: the second's check ran while the first had not bound yet. ZeroMQ's
+    bind replaces the socket file, so both would serve and one's clients be acknowledged into the
+    other's log; the claim (an flock held from before the check to the end) refuses the second."""
+    endpoint = f"ipc://{tmp_path}/shared.sock"
+    first = claim_ipc(endpoint)                       # claimed, nothing bound yet: the racy window
+    assert first is not None
+    try:
+        with pytest.raises(EndpointBusy, match="claimed by another writer"):
+            claim_ipc(endpoint)
+    finally:
+        first.release()
+    claim_ipc(endpoint).release()                     # free again once released
+
+
+def test_an_ipc_endpoint_that_is_not_a_socket_is_refused_not_replaced(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(WalError, match="not a socket"):
+        WriterProcess.spawn(WalConfig(dir=str(tmp_path / "a")), f"ipc://{notes}", timeout=30)
+    assert notes.read_text() == "keep me"
+
+
+def test_a_stopping_writer_removes_only_its_own_socket_file(spawn_writer, tmp_path):
+    w = spawn_writer(str(tmp_path / "a"))
+    path = w.endpoint[len("ipc://"):]
+    os.unlink(path)                                   # someone else's socket now lives at the path
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(path)
+        assert w.stop() == 0
+        assert os.path.exists(path)
 
 
 def test_a_stale_writer_record_is_not_followed_to_another_directorys_writer(spawn_writer, tmp_path):
