@@ -248,9 +248,10 @@ class AsyncWalClient(ClientBase):
         """Append records in order; their Positions once acknowledged (one request per 16 MiB).
 
         A batch of up to 16 MiB of frames is one request, acknowledged or
-        refused whole (a crash before the ack may leave a prefix). A larger batch is split into several requests, which are NOT
-        one unit: if one fails, those before it were already written (and later
-        ones may be); the error raised then (the class of the failing request's
+        refused whole (a crash before the ack may leave a prefix). A larger
+        batch is split into several requests, which are NOT one unit: if one
+        fails, those before it were already written (and later ones may be);
+        the error raised then (the class of the failing request's
         error) says so and how many records -- the first k of the batch -- were
         acknowledged before the failing request. A batch with a frame too large
         for any request is refused before anything of it is queued.
