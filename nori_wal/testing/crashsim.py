@@ -6,7 +6,9 @@ How it works (the ALICE / CrashMonkey recipe, in-process):
    ``Step``s (appends, batch appends, syncs, GC, clean close + reopen) and
    takes a snapshot of the layer after every syscall that can change what a
    crash leaves (``MUTATING_OPS``), together with what had been acknowledged
-   at that instant.
+   at that instant; and another at the instant each append (or GC) returns,
+   holding the layer still: an append that returned before its fsync shows
+   there, even when its fsync comes at the start of the next call.
 2. ``crash_variants`` turns each snapshot into crash states: power loss
    (unsynced bytes and directory entries lost), prefixes of the unsynced
    writes kept, the last write torn at sampled bytes and sector edges, tails
@@ -17,17 +19,22 @@ How it works (the ALICE / CrashMonkey recipe, in-process):
    invariants: every record the policy promised is present and identical;
    the recovered log is a contiguous run of what was written, at the
    positions the appends returned (no holes, duplicates, reordering or
-   invented records); a power loss right after recovery changes nothing
-   (recovering twice gives the same bytes); appending after recovery works
-   and survives a clean reopen.
+   invented records); the segments a GC deleted before it returned stay
+   deleted; a power loss right after recovery changes nothing (recovering
+   twice gives the same bytes); appending after recovery works and survives
+   a clean reopen.
 
 Recovery is a deterministic function of the disk image, so states with
 the same image are recovered once and checked against each state's own
-acknowledgements.
+acknowledgements. A moment followed by an acknowledgement with no syscall
+between them holds the same disk with fewer acknowledgements: ``explore``
+crashes only the later one, except for what can happen only during the
+syscall itself (a SIGKILL tearing the write in flight).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -93,30 +100,59 @@ def record_index(record: Record) -> int:
 
 @dataclass
 class Moment:
-    """The layer and the acknowledgements right after one syscall of a workload."""
+    """The layer and the acknowledgements right after one syscall of a workload, or one acknowledgement.
+
+    ``call.op`` is "ack" for a moment taken as an append or a GC returned (no
+    syscall: ``call.n`` is the count so far, ``note`` says what returned).
+    """
     call: Syscall
     fs: FaultFS
     returned: frozenset[int]   # records whose append returned: they survive a process crash
     durable: frozenset[int]    # records promised to survive a power loss
     gc_floor: int              # segments below this id may be gone (a GC was started)
+    gc_done: int = 0           # segments below this id must be gone (a GC that deleted them returned)
+    note: str = ""
 
 
 class Acks:
-    """What has been acknowledged so far; shared by the workload's threads and the snapshot hook."""
+    """What has been acknowledged so far; shared by the workload's threads and the snapshot hook.
 
-    def __init__(self, durable_acks: bool):
+    Given the workload's layer and moment list (as ``_start_run`` does), every
+    acknowledgement also records a Moment at the instant it is made, with the
+    layer held still so no other thread's syscall slips in between. Without
+    it, an append that returned before its fsync and paid it at the start of
+    its next call was never caught: every syscall moment found it durable.
+    """
+
+    def __init__(self, durable_acks: bool, fs: FaultFS | None = None, moments: list[Moment] | None = None):
         self._lock = threading.Lock()
         self._durable_acks = durable_acks
         self.returned: set[int] = set()
         self.durable: set[int] = set()
         self.gc_floor = 0
+        self.gc_done = 0
+        self._fs = fs
+        self._moments = moments
+        self._observed = 0          # syscalls of ``fs`` that completed (each one reached ``observe``)
+        self._last = (0, 0)         # (fs.syscalls, _observed) when the last moment was taken
+
+    def observe(self, layer: FaultFS, call: Syscall) -> None:
+        """The layer's observer: a moment after every mutating syscall."""
+        self._observed += 1
+        if call.op in MUTATING_OPS and self._moments is not None:
+            self._moments.append(self.moment(call, layer))
+            self._last = (layer.syscalls, self._observed)
 
     def ack(self, indices: Iterable[int]) -> None:
         """These appends returned (durable too unless the policy is Os)."""
-        with self._lock:
-            self.returned.update(indices)
-            if self._durable_acks:
-                self.durable.update(indices)
+        idx = list(indices)
+        with self._held():
+            with self._lock:
+                self.returned.update(idx)
+                if self._durable_acks:
+                    self.durable.update(idx)
+            self._ack_moment(f"the append of record {idx[0]}" if len(idx) == 1 else
+                             f"the append of records {idx[0]}..{idx[-1]}" if idx else "an empty append")
 
     def all_durable(self) -> None:
         """A sync() or a clean close returned: everything returned before it is durable."""
@@ -127,9 +163,41 @@ class Acks:
         with self._lock:
             self.gc_floor = max(self.gc_floor, segment_id)
 
-    def moment(self, call: Syscall, fs: FaultFS) -> Moment:
+    def end_gc(self, segment_id: int) -> None:
+        """``delete_segments_before`` (of ``segment_id``'s position) returned: the segments below stay gone."""
+        with self._held():
+            with self._lock:
+                self.gc_done = max(self.gc_done, segment_id)
+            self._ack_moment(f"a GC of the segments before {segment_id}")
+
+    def moment(self, call: Syscall, fs: FaultFS, note: str = "") -> Moment:
+        return self._moment(call, fs.snapshot(), note)
+
+    def _moment(self, call: Syscall, snapshot: FaultFS, note: str) -> Moment:
         with self._lock:
-            return Moment(call, fs.snapshot(), frozenset(self.returned), frozenset(self.durable), self.gc_floor)
+            return Moment(call, snapshot, frozenset(self.returned), frozenset(self.durable), self.gc_floor,
+                          self.gc_done, note)
+
+    def _held(self) -> contextlib.AbstractContextManager[object]:
+        return self._fs.held() if self._fs is not None else contextlib.nullcontext()
+
+    def _ack_moment(self, what: str) -> None:
+        """A moment right after ``what`` returned (the caller holds the layer still)."""
+        fs, moments = self._fs, self._moments
+        if fs is None or moments is None:
+            return
+        call = Syscall(fs.syscalls, "ack", fs.last_written_path() or "")
+        calls, observed = self._last
+        if moments and fs.syscalls - calls == self._observed - observed:
+            # Every syscall since the last moment completed, and none changed the disk (a mutating
+            # one would have taken a moment; one that failed -- an injected fault -- may have left
+            # a partial write): share that snapshot. ``explore`` sees the two moments hold one
+            # disk and crashes only this one, which requires more.
+            m = self._moment(call, moments[-1].fs, f"{what} returned")
+        else:
+            m = self.moment(call, fs, f"{what} returned")
+        moments.append(m)
+        self._last = (fs.syscalls, self._observed)
 
 
 @dataclass
@@ -149,24 +217,17 @@ class WorkloadRun:
         return [i for _, i in placed] + rest
 
 
-def _watch(fs: FaultFS, run: WorkloadRun, acks: Acks) -> None:
-    def on_call(layer: FaultFS, call: Syscall) -> None:
-        if call.op in MUTATING_OPS:
-            run.moments.append(acks.moment(call, layer))
-    fs.observe(on_call)
-
-
 def _start_run(name: str, config: WalConfig, layer: type[FaultFS],
                records: list[Record]) -> tuple[FaultFS, WorkloadRun, Acks]:
-    """A fresh ``layer()`` watched at every mutating syscall, and the run recording on it.
+    """A fresh ``layer()`` watched at every mutating syscall and every ack, and the run recording on it.
 
     ``records``: known in advance (threaded workloads fill their positions as acks
     arrive), or empty (``run_workload`` appends them step by step).
     """
     fs = layer()
     run = WorkloadRun(name, config, records, [None] * len(records))
-    acks = Acks(config.fsync_policy.kind != "os")
-    _watch(fs, run, acks)
+    acks = Acks(config.fsync_policy.kind != "os", fs, run.moments)
+    fs.observe(acks.observe)
     return fs, run, acks
 
 
@@ -196,6 +257,7 @@ def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int 
                 pos = wal.current_position()
                 acks.start_gc(pos.segment_id)
                 wal.delete_segments_before(pos)
+                acks.end_gc(pos.segment_id)
             elif step.kind == "reopen":
                 wal.close()
                 acks.all_durable()
@@ -314,9 +376,16 @@ class CrashState:
         """The records this crash must not lose."""
         return self.moment.returned if self.process else self.moment.durable
 
+    @property
+    def during_call(self) -> bool:
+        """A crash inside the moment's syscall (a SIGKILL tearing the write), not after it returned."""
+        return self.process and self.spec.torn is not None
+
     def describe(self) -> str:
         c = self.moment.call
         kind = "process crash" if self.process else "power loss"
+        if c.op == "ack":
+            return f"{kind} right after {self.moment.note} (syscall {c.n} was the last) [{self.spec.label()}]"
         return f"{kind} after syscall {c.n} ({c.op} {os.path.basename(c.path)}) [{self.spec.label()}]"
 
 
@@ -406,6 +475,7 @@ class Recovered:
     first: int                      # rank (in log order) of the first recovered record
     count: int                      # records recovered
     repaired: bool                  # recovery changed the files (a crash inside it is worth trying)
+    segments: tuple[int, ...] = ()  # the segment files present after recovery
 
 
 def read_all(wal: Wal) -> list[tuple[Record, Position]]:
@@ -454,6 +524,7 @@ class Explorer:
                 self._cache[key] = rec
                 self.stats.images += 1
             self._check_acks(state, rec)
+            self._check_gc(state, rec)
         except InvariantViolation as exc:
             raise InvariantViolation(f"{self.run.name}: {state.describe()}: {exc}") from None
         except Exception as exc:
@@ -470,6 +541,7 @@ class Explorer:
         again_fs = post.crash()
         wal.close()
         rec = self._check_prefix(got, repaired=after_recovery != image)
+        rec.segments = _segments(post, cfg)
         if again_fs.image() != after_recovery:
             raise InvariantViolation("recovery's repairs were not durable: a power loss right after it undid them")
         again, info2 = Wal.open(cfg, layer=again_fs)
@@ -539,6 +611,21 @@ class Explorer:
                 f"lost {len(missing)} acknowledged records (e.g. record {self.order[missing[0]]}): recovered "
                 f"{rec.count} records from rank {lo}, {len(required)} acknowledged (GC floor: segment {floor})")
 
+    def _check_gc(self, state: CrashState, rec: Recovered) -> None:
+        """The segments a GC deleted before it returned are still gone after the crash and recovery.
+
+        ``delete_segments_before`` fsyncs the directory after each unlink before it
+        returns: a deleted segment that comes back (its unlink lost with the
+        directory's unsynced entries) would hand records the application had
+        discarded back to readers, and a later GC would have to delete it again.
+        """
+        done = state.moment.gc_done
+        back = [s for s in rec.segments if s < done]
+        if back:
+            raise InvariantViolation(
+                f"segment {back[0]} is back after recovery ({len(back)} in all), though the GC of the segments "
+                f"before {done} that deleted it had returned")
+
     def check_recovery_crashes(self, state: CrashState) -> int:
         """Crash recovery itself at each of its syscalls (power loss and process crash); recover again.
 
@@ -564,8 +651,10 @@ class Explorer:
                         # The killed predecessor's unsynced writes may go too: what the policy made
                         # durable must stay, and the log must still be one run of what was written.
                         try:
-                            self._check_acks(CrashState(state.moment, POWER_LOSS, False),
-                                             self._check_prefix(got, repaired=False))
+                            after = self._check_prefix(got, repaired=False)
+                            after.segments = _segments(post, cfg)
+                            self._check_acks(CrashState(state.moment, POWER_LOSS, False), after)
+                            self._check_gc(state, after)
                         except InvariantViolation as exc:
                             raise InvariantViolation(f"{self.run.name}: {state.describe()}: power loss at "
                                                      f"syscall {k + 1} of recovery: {exc}") from None
@@ -581,6 +670,12 @@ class Explorer:
             wal.close()
             self.stats.recovery_crashes += n
             return n
+
+
+def _segments(layer: FaultFS, config: WalConfig) -> tuple[int, ...]:
+    """The segment ids whose files are in the log directory of ``layer``."""
+    from ..segment import segment_ids
+    return tuple(segment_ids(layer.listdir(os.fspath(config.dir))))
 
 
 def _runs(idx: list[int]) -> str:
@@ -601,12 +696,22 @@ def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int
 
     ``recovery_crash_every``: for every n-th state whose recovery repaired something,
     also crash that recovery at each of its syscalls (0: never).
+
+    A moment followed by one on the same snapshot (an acknowledgement, no syscall
+    between them) and the same GC floor holds the same disk with no more
+    acknowledgements: every crash after its syscall is checked, more strictly, at
+    the later moment, so here only the crashes during the syscall itself are.
     """
     ex = Explorer(run)
     rng = random.Random(seed)
     repaired = 0
-    for m in run.moments:
+    moments = run.moments
+    for k, m in enumerate(moments):
+        later = moments[k + 1] if k + 1 < len(moments) else None
+        covered = later is not None and later.fs is m.fs and later.gc_floor == m.gc_floor
         for state in crash_variants(m, every=every, rng=rng, extra_tears=extra_tears, all_drops=all_drops):
+            if covered and not state.during_call:
+                continue
             rec = ex.check(state)
             if recovery_crash_every and rec.repaired:
                 repaired += 1

@@ -302,6 +302,14 @@ class FaultFS:
         with self._lock:
             self._observers.append(callback)
 
+    def held(self) -> threading.RLock:
+        """The layer's lock, as a context manager: no other thread's syscall runs inside the block.
+
+        Reentrant. ``crashsim`` holds it while it records an acknowledgement and
+        snapshots the layer, so the snapshot is the disk at the instant of the ack.
+        """
+        return self._lock
+
     def start_trace(self) -> list[Syscall]:
         with self._lock:
             self.trace = []

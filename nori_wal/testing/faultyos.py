@@ -6,6 +6,13 @@ partial write, or which SIGKILLs itself at a named syscall (``CRASH``): crash
 points in the code path, armed only by the test (etcd's ``walBeforeSync``).
 The rules travel with the layer when it is pickled; their counters then count
 the calls in the process that uses it.
+
+Its files offer what ``OsFile`` offers, so the log takes the path it takes in
+production: ``preallocate`` (durable zeros ahead of the write point, under
+Always and Batch) is one rule-checked call, "preallocate" (the zeros and their
+fdatasync; ``partial``: zeros written before the error, as a full disk does);
+``start_writeback`` (Os) is checked as "start_writeback" for ``CRASH`` rules, and
+an error rule drops that advice silently, as the real call ignores its errors.
 """
 
 from __future__ import annotations
@@ -101,6 +108,24 @@ class FaultyOsFile:
         if fault.partial:
             self._inner.append(memoryview(data)[:fault.partial])
         raise OSError(fault.errno, os.strerror(fault.errno), self.path)
+
+    def preallocate(self, upto: int) -> None:
+        """``OsFile.preallocate``: durable zeros up to ``upto`` bytes; a "preallocate" rule fails it."""
+        fault = self._layer.check("preallocate", self.path)
+        if fault is None:
+            self._inner.preallocate(upto)
+            return
+        if fault.partial:
+            size = os.fstat(self._inner.fd).st_size
+            zeros = min(fault.partial, max(0, upto - size))
+            if zeros:
+                os.pwrite(self._inner.fd, bytes(zeros), size)
+        raise OSError(fault.errno, os.strerror(fault.errno), self.path)
+
+    def start_writeback(self, offset: int, nbytes: int) -> None:
+        """``OsFile.start_writeback`` (a hint): a "start_writeback" error rule drops it, as the OS may."""
+        if self._layer.check("start_writeback", self.path) is None:
+            self._inner.start_writeback(offset, nbytes)
 
     def sync(self) -> None:
         self._layer._simple("sync", self.path)

@@ -176,3 +176,74 @@ def test_injected_eio_is_not_a_crash_state_surprise(tmp_path):
     with pytest.raises(Exception) as e:
         Wal.open(workload_config(str(tmp_path), "always"), layer=fs)
     assert isinstance(e.value.__cause__, OSError) and e.value.__cause__.errno == errno.EIO
+
+
+@pytest.mark.parametrize("policy", ["always", "batch"])
+def test_the_explorer_catches_an_fsync_deferred_to_the_next_call(tmp_path, monkeypatch, policy):
+    """An append that returns before its fsync and pays it at the start of the next call (append, sync, close).
+
+    Every syscall finds the acknowledged records durable (the owed fsync comes
+    before the next write): only a crash at the instant the append returned
+    loses one, so the explorer takes a moment at every acknowledgement.
+    """
+    owed = []
+    real_await = Wal._await_durable
+
+    def await_later(self, end, force=False):
+        pay(self)
+        if force:
+            real_await(self, end, force)
+        else:
+            owed.append(end)        # BUG on purpose: acknowledged before it is durable
+
+    def pay(wal):
+        while owed:
+            real_await(wal, owed.pop(), True)
+
+    def pays_first(method):
+        def call(self, *args):
+            pay(self)
+            return method(self, *args)
+        return call
+
+    monkeypatch.setattr(Wal, "_await_durable", await_later)
+    for name in ("append", "append_batch", "close"):
+        monkeypatch.setattr(Wal, name, pays_first(getattr(Wal, name)))
+    run = run_workload("deferred-fsync", workload_config(str(tmp_path), policy), WORKLOADS["appends"], seed=7)
+    with pytest.raises(InvariantViolation, match=r"right after the append of record \d+ returned.*lost"):
+        explore(run, extra_tears=1, seed=7)
+
+
+def test_every_acknowledgement_is_a_crash_moment(tmp_path):
+    """One moment per append and per GC that returned, sharing the snapshot of the syscall before it."""
+    run = run_workload("acks", workload_config(str(tmp_path), "always"), WORKLOADS["gc"], seed=7)
+    acks = [m for m in run.moments if m.call.op == "ack"]
+    appends = sum(s.n if s.kind == "append" else 1 for s in WORKLOADS["gc"] if s.kind in ("append", "batch"))
+    gcs = sum(1 for s in WORKLOADS["gc"] if s.kind == "gc")
+    assert len(acks) == appends + gcs
+    shared = sum(1 for prev, m in zip(run.moments, run.moments[1:]) if m.call.op == "ack" and m.fs is prev.fs)
+    assert shared == len(acks)                  # no syscall between the last moment and an ack: no new snapshot
+    assert [m.gc_done for m in acks if "GC" in m.note] == sorted(m.gc_floor for m in acks if "GC" in m.note)
+
+
+def test_the_explorer_catches_a_gc_that_does_not_fsync_the_directory(tmp_path, monkeypatch):
+    """GC unlinks without fsyncing the directory: a power loss brings deleted segments back after it returned.
+
+    The next segment's creation fsyncs the directory and hides it, so only a
+    check that a returned GC's segments stay deleted finds it.
+    """
+    from nori_wal.segment_log import SegmentLog
+
+    real_gc = SegmentLog.delete_segments_before
+
+    def gc_without_dir_fsync(self, position):
+        self.layer.sync_dir = lambda path: None      # BUG on purpose (the instance attribute shadows the method)
+        try:
+            return real_gc(self, position)
+        finally:
+            del self.layer.sync_dir
+
+    monkeypatch.setattr(SegmentLog, "delete_segments_before", gc_without_dir_fsync)
+    run = run_workload("gc-no-dir-fsync", workload_config(str(tmp_path), "always"), WORKLOADS["gc"], seed=7)
+    with pytest.raises(InvariantViolation, match="is back after recovery"):
+        explore(run, extra_tears=1, seed=7)

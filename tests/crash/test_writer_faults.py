@@ -70,6 +70,7 @@ def check_acked(directory, acked):
     ("sync", errno.EIO, None, 40),        # a data fsync of the active segment
     ("append", errno.ENOSPC, 17, 60),     # a group write: 17 bytes land, then the disk is full
     ("append", errno.EIO, None, 60),
+    ("preallocate", errno.ENOSPC, 100, 3),  # the zeros ahead of the third segment's records: the disk is full
 ])
 def test_writer_fail_stop_on_injected_errors(tmp_path, op, err, partial, nth, crash_counts):
     cfg = config(tmp_path)
