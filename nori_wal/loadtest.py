@@ -48,9 +48,15 @@ and interleaving gives every system the early and the late turns, so a drift
 does not land on one side of a ratio. Producer processes form one pool started
 before the first clock and reused by every cell; each slice's producers set up
 (connect, one warm-up call that is not counted), report ready, and start together
-on an ``Event``; each counts its acked records and per-call ack latencies and
-returns them through a ``Queue``. A slice's rate is the sum of its producers'
-rates; a cell's, the mean of its slices'.
+on an ``Event``; the parent sets one deadline for them all (``seconds`` after the
+``Event``, on the system-wide monotonic clock), so a producer that wakes late
+runs for less time instead of running on alone. Each counts its acked records
+and per-call ack latencies, notes when it started and when its last call ended,
+and returns them through a ``Queue``. A slice's rate is its producers' acked
+records over the window they really shared, from the first start to the last
+end (``slice_rate``; not the sum of each producer's rate over its own window,
+which overstated N=64 by 12% when wake-ups were staggered); a cell's, the mean
+of its slices'. Every system is timed by the same loop and the same rule.
 
 With matplotlib installed a PNG of throughput against producers is written too.
 """
@@ -95,7 +101,10 @@ REDIS_FSYNC = {"always": "always", "batch": "everysec", "os": "no"}
 YARD_FSYNC = {"always": "always", "os": "none"}
 
 Task = dict[str, Any]
-Numbers = tuple[int, float, bytes, float]   # one producer's cell: acked records, elapsed s, latencies, CPU s
+# One producer's slice: acked records, start and end (time.monotonic(): one clock for every process
+# on the machine), per-call latencies (array("d") bytes, seconds), CPU seconds.
+Numbers = tuple[int, float, float, bytes, float]
+Timed = tuple[int, float, float, "array[float]"]    # what a runner returns: acked, start, end, latencies
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -367,26 +376,26 @@ def describe_disk(directory: str) -> str:
 NOT_ACKED = object()     # what a timed op returns when its records were not acknowledged (SQLite: locked)
 
 
-def _timed_loop(op: Callable[[Any], Any], arg: Any, per: int, seconds: float) -> tuple[int, float, array[float]]:
-    """Call ``op(arg)`` until ``seconds`` pass; returns (acked records, elapsed s, per-call latencies s).
+def _timed_loop(op: Callable[[Any], Any], arg: Any, per: int, end: float) -> Timed:
+    """Call ``op(arg)`` until the shared deadline ``end``; returns (acked records, start, end, latencies s).
 
     Each call acknowledges ``per`` records unless it returns NOT_ACKED. Every
     system's op is the one call a user would make (``client.append``, a
     socket round trip, an INSERT), so no system pays for an extra wrapper.
+    Times are ``time.monotonic()``, comparable across the producer processes.
     """
     lat: array[float] = array("d")
     acked = 0
-    perf = time.perf_counter
-    start = t0 = perf()
-    end = start + seconds
+    clock = time.monotonic
+    start = t0 = clock()
     while t0 < end:
         missed = op(arg) is NOT_ACKED
-        t1 = perf()
+        t1 = clock()
         if not missed:
             lat.append(t1 - t0)
             acked += per
         t0 = t1
-    return acked, t0 - start, lat
+    return acked, start, t0, lat
 
 
 def _records(index: int, count: int) -> list[Any]:
@@ -395,9 +404,9 @@ def _records(index: int, count: int) -> list[Any]:
     return [Record.put(b"p%04d-%06d" % (index, i), value) for i in range(count)]
 
 
-def _run_nori(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+def _run_nori(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     from .client import WalClient
-    mode, seconds = task["mode"], task["seconds"]
+    mode = task["mode"]
     if mode == "pipelined":
         return asyncio.run(_run_nori_pipelined(task, ready, go))
     recs = _records(task["index"], task["batch_size"] if mode == "batch" else 1)
@@ -406,25 +415,22 @@ def _run_nori(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, floa
         if mode == "submit":
             client.append(recs[0])  # warm-up: connects; not counted
             ready()
-            go.wait()
-            return _submit_loop(client, recs[0], task["depth"], seconds)
+            return _submit_loop(client, recs[0], task["depth"], go.wait())
         op: Callable[[Any], Any] = client.append if mode == "sync" else client.append_batch
         arg = recs[0] if mode == "sync" else recs
         op(arg)                     # warm-up: connects; not counted
         ready()
-        go.wait()
-        return _timed_loop(op, arg, 1 if mode == "sync" else len(recs), seconds)
+        return _timed_loop(op, arg, 1 if mode == "sync" else len(recs), go.wait())
     finally:
         client.close()
 
 
-def _submit_loop(client: Any, rec: Any, depth: int, seconds: float) -> tuple[int, float, array[float]]:
-    """Keep ``depth`` appends in flight with ``WalClient.submit``; latency = submit to result."""
+def _submit_loop(client: Any, rec: Any, depth: int, end: float) -> Timed:
+    """Keep ``depth`` appends in flight with ``WalClient.submit`` until ``end``; latency = submit to result."""
     lat: array[float] = array("d")
     pending: deque[tuple[float, Any]] = deque()
-    perf = time.perf_counter
+    perf = time.monotonic
     start = now = perf()
-    end = start + seconds
     while now < end:
         while len(pending) < depth:
             pending.append((perf(), client.submit(rec)))
@@ -441,44 +447,43 @@ def _submit_loop(client: Any, rec: Any, depth: int, seconds: float) -> tuple[int
         p.result()
         now = perf()
         lat.append(now - t0)
-    return len(lat), now - start, lat
+    return len(lat), start, now, lat
 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _run_nori_pipelined(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+async def _run_nori_pipelined(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     from .client import AsyncWalClient
-    depth, seconds = task["depth"], task["seconds"]
+    depth = task["depth"]
     recs = _records(task["index"], depth)
     client = AsyncWalClient(task["endpoint"], timeout=CLIENT_TIMEOUT)
     try:
         await client.append(recs[0])      # warm-up: connects; not counted
         ready()
-        go.wait()                         # blocks the loop on purpose: nothing else runs yet
+        end = go.wait()                   # blocks the loop on purpose: nothing else runs yet
         lat: array[float] = array("d")
-        start = time.perf_counter()
-        end = start + seconds
+        start = time.monotonic()
 
         async def lane(rec: Any) -> int:
             n = 0
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             while t0 < end:
                 await client.append(rec)
-                t1 = time.perf_counter()
+                t1 = time.monotonic()
                 lat.append(t1 - t0)
                 n += 1
                 t0 = t1
             return n
 
         counts = await asyncio.gather(*(lane(r) for r in recs))
-        return sum(counts), time.perf_counter() - start, lat
+        return sum(counts), start, time.monotonic(), lat
     finally:
         await _maybe_await(client.close())
 
 
-def _run_sqlite(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+def _run_sqlite(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     import sqlite3
     db = sqlite3.connect(task["path"], isolation_level=None, timeout=10.0)
     try:
@@ -492,8 +497,7 @@ def _run_sqlite(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, fl
             except sqlite3.OperationalError:      # "database is locked" past busy_timeout
                 return NOT_ACKED
         ready()
-        go.wait()
-        return _timed_loop(op, (blob,), 1, task["seconds"])
+        return _timed_loop(op, (blob,), 1, go.wait())
     finally:
         db.close()
 
@@ -504,7 +508,7 @@ def _yard_frame() -> bytes:
     return len(body).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little") + body
 
 
-def _run_yard(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+def _run_yard(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     import zmq
     per = task["batch_size"] if task["mode"] == "batch" else 1
     msg = _yard_frame() * per
@@ -520,14 +524,13 @@ def _run_yard(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, floa
             return sock.recv()
         op(msg)
         ready()
-        go.wait()
-        return _timed_loop(op, msg, per, task["seconds"])
+        return _timed_loop(op, msg, per, go.wait())
     finally:
         sock.close()
         ctx.term()
 
 
-def _run_redis(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, float, array[float]]:
+def _run_redis(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     import redis
     r = redis.Redis(port=task["port"])
     blob = os.urandom(RECORD_BYTES)
@@ -546,31 +549,43 @@ def _run_redis(task: Task, ready: Callable[[], None], go: Any) -> tuple[int, flo
                 return p.execute()
         r.ping()
         ready()
-        go.wait()
-        return _timed_loop(op, fields, per, task["seconds"])
+        return _timed_loop(op, fields, per, go.wait())
     finally:
         r.close()
 
 
-_RUNNERS: dict[str, Callable[[Task, Callable[[], None], Any], tuple[int, float, array[float]]]] = {
+_RUNNERS: dict[str, Callable[[Task, Callable[[], None], _Gate], Timed]] = {
     "nori": _run_nori, "sqlite": _run_sqlite, "yardstick": _run_yard, "redis": _run_redis,
 }
 
 
-def _worker_main(index: int, commands: Any, results: Any, go: Any) -> None:
+def _worker_main(index: int, commands: Any, results: Any, go: Any, deadline: Any) -> None:
     """A pooled producer process: run each task it is given, report ready, wait for go, report numbers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    gate = _Gate(go, deadline)
     while True:
         task = commands.get()
         if task is None:
             return
         readied: list[float] = []      # the process's CPU seconds when it reported ready
         try:
-            acked, elapsed, lat = _RUNNERS[task["system"]](task, _ready_callback(results, index, readied), go)
+            acked, start, end, lat = _RUNNERS[task["system"]](task, _ready_callback(results, index, readied), gate)
             cpu = time.process_time() - readied[0] if readied else 0.0     # all threads (ZeroMQ's I/O too)
-            results.put(("done", index, (acked, elapsed, lat.tobytes(), cpu)))
+            results.put(("done", index, (acked, start, end, lat.tobytes(), cpu)))
         except BaseException as exc:  # noqa: BLE001 -- reported, not raised: the pool must keep serving
             results.put(("failed" if readied else "setup-failed", index, f"{type(exc).__name__}: {exc}"))
+
+
+class _Gate:
+    """What a producer waits on: the parent's go, and the deadline every producer of the slice shares."""
+
+    def __init__(self, go: Any, deadline: Any):
+        self._go, self._deadline = go, deadline
+
+    def wait(self) -> float:
+        """Block until the slice starts; its end, as ``time.monotonic()`` (the parent wrote it before go)."""
+        self._go.wait()
+        return float(self._deadline.value)
 
 
 def _ready_callback(results: Any, index: int, readied: list[float]) -> Callable[[], None]:
@@ -586,6 +601,7 @@ class ProducerPool:
     def __init__(self, size: int):
         self._ctx = mp.get_context("spawn")
         self._go = self._ctx.Event()
+        self._deadline: Any = self._ctx.RawValue("d", 0.0)     # the slice's end, time.monotonic(); set before go
         self._results: Any = self._ctx.Queue()
         self._commands: list[Any] = []
         self._procs: list[Any] = []
@@ -595,7 +611,7 @@ class ProducerPool:
         while len(self._procs) < size:
             i = len(self._procs)
             q = self._ctx.Queue()
-            p = self._ctx.Process(target=_worker_main, args=(i, q, self._results, self._go),
+            p = self._ctx.Process(target=_worker_main, args=(i, q, self._results, self._go, self._deadline),
                                   name=f"nori-load-producer-{i}", daemon=True)
             p.start()
             self._commands.append(q)
@@ -627,7 +643,10 @@ class ProducerPool:
                 readied += 1
             else:
                 errors.append(f"producer {i}: {payload}")
-        self._go.set()                 # the clock starts now, for every producer at once
+        # One window for all: CLOCK_MONOTONIC is the same clock in every process of the machine,
+        # so a producer that wakes late stops with the others instead of running on alone.
+        self._deadline.value = time.monotonic() + seconds
+        self._go.set()
         numbers = []
         deadline = time.monotonic() + seconds + SETUP_TIMEOUT
         for _ in range(readied):
@@ -658,21 +677,37 @@ class ProducerPool:
             q.join_thread()
 
 
+def slice_rate(numbers: Sequence[Numbers]) -> float:
+    """Acked records per second of one slice: all its producers' records over the window they shared.
+
+    The window runs from the earliest producer's start to the latest one's end.
+    Summing each producer's own rate (acked / its own elapsed) instead counts a
+    late starter's seconds of running nearly alone as if they overlapped the
+    others': with staggered wake-ups that overstated the total (audit 8, r10:
+    1.06x at N=32, 1.12x at N=64). 0 when nothing ran.
+    """
+    if not numbers:
+        return 0.0
+    window = max(n[2] for n in numbers) - min(n[1] for n in numbers)
+    acked = sum(n[0] for n in numbers)
+    return acked / window if window > 0 else 0.0
+
+
 def summarize(cell: Cell, slices: list[list[Numbers]], errors: list[str], server_cpu: float = 0.0) -> CellResult:
     """A cell's row from its producers' numbers, slice by slice, and the CPU seconds its server used meanwhile.
 
-    A slice's rate is the sum of its producers' rates (they ran together); the
-    cell's is the mean of its slices' (equal lengths).
+    A slice's rate is ``slice_rate`` (its records over the window its producers
+    shared); the cell's is the mean of its slices' (equal lengths).
     """
     if errors:
         return CellResult(cell, error=errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
-    rates = [sum(acked / elapsed for acked, elapsed, _, _ in numbers if elapsed > 0) for numbers in slices]
+    rates = [slice_rate(numbers) for numbers in slices]
     rate = sum(rates) / len(rates) if rates else 0.0
     every = [n for numbers in slices for n in numbers]
     acked_total = sum(n[0] for n in every)
-    cpu_us = (sum(n[3] for n in every) + server_cpu) / acked_total * 1e6 if acked_total else 0.0
+    cpu_us = (sum(n[4] for n in every) + server_cpu) / acked_total * 1e6 if acked_total else 0.0
     lat: list[float] = []
-    for _, _, raw, _ in every:
+    for _, _, _, raw, _ in every:
         a: array[float] = array("d")
         a.frombytes(raw)
         lat.extend(a)
@@ -886,7 +921,7 @@ def run_load(args: argparse.Namespace) -> LoadReport:
             run = runs[cell]
             if cell in finished:            # an earlier slice failed: the cell is reported already
                 continue
-            base_task: Task = {"system": cell.system, "mode": cell.mode, "seconds": slice_s,
+            base_task: Task = {"system": cell.system, "mode": cell.mode,
                                "depth": args.depth, "batch_size": args.batch_size}
             if cell.system == "nori":
                 base_task["endpoint"] = writers[cell.policy].endpoint

@@ -221,3 +221,195 @@ def test_gc_that_fails_part_way_reports_the_segments_it_did_delete(tmp_path):
         assert meter.count("wal_segments_deleted_total") == 2
         assert [e.count for e in meter.events_of(SegmentsDeleted)] == [2]
         assert meter.gauges["wal_segment_count"] == remaining
+
+
+# -- the exporter is bounded: the network cannot stop the writer (audit 8, r1 and r13) -----------
+
+def _wait_closed_by_peer(socks, want, timeout=20.0):
+    """Wait (bounded) until at least ``want`` of ``socks`` were closed by the server; the set of closed ones.
+
+    A socket the server closed turns readable and reads EOF (or a reset). No sleeps: select wakes on it.
+    """
+    import select
+    import time
+    closed: set = set()
+    deadline = time.monotonic() + timeout
+    while len(closed) < want:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        readable, _, _ = select.select([s for s in socks if s not in closed], [], [], left)
+        for s in readable:
+            try:
+                data = s.recv(1)
+            except OSError:
+                data = b""
+            assert data == b""             # an idle client gets no bytes, only the close
+            closed.add(s)
+    return closed
+
+
+def _conn_threads(port):
+    return [t for t in threading.enumerate() if t.name == f"nori-wal-metrics-conn:{port}"]
+
+
+def test_the_exporter_binds_loopback_unless_told_otherwise():
+    meter = PrometheusMeter()
+    meter.counter("wal_records_total", 3)
+    with start_metrics_server(0, meter) as server:
+        assert server.host == "127.0.0.1"
+        assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+        assert scrape(server.url)[("wal_records_total", ())] == 3
+    with start_metrics_server(0, meter, addr="0.0.0.0") as server:     # an explicit choice
+        assert server.host == "0.0.0.0"
+        assert scrape(server.url)[("wal_records_total", ())] == 3
+
+
+def test_idle_connections_cannot_pile_up_threads_or_descriptors():
+    """r1/r1b: one thread and one descriptor per idle connection, forever, until the writer's roll failed.
+
+    Now at most max_connections (default 8) are held; each one past the cap is closed at once.
+    """
+    cap = 8                                                 # nori_wal.prometheus.DEFAULT_MAX_CONNECTIONS
+    meter = PrometheusMeter()
+    meter.counter("wal_records_total", 5)
+    n = 64
+    with start_metrics_server(0, meter) as server:          # the defaults, as serve uses them
+        fds_before = len(os.listdir("/proc/self/fd"))
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(n)]
+        try:
+            closed = _wait_closed_by_peer(idle, n - cap)
+            assert len(closed) >= n - cap
+            held_by_server = len(os.listdir("/proc/self/fd")) - fds_before - n      # our n client sockets aside
+            assert held_by_server <= cap
+            assert len(_conn_threads(server.port)) <= cap
+        finally:
+            for s in idle:
+                s.close()
+        for t in _conn_threads(server.port):     # the held ones end on their client's close
+            t.join(timeout=10)
+            assert not t.is_alive()
+        assert scrape(server.url)[("wal_records_total", ())] == 5
+
+
+def test_an_idle_connection_is_dropped_after_the_timeout_so_scrapes_go_on():
+    """A client that connects and says nothing holds a slot only for connection_timeout seconds."""
+    meter = PrometheusMeter()
+    meter.counter("wal_records_total", 7)
+    with start_metrics_server(0, meter, max_connections=2, connection_timeout=0.3) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        try:
+            assert len(_wait_closed_by_peer(idle, 2)) == 2        # dropped by the server, not by us
+        finally:
+            for s in idle:
+                s.close()
+        for t in _conn_threads(server.port):
+            t.join(timeout=10)
+        assert scrape(server.url)[("wal_records_total", ())] == 7
+
+
+def test_the_exporter_refuses_a_bad_cap_or_timeout():
+    for kwargs in ({"max_connections": 0}, {"connection_timeout": 0}):
+        with pytest.raises(ValueError):
+            start_metrics_server(0, PrometheusMeter(), **kwargs)
+
+
+def test_serve_keeps_rolling_while_many_idle_connections_hold_the_metrics_port(tmp_path):
+    """r1: with 256 descriptors, 300 idle /metrics connections made the writer's next roll fail (exit 4)."""
+    import resource
+
+    from nori_wal.client import WalClient
+
+    limit = 256
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    port = _free_port()
+    d = tmp_path / "wal"
+    proc = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", "--dir", d, "--fsync", "always",
+                             "--max-segment-size", "65536", "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=low_fd_limit)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
+    reader.start()
+    idle = []
+    try:
+        endpoint = None
+        while endpoint is None:
+            line = lines.get(timeout=30)
+            m = re.search(r"((?:ipc|tcp)://\S+)", line)
+            endpoint = m.group(1) if m else None
+        with WalClient(endpoint, timeout=10.0) as client:
+            client.append(Record.put(b"k", b"v"))
+            for _ in range(limit + 44):
+                try:
+                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                except OSError:       # only the old, unbounded exporter: its backlog full, accept failing
+                    break
+            assert len(idle) == limit + 44
+            assert len(_wait_closed_by_peer(idle, len(idle) - 8)) >= len(idle) - 8
+            assert len(os.listdir(f"/proc/{proc.pid}/fd")) < limit // 2
+            positions = [client.append(Record.put(b"k%d" % i, os.urandom(1024))) for i in range(200)]
+        assert positions[-1].segment_id >= 2                     # rolled, twice at least
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            reader.join(timeout=10)
+            proc.stdout.close()
+            proc.stderr.close()
+    assert proc.returncode == 0
+
+
+def test_a_fresh_log_serves_every_documented_metric(tmp_path):
+    """r13: wal_segments_deleted_total, wal_gc_latency_ms, rolls... were missing until they first happened."""
+    documented = re.findall(r"^\| `(wal_[a-z_]+)`(?:, `(wal_[a-z_]+)`)? \|",
+                            _read_docs("CLI.md"),
+                            re.MULTILINE)
+    names = {n for pair in documented for n in pair if n}
+    assert {"wal_segments_deleted_total", "wal_gc_latency_ms", "wal_segment_rolls_total",
+            "wal_replies_dropped_total"} <= names
+    prom = PrometheusMeter()
+    with start_metrics_server(0, prom) as server:
+        wal, _ = Wal.open_with_meter(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always()), prom)
+        with wal:
+            wal.append(Record.put(b"k", b"v"))
+            s = scrape(server.url)
+    have = {name for name, _ in s}
+    assert [name for name in sorted(names) if name not in have and name + "_count" not in have] == []
+    assert s[("wal_segments_deleted_total", ())] == 0
+    assert s[("wal_segment_rolls_total", ())] == 0
+    assert s[("wal_replies_dropped_total", ())] == 0
+    assert s[("wal_gc_latency_ms_count", ())] == 0
+    assert s[("wal_ack_latency_ms_count", ())] == 0
+    assert s[("wal_records_total", ())] == 1 and s[("wal_segment_count", ())] == 1
+    assert s[("wal_events_total", (("type", "SegmentsDeleted"),))] == 0
+    assert s[("wal_events_total", (("type", "Fsync"),))] >= 1
+
+
+def test_meters_sharing_a_registry_tell_their_logs_apart_by_label():
+    from prometheus_client import CollectorRegistry
+    registry = CollectorRegistry()
+    a = PrometheusMeter(registry, labels={"wal": "orders"})
+    b = PrometheusMeter(registry, labels={"wal": "audit"})
+    a.counter("wal_records_total", 1)
+    b.counter("wal_records_total", 2)
+    b.counter("wal_custom_total", 4)
+    with start_metrics_server(0, a) as server:
+        s = scrape(server.url)
+    assert s[("wal_records_total", (("wal", "orders"),))] == 1
+    assert s[("wal_records_total", (("wal", "audit"),))] == 2
+    assert s[("wal_custom_total", (("wal", "audit"),))] == 4
+    assert s[("wal_segments_deleted_total", (("wal", "orders"),))] == 0
+
+
+def _read_docs(name):
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", name)) as f:
+        return f.read()

@@ -17,6 +17,7 @@ from nori_wal.loadtest import (
     process_cpu_seconds,
     ratio_lines,
     slice_order,
+    slice_rate,
     summarize,
 )
 
@@ -57,12 +58,12 @@ def test_plan_groups_by_producer_count_and_places_the_peers():
     assert none == [Cell("nori", "os", "sync", 1)]
 
 
-def test_summarize_sums_producer_rates_and_merges_latencies():
+def test_summarize_rates_over_the_shared_window_and_merges_latencies():
     from array import array
     a, b = array("d", [0.001] * 99 + [0.010]), array("d", [0.002] * 100)
-    r = summarize(Cell("nori", "always", "sync", 2), [[(100, 0.5, a.tobytes(), 0.01), (100, 1.0, b.tobytes(), 0.02)]],
-                  [], server_cpu=0.01)
-    assert r.records_per_s == pytest.approx(300) and r.calls == 200
+    r = summarize(Cell("nori", "always", "sync", 2),
+                  [[(100, 10.0, 10.5, a.tobytes(), 0.01), (100, 10.0, 11.0, b.tobytes(), 0.02)]], [], server_cpu=0.01)
+    assert r.records_per_s == pytest.approx(200) and r.calls == 200      # 200 records in the 1 s they shared
     assert r.cpu_us == pytest.approx(200)       # 0.04 CPU seconds for 200 records, producers and server
     assert r.p50_ms == pytest.approx(2) and r.p99_ms == pytest.approx(2)
     assert summarize(Cell("nori", "os", "sync", 1), [], ["producer 0: boom"]).error == "producer 0: boom"
@@ -72,8 +73,8 @@ def test_a_cell_in_slices_is_the_mean_of_its_slices_and_its_counters_add_up():
     from array import array
     lat = array("d", [0.001] * 10).tobytes()
     run = _CellRun()
-    run.add([(100, 1.0, lat, 0.1), (300, 1.0, lat, 0.1)], [], 0.2, (1000, 10, 50), (1400, 12, 60))   # 400 rec/s
-    run.add([(200, 1.0, lat, 0.1), (0, 1.0, b"", 0.1)], [], 0.2, (1400, 12, 60), (1600, 13, 70))      # 200 rec/s
+    run.add([(100, 5.0, 6.0, lat, 0.1), (300, 5.0, 6.0, lat, 0.1)], [], 0.2, (1000, 10, 50), (1400, 12, 60))  # 400/s
+    run.add([(200, 7.0, 8.0, lat, 0.1), (0, 7.0, 8.0, b"", 0.1)], [], 0.2, (1400, 12, 60), (1600, 13, 70))    # 200/s
     r = summarize(Cell("nori", "always", "sync", 2), run.slices, run.errors, run.server_cpu)
     assert r.records_per_s == pytest.approx(300) and r.calls == 30
     assert r.cpu_us == pytest.approx(0.8 / 600 * 1e6)     # 4 x 0.1 s in producers, 2 x 0.2 s in the server
@@ -82,6 +83,47 @@ def test_a_cell_in_slices_is_the_mean_of_its_slices_and_its_counters_add_up():
     run.add([], [], 0.0, (), (1, 2, 3))          # a counter read failed: the group size is unknown, not wrong
     run.add([], [], 0.0, (1, 2, 3), (2, 3, 4))
     assert run.counts == []
+
+
+def test_a_slice_rate_is_its_records_over_the_window_its_producers_shared():
+    """r10 (audit 8): staggered wake-ups. Summing each producer's acked / own elapsed overstated the total."""
+    # Two producers of a 1 s slice against a server that acks 1000 records/s in all. The second wakes
+    # 0.5 s late, so for the first half second the first one runs alone and gets everything.
+    early = (750, 0.0, 1.0, b"", 0.0)          # 500 alone + 250 shared
+    late = (250, 0.5, 1.0, b"", 0.0)           # 250 shared
+    assert slice_rate([early, late]) == pytest.approx(1000)
+    assert 750 / 1.0 + 250 / 0.5 == pytest.approx(1250)      # the old sum of rates: 1.25x the truth
+    # each producer's own window, even non-overlapping ones, lies inside [first start, last end]
+    assert slice_rate([(100, 3.0, 4.0, b"", 0.0), (100, 4.0, 5.0, b"", 0.0)]) == pytest.approx(100)
+    # with no stagger both ways agree
+    assert slice_rate([(300, 2.0, 3.0, b"", 0.0), (500, 2.0, 3.0, b"", 0.0)]) == pytest.approx(800)
+    assert slice_rate([]) == 0.0
+    assert slice_rate([(0, 1.0, 1.0, b"", 0.0)]) == 0.0                  # no window: no rate, no ZeroDivisionError
+
+
+def test_every_system_is_timed_to_the_same_shared_deadline():
+    """The runners all stop at the deadline the parent set, not at their own wake-up + seconds."""
+    import time
+
+    from nori_wal.loadtest import _submit_loop, _timed_loop
+    end = time.monotonic() + 0.05
+    acked, start, stop, lat = _timed_loop(lambda _: None, None, 3, end)
+    assert start < end <= stop and acked == 3 * len(lat) > 0
+    assert _timed_loop(lambda _: None, None, 1, start - 1.0)[0] == 0      # woke after the deadline: no calls
+
+    class _Done:
+        def result(self):
+            return None
+
+        def done(self):
+            return True
+
+    class _Client:
+        def submit(self, rec):
+            return _Done()
+
+    acked, start, stop, lat = _submit_loop(_Client(), None, 4, time.monotonic() + 0.05)
+    assert start < stop and acked == len(lat) > 0
 
 
 def test_slices_interleave_the_cells_at_one_producer_count_forward_then_back():
