@@ -10,7 +10,7 @@ What the log reports (see docs/CLI.md for the Prometheus view):
 
     counters    wal_records_total, wal_bytes_total, wal_segment_rolls_total,
                 wal_segments_deleted_total, wal_recovery_truncated_bytes_total,
-                wal_io_failures_total
+                wal_io_failures_total; the writer process adds wal_replies_dropped_total
     histograms  wal_fsync_ms, wal_gc_latency_ms, wal_recovery_ms; the writer process
                 adds wal_group_records, wal_group_bytes, wal_ack_latency_ms
     gauges      wal_segment_count

@@ -32,9 +32,9 @@ families and tell their logs apart by their constant ``labels`` (the same label
 names on each). A meter never raises into the log: a
 metric that cannot be made (a name already used with another type, say) is
 dropped with one warning in the ``nori_wal.prometheus`` logger. Constant labels
-are checked when the meter is made: ``type`` (the events' label), ``le``
-(histogram buckets) and names Prometheus does not allow raise ValueError there,
-not at the first append.
+are checked when the meter is made: ``type`` (the events' label), ``le`` and
+``quantile`` (histogram and summary labels), names starting with ``__`` and
+names Prometheus does not allow raise ValueError there, not at the first append.
 """
 
 from __future__ import annotations
@@ -440,8 +440,8 @@ def start_metrics_server(port: int, meter: PrometheusMeter, addr: str = DEFAULT_
     at most ``max_connections`` connections are served at once, each in its own
     thread; one more is closed as soon as it is accepted. A connection that sends or
     reads nothing for ``connection_timeout`` seconds is dropped. Prometheus scrapes
-    one request per connection, so a scraper only waits when more than
-    ``max_connections`` clients scrape at the same moment.
+    one request per connection, so a scrape fails (closed without a response)
+    only when ``max_connections`` other connections are open at that moment.
 
     Raises OSError if the port is taken, ValueError for a bad cap or timeout. Every
     path answers with the metrics, as prometheus-client does.

@@ -22,6 +22,9 @@ def ensure_venv() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     src = os.path.join(ROOT, "pyproject.toml")
     if not os.path.exists(STAMP) or os.path.getmtime(STAMP) < os.path.getmtime(src):
+        # An editable install from pyproject.toml alone needs pip >= 21.3 (PEP 660); the pip that
+        # ensurepip bundles with Python 3.9 and early 3.10 is older.
+        subprocess.check_call([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-U", "pip"])
         subprocess.check_call([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                                "-e", f"{ROOT}[dev]"])
         open(STAMP, "w").close()

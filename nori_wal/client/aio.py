@@ -258,6 +258,8 @@ class AsyncWalClient(ClientBase):
         """
         frames = list(map(encode_record, records))
         if not frames:
+            if self._closed:
+                raise WalClosedError("the client is closed")
             return []
         c = self._conn()
         size = sum(map(len, frames))

@@ -309,8 +309,9 @@ class WalClient(ClientBase):
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
 
-        A batch of up to 16 MiB of frames is one request: acknowledged by one
-        fsync or refused, whole (a crash before the ack may leave a prefix). A larger batch is
+        A batch of up to 16 MiB of frames is one request: acknowledged (per the
+        writer's fsync policy) or refused, whole (a crash before the ack may
+        leave a prefix). A larger batch is
         split into several requests, which are NOT one unit: if one fails,
         those before it were already written (and later ones may be). The
         error raised then (the class of the failing request's error) says so
@@ -320,6 +321,8 @@ class WalClient(ClientBase):
         """
         frames = list(map(encode_record, records))
         if not frames:
+            if self._closed:
+                raise WalClosedError("the client is closed")
             return []
         tc = self._thread_conn()
         size = sum(map(len, frames))

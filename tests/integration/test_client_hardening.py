@@ -499,3 +499,22 @@ def test_delete_segments_before_validates_the_position(spawn_writer, wal_dir):
             assert await a.delete_segments_before(Position(0, 0)) == 0
 
     asyncio.run(main())
+
+
+def test_every_call_after_close_raises_even_an_empty_batch(spawn_writer, wal_dir):
+    w = spawn_writer(wal_dir)
+    c = WalClient(w.endpoint, timeout=30)
+    c.append(rec("k", 0))
+    c.close()
+    for call in (lambda: c.append_batch([]), lambda: c.append(rec("k", 1)), c.sync):
+        with pytest.raises(WalClosedError):
+            call()
+
+    async def closed_async() -> None:
+        a = AsyncWalClient(w.endpoint, timeout=30)
+        await a.append(rec("a", 0))
+        await a.close()
+        with pytest.raises(WalClosedError):
+            await a.append_batch([])
+
+    asyncio.run(closed_async())
