@@ -169,6 +169,11 @@ class PrometheusMeter:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.namespace = namespace
         self.labels = dict(labels or {})
+        with _FAMILIES_LOCK:        # a meter sharing a registry must use the label names its others use
+            known = _FAMILIES.get(self.registry, {}).get(self._full_name("wal_records_total"))
+        if known is not None and known[1] != tuple(self.labels):
+            raise ValueError(f"this registry's meters use the labels {list(known[1])}; a meter sharing it needs "
+                             f"the same label names (in that order), got {list(self.labels)}")
         self._lock = threading.Lock()
         self._record: dict[tuple[str, str], Callable[[float], None]] = {}
         for kind, name in CONTRACT_METRICS:        # see the module docstring: no "no data" before the first event

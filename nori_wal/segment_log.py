@@ -19,9 +19,10 @@ Fork: a forked child (a ``multiprocessing`` fork pool) inherits the open log
 but is not its writer: two processes appending at their own copies of ``end``
 would overwrite each other's records. In the child the log is closed at once
 (an at-fork hook drops its copies of the descriptors and of the directory
-lock, touching nothing of the parent's); every call there raises
-WalClosedError saying so. Share a log between processes through the writer
-process, or open it in the child.
+lock, touching nothing of the parent's); appends, syncs and GC there raise
+WalClosedError saying so (a reader opens its own files: ``Wal.read_from``
+still works). Share a log between processes through the writer process, or
+open it in the child.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class SegmentLog:
         self._next_id = 0
         self._failed: WalError | None = None
         self._pid = os.getpid()
+        self.disowned = False                  # this process is a fork of the one that opened the log
         _OPEN_LOGS.add(self)
 
     # -- opening ---------------------------------------------------------------------------
@@ -499,6 +501,7 @@ class SegmentLog:
         if self._mark is not None:
             self._mark.close()
             self._mark = None
+        self.disowned = True
         lock, self._lock = self._lock, None
         forget = getattr(lock, "forget", None)
         if forget is not None:

@@ -5,9 +5,10 @@ a thread whose bytes are already synced returns; one whose bytes are not
 waits for the fsync in flight or becomes the syncer itself, and syncs outside
 the write lock so other threads keep writing meanwhile.
 
-A forked child cannot use its parent's Wal (``segment_log``: every call there
-raises WalClosedError); its locks are renewed in the child so that such a call,
-or ``close``, never blocks on a lock a parent thread held at the fork.
+A forked child cannot append to its parent's Wal (``segment_log``: appends,
+syncs and GC there raise WalClosedError; ``read_from`` still works, and
+``close`` does nothing); its locks are renewed in the child so that no call
+there blocks on a lock a parent thread held at the fork.
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ class Wal:
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, record: Record) -> Position:
-        """Append one record; returns once it is as durable as the fsync policy promises."""
+        """Append one record; returns once it is as durable as the fsync policy promises.
+
+        An exception raised inside the write itself (a KeyboardInterrupt) stops the
+        log until it is reopened (fail-stop, see ``segment_log``).
+        """
         frame = encode_record(record)
         with self._write_lock:
             pos = self._log.append_frames((frame,))[0]
@@ -159,8 +164,9 @@ class Wal:
             return self._log.position
 
     def read_from(self, position: Position, *, durable_only: bool = False) -> WalReader:
-        """A reader over this log from ``position`` (see ``open_reader``)."""
-        self._check_open()
+        """A reader over this log from ``position`` (see ``open_reader``); also in a forked child."""
+        if not self._log.disowned:
+            self._check_open()
         return WalReader(self._log.dir, position, layer=self._log.layer, durable_only=durable_only)
 
     def delete_segments_before(self, position: Position) -> int:

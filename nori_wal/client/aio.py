@@ -248,7 +248,9 @@ class AsyncWalClient(ClientBase):
         """Append records in order; their Positions once acknowledged (one request per 16 MiB).
 
         A batch of up to 16 MiB of frames is one request, acknowledged or
-        refused whole (a crash before the ack may leave a prefix). A larger
+        refused whole; it is also written whole when it fits in one segment (a
+        larger one is split at a roll, and a failure part way can leave a
+        prefix; so can a crash before the ack). A larger
         batch is split into several requests, which are NOT one unit: if one
         fails, those before it were already written (and later ones may be);
         the error raised then (the class of the failing request's

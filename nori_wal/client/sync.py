@@ -310,8 +310,9 @@ class WalClient(ClientBase):
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
 
         A batch of up to 16 MiB of frames is one request: acknowledged (per the
-        writer's fsync policy) or refused, whole (a crash before the ack may
-        leave a prefix). A larger batch is
+        writer's fsync policy) or refused, whole; it is also written whole when
+        it fits in one segment (a larger one is split at a roll, and a failure
+        part way can leave a prefix; so can a crash before the ack). A larger batch is
         split into several requests, which are NOT one unit: if one fails,
         those before it were already written (and later ones may be). The
         error raised then (the class of the failing request's error) says so

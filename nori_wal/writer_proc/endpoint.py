@@ -177,6 +177,9 @@ def claim_ipc(endpoint: str) -> IpcClaim | None:
     if not endpoint.startswith("ipc://"):
         return None
     path = endpoint[len("ipc://"):]
+    if path == "*" or path.startswith("@"):
+        # ZeroMQ picks a fresh path for "*"; an abstract name (@) has no file, and binding a busy one fails.
+        return None
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

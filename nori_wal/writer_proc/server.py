@@ -70,7 +70,9 @@ EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4     # as in cli.py
 MAX_GROUP_BYTES = 64 * 1024 * 1024      # stop draining a group beyond this many payload bytes
 MAX_GROUP_MESSAGES = 4096               # ... or this many requests (bounds one pass's latency)
 REPLY_LINGER_MS = 2000                  # how long closing waits to deliver the last replies
-PEER_QUEUE_LIMIT = 1024                 # messages queued per peer, each way (ZeroMQ's high-water marks)
+PEER_RECV_LIMIT = 1024                  # requests queued per peer (ZeroMQ's RCVHWM: back-pressure, loses nothing)
+PEER_SEND_LIMIT = 100_000               # replies queued per peer (SNDHWM: past it a reply is dropped, so high:
+                                        # one pass may answer thousands of a live peer's control requests)
 SHUTDOWN_DRAIN_S = 2.0                  # how long a graceful stop keeps taking queued requests
 
 
@@ -251,8 +253,8 @@ class WriterServer:
         # Per peer: past these a peer that sends without reading stops being read (receive) and loses
         # the replies it leaves unread (send: ROUTER_MANDATORY raises, _reply counts the drop) instead
         # of growing the writer without bound. Our clients keep 8 requests in flight by default.
-        self.sock.setsockopt(zmq.SNDHWM, PEER_QUEUE_LIMIT)
-        self.sock.setsockopt(zmq.RCVHWM, PEER_QUEUE_LIMIT)
+        self.sock.setsockopt(zmq.SNDHWM, PEER_SEND_LIMIT)
+        self.sock.setsockopt(zmq.RCVHWM, PEER_RECV_LIMIT)
         self.sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         self.wake_endpoint = f"inproc://nori-wal-writer-{id(self):x}"
         flusher: _FlushThread | None = None

@@ -408,6 +408,8 @@ def test_meters_sharing_a_registry_tell_their_logs_apart_by_label():
     assert s[("wal_records_total", (("wal", "audit"),))] == 2
     assert s[("wal_custom_total", (("wal", "audit"),))] == 4
     assert s[("wal_segments_deleted_total", (("wal", "orders"),))] == 0
+    with pytest.raises(ValueError, match="same label names"):
+        PrometheusMeter(registry)                      # no labels: it could record nothing here
 
 
 def _read_docs(name):

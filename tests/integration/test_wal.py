@@ -359,6 +359,9 @@ def test_a_forked_child_cannot_append_to_its_parents_wal_and_changes_nothing_of_
     first = wal.append(Record.put(b"a", b"parent"))
 
     def child() -> bool:
+        with wal.read_from(Position(0, 0)) as reader:          # reading opens its own files: allowed
+            if [r.key for r, _ in reader] != [b"a"]:
+                return False
         try:
             wal.append(Record.put(b"b", b"child"))
             return False

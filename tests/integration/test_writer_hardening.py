@@ -159,6 +159,38 @@ def test_an_ipc_path_is_claimed_before_it_is_bound(tmp_path):
     claim_ipc(endpoint).release()                     # free again once released
 
 
+def test_wildcard_and_abstract_ipc_endpoints_need_no_claim(spawn_writer, tmp_path, monkeypatch):
+    """``ipc://*`` binds a fresh path each time and ``ipc://@name`` has no file: nothing to claim, and no
+    lock file may appear in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    assert claim_ipc("ipc://*") is None and claim_ipc("ipc://@nori-test") is None
+    first = spawn_writer(str(tmp_path / "a"), endpoint="ipc://*")
+    second = spawn_writer(str(tmp_path / "b"), endpoint="ipc://*")
+    assert first.endpoint != second.endpoint
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".lock")]
+
+
+def test_thousands_of_control_requests_in_flight_all_get_their_replies(spawn_writer, wal_dir):
+    """Control requests are not bound by the client's in-flight limit: one pass may answer thousands of
+    them to one live peer, and none of those replies may be dropped as if the peer had gone."""
+    import asyncio
+
+    from nori_wal.client import AsyncWalClient
+
+    w = spawn_writer(wal_dir)
+
+    async def many() -> list:
+        c = AsyncWalClient(w.endpoint, timeout=30)
+        try:
+            await c.current_position()
+            return await asyncio.gather(*(c.current_position() for _ in range(20000)), return_exceptions=True)
+        finally:
+            await c.close()
+
+    results = asyncio.run(many())
+    assert not [r for r in results if isinstance(r, BaseException)]
+
+
 def test_an_ipc_endpoint_that_is_not_a_socket_is_refused_not_replaced(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
