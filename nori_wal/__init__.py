@@ -6,6 +6,7 @@ The public names of API.md; see README.md for the guarantees.
 from .config import FsyncPolicy, WalConfig
 from .errors import (
                      CorruptionError,
+                     InvalidRecordError,
                      ProtocolError,
                      RecordTooLargeError,
                      WalClosedError,
@@ -21,7 +22,8 @@ from .recovery import RecoveryInfo
 from .wal import Wal
 
 __all__ = [
-    "Compression", "CorruptionError", "FsyncPolicy", "Position", "ProtocolError", "Record", "RecordTooLargeError",
+    "Compression", "CorruptionError", "FsyncPolicy", "InvalidRecordError", "Position", "ProtocolError", "Record",
+    "RecordTooLargeError",
     "RecoveryInfo", "Wal", "WalClosedError", "WalConfig", "WalError", "WalIOError", "WalLockedError", "WalReader",
     "WriterUnavailableError", "open_reader",
 ]

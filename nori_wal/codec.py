@@ -35,7 +35,7 @@ import lz4.block
 import zstandard
 from crc32c import crc32c
 
-from .errors import RecordTooLargeError, WalError
+from .errors import InvalidRecordError, RecordTooLargeError, WalError
 from .record import BytesLike, Compression, Record, ttl_to_ms
 
 FLAG_TOMBSTONE = 0x01
@@ -167,33 +167,41 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
 
     ``prefix`` (a request header, say) shares the frame's buffer, so a producer
     copies the value once: the CRC is computed over the parts, then one join.
+
+    Raises InvalidRecordError (a ValueError) for anything that is not a valid
+    Record (wrong types, an unknown compression, a ttl out of range) and
+    RecordTooLargeError for one the format cannot hold.
     """
-    key, value, tombstone, ttl, compression = record
-    if not compression and ttl is None:
-        # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
-        kl, vl = len(key), len(value)
-        if kl < 0x80 and vl < 0x4000:
-            flag = FLAG_TOMBSTONE if tombstone else 0
-            head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-            if not prefix:              # two small copies beat two CRC calls and a join (the embedded Wal)
-                body = head + key + value
-                return _pack_u32(crc32c(body)) + body
-            head += key
-            return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
-    flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
-    stored = compress_value(value, compression) if compression else value
-    if ttl is None:
-        head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
-    else:
-        ttl_ms = ttl_to_ms(ttl)
-        if ttl_ms > MAX_TTL_MS:     # only a ttl that is no timedelta can be: decoding would call it corrupt
-            raise ValueError(f"ttl of {ttl_ms} ms exceeds the largest a frame holds ({MAX_TTL_MS} ms)")
-        head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_ms)
-    head += key
-    if len(head) + len(stored) + 4 > FORMAT_MAX_FRAME:
-        raise RecordTooLargeError(f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of "
-                                  f"{FORMAT_MAX_FRAME}")
-    return b"".join((prefix, _pack_u32(crc32c(stored, crc32c(head))), head, stored))
+    try:
+        key, value, tombstone, ttl, compression = record
+        if not compression and ttl is None:
+            # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
+            kl, vl = len(key), len(value)
+            if kl < 0x80 and vl < 0x4000:
+                flag = FLAG_TOMBSTONE if tombstone else 0
+                head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+                if not prefix:              # two small copies beat two CRC calls and a join (the embedded Wal)
+                    body = head + key + value
+                    return _pack_u32(crc32c(body)) + body
+                head += key
+                return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
+        flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
+        stored = compress_value(value, compression) if compression else value
+        if ttl is None:
+            head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
+        else:
+            ttl_ms = ttl_to_ms(ttl)
+            if ttl_ms > MAX_TTL_MS:     # only a ttl that is no timedelta can be: decoding would call it corrupt
+                raise ValueError(f"ttl of {ttl_ms} ms exceeds the largest a frame holds ({MAX_TTL_MS} ms)")
+            head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_ms)
+        head += key
+        if len(head) + len(stored) + 4 > FORMAT_MAX_FRAME:
+            raise RecordTooLargeError(f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of "
+                                      f"{FORMAT_MAX_FRAME}")
+        return b"".join((prefix, _pack_u32(crc32c(stored, crc32c(head))), head, stored))
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:   # (a try costs nothing in 3.11+)
+        raise InvalidRecordError(f"not a valid Record ({type(exc).__name__}: {exc}); make one with Record.put, "
+                                 f"Record.put_with_ttl or Record.delete") from exc
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:

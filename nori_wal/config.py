@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,8 +33,8 @@ class FsyncPolicy:
 
     @classmethod
     def batch(cls, window: float = DEFAULT_BATCH_WINDOW) -> "FsyncPolicy":
-        if not window > 0:
-            raise ValueError(f"batch window must be > 0 seconds, got {window!r}")
+        if not (window > 0 and math.isfinite(window)):
+            raise ValueError(f"batch window must be a finite number of seconds > 0, got {window!r}")
         return cls("batch", float(window))
 
     @classmethod

@@ -8,6 +8,7 @@
     ├── WalIOError                a write or fsync failed (the log is fail-stopped until reopened), or a read failed
     ├── WriterUnavailableError    no writer process answered within the timeout
     └── ProtocolError             a malformed request or reply on the wire
+        └── InvalidRecordError    an argument that is not a valid Record (also a ValueError)
 
 Lower-layer errors (OSError, zmq.ZMQError) are chained as ``__cause__``.
 """
@@ -51,3 +52,8 @@ class WriterUnavailableError(WalError):
 
 class ProtocolError(WalError):
     """A request or reply on the wire was malformed or rejected as malformed."""
+
+
+class InvalidRecordError(ProtocolError, ValueError):
+    """An append was given something that is not a valid Record (wrong types, an unknown compression,
+    a ttl out of range): refused before anything is written or sent. Also a ValueError."""

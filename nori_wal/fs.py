@@ -263,6 +263,12 @@ def writer_lock_held(path: str) -> bool | None:
     it, so it never makes a starting writer fail. None on other systems or
     when the directory has no LOCK file.
     """
+    holder = writer_lock_holder(path)
+    return None if holder is None else holder != 0
+
+
+def writer_lock_holder(path: str) -> int | None:
+    """The pid holding ``path``'s lock (as /proc/locks names it), 0 when nobody does; None when it cannot tell."""
     try:
         st = os.stat(os.path.join(path, LOCK_FILE))
         with open("/proc/locks") as f:
@@ -274,8 +280,8 @@ def writer_lock_held(path: str) -> bool | None:
         fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" (waiters carry a "->" field and hold nothing)
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[5] == wanted:
-            return True
-    return False
+            return int(fields[4]) if fields[4].isdigit() else None
+    return 0
 
 
 OS = OsFileLayer()

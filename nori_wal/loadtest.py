@@ -1266,10 +1266,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         png = write_png(rep, args.plot, args.depth, args.batch_size)
         rep.notes.append(f"wrote {png}" if png else "matplotlib is not installed: no PNG (pip install matplotlib)")
+    print(render(rep, args.depth, args.batch_size), flush=True)      # first: a failed --json write loses nothing
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report_json(rep), fh, indent=1)
-    print(render(rep, args.depth, args.batch_size), flush=True)
+        try:
+            with open(args.json, "w") as fh:
+                json.dump(report_json(rep), fh, indent=1)
+        except OSError as exc:
+            print(f"nori-wal load: error: writing {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 4
     return 1 if any(r.error for r in rep.results) else 0
 
 

@@ -26,6 +26,7 @@ from ..codec import SEAL_FRAME_SIZE
 from ..config import DEFAULT_MAX_SEGMENT_SIZE, FsyncPolicy, WalConfig
 from ..errors import CorruptionError, WalError, WalIOError, WalLockedError
 from ..inspect_log import NotAWalDirectory, list_segments
+from ..observe import CorruptionTruncated, RecordingMeter
 from ..position import Position
 from ..segment import segment_name
 from ..wal import Wal
@@ -65,32 +66,24 @@ def _config(directory: str, ids: list[int]) -> WalConfig:
                      fsync_policy=FsyncPolicy.always())
 
 
-def _writer_pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _via_writer_process(directory: str, before: Position, timeout: float) -> tuple[int, str] | None:
     """Ask the writer process serving ``directory``; None when there is none to ask.
 
-    Only a live writer process recorded in DIR/WRITER is asked, so a directory
-    locked by an embedded Wal fails at once instead of after ``timeout``.
+    Only the writer process recorded in DIR/WRITER that holds DIR's lock now is
+    asked (``recorded_endpoint``): a directory locked by an embedded Wal fails at
+    once instead of after ``timeout``, and a record copied with the directory (it
+    names the original's writer) never deletes another log's segments.
     """
     try:
         from ..client import WalClient
-        from ..writer_proc.endpoint import read_endpoint_file
+        from ..writer_proc.endpoint import recorded_endpoint
     except ImportError:
         return None
-    rec = read_endpoint_file(directory)
-    if rec is None or not _writer_pid_alive(rec.pid):
+    endpoint = recorded_endpoint(directory)
+    if endpoint is None:
         return None
     try:
-        client = WalClient(rec.endpoint, timeout=timeout)
+        client = WalClient(endpoint, timeout=timeout)
     except (WalError, OSError, ValueError):
         return None
     try:
@@ -99,7 +92,7 @@ def _via_writer_process(directory: str, before: Position, timeout: float) -> tup
         return None
     finally:
         client.close()
-    return deleted, rec.endpoint
+    return deleted, endpoint
 
 
 @guarded("gc")
@@ -110,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         ids = list_segments(directory)
     except NotAWalDirectory as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"{directory}: {exc.strerror or exc}", EXIT_IO)
     if not ids:
         fail(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
     if args.dry_run:
@@ -117,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"would delete {_plural(len(victims), 'segment')} before {before} ({_names(victims)}); "
               f"{_plural(len(ids) - len(victims), 'segment')} would remain")
         return EXIT_OK
+    seen = RecordingMeter()
     try:
-        wal, _info = Wal.open(_config(directory, ids))
+        wal, info = Wal.open_with_meter(_config(directory, ids), seen)     # (_config stats the segments)
     except WalLockedError as exc:
         asked = _via_writer_process(directory, before, args.timeout)
         if asked is None:
@@ -131,13 +127,20 @@ def run(args: argparse.Namespace) -> int:
         fail(f"{exc}; nothing was deleted (run nori-wal verify {directory})", EXIT_FAILED)
     except (WalIOError, OSError) as exc:
         fail(f"opening {directory}: {exc}", EXIT_IO)
+    if info.corruption_detected:        # the open cut damage (recovery cannot do otherwise): say so, delete nothing
+        wal.close()
+        why = "; ".join(f"segment {e.segment} offset {e.offset}: {e.reason}"
+                        for e in seen.events_of(CorruptionTruncated))
+        fail(f"opening {directory} found damage and cut {info.bytes_truncated} bytes ({why}); nothing was deleted "
+             f"(run nori-wal verify {directory})", EXIT_FAILED)
+    opened = list_segments(directory)
     try:
         with wal:
             deleted = wal.delete_segments_before(before)
     except (WalIOError, OSError) as exc:
         fail(f"deleting segments in {directory}: {exc}", EXIT_IO)
     left = list_segments(directory)
-    gone = [s for s in ids if s not in left]
+    gone = [s for s in opened if s not in left]
     print(f"deleted {_plural(deleted, 'segment')} before {before} ({_names(gone)}); "
           f"{_plural(len(left), 'segment')} {'remains' if len(left) == 1 else 'remain'} ({_names(left)})")
     return EXIT_OK

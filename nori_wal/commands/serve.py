@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segment file size in bytes (default 128 MiB)")
     parser.add_argument("--overlap", action="store_true",
                         help="fsync in a flush thread while the next group is received (helps only with idle cores)")
-    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
                         help="serve Prometheus /metrics on this port (needs prometheus-client)")
     parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
                         help="the address /metrics listens on (default 127.0.0.1; 0.0.0.0 for every interface)")
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = FsyncPolicy.parse(args.fsync)
         config = WalConfig(dir=args.dir, fsync_policy=policy,
-                           max_segment_size=args.max_segment_size or DEFAULT_MAX_SEGMENT_SIZE)
+                           max_segment_size=(DEFAULT_MAX_SEGMENT_SIZE if args.max_segment_size is None
+                                             else args.max_segment_size))
     except ValueError as exc:
         say(str(exc))
         return EXIT_USAGE
@@ -76,3 +77,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         say(f"{args.dir}: {exc.strerror or exc}")
         return EXIT_USAGE
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value

@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 
-from ..config import FsyncPolicy
+from ..config import FsyncPolicy, WalConfig
 from ..errors import WalError
 from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, dir_path_problem, fail, guarded
 
@@ -54,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @guarded("torture")
 def run(args: argparse.Namespace) -> int:
     from ..testing.torture import TortureOptions, run_torture
-    if args.producers < 1 or args.rounds < 1 or args.batch < 1 or args.value_size < 0:
-        fail("--producers, --rounds and --batch must be >= 1, --value-size >= 0")
+    if args.producers < 1 or args.rounds < 1 or args.batch < 1 or args.value_size < 0 or args.max_acks_per_round < 1:
+        fail("--producers, --rounds, --batch and --max-acks-per-round must be >= 1, --value-size >= 0")
+    try:
+        WalConfig(dir=args.dir, max_segment_size=args.max_segment_size)
+    except ValueError as exc:
+        fail(str(exc))
     if args.timeout <= 0:
         fail("--timeout must be > 0 seconds")
     try:
@@ -81,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         report = run_torture(opts, progress)
+    except KeyboardInterrupt:     # its processes are cleaned up by then (run_torture's finally blocks)
+        print("nori-wal torture: interrupted", file=sys.stderr)
+        return 130
     except OSError as exc:
         print(f"nori-wal torture: error: {exc}", file=sys.stderr)
         return EXIT_IO

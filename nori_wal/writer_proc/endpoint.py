@@ -28,7 +28,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from ..fs import writer_lock_held
+from ..fs import writer_lock_holder
 
 ENDPOINT_FILE = "WRITER"
 SOCKET_NAME = "writer.sock"
@@ -91,20 +91,28 @@ def remove_endpoint_file(directory: str, pid: int) -> None:
 
 
 def resolve_endpoint(directory: str | os.PathLike[str]) -> str:
-    """The endpoint a client should use for ``directory``: the recorded one, else the default.
+    """The endpoint a client should use for ``directory``: the recorded one, else the default."""
+    return recorded_endpoint(directory) or default_endpoint(directory)
 
-    A record left by a killed writer is ignored (its pid is gone, or nobody holds
-    the directory's lock): its tcp port may since belong to another directory's
-    writer, which would acknowledge appends into the wrong log. Only judged from
-    the writer's own PID namespace (a client in another container cannot see its
-    pid or its lock in /proc), else the record is trusted.
+
+def recorded_endpoint(directory: str | os.PathLike[str]) -> str | None:
+    """The endpoint DIR/WRITER records, if the writer that wrote it holds the directory now; else None.
+
+    A record is ignored when its writer is gone (its pid is dead, or nobody holds
+    the directory's lock) or when another process holds the lock (a copy of a
+    live directory carries the original's record): its endpoint may belong to
+    another directory's writer, which would acknowledge appends into, or delete
+    segments of, the wrong log. Only judged from the writer's own PID namespace
+    (a client in another container cannot see its pid or its lock in /proc),
+    else the record is trusted.
     """
     rec = read_endpoint_file(directory)
     if rec is None:
-        return default_endpoint(directory)
-    if rec.pid_ns is not None and rec.pid_ns == _pid_ns() and (
-            not _pid_alive(rec.pid) or writer_lock_held(os.fspath(directory)) is False):
-        return default_endpoint(directory)
+        return None
+    if rec.pid_ns is not None and rec.pid_ns == _pid_ns():
+        holder = writer_lock_holder(os.fspath(directory))
+        if not _pid_alive(rec.pid) or holder == 0 or (holder is not None and holder != rec.pid):
+            return None
     return rec.endpoint
 
 

@@ -775,8 +775,9 @@ def _serve_metrics(meter: Meter, port: int, addr: str) -> None:
     assert isinstance(meter, PrometheusMeter)
     try:
         start_metrics_server(port, meter, addr=addr)
-    except OSError as exc:
-        raise FatalStop(f"metrics port {addr}:{port}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    except (OSError, OverflowError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise FatalStop(f"metrics port {addr}:{port}: {reason}", EXIT_USAGE) from exc
 
 
 __all__ = ["EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "FatalStop", "WalLockedError", "WriterServer", "WriterSpec",

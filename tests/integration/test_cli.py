@@ -555,3 +555,60 @@ def test_serve_judges_the_directory_before_the_metrics_port(tmp_path, serve_proc
     wal, info = Wal.open(WalConfig(dir=d))                          # the lock is free again, the log clean
     wal.close()
     assert info.bytes_truncated == 0 and not info.corruption_detected
+
+
+def test_gc_of_a_copied_directory_never_reaches_the_originals_writer(tmp_path, spawn_writer):
+    """A copy of a live directory carries the original's DIR/WRITER; with the copy held by another process,
+    gc (and a client) must not follow that record to the original's writer."""
+    import shutil
+
+    from nori_wal import WriterUnavailableError
+    from nori_wal.client import WalClient
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    w = spawn_writer(WalConfig(dir=orig, max_segment_size=SEGMENT, fsync_policy=FsyncPolicy.always()))
+    with WalClient(w.endpoint, timeout=30) as c:
+        c.append_batch([Record.put(b"k%d" % i, b"v" * 200) for i in range(80)])
+        last = c.current_position()
+    shutil.copytree(orig, copy, ignore=shutil.ignore_patterns("writer.sock*"))   # cp skips sockets too
+    before = sorted(os.listdir(orig))
+    with Wal.open(WalConfig(dir=copy, max_segment_size=SEGMENT))[0]:
+        proc = cli("gc", copy, "--before", last, "--timeout", "5")
+        assert proc.returncode == 3, proc.stderr
+        with WalClient.for_dir(copy, timeout=1) as lost, pytest.raises(WriterUnavailableError):
+            lost.append(Record.put(b"meant", b"for the copy"))
+    assert sorted(os.listdir(orig)) == before
+
+
+def test_gc_refuses_when_opening_the_log_had_to_cut_durable_records(tmp_path, spawn_writer):
+    from nori_wal.client import WalClient
+    d = tmp_path / "wal"
+    w = spawn_writer(WalConfig(dir=d, max_segment_size=SEGMENT, fsync_policy=FsyncPolicy.always()))
+    with WalClient(w.endpoint, timeout=30) as c:
+        positions = c.append_batch([Record.put(b"k%d" % i, b"v" * 200) for i in range(40)])
+    w.kill()                                         # no clean close: the last segment is not sealed
+    last = positions[-1]
+    path = d / segment_name(last.segment_id)
+    data = bytearray(path.read_bytes())
+    data[last.offset + 8] ^= 0x01                    # damage the last record, below the durable mark
+    path.write_bytes(bytes(data))
+    before = sorted(os.listdir(d))
+    proc = cli("gc", d, "--before", last)
+    assert proc.returncode == 1
+    line = one_line_error(proc, "found damage", "nothing was deleted")
+    assert "made durable" in line
+    assert sorted(n for n in os.listdir(d) if n.endswith(".wal")) == sorted(n for n in before if n.endswith(".wal"))
+
+
+def test_cli_argument_checks_that_used_to_end_in_tracebacks(tmp_path):
+    for bad in (["--metrics-port", "99999"], ["--max-segment-size", "0"]):
+        proc = cli("serve", "--dir", tmp_path / "wal", *bad)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    for bad in (["--max-acks-per-round", "-1"], ["--max-segment-size", "10"]):
+        proc = cli("torture", "--dir", tmp_path / "t", "--rounds", "1", *bad)
+        assert proc.returncode == 2, proc.stderr
+        one_line_error(proc)
+    proc = cli("load", "--dir", tmp_path / "ld", "--producers", "1", "--policies", "os", "--modes", "sync",
+               "--seconds", "0.1", "--slices", "1", "--no-peers", "--f-seconds", "0.05", "--no-plot",
+               "--json", tmp_path / "missing" / "x.json", timeout=120)
+    assert proc.returncode == 4 and "acked rec/s" in proc.stdout          # the table was printed first
+    assert "Traceback" not in proc.stderr and "error: writing" in proc.stderr.strip().splitlines()[-1]

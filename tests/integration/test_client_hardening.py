@@ -518,3 +518,24 @@ def test_every_call_after_close_raises_even_an_empty_batch(spawn_writer, wal_dir
             await a.append_batch([])
 
     asyncio.run(closed_async())
+
+
+def test_a_client_refuses_what_is_not_a_record_before_sending_and_serves_on(spawn_writer, wal_dir):
+    from nori_wal import InvalidRecordError
+    w = spawn_writer(wal_dir)
+    with WalClient(w.endpoint, timeout=30) as c:
+        first = c.append(rec("k", 0))
+        for call in (lambda: c.append("notarecord"), lambda: c.append_batch([rec("k", 1), None]),
+                     lambda: c.submit(Record(b"k", "v"))):
+            with pytest.raises(InvalidRecordError, match="not a valid Record"):
+                call()
+        assert c.append(rec("k", 2)) > first
+
+    async def main() -> None:
+        async with AsyncWalClient(w.endpoint, timeout=30) as a:
+            with pytest.raises(InvalidRecordError):
+                await a.append("notarecord")
+            await a.append(rec("a", 0))
+
+    asyncio.run(main())
+    assert keys_in(wal_dir) == [rec("k", 0).key, rec("k", 2).key, rec("a", 0).key]

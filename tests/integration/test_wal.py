@@ -431,3 +431,18 @@ def test_every_call_after_close_raises_even_an_empty_batch(tmp_path):
     for call in (lambda: wal.append_batch([]), lambda: wal.append(Record.put(b"k", b"v")), wal.sync):
         with pytest.raises(WalClosedError):
             call()
+
+
+@pytest.mark.parametrize("bad", ["x", None, Record(b"k", "v"), Record(5, b"v"), Record(b"k", b"v", False, None, 7),
+                                 Record(b"k", b"v", False, "soon", 0)])
+def test_appending_something_that_is_not_a_valid_record_is_a_clear_wal_error_and_writes_nothing(tmp_path, bad):
+    from nori_wal import InvalidRecordError, WalError
+    with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
+        before = wal.append(Record.put(b"ok", b"1"))
+        for call in (lambda: wal.append(bad), lambda: wal.append_batch([Record.put(b"ok", b"2"), bad])):
+            with pytest.raises(InvalidRecordError, match="not a valid Record") as err:
+                call()
+            assert isinstance(err.value, WalError) and isinstance(err.value, ValueError)
+        assert wal.append(Record.put(b"ok", b"3")) > before
+    with open_reader(tmp_path) as reader:
+        assert [bytes(r.value) for r, _ in reader] == [b"1", b"3"]

@@ -53,8 +53,9 @@ def test_fsync_policy_parse():
     assert FsyncPolicy.parse("batch:0.02s") == FsyncPolicy.batch(0.02)
     with pytest.raises(ValueError):
         FsyncPolicy.parse("sometimes")
-    with pytest.raises(ValueError):
-        FsyncPolicy.batch(0)
+    for window in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            FsyncPolicy.batch(window)
 
 
 def test_config_defaults_and_validation():
