@@ -725,38 +725,49 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
 
     Must run in the main thread (signal handlers). Raises WalLockedError when
     the directory belongs to another live writer (before anything is bound).
+    A signal that arrives while the log is still being opened (recovery) is
+    kept: the writer then stops cleanly as soon as it exists, and exits 0.
     """
-    meter: Meter = NOOP
-    if spec.metrics_port is not None:
-        meter = _metrics_meter()
-    server = open_writer(spec, meter)       # the lock first: a second writer is told so, whatever its port
-    if spec.metrics_port is not None:
-        try:
-            _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
-        except FatalStop:
-            server.stop("the metrics port is unusable")
-            server._shutdown()
-            raise
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-    previous: dict[signal.Signals, Any] = {}
+    early: list[str] = []           # a signal before the server exists (during recovery): stop once it does
+    serving: list[WriterServer] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        server.stop(signal.Signals(signum).name)     # only a flag: the wakeup fd wakes the poller
+        name = signal.Signals(signum).name
+        if serving:
+            serving[0].stop(name)   # only a flag: the wakeup fd wakes the poller
+        else:
+            early.append(name)
 
-    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
-        on_ready(server)
-        return server.serve(rfd, lifeline_fd)
+        meter: Meter = NOOP
+        if spec.metrics_port is not None:
+            meter = _metrics_meter()
+        server = open_writer(spec, meter)       # the lock first: a second writer is told so, whatever its port
+        serving.append(server)
+        if early:
+            server.stop(early[0])
+        if spec.metrics_port is not None:
+            try:
+                _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
+            except FatalStop:
+                server.stop("the metrics port is unusable")
+                server._shutdown()
+                raise
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        try:
+            on_ready(server)
+            return server.serve(rfd, lifeline_fd)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(rfd)
+            os.close(wfd)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        signal.set_wakeup_fd(old_wakeup)
-        os.close(rfd)
-        os.close(wfd)
 
 
 def _metrics_meter() -> Meter:

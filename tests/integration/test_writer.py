@@ -394,3 +394,31 @@ def test_writer_with_no_spawner_left_stops_cleanly(wal_dir, tmp_path):
             threading.Event().wait(0.05)
     assert wal is not None, f"writer {pid} still holds {wal_dir}"
     wal.close()
+
+
+_SIGNAL_DURING_RECOVERY = """
+import os, signal, sys
+from nori_wal import WalConfig
+from nori_wal.fs import OsFileLayer
+from nori_wal.writer_proc.server import WriterSpec, run_writer
+
+class SignalDuringRecovery(OsFileLayer):
+    def listdir(self, path):            # recovery lists the directory first: the signal lands mid-open
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+        return super().listdir(path)
+
+spec = WriterSpec(WalConfig(dir=sys.argv[1]), layer=SignalDuringRecovery())
+sys.exit(run_writer(spec, lambda server: print("ready", flush=True)))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_writer_is_still_opening_its_log_stops_it_cleanly(tmp_path, sig):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_RECOVERY, str(tmp_path / "wal"), sig],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    wal, info = Wal.open(WalConfig(dir=tmp_path / "wal"))
+    wal.close()
+    assert info.bytes_truncated == 0                      # closed cleanly: sealed, nothing to cut
