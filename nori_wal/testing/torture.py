@@ -27,6 +27,7 @@ check holds under every fsync policy (power loss is FaultFS's department).
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import random
@@ -120,7 +121,8 @@ class TortureReport:
             if not xs:
                 return "-"
             q = sorted(xs)
-            return (f"median {statistics.median(q) * 1e3:.0f} ms, p90 {q[int(0.9 * (len(q) - 1))] * 1e3:.0f} ms, "
+            p90 = q[max(0, math.ceil(0.9 * len(q)) - 1)]      # nearest rank: never below the median
+            return (f"median {statistics.median(q) * 1e3:.0f} ms, p90 {p90 * 1e3:.0f} ms, "
                     f"max {q[-1] * 1e3:.0f} ms")
         lines = [
             (f"nori-wal torture: {self.kills} SIGKILLs in {self.rounds} rounds, {self.producers} producers, "

@@ -612,3 +612,8 @@ def test_cli_argument_checks_that_used_to_end_in_tracebacks(tmp_path):
                "--json", tmp_path / "missing" / "x.json", timeout=120)
     assert proc.returncode == 4 and "acked rec/s" in proc.stdout          # the table was printed first
     assert "Traceback" not in proc.stderr and "error: writing" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_an_unknown_log_level_is_bad_usage(tmp_path):
+    proc = cli("--log-level", "bogus", "verify", tmp_path)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

@@ -446,3 +446,46 @@ def test_appending_something_that_is_not_a_valid_record_is_a_clear_wal_error_and
         assert wal.append(Record.put(b"ok", b"3")) > before
     with open_reader(tmp_path) as reader:
         assert [bytes(r.value) for r, _ in reader] == [b"1", b"3"]
+
+
+@pytest.mark.parametrize("count", [0, 3, 30])       # empty, inside a segment, past several rolls
+def test_current_position_is_the_same_after_a_clean_close_and_reopen(tmp_path, count):
+    cfg = WalConfig(dir=tmp_path, max_segment_size=4096)
+    with Wal.open(cfg)[0] as wal:
+        for i in range(count):
+            wal.append(Record.put(b"k%d" % i, b"v" * 200))
+        before = wal.current_position()
+    with Wal.open(cfg)[0] as wal:
+        assert wal.current_position() == before
+        assert wal.append(Record.put(b"next", b"1")) >= before
+
+
+@pytest.mark.parametrize("compression", [Compression.LZ4, Compression.ZSTD])
+def test_keys_are_never_compressed(tmp_path, compression):
+    key = b"k" * 200                                   # as compressible as a key gets
+    with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
+        pos = wal.append(Record.put(key, b"v" * 5000).with_compression(compression))
+    data = (tmp_path / "000000.wal").read_bytes()
+    assert data.find(key, pos.offset) != -1           # verbatim in the frame, right after its header
+
+
+def test_a_checksum_failure_before_the_end_of_the_live_segment_names_the_record(tmp_path):
+    """Damage with whole records after it is corruption even in the unsealed segment a writer holds;
+    damage in its last record only is "not yet" (it could be a write in progress)."""
+    with Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always()))[0] as wal:
+        positions = [wal.append(Record.put(b"k%d" % i, b"v" * 50)) for i in range(10)]
+        path = tmp_path / "000000.wal"
+        original = path.read_bytes()
+        data = bytearray(original)
+        data[positions[3].offset + 10] ^= 0x01
+        path.write_bytes(bytes(data))
+        with open_reader(tmp_path) as reader, pytest.raises(CorruptionError) as err:
+            list(reader)
+        assert (err.value.segment_id, err.value.offset) == tuple(positions[3])
+        assert str(positions[3].offset) in str(err.value)
+        data = bytearray(original)
+        data[positions[9].offset + 10] ^= 0x01
+        path.write_bytes(bytes(data))
+        with open_reader(tmp_path) as reader:
+            assert [p for _, p in reader] == positions[:9]
+        path.write_bytes(original)
