@@ -22,6 +22,7 @@ from nori_wal import (
     WalClosedError,
     WalConfig,
     WalError,
+    WriterUnavailableError,
 )
 from nori_wal.client import AsyncWalClient, WalClient
 
@@ -539,3 +540,35 @@ def test_a_client_refuses_what_is_not_a_record_before_sending_and_serves_on(spaw
 
     asyncio.run(main())
     assert keys_in(wal_dir) == [rec("k", 0).key, rec("k", 2).key, rec("a", 0).key]
+
+
+@pytest.mark.timeout(120)
+def test_every_call_to_a_writer_that_stopped_answering_raises_writer_unavailable(spawn_writer, wal_dir):
+    """A writer alive but silent (SIGSTOP): no call hangs; each raises WriterUnavailableError after its
+    timeout, and once the writer answers again, a new call reaches it."""
+    w = spawn_writer(wal_dir)
+    c = WalClient(w.endpoint, timeout=0.5)
+    first = c.append(rec("k", 0))
+    calls = {"append": lambda: c.append(rec("k", 1)), "append_batch": lambda: c.append_batch([rec("k", 2)]),
+             "sync": c.sync, "current_position": c.current_position,
+             "delete_segments_before": lambda: c.delete_segments_before(first), "info": c.info}
+    os.kill(w.pid, signal.SIGSTOP)
+    try:
+        for name, call in calls.items():
+            with pytest.raises(WriterUnavailableError):
+                call()
+
+        async def silent() -> None:
+            a = AsyncWalClient(w.endpoint, timeout=0.5)
+            try:
+                for make in (lambda: a.append(rec("a", 0)), a.sync, a.current_position):
+                    with pytest.raises(WriterUnavailableError):
+                        await make()
+            finally:
+                a.close_nowait()
+
+        asyncio.run(silent())
+    finally:
+        os.kill(w.pid, signal.SIGCONT)
+    assert c.append(rec("k", 3)) > first
+    c.close()

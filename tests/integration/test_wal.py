@@ -489,3 +489,60 @@ def test_a_checksum_failure_before_the_end_of_the_live_segment_names_the_record(
         with open_reader(tmp_path) as reader:
             assert [p for _, p in reader] == positions[:9]
         path.write_bytes(original)
+
+
+class _SyncTimes(OsFileLayer):
+    """The real file system, noting when each data fsync starts and how far it makes the file durable."""
+
+    def __init__(self):
+        self.syncs: list[tuple[float, str, int]] = []     # (monotonic start, path, bytes written before it)
+
+    def open_append(self, path):
+        return _Timed(super().open_append(path), self, path)
+
+    def create(self, path):
+        return _Timed(super().create(path), self, path)
+
+
+class _Timed:
+    def __init__(self, inner, layer, path):
+        self._inner, self._layer, self._path = inner, layer, path
+
+    def sync(self):
+        import time
+        self._layer.syncs.append((time.monotonic(), os.path.basename(self._path), self._inner.pos))
+        self._inner.sync()
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_batch_fsyncs_at_most_once_per_window_and_every_ack_waits_for_one(tmp_path):
+    """Batch(window) with four threads appending: the data fsyncs start at least a window apart, and
+    every append returns only once an fsync that started after its write covered it."""
+    window = 0.02
+    layer = _SyncTimes()
+    wal, _ = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.batch(window)), layer=layer)
+    returned: list[tuple[Position, int]] = []            # (position, len(frame)) as each append returned
+    lock = threading.Lock()
+
+    def producer(t: int) -> None:
+        for i in range(15):
+            rec = Record.put(b"t%d-%d" % (t, i), b"v" * 100)
+            pos = wal.append(rec)
+            with lock:
+                returned.append((pos, len(codec.encode_record(rec))))
+                acked_syncs = list(layer.syncs)
+            end = pos.offset + len(codec.encode_record(rec))
+            assert any(name.startswith("000000.wal") and upto >= end for _, name, upto in acked_syncs)
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    data = [at for at, name, upto in layer.syncs if name.startswith("000000.wal") and upto > HEADER_SIZE]
+    wal.close()
+    assert len(returned) == 60
+    gaps = [b - a for a, b in zip(data, data[1:])]
+    assert len(data) >= 2 and min(gaps) >= window / 2, gaps     # (half: the clock is read just before the call)
