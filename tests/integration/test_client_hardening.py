@@ -554,7 +554,7 @@ def test_every_call_to_a_writer_that_stopped_answering_raises_writer_unavailable
              "delete_segments_before": lambda: c.delete_segments_before(first), "info": c.info}
     os.kill(w.pid, signal.SIGSTOP)
     try:
-        for name, call in calls.items():
+        for call in calls.values():
             with pytest.raises(WriterUnavailableError):
                 call()
 
