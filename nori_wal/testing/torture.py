@@ -59,6 +59,13 @@ def torture_value(key: bytes, seq: int, max_size: int) -> bytes:
     return (key * (size // len(key) + 1))[:size]
 
 
+def intact(rec: Record, key: bytes, seq: int, max_size: int) -> bool:
+    """Whether ``rec`` is exactly the put a producer made for ``key``: its value, and no flag set
+    (tombstone, TTL, compression): a writer that changed a flag changed the record."""
+    return (not rec.tombstone and rec.ttl is None and not rec.compression
+            and bytes(rec.value) == torture_value(key, seq, max_size))
+
+
 def parse_key(key: bytes) -> tuple[int, int] | None:
     """(producer, seq) of a torture key, or None for anything else."""
     if len(key) != 15 or key[:1] != b"t" or key[4:5] != b"-" or not key[1:4].isdigit() or not key[5:].isdigit():
@@ -212,7 +219,7 @@ def _reader_main(directory: str, conn: Connection, stop: Any, value_size: int) -
             rec, pos = item
             key = bytes(rec.key)
             parsed = parse_key(key)
-            if parsed is None or bytes(rec.value) != torture_value(key, parsed[1], value_size) or rec.tombstone:
+            if parsed is None or not intact(rec, key, parsed[1], value_size):
                 errors.append(f"reader: torn or foreign record {key[:40]!r} at {pos}")
                 continue
             seen.append((key, pos.segment_id, pos.offset))
@@ -252,7 +259,7 @@ class _Log:
     def _note(self, rec: Record, pos: Position, value_size: int) -> None:
         key = bytes(rec.key)
         parsed = parse_key(key)
-        if parsed is None or bytes(rec.value) != torture_value(key, parsed[1], value_size):
+        if parsed is None or not intact(rec, key, parsed[1], value_size):
             self.invented.append(f"{key[:40]!r} at {pos}")
             return
         if key in self.where:

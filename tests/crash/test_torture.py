@@ -61,3 +61,22 @@ def test_torture_command_reports_on_a_users_disk(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "nori_wal.cli", "torture", "--dir", str(tmp_path), "--rounds", "0"],
                          capture_output=True, timeout=60, check=False)
     assert bad.returncode == 2 and b"--rounds" in bad.stderr
+
+
+def test_the_final_check_calls_a_record_with_a_changed_flag_damaged(tmp_path):
+    """The kit's own teeth: the right key and value with a tombstone, TTL or compression flag set is not
+    what the producer appended."""
+    from datetime import timedelta
+
+    from nori_wal import Compression, Record, Wal, WalConfig
+    from nori_wal.testing.torture import _Log, torture_key, torture_value
+    keys = [torture_key(0, i) for i in range(4)]
+    values = [torture_value(k, i, 64) for i, k in enumerate(keys)]
+    with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
+        wal.append(Record.put(keys[0], values[0]))                                        # intact
+        wal.append(Record(keys[1], values[1], True, None, Compression.NONE))               # tombstone
+        wal.append(Record.put_with_ttl(keys[2], values[2], timedelta(seconds=60)))         # TTL
+        wal.append(Record.put(keys[3], values[3]).with_compression(Compression.LZ4))      # compressed
+    log = _Log(str(tmp_path))
+    log.catch_up(64)
+    assert log.order == [keys[0]] and len(log.invented) == 3
