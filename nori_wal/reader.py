@@ -124,7 +124,7 @@ class WalReader:
             try:
                 return self._next_record()
             except OSError as exc:
-                raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc}") from exc
+                raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc.strerror or exc}") from exc
 
     def _next_record(self) -> tuple[Record, Position] | None:
         while True:
@@ -271,7 +271,13 @@ class WalReader:
             except FileNotFoundError:      # deleted by GC since we listed: try the next
                 offset = HEADER_SIZE
                 continue
-            head = fh.pread(HEADER_SIZE, 0)
+            except OSError as exc:
+                raise WalIOError(f"opening segment {sid} of {self.dir} failed: {exc.strerror or exc}") from exc
+            try:
+                head = fh.pread(HEADER_SIZE, 0)
+            except OSError as exc:
+                fh.close()
+                raise WalIOError(f"reading segment {sid} of {self.dir} failed: {exc.strerror or exc}") from exc
             problem = check_header(head, sid)
             if problem is None:
                 predecessor = header_predecessor(head)

@@ -546,3 +546,13 @@ def test_batch_fsyncs_at_most_once_per_window_and_every_ack_waits_for_one(tmp_pa
     assert len(returned) == 60
     gaps = [b - a for a, b in zip(data, data[1:])]
     assert len(data) >= 2 and min(gaps) >= window / 2, gaps     # (half: the clock is read just before the call)
+
+
+def test_a_segment_that_cannot_be_read_is_named_in_the_error(tmp_path):
+    with Wal.open(WalConfig(dir=tmp_path, max_segment_size=4096))[0] as wal:
+        for i in range(30):
+            wal.append(Record.put(b"k%d" % i, b"v" * 200))
+    os.unlink(tmp_path / "000001.wal")
+    os.mkdir(tmp_path / "000001.wal")                 # a directory where segment 1 should be: reads fail
+    with open_reader(tmp_path) as reader, pytest.raises(WalIOError, match="segment 1 of"):
+        list(reader)
