@@ -176,7 +176,7 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
     directory = os.fspath(directory)
     check_directory(directory)
     mark = read_mark(layer, directory)     # Rule 4: first, so all below it was whole before the scan
-    ids = list_segments(directory, layer)
+    ids = segment_ids(layer.listdir(directory))
     if not ids:
         raise NotAWalDirectory(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
     sizes: dict[int, int] = {}

@@ -491,21 +491,9 @@ class SegmentLog:
             f"forked child cannot append to it (two writers would overwrite each other's records). Share the "
             f"log through a writer process (nori_wal.writer_proc), or open it in the child once the parent "
             f"has closed it")
-        for handle in (self._active,):
-            if handle is not None:
-                try:
-                    handle.close()
-                except OSError:
-                    pass
-        self._active = None
-        if self._mark is not None:
-            self._mark.close()
-            self._mark = None
+        self._close_files()
         self.disowned = True
-        lock, self._lock = self._lock, None
-        forget = getattr(lock, "forget", None)
-        if forget is not None:
-            forget()
+        self._lock = None           # the lock's own at-fork hook (fs.OsDirLock) closed the child's copy
 
     def close(self) -> None:
         """Seal and fsync the active segment (a clean close), release the lock. Idempotent."""
@@ -518,14 +506,18 @@ class SegmentLog:
                     self.durable = max(self.durable, self.position)
         finally:
             with self._io_lock:
-                if self._active is not None:
-                    self._active.close()
-                    self._active = None
-                if self._mark is not None:
-                    self._mark.close()
-                    self._mark = None
+                self._close_files()
             lock, self._lock = self._lock, None
             lock.release()
+
+    def _close_files(self) -> None:
+        """Close the active segment's handle and the durable mark's mapping (not the lock)."""
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
 
 
 def _disown_in_child() -> None:

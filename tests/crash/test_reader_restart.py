@@ -51,37 +51,47 @@ def test_reader_continues_after_recovery_rewrites_the_torn_tail(tmp_path, torn, 
     assert [(r.key, p) for r, p in after] == [(r.key, p) for r, p in zip(more, positions)]
 
 
-class _LandingLayer:
-    """The real files, except that the first read over ``hole`` sees those bytes still zero.
+class _FilteredReads:
+    """The real files, with every ``pread`` passed through ``filter(file, size, offset)``."""
+
+    def __init__(self, inner, filter):
+        self._inner, self._filter = inner, filter
+
+    def open_read(self, path):
+        return _FilteredFile(self._inner.open_read(path), self._filter)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _FilteredFile:
+    def __init__(self, inner, filter):
+        self._inner, self._filter = inner, filter
+
+    def pread(self, size, offset):
+        return self._filter(self._inner, size, offset)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _Landing:
+    """The first read over ``hole`` sees those bytes still zero.
 
     Over durable zeros a writer preallocated, a read can catch a write half-copied:
     the frame's tail is still zeros while later frames are already there.
     """
 
-    def __init__(self, inner, hole):
-        self._inner, self.hole, self.landed = inner, hole, False
+    def __init__(self, hole):
+        self.hole, self.landed = hole, False
 
-    def open_read(self, path):
-        return _LandingFile(self._inner.open_read(path), self)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
-class _LandingFile:
-    def __init__(self, inner, layer):
-        self._inner, self._layer = inner, layer
-
-    def pread(self, size, offset):
-        data = self._inner.pread(size, offset)
-        start, end = self._layer.hole
-        if not self._layer.landed and offset <= start and offset + len(data) >= end:
-            self._layer.landed = True
+    def __call__(self, f, size, offset):
+        data = f.pread(size, offset)
+        start, end = self.hole
+        if not self.landed and offset <= start and offset + len(data) >= end:
+            self.landed = True
             data = data[:start - offset] + bytes(end - start) + data[end - offset:]
         return data
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
 
 
 def test_a_record_read_while_it_lands_over_zeros_is_read_again_not_called_corrupt(tmp_path):
@@ -91,45 +101,31 @@ def test_a_record_read_while_it_lands_over_zeros_is_read_again_not_called_corrup
     with Wal.open(cfg)[0] as wal:
         positions = [wal.append(r) for r in recs]
         mid = positions[1].offset + len(encode_record(recs[1])) // 2
-        layer = _LandingLayer(OS, (mid, mid + 20))
-        with WalReader(str(tmp_path), layer=layer) as reader:
+        landing = _Landing((mid, mid + 20))
+        with WalReader(str(tmp_path), layer=_FilteredReads(OS, landing)) as reader:
             got = [reader.next_record() for _ in recs]
-    assert layer.landed and got == list(zip(recs, positions))
+    assert landing.landed and got == list(zip(recs, positions))
 
 
-class _SealLandsLayer:
-    """The real files, except that until a read of the seal, the bytes from ``start`` on read as zeros.
+class _SealLands:
+    """Until a read of the seal, the bytes from ``start`` on read as zeros.
 
     A reader can stop at a frame a live writer is still copying, and then find the seal the
     writer appended once those records were written and fsynced: the records landed first.
     """
 
-    def __init__(self, inner, start):
-        self._inner, self.start, self.landed = inner, start, False
+    def __init__(self, start):
+        self.start, self.landed = start, False
 
-    def open_read(self, path):
-        return _SealLandsFile(self._inner.open_read(path), self)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
-class _SealLandsFile:
-    def __init__(self, inner, layer):
-        self._inner, self._layer = inner, layer
-
-    def pread(self, size, offset):
+    def __call__(self, f, size, offset):
         from nori_wal.codec import SEAL_FRAME_SIZE
-        if offset == self._inner.size() - SEAL_FRAME_SIZE:
-            self._layer.landed = True               # the reader looks for a seal: it is there, and all before it
-        data = self._inner.pread(size, offset)
-        cut = self._layer.start - offset
-        if not self._layer.landed and cut < len(data):
+        if offset == f.size() - SEAL_FRAME_SIZE:
+            self.landed = True                      # the reader looks for a seal: it is there, and all before it
+        data = f.pread(size, offset)
+        cut = self.start - offset
+        if not self.landed and cut < len(data):
             data = data[:max(cut, 0)] + bytes(len(data) - max(cut, 0))
         return data
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
 
 
 def test_a_seal_seen_after_a_stop_mid_write_means_read_again_not_corrupt(tmp_path):
@@ -138,10 +134,10 @@ def test_a_seal_seen_after_a_stop_mid_write_means_read_again_not_corrupt(tmp_pat
     recs = [rec(i) for i in range(3)]
     with Wal.open(cfg)[0] as wal:
         positions = [wal.append(r) for r in recs]
-    layer = _SealLandsLayer(OS, positions[1].offset + 10)
-    with WalReader(str(tmp_path), layer=layer) as reader:
+    seal = _SealLands(positions[1].offset + 10)
+    with WalReader(str(tmp_path), layer=_FilteredReads(OS, seal)) as reader:
         got = list(reader)
-    assert layer.landed and got == list(zip(recs, positions))
+    assert seal.landed and got == list(zip(recs, positions))
 
 
 def test_verify_reads_a_last_segment_again_once_it_finds_it_sealed(tmp_path):
@@ -151,6 +147,6 @@ def test_verify_reads_a_last_segment_again_once_it_finds_it_sealed(tmp_path):
     cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
     with Wal.open(cfg)[0] as wal:
         positions = [wal.append(rec(i)) for i in range(3)]
-    layer = _SealLandsLayer(OS, positions[1].offset + 10)
-    report = inspect_log(str(tmp_path), layer=layer)
-    assert layer.landed and report.problems == [] and report.records == 3 and report.segments[0].sealed
+    seal = _SealLands(positions[1].offset + 10)
+    report = inspect_log(str(tmp_path), layer=_FilteredReads(OS, seal))
+    assert seal.landed and report.problems == [] and report.records == 3 and report.segments[0].sealed

@@ -1,5 +1,6 @@
 """/metrics over real HTTP: known work on a real log, scraped and parsed as Prometheus would."""
 
+import contextlib
 import logging
 import os
 import queue
@@ -108,14 +109,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_serve_metrics_port_end_to_end(tmp_path):
-    from nori_wal.client import WalClient
-
-    port = _free_port()
-    d = tmp_path / "wal"
-    proc = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", "--dir", d, "--fsync", "always",
-                             "--max-segment-size", "8192", "--metrics-port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def _serve(directory, port, segment_size, preexec_fn=None):
+    """``nori-wal serve`` with ``--metrics-port``, yielding (process, endpoint); stopped with SIGTERM at the
+    end, which must give exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", "--dir", directory, "--fsync", "always",
+                             "--max-segment-size", str(segment_size), "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
     reader.start()
@@ -125,18 +125,7 @@ def test_serve_metrics_port_end_to_end(tmp_path):
             line = lines.get(timeout=30)
             m = re.search(r"((?:ipc|tcp)://\S+)", line)
             endpoint = m.group(1) if m else None
-        records = [Record.put(b"k%d" % i, b"x" * 300) for i in range(100)]
-        with WalClient(endpoint, timeout=10.0) as client:
-            first = client.append_batch(records[:50])
-            rest = [client.append(r) for r in records[50:]]
-        s = scrape(f"http://127.0.0.1:{port}/metrics")
-        assert s[("wal_records_total", ())] == len(records)
-        assert s[("wal_bytes_total", ())] == sum(len(encode_record(r)) for r in records)
-        assert s[("wal_segment_rolls_total", ())] == rest[-1].segment_id - first[0].segment_id >= 2
-        assert s[("wal_segment_count", ())] == len(segment_ids(os.listdir(d)))
-        assert s[("wal_fsync_ms_count", ())] >= 51
-        assert s[("wal_group_records_sum", ())] == len(records)
-        assert s[("wal_ack_latency_ms_count", ())] >= 51
+        yield proc, endpoint
     finally:
         proc.terminate()
         try:
@@ -149,6 +138,26 @@ def test_serve_metrics_port_end_to_end(tmp_path):
             proc.stdout.close()
             proc.stderr.close()
     assert proc.returncode == 0
+
+
+def test_serve_metrics_port_end_to_end(tmp_path):
+    from nori_wal.client import WalClient
+
+    port = _free_port()
+    d = tmp_path / "wal"
+    with _serve(d, port, 8192) as (_proc, endpoint):
+        records = [Record.put(b"k%d" % i, b"x" * 300) for i in range(100)]
+        with WalClient(endpoint, timeout=10.0) as client:
+            first = client.append_batch(records[:50])
+            rest = [client.append(r) for r in records[50:]]
+        s = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert s[("wal_records_total", ())] == len(records)
+        assert s[("wal_bytes_total", ())] == sum(len(encode_record(r)) for r in records)
+        assert s[("wal_segment_rolls_total", ())] == rest[-1].segment_id - first[0].segment_id >= 2
+        assert s[("wal_segment_count", ())] == len(segment_ids(os.listdir(d)))
+        assert s[("wal_fsync_ms_count", ())] >= 51
+        assert s[("wal_group_records_sum", ())] == len(records)
+        assert s[("wal_ack_latency_ms_count", ())] >= 51
 
 
 def test_without_prometheus_client_the_import_error_says_what_to_install():
@@ -327,45 +336,24 @@ def test_serve_keeps_rolling_while_many_idle_connections_hold_the_metrics_port(t
 
     port = _free_port()
     d = tmp_path / "wal"
-    proc = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", "--dir", d, "--fsync", "always",
-                             "--max-segment-size", "65536", "--metrics-port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=low_fd_limit)
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
-    reader.start()
-    idle = []
-    try:
-        endpoint = None
-        while endpoint is None:
-            line = lines.get(timeout=30)
-            m = re.search(r"((?:ipc|tcp)://\S+)", line)
-            endpoint = m.group(1) if m else None
-        with WalClient(endpoint, timeout=10.0) as client:
-            client.append(Record.put(b"k", b"v"))
-            for _ in range(limit + 44):
-                try:
-                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-                except OSError:       # only the old, unbounded exporter: its backlog full, accept failing
-                    break
-            assert len(idle) == limit + 44
-            assert len(_wait_closed_by_peer(idle, len(idle) - 8)) >= len(idle) - 8
-            assert len(os.listdir(f"/proc/{proc.pid}/fd")) < limit // 2
-            positions = [client.append(Record.put(b"k%d" % i, os.urandom(1024))) for i in range(200)]
-        assert positions[-1].segment_id >= 2                     # rolled, twice at least
-    finally:
-        for s in idle:
-            s.close()
-        proc.terminate()
+    idle: list = []
+    with _serve(d, port, 65536, preexec_fn=low_fd_limit) as (proc, endpoint):
         try:
-            proc.wait(timeout=20)
+            with WalClient(endpoint, timeout=10.0) as client:
+                client.append(Record.put(b"k", b"v"))
+                for _ in range(limit + 44):
+                    try:
+                        idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                    except OSError:       # only the old, unbounded exporter: its backlog full, accept failing
+                        break
+                assert len(idle) == limit + 44
+                assert len(_wait_closed_by_peer(idle, len(idle) - 8)) >= len(idle) - 8
+                assert len(os.listdir(f"/proc/{proc.pid}/fd")) < limit // 2
+                positions = [client.append(Record.put(b"k%d" % i, os.urandom(1024))) for i in range(200)]
+            assert positions[-1].segment_id >= 2                 # rolled, twice at least
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            reader.join(timeout=10)
-            proc.stdout.close()
-            proc.stderr.close()
-    assert proc.returncode == 0
+            for s in idle:
+                s.close()
 
 
 def test_a_fresh_log_serves_every_documented_metric(tmp_path):
