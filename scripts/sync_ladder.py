@@ -19,7 +19,12 @@ the API). On a two-core machine past 8 producers the CPU is the limit, so that
 price is paid in throughput. Slices are short and many, so a drift of the
 machine is shared by the three: the ratios are steadier than ``nori-wal load``'s.
 
-    python scripts/sync_ladder.py [--producers 8,32] [--slices 10] [--slice-seconds 0.4] [--dir DIR]
+``--cpu`` (Linux) also prints where each system's CPU went, in microseconds
+per acknowledged record, from ``/proc``: the machine's busy and idle time
+during its slices, its producer processes and its writer process (each with
+its ZeroMQ I/O thread; the writer's includes the kernel's work in its fsyncs).
+
+    python scripts/sync_ladder.py [--producers 8,32] [--slices 10] [--slice-seconds 0.4] [--cpu] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -84,6 +89,50 @@ def _producer(system: str, endpoint: str, turn: Any, running: Any, counts: Any, 
         counts[index] += n
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, idle) clock ticks of the whole machine so far (``/proc/stat``; idle includes iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return user + nice + system + irq + softirq + steal, idle + iowait
+
+
+def _process_ticks(pids: list[int]) -> int:
+    """User plus system clock ticks used so far by these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue            # gone: its ticks are lost to the sum, which then reads low
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class _CpuMeter:
+    """Clock ticks a system spent during its slices: machine busy, machine idle, producers, writer."""
+
+    def __init__(self, producer_pids: list[int], writer_pid: int | None):
+        self._pids = producer_pids
+        self._writer = [writer_pid] if writer_pid else []
+        self.ticks = [0, 0, 0, 0]
+        self._start: list[int] = []
+
+    def _now(self) -> list[int]:
+        return [*_machine_ticks(), _process_ticks(self._pids), _process_ticks(self._writer)]
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        self.ticks = [t + b - a for t, a, b in zip(self.ticks, self._start, self._now())]
+
+    def per_record(self, records: int) -> list[float]:
+        """The four figures in microseconds per record."""
+        us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
+        return [t * us_per_tick / max(1, records) for t in self.ticks]
+
+
 class _System:
     """One system's producers, which run only during its slices."""
 
@@ -122,8 +171,12 @@ class _System:
                 p.join(5)
 
 
-def run_ladder(n: int, slices: int, slice_s: float, base: str | None) -> dict[str, tuple[float, float]]:
-    """{system: (records/s, records per fsync)} at ``n`` producers."""
+def run_ladder(n: int, slices: int, slice_s: float, base: str | None,
+               cpu: bool = False) -> dict[str, tuple[float, float, list[float] | None]]:
+    """{system: (records/s, records per fsync, CPU per record or None)} at ``n`` producers.
+
+    The CPU figures (``cpu``): see ``_CpuMeter.per_record``.
+    """
     from nori_wal.client import WalClient
     from nori_wal.writer_proc import WriterProcess
 
@@ -149,15 +202,22 @@ def run_ladder(n: int, slices: int, slice_s: float, base: str | None) -> dict[st
             if not ready.acquire(timeout=SETUP_TIMEOUT):
                 raise RuntimeError("producers did not connect in time")
         grown = {name: [0, 0] for name in SYSTEMS}
+        meters = {s.name: _CpuMeter([p.pid for p in s.procs if p.pid], yard.pid if s.name == "yardstick"
+                                    else writer.pid) for s in systems}
         for k in range(slices):
             for s in (systems if k % 2 == 0 else systems[::-1]):
                 before = synced()[s.name]
+                if cpu:
+                    meters[s.name].start()
                 s.run_slice(slice_s)
+                if cpu:
+                    meters[s.name].stop()
                 after = synced()[s.name]
                 grown[s.name][0] += after[0] - before[0]
                 grown[s.name][1] += after[1] - before[1]
             control.delete_segments_before(control.current_position())    # keep the disk bounded
-        return {s.name: (s.rate(), grown[s.name][0] / max(1, grown[s.name][1])) for s in systems}
+        return {s.name: (s.rate(), grown[s.name][0] / max(1, grown[s.name][1]),
+                         meters[s.name].per_record(grown[s.name][0]) if cpu else None) for s in systems}
     finally:
         for s in systems:
             s.close()
@@ -172,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--producers", default="8,32", help="producer counts (default 8,32)")
     ap.add_argument("--slices", type=int, default=10, help="slices per system (default 10)")
     ap.add_argument("--slice-seconds", type=float, default=0.4, help="length of one slice (default 0.4)")
+    ap.add_argument("--cpu", action="store_true", help="also print CPU per record (Linux: reads /proc)")
     ap.add_argument("--dir", default=None, help="where to put the logs (default: the system temp dir)")
     args = ap.parse_args(argv)
+    if args.cpu and not os.path.exists("/proc/stat"):
+        ap.error("--cpu reads /proc/stat and /proc/PID/stat (Linux)")
     counts = [int(x) for x in args.producers.split(",")]
     if not counts or min(counts) < 1 or args.slices < 1 or not args.slice_seconds > 0:
         ap.error("--producers, --slices and --slice-seconds must be positive")
@@ -184,15 +247,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(probe, ignore_errors=True)
     print(f"nori-wal sync ladder: Always, 1 KB records, {args.slices} x {args.slice_seconds:g} s slices per system, "
           f"{os.cpu_count()} CPUs; F = {f:,.0f} appends+fdatasync/s")
-    print(f"{'producers':>9}  {'system':<10} {'acked rec/s':>12} {'x yardstick':>12} {'rec/fsync':>10}")
+    cpu_head = f" {'busy us':>8} {'idle us':>8} {'prod us':>8} {'writer us':>9}" if args.cpu else ""
+    print(f"{'producers':>9}  {'system':<10} {'acked rec/s':>12} {'x yardstick':>12} {'rec/fsync':>10}{cpu_head}")
     for n in counts:
-        res = run_ladder(n, args.slices, args.slice_seconds, args.dir)
+        res = run_ladder(n, args.slices, args.slice_seconds, args.dir, args.cpu)
         yard = res["yardstick"][0]
         for name in SYSTEMS:
-            rate, group = res[name]
-            print(f"{n:>9}  {name:<10} {rate:>12,.0f} {rate / yard if yard else 0:>11.2f}x {group:>10.1f}",
+            rate, group, per_record = res[name]
+            cpu_cols = "".join(f" {x:>{w}.0f}" for x, w in zip(per_record, (8, 8, 8, 9))) if per_record else ""
+            print(f"{n:>9}  {name:<10} {rate:>12,.0f} {rate / yard if yard else 0:>11.2f}x {group:>10.1f}{cpu_cols}",
                   flush=True)
         print()
+    if args.cpu:
+        print("CPU in microseconds per acknowledged record during the system's slices: the machine busy and idle,\n"
+              "its producer processes, its writer process (ZeroMQ I/O threads and the kernel's fsync work included).")
     return 0
 
 

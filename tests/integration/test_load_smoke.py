@@ -58,12 +58,16 @@ def test_load_rejects_a_bad_argument(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_sync_ladder_prints_every_system_with_a_ratio(tmp_path):
+def test_sync_ladder_prints_every_system_with_a_ratio_and_its_cpu(tmp_path):
     proc = _run([os.path.join(ROOT, "scripts", "sync_ladder.py"), "--producers", "1", "--slices", "2",
-                 "--slice-seconds", "0.2", "--dir", str(tmp_path)], tmp_path)
+                 "--slice-seconds", "0.2", "--cpu", "--dir", str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = re.findall(r"^\s+1\s{2}(nori|bare|yardstick)\s+([\d,]+)\s+([\d.]+)x\s+([\d.]+)$", proc.stdout, re.M)
+    rows = re.findall(r"^\s+1\s{2}(nori|bare|yardstick)\s+([\d,]+)\s+([\d.]+)x\s+([\d.]+)((?:\s+\d+){4})$",
+                      proc.stdout, re.M)
     assert [r[0] for r in rows] == ["nori", "bare", "yardstick"], proc.stdout
     assert all(int(r[1].replace(",", "")) > 0 and float(r[3]) >= 1 for r in rows), proc.stdout
     assert rows[2][2] == "1.00"
+    # CPU per record: the machine was busy, and each system's producers and writer used some of it.
+    assert all(int(r[4].split()[0]) > 0 and int(r[4].split()[2]) > 0 and int(r[4].split()[3]) > 0
+               for r in rows), proc.stdout
     assert os.listdir(tmp_path) == []     # logs and the F probe are removed after
