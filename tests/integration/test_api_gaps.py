@@ -172,6 +172,19 @@ def serve_refused(serve_process: Any, *args: str) -> str:
     return str(lines[0])
 
 
+def assert_every_other_writer_refused(path: str, serve_process: Any) -> None:
+    """Every way to open a second writer on ``path`` fails at once: ``Wal.open`` here and in another
+    process, ``WriterProcess.spawn`` (default and tcp endpoints), ``nori-wal serve`` (with and without one)."""
+    with pytest.raises(WalLockedError):
+        Wal.open(WalConfig(dir=path))
+    contend_in_another_process(path)
+    for endpoint in (None, "tcp://127.0.0.1:*"):
+        with pytest.raises(WalLockedError):
+            WriterProcess.spawn(WalConfig(dir=path), endpoint, timeout=60)
+    serve_refused(serve_process, "--dir", path)
+    serve_refused(serve_process, "--dir", path, "--endpoint", "tcp://127.0.0.1:*")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["another process", "this process"])
 def test_a_directory_held_by_an_embedded_wal_refuses_every_other_writer_at_once(
@@ -184,14 +197,7 @@ def test_a_directory_held_by_an_embedded_wal_refuses_every_other_writer_at_once(
     else:
         held, _ = Wal.open(WalConfig(dir=d))
         held.append(Record.put(b"held", b"by an embedded Wal"))
-    with pytest.raises(WalLockedError):
-        Wal.open(WalConfig(dir=d))
-    contend_in_another_process(d)
-    for endpoint in (None, "tcp://127.0.0.1:*"):
-        with pytest.raises(WalLockedError):
-            WriterProcess.spawn(WalConfig(dir=d), endpoint, timeout=60)
-    serve_refused(serve_process, "--dir", d)
-    serve_refused(serve_process, "--dir", d, "--endpoint", "tcp://127.0.0.1:*")
+    assert_every_other_writer_refused(d, serve_process)
     # Nothing was disturbed: no contender recorded an endpoint or left a socket, the holder still holds.
     assert not os.path.exists(os.path.join(d, ENDPOINT_FILE))
     assert not os.path.exists(os.path.join(d, SOCKET_NAME))
@@ -225,14 +231,7 @@ def test_a_directory_held_by_a_writer_process_refuses_every_other_writer_at_once
     link = str(tmp_path / "link")
     os.symlink(d, link)
     for path in (d, link):                           # the same directory by another name is the same directory
-        with pytest.raises(WalLockedError):
-            Wal.open(WalConfig(dir=path))
-        contend_in_another_process(path)
-        for ep in (None, "tcp://127.0.0.1:*"):
-            with pytest.raises(WalLockedError):
-                WriterProcess.spawn(WalConfig(dir=path), ep, timeout=60)
-        serve_refused(serve_process, "--dir", path)
-        serve_refused(serve_process, "--dir", path, "--endpoint", "tcp://127.0.0.1:*")
+        assert_every_other_writer_refused(path, serve_process)
     # The live writer was not disturbed: its record and socket stand and it goes on serving.
     rec = read_endpoint_file(d)
     assert rec is not None and (rec.endpoint, rec.pid) == (endpoint, pid)
