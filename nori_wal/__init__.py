@@ -1,6 +1,6 @@
 """nori-wal: a durable, multi-process write-ahead log for Python.
 
-The public names of API.md; see README.md for the guarantees.
+The public names of the API contract (the project brief's API.md); README.md states the guarantees.
 """
 
 from .config import FsyncPolicy, WalConfig

@@ -1,0 +1,438 @@
+"""The documentation's code examples, run for real.
+
+Every ```python fenced block of README.md and docs/{CLI,PROTOCOL,FORMAT}.md is
+extracted from the markdown when the tests are collected (so an edited example
+is tested as edited) and executed with real files, real writer processes and
+real sockets, each in a fresh temporary directory that is also the working
+directory: the examples' relative paths ("wal", "mwal") land there unchanged.
+What had to change to run an example in a test is listed, with the reason, in
+SUBSTITUTIONS; nothing else differs from the docs.
+
+A block is identified by its file and its first line ("README.md: from datetime
+import timedelta"; a repeated first line in one file gets " #2", " #3"). Every
+block must be registered in CHECKS (it runs, then its check asserts what the
+surrounding text claims) or SKIPPED (with a reason): test_every_python_block_is_registered
+fails for a new, unregistered block (which is still run) and for a stale entry.
+
+No block needs context from another block or a writer started for it: each
+runs alone in one fresh namespace (the writer example starts its own writer),
+so the only context is the working directory (fixture doc_namespace), which
+keeps relative paths as the docs print them instead of substituting them.
+
+test_cli_examples_print_what_the_docs_show additionally runs a few of the
+``$ nori-wal ...`` command lines of docs/CLI.md and README.md against the log
+docs/CLI.md's own example makes, and compares with the output printed there
+(CLI_EXAMPLES, CLI_NORMALISE); README's ``nori-wal serve`` line is run too.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import msgpack
+import pytest
+import zmq
+from writer_support import read_line
+
+from nori_wal import Compression, FsyncPolicy, Position, Record, Wal, WalConfig, WalReader, open_reader
+from nori_wal.client import WalClient
+from nori_wal.codec import encode_record
+from nori_wal.prometheus import MetricsServer
+from nori_wal.writer_proc import WriterProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md")
+PYTHON_INFO = frozenset({"python", "py", "python3"})     # fence info strings that mark a python block
+
+
+# -- extracting fenced blocks ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DocBlock:
+    file: str            # relative to the repository root
+    line: int            # 1-based line of the block's first line of code
+    info: str            # the fence's info string's first word ("python", "" ...)
+    source: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+_FENCE = re.compile(r"^( {0,3})(`{3,}|~{3,})\s*([^\s`]*)")
+
+
+def fenced_blocks(rel: str, text: str | None = None) -> list[DocBlock]:
+    """Every fenced code block of a markdown file (CommonMark fences: ``` or ~~~, up to 3 spaces indent)."""
+    if text is None:
+        text = (ROOT / rel).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    out: list[DocBlock] = []
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence, info = len(m.group(1)), m.group(2), m.group(3).lower()
+        close = re.compile(r"^ {0,3}" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}\s*$")
+        j = i + 1
+        while j < len(lines) and not close.match(lines[j]):
+            j += 1
+        body = [ln[min(indent, len(ln) - len(ln.lstrip(" "))):] for ln in lines[i + 1:j]]   # CommonMark
+        out.append(DocBlock(rel, i + 2, info, "\n".join(body) + "\n"))
+        i = j + 1
+    return out
+
+
+def python_blocks() -> dict[str, DocBlock]:
+    """The python blocks of DOC_FILES by key: ``FILE: FIRST LINE`` (" #N" for the Nth repeat in a file)."""
+    found: dict[str, DocBlock] = {}
+    for rel in DOC_FILES:
+        for block in fenced_blocks(rel):
+            if block.info not in PYTHON_INFO:
+                continue
+            first = next((ln.strip() for ln in block.source.splitlines() if ln.strip()), "")
+            key, n = f"{rel}: {first}", 1
+            while key in found:
+                n += 1
+                key = f"{rel}: {first} #{n}"
+            found[key] = block
+    return found
+
+
+BLOCKS = python_blocks()
+
+
+# -- what differs from the docs --------------------------------------------------------------
+
+class Sub(NamedTuple):
+    old: str             # text of the block (every occurrence is replaced; it must occur)
+    new: str             # "{tmp}" is the test's temporary (and working) directory
+    why: str
+
+
+SUBSTITUTIONS: dict[str, tuple[Sub, ...]] = {
+    "README.md: from datetime import timedelta": (
+        Sub('"/var/lib/app/wal"', '"{tmp}/app-wal"',
+            "a system path; the test writes only below its temporary directory"),
+    ),
+    "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": (
+        Sub("start_metrics_server(9464, meter)", "start_metrics_server(0, meter)",
+            "a fixed port may be taken on a shared machine; the doc's own comment: port 0 picks one"),
+    ),
+}
+
+SKIPPED: dict[str, str] = {
+    # "FILE: first line": "why it cannot run as written (e.g. a signature listing)",
+}
+
+
+# -- running a block -------------------------------------------------------------------------
+
+def rewritten(key: str, tmp: Path) -> str:
+    block = BLOCKS[key]
+    src = block.source
+    for sub in SUBSTITUTIONS.get(key, ()):
+        assert sub.old in src, (f"{block.where}: the example no longer contains {sub.old!r}; "
+                                f"update SUBSTITUTIONS in {__name__}")
+        src = src.replace(sub.old, sub.new.format(tmp=tmp))
+    return src
+
+
+def run_block(key: str, tmp: Path, namespace: dict[str, Any]) -> None:
+    """Execute block ``key`` in ``namespace``; tracebacks name the markdown file and its line numbers."""
+    block = BLOCKS[key]
+    code = compile("\n" * (block.line - 1) + rewritten(key, tmp), str(ROOT / block.file), "exec",
+                   dont_inherit=True)
+    exec(code, namespace)
+
+
+def close_all(namespace: dict[str, Any]) -> None:
+    """Release what an example left open (the docs' examples may leave a client open; -W error sees it)."""
+    for value in namespace.values():
+        if isinstance(value, WriterProcess):
+            if value.is_alive():
+                value.stop()
+        elif isinstance(value, (WalClient, Wal, WalReader, MetricsServer)):
+            value.close()
+
+
+@pytest.fixture
+def doc_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A fresh namespace for one example, run with the temporary directory as working directory."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "__doc_example__"}
+    try:
+        yield namespace
+    finally:
+        close_all(namespace)
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    stdout: str
+    spawn_writer: Callable[..., Any]
+
+
+# -- what each example claims ----------------------------------------------------------------
+
+def check_embedded(ns: dict[str, Any], ctx: Ctx) -> None:
+    """README, "Embedded use": a fresh log recovers nothing; every record reads back as appended."""
+    info = ns["info"]
+    assert (info.valid_records, info.bytes_truncated) == (0, 0)
+    assert ctx.stdout.splitlines()[0] == "0 0"
+    assert ns["pos"] == Position(0, 32)                 # the first record, just after the 32-byte header
+    with open_reader(ctx.tmp / "app-wal") as reader:
+        got = [(r.key, bytes(r.value), r.tombstone, r.ttl, r.compression) for r, _ in reader]
+    assert got == [(b"user:1", b"alice", False, None, Compression.NONE),
+                   (b"session", b"x", False, timedelta(minutes=5), Compression.NONE),
+                   (b"blob", b"y" * 10_000, False, None, Compression.ZSTD),
+                   (b"user:0", b"", True, None, Compression.NONE)]
+    assert len(ctx.stdout.splitlines()) == 1 + len(got)  # the example prints each record once
+
+
+def check_writer_service(ns: dict[str, Any], ctx: Ctx) -> None:
+    """README, "The writer service": acked records are in the log, in order; the writer stopped cleanly."""
+    assert ns["writer"].returncode == 0                 # leaving the `with` stopped it gracefully
+    with open_reader(ctx.tmp / "wal") as reader:
+        got = [(r.key, bytes(r.value), p) for r, p in reader]
+    assert [k for k, _, _ in got] == [b"k"] + [b"k%d" % i for i in range(100)]
+    assert all(v == b"v" for _, v, _ in got)
+    assert got[0][2] == ns["pos"]
+
+
+def check_cli_demo_log(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/CLI.md's demo log: 254 records in 4 tiny segments, as the outputs below it say."""
+    assert sorted(p.name for p in (ctx.tmp / "wal").glob("*.wal")) == [f"{i:06d}.wal" for i in range(4)]
+    with open_reader(ctx.tmp / "wal") as reader:
+        records = [r for r, _ in reader]
+    assert len(records) == 254
+    assert records[-1] == Record.delete(b"user:7")
+    assert (records[-3].key, records[-3].compression) == (b"report:2026-11", Compression.ZSTD)
+    assert bytes(records[-3].value) == b"month,orders,revenue\n" * 40
+
+
+def check_prometheus(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/CLI.md, Prometheus: the figures of the scrape excerpt printed after the example."""
+    text = ns["meter"].exposition().decode()
+    for line in ("wal_records_total 1000.0", "wal_bytes_total 111900.0", "wal_segment_count 1.0",
+                 'wal_events_total{type="SegmentRoll"} 1.0', 'wal_events_total{type="SegmentsDeleted"} 1.0',
+                 "wal_recovery_truncated_bytes_total 0.0"):
+        assert line in text.splitlines(), f"{line!r} not in the exposition"
+
+
+def check_positions(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/PROTOCOL.md's positions(): fed a real writer's APPEND reply, it gives every record's position.
+
+    The request is built as the protocol text describes it (a msgpack header, the
+    frames as the second frame) and is larger than a segment, so the writer
+    cuts it into several units: the reply has several runs.
+    """
+    positions = ns["positions"]
+    writer = ctx.spawn_writer(WalConfig(dir=str(ctx.tmp / "proto-wal"), max_segment_size=4096,
+                                        fsync_policy=FsyncPolicy.always()))
+    frames = [encode_record(Record.put(b"key-%02d" % i, bytes([i]) * (900 + 37 * i))) for i in range(12)]
+    ctx_zmq = zmq.Context()
+    try:
+        sock = ctx_zmq.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(writer.endpoint)
+        sock.send_multipart([msgpack.packb([1, 1, 7, len(frames)]), b"".join(frames)])
+        assert sock.poll(30_000), "no reply from the writer"
+        version, request_id, status, runs = msgpack.unpackb(sock.recv())
+    finally:
+        ctx_zmq.destroy(linger=0)           # closes the socket too, also when the assert failed
+    assert (version, request_id, status) == (1, 7, 0), runs
+    assert len(runs) > 3, f"expected several runs, got {runs}"
+    with open_reader(ctx.tmp / "proto-wal") as reader:
+        on_disk = [tuple(p) for _, p in reader]
+    assert positions(runs, [len(f) for f in frames]) == on_disk
+
+
+CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
+    "README.md: from datetime import timedelta": check_embedded,
+    "README.md: from nori_wal import WalConfig, FsyncPolicy, Record": check_writer_service,
+    "docs/CLI.md: from datetime import timedelta": check_cli_demo_log,
+    "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": check_prometheus,
+    "docs/PROTOCOL.md: def positions(runs, frame_lengths):": check_positions,
+}
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+def test_every_python_block_is_registered() -> None:
+    """A new python block must be given a check (CHECKS) or a reason to skip it (SKIPPED); no stale entries."""
+    assert BLOCKS, "no python blocks found: did the docs move?"
+    unregistered = [f"{BLOCKS[k].where}  {k!r}" for k in BLOCKS if k not in CHECKS and k not in SKIPPED]
+    assert not unregistered, "python blocks neither checked nor skipped:\n" + "\n".join(unregistered)
+    both = sorted(set(CHECKS) & set(SKIPPED))
+    assert not both, f"both checked and skipped: {both}"
+    stale = sorted((set(CHECKS) | set(SKIPPED) | set(SUBSTITUTIONS)) - set(BLOCKS))
+    assert not stale, f"entries for blocks no longer in the docs (first line changed?): {stale}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("key", list(BLOCKS), ids=[b.where for b in BLOCKS.values()])
+def test_python_example(key: str, tmp_path: Path, doc_namespace: dict[str, Any],
+                        capsys: pytest.CaptureFixture[str], spawn_writer: Callable[..., Any]) -> None:
+    if key in SKIPPED:
+        pytest.skip(f"{BLOCKS[key].where}: {SKIPPED[key]}")
+    run_block(key, tmp_path, doc_namespace)
+    check = CHECKS.get(key)
+    if check is not None:        # an unregistered block still runs; the registry test fails for it
+        check(doc_namespace, Ctx(tmp_path, capsys.readouterr().out, spawn_writer))
+
+
+# -- the command line: docs/CLI.md's real output ---------------------------------------------
+
+CLI_DEMO_LOG = "docs/CLI.md: from datetime import timedelta"      # the python block that makes the log
+CLI_DOCS = ("docs/CLI.md", "README.md")
+
+# The command lines (as printed after "$ ", comment dropped) that are run, in this order, against
+# the demo log, with the exit code docs/CLI.md's table gives; gc last, since it deletes segments.
+CLI_EXAMPLES: dict[str, int] = {
+    "nori-wal verify wal": 0,
+    "nori-wal verify wal -v": 0,
+    "nori-wal dump wal | head -3": 0,
+    "nori-wal dump wal --from 3:491": 0,
+    "nori-wal dump wal --from 3:542 -n 2": 0,
+    "nori-wal dump wal --json --from 3:32 -n 2": 0,
+    "nori-wal stats wal": 0,
+    "nori-wal stats wal | head -3": 0,
+    "nori-wal stats wal --json": 0,
+    "nori-wal dump nowhere": 2,
+    "nori-wal dump wal --from 2:40": 2,
+    "nori-wal gc wal --before 2": 2,
+    "nori-wal gc wal --before 2:32 --dry-run": 0,
+    "nori-wal gc wal --before 2:32": 0,
+}
+
+# What legitimately differs between the docs' run and this one, normalised on both sides.
+CLI_NORMALISE: tuple[tuple[str, str], ...] = (
+    (r"checked in \d+\.\d\d s", "checked in <T> s"),                # verify's timing
+    (r"^(directory\s+)\S+$", r"\1<DIR>"),                           # stats: the log's absolute path
+    (r'"directory": "[^"]*"', '"directory": "<DIR>"'),              # stats --json: the same
+    (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "<TIME> "),       # serve's log: timestamps
+    (r"\(pid \d+,", "(pid <PID>,"),                                 # and the writer's pid
+)
+
+
+class Session(NamedTuple):
+    where: str
+    command: str
+    output: list[str]
+
+
+def cli_sessions() -> list[Session]:
+    """Every ``$ nori-wal ...`` line of CLI_DOCS' plain code blocks, with the output lines under it."""
+    out: list[Session] = []
+    for rel in CLI_DOCS:
+        for block in fenced_blocks(rel):
+            if block.info not in ("", "console", "shell-session"):
+                continue
+            current: Session | None = None
+            for n, line in enumerate(block.source.splitlines()):
+                if line.startswith("$ "):
+                    current = None
+                    command = re.sub(r"\s+#.*$", "", line[2:]).strip()
+                    if command.startswith("nori-wal "):
+                        current = Session(f"{rel}:{block.line + n}", command, [])
+                        out.append(current)
+                elif current is not None:
+                    current.output.append(line)
+    return out
+
+
+def normalise(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        for pattern, repl in CLI_NORMALISE:
+            line = re.sub(pattern, repl, line)
+        out.append(line)
+    return out
+
+
+def run_cli(command: str, cwd: Path) -> tuple[int, list[str]]:
+    """Run a doc command line (``nori-wal ARGS [| head -N]``) as ``python -m nori_wal.cli``; (rc, stdout+stderr)."""
+    m = re.fullmatch(r"(.*?)\s*\|\s*head -(\d+)", command)
+    args = shlex.split(m.group(1) if m else command)
+    assert args[0] == "nori-wal", command
+    proc = subprocess.run([sys.executable, "-m", "nori_wal.cli", *args[1:]], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, check=False)
+    stdout = proc.stdout.splitlines()
+    if m:
+        stdout = stdout[:int(m.group(2))]
+    return proc.returncode, stdout + proc.stderr.splitlines()
+
+
+@pytest.mark.timeout(180)
+def test_cli_examples_print_what_the_docs_show(tmp_path: Path, doc_namespace: dict[str, Any]) -> None:
+    """The listed command lines, on the log docs/CLI.md's example makes, print what the docs print."""
+    sessions = cli_sessions()
+    missing = [c for c in CLI_EXAMPLES if not any(s.command == c for s in sessions)]
+    assert not missing, f"command lines no longer in {CLI_DOCS}; update CLI_EXAMPLES: {missing}"
+    run_block(CLI_DEMO_LOG, tmp_path, doc_namespace)
+    failures = []
+    for command, expected_rc in CLI_EXAMPLES.items():
+        rc, got = run_cli(command, tmp_path)
+        if rc != expected_rc:
+            failures.append(f"$ {command}\nexit {rc}, expected {expected_rc}\n" + "\n".join(got))
+        for s in (s for s in sessions if s.command == command):
+            if normalise(got) != normalise(s.output):
+                failures.append(f"{s.where}: $ {command}\n--- docs\n" + "\n".join(s.output)
+                                + "\n--- this run\n" + "\n".join(got))
+    assert not failures, "\n\n".join(failures)
+
+
+SERVE_EXAMPLE = "nori-wal serve --dir /tmp/sv/wal --fsync always"     # README.md, "Command line"
+SERVE_DIR = "/tmp/sv/wal"        # replaced by a directory below tmp_path, in the command and its output
+
+
+@pytest.mark.timeout(120)
+def test_serve_example_prints_its_endpoint_and_exits_0_on_sigterm(
+        tmp_path: Path, serve_process: Callable[..., subprocess.Popen[str]]) -> None:
+    """README's ``nori-wal serve`` line: stdout is the endpoint, stderr the log shown; SIGTERM exits 0."""
+    sessions = [s for s in cli_sessions() if s.command == SERVE_EXAMPLE]
+    assert sessions, f"{SERVE_EXAMPLE!r} is no longer in {CLI_DOCS}"
+    real = str(tmp_path / "sv" / "wal")
+    expected = [line.replace(SERVE_DIR, real) for line in sessions[0].output]
+    args = shlex.split(SERVE_EXAMPLE.replace(SERVE_DIR, real))
+    assert args[:2] == ["nori-wal", "serve"]
+    proc = serve_process(*args[2:])
+    assert read_line(proc).rstrip("\n") == expected[0]     # printed once it serves
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert out == ""
+    assert normalise(err.splitlines()) == normalise(expected[1:])
+
+
+def test_fence_parser_sees_what_markdown_sees() -> None:
+    """The extractor itself: info strings, indented and ~~~ fences, longer closing fences, line numbers."""
+    sample = textwrap.dedent("""\
+        text
+        ```python
+        a = 1
+        ```
+          ~~~~ py
+          b = 2
+          ```
+          ~~~~~
+        ```
+        $ nori-wal x
+        ````
+        """)
+    blocks = fenced_blocks("sample.md", sample)
+    assert [(b.info, b.line, b.source) for b in blocks] == [
+        ("python", 3, "a = 1\n"), ("py", 6, "b = 2\n```\n"), ("", 10, "$ nori-wal x\n")]
