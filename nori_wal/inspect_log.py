@@ -23,6 +23,9 @@ Rules:
 5. A last segment found sealed past its stop is read again before it is
    called corrupt: a live writer seals only after the records are written and
    fsynced, so a scan may have read a frame mid-write and then see the seal.
+6. A file recovery set aside (``NNNNNN.wal.OFFSET.broken``, recovery's Rule 8)
+   is a warning: the damage it holds was reported when it was cut off, and it
+   stays until a person deletes it.
 
 The fast path (``detailed=False``) checks headers, every frame's CRC and the
 seals with ``scan.scan_frames``; the detailed walk also gathers per-record
@@ -61,7 +64,15 @@ from .position import Position
 from .record import Compression
 from .recovery import first_nonzero, read_seal, scan_in_chunks, torn_into_zeros
 from .scan import ScanResult, Stop, scan_frames
-from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
+from .segment import (
+    HEADER_SIZE,
+    check_header,
+    header_predecessor,
+    segment_ids,
+    segment_name,
+    sequence_problem,
+    set_aside_files,
+)
 
 READ_CHUNK = 8 * 1024 * 1024     # bytes read per step
 _U32 = struct.Struct("<I")
@@ -218,9 +229,27 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
     if lost is not None and mark is not None:
         problems.append(Problem(mark.segment_id, mark.offset, lost, True))
     problems.extend(sequence_problems(segments, list_segments(directory, layer)))
+    problems.extend(set_aside_warnings(directory, layer))
     if progress is not None:
         progress(total, total, ids[-1])
     return LogReport(directory, segments, problems, detailed or deep, live)
+
+
+def set_aside_warnings(directory: str, layer: FileLayer = OS) -> list[Problem]:
+    """A warning for each file recovery set aside (recovery Rule 8): damage cut off the log, kept for a person."""
+    found = []
+    for sid, offset, name in set_aside_files(layer.listdir(directory)):
+        try:
+            h = layer.open_read(os.path.join(directory, name))
+        except FileNotFoundError:      # deleted since we listed
+            continue
+        try:
+            size = h.size()
+        finally:
+            h.close()
+        found.append(Problem(sid, offset, f"{size} bytes that opening the log cut off as damage are set aside in "
+                                          f"{name}: examine them, then delete the file", False))
+    return found
 
 
 def sequence_problems(segments: list[SegmentScan], present: list[int]) -> list[Problem]:

@@ -5,11 +5,12 @@ Rules:
    recovery truncates it on disk (then fsyncs) so the next open is clean.
 2. Damage inside an earlier (sealed) segment is corruption: CorruptionError,
    never skipped (RocksDB #7701 made holes that way). An open that refuses
-   has removed nothing but leftover ``.wal.tmp`` files.
+   has removed nothing but leftover ``.wal.tmp`` and ``.broken.tmp`` files.
 3. A sealed segment is not rescanned: its seal frame gives its record count,
    so reopening a cleanly closed log costs one small read per segment.
-4. A last segment whose header is damaged is removed (the contract: damage
-   in the last segment, its header included, never makes open raise).
+4. A last segment whose header is damaged is taken out of the log (the
+   contract: damage in the last segment, its header included, never makes
+   open raise); a stub (a header cut short, nothing behind it) is removed.
 5. A lost segment is corruption: a segment whose header names a predecessor
    that is gone while an older segment is still here (``sequence_problem``;
    GC deletes oldest first, so that was no GC).
@@ -24,6 +25,13 @@ Rules:
    last one, lost records that writer had made durable. Recovery still cuts
    and opens (the contract: damage in the last segment never makes open
    raise) but sets ``corruption_detected`` and says so in the event.
+8. Recovery never destroys what may be evidence: bytes it takes out of the
+   log while it reports corruption (a segment with a damaged header, a cut
+   tail that is not zeros) are first set aside, durably, in
+   ``NNNNNN.wal.OFFSET.broken`` (etcd keeps a ``.broken`` copy the same way),
+   for a person to examine and delete. Their ids count as used (DESIGN rule 8:
+   names are never reused). A crash's ordinary tail (torn into zeros, zeroed)
+   is not kept.
 """
 
 from __future__ import annotations
@@ -41,12 +49,15 @@ from .observe import CorruptionTruncated, Meter
 from .scan import ScanResult, Stop, scan_frames
 from .segment import (
     HEADER_SIZE,
+    SET_ASIDE_TMP_SUFFIX,
     TMP_SUFFIX,
     check_header,
     header_predecessor,
     segment_ids,
     segment_name,
     sequence_problem,
+    set_aside_files,
+    set_aside_name,
 )
 
 SCAN_CHUNK = 32 * 1024 * 1024   # bytes read per step when scanning a segment
@@ -63,6 +74,7 @@ class RecoveryInfo:
                                 # records the previous writer had made durable were lost (Rule 7)
     duration_s: float = 0.0
     segment_count: int = 0
+    set_aside: tuple[str, ...] = ()     # files (in the log's directory) holding what was taken out (Rule 8)
 
 
 @dataclass
@@ -154,16 +166,17 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     names = layer.listdir(directory)
     dir_dirty = False           # (synced at the end, with every open that finds segments)
     for name in names:
-        if name.endswith(TMP_SUFFIX):          # a roll that crashed before its rename
+        if name.endswith((TMP_SUFFIX, SET_ASIDE_TMP_SUFFIX)):   # a roll or a Rule 8 copy cut short by a crash
             layer.unlink(os.path.join(directory, name))
             dir_dirty = True
     ids = segment_ids(names)
-    next_id = ids[-1] + 1 if ids else 0
+    next_id = max(ids[-1:] + [sid for sid, _, _ in set_aside_files(names)], default=-1) + 1
+    set_aside: list[str] = []
     truncated, corruption, scanned = 0, False, 0
     predecessors: dict[int, int | None] = {}    # what each segment's header says it follows
 
     # Rule 4: last segments whose header did not survive are removed, once nothing can refuse the open.
-    peeled: list[tuple[int, int, str]] = []     # (segment id, size, what is wrong with its header)
+    peeled: list[tuple[int, int, str, bool]] = []   # (segment id, size, what is wrong with its header, damaged)
     while ids:
         h = layer.open_read(os.path.join(directory, segment_name(ids[-1])))
         try:
@@ -179,7 +192,7 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
             predecessors[ids[-1]] = header_predecessor(head)
             break
         corruption |= damaged
-        peeled.append((ids.pop(), size, problem))
+        peeled.append((ids.pop(), size, problem, damaged))
     total = 0
     for sid in ids[:-1]:
         n, did_scan, predecessors[sid] = _count_sealed(layer, directory, sid, limit)
@@ -189,10 +202,16 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
         problem = sequence_problem(sid, predecessors[sid], ids)
         if problem is not None:
             raise CorruptionError(f"segment {sid} offset 0: {problem}; refusing to open", sid, 0)
-    for sid, size, problem in peeled:
+    for sid, size, problem, damaged in peeled:
+        path = os.path.join(directory, segment_name(sid))
+        if damaged:                             # Rule 8: the whole segment is set aside
+            set_aside.append(unused_set_aside_name(layer, directory, sid, 0))
+            layer.rename(path, os.path.join(directory, set_aside[-1]))
+            problem += f"; set aside as {set_aside[-1]}"
+        else:
+            layer.unlink(path)
         meter.event(CorruptionTruncated(sid, 0, size, f"segment header: {problem}"))
         truncated += size
-        layer.unlink(os.path.join(directory, segment_name(sid)))
         dir_dirty = True
 
     state = RecoveredState(ids, next_id, HEADER_SIZE, 0, False, total)
@@ -217,14 +236,20 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                 cut = end < size
                 if cut:
                     # Read what the bad frame is before the cut removes it.
-                    corruption |= res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
+                    garbage = res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
+                    lost = records_lost_below_mark(mark, sid, end)      # Rule 7
+                    reason = res.reason or res.stop.value
+                    if lost:
+                        reason += f"; {lost}"
+                    if (garbage or lost) and first_nonzero(h, end, size) is not None:
+                        set_aside.append(keep_aside(layer, directory, h, sid, end, size))   # Rule 8
+                        reason += f"; the cut bytes are set aside in {set_aside[-1]}"
+                        dir_dirty = True
+                    corruption |= garbage or lost is not None
                     # Rule 1: cut the tail on disk and make the cut durable before appending.
                     h.truncate(end)
                     truncated += size - end
-                    reason = res.reason or res.stop.value
-                    lost = records_lost_below_mark(mark, sid, end)      # Rule 7
-                    corruption |= lost is not None
-                    meter.event(CorruptionTruncated(sid, end, size - end, f"{reason}; {lost}" if lost else reason))
+                    meter.event(CorruptionTruncated(sid, end, size - end, reason))
             h.sync()                    # Rule 6 (and Rule 1's cut): durable before anything is appended
         finally:
             h.close()
@@ -241,10 +266,65 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
     if ids or dir_dirty:
         layer.sync_dir(directory)       # Rule 6: the predecessor's renames and unlinks, and ours
     info = RecoveryInfo(state.total_records, scanned, truncated, corruption,
-                        time.perf_counter() - t0, len(ids))
+                        time.perf_counter() - t0, len(ids), tuple(set_aside))
     meter.histogram("wal_recovery_ms", info.duration_s * 1e3)
     meter.counter("wal_recovery_truncated_bytes_total", truncated)
     return state, info
+
+
+def keep_aside(layer: FileLayer, directory: str, handle: FileHandle, sid: int, start: int, end: int,
+               chunk: int = 1 << 20) -> str:
+    """Copy bytes ``[start, end)`` of segment ``sid`` to its set-aside file, durably; the file's name.
+
+    Written under a temporary name, fsynced, renamed and the directory fsynced,
+    all before the caller cuts the segment: a crash in between leaves the
+    segment as it was (the next open does this again) or the copy complete.
+    """
+    def same(kept: FileHandle) -> bool:
+        return kept.size() == end - start and all(
+            kept.pread(min(chunk, end - at), at - start) == handle.pread(min(chunk, end - at), at)
+            for at in range(start, end, chunk))
+
+    name = unused_set_aside_name(layer, directory, sid, start, same)
+    tmp = os.path.join(directory, name) + ".tmp"        # ends in SET_ASIDE_TMP_SUFFIX: the next open removes it
+    out = layer.create(tmp)
+    try:
+        pos = start
+        while pos < end:
+            data = handle.pread(min(chunk, end - pos), pos)
+            if not data:
+                break
+            out.append(data)
+            pos += len(data)
+        out.sync()
+    finally:
+        out.close()
+    layer.rename(tmp, os.path.join(directory, name))
+    layer.sync_dir(directory)
+    return name
+
+
+def unused_set_aside_name(layer: FileLayer, directory: str, sid: int, offset: int,
+                          same: Callable[[FileHandle], bool] = lambda _h: False) -> str:
+    """``set_aside_name`` for a file not there yet, or one that holds these bytes already (``same``).
+
+    Bytes cut at the same place earlier (damage, new records, damage again)
+    are kept too; the same bytes again (a crash or a failure before the cut
+    was made) are not copied twice.
+    """
+    copy = 1
+    while True:
+        name = set_aside_name(sid, offset, copy)
+        path = os.path.join(directory, name)
+        if not layer.exists(path):
+            return name
+        h = layer.open_read(path)
+        try:
+            if same(h):
+                return name
+        finally:
+            h.close()
+        copy += 1
 
 
 def _count_sealed(layer: FileLayer, directory: str, sid: int, limit: int) -> tuple[int, int, int | None]:

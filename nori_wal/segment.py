@@ -63,6 +63,25 @@ def segment_ids(names: list[str]) -> list[int]:
     return sorted(i for i in map(parse_segment_name, names) if i is not None)
 
 
+SET_ASIDE_SUFFIX = ".broken"
+SET_ASIDE_TMP_SUFFIX = SET_ASIDE_SUFFIX + ".tmp"
+_SET_ASIDE_NAME = re.compile(r"^(\d{6,})\.wal\.(\d+)(?:-\d+)?\.broken$")
+
+
+def set_aside_name(segment_id: int, offset: int, copy: int = 1) -> str:
+    """Where recovery keeps the bytes it took out of a segment, from ``offset`` on (etcd's ``.broken``).
+
+    ``copy`` > 1 names a later one for the same place: an earlier file is never replaced.
+    """
+    return f"{segment_name(segment_id)}.{offset}{'' if copy == 1 else f'-{copy}'}{SET_ASIDE_SUFFIX}"
+
+
+def set_aside_files(names: list[str]) -> list[tuple[int, int, str]]:
+    """(segment id, offset, name) of every set-aside file among directory entries, in order."""
+    found = ((_SET_ASIDE_NAME.match(n), n) for n in names)
+    return sorted((int(m.group(1)), int(m.group(2)), n) for m, n in found if m)
+
+
 def encode_header(segment_id: int, node_id: int = 0, predecessor: int | None = None) -> bytes:
     """The header of segment ``segment_id``, which follows segment ``predecessor`` (None: none)."""
     back = 0 if predecessor is None else segment_id - predecessor

@@ -121,7 +121,8 @@ class WriterProcess:
             _wait(proc, 10.0)
             _kill(proc)         # (if still running) and close the lifeline pipe
             raise protocol.ERRORS.get(msg["error"], WalError)(msg["message"])
-        info = RecoveryInfo(**msg["recovery"])
+        recovery = msg["recovery"]
+        info = RecoveryInfo(**{**recovery, "set_aside": tuple(recovery["set_aside"])})     # (JSON made it a list)
         return cls(proc, msg["endpoint"], int(msg["pid"]), info, os.fspath(config.dir))
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -716,6 +716,9 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
              "%d byte(s) truncated%s", seglog.dir, server.endpoint, os.getpid(), config.fsync_policy,
              info.valid_records, info.segment_count, info.bytes_truncated,
              ", corruption detected in the tail" if info.corruption_detected else "")
+    if info.set_aside:
+        log.warning("recovery set aside what it cut off as damage, in %s: examine it, then delete it",
+                    ", ".join(os.path.join(seglog.dir, name) for name in info.set_aside))
     return server
 
 

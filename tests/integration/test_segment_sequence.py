@@ -103,7 +103,9 @@ def test_ids_skipped_by_recovery_are_no_loss(tmp_path):
         assert wal.current_position().segment_id == last + 1
     survivors = [rec for rec, p in zip(recs, pos) if p.segment_id < last]
     assert read_all(tmp_path) == survivors + [Record.put(b"new", b"segment")]
-    assert inspect_log(tmp_path).problems == []             # not even the old "may be lost" warning
+    problems = inspect_log(tmp_path).problems               # not even the old "may be lost" warning:
+    assert [(p.segment_id, p.fatal) for p in problems] == [(last, False)]     # only the set-aside file's
+    assert f"set aside in {last:06d}.wal.0.broken" in problems[0].message
 
 
 def test_a_segment_that_does_not_belong_between_two_others_is_refused(tmp_path):

@@ -1,0 +1,232 @@
+"""Recovery Rule 8: what opening the log takes out while it reports corruption is set aside, never destroyed.
+
+A damaged record in the last segment makes recovery cut it and everything
+after it; a damaged header takes the whole last segment out. Those bytes may
+hold acknowledged records (a media error, not a crash), so they are first
+copied (or renamed) to ``NNNNNN.wal.OFFSET.broken``, durably, as etcd keeps a
+``.broken`` copy. A crash's ordinary tail is not kept.
+"""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig, WalIOError, open_reader
+from nori_wal.segment import segment_name, set_aside_name
+from nori_wal.testing.faultfs import FaultFS, SimulatedCrash
+
+SEG = 16 * 1024
+
+
+def config(d):
+    return WalConfig(dir=str(d), max_segment_size=SEG, fsync_policy=FsyncPolicy.os())
+
+
+def make_log(d, n=30, layer=None):
+    """Records in several segments, the last one left unsealed as a crash leaves it; (records, positions)."""
+    recs = [Record.put(b"k%03d" % i, bytes([i]) * (40 + 90 * i)) for i in range(n)]
+    wal, _ = Wal.open(config(d), layer=layer) if layer is not None else Wal.open(config(d))
+    pos = wal.append_batch(recs[: n // 2]) + [wal.append(r) for r in recs[n // 2:]]
+    end = wal.current_position()
+    wal.close()
+    return recs, pos, end
+
+
+def unseal(path, end):
+    with open(path, "r+b") as f:         # the close-time seal goes, as after a crash
+        f.truncate(end)
+
+
+def poke(path, at, data):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+def read_keys(d):
+    with open_reader(str(d)) as r:
+        return [rec.key for rec, _ in r]
+
+
+def set_aside_files_in(d):
+    return sorted(n for n in os.listdir(d) if n.endswith(".broken"))
+
+
+def test_a_damaged_record_and_all_after_it_are_set_aside_before_the_cut(tmp_path):
+    recs, pos, end = make_log(tmp_path)
+    path = tmp_path / segment_name(end.segment_id)
+    unseal(path, end.offset)
+    hit = next(i for i, p in enumerate(pos) if p.segment_id == end.segment_id) + 1
+    poke(path, pos[hit].offset + 30, b"\xff\xfe")   # in the value: a checksum failure
+    damaged = path.read_bytes()
+    wal, info = Wal.open(config(tmp_path))
+    wal.close()
+    name = set_aside_name(end.segment_id, pos[hit].offset)
+    assert info.corruption_detected and info.set_aside == (name,)
+    assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset:]      # every byte the cut took
+    assert path.read_bytes().startswith(damaged[:pos[hit].offset])       # (then the seal close wrote)
+    assert read_keys(tmp_path) == [r.key for r in recs[:hit]]
+    wal, again = Wal.open(config(tmp_path))     # the next open is clean and leaves the file alone
+    wal.close()
+    assert again.set_aside == () and not again.corruption_detected
+    assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset:]
+    verify = subprocess.run([sys.executable, "-m", "nori_wal.cli", "verify", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and f"set aside in {name}" in verify.stdout, verify
+
+
+def test_a_last_segment_with_a_damaged_header_is_set_aside_whole(tmp_path):
+    recs, pos, end = make_log(tmp_path)
+    last = end.segment_id
+    path = tmp_path / segment_name(last)
+    poke(path, 3, b"\xff")
+    damaged = path.read_bytes()
+    wal, info = Wal.open(config(tmp_path))
+    new = wal.append(Record.put(b"new", b"segment"))
+    wal.close()
+    assert info.corruption_detected and info.set_aside == (set_aside_name(last, 0),)
+    assert (tmp_path / set_aside_name(last, 0)).read_bytes() == damaged and not path.exists()
+    assert new.segment_id == last + 1
+    assert read_keys(tmp_path) == [r.key for r, p in zip(recs, pos) if p.segment_id < last] + [b"new"]
+
+
+def test_a_set_aside_segment_id_is_never_reused(tmp_path):
+    """A crash after the damaged segment was set aside, before the next one was created: its id stays used."""
+    _recs, _pos, end = make_log(tmp_path)
+    last = end.segment_id
+    os.rename(tmp_path / segment_name(last), tmp_path / set_aside_name(last, 0))
+    wal, info = Wal.open(config(tmp_path))
+    new = wal.append(Record.put(b"after", b"crash"))
+    wal.close()
+    assert new.segment_id == last + 1, new          # not `last`: positions in the set-aside file keep meaning
+    assert info.set_aside == ()
+
+
+@pytest.mark.parametrize("tail", ["torn", "zeros", "torn into zeros"])
+def test_a_crash_tail_is_cut_without_keeping_it(tmp_path, tail):
+    recs, pos, end = make_log(tmp_path)
+    path = tmp_path / segment_name(end.segment_id)
+    unseal(path, end.offset)
+    os.unlink(tmp_path / "DURABLE")     # the crash came before a mark covered the tail (else: Rule 7's loss)
+    if tail == "torn":
+        unseal(path, end.offset - 7)
+    elif tail == "zeros":
+        with open(path, "ab") as f:
+            f.write(bytes(4096))
+    else:
+        poke(path, pos[-1].offset + 8, bytes(end.offset - pos[-1].offset - 8))
+    wal, info = Wal.open(config(tmp_path))
+    wal.close()
+    assert info.bytes_truncated > 0 and not info.corruption_detected
+    assert info.set_aside == () and set_aside_files_in(tmp_path) == []
+
+
+def fault_log(d, damage="record"):
+    """A FaultFS log whose last segment has a damaged record (or header): (layer, keys kept, the bytes
+    recovery must set aside, their file's name)."""
+    fs = FaultFS()
+    recs, pos, end = make_log(d, layer=fs)
+    path = os.path.join(str(d), segment_name(end.segment_id))
+    crashed = fs.process_crash()           # everything was synced by close; the seal is on disk
+    damaged = bytearray(crashed.files()[path][:end.offset])
+    first = next(i for i, p in enumerate(pos) if p.segment_id == end.segment_id)
+    if damage == "record":
+        hit = first + 1
+        damaged[pos[hit].offset + 30] ^= 0xFF      # in the value: a checksum failure, not a torn length
+        cut, name = bytes(damaged[pos[hit].offset:]), set_aside_name(end.segment_id, pos[hit].offset)
+    else:
+        hit = first
+        damaged[3] ^= 0xFF
+        cut, name = bytes(damaged), set_aside_name(end.segment_id, 0)
+    layer = FaultFS.from_files({**crashed.files(), path: bytes(damaged)})
+    return layer, [r.key for r in recs[:hit]], cut, name
+
+
+def recovered(cfg, layer):
+    """(the keys of the log, RecoveryInfo) after opening it on ``layer``."""
+    wal, info = Wal.open(cfg, layer=layer)
+    try:
+        return [rec.key for rec, _ in wal.read_from(Position(0, 0))], info
+    finally:
+        wal.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", ["record", "header"])
+def test_a_crash_anywhere_in_recovery_never_loses_the_set_aside_bytes(tmp_path, damage):
+    """Power loss or a process crash at each syscall of the recovery that sets bytes aside, then recovery
+    again: the log holds the records before the damage, and the set-aside file holds every cut byte."""
+    cfg = config(tmp_path)
+    layer, kept, cut, name = fault_log(tmp_path, damage)
+    path = os.path.join(str(tmp_path), name)
+    k = 0
+    while True:
+        trial = layer.snapshot()
+        trial.crash_after(k)
+        try:
+            Wal.open(cfg, layer=trial)[0].close()
+        except SimulatedCrash:
+            for post in (trial.crash(), trial.process_crash()):
+                keys, _info = recovered(cfg, post)
+                assert keys == kept, k
+                assert post.files().get(path) == cut, f"crash at syscall {k + 1} of recovery"
+                assert [n for n in post.listdir(str(tmp_path)) if ".broken" in n] == [name]    # one copy, no .tmp
+            k += 1
+            continue
+        break
+    assert k > 5                                   # recovery did reach the set-aside steps
+
+
+@pytest.mark.parametrize("op", ["create", "append", "sync", "rename", "sync_dir"])
+def test_a_failure_while_setting_aside_cuts_nothing(tmp_path, op):
+    """An I/O error while keeping the bytes: a WalIOError, the segment uncut; the next open sets them aside."""
+    cfg = config(tmp_path)
+    layer, kept, cut, name = fault_log(tmp_path)
+    before = layer.files()
+    fault = layer.inject(op, errno.ENOSPC, path=str(tmp_path) if op in ("create", "rename", "sync_dir") else None)
+    with pytest.raises(WalIOError):
+        Wal.open(cfg, layer=layer)
+    assert fault.fired == 1
+    layer.clear_faults()
+    segments = {p: b for p, b in before.items() if p.endswith(".wal")}
+    assert {p: b for p, b in layer.files().items() if p.endswith(".wal")} == segments
+    keys, info = recovered(cfg, layer)
+    assert keys == kept and info.set_aside == (name,)
+    assert layer.files()[os.path.join(str(tmp_path), name)] == cut
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_process_reports_what_its_recovery_set_aside(tmp_path, spawn_writer):
+    """The writer process runs the same recovery; its spawn returns the names (a tuple, as embedded)."""
+    _recs, pos, end = make_log(tmp_path)
+    path = tmp_path / segment_name(end.segment_id)
+    unseal(path, end.offset)
+    hit = next(i for i, p in enumerate(pos) if p.segment_id == end.segment_id) + 1
+    poke(path, pos[hit].offset + 30, b"\xff")
+    writer = spawn_writer(config(tmp_path))
+    name = set_aside_name(end.segment_id, pos[hit].offset)
+    assert writer.recovery_info.corruption_detected and writer.recovery_info.set_aside == (name,)
+    assert (tmp_path / name).exists()
+
+
+def test_bytes_cut_twice_at_one_place_are_both_kept(tmp_path):
+    """Damage cut at offset X, new records appended from X, damage at X again: the first file stays."""
+    _recs, pos, end = make_log(tmp_path)
+    path = tmp_path / segment_name(end.segment_id)
+    at = pos[-1].offset
+    unseal(path, end.offset)
+    kept = []
+    for n in (1, 2):
+        poke(path, at + 30, b"\xff")
+        kept.append(path.read_bytes()[at:])
+        wal, info = Wal.open(config(tmp_path))
+        assert info.set_aside == (set_aside_name(end.segment_id, at, n),)
+        assert wal.append(Record.put(b"again", b"z" * 200)).offset == at     # new records where the cut was
+        tail = wal.current_position().offset
+        wal.close()
+        unseal(path, tail)
+    assert [(tmp_path / set_aside_name(end.segment_id, at, n)).read_bytes() for n in (1, 2)] == kept
+    assert kept[0] != kept[1]
