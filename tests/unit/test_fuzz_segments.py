@@ -25,7 +25,7 @@ from nori_wal import CorruptionError, FsyncPolicy, Position, Record, Wal, WalCon
 from nori_wal.codec import _varint, encode_record, encode_seal
 from nori_wal.reader import READ_SIZE, WalReader
 from nori_wal.recovery import SCAN_CHUNK
-from nori_wal.segment import encode_header
+from nori_wal.segment import encode_header, set_aside_files
 from nori_wal.testing import FaultFS
 
 D = "/fuzz/wal"
@@ -129,6 +129,26 @@ def test_recovery_of_a_damaged_last_segment_keeps_a_prefix_and_never_raises(last
     wal, info2 = Wal.open(CFG, layer=fs)
     wal.close()
     assert info2.bytes_truncated == 0
+
+
+@given(mutated(sid=1, sealed=False), st.lists(records, min_size=1, max_size=4))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_what_recovery_cuts_as_damage_it_sets_aside_byte_for_byte(last, first_recs):
+    """Recovery Rule 8: corruption reported means every byte cut is kept, and a crash's tail means none is.
+
+    The set-aside file holds the damaged segment from the cut on, exactly; the
+    segment keeps the bytes before it (or, for a damaged header, is gone whole).
+    """
+    data, _recs = last
+    fs = FaultFS.from_files({f"{D}/000000.wal": segment(0, first_recs, sealed=True), f"{D}/000001.wal": data})
+    wal, info = Wal.open(CFG, layer=fs)
+    files = fs.files()                  # before close seals the segment
+    wal.close()
+    assert bool(info.set_aside) == info.corruption_detected      # (no durable mark on FaultFS)
+    assert [name for _, _, name in set_aside_files([p.rsplit("/", 1)[1] for p in files])] == list(info.set_aside)
+    for sid, offset, name in set_aside_files(list(info.set_aside)):
+        assert sid == 1 and files[f"{D}/{name}"] == data[offset:]
+        assert files.get(f"{D}/000001.wal") == (data[:offset] if offset else None)
 
 
 def ends_with_seal(data):
