@@ -26,7 +26,8 @@ def config(d):
 
 
 def make_log(d, n=30, layer=None):
-    """Records in several segments, the last one left unsealed as a crash leaves it; (records, positions)."""
+    """Records in several segments, closed cleanly (tests unseal the last one, as a crash leaves it);
+    (records, their positions, the end position)."""
     recs = [Record.put(b"k%03d" % i, bytes([i]) * (40 + 90 * i)) for i in range(n)]
     wal, _ = Wal.open(config(d), layer=layer) if layer is not None else Wal.open(config(d))
     pos = wal.append_batch(recs[: n // 2]) + [wal.append(r) for r in recs[n // 2:]]
