@@ -5,15 +5,15 @@ The public names of the API contract (the project brief's API.md); README.md sta
 
 from .config import FsyncPolicy, WalConfig
 from .errors import (
-                     CorruptionError,
-                     InvalidRecordError,
-                     ProtocolError,
-                     RecordTooLargeError,
-                     WalClosedError,
-                     WalError,
-                     WalIOError,
-                     WalLockedError,
-                     WriterUnavailableError,
+    CorruptionError,
+    InvalidRecordError,
+    ProtocolError,
+    RecordTooLargeError,
+    WalClosedError,
+    WalError,
+    WalIOError,
+    WalLockedError,
+    WriterUnavailableError,
 )
 from .position import Position
 from .reader import WalReader, open_reader
@@ -22,9 +22,23 @@ from .recovery import RecoveryInfo
 from .wal import Wal
 
 __all__ = [
-    "Compression", "CorruptionError", "FsyncPolicy", "InvalidRecordError", "Position", "ProtocolError", "Record",
+    "Compression",
+    "CorruptionError",
+    "FsyncPolicy",
+    "InvalidRecordError",
+    "Position",
+    "ProtocolError",
+    "Record",
     "RecordTooLargeError",
-    "RecoveryInfo", "Wal", "WalClosedError", "WalConfig", "WalError", "WalIOError", "WalLockedError", "WalReader",
-    "WriterUnavailableError", "open_reader",
+    "RecoveryInfo",
+    "Wal",
+    "WalClosedError",
+    "WalConfig",
+    "WalError",
+    "WalIOError",
+    "WalLockedError",
+    "WalReader",
+    "WriterUnavailableError",
+    "open_reader",
 ]
 __version__ = "0.1.0"

@@ -42,13 +42,13 @@ FLAG_TOMBSTONE = 0x01
 FLAG_TTL = 0x02
 COMPRESSION_SHIFT = 2
 COMPRESSION_MASK = 0x0C
-FLAG_SEAL = 0x80          # writer-internal end-of-segment marker; never accepted from producers
+FLAG_SEAL = 0x80  # writer-internal end-of-segment marker; never accepted from producers
 RESERVED_FLAGS = 0x70
 
-MIN_FRAME_SIZE = 7        # crc + key_len + value_len + flags
-MAX_VARINT_BYTES = 10     # u64: lengths are bounded by the frame limit anyway
-FORMAT_MAX_FRAME = 2**31 - 1   # no frame may be larger, whatever the segment size
-ZERO_COPY_MIN = 64 * 1024     # values at least this large are returned as memoryviews
+MIN_FRAME_SIZE = 7  # crc + key_len + value_len + flags
+MAX_VARINT_BYTES = 10  # u64: lengths are bounded by the frame limit anyway
+FORMAT_MAX_FRAME = 2**31 - 1  # no frame may be larger, whatever the segment size
+ZERO_COPY_MIN = 64 * 1024  # values at least this large are returned as memoryviews
 # The largest ttl_ms a frame may carry: datetime.timedelta holds no more (timedelta.max in whole ms,
 # ~2.7 million years). A larger varint fits MAX_VARINT_BYTES but cannot become a Record, so it is corrupt.
 MAX_TTL_MS = timedelta.max // timedelta(milliseconds=1)
@@ -59,7 +59,7 @@ LZ4_MAX_INPUT = 0x7E000000
 
 _U32 = struct.Struct("<I")
 _pack_u32 = _U32.pack
-_SEAL_BODY = struct.Struct("<QQ")    # record_count, data_end (offset of the seal frame)
+_SEAL_BODY = struct.Struct("<QQ")  # record_count, data_end (offset of the seal frame)
 SEAL_FRAME_SIZE = MIN_FRAME_SIZE + _SEAL_BODY.size
 
 # Status codes of the fast, allocation-free helpers (negative; a frame end is >= 0).
@@ -67,8 +67,8 @@ NEED_MORE = -1
 CORRUPT = -2
 ZEROED = -3
 
-LZ4_MAX_RATIO = 255       # an LZ4 block never expands more than this (one byte: 255 more of a match)
-ZSTD_MAX_RATIO = 32768    # nor a zstd frame (a 4-byte RLE block holds at most 128 KiB)
+LZ4_MAX_RATIO = 255  # an LZ4 block never expands more than this (one byte: 255 more of a match)
+ZSTD_MAX_RATIO = 32768  # nor a zstd frame (a 4-byte RLE block holds at most 128 KiB)
 
 _ZSTD_C = zstandard.ZstdCompressor(level=3, write_content_size=True)
 _ZSTD_D = zstandard.ZstdDecompressor()
@@ -76,9 +76,11 @@ _ZSTD_D = zstandard.ZstdDecompressor()
 
 # -- results of decode_record (h11-style: an event, or a sentinel-like value) ----------
 
+
 @dataclass(frozen=True)
 class Decoded:
     """A whole, checksummed record and the offset just past its frame."""
+
     record: Record
     end: int
 
@@ -89,6 +91,7 @@ class NeedMore:
 
     ``frame_size`` is the whole frame's size when the header was readable.
     """
+
     frame_size: int | None = None
 
 
@@ -100,12 +103,14 @@ class Zeroed:
 @dataclass(frozen=True)
 class Corrupt:
     """Bytes that cannot be a valid frame: bad checksum, flags or lengths."""
+
     reason: str
 
 
 @dataclass(frozen=True)
 class Seal:
     """The end-of-segment marker the writer puts after a segment's last record."""
+
     record_count: int
     data_end: int
     end: int
@@ -115,6 +120,7 @@ DecodeResult = Union[Decoded, NeedMore, Zeroed, Corrupt, Seal]
 
 
 # -- encoding ---------------------------------------------------------------------------
+
 
 def _varint(n: int) -> bytes:
     if n < 0x80:
@@ -134,10 +140,12 @@ def check_value_size(size: int, compression: int) -> None:
     acknowledged, it would stop every reader (they decompress within a limit).
     """
     if compression == Compression.NONE:
-        return          # the frame itself is checked against FORMAT_MAX_FRAME
+        return  # the frame itself is checked against FORMAT_MAX_FRAME
     if size > MAX_DECOMPRESSED_VALUE:
-        raise RecordTooLargeError(f"a {Compression(compression).name} value of {size} bytes exceeds the "
-                                  f"{MAX_DECOMPRESSED_VALUE} bytes readers decompress a value into")
+        raise RecordTooLargeError(
+            f"a {Compression(compression).name} value of {size} bytes exceeds the "
+            f"{MAX_DECOMPRESSED_VALUE} bytes readers decompress a value into"
+        )
     if compression == Compression.LZ4 and size > LZ4_MAX_INPUT:
         raise RecordTooLargeError(f"an LZ4 value of {size} bytes exceeds the {LZ4_MAX_INPUT} bytes LZ4 compresses")
 
@@ -180,7 +188,7 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
             if kl < 0x80 and vl < 0x4000:
                 flag = FLAG_TOMBSTONE if tombstone else 0
                 head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-                if not prefix:              # two small copies beat two CRC calls and a join (the embedded Wal)
+                if not prefix:  # two small copies beat two CRC calls and a join (the embedded Wal)
                     body = head + key + value
                     return _pack_u32(crc32c(body)) + body
                 head += key
@@ -191,17 +199,20 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
             head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
         else:
             ttl_ms = ttl_to_ms(ttl)
-            if ttl_ms > MAX_TTL_MS:     # only a ttl that is no timedelta can be: decoding would call it corrupt
+            if ttl_ms > MAX_TTL_MS:  # only a ttl that is no timedelta can be: decoding would call it corrupt
                 raise ValueError(f"ttl of {ttl_ms} ms exceeds the largest a frame holds ({MAX_TTL_MS} ms)")
             head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_ms)
         head += key
         if len(head) + len(stored) + 4 > FORMAT_MAX_FRAME:
-            raise RecordTooLargeError(f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of "
-                                      f"{FORMAT_MAX_FRAME}")
+            raise RecordTooLargeError(
+                f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of {FORMAT_MAX_FRAME}"
+            )
         return b"".join((prefix, _pack_u32(crc32c(stored, crc32c(head))), head, stored))
-    except (TypeError, ValueError, AttributeError, OverflowError) as exc:   # (a try costs nothing in 3.11+)
-        raise InvalidRecordError(f"not a valid Record ({type(exc).__name__}: {exc}); make one with Record.put, "
-                                 f"Record.put_with_ttl or Record.delete") from exc
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # (a try costs nothing in 3.11+)
+        raise InvalidRecordError(
+            f"not a valid Record ({type(exc).__name__}: {exc}); make one with Record.put, "
+            f"Record.put_with_ttl or Record.delete"
+        ) from exc
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:
@@ -211,6 +222,7 @@ def encode_seal(record_count: int, data_end: int) -> bytes:
 
 
 # -- decoding ---------------------------------------------------------------------------
+
 
 def parse_header(buf: BytesLike, off: int, n: int) -> tuple[int, int, int, int, int] | int:
     """Parse the header of the frame at ``off`` (bytes up to ``n`` present), lengths unchecked.
@@ -262,15 +274,19 @@ def frame_layout(buf: BytesLike, off: int, n: int, limit: int) -> tuple[int, int
     """
     lay = parse_header(buf, off, n)
     if type(lay) is int:
-        if not any(buf[off:min(n, off + MIN_FRAME_SIZE)]):
+        if not any(buf[off : min(n, off + MIN_FRAME_SIZE)]):
             return ZEROED
         return lay
     flags, ttl_ms, _ks, _vs, end = lay  # type: ignore[misc]
-    if (end - off > limit or flags & RESERVED_FLAGS or (flags & COMPRESSION_MASK) == COMPRESSION_MASK
-            or ttl_ms > MAX_TTL_MS):     # ttl_ms is -1 without a TTL
-        return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else CORRUPT
+    if (
+        end - off > limit
+        or flags & RESERVED_FLAGS
+        or (flags & COMPRESSION_MASK) == COMPRESSION_MASK
+        or ttl_ms > MAX_TTL_MS
+    ):  # ttl_ms is -1 without a TTL
+        return ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
     if end > n:
-        return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else NEED_MORE
+        return ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else NEED_MORE
     return lay
 
 
@@ -281,8 +297,8 @@ def frame_end(buf: BytesLike, off: int, n: int, limit: int = FORMAT_MAX_FRAME) -
         return lay
     end = lay[4]  # type: ignore[index]
     mv = buf if type(buf) is memoryview else memoryview(buf)
-    if crc32c(mv[off + 4:end]) != _U32.unpack_from(buf, off)[0]:
-        return ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else CORRUPT
+    if crc32c(mv[off + 4 : end]) != _U32.unpack_from(buf, off)[0]:
+        return ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
     return end
 
 
@@ -340,8 +356,8 @@ def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FR
         return Corrupt(_corrupt_reason(buf, offset, n, limit))
     flags, _ttl, ks, vs, end = lay  # type: ignore[misc]
     mv = buf if type(buf) is memoryview else memoryview(buf)
-    if crc32c(mv[offset + 4:end]) != _U32.unpack_from(buf, offset)[0]:
-        if not any(buf[offset:offset + MIN_FRAME_SIZE]):
+    if crc32c(mv[offset + 4 : end]) != _U32.unpack_from(buf, offset)[0]:
+        if not any(buf[offset : offset + MIN_FRAME_SIZE]):
             return Zeroed()
         return Corrupt("checksum mismatch")
     if flags & FLAG_SEAL:

@@ -59,9 +59,9 @@ class GroupCommit(Generic[T]):
         self.durable = durable
         self.in_flight = False
         self.last_fsync_started = float("-inf")
-        self._waiting: deque[tuple[Position, list[T]]] = deque()   # (end, the tickets that need it durable)
+        self._waiting: deque[tuple[Position, list[T]]] = deque()  # (end, the tickets that need it durable)
         self._count = 0
-        self._forced_end = _NEVER       # the end of the latest SYNC request still waiting (Rule 5)
+        self._forced_end = _NEVER  # the end of the latest SYNC request still waiting (Rule 5)
         self._acks_wait = needs_fsync(policy)
 
     @property
@@ -110,7 +110,7 @@ class GroupCommit(Generic[T]):
         self.in_flight = False
         self.durable = max(self.durable, durable)
         w = self._waiting
-        if w and w[-1][0] <= self.durable:         # the usual case: the fsync covers every group
+        if w and w[-1][0] <= self.durable:  # the usual case: the fsync covers every group
             acked = w[0][1] if len(w) == 1 else [t for _, ts in w for t in ts]
             w.clear()
         else:

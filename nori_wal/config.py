@@ -10,8 +10,8 @@ from typing import Literal, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-DEFAULT_MAX_SEGMENT_SIZE = 128 * 1024 * 1024   # 128 MiB per segment file
-DEFAULT_BATCH_WINDOW = 0.005                   # seconds: at most one fsync per 5 ms
+DEFAULT_MAX_SEGMENT_SIZE = 128 * 1024 * 1024  # 128 MiB per segment file
+DEFAULT_BATCH_WINDOW = 0.005  # seconds: at most one fsync per 5 ms
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,13 @@ class WalConfig:
     """Where the log lives and how it behaves; defaults in place, with units."""
 
     dir: PathLike = "wal"
-    max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE   # bytes per segment file, header included
+    max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE  # bytes per segment file, header included
     fsync_policy: FsyncPolicy = field(default_factory=FsyncPolicy.batch)
-    node_id: int = 0                                   # recorded in every segment header
+    node_id: int = 0  # recorded in every segment header
 
     def __post_init__(self) -> None:
         from .segment import MIN_SEGMENT_SIZE
+
         if self.max_segment_size < MIN_SEGMENT_SIZE:
             raise ValueError(f"max_segment_size must be >= {MIN_SEGMENT_SIZE} bytes, got {self.max_segment_size}")
         if not 0 <= self.node_id < 2**32:

@@ -52,7 +52,7 @@ MAGIC = b"NORIDUR\x00"
 _BODY = struct.Struct("<8sQQ")
 MARK_SIZE = _BODY.size + 8
 _CRC = struct.Struct("<II")
-READ_ATTEMPTS = 3           # a read that catches the writer mid-update is read again (Rule 3)
+READ_ATTEMPTS = 3  # a read that catches the writer mid-update is read again (Rule 3)
 
 
 def encode_mark(position: Position) -> bytes:
@@ -62,7 +62,7 @@ def encode_mark(position: Position) -> bytes:
 
 def decode_mark(data: bytes) -> Position | None:
     """The position a mark holds; None if ``data`` is not a whole, valid mark."""
-    if len(data) < MARK_SIZE or crc32c(data[:_BODY.size]) != _CRC.unpack_from(data, _BODY.size)[0]:
+    if len(data) < MARK_SIZE or crc32c(data[: _BODY.size]) != _CRC.unpack_from(data, _BODY.size)[0]:
         return None
     magic, segment_id, offset = _BODY.unpack_from(data)
     return Position(segment_id, offset) if magic == MAGIC else None
@@ -72,8 +72,10 @@ def records_lost_below_mark(mark: Position | None, segment_id: int, end: int) ->
     """Why the records of segment ``segment_id`` ending at ``end`` lost durable ones (Rule 4), or None."""
     if mark is None or mark.segment_id != segment_id or end >= mark.offset:
         return None
-    return (f"records the writer had made durable are lost: its durable mark is {mark.segment_id}:{mark.offset}, "
-            f"the records end at {end}")
+    return (
+        f"records the writer had made durable are lost: its durable mark is {mark.segment_id}:{mark.offset}, "
+        f"the records end at {end}"
+    )
 
 
 def segments_lost_past_mark(mark: Position | None, last_segment: int | None) -> str | None:
@@ -81,8 +83,10 @@ def segments_lost_past_mark(mark: Position | None, last_segment: int | None) -> 
     if mark is None or (last_segment is not None and mark.segment_id <= last_segment):
         return None
     last = "no segment is left" if last_segment is None else f"the last segment is {last_segment}"
-    return (f"segments holding records the writer had made durable are gone: its durable mark is "
-            f"{mark.segment_id}:{mark.offset}, {last}")
+    return (
+        f"segments holding records the writer had made durable are gone: its durable mark is "
+        f"{mark.segment_id}:{mark.offset}, {last}"
+    )
 
 
 def read_mark(layer: FileLayer, directory: str) -> Position | None:

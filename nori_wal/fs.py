@@ -24,12 +24,15 @@ class FileHandle(Protocol):
 
     def append(self, data: BytesLike) -> None:
         """Write all of ``data`` at the end of the file (raises OSError, possibly after a partial write)."""
+
     def sync(self) -> None:
         """fdatasync: make the file's written bytes durable."""
+
     def truncate(self, size: int) -> None: ...
     def pread(self, size: int, offset: int) -> bytes: ...
     def size(self) -> int: ...
     def close(self) -> None: ...
+
     # Optional: ``map()``, a context manager giving a read-only memoryview of the whole
     # file (zero copy); layers without it are read with pread. ``preallocate(upto)``:
     # durable zeros past the write point (faster fdatasync); layers without it don't.
@@ -44,16 +47,19 @@ class FileLayer(Protocol):
 
     def makedirs(self, path: str) -> None:
         """``mkdir -p``; like a new file's, a new directory's entry is durable once its parent is ``sync_dir``-ed."""
+
     def listdir(self, path: str) -> list[str]: ...
     def exists(self, path: str) -> bool: ...
     def create(self, path: str) -> FileHandle:
         """Create a new file (fails if it exists) opened for appending."""
+
     def open_append(self, path: str) -> FileHandle: ...
     def open_read(self, path: str) -> FileHandle: ...
     def rename(self, src: str, dst: str) -> None: ...
     def unlink(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None:
         """fsync a directory so created, renamed and deleted entries are durable."""
+
     def lock_dir(self, path: str) -> DirLock:
         """Take the directory's exclusive writer lock at once or raise WalLockedError."""
 
@@ -66,6 +72,7 @@ def _load_sync_file_range() -> Any:
     try:
         import ctypes
         import ctypes.util
+
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError):
@@ -121,7 +128,7 @@ class OsFile:
         that seals it finds little left to write.
         """
         if _sync_file_range is not None:
-            _sync_file_range(self.fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)   # advice: errors ignored
+            _sync_file_range(self.fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # advice: errors ignored
 
     def sync(self) -> None:
         os.fdatasync(self.fd)
@@ -155,7 +162,7 @@ class OsFile:
             view.release()
             try:
                 m.close()
-            except BufferError:      # a caller kept a slice; the mapping goes with it
+            except BufferError:  # a caller kept a slice; the mapping goes with it
                 pass
 
     def close(self) -> None:

@@ -74,7 +74,7 @@ from .segment import (
     set_aside_files,
 )
 
-READ_CHUNK = 8 * 1024 * 1024     # bytes read per step
+READ_CHUNK = 8 * 1024 * 1024  # bytes read per step
 _U32 = struct.Struct("<I")
 
 Progress = Callable[[int, int, int], None]
@@ -88,6 +88,7 @@ class NotAWalDirectory(Exception):
 @dataclass(frozen=True)
 class Problem:
     """Something wrong at (segment, offset). ``fatal`` is corruption; otherwise a warning."""
+
     segment_id: int
     offset: int
     message: str
@@ -100,12 +101,13 @@ class Problem:
 @dataclass
 class SegmentScan:
     """What one segment file holds, up to the first thing that is not a whole record."""
+
     segment_id: int
-    size: int                         # file size when opened
+    size: int  # file size when opened
     header_problem: str | None = None
-    predecessor: int | None = None    # the segment its header says it follows
+    predecessor: int | None = None  # the segment its header says it follows
     records: int = 0
-    valid_end: int = 0                # offset past the last whole record (past the seal if sealed)
+    valid_end: int = 0  # offset past the last whole record (past the seal if sealed)
     stop: Stop = Stop.END
     reason: str = ""
     seal: Seal | None = None
@@ -115,11 +117,11 @@ class SegmentScan:
     tombstones: int = 0
     with_ttl: int = 0
     by_compression: dict[str, int] = field(default_factory=dict)
-    frame_bytes: int = 0              # bytes of record frames
+    frame_bytes: int = 0  # bytes of record frames
     key_bytes: int = 0
-    value_bytes_stored: int = 0       # all values as stored on disk
-    compressed_stored: int = 0        # stored bytes of the compressed values
-    compressed_raw: int = 0           # their uncompressed size
+    value_bytes_stored: int = 0  # all values as stored on disk
+    compressed_stored: int = 0  # stored bytes of the compressed values
+    compressed_raw: int = 0  # their uncompressed size
     largest_frame: int = 0
 
     @property
@@ -130,11 +132,12 @@ class SegmentScan:
 @dataclass
 class LogReport:
     """The segments of a log directory and what is wrong with them."""
+
     directory: str
     segments: list[SegmentScan]
     problems: list[Problem]
     detailed: bool
-    live_writer: bool = False         # a writer held the directory: its last segment was still growing
+    live_writer: bool = False  # a writer held the directory: its last segment was still growing
 
     @property
     def ok(self) -> bool:
@@ -178,15 +181,21 @@ def list_segments(directory: str, layer: FileLayer = OS) -> list[int]:
     return segment_ids(layer.listdir(directory))
 
 
-def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, deep: bool = False,
-                progress: Progress | None = None, layer: FileLayer = OS) -> LogReport:
+def inspect_log(
+    directory: str | os.PathLike[str],
+    *,
+    detailed: bool = False,
+    deep: bool = False,
+    progress: Progress | None = None,
+    layer: FileLayer = OS,
+) -> LogReport:
     """Scan every segment of the log in ``directory`` (read-only); see the module's rules.
 
     Raises NotAWalDirectory when the path is wrong or holds no segments.
     """
     directory = os.fspath(directory)
     check_directory(directory)
-    mark = read_mark(layer, directory)     # Rule 4: first, so all below it was whole before the scan
+    mark = read_mark(layer, directory)  # Rule 4: first, so all below it was whole before the scan
     ids = segment_ids(layer.listdir(directory))
     if not ids:
         raise NotAWalDirectory(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
@@ -205,7 +214,7 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
         last = i == len(ids) - 1
         try:
             h = layer.open_read(os.path.join(directory, segment_name(sid)))
-        except FileNotFoundError:      # deleted by GC since we listed: nothing to check
+        except FileNotFoundError:  # deleted by GC since we listed: nothing to check
             done += sizes.get(sid, 0)
             continue
 
@@ -214,6 +223,7 @@ def inspect_log(directory: str | os.PathLike[str], *, detailed: bool = False, de
             done += n
             if progress is not None:
                 progress(done, total, _sid)
+
         try:
             seg = scan_segment(h, sid, detailed=detailed or deep, deep=deep, on_bytes=step)
             if last and _sealed_past_stop(seg, h):
@@ -241,14 +251,21 @@ def set_aside_warnings(directory: str, layer: FileLayer = OS) -> list[Problem]:
     for sid, offset, name in set_aside_files(layer.listdir(directory)):
         try:
             h = layer.open_read(os.path.join(directory, name))
-        except FileNotFoundError:      # deleted since we listed
+        except FileNotFoundError:  # deleted since we listed
             continue
         try:
             size = h.size()
         finally:
             h.close()
-        found.append(Problem(sid, offset, f"{size} bytes that opening the log cut off as damage are set aside in "
-                                          f"{name}: examine them, then delete the file", False))
+        found.append(
+            Problem(
+                sid,
+                offset,
+                f"{size} bytes that opening the log cut off as damage are set aside in "
+                f"{name}: examine them, then delete the file",
+                False,
+            )
+        )
     return found
 
 
@@ -269,15 +286,28 @@ def sequence_problems(segments: list[SegmentScan], present: list[int]) -> list[P
             if problem is not None:
                 out.append(Problem(sid, 0, problem, True))
         elif prev is not None and prev.segment_id + 1 != sid:
-            out.append(Problem(sid, 0, f"segments {prev.segment_id + 1}..{sid - 1} are missing after "
-                                       f"{segment_name(prev.segment_id)}, and this segment's header does not "
-                                       f"say which it follows (an older version wrote it): records may be "
-                                       f"lost", False))
+            out.append(
+                Problem(
+                    sid,
+                    0,
+                    f"segments {prev.segment_id + 1}..{sid - 1} are missing after "
+                    f"{segment_name(prev.segment_id)}, and this segment's header does not "
+                    f"say which it follows (an older version wrote it): records may be "
+                    f"lost",
+                    False,
+                )
+            )
     return out
 
 
-def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False, deep: bool = False,
-                 on_bytes: Callable[[int], None] | None = None) -> SegmentScan:
+def scan_segment(
+    handle: FileHandle,
+    segment_id: int,
+    *,
+    detailed: bool = False,
+    deep: bool = False,
+    on_bytes: Callable[[int], None] | None = None,
+) -> SegmentScan:
     """Check one segment's header and walk its frames in bounded chunks (offsets are absolute)."""
     size = handle.size()
     seg = SegmentScan(segment_id, size)
@@ -294,9 +324,12 @@ def scan_segment(handle: FileHandle, segment_id: int, *, detailed: bool = False,
     if on_bytes:
         on_bytes(min(size, HEADER_SIZE))
     res = scan_in_chunks(
-        handle, size,
+        handle,
+        size,
         lambda data, base: _walk(data, base, seg, deep) if detailed else scan_frames(data, 0, FORMAT_MAX_FRAME),
-        READ_CHUNK, on_bytes)
+        READ_CHUNK,
+        on_bytes,
+    )
     seg.records = res.records
     seg.valid_end, seg.stop, seg.seal, seg.reason = res.valid_end, res.stop, res.seal, res.reason
     return seg
@@ -310,8 +343,9 @@ def _sealed_past_stop(seg: SegmentScan, handle: FileHandle) -> bool:
     return seal is not None and seal.data_end > seg.valid_end
 
 
-def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writer: bool = False,
-                  mark: Position | None = None) -> list[Problem]:
+def judge_segment(
+    seg: SegmentScan, last: bool, handle: FileHandle, *, live_writer: bool = False, mark: Position | None = None
+) -> list[Problem]:
     """The problems of a scanned segment, as recovery would see them (module rule 2).
 
     ``live_writer``: a writer holds the directory, so zeros after the last segment's
@@ -326,16 +360,27 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
         out = []
         seal_at = seg.valid_end - SEAL_FRAME_SIZE
         if seg.seal.data_end != seal_at:
-            out.append(Problem(sid, seal_at, f"seal says the records end at {seg.seal.data_end}, "
-                                              f"they end at {seal_at}", True))
+            out.append(
+                Problem(sid, seal_at, f"seal says the records end at {seg.seal.data_end}, they end at {seal_at}", True)
+            )
         if seg.seal.record_count != seg.records:
-            out.append(Problem(sid, seal_at, f"seal counts {seg.seal.record_count} records, "
-                                              f"the segment holds {seg.records}", True))
+            out.append(
+                Problem(
+                    sid, seal_at, f"seal counts {seg.seal.record_count} records, the segment holds {seg.records}", True
+                )
+            )
         if seg.valid_end != size:
             if last and first_nonzero(handle, seg.valid_end, size, READ_CHUNK) is None:
                 # A crash between writing the seal over preallocated zeros and cutting them.
-                out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} zero bytes after the seal (a crash "
-                                                       f"before they were cut; opening the log cuts them)", False))
+                out.append(
+                    Problem(
+                        sid,
+                        seg.valid_end,
+                        f"{size - seg.valid_end} zero bytes after the seal (a crash "
+                        f"before they were cut; opening the log cuts them)",
+                        False,
+                    )
+                )
             else:
                 out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} bytes after the seal", True))
         return out
@@ -344,38 +389,80 @@ def judge_segment(seg: SegmentScan, last: bool, handle: FileHandle, *, live_writ
         if lost is not None:
             return [Problem(sid, seg.valid_end, f"the segment ends here: {lost}", True)]
         if last:
-            return []      # the active segment: a writer appends here, or did not close cleanly
-        return [Problem(sid, seg.valid_end, "segment is not sealed, though later segments exist "
-                                            "(its records are whole)", False)]
+            return []  # the active segment: a writer appends here, or did not close cleanly
+        return [
+            Problem(
+                sid, seg.valid_end, "segment is not sealed, though later segments exist (its records are whole)", False
+            )
+        ]
     cut = size - seg.valid_end
     what = seg.reason or seg.stop.value
     if not last:
-        return [Problem(sid, seg.valid_end, f"{what} inside a sealed segment (not the log's tail): "
-                                            f"{cut} bytes from here are unreadable", True)]
+        return [
+            Problem(
+                sid,
+                seg.valid_end,
+                f"{what} inside a sealed segment (not the log's tail): {cut} bytes from here are unreadable",
+                True,
+            )
+        ]
     if lost is not None:
-        return [Problem(sid, seg.valid_end, f"{what}: opening the log would cut off {cut} bytes from here, "
-                                            f"cutting records the writer had made durable ({lost})", True)]
+        return [
+            Problem(
+                sid,
+                seg.valid_end,
+                f"{what}: opening the log would cut off {cut} bytes from here, "
+                f"cutting records the writer had made durable ({lost})",
+                True,
+            )
+        ]
     if seg.stop is Stop.TORN:
-        return [Problem(sid, seg.valid_end, f"torn tail: {cut} bytes of a record cut off by the end of the "
-                                            f"file (a write in progress, or a crash; opening the log cuts it off)",
-                        False)]
+        return [
+            Problem(
+                sid,
+                seg.valid_end,
+                f"torn tail: {cut} bytes of a record cut off by the end of the "
+                f"file (a write in progress, or a crash; opening the log cuts it off)",
+                False,
+            )
+        ]
     if seg.stop is Stop.ZEROED:
         data_at = first_nonzero(handle, seg.valid_end, size, READ_CHUNK)
         if data_at is None:
             if live_writer:
-                return []          # the live writer's preallocated zeros: nothing wrong
-            return [Problem(sid, seg.valid_end, f"zero-filled tail of {cut} bytes (a crash; opening the log "
-                                                f"cuts it off)", False)]
+                return []  # the live writer's preallocated zeros: nothing wrong
+            return [
+                Problem(
+                    sid, seg.valid_end, f"zero-filled tail of {cut} bytes (a crash; opening the log cuts it off)", False
+                )
+            ]
         # Past what the writer made durable: pages of an unacknowledged write that reached the
         # disk out of order over preallocated zeros (a power loss), which recovery cuts.
-        return [Problem(sid, seg.valid_end, f"zero-filled bytes followed by data at offset {data_at}: an "
-                                            f"unacknowledged write torn by a crash (opening the log cuts off "
-                                            f"{cut} bytes from here)", False)]
+        return [
+            Problem(
+                sid,
+                seg.valid_end,
+                f"zero-filled bytes followed by data at offset {data_at}: an "
+                f"unacknowledged write torn by a crash (opening the log cuts off "
+                f"{cut} bytes from here)",
+                False,
+            )
+        ]
     if torn_into_zeros(handle, seg.valid_end, size):
-        return [Problem(sid, seg.valid_end, f"torn tail: a record cut short over preallocated zeros, {cut} bytes "
-                                            f"(a crash; opening the log cuts it off)", False)]
-    return [Problem(sid, seg.valid_end, f"{what} in the last segment: opening the log would cut off "
-                                        f"{cut} bytes from here", True)]
+        return [
+            Problem(
+                sid,
+                seg.valid_end,
+                f"torn tail: a record cut short over preallocated zeros, {cut} bytes "
+                f"(a crash; opening the log cuts it off)",
+                False,
+            )
+        ]
+    return [
+        Problem(
+            sid, seg.valid_end, f"{what} in the last segment: opening the log would cut off {cut} bytes from here", True
+        )
+    ]
 
 
 def _raw_size(stored: memoryview, compression: int) -> int:
@@ -410,8 +497,8 @@ def _walk(buf: bytes, base: int, seg: SegmentScan, deep: bool) -> ScanResult:
             res = decode_record(buf, off)
             return ScanResult(off, count, Stop.CORRUPT, reason=getattr(res, "reason", "invalid frame"))
         flags, _ttl, ks, vs, end = lay  # type: ignore[misc]
-        if crc32c(mv[off + 4:end]) != _U32.unpack_from(buf, off)[0]:
-            if not any(buf[off:off + MIN_FRAME_SIZE]):
+        if crc32c(mv[off + 4 : end]) != _U32.unpack_from(buf, off)[0]:
+            if not any(buf[off : off + MIN_FRAME_SIZE]):
                 return ScanResult(off, count, Stop.ZEROED, reason="zero-filled bytes")
             return ScanResult(off, count, Stop.CORRUPT, reason="checksum mismatch")
         if flags & FLAG_SEAL:
@@ -478,7 +565,7 @@ def check_start(directory: str | os.PathLike[str], start: Position, layer: FileL
             if res.stop is Stop.END and base + res.valid_end == start.offset:
                 return None
             if res.stop is Stop.TORN and base + len(data) < start.offset:
-                carry, base = data[res.valid_end:], base + res.valid_end
+                carry, base = data[res.valid_end :], base + res.valid_end
                 continue
             if res.stop is Stop.END and base + len(data) < start.offset:
                 carry, base = b"", base + res.valid_end
@@ -488,7 +575,9 @@ def check_start(directory: str | os.PathLike[str], start: Position, layer: FileL
                 return f"offset {start.offset} is inside the record at {start.segment_id}:{at}"
             if res.stop is Stop.SEALED:
                 return f"offset {start.offset} is past the end of segment {start.segment_id}'s records"
-            return (f"segment {start.segment_id} holds no whole records from offset {at} "
-                    f"({res.reason or res.stop.value}), before {start.offset}")
+            return (
+                f"segment {start.segment_id} holds no whole records from offset {at} "
+                f"({res.reason or res.stop.value}), before {start.offset}"
+            )
     finally:
         h.close()

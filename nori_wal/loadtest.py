@@ -84,19 +84,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-RECORD_BYTES = 1024                 # value bytes per record
+RECORD_BYTES = 1024  # value bytes per record
 MODES = ("sync", "pipelined", "submit", "batch")
 DEFAULT_MODES = ("sync", "pipelined", "batch")
 POLICIES = ("always", "batch", "os")
 PEERS = ("sqlite", "yardstick", "redis")
-DEFAULT_PRODUCERS = (1, 2, 4, 8, 16, 32, 64)     # the targets are for N <= 32; 64 shows what is past them
+DEFAULT_PRODUCERS = (1, 2, 4, 8, 16, 32, 64)  # the targets are for N <= 32; 64 shows what is past them
 QUICK_PRODUCERS = (1, 8)
-DEFAULT_SECONDS = 2.0               # per cell
-DEFAULT_SLICES = 2                  # a cell's seconds are split into this many interleaved slices
+DEFAULT_SECONDS = 2.0  # per cell
+DEFAULT_SLICES = 2  # a cell's seconds are split into this many interleaved slices
 QUICK_SECONDS = 0.5
 FULL_SECONDS = 3.0
-SETUP_TIMEOUT = 60.0                # seconds for a cell's producers to connect and warm up
-CLIENT_TIMEOUT = 30.0               # seconds, WalClient(timeout=...)
+SETUP_TIMEOUT = 60.0  # seconds for a cell's producers to connect and warm up
+CLIENT_TIMEOUT = 30.0  # seconds, WalClient(timeout=...)
 REDIS_FSYNC = {"always": "always", "batch": "everysec", "os": "no"}
 YARD_FSYNC = {"always": "always", "os": "none"}
 
@@ -104,10 +104,11 @@ Task = dict[str, Any]
 # One producer's slice: acked records, start and end (time.monotonic(): one clock for every process
 # on the machine), per-call latencies (array("d") bytes, seconds), CPU seconds.
 Numbers = tuple[int, float, float, bytes, float]
-Timed = tuple[int, float, float, "array[float]"]    # what a runner returns: acked, start, end, latencies
+Timed = tuple[int, float, float, "array[float]"]  # what a runner returns: acked, start, end, latencies
 
 
 # -- values ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -132,8 +133,8 @@ class CellResult:
     p99_ms: float = 0.0
     calls: int = 0
     error: str = ""
-    group: float = 0.0      # records per group commit: per fsync (always, batch), per write (os); 0: not known
-    cpu_us: float = 0.0     # CPU (user + system) per acked record: producers plus the server process; 0: not known
+    group: float = 0.0  # records per group commit: per fsync (always, batch), per write (os); 0: not known
+    cpu_us: float = 0.0  # CPU (user + system) per acked record: producers plus the server process; 0: not known
 
     @property
     def mib_per_s(self) -> float:
@@ -159,6 +160,7 @@ class LoadReport:
 
 
 # -- pure helpers ------------------------------------------------------------------------------
+
 
 def parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     """``"a,b"`` -> ["a", "b"], each checked against ``allowed``; raises ValueError naming the bad one."""
@@ -194,12 +196,22 @@ def percentile_ms(sorted_s: Sequence[float], q: float) -> float:
 
 
 def mode_label(mode: str, depth: int, batch_size: int) -> str:
-    return {"sync": "sync", "pipelined": f"pipe x{depth}", "submit": f"submit x{depth}",
-            "batch": f"batch({batch_size})"}[mode]
+    return {
+        "sync": "sync",
+        "pipelined": f"pipe x{depth}",
+        "submit": f"submit x{depth}",
+        "batch": f"batch({batch_size})",
+    }[mode]
 
 
-def plan_cells(producers: Sequence[int], policies: Sequence[str], modes: Sequence[str], peers: Sequence[str],
-               full: bool, redis_ok: bool) -> list[Cell]:
+def plan_cells(
+    producers: Sequence[int],
+    policies: Sequence[str],
+    modes: Sequence[str],
+    peers: Sequence[str],
+    full: bool,
+    redis_ok: bool,
+) -> list[Cell]:
     """The cells of a run, grouped by producer count (every system at N before N+1).
 
     Peers: SQLite FULL at every N; the yardstick beside Always sync and Os batch (the
@@ -256,8 +268,10 @@ def peer_label(cell: Cell) -> str:
     return cell.policy
 
 
-HEADER = (f"{'producers':>9}  {'mode':<10}  {'policy':<16}  {'acked rec/s':>12}  {'MiB/s':>8}  "
-          f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}  {'group':>6}  {'cpu us':>6}")
+HEADER = (
+    f"{'producers':>9}  {'mode':<10}  {'policy':<16}  {'acked rec/s':>12}  {'MiB/s':>8}  "
+    f"{'p50 ms':>8}  {'p99 ms':>8}  {'x F':>7}  {'x SQLite':>8}  {'group':>6}  {'cpu us':>6}"
+)
 
 
 def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, batch_size: int) -> str:
@@ -270,8 +284,10 @@ def format_row(r: CellResult, f: float, sqlite: CellResult | None, depth: int, b
     xs = f"{r.records_per_s / sqlite.records_per_s:>8.2f}" if sqlite and sqlite.records_per_s > 0 else f"{'-':>8}"
     group = f"{r.group:>6.1f}" if r.group else f"{'-':>6}"
     cpu = f"{r.cpu_us:>6.1f}" if r.cpu_us else f"{'-':>6}"
-    return (f"{c.producers:>9}  {mode:<10}  {name:<16}  {r.records_per_s:>12,.0f}  {r.mib_per_s:>8.2f}  "
-            f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}  {group}  {cpu}")
+    return (
+        f"{c.producers:>9}  {mode:<10}  {name:<16}  {r.records_per_s:>12,.0f}  {r.mib_per_s:>8.2f}  "
+        f"{r.p50_ms:>8.3f}  {r.p99_ms:>8.3f}  {xf:>7.2f}  {xs}  {group}  {cpu}"
+    )
 
 
 def _ratio(a: CellResult | None, b: CellResult | None) -> float | None:
@@ -296,18 +312,22 @@ def ratio_lines(rep: LoadReport, depth: int, batch_size: int) -> list[str]:
         v = _ratio(rep.find("nori", "always", "sync", n), rep.find("yardstick", "always", "sync", n))
         if v is not None:
             parts.append(f"N={n} {v:.2f}x{'' if v >= 1 or n > 32 else '!'}")
-    out.append("Always sync / yardstick always, same N (target >= 1x for N <= 32, ! = missed): "
-               + (", ".join(parts) if parts else "n/a (not measured in this run)"))
+    out.append(
+        "Always sync / yardstick always, same N (target >= 1x for N <= 32, ! = missed): "
+        + (", ".join(parts) if parts else "n/a (not measured in this run)")
+    )
     sq8 = rep.find("sqlite", "-", "sync", 8)
-    out.append("Always sync N=8 / SQLite FULL N=8: "
-               + verdict(_ratio(rep.find("nori", "always", "sync", 8), sq8), 2))
+    out.append("Always sync N=8 / SQLite FULL N=8: " + verdict(_ratio(rep.find("nori", "always", "sync", 8), sq8), 2))
     for mode in ("pipelined", "submit"):
         r8 = rep.find("nori", "always", mode, 8)
         if r8 is not None or mode == "pipelined":
-            out.append(f"Always {mode_label(mode, depth, batch_size)} N=8 / SQLite FULL N=8: "
-                       + verdict(_ratio(r8, sq8), 10))
-    out.append(f"Always {mode_label('batch', depth, batch_size)} N=8 / SQLite FULL N=8: "
-               + verdict(_ratio(rep.find("nori", "always", "batch", 8), sq8), 25))
+            out.append(
+                f"Always {mode_label(mode, depth, batch_size)} N=8 / SQLite FULL N=8: " + verdict(_ratio(r8, sq8), 10)
+            )
+    out.append(
+        f"Always {mode_label('batch', depth, batch_size)} N=8 / SQLite FULL N=8: "
+        + verdict(_ratio(rep.find("nori", "always", "batch", 8), sq8), 25)
+    )
     osb = rep.find("nori", "os", "batch", 8)
     yb = rep.find("yardstick", "os", "batch", 8)
     if osb is None:
@@ -317,24 +337,27 @@ def ratio_lines(rep: LoadReport, depth: int, batch_size: int) -> list[str]:
         line = f"Os {mode_label('batch', depth, batch_size)} N=8: {osb.mib_per_s:.0f} MiB/s (target >= 150: {met})"
         if yb is not None and yb.mib_per_s > 0:
             line += f"; / yardstick --batch {batch_size} --fsync none ({yb.mib_per_s:.0f} MiB/s): " + verdict(
-                osb.mib_per_s / yb.mib_per_s, 0.5, "%")
+                osb.mib_per_s / yb.mib_per_s, 0.5, "%"
+            )
         out.append(line)
     for policy in POLICIES:
         for mode in MODES:
             parts = []
-            for n in ns:     # submit is a nori-wal client call: Redis's pipelined rows stand beside it
+            for n in ns:  # submit is a nori-wal client call: Redis's pipelined rows stand beside it
                 rd = rep.find("redis", policy, "pipelined" if mode == "submit" else mode, n)
                 v = _ratio(rep.find("nori", policy, mode, n), rd)
                 if v is not None and rd is not None:
                     parts.append(f"N={n} {v:.2f}x")
             if parts:
                 fs = REDIS_FSYNC[policy]
-                out.append(f"{policy} {mode_label(mode, depth, batch_size)} / Redis appendfsync {fs}: "
-                           + ", ".join(parts))
+                out.append(
+                    f"{policy} {mode_label(mode, depth, batch_size)} / Redis appendfsync {fs}: " + ", ".join(parts)
+                )
     return out
 
 
 # -- the disk probe ----------------------------------------------------------------------------
+
 
 def measure_f(directory: str, seconds: float = 1.0) -> float:
     """F: 1 KB ``os.write`` + ``os.fdatasync`` per second on this disk, one writer, a ``seconds`` loop."""
@@ -373,7 +396,7 @@ def describe_disk(directory: str) -> str:
 
 # -- producer processes (the pool) -------------------------------------------------------------
 
-NOT_ACKED = object()     # what a timed op returns when its records were not acknowledged (SQLite: locked)
+NOT_ACKED = object()  # what a timed op returns when its records were not acknowledged (SQLite: locked)
 
 
 def _timed_loop(op: Callable[[Any], Any], arg: Any, per: int, end: float) -> Timed:
@@ -400,12 +423,14 @@ def _timed_loop(op: Callable[[Any], Any], arg: Any, per: int, end: float) -> Tim
 
 def _records(index: int, count: int) -> list[Any]:
     from .record import Record
+
     value = os.urandom(RECORD_BYTES)
     return [Record.put(b"p%04d-%06d" % (index, i), value) for i in range(count)]
 
 
 def _run_nori(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     from .client import WalClient
+
     mode = task["mode"]
     if mode == "pipelined":
         return asyncio.run(_run_nori_pipelined(task, ready, go))
@@ -418,7 +443,7 @@ def _run_nori(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
             return _submit_loop(client, recs[0], task["depth"], go.wait())
         op: Callable[[Any], Any] = client.append if mode == "sync" else client.append_batch
         arg = recs[0] if mode == "sync" else recs
-        op(arg)                     # warm-up: connects; not counted
+        op(arg)  # warm-up: connects; not counted
         ready()
         return _timed_loop(op, arg, 1 if mode == "sync" else len(recs), go.wait())
     finally:
@@ -438,11 +463,11 @@ def _submit_loop(client: Any, rec: Any, depth: int, end: float) -> Timed:
         p.result()
         now = perf()
         lat.append(now - t0)
-        while pending and pending[0][1].done():     # collect every ack already here, then refill at once
+        while pending and pending[0][1].done():  # collect every ack already here, then refill at once
             t0, p = pending.popleft()
             p.result()
             lat.append(now - t0)
-    while pending:                      # what is still in flight counts once acknowledged
+    while pending:  # what is still in flight counts once acknowledged
         t0, p = pending.popleft()
         p.result()
         now = perf()
@@ -456,13 +481,14 @@ async def _maybe_await(value: Any) -> Any:
 
 async def _run_nori_pipelined(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     from .client import AsyncWalClient
+
     depth = task["depth"]
     recs = _records(task["index"], depth)
     client = AsyncWalClient(task["endpoint"], timeout=CLIENT_TIMEOUT)
     try:
-        await client.append(recs[0])      # warm-up: connects; not counted
+        await client.append(recs[0])  # warm-up: connects; not counted
         ready()
-        end = go.wait()                   # blocks the loop on purpose: nothing else runs yet
+        end = go.wait()  # blocks the loop on purpose: nothing else runs yet
         lat: array[float] = array("d")
         start = time.monotonic()
 
@@ -485,6 +511,7 @@ async def _run_nori_pipelined(task: Task, ready: Callable[[], None], go: _Gate) 
 
 def _run_sqlite(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     import sqlite3
+
     db = sqlite3.connect(task["path"], isolation_level=None, timeout=10.0)
     try:
         db.execute("PRAGMA busy_timeout=10000")
@@ -494,8 +521,9 @@ def _run_sqlite(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
         def op(row: tuple[bytes]) -> Any:
             try:
                 return db.execute("INSERT INTO log(data) VALUES (?)", row)
-            except sqlite3.OperationalError:      # "database is locked" past busy_timeout
+            except sqlite3.OperationalError:  # "database is locked" past busy_timeout
                 return NOT_ACKED
+
         ready()
         return _timed_loop(op, (blob,), 1, go.wait())
     finally:
@@ -504,12 +532,14 @@ def _run_sqlite(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
 
 def _yard_frame() -> bytes:
     import zlib
+
     body = os.urandom(RECORD_BYTES - 8)
     return len(body).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little") + body
 
 
 def _run_yard(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     import zmq
+
     per = task["batch_size"] if task["mode"] == "batch" else 1
     msg = _yard_frame() * per
     ctx = zmq.Context()
@@ -522,6 +552,7 @@ def _run_yard(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
         def op(m: bytes) -> Any:
             sock.send(m)
             return sock.recv()
+
         op(msg)
         ready()
         return _timed_loop(op, msg, per, go.wait())
@@ -532,6 +563,7 @@ def _run_yard(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
 
 def _run_redis(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
     import redis
+
     r = redis.Redis(port=task["port"])
     blob = os.urandom(RECORD_BYTES)
     per = {"sync": 1, "pipelined": task["depth"], "submit": task["depth"], "batch": task["batch_size"]}[task["mode"]]
@@ -539,14 +571,17 @@ def _run_redis(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
         fields = {"d": blob}
         op: Callable[[Any], Any]
         if per == 1:
+
             def op(f: dict[str, bytes]) -> Any:
-                return r.xadd("log", f)     # type: ignore[arg-type]
+                return r.xadd("log", f)  # type: ignore[arg-type]
         else:
+
             def op(f: dict[str, bytes]) -> Any:
                 p = r.pipeline(transaction=False)
                 for _ in range(per):
-                    p.xadd("log", f)        # type: ignore[arg-type]
+                    p.xadd("log", f)  # type: ignore[arg-type]
                 return p.execute()
+
         r.ping()
         ready()
         return _timed_loop(op, fields, per, go.wait())
@@ -555,22 +590,25 @@ def _run_redis(task: Task, ready: Callable[[], None], go: _Gate) -> Timed:
 
 
 _RUNNERS: dict[str, Callable[[Task, Callable[[], None], _Gate], Timed]] = {
-    "nori": _run_nori, "sqlite": _run_sqlite, "yardstick": _run_yard, "redis": _run_redis,
+    "nori": _run_nori,
+    "sqlite": _run_sqlite,
+    "yardstick": _run_yard,
+    "redis": _run_redis,
 }
 
 
 def _worker_main(index: int, commands: Any, results: Any, go: Any, deadline: Any) -> None:
     """A pooled producer process: run each task it is given, report ready, wait for go, report numbers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     gate = _Gate(go, deadline)
     while True:
         task = commands.get()
         if task is None:
             return
-        readied: list[float] = []      # the process's CPU seconds when it reported ready
+        readied: list[float] = []  # the process's CPU seconds when it reported ready
         try:
             acked, start, end, lat = _RUNNERS[task["system"]](task, _ready_callback(results, index, readied), gate)
-            cpu = time.process_time() - readied[0] if readied else 0.0     # all threads (ZeroMQ's I/O too)
+            cpu = time.process_time() - readied[0] if readied else 0.0  # all threads (ZeroMQ's I/O too)
             results.put(("done", index, (acked, start, end, lat.tobytes(), cpu)))
         except BaseException as exc:  # noqa: BLE001 -- reported, not raised: the pool must keep serving
             results.put(("failed" if readied else "setup-failed", index, f"{type(exc).__name__}: {exc}"))
@@ -592,6 +630,7 @@ def _ready_callback(results: Any, index: int, readied: list[float]) -> Callable[
     def ready() -> None:
         readied.append(time.process_time())
         results.put(("ready", index, None))
+
     return ready
 
 
@@ -601,7 +640,7 @@ class ProducerPool:
     def __init__(self, size: int):
         self._ctx = mp.get_context("spawn")
         self._go = self._ctx.Event()
-        self._deadline: Any = self._ctx.RawValue("d", 0.0)     # the slice's end, time.monotonic(); set before go
+        self._deadline: Any = self._ctx.RawValue("d", 0.0)  # the slice's end, time.monotonic(); set before go
         self._results: Any = self._ctx.Queue()
         self._commands: list[Any] = []
         self._procs: list[Any] = []
@@ -611,8 +650,12 @@ class ProducerPool:
         while len(self._procs) < size:
             i = len(self._procs)
             q = self._ctx.Queue()
-            p = self._ctx.Process(target=_worker_main, args=(i, q, self._results, self._go, self._deadline),
-                                  name=f"nori-load-producer-{i}", daemon=True)
+            p = self._ctx.Process(
+                target=_worker_main,
+                args=(i, q, self._results, self._go, self._deadline),
+                name=f"nori-load-producer-{i}",
+                daemon=True,
+            )
             p.start()
             self._commands.append(q)
             self._procs.append(p)
@@ -717,12 +760,14 @@ def summarize(cell: Cell, slices: list[list[Numbers]], errors: list[str], server
 
 # -- the peers' servers ------------------------------------------------------------------------
 
+
 def _yard_writer(endpoint: str, path: str, fsync: str, ready: Any, stop: Any, counts: Any) -> None:
     """The ideal group-commit writer: block for one message, drain, one write, one fdatasync, ack all.
 
     ``counts`` (shared: groups, messages) is what the original prints as group(msgs).
     """
     import zmq
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -761,11 +806,14 @@ class Yardstick:
         self.path = os.path.join(data_dir, f"yardstick-{fsync}.log")
         self.endpoint = f"ipc://{sock_dir}/yard-{fsync}.sock"
         self._stop = ctx.Event()
-        self._counts = ctx.RawArray("q", 2)     # groups written, messages in them
+        self._counts = ctx.RawArray("q", 2)  # groups written, messages in them
         ready = ctx.Event()
-        self._proc = ctx.Process(target=_yard_writer,
-                                 args=(self.endpoint, self.path, fsync, ready, self._stop, self._counts),
-                                 name=f"nori-load-yardstick-{fsync}", daemon=True)
+        self._proc = ctx.Process(
+            target=_yard_writer,
+            args=(self.endpoint, self.path, fsync, ready, self._stop, self._counts),
+            name=f"nori-load-yardstick-{fsync}",
+            daemon=True,
+        )
         self._proc.start()
         if not ready.wait(SETUP_TIMEOUT) or not self._proc.is_alive():
             self.close()
@@ -806,14 +854,34 @@ class RedisPeer:
 
     def __init__(self, workdir: str):
         import redis
+
         os.makedirs(workdir, exist_ok=True)
         self.port = _free_port()
         self._proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", workdir,
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--auto-aof-rewrite-percentage", "0", "--daemonize", "no",
-             "--logfile", os.path.join(workdir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                workdir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--auto-aof-rewrite-percentage",
+                "0",
+                "--daemonize",
+                "no",
+                "--logfile",
+                os.path.join(workdir, "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
@@ -861,6 +929,7 @@ def redis_status() -> str:
 
 # -- the run -------------------------------------------------------------------------------------
 
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -878,12 +947,22 @@ def run_load(args: argparse.Namespace) -> LoadReport:
     if base is not None:
         os.makedirs(base, exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="nori-load-", dir=base)
-    sock_dir = tempfile.mkdtemp(prefix="nori-load-sock-")   # short ipc paths, whatever --dir is
+    sock_dir = tempfile.mkdtemp(prefix="nori-load-sock-")  # short ipc paths, whatever --dir is
     rep.settings = {
-        "seconds_per_cell": args.seconds, "slices": args.slices, "producers": producers, "policies": policies,
-        "modes": modes, "peers": peers, "depth": args.depth, "batch_size": args.batch_size,
-        "record_bytes": RECORD_BYTES, "dir": run_dir, "disk": describe_disk(run_dir), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "sqlite": __import__("sqlite3").sqlite_version,
+        "seconds_per_cell": args.seconds,
+        "slices": args.slices,
+        "producers": producers,
+        "policies": policies,
+        "modes": modes,
+        "peers": peers,
+        "depth": args.depth,
+        "batch_size": args.batch_size,
+        "record_bytes": RECORD_BYTES,
+        "dir": run_dir,
+        "disk": describe_disk(run_dir),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": __import__("sqlite3").sqlite_version,
     }
     writers: dict[str, Any] = {}
     controls: dict[str, Any] = {}
@@ -899,6 +978,7 @@ def run_load(args: argparse.Namespace) -> LoadReport:
             from .client import WalClient
             from .config import FsyncPolicy, WalConfig
             from .writer_proc import WriterProcess
+
             for policy in policies:
                 cfg = WalConfig(dir=os.path.join(run_dir, f"wal-{policy}"), fsync_policy=FsyncPolicy.parse(policy))
                 writers[policy] = WriterProcess.spawn(cfg)
@@ -919,10 +999,14 @@ def run_load(args: argparse.Namespace) -> LoadReport:
         slice_s = args.seconds / args.slices
         for cell, k in slice_order(cells, args.slices):
             run = runs[cell]
-            if cell in finished:            # an earlier slice failed: the cell is reported already
+            if cell in finished:  # an earlier slice failed: the cell is reported already
                 continue
-            base_task: Task = {"system": cell.system, "mode": cell.mode,
-                               "depth": args.depth, "batch_size": args.batch_size}
+            base_task: Task = {
+                "system": cell.system,
+                "mode": cell.mode,
+                "depth": args.depth,
+                "batch_size": args.batch_size,
+            }
             if cell.system == "nori":
                 base_task["endpoint"] = writers[cell.policy].endpoint
             elif cell.system == "yardstick":
@@ -941,8 +1025,13 @@ def run_load(args: argparse.Namespace) -> LoadReport:
             cpu0 = process_cpu_seconds(server)
             numbers, errors = pool.run([base_task] * cell.producers, slice_s)
             cpu1 = process_cpu_seconds(server)
-            run.add(numbers, errors, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0,
-                    before, _commit_counts(cell, controls, yards))
+            run.add(
+                numbers,
+                errors,
+                cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else 0.0,
+                before,
+                _commit_counts(cell, controls, yards),
+            )
             # keep the disk bounded between slices
             if cell.system == "nori":
                 ctl = controls[cell.policy]
@@ -954,15 +1043,18 @@ def run_load(args: argparse.Namespace) -> LoadReport:
                         rep.notes.append(note)
             if k < args.slices - 1 and not errors:
                 continue
-            if cell.system == "yardstick":     # its file grows across a cell's slices, as in the original
+            if cell.system == "yardstick":  # its file grows across a cell's slices, as in the original
                 yards[YARD_FSYNC[cell.policy]].reset()
             if run.sqlite_path:
                 for suffix in ("", "-wal", "-shm"):
                     if os.path.exists(run.sqlite_path + suffix):
                         os.unlink(run.sqlite_path + suffix)
             result = summarize(cell, run.slices, run.errors, run.server_cpu)
-            result.group = group_size(cell, tuple(0 for _ in run.counts), tuple(run.counts), args.batch_size) \
-                if run.counts else 0.0
+            result.group = (
+                group_size(cell, tuple(0 for _ in run.counts), tuple(run.counts), args.batch_size)
+                if run.counts
+                else 0.0
+            )
             finished[cell] = result
             what = cell.policy if cell.system == "nori" else peer_label(cell)
             shown = result.error or f"{result.records_per_s:,.0f} rec/s, p99 {result.p99_ms:.2f} ms"
@@ -973,7 +1065,7 @@ def run_load(args: argparse.Namespace) -> LoadReport:
         closers: list[Callable[[], Any]] = [pool.close] if pool is not None else []
         closers += [c.close for c in controls.values()] + [w.stop for w in writers.values()]
         closers += [y.close for y in yards.values()] + ([redis_peer.close] if redis_peer is not None else [])
-        for close in closers:         # every one of them, even when one fails
+        for close in closers:  # every one of them, even when one fails
             try:
                 close()
             except Exception as exc:  # noqa: BLE001 -- tear down the rest regardless
@@ -993,12 +1085,18 @@ class _CellRun:
     slices: list[list[Numbers]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     server_cpu: float = 0.0
-    counts: list[int] = field(default_factory=list)    # the writer's counters' growth; [] once one is unknown
+    counts: list[int] = field(default_factory=list)  # the writer's counters' growth; [] once one is unknown
     counts_known: bool = True
     sqlite_path: str = ""
 
-    def add(self, numbers: list[Numbers], errors: list[str], server_cpu: float,
-            before: tuple[int, ...], after: tuple[int, ...]) -> None:
+    def add(
+        self,
+        numbers: list[Numbers],
+        errors: list[str],
+        server_cpu: float,
+        before: tuple[int, ...],
+        after: tuple[int, ...],
+    ) -> None:
         self.slices.append(numbers)
         self.errors += errors
         self.server_cpu += server_cpu
@@ -1021,8 +1119,9 @@ def process_cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-def _server_pid(cell: Cell, writers: dict[str, Any], yards: dict[str, "Yardstick"],
-                redis_peer: "RedisPeer | None") -> int | None:
+def _server_pid(
+    cell: Cell, writers: dict[str, Any], yards: dict[str, "Yardstick"], redis_peer: "RedisPeer | None"
+) -> int | None:
     """The process serving a cell (its CPU counts with the producers'); None for SQLite (in-process)."""
     if cell.system == "nori":
         return int(writers[cell.policy].pid)
@@ -1052,7 +1151,7 @@ def group_size(cell: Cell, before: tuple[int, ...], after: tuple[int, ...], batc
         return 0.0
     if cell.system == "nori":
         records = after[0] - before[0]
-        per = 1 if cell.policy == "os" else 2          # Os acks after the write; the others after an fsync
+        per = 1 if cell.policy == "os" else 2  # Os acks after the write; the others after an fsync
         groups = after[per] - before[per]
     else:
         groups = after[0] - before[0]
@@ -1062,6 +1161,7 @@ def group_size(cell: Cell, before: tuple[int, ...], after: tuple[int, ...], batc
 
 def _sqlite_create(path: str) -> None:
     import sqlite3
+
     db = sqlite3.connect(path, isolation_level=None)
     try:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -1074,17 +1174,21 @@ def _sqlite_create(path: str) -> None:
 
 # -- output --------------------------------------------------------------------------------------
 
+
 def render(rep: LoadReport, depth: int, batch_size: int) -> str:
     """The tables and ratios, as printed."""
     s = rep.settings
     f = rep.f_start
     lines = [
         f"nori-wal contention load: {RECORD_BYTES} B records, {s.get('seconds_per_cell', 0):g} s per cell"
-        + (f" in {s['slices']} interleaved slices" if s.get("slices", 1) > 1 else "") + ", "
+        + (f" in {s['slices']} interleaved slices" if s.get("slices", 1) > 1 else "")
+        + ", "
         f"{s.get('cpus')} CPUs, {s.get('disk')}, Python {s.get('python')}, SQLite {s.get('sqlite')}"
         + (f", Redis {s['redis']}" if "redis" in s else ""),
-        (f"F = {rep.f_start:,.0f} appends+fdatasync/s at start ({1e3 / rep.f_start if rep.f_start else 0:.3f} ms), "
-         f"{rep.f_end:,.0f}/s at end; x F uses the start figure"),
+        (
+            f"F = {rep.f_start:,.0f} appends+fdatasync/s at start ({1e3 / rep.f_start if rep.f_start else 0:.3f} ms), "
+            f"{rep.f_end:,.0f}/s at end; x F uses the start figure"
+        ),
         "",
         HEADER,
     ]
@@ -1094,8 +1198,10 @@ def render(rep: LoadReport, depth: int, batch_size: int) -> str:
 
     order = {m: i for i, m in enumerate(MODES)}
     pol = {p: i for i, p in enumerate(POLICIES)}
-    nori = sorted((r for r in rep.results if r.cell.system == "nori"),
-                  key=lambda r: (pol[r.cell.policy], order[r.cell.mode], r.cell.producers))
+    nori = sorted(
+        (r for r in rep.results if r.cell.system == "nori"),
+        key=lambda r: (pol[r.cell.policy], order[r.cell.mode], r.cell.producers),
+    )
     prev: tuple[str, ...] | None = None
     for r in nori:
         if prev is not None and (r.cell.policy, r.cell.mode) != prev:
@@ -1105,8 +1211,9 @@ def render(rep: LoadReport, depth: int, batch_size: int) -> str:
     peers = [r for r in rep.results if r.cell.system != "nori"]
     if peers:
         sysorder = {"sqlite": 0, "yardstick": 1, "redis": 2}
-        peers.sort(key=lambda r: (sysorder[r.cell.system], pol.get(r.cell.policy, -1),
-                                  order[r.cell.mode], r.cell.producers))
+        peers.sort(
+            key=lambda r: (sysorder[r.cell.system], pol.get(r.cell.policy, -1), order[r.cell.mode], r.cell.producers)
+        )
         lines += ["", "Peers, same run:", HEADER.replace("policy      ", "peer        ")]
         prev = None
         for r in peers:
@@ -1130,6 +1237,7 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
     """
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import matplotlib.ticker
@@ -1156,8 +1264,15 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
             else:
                 who = {"nori": "nori-wal", "yardstick": "yardstick", "redis": "Redis"}[system]
                 label, col = f"{who} {mode_label(mode, depth, batch_size)}", colour[mode]
-            ax.plot([p for p, _ in pts], [v for _, v in pts], style[system], color=col, marker="o", markersize=3,
-                    label=label)
+            ax.plot(
+                [p for p, _ in pts],
+                [v for _, v in pts],
+                style[system],
+                color=col,
+                marker="o",
+                markersize=3,
+                label=label,
+            )
         if rep.f_start:
             ax.axhline(rep.f_start, color="grey", linewidth=0.8, label=f"F = {rep.f_start:,.0f}/s")
         ax.set_xscale("log", base=2)
@@ -1185,43 +1300,75 @@ def write_png(rep: LoadReport, path: str, depth: int, batch_size: int) -> str:
 
 def report_json(rep: LoadReport) -> dict[str, Any]:
     return {
-        "f_start": rep.f_start, "f_end": rep.f_end, "settings": rep.settings, "notes": rep.notes,
-        "results": [{**asdict(r.cell), "records_per_s": r.records_per_s, "mib_per_s": r.mib_per_s,
-                     "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "calls": r.calls, "error": r.error,
-                     "records_per_group": r.group or None, "cpu_us_per_record": r.cpu_us or None,
-                     "x_f": r.records_per_s / rep.f_start if rep.f_start else None}
-                    for r in rep.results],
+        "f_start": rep.f_start,
+        "f_end": rep.f_end,
+        "settings": rep.settings,
+        "notes": rep.notes,
+        "results": [
+            {
+                **asdict(r.cell),
+                "records_per_s": r.records_per_s,
+                "mib_per_s": r.mib_per_s,
+                "p50_ms": r.p50_ms,
+                "p99_ms": r.p99_ms,
+                "calls": r.calls,
+                "error": r.error,
+                "records_per_group": r.group or None,
+                "cpu_us_per_record": r.cpu_us or None,
+                "x_f": r.records_per_s / rep.f_start if rep.f_start else None,
+            }
+            for r in rep.results
+        ],
     }
 
 
 # -- command line --------------------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default=None,
-                   help="where to put the logs (a fresh subdirectory is made and removed after; "
-                        "default: the system temp dir). Measure the disk you care about.")
-    p.add_argument("--producers", default=None,
-                   help=f"producer counts (default {','.join(map(str, DEFAULT_PRODUCERS))})")
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="where to put the logs (a fresh subdirectory is made and removed after; "
+        "default: the system temp dir). Measure the disk you care about.",
+    )
+    p.add_argument(
+        "--producers", default=None, help=f"producer counts (default {','.join(map(str, DEFAULT_PRODUCERS))})"
+    )
     p.add_argument("--policies", default=None, help="fsync policies: always,batch,os (default all)")
-    p.add_argument("--modes", default=None,
-                   help="sync,pipelined,submit,batch (default sync,pipelined,batch; --full: all four)")
-    p.add_argument("--seconds", type=float, default=None,
-                   help=f"seconds per cell (default {DEFAULT_SECONDS:g}; --quick {QUICK_SECONDS:g}; "
-                        f"--full {FULL_SECONDS:g})")
-    p.add_argument("--slices", type=int, default=DEFAULT_SLICES,
-                   help=f"interleaved slices per cell: the cells at one producer count take turns, in order "
-                        f"then in reverse (default {DEFAULT_SLICES}; 1: one after the other)")
+    p.add_argument(
+        "--modes", default=None, help="sync,pipelined,submit,batch (default sync,pipelined,batch; --full: all four)"
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"seconds per cell (default {DEFAULT_SECONDS:g}; --quick {QUICK_SECONDS:g}; --full {FULL_SECONDS:g})",
+    )
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=DEFAULT_SLICES,
+        help=f"interleaved slices per cell: the cells at one producer count take turns, in order "
+        f"then in reverse (default {DEFAULT_SLICES}; 1: one after the other)",
+    )
     p.add_argument("--depth", type=int, default=32, help="appends in flight per producer in pipelined mode")
     p.add_argument("--batch-size", type=int, default=100, help="records per append_batch in batch mode")
     p.add_argument("--peers", default=",".join(PEERS), help="peers to run beside: sqlite,yardstick,redis")
     p.add_argument("--no-peers", action="store_true", help="run no peers (F is still measured)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="a ~30 s run: producers 1,8, policies always,os")
-    g.add_argument("--full", action="store_true",
-                   help="the whole matrix: every policy and mode, every peer beside every policy, 3 s cells")
+    g.add_argument(
+        "--full",
+        action="store_true",
+        help="the whole matrix: every policy and mode, every peer beside every policy, 3 s cells",
+    )
     p.add_argument("--f-seconds", type=float, default=1.0, help="length of each raw fdatasync probe (s)")
-    p.add_argument("--plot", default="nori-wal-load.png",
-                   help="PNG of throughput against producers (needs matplotlib; default ./nori-wal-load.png)")
+    p.add_argument(
+        "--plot",
+        default="nori-wal-load.png",
+        help="PNG of throughput against producers (needs matplotlib; default ./nori-wal-load.png)",
+    )
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the run directory (for inspection)")
@@ -1266,7 +1413,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plot:
         png = write_png(rep, args.plot, args.depth, args.batch_size)
         rep.notes.append(f"wrote {png}" if png else "matplotlib is not installed: no PNG (pip install matplotlib)")
-    print(render(rep, args.depth, args.batch_size), flush=True)      # first: a failed --json write loses nothing
+    print(render(rep, args.depth, args.batch_size), flush=True)  # first: a failed --json write loses nothing
     if args.json:
         try:
             with open(args.json, "w") as fh:

@@ -34,6 +34,7 @@ from typing import Protocol, TypeVar, Union, runtime_checkable
 @dataclass(frozen=True)
 class SegmentRoll:
     """The active segment was sealed at ``bytes`` and ``new_segment_id`` was created."""
+
     segment_id: int
     bytes: int
     new_segment_id: int
@@ -42,6 +43,7 @@ class SegmentRoll:
 @dataclass(frozen=True)
 class Fsync:
     """One fsync/fdatasync of a segment took ``ms`` milliseconds."""
+
     ms: float
 
 
@@ -53,6 +55,7 @@ class CorruptionTruncated:
     below the previous writer's durable mark, or the segment the mark names is gone):
     ``reason`` says which.
     """
+
     segment: int
     offset: int
     bytes: int
@@ -62,12 +65,14 @@ class CorruptionTruncated:
 @dataclass(frozen=True)
 class FsyncFailed:
     """A write or fsync failed; the log stopped acknowledging (fail-stop)."""
+
     error: str
 
 
 @dataclass(frozen=True)
 class SegmentsDeleted:
     """Segment GC removed ``count`` segments below ``before_segment`` in ``ms`` milliseconds."""
+
     count: int
     before_segment: int
     ms: float
@@ -231,10 +236,9 @@ class GuardedMeter:
             self._dropped(f"event {event_name(event)}", exc)
 
     def _dropped(self, what: str, exc: Exception) -> None:
-        if what not in self._warned:        # (a set add is atomic under the GIL: at worst two warnings)
+        if what not in self._warned:  # (a set add is atomic under the GIL: at worst two warnings)
             self._warned.add(what)
-            _log.warning("meter %s failed on %s (dropped; the log goes on): %r",
-                         type(self.meter).__name__, what, exc)
+            _log.warning("meter %s failed on %s (dropped; the log goes on): %r", type(self.meter).__name__, what, exc)
 
 
 def guard_meter(meter: Meter) -> Meter:
@@ -246,5 +250,6 @@ def __getattr__(name: str) -> object:
     # ``nori_wal.observe.PrometheusMeter`` without importing prometheus-client for everyone.
     if name in ("PrometheusMeter", "start_metrics_server"):
         from . import prometheus
+
         return getattr(prometheus, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

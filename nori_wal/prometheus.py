@@ -51,10 +51,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
-except ImportError as exc:     # pragma: no cover - exercised only without the extra
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "nori_wal.prometheus needs prometheus-client: pip install 'nori-wal[prometheus]' "
-        "(or pip install prometheus-client)") from exc
+        "(or pip install prometheus-client)"
+    ) from exc
 
 from .observe import EVENT_TYPES, CorruptionTruncated, Event, SegmentRoll, event_name
 
@@ -73,10 +74,27 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
-              5000.0, 10000.0)                                   # milliseconds: fdatasync is 0.2-4 ms here
-BYTES_BUCKETS = tuple(float(64 * 4**i) for i in range(11))       # 64 B .. 64 MiB
-RECORDS_BUCKETS = tuple(float(2**i) for i in range(17))          # 1 .. 65536 records
+MS_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    10000.0,
+)  # milliseconds: fdatasync is 0.2-4 ms here
+BYTES_BUCKETS = tuple(float(64 * 4**i) for i in range(11))  # 64 B .. 64 MiB
+RECORDS_BUCKETS = tuple(float(2**i) for i in range(17))  # 1 .. 65536 records
 
 _HELP = {
     "wal_records_total": "Records appended",
@@ -122,13 +140,14 @@ CONTRACT_METRICS: tuple[tuple[str, str], ...] = (
 # Metric families by registry, shared by every meter on one registry: prometheus-client
 # refuses a second family of the same name, so a second meter on a shared registry
 # (labels={"wal": "b"} beside {"wal": "a"}) must add its children to the first one's.
-_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, tuple[str, tuple[str, ...], Any]]] = \
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, tuple[str, tuple[str, ...], Any]]] = (
     weakref.WeakKeyDictionary()
+)
 _FAMILIES_LOCK = threading.Lock()
 
 _BAD_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-RESERVED_LABELS = frozenset({"type", "le", "quantile"})   # the events' label; histogram and summary labels
+RESERVED_LABELS = frozenset({"type", "le", "quantile"})  # the events' label; histogram and summary labels
 
 
 def _metric_name(name: str) -> str:
@@ -160,27 +179,32 @@ class PrometheusMeter:
     name (``namespace_wal_records_total``).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, namespace: str = "",
-                 labels: Mapping[str, str] | None = None):
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, namespace: str = "", labels: Mapping[str, str] | None = None
+    ):
         for name in labels or {}:
             if name in RESERVED_LABELS or name.startswith("__") or not _LABEL_NAME.fullmatch(name):
-                raise ValueError(f"label name {name!r} is reserved or not a valid Prometheus label name "
-                                 f"(reserved: {', '.join(sorted(RESERVED_LABELS))})")
+                raise ValueError(
+                    f"label name {name!r} is reserved or not a valid Prometheus label name "
+                    f"(reserved: {', '.join(sorted(RESERVED_LABELS))})"
+                )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.namespace = namespace
         self.labels = dict(labels or {})
-        with _FAMILIES_LOCK:        # a meter sharing a registry must use the label names its others use
+        with _FAMILIES_LOCK:  # a meter sharing a registry must use the label names its others use
             known = _FAMILIES.get(self.registry, {}).get(self._full_name("wal_records_total"))
         if known is not None and known[1] != tuple(self.labels):
-            raise ValueError(f"this registry's meters use the labels {list(known[1])}; a meter sharing it needs "
-                             f"the same label names (in that order), got {list(self.labels)}")
+            raise ValueError(
+                f"this registry's meters use the labels {list(known[1])}; a meter sharing it needs "
+                f"the same label names (in that order), got {list(self.labels)}"
+            )
         self._lock = threading.Lock()
         self._record: dict[tuple[str, str], Callable[[float], None]] = {}
-        for kind, name in CONTRACT_METRICS:        # see the module docstring: no "no data" before the first event
+        for kind, name in CONTRACT_METRICS:  # see the module docstring: no "no data" before the first event
             self._make(kind, name)
         for event_type in EVENT_TYPES:
             self._event_child("counter", "wal_events_total", event_type.__name__)
-        try:      # its samples appear with the first event of each type: a 0 timestamp would be a false one
+        try:  # its samples appear with the first event of each type: a 0 timestamp would be a false one
             self._family("gauge", "wal_last_event_timestamp_seconds", ("type",))
         except ValueError as exc:
             _log.warning("dropping metric gauge 'wal_last_event_timestamp_seconds': %s", exc)
@@ -252,8 +276,9 @@ class PrometheusMeter:
             inc = metric.inc
 
             def count(value: float) -> None:
-                if value > 0:           # prometheus counters only go up; 0 is a no-op
+                if value > 0:  # prometheus counters only go up; 0 is a no-op
                     inc(value)
+
             return count
         record: Callable[[float], None] = metric.set if kind == "gauge" else metric.observe
         return record
@@ -268,7 +293,7 @@ class PrometheusMeter:
                 if self.labels:
                     metric = metric.labels(**self.labels)
                 rec = self._recorder(kind, metric)
-            except Exception as exc:     # e.g. the name is already a metric of another type: never raise
+            except Exception as exc:  # e.g. the name is already a metric of another type: never raise
                 _log.warning("dropping metric %s %r: %s", kind, name, exc)
                 rec = _noop
             self._record[(kind, name)] = rec
@@ -295,9 +320,9 @@ class PrometheusMeter:
 
 # -- the /metrics endpoint -------------------------------------------------------------------
 
-DEFAULT_METRICS_ADDR = "127.0.0.1"     # loopback: exposing the writer's metrics to a network is the caller's choice
-DEFAULT_MAX_CONNECTIONS = 8            # concurrent /metrics connections; more are closed at once
-DEFAULT_CONNECTION_TIMEOUT = 5.0       # seconds a connection may sit idle in one read or write
+DEFAULT_METRICS_ADDR = "127.0.0.1"  # loopback: exposing the writer's metrics to a network is the caller's choice
+DEFAULT_MAX_CONNECTIONS = 8  # concurrent /metrics connections; more are closed at once
+DEFAULT_CONNECTION_TIMEOUT = 5.0  # seconds a connection may sit idle in one read or write
 
 
 class _LogStream:
@@ -313,7 +338,7 @@ class _LogStream:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:   # no access log on stderr
+    def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
         _log.debug("metrics %s " + format, self.address_string(), *args)
 
     def get_stderr(self) -> Any:
@@ -348,7 +373,7 @@ class _BoundedServer(WSGIServer):
             self.address_family = socket.AF_INET6
         self.max_connections = max_connections
         self.connection_timeout = connection_timeout
-        self.refused = 0                                  # connections closed at once: the cap was reached
+        self.refused = 0  # connections closed at once: the cap was reached
         self._slots = threading.BoundedSemaphore(max_connections)
         self._active: dict[socket.socket, threading.Thread] = {}
         self._active_lock = threading.Lock()
@@ -359,13 +384,19 @@ class _BoundedServer(WSGIServer):
             self.refused += 1
             (_log.warning if self.refused == 1 else _log.debug)(
                 "metrics: %d connections already open (the cap); closing a new one from %s at once",
-                self.max_connections, client_address)
+                self.max_connections,
+                client_address,
+            )
             self.shutdown_request(request)
             return
         try:
             request.settimeout(self.connection_timeout)
-            t = threading.Thread(target=self._serve_one, args=(request, client_address),
-                                 name=f"nori-wal-metrics-conn:{self.server_address[1]}", daemon=True)
+            t = threading.Thread(
+                target=self._serve_one,
+                args=(request, client_address),
+                name=f"nori-wal-metrics-conn:{self.server_address[1]}",
+                daemon=True,
+            )
             with self._active_lock:
                 self._active[request] = t
             t.start()
@@ -397,7 +428,7 @@ class _BoundedServer(WSGIServer):
             active = list(self._active.items())
         for request, _thread in active:
             try:
-                request.shutdown(socket.SHUT_RDWR)      # wakes a thread blocked in recv or send
+                request.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or send
             except OSError:
                 pass
         deadline = time.monotonic() + 5.0
@@ -432,9 +463,14 @@ class MetricsServer:
         self.close()
 
 
-def start_metrics_server(port: int, meter: PrometheusMeter, addr: str = DEFAULT_METRICS_ADDR, *,
-                         max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                         connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT) -> MetricsServer:
+def start_metrics_server(
+    port: int,
+    meter: PrometheusMeter,
+    addr: str = DEFAULT_METRICS_ADDR,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
+) -> MetricsServer:
     """Serve ``meter``'s registry at ``http://addr:port/metrics`` from a daemon thread.
 
     ``addr`` is the address to bind: loopback (``127.0.0.1``) by default, so only this
@@ -455,9 +491,18 @@ def start_metrics_server(port: int, meter: PrometheusMeter, addr: str = DEFAULT_
     httpd = _BoundedServer((addr, port), max_connections, connection_timeout)
     httpd.set_app(app)
     # poll_interval bounds how long close() waits for the serving loop to notice.
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                              name=f"nori-wal-metrics:{httpd.server_address[1]}", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": 0.1},
+        name=f"nori-wal-metrics:{httpd.server_address[1]}",
+        daemon=True,
+    )
     thread.start()
-    _log.info("serving metrics on http://%s:%d/metrics (at most %d connections, %g s idle timeout)",
-              addr, httpd.server_address[1], max_connections, connection_timeout)
+    _log.info(
+        "serving metrics on http://%s:%d/metrics (at most %d connections, %g s idle timeout)",
+        addr,
+        httpd.server_address[1],
+        max_connections,
+        connection_timeout,
+    )
     return MetricsServer(httpd, thread)

@@ -72,9 +72,9 @@ from .record import BytesLike, Compression
 from .scan import Stop, scan_frames
 
 VERSION = 1
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024     # bytes of record frames in one APPEND request
-MAX_HEADER_BYTES = 256                   # a header is a handful of small integers
-MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 64 * 1024   # the writer's ZMQ_MAXMSGSIZE (per frame)
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # bytes of record frames in one APPEND request
+MAX_HEADER_BYTES = 256  # a header is a handful of small integers
+MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 64 * 1024  # the writer's ZMQ_MAXMSGSIZE (per frame)
 
 
 class Op(enum.IntEnum):
@@ -89,9 +89,19 @@ OK = 0
 ERR = 1
 
 # Rule 3: the one table of error names on the wire.
-ERRORS: dict[str, type[WalError]] = {cls.__name__: cls for cls in (
-    WalError, CorruptionError, WalLockedError, WalClosedError, RecordTooLargeError, WalIOError,
-    WriterUnavailableError, ProtocolError)}
+ERRORS: dict[str, type[WalError]] = {
+    cls.__name__: cls
+    for cls in (
+        WalError,
+        CorruptionError,
+        WalLockedError,
+        WalClosedError,
+        RecordTooLargeError,
+        WalIOError,
+        WriterUnavailableError,
+        ProtocolError,
+    )
+}
 
 
 def error_to_wire(exc: BaseException) -> tuple[str, str]:
@@ -117,9 +127,9 @@ _packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 # Any msgpack encoding of the same array is valid; this one is what our clients send and what the
 # writer's fast path recognises with one struct call (``append_header``). Public for a producer's hot
 # path: ``APPEND_HEADER.pack(APPEND_PREFIX, request_id, APPEND_COUNT_TAG, record_count)``.
-APPEND_HEADER = struct.Struct(">4sQBI")              # the fixed bytes travel as one field: fewer to check
-APPEND_PREFIX = bytes((0x94, VERSION, 1, 0xCF))       # fixarray(4), version, op APPEND, uint64 tag
-APPEND_COUNT_TAG = 0xCE                               # uint32 tag (the record count follows)
+APPEND_HEADER = struct.Struct(">4sQBI")  # the fixed bytes travel as one field: fewer to check
+APPEND_PREFIX = bytes((0x94, VERSION, 1, 0xCF))  # fixarray(4), version, op APPEND, uint64 tag
+APPEND_COUNT_TAG = 0xCE  # uint32 tag (the record count follows)
 APPEND_HEADER_SIZE = APPEND_HEADER.size
 
 
@@ -167,6 +177,7 @@ class Append(NamedTuple):
 
 class Control(NamedTuple):
     """SYNC, POSITION, INFO (no args) or DELETE (``position``)."""
+
     request_id: int
     op: Op
     position: Position | None = None
@@ -174,6 +185,7 @@ class Control(NamedTuple):
 
 class BadRequest(NamedTuple):
     """A request that cannot be served: answer with ``error`` (request_id 0 when unreadable)."""
+
     request_id: int
     error: WalError
 
@@ -183,6 +195,7 @@ Request = Union[Append, Control, BadRequest]
 
 def _unpack_header(head: BytesLike) -> Any:
     return msgpack.unpackb(head, raw=True, use_list=True, strict_map_key=True)
+
 
 _ARGS = {Op.APPEND: 1, Op.SYNC: 0, Op.POSITION: 0, Op.DELETE: 2, Op.INFO: 0}
 
@@ -203,26 +216,35 @@ def decode_request(frames: Sequence[BytesLike]) -> Request:
         # The hot path: a well-formed APPEND (one unpack, no enum, no exception).
         try:
             h = _unpack_header(head)
-        except Exception:       # noqa: BLE001  msgpack raises several unrelated types for garbage
+        except Exception:  # noqa: BLE001  msgpack raises several unrelated types for garbage
             h = None
-        if (type(h) is list and len(h) == 4 and type(h[0]) is int and h[0] == VERSION and type(h[1]) is int
-                and h[1] == 1 and type(h[2]) is int and type(h[3]) is int and 0 <= h[2] < 2**64):
+        if (
+            type(h) is list
+            and len(h) == 4
+            and type(h[0]) is int
+            and h[0] == VERSION
+            and type(h[1]) is int
+            and h[1] == 1
+            and type(h[2]) is int
+            and type(h[3]) is int
+            and 0 <= h[2] < 2**64
+        ):
             return Append(h[2], h[3], frames[1])
     if len(head) > MAX_HEADER_BYTES:
         return BadRequest(0, ProtocolError(f"request header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}"))
     try:
         h = msgpack.unpackb(head, raw=True, use_list=True, strict_map_key=True)
-    except Exception as exc:   # msgpack raises several unrelated types for garbage
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
         return BadRequest(0, ProtocolError(f"request header is not msgpack: {type(exc).__name__}"))
     if type(h) is not list or len(h) < 3 or not all(type(x) is int for x in h):
-        return BadRequest(0, ProtocolError("request header must be a msgpack array of integers "
-                                           "[version, op, request_id, *args]"))
+        return BadRequest(
+            0, ProtocolError("request header must be a msgpack array of integers [version, op, request_id, *args]")
+        )
     version, op, rid = h[0], h[1], h[2]
     if not 0 <= rid < 2**64:
         return BadRequest(0, ProtocolError(f"request id {rid} out of range"))
     if version != VERSION:
-        return BadRequest(rid, ProtocolError(f"protocol version {version} not supported (the writer speaks "
-                                             f"{VERSION})"))
+        return BadRequest(rid, ProtocolError(f"protocol version {version} not supported (the writer speaks {VERSION})"))
     if op not in _ARGS:
         return BadRequest(rid, ProtocolError(f"unknown op {op}"))
     op = Op(op)
@@ -255,22 +277,23 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
     if record_count <= 0 or n == 0:
         return ProtocolError(f"APPEND of {record_count} record(s) in {n} bytes: need at least one record")
     if record_count > n // MIN_FRAME_SIZE:
-        return ProtocolError(f"APPEND claims {record_count} records but {n} bytes hold at most "
-                             f"{n // MIN_FRAME_SIZE}")
+        return ProtocolError(f"APPEND claims {record_count} records but {n} bytes hold at most {n // MIN_FRAME_SIZE}")
     res = scan_frames(payload, 0, FORMAT_MAX_FRAME)
     if res.stop is Stop.END and res.valid_end == n:
         if res.records != record_count:
             return ProtocolError(f"APPEND claims {record_count} records but the payload holds {res.records}")
-        if res.compressed:      # a CRC is no proof the value decompresses: readers would stop there
+        if res.compressed:  # a CRC is no proof the value decompresses: readers would stop there
             err = _check_compressed_values(payload)
             if err is not None:
                 return err
-        if n > max_frame:       # only then can a single frame be too large for a segment
+        if n > max_frame:  # only then can a single frame be too large for a segment
             return _check_frame_sizes(payload, max_frame)
         return None
-    if res.stop is Stop.SEALED:     # (the scan stops past the seal: name where it starts)
-        return ProtocolError(f"record {res.records} at payload offset {res.valid_end - SEAL_FRAME_SIZE} is a "
-                             f"seal frame: seals are writer-internal")
+    if res.stop is Stop.SEALED:  # (the scan stops past the seal: name where it starts)
+        return ProtocolError(
+            f"record {res.records} at payload offset {res.valid_end - SEAL_FRAME_SIZE} is a "
+            f"seal frame: seals are writer-internal"
+        )
     at = f"record {res.records} at payload offset {res.valid_end}"
     if res.stop is Stop.TORN:
         return ProtocolError(f"{at} is cut off by the end of the payload ({n} bytes)")
@@ -296,8 +319,9 @@ def _check_compressed_values(payload: BytesLike) -> WalError | None:
         flags, _ttl, _ks, vs, end = lay
         comp = (flags & COMPRESSION_MASK) >> COMPRESSION_SHIFT
         if comp and decompress_value(memoryview(payload)[vs:end], comp, FORMAT_MAX_FRAME) is None:
-            return ProtocolError(f"record {i} at payload offset {off}: its value does not decompress as "
-                                 f"{Compression(comp).name}")
+            return ProtocolError(
+                f"record {i} at payload offset {off}: its value does not decompress as {Compression(comp).name}"
+            )
         off, i = end, i + 1
     return None
 
@@ -309,8 +333,10 @@ def _check_frame_sizes(payload: BytesLike, max_frame: int) -> WalError | None:
         lay = parse_header(payload, off, n)
         end = lay[4] if type(lay) is tuple else n
         if end - off > max_frame:
-            return RecordTooLargeError(f"record {i} at payload offset {off} has a frame of {end - off} bytes; "
-                                       f"a segment holds at most {max_frame}")
+            return RecordTooLargeError(
+                f"record {i} at payload offset {off} has a frame of {end - off} bytes; "
+                f"a segment holds at most {max_frame}"
+            )
         off, i = end, i + 1
     return None
 
@@ -340,6 +366,7 @@ def split_units(payload: BytesLike, record_count: int, max_unit: int) -> list[tu
 
 # -- replies --------------------------------------------------------------------------------
 
+
 def encode_ok(request_id: int, result: Any) -> bytes:
     return _packb([VERSION, request_id, OK, result])
 
@@ -348,8 +375,8 @@ def encode_ok(request_id: int, result: Any) -> bytes:
 # [VERSION, uint64 request_id, OK, [uint64 segment_id, uint64 offset, uint32 count]].
 # Public for a producer's hot path: unpack, then compare (head, mid, tag, tag) with RUN_REPLY_TAGS.
 RUN_REPLY = struct.Struct(">3sQ3sQBQBI")
-_RUN_HEAD = bytes((0x94, VERSION, 0xCF))     # fixarray(4), version, uint64 tag (the request id follows)
-_RUN_MID = bytes((OK, 0x93, 0xCF))           # OK, fixarray(3), uint64 tag (the segment id follows)
+_RUN_HEAD = bytes((0x94, VERSION, 0xCF))  # fixarray(4), version, uint64 tag (the request id follows)
+_RUN_MID = bytes((OK, 0x93, 0xCF))  # OK, fixarray(3), uint64 tag (the segment id follows)
 RUN_REPLY_TAGS = (_RUN_HEAD, _RUN_MID, 0xCF, 0xCE)
 RUN_REPLY_SIZE = RUN_REPLY.size
 
@@ -379,7 +406,7 @@ def encode_error(request_id: int, exc: BaseException) -> bytes:
 class Reply:
     request_id: int
     ok: bool
-    result: Any              # the OK result, or the WalError an ERR reply carries
+    result: Any  # the OK result, or the WalError an ERR reply carries
 
 
 def decode_reply(data: BytesLike) -> Reply:
@@ -408,7 +435,7 @@ def positions_from_runs(runs: Sequence[int], frame_lengths: Sequence[int]) -> li
     total = len(frame_lengths)
     if len(runs) % 3:
         raise ProtocolError(f"append reply runs must be triples, got {len(runs)} integers")
-    if len(runs) == 3 and runs[2] == total > 0:         # the common case: one run covers every record
+    if len(runs) == 3 and runs[2] == total > 0:  # the common case: one run covers every record
         return _run_positions(runs[0], runs[1], frame_lengths)
     out: list[Position] = []
     i = 0
@@ -416,7 +443,7 @@ def positions_from_runs(runs: Sequence[int], frame_lengths: Sequence[int]) -> li
         seg, off, count = runs[r], runs[r + 1], runs[r + 2]
         if count <= 0 or i + count > total:
             raise ProtocolError(f"append reply covers more than the {total} records sent")
-        out += _run_positions(seg, off, frame_lengths[i:i + count])
+        out += _run_positions(seg, off, frame_lengths[i : i + count])
         i += count
     if i != total:
         raise ProtocolError(f"append reply covers {i} of the {total} records sent")
@@ -429,7 +456,7 @@ def _run_positions(seg: int, off: int, lengths: Sequence[int]) -> list[Position]
     return list(map(_tuple_new, repeat(Position), zip(repeat(seg), offsets)))
 
 
-_tuple_new = tuple.__new__      # builds a Position without NamedTuple.__new__'s Python-level call
+_tuple_new = tuple.__new__  # builds a Position without NamedTuple.__new__'s Python-level call
 
 
 def position_result(result: Any) -> Position:

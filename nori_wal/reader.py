@@ -68,17 +68,25 @@ from .record import Compression, Record
 from .recovery import first_nonzero, read_seal
 from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
 
-READ_SIZE = 1024 * 1024      # bytes per read: large sequential reads, few syscalls
+READ_SIZE = 1024 * 1024  # bytes per read: large sequential reads, few syscalls
 _U32 = struct.Struct("<I")
-_CLOSED = object()           # what a step returns once the reader is closed
+_CLOSED = object()  # what a step returns once the reader is closed
 
 
 class WalReader:
     """Iterates ``(record, position)`` from ``start`` across segments."""
 
-    def __init__(self, directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
-                 layer: FileLayer = OS, follow: bool = False, poll_interval: float = 0.05,
-                 limit: int = FORMAT_MAX_FRAME, durable_only: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        start: Position = Position(0, 0),
+        *,
+        layer: FileLayer = OS,
+        follow: bool = False,
+        poll_interval: float = 0.05,
+        limit: int = FORMAT_MAX_FRAME,
+        durable_only: bool = False,
+    ):
         self.dir = os.fspath(directory)
         self._layer = layer
         self._start = Position(*start)
@@ -88,12 +96,12 @@ class WalReader:
         self._seg: int | None = None
         self._fh: FileHandle | None = None
         self._buf: bytes = b""
-        self._base = 0          # file offset of _buf[0]
-        self._i = 0             # index of the next frame in _buf
+        self._base = 0  # file offset of _buf[0]
+        self._i = 0  # index of the next frame in _buf
         self._closed = False
-        self._io_lock = threading.RLock()   # close() from another thread never closes a file mid-read
+        self._io_lock = threading.RLock()  # close() from another thread never closes a file mid-read
         self._mark = MarkReader(layer, self.dir) if durable_only else None
-        if not layer.exists(self.dir):     # through the layer: readers run on FaultFS too
+        if not layer.exists(self.dir):  # through the layer: readers run on FaultFS too
             # Only WalError subclasses cross the public API (the OSError chained, as for a failed read).
             missing = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.dir)
             raise WalIOError(f"no WAL directory at {self.dir}") from missing
@@ -134,7 +142,7 @@ class WalReader:
             lay = frame_layout(buf, i, len(buf), self._limit)
             if type(lay) is tuple:
                 flags, _ttl, _ks, _vs, end = lay
-                if crc32c(memoryview(buf)[i + 4:end]) == _U32.unpack_from(buf, i)[0]:
+                if crc32c(memoryview(buf)[i + 4 : end]) == _U32.unpack_from(buf, i)[0]:
                     if flags & FLAG_SEAL:
                         if not self._next_segment(after_seal=True):
                             return None
@@ -144,11 +152,11 @@ class WalReader:
                         raise self._corrupt(i, rec)
                     self._i = end
                     return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
-                lay = ZEROED if not any(buf[i:i + MIN_FRAME_SIZE]) else CORRUPT
+                lay = ZEROED if not any(buf[i : i + MIN_FRAME_SIZE]) else CORRUPT
                 if lay == CORRUPT and self._base + end < self._file_size() and not self._at_tail_of_last(i):
                     if self._refill(i):
-                        continue        # the bytes changed under us: a write was landing (see _refill)
-                    raise self._corrupt(self._i, "checksum mismatch")     # _refill moved the buffer to i
+                        continue  # the bytes changed under us: a write was landing (see _refill)
+                    raise self._corrupt(self._i, "checksum mismatch")  # _refill moved the buffer to i
             if lay == CORRUPT and not self._at_tail_of_last(i):
                 if self._refill(i):
                     continue
@@ -192,7 +200,7 @@ class WalReader:
                 if buf[fp] or e > n or e - i > limit or crc32c(mv[p:e]) != unpack(buf, i)[0]:
                     break
                 self._i = e
-                yield new(Record, (buf[fp + 1:vs], buf[vs:e], False, None, none)), new(Position, (seg, base + i))
+                yield new(Record, (buf[fp + 1 : vs], buf[vs:e], False, None, none)), new(Position, (seg, base + i))
                 if self._closed:
                     return
                 i = e
@@ -203,7 +211,7 @@ class WalReader:
             if item is None:
                 if not self.follow:
                     return
-                time.sleep(self.poll_interval)   # follow mode: poll for the writer's next bytes
+                time.sleep(self.poll_interval)  # follow mode: poll for the writer's next bytes
                 continue
             yield item  # type: ignore[misc]
 
@@ -253,8 +261,11 @@ class WalReader:
         size = self._file_size()
         assert self._fh is not None
         # Only zeros after it (a power loss zero-fills a torn tail, DESIGN rule 5) is a tail too.
-        return declared_end is None or declared_end >= size or \
-            first_nonzero(self._fh, declared_end, size, READ_SIZE) is None
+        return (
+            declared_end is None
+            or declared_end >= size
+            or first_nonzero(self._fh, declared_end, size, READ_SIZE) is None
+        )
 
     def _open_first(self) -> bool:
         ids = [s for s in self._ids() if s >= self._start.segment_id]
@@ -268,7 +279,7 @@ class WalReader:
         for sid in ids:
             try:
                 fh = self._layer.open_read(os.path.join(self.dir, segment_name(sid)))
-            except FileNotFoundError:      # deleted by GC since we listed: try the next
+            except FileNotFoundError:  # deleted by GC since we listed: try the next
                 offset = HEADER_SIZE
                 continue
             except OSError as exc:
@@ -281,7 +292,7 @@ class WalReader:
             problem = check_header(head, sid)
             if problem is None:
                 predecessor = header_predecessor(head)
-                if predecessor is not None and predecessor != self._seg:   # not the one just read: look
+                if predecessor is not None and predecessor != self._seg:  # not the one just read: look
                     problem = sequence_problem(sid, predecessor, self._ids())
             if problem:
                 fh.close()
@@ -299,7 +310,7 @@ class WalReader:
             return None
         mark = self._mark.read()
         if mark is None or sid > mark.segment_id:
-            return 0                        # nothing known durable here yet
+            return 0  # nothing known durable here yet
         return mark.offset if sid == mark.segment_id else None
 
     def _read(self, size: int, start: int) -> bytes:
@@ -356,7 +367,7 @@ class WalReader:
             if self._i < len(self._buf):
                 raise self._corrupt(self._i, self._damage_under_seal(self._i))
         if not later or mark_here:
-            return False                    # none yet, or the durable mark has not left this segment
+            return False  # none yet, or the durable mark has not left this segment
         return self._open_segment(later, HEADER_SIZE)
 
     def _sealed_past(self, offset: int) -> bool:
@@ -368,7 +379,7 @@ class WalReader:
     def _damage_under_seal(self, i: int) -> str:
         """What the bytes at ``_buf[i]``, in a sealed segment, are instead of a record."""
         buf = self._buf
-        if not any(buf[i:i + MIN_FRAME_SIZE]):
+        if not any(buf[i : i + MIN_FRAME_SIZE]):
             return "zero-filled bytes inside a sealed segment"
         lay = frame_layout(buf, i, len(buf), self._limit)
         if lay == NEED_MORE:
@@ -378,8 +389,13 @@ class WalReader:
         return "invalid frame (bad lengths or flags) inside a sealed segment"
 
 
-def open_reader(directory: str | os.PathLike[str], start: Position = Position(0, 0), *,
-                follow: bool = False, durable_only: bool = False) -> WalReader:
+def open_reader(
+    directory: str | os.PathLike[str],
+    start: Position = Position(0, 0),
+    *,
+    follow: bool = False,
+    durable_only: bool = False,
+) -> WalReader:
     """A reader over the log in ``directory`` from ``start`` (Position(0, 0): the oldest record).
 
     Raises WalIOError (a FileNotFoundError chained) when ``directory`` does not exist.

@@ -36,8 +36,9 @@ def _as_bytes(data: BytesLike, field: str) -> bytes:
     try:
         view = memoryview(data)
     except TypeError:
-        raise TypeError(f"Record {field} must be bytes, bytearray or memoryview (a bytes-like object), "
-                        f"got {type(data).__name__}") from None
+        raise TypeError(
+            f"Record {field} must be bytes, bytearray or memoryview (a bytes-like object), got {type(data).__name__}"
+        ) from None
     return view.tobytes()
 
 
@@ -66,8 +67,13 @@ class Record(NamedTuple):
     @classmethod
     def put_with_ttl(cls, key: BytesLike, value: BytesLike, ttl: timedelta) -> "Record":
         """A put that expires ``ttl`` after it was written (kept to the millisecond)."""
-        return cls(_as_bytes(key, "key"), _as_bytes(value, "value"), False, timedelta(milliseconds=ttl_to_ms(ttl)),
-                   Compression.NONE)
+        return cls(
+            _as_bytes(key, "key"),
+            _as_bytes(value, "value"),
+            False,
+            timedelta(milliseconds=ttl_to_ms(ttl)),
+            Compression.NONE,
+        )
 
     @classmethod
     def delete(cls, key: BytesLike) -> "Record":

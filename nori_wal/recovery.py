@@ -60,31 +60,33 @@ from .segment import (
     set_aside_name,
 )
 
-SCAN_CHUNK = 32 * 1024 * 1024   # bytes read per step when scanning a segment
-MAX_HEADER_BYTES = 4 + 3 * 10 + 1   # crc, three varints, flags
+SCAN_CHUNK = 32 * 1024 * 1024  # bytes read per step when scanning a segment
+MAX_HEADER_BYTES = 4 + 3 * 10 + 1  # crc, three varints, flags
 
 
 @dataclass(frozen=True)
 class RecoveryInfo:
     """What opening the log found and did."""
-    valid_records: int          # records in the whole log
-    segments_scanned: int       # segments whose records were read (not trusted from a seal)
-    bytes_truncated: int        # tail bytes cut off: torn or damaged records, zeros (0 after a clean close)
-    corruption_detected: bool   # the cut-off tail held garbage, not just a torn or zeroed write, or
-                                # records the previous writer had made durable were lost (Rule 7)
+
+    valid_records: int  # records in the whole log
+    segments_scanned: int  # segments whose records were read (not trusted from a seal)
+    bytes_truncated: int  # tail bytes cut off: torn or damaged records, zeros (0 after a clean close)
+    corruption_detected: bool  # the cut-off tail held garbage, not just a torn or zeroed write, or
+    # records the previous writer had made durable were lost (Rule 7)
     duration_s: float = 0.0
     segment_count: int = 0
-    set_aside: tuple[str, ...] = ()     # files (in the log's directory) holding what was taken out (Rule 8)
+    set_aside: tuple[str, ...] = ()  # files (in the log's directory) holding what was taken out (Rule 8)
 
 
 @dataclass
 class RecoveredState:
     """Where appending resumes."""
+
     segment_ids: list[int]
     next_segment_id: int
-    active_end: int             # offset after the last record of the last segment
-    active_records: int         # records in the last segment
-    active_sealed: bool         # the last segment was sealed (clean close): roll before appending
+    active_end: int  # offset after the last record of the last segment
+    active_records: int  # records in the last segment
+    active_sealed: bool  # the last segment was sealed (clean close): roll before appending
     total_records: int
 
 
@@ -107,8 +109,13 @@ def scan_segment(handle: FileHandle, size: int, limit: int) -> ScanResult:
     return scan_in_chunks(handle, size, lambda data, _base: scan_frames(data, 0, limit))
 
 
-def scan_in_chunks(handle: FileHandle, size: int, scan: Callable[[bytes, int], ScanResult],
-                   chunk: int = SCAN_CHUNK, on_bytes: Callable[[int], None] | None = None) -> ScanResult:
+def scan_in_chunks(
+    handle: FileHandle,
+    size: int,
+    scan: Callable[[bytes, int], ScanResult],
+    chunk: int = SCAN_CHUNK,
+    on_bytes: Callable[[int], None] | None = None,
+) -> ScanResult:
     """Run ``scan(data, base)`` over a segment in bounded reads from its header on.
 
     A frame cut off by the end of one read is carried into the next, so only
@@ -128,7 +135,7 @@ def scan_in_chunks(handle: FileHandle, size: int, scan: Callable[[bytes, int], S
         left = len(data) - res.valid_end
         more = res.stop is Stop.TORN or (res.stop is Stop.ZEROED and left < MIN_FRAME_SIZE)
         if not eof and (more or res.stop is Stop.END):
-            carry = data[res.valid_end:]
+            carry = data[res.valid_end :]
             base += res.valid_end
             continue
         return ScanResult(base + res.valid_end, count, res.stop, res.seal, res.reason, compressed)
@@ -162,21 +169,21 @@ def first_nonzero(handle: FileHandle, start: int, end: int, chunk: int = 1 << 20
 def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:
     """Recover the log in ``directory`` (whose lock the caller holds)."""
     t0 = time.perf_counter()
-    mark = read_mark(layer, directory)      # Rule 7: the previous writer's, before anything changes it
+    mark = read_mark(layer, directory)  # Rule 7: the previous writer's, before anything changes it
     names = layer.listdir(directory)
-    dir_dirty = False           # (synced at the end, with every open that finds segments)
+    dir_dirty = False  # (synced at the end, with every open that finds segments)
     for name in names:
-        if name.endswith((TMP_SUFFIX, SET_ASIDE_TMP_SUFFIX)):   # a roll or a Rule 8 copy cut short by a crash
+        if name.endswith((TMP_SUFFIX, SET_ASIDE_TMP_SUFFIX)):  # a roll or a Rule 8 copy cut short by a crash
             layer.unlink(os.path.join(directory, name))
             dir_dirty = True
     ids = segment_ids(names)
     next_id = max(ids[-1:] + [sid for sid, _, _ in set_aside_files(names)], default=-1) + 1
     set_aside: list[str] = []
     truncated, corruption, scanned = 0, False, 0
-    predecessors: dict[int, int | None] = {}    # what each segment's header says it follows
+    predecessors: dict[int, int | None] = {}  # what each segment's header says it follows
 
     # Rule 4: last segments whose header did not survive are removed, once nothing can refuse the open.
-    peeled: list[tuple[int, int, str, bool]] = []   # (segment id, size, what is wrong with its header, damaged)
+    peeled: list[tuple[int, int, str, bool]] = []  # (segment id, size, what is wrong with its header, damaged)
     while ids:
         h = layer.open_read(os.path.join(directory, segment_name(ids[-1])))
         try:
@@ -184,8 +191,11 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
             head = h.pread(HEADER_SIZE, 0)
             problem = check_header(head, ids[-1])
             # A whole header that is damaged, or zeroed with records behind it, is damage, not a stub.
-            damaged = problem is not None and len(head) == HEADER_SIZE and (
-                any(head) or first_nonzero(h, HEADER_SIZE, size) is not None)
+            damaged = (
+                problem is not None
+                and len(head) == HEADER_SIZE
+                and (any(head) or first_nonzero(h, HEADER_SIZE, size) is not None)
+            )
         finally:
             h.close()
         if problem is None:
@@ -198,13 +208,13 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
         n, did_scan, predecessors[sid] = _count_sealed(layer, directory, sid, limit)
         total += n
         scanned += did_scan
-    for sid in ids:                             # Rule 5
+    for sid in ids:  # Rule 5
         problem = sequence_problem(sid, predecessors[sid], ids)
         if problem is not None:
             raise CorruptionError(f"segment {sid} offset 0: {problem}; refusing to open", sid, 0)
     for sid, size, problem, damaged in peeled:
         path = os.path.join(directory, segment_name(sid))
-        if damaged:                             # Rule 8: the whole segment is set aside
+        if damaged:  # Rule 8: the whole segment is set aside
             set_aside.append(unused_set_aside_name(layer, directory, sid, 0))
             layer.rename(path, os.path.join(directory, set_aside[-1]))
             problem += f"; set aside as {set_aside[-1]}"
@@ -237,12 +247,12 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                 if cut:
                     # Read what the bad frame is before the cut removes it.
                     garbage = res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
-                    lost = records_lost_below_mark(mark, sid, end)      # Rule 7
+                    lost = records_lost_below_mark(mark, sid, end)  # Rule 7
                     reason = res.reason or res.stop.value
                     if lost:
                         reason += f"; {lost}"
                     if (garbage or lost) and first_nonzero(h, end, size) is not None:
-                        set_aside.append(keep_aside(layer, directory, h, sid, end, size))   # Rule 8
+                        set_aside.append(keep_aside(layer, directory, h, sid, end, size))  # Rule 8
                         reason += f"; the cut bytes are set aside in {set_aside[-1]}"
                         dir_dirty = True
                     corruption |= garbage or lost is not None
@@ -250,43 +260,47 @@ def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple
                     h.truncate(end)
                     truncated += size - end
                     meter.event(CorruptionTruncated(sid, end, size - end, reason))
-            h.sync()                    # Rule 6 (and Rule 1's cut): durable before anything is appended
+            h.sync()  # Rule 6 (and Rule 1's cut): durable before anything is appended
         finally:
             h.close()
         state.total_records = total + state.active_records
-        if not cut:                     # (a cut reported it above) Rule 7: ending below the mark
+        if not cut:  # (a cut reported it above) Rule 7: ending below the mark
             lost = records_lost_below_mark(mark, sid, state.active_end)
             if lost is not None:
                 corruption = True
                 meter.event(CorruptionTruncated(sid, state.active_end, 0, lost))
-    lost = segments_lost_past_mark(mark, ids[-1] if ids else None)     # Rule 7; a hot copy can look so too
+    lost = segments_lost_past_mark(mark, ids[-1] if ids else None)  # Rule 7; a hot copy can look so too
     if lost is not None and mark is not None:
         corruption = True
         meter.event(CorruptionTruncated(mark.segment_id, mark.offset, 0, lost))
     if ids or dir_dirty:
-        layer.sync_dir(directory)       # Rule 6: the predecessor's renames and unlinks, and ours
-    info = RecoveryInfo(state.total_records, scanned, truncated, corruption,
-                        time.perf_counter() - t0, len(ids), tuple(set_aside))
+        layer.sync_dir(directory)  # Rule 6: the predecessor's renames and unlinks, and ours
+    info = RecoveryInfo(
+        state.total_records, scanned, truncated, corruption, time.perf_counter() - t0, len(ids), tuple(set_aside)
+    )
     meter.histogram("wal_recovery_ms", info.duration_s * 1e3)
     meter.counter("wal_recovery_truncated_bytes_total", truncated)
     return state, info
 
 
-def keep_aside(layer: FileLayer, directory: str, handle: FileHandle, sid: int, start: int, end: int,
-               chunk: int = 1 << 20) -> str:
+def keep_aside(
+    layer: FileLayer, directory: str, handle: FileHandle, sid: int, start: int, end: int, chunk: int = 1 << 20
+) -> str:
     """Copy bytes ``[start, end)`` of segment ``sid`` to its set-aside file, durably; the file's name.
 
     Written under a temporary name, fsynced, renamed and the directory fsynced,
     all before the caller cuts the segment: a crash in between leaves the
     segment as it was (the next open does this again) or the copy complete.
     """
+
     def same(kept: FileHandle) -> bool:
         return kept.size() == end - start and all(
             kept.pread(min(chunk, end - at), at - start) == handle.pread(min(chunk, end - at), at)
-            for at in range(start, end, chunk))
+            for at in range(start, end, chunk)
+        )
 
     name = unused_set_aside_name(layer, directory, sid, start, same)
-    tmp = os.path.join(directory, name) + ".tmp"        # ends in SET_ASIDE_TMP_SUFFIX: the next open removes it
+    tmp = os.path.join(directory, name) + ".tmp"  # ends in SET_ASIDE_TMP_SUFFIX: the next open removes it
     out = layer.create(tmp)
     try:
         pos = start
@@ -304,8 +318,9 @@ def keep_aside(layer: FileLayer, directory: str, handle: FileHandle, sid: int, s
     return name
 
 
-def unused_set_aside_name(layer: FileLayer, directory: str, sid: int, offset: int,
-                          same: Callable[[FileHandle], bool] = lambda _h: False) -> str:
+def unused_set_aside_name(
+    layer: FileLayer, directory: str, sid: int, offset: int, same: Callable[[FileHandle], bool] = lambda _h: False
+) -> str:
     """``set_aside_name`` for a file not there yet, or one that holds these bytes already (``same``).
 
     Bytes cut at the same place earlier (damage, new records, damage again)
@@ -350,4 +365,7 @@ def _count_sealed(layer: FileLayer, directory: str, sid: int, limit: int) -> tup
         return res.records, 1, predecessor
     raise CorruptionError(
         f"segment {sid} offset {res.valid_end}: {res.reason or res.stop.value} inside a sealed segment "
-        f"(not the log's tail); refusing to skip it", sid, res.valid_end)
+        f"(not the log's tail); refusing to skip it",
+        sid,
+        res.valid_end,
+    )

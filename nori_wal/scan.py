@@ -36,28 +36,31 @@ from .record import BytesLike
 
 class Stop(enum.Enum):
     """Why a scan stopped."""
-    END = "end"            # the bytes ended exactly after a whole record
-    TORN = "torn"          # the bytes end inside a frame
-    ZEROED = "zeroed"      # zero bytes where a frame should start
-    CORRUPT = "corrupt"    # an invalid frame (checksum, flags or lengths)
-    SEALED = "sealed"      # a seal frame: the segment is complete
+
+    END = "end"  # the bytes ended exactly after a whole record
+    TORN = "torn"  # the bytes end inside a frame
+    ZEROED = "zeroed"  # zero bytes where a frame should start
+    CORRUPT = "corrupt"  # an invalid frame (checksum, flags or lengths)
+    SEALED = "sealed"  # a seal frame: the segment is complete
 
 
 class ScanResult(NamedTuple):
     """Where a scan stopped and why (a NamedTuple: the writer builds one per request it validates)."""
-    valid_end: int         # offset just past the last whole record (or past the seal)
-    records: int           # whole records from start to valid_end (the seal not counted)
+
+    valid_end: int  # offset just past the last whole record (or past the seal)
+    records: int  # whole records from start to valid_end (the seal not counted)
     stop: Stop
     seal: Seal | None = None
     reason: str = ""
-    compressed: int = 0    # of those records, how many have a compressed value (not checked here)
+    compressed: int = 0  # of those records, how many have a compressed value (not checked here)
 
 
 _U32 = struct.Struct("<I")
 # Flags the inlined fast path accepts: no TTL, no seal, no reserved bit, a valid compression.
 _FAST_FLAGS = bytes(
     1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
-    for f in range(256))
+    for f in range(256)
+)
 
 
 # Flags of a plain record: the fast path's, and no compression (a compressed value needs a decode check).
@@ -84,8 +87,12 @@ def one_plain_frame(buf: BytesLike, limit: int) -> bool:
             return False
         vlen = (vlen & 0x7F) | (v1 << 7)
         fp = 7
-    return (klen < 0x80 and fp + 1 + klen + vlen == n and _PLAIN_FLAGS[buf[fp]] == 1
-            and crc32c(buf[4:]) == _U32.unpack_from(buf)[0])
+    return (
+        klen < 0x80
+        and fp + 1 + klen + vlen == n
+        and _PLAIN_FLAGS[buf[fp]] == 1
+        and crc32c(buf[4:]) == _U32.unpack_from(buf)[0]
+    )
 
 
 def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
@@ -128,7 +135,7 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
                 return _stopped(buf, off, count, lay, limit)
             flags, end = lay[0], lay[4]  # type: ignore[index]
             if crc32c(mv[p:end]) != unpack(buf, off)[0]:
-                status = ZEROED if not any(buf[off:off + MIN_FRAME_SIZE]) else CORRUPT
+                status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
                 return _stopped(buf, off, count, status, limit)
             if flags & FLAG_SEAL:
                 return _stopped(buf, off, count, 0, limit)

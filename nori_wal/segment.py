@@ -103,7 +103,7 @@ def check_header(data: bytes, segment_id: int) -> str | None:
         return f"header cut short at {len(data)} of {HEADER_SIZE} bytes"
     magic, version, size, _node, seg, back = _HEADER.unpack_from(data)
     (crc,) = struct.unpack_from("<I", data, _HEADER.size)
-    if crc != crc32c(data[:_HEADER.size]):
+    if crc != crc32c(data[: _HEADER.size]):
         return "header checksum mismatch"
     if magic != MAGIC:
         return "not a nori-wal segment (bad magic)"
@@ -128,15 +128,19 @@ def sequence_problem(segment_id: int, predecessor: int | None, present: Sequence
     lo = bisect_left(present, predecessor)
     if lo == len(present) or present[lo] != predecessor:
         if lo == 0:
-            return None         # GC deleted it, and everything before it
-        return (f"segment {predecessor} is missing: segment {segment_id} follows it, and segment "
-                f"{present[lo - 1]}, older, is still here (GC deletes oldest first): its records are lost "
-                f"(restore it, or move the segments before it out of the directory to keep the log from "
-                f"segment {segment_id} on)")
+            return None  # GC deleted it, and everything before it
+        return (
+            f"segment {predecessor} is missing: segment {segment_id} follows it, and segment "
+            f"{present[lo - 1]}, older, is still here (GC deletes oldest first): its records are lost "
+            f"(restore it, or move the segments before it out of the directory to keep the log from "
+            f"segment {segment_id} on)"
+        )
     stray = bisect_left(present, segment_id) - bisect_right(present, predecessor)
     if stray > 0:
-        return (f"segment {present[lo + 1]} does not belong to the log: segment {segment_id} follows "
-                f"segment {predecessor} directly (move it out of the directory)")
+        return (
+            f"segment {present[lo + 1]} does not belong to the log: segment {segment_id} follows "
+            f"segment {predecessor} directly (move it out of the directory)"
+        )
     return None
 
 

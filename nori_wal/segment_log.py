@@ -45,9 +45,9 @@ from .record import BytesLike
 from .recovery import RecoveryInfo, recover
 from .segment import HEADER_SIZE, TMP_SUFFIX, encode_header, max_frame_size, segment_name
 
-SLOW_FSYNC_WARN_S = 1.0   # etcd warns about fsyncs slower than a second
-PREALLOC_BYTES = 2 * 1024 * 1024   # durable zeros kept ahead of the write point (fsyncing policies)
-PREALLOC_MAX_WRITE = 32 * 1024     # ... for small writes only: large groups would write every byte twice
+SLOW_FSYNC_WARN_S = 1.0  # etcd warns about fsyncs slower than a second
+PREALLOC_BYTES = 2 * 1024 * 1024  # durable zeros kept ahead of the write point (fsyncing policies)
+PREALLOC_MAX_WRITE = 32 * 1024  # ... for small writes only: large groups would write every byte twice
 WRITEBACK_BYTES = 8 * 1024 * 1024  # Os: ask the kernel to start writing back after this many bytes
 _log = logging.getLogger(__name__)
 _OPEN_LOGS: weakref.WeakSet[SegmentLog] = weakref.WeakSet()
@@ -63,12 +63,12 @@ def make_dirs_durable(layer: FileLayer, directory: str) -> None:
     that fsync left entries in the page cache only (recovery's rule 5). A parent
     we may not read is skipped unless this open created the directory in it.
     """
-    chain: list[tuple[str, str]] = []       # (directory, its parent), deepest first
+    chain: list[tuple[str, str]] = []  # (directory, its parent), deepest first
     path = os.path.normpath(directory)
     while True:
         parent = os.path.dirname(path) or os.curdir
         if parent == path or os.path.basename(path) == os.pardir:
-            break                           # the root or the working directory (or above it)
+            break  # the root or the working directory (or above it)
         chain.append((path, parent))
         path = parent
     created = set()
@@ -82,9 +82,10 @@ def make_dirs_durable(layer: FileLayer, directory: str) -> None:
             layer.sync_dir(parent)
         except OSError as exc:
             if isinstance(exc, PermissionError) and d not in created:
-                continue                    # not readable, and not ours: we cannot, and added nothing to it
-            raise WalIOError(f"making the directory entry of {d} durable failed (fsync of {parent}): "
-                             f"{exc.strerror or exc}") from exc
+                continue  # not readable, and not ours: we cannot, and added nothing to it
+            raise WalIOError(
+                f"making the directory entry of {d} durable failed (fsync of {parent}): {exc.strerror or exc}"
+            ) from exc
 
 
 class SegmentLog:
@@ -95,24 +96,24 @@ class SegmentLog:
         self._lock: DirLock | None = lock
         self.max_frame = max_frame_size(config.max_segment_size)
         self._roll_at = config.max_segment_size - SEAL_FRAME_SIZE
-        self._io_lock = threading.Lock()      # a roll never closes a file an fsync is using
+        self._io_lock = threading.Lock()  # a roll never closes a file an fsync is using
         self._active: FileHandle | None = None
         self.segment_ids: list[int] = []
         self.active_id = 0
-        self.end = HEADER_SIZE                # offset where the next record goes
+        self.end = HEADER_SIZE  # offset where the next record goes
         self._active_records = 0
-        self._zeroed_to = 0                   # the active file holds durable zeros up to here
-        self._has_zeros = False               # ... that must be cut off when it is sealed
-        self._written_back = HEADER_SIZE      # Os: writeback of the active file was started up to here
+        self._zeroed_to = 0  # the active file holds durable zeros up to here
+        self._has_zeros = False  # ... that must be cut off when it is sealed
+        self._written_back = HEADER_SIZE  # Os: writeback of the active file was started up to here
         self.total_records = 0
-        self.writes = 0                        # group writes since open (one per segment touched) ...
-        self.fsyncs = 0                        # ... and fsyncs (records per fsync: how well commits group)
-        self._durable = Position(0, 0)         # everything before this is fsynced
-        self._mark: MarkPublisher | None = None   # publishes ``durable`` for readers (real files only)
+        self.writes = 0  # group writes since open (one per segment touched) ...
+        self.fsyncs = 0  # ... and fsyncs (records per fsync: how well commits group)
+        self._durable = Position(0, 0)  # everything before this is fsynced
+        self._mark: MarkPublisher | None = None  # publishes ``durable`` for readers (real files only)
         self._next_id = 0
         self._failed: WalError | None = None
         self._pid = os.getpid()
-        self.disowned = False                  # this process is a fork of the one that opened the log
+        self.disowned = False  # this process is a fork of the one that opened the log
         _OPEN_LOGS.add(self)
 
     # -- opening ---------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class SegmentLog:
         try:
             make_dirs_durable(layer, directory)
             lock = layer.lock_dir(directory)
-        except OSError as exc:      # only WalError subclasses cross the public API
+        except OSError as exc:  # only WalError subclasses cross the public API
             raise WalIOError(f"opening {directory} failed: {exc.strerror or exc}") from exc
         mark = None
         try:
@@ -148,7 +149,7 @@ class SegmentLog:
                 log.active_id = state.segment_ids[-1]
                 log.end = state.active_end
                 log._active_records = state.active_records
-                if not state.active_sealed:     # a sealed last segment rolls at the next append
+                if not state.active_sealed:  # a sealed last segment rolls at the next append
                     log._active = layer.open_append(os.path.join(directory, segment_name(log.active_id)))
                 if state.next_segment_id > log.active_id + 1:
                     # Recovery removed later segments: put the next id on disk now, or a
@@ -159,15 +160,16 @@ class SegmentLog:
                         if log._active is not None:
                             log._active.close()
                         raise
-            log.durable = log.position          # recovery made everything durable: published before any append
+            log.durable = log.position  # recovery made everything durable: published before any append
             meter.gauge("wal_segment_count", len(log.segment_ids))
         except BaseException as exc:
             if mark is not None:
                 mark.close()
             lock.release()
             if isinstance(exc, OSError):
-                raise WalIOError(f"recovering {directory} failed: {exc.strerror or exc}; open it again to "
-                                 f"retry") from exc
+                raise WalIOError(
+                    f"recovering {directory} failed: {exc.strerror or exc}; open it again to retry"
+                ) from exc
             raise
         return log, info
 
@@ -187,7 +189,7 @@ class SegmentLog:
     def durable(self, position: Position) -> None:
         self._durable = position
         if self._mark is not None:
-            self._mark.publish(position)        # for readers of durable records only (durable_mark.py)
+            self._mark.publish(position)  # for readers of durable records only (durable_mark.py)
 
     def check_usable(self) -> None:
         if self._failed is not None:
@@ -201,7 +203,8 @@ class SegmentLog:
             if len(f) > self.max_frame:
                 raise RecordTooLargeError(
                     f"record frame of {len(f)} bytes exceeds the {self.max_frame} bytes a segment of "
-                    f"{self.config.max_segment_size} bytes can hold")
+                    f"{self.config.max_segment_size} bytes can hold"
+                )
 
     def append_frames(self, frames: Sequence[BytesLike], counts: Sequence[int] | None = None) -> list[Position]:
         """Write already-validated units in order, one write per segment touched; no fsync.
@@ -262,13 +265,16 @@ class SegmentLog:
             except OSError:
                 pass
             raise self._fail(
-                f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc) from exc
+                f"write of {len(data)} bytes to segment {self.active_id} at offset {self.end} failed", exc
+            ) from exc
         except BaseException as exc:
             # An asynchronous exception (KeyboardInterrupt) between the write and ``end``: the file
             # may end past ``end``, so the next record's Position would not be where its bytes go.
-            self._failed = WalIOError(f"a write to segment {self.active_id} at offset {self.end} was interrupted "
-                                      f"({type(exc).__name__}); the log stopped acknowledging (fail-stop) and "
-                                      f"recovers when reopened")
+            self._failed = WalIOError(
+                f"a write to segment {self.active_id} at offset {self.end} was interrupted "
+                f"({type(exc).__name__}); the log stopped acknowledging (fail-stop) and "
+                f"recovers when reopened"
+            )
             raise
         self.writes += 1
         if new_end - self._written_back >= WRITEBACK_BYTES and self.config.fsync_policy.kind == "os":
@@ -301,7 +307,7 @@ class SegmentLog:
         """
         prealloc = getattr(self._active, "preallocate", None)
         if prealloc is None or self.config.fsync_policy.kind == "os":
-            self._zeroed_to = self._roll_at         # nothing to gain: never ask again for this file
+            self._zeroed_to = self._roll_at  # nothing to gain: never ask again for this file
             return
         upto = min(self._roll_at, new_end + PREALLOC_BYTES)
         try:
@@ -326,7 +332,7 @@ class SegmentLog:
         try:
             handle.append(encode_seal(self._active_records, self.end))
             if self._has_zeros:
-                handle.truncate(sealed_end)          # the seal must end the file (recovery reads it there)
+                handle.truncate(sealed_end)  # the seal must end the file (recovery reads it there)
         except OSError as exc:
             raise self._fail(f"sealing segment {self.active_id} failed", exc) from exc
         self._fsync(handle)
@@ -372,11 +378,12 @@ class SegmentLog:
         try:
             handle.truncate(self.durable.offset)
         except OSError:
-            pass                # recovery cuts at the first bytes that are not whole records
+            pass  # recovery cuts at the first bytes that are not whole records
 
     def _fail(self, what: str, exc: OSError) -> WalIOError:
-        err = WalIOError(f"{what}: {exc.strerror or exc}; the log stopped acknowledging "
-                         f"(fail-stop) and recovers when reopened")
+        err = WalIOError(
+            f"{what}: {exc.strerror or exc}; the log stopped acknowledging (fail-stop) and recovers when reopened"
+        )
         err.__cause__ = exc
         self._failed = err
         self.meter.event(FsyncFailed(str(err)))
@@ -395,8 +402,14 @@ class SegmentLog:
                 self._active = None
                 old.close()
                 self.meter.event(SegmentRoll(self.active_id, sealed_bytes, self._next_id))
-                _log.info("sealed segment %d at %d bytes (%d records); rolling to segment %d in %s",
-                          self.active_id, sealed_bytes, self._active_records, self._next_id, self.dir)
+                _log.info(
+                    "sealed segment %d at %d bytes (%d records); rolling to segment %d in %s",
+                    self.active_id,
+                    sealed_bytes,
+                    self._active_records,
+                    self._next_id,
+                    self.dir,
+                )
                 self.meter.counter("wal_segment_rolls_total", 1)
             self._create_segment()
 
@@ -450,25 +463,32 @@ class SegmentLog:
                 try:
                     self.layer.unlink(os.path.join(self.dir, segment_name(sid)))
                 except FileNotFoundError:
-                    pass                # removed by hand: gone as GC wanted
+                    pass  # removed by hand: gone as GC wanted
                 except OSError as exc:
-                    raise WalIOError(f"deleting segment {sid} (GC before {position}) failed: "
-                                     f"{exc.strerror or exc}") from exc
+                    raise WalIOError(
+                        f"deleting segment {sid} (GC before {position}) failed: {exc.strerror or exc}"
+                    ) from exc
                 self.segment_ids.remove(sid)
                 deleted += 1
                 try:
                     self.layer.sync_dir(self.dir)
                 except OSError as exc:
                     raise self._fail(f"fsync of {self.dir} after deleting segment {sid} failed", exc) from exc
-        finally:                        # also after a failure part way: report the segments that are gone
+        finally:  # also after a failure part way: report the segments that are gone
             ms = (time.perf_counter() - t0) * 1e3
             self.meter.counter("wal_segments_deleted_total", deleted)
             self.meter.histogram("wal_gc_latency_ms", ms)
             self.meter.gauge("wal_segment_count", len(self.segment_ids))
             self.meter.event(SegmentsDeleted(deleted, position.segment_id, ms))
-            _log.log(logging.INFO if deleted else logging.DEBUG,
-                     "GC deleted %d segments before %s in %.1f ms; %d remain in %s",
-                     deleted, position, ms, len(self.segment_ids), self.dir)
+            _log.log(
+                logging.INFO if deleted else logging.DEBUG,
+                "GC deleted %d segments before %s in %.1f ms; %d remain in %s",
+                deleted,
+                position,
+                ms,
+                len(self.segment_ids),
+                self.dir,
+            )
         return deleted
 
     # -- closing ---------------------------------------------------------------------------
@@ -483,17 +503,18 @@ class SegmentLog:
 
     def _disown(self) -> None:
         """In a forked child: close this process's copies of the parent's descriptors (module docstring)."""
-        self._io_lock = threading.Lock()        # the parent's may have been held by another thread
+        self._io_lock = threading.Lock()  # the parent's may have been held by another thread
         if self._lock is None:
             return
         self._failed = WalClosedError(
             f"the log in {self.dir} was opened by process {self._pid}, and this process is a fork of it: a "
             f"forked child cannot append to it (two writers would overwrite each other's records). Share the "
             f"log through a writer process (nori_wal.writer_proc), or open it in the child once the parent "
-            f"has closed it")
+            f"has closed it"
+        )
         self._close_files()
         self.disowned = True
-        self._lock = None           # the lock's own at-fork hook (fs.OsDirLock) closed the child's copy
+        self._lock = None  # the lock's own at-fork hook (fs.OsDirLock) closed the child's copy
 
     def close(self) -> None:
         """Seal and fsync the active segment (a clean close), release the lock. Idempotent."""

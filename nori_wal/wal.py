@@ -141,7 +141,7 @@ class Wal:
             if not force and due is not None:
                 delay = due - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)    # Batch: at most one fsync per window
+                    time.sleep(delay)  # Batch: at most one fsync per window
             self._last_fsync = time.monotonic()
             try:
                 self._log.sync()
@@ -153,14 +153,14 @@ class Wal:
             with cond:
                 self._syncing = False
                 cond.notify_all()
-        if self._log.durable < end:      # a roll moved the durable point; loop once more
+        if self._log.durable < end:  # a roll moved the durable point; loop once more
             self._await_durable(end, force)
 
     # -- reading, GC, state ------------------------------------------------------------
 
     def current_position(self) -> Position:
         """Where the next record will go (<= the position the next append returns)."""
-        with self._write_lock:      # a roll sets the segment id and the offset in two steps
+        with self._write_lock:  # a roll sets the segment id and the offset in two steps
             return self._log.position
 
     def read_from(self, position: Position, *, durable_only: bool = False) -> WalReader:

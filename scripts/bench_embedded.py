@@ -119,6 +119,7 @@ def bench_scan(d: str) -> tuple[float, int]:
 def crash_active_segment(d: str) -> int:
     """Make the last segment look like the writer died: remove its clean-close seal."""
     from nori_wal.codec import SEAL_FRAME_SIZE
+
     last = max(f for f in os.listdir(d) if f.endswith(".wal"))
     path = os.path.join(d, last)
     size = os.path.getsize(path) - SEAL_FRAME_SIZE
@@ -150,13 +151,18 @@ def main() -> int:
                 r = bench_appends(os.path.join(root, "a"), policy, size, 1, args.seconds)
                 results[(policy, size, 1)] = r
                 target = ">= 150,000/s" if (policy, size) == ("os", 100) else ""
-                print(f"{'append ' + policy + ' ' + str(size) + ' B, 1 thread':<34} {r:>14,.0f}/s  {target:<30}",
-                      flush=True)
+                print(
+                    f"{'append ' + policy + ' ' + str(size) + ' B, 1 thread':<34} {r:>14,.0f}/s  {target:<30}",
+                    flush=True,
+                )
         for size in sizes:
             r = bench_appends(os.path.join(root, "a"), "always", size, 8, args.seconds)
             ratio = r / results[("always", size, 1)]
-            print(f"{'append always ' + str(size) + ' B, 8 threads':<34} {r:>14,.0f}/s  "
-                  f"{f'{ratio:.1f}x one thread (shared fsyncs)':<30}", flush=True)
+            print(
+                f"{'append always ' + str(size) + ' B, 8 threads':<34} {r:>14,.0f}/s  "
+                f"{f'{ratio:.1f}x one thread (shared fsyncs)':<30}",
+                flush=True,
+            )
         for sync in ["FULL", "NORMAL"]:
             r = bench_sqlite(os.path.join(root, "s"), sync, 1024, args.seconds)
             ours = ("always", 1024, 1) if sync == "FULL" else ("os", 1024, 1)
@@ -179,8 +185,11 @@ def main() -> int:
         dt = time.perf_counter() - t0
         wal.close()
         assert info.segments_scanned == 1, info
-        print(f"{'recover %d MiB active seg (crash)' % (active // MiB):<34} {dt * 1e3:>13,.1f} ms  "
-              f"{'%.2f GiB/s (>= 1 GiB/s)' % (size / dt / 2**30):<30}", flush=True)
+        print(
+            f"{'recover %d MiB active seg (crash)' % (active // MiB):<34} {dt * 1e3:>13,.1f} ms  "
+            f"{'%.2f GiB/s (>= 1 GiB/s)' % (size / dt / 2**30):<30}",
+            flush=True,
+        )
         shutil.rmtree(d)
 
         total = 128 * MiB if args.quick else 1024 * MiB
@@ -190,9 +199,11 @@ def main() -> int:
         wal, info = Wal.open(WalConfig(dir=d))
         dt = time.perf_counter() - t0
         wal.close()
-        print(f"{'reopen %d MiB log (clean close)' % (total // MiB):<34} {dt * 1e3:>13,.1f} ms  "
-              f"{'<= 200 ms; %d segments, %d scanned' % (info.segment_count, info.segments_scanned):<30}",
-              flush=True)
+        print(
+            f"{'reopen %d MiB log (clean close)' % (total // MiB):<34} {dt * 1e3:>13,.1f} ms  "
+            f"{'<= 200 ms; %d segments, %d scanned' % (info.segment_count, info.segments_scanned):<30}",
+            flush=True,
+        )
         print(f"\nF(end) = {measure_f(root):,.0f}/s; {drop_caches_hint()}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -6,6 +6,7 @@
     python3 scripts/dev.py check   # ruff + mypy
 Extra arguments are passed through (e.g. ``test -k recovery``).
 """
+
 import os
 import subprocess
 import sys
@@ -25,8 +26,7 @@ def ensure_venv() -> None:
         # An editable install from pyproject.toml alone needs pip >= 21.3 (PEP 660); the pip that
         # ensurepip bundles with Python 3.9 and early 3.10 is older.
         subprocess.check_call([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-U", "pip"])
-        subprocess.check_call([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                               "-e", f"{ROOT}[dev]"])
+        subprocess.check_call([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[dev]"])
         open(STAMP, "w").close()
 
 

@@ -4,6 +4,7 @@
 A thin wrapper over ``nori_wal.loadtest`` (the same engine as ``nori-wal load``);
 see ``--help`` and that module's docstring for what it measures.
 """
+
 import os
 import sys
 

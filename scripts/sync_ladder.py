@@ -59,7 +59,7 @@ def _operation(system: str, endpoint: str) -> Callable[[], Any]:
     record = Record.put(b"p%05d" % os.getpid(), os.urandom(RECORD_BYTES))
     if system == "nori":
         client = WalClient(endpoint, timeout=30)
-        op: Callable[[], Any] = lambda: client.append(record)   # noqa: E731
+        op: Callable[[], Any] = lambda: client.append(record)  # noqa: E731
     else:
         sock = zmq.Context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -70,6 +70,7 @@ def _operation(system: str, endpoint: str) -> Callable[[], Any]:
         def op() -> Any:
             sock.send(msg)
             return sock.recv()
+
     op()
     return op
 
@@ -104,7 +105,7 @@ def _process_ticks(pids: list[int]) -> int:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
-            continue            # gone: its ticks are lost to the sum, which then reads low
+            continue  # gone: its ticks are lost to the sum, which then reads low
         total += int(fields[11]) + int(fields[12])
     return total
 
@@ -142,9 +143,12 @@ class _System:
         self.running = ctx.RawValue("i", 0)
         self.counts = ctx.RawArray("q", producers)
         self.seconds = 0.0
-        self.procs = [ctx.Process(target=_producer, daemon=True,
-                                  args=(name, endpoint, self.turn, self.running, self.counts, i, ready))
-                      for i in range(producers)]
+        self.procs = [
+            ctx.Process(
+                target=_producer, daemon=True, args=(name, endpoint, self.turn, self.running, self.counts, i, ready)
+            )
+            for i in range(producers)
+        ]
         for p in self.procs:
             p.start()
 
@@ -156,7 +160,7 @@ class _System:
         self.running.value = 0
         self.turn.clear()
         self.seconds += time.perf_counter() - t0
-        time.sleep(0.02)            # the slice's last calls finish before the next system starts
+        time.sleep(0.02)  # the slice's last calls finish before the next system starts
 
     def rate(self) -> float:
         return sum(self.counts) / self.seconds if self.seconds else 0.0
@@ -171,8 +175,9 @@ class _System:
                 p.join(5)
 
 
-def run_ladder(n: int, slices: int, slice_s: float, base: str | None,
-               cpu: bool = False) -> dict[str, tuple[float, float, list[float] | None]]:
+def run_ladder(
+    n: int, slices: int, slice_s: float, base: str | None, cpu: bool = False
+) -> dict[str, tuple[float, float, list[float] | None]]:
     """{system: (records/s, records per fsync, CPU per record or None)} at ``n`` producers.
 
     The CPU figures (``cpu``): see ``_CpuMeter.per_record``.
@@ -190,8 +195,11 @@ def run_ladder(n: int, slices: int, slice_s: float, base: str | None,
         """(records, fsyncs) so far, per system: the writer's INFO counters, the yardstick's own."""
         info = control.info()
         groups, messages = yard.counts()
-        return {"nori": (info["records"], info["fsyncs"]), "bare": (info["records"], info["fsyncs"]),
-                "yardstick": (messages, groups)}
+        return {
+            "nori": (info["records"], info["fsyncs"]),
+            "bare": (info["records"], info["fsyncs"]),
+            "yardstick": (messages, groups),
+        }
 
     systems: list[_System] = []
     try:
@@ -202,10 +210,12 @@ def run_ladder(n: int, slices: int, slice_s: float, base: str | None,
             if not ready.acquire(timeout=SETUP_TIMEOUT):
                 raise RuntimeError("producers did not connect in time")
         grown = {name: [0, 0] for name in SYSTEMS}
-        meters = {s.name: _CpuMeter([p.pid for p in s.procs if p.pid], yard.pid if s.name == "yardstick"
-                                    else writer.pid) for s in systems}
+        meters = {
+            s.name: _CpuMeter([p.pid for p in s.procs if p.pid], yard.pid if s.name == "yardstick" else writer.pid)
+            for s in systems
+        }
         for k in range(slices):
-            for s in (systems if k % 2 == 0 else systems[::-1]):
+            for s in systems if k % 2 == 0 else systems[::-1]:
                 before = synced()[s.name]
                 if cpu:
                     meters[s.name].start()
@@ -215,9 +225,15 @@ def run_ladder(n: int, slices: int, slice_s: float, base: str | None,
                 after = synced()[s.name]
                 grown[s.name][0] += after[0] - before[0]
                 grown[s.name][1] += after[1] - before[1]
-            control.delete_segments_before(control.current_position())    # keep the disk bounded
-        return {s.name: (s.rate(), grown[s.name][0] / max(1, grown[s.name][1]),
-                         meters[s.name].per_record(grown[s.name][0]) if cpu else None) for s in systems}
+            control.delete_segments_before(control.current_position())  # keep the disk bounded
+        return {
+            s.name: (
+                s.rate(),
+                grown[s.name][0] / max(1, grown[s.name][1]),
+                meters[s.name].per_record(grown[s.name][0]) if cpu else None,
+            )
+            for s in systems
+        }
     finally:
         for s in systems:
             s.close()
@@ -245,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         f = measure_f(probe, 1.0)
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-    print(f"nori-wal sync ladder: Always, 1 KB records, {args.slices} x {args.slice_seconds:g} s slices per system, "
-          f"{os.cpu_count()} CPUs; F = {f:,.0f} appends+fdatasync/s")
+    print(
+        f"nori-wal sync ladder: Always, 1 KB records, {args.slices} x {args.slice_seconds:g} s slices per system, "
+        f"{os.cpu_count()} CPUs; F = {f:,.0f} appends+fdatasync/s"
+    )
     cpu_head = f" {'busy us':>8} {'idle us':>8} {'prod us':>8} {'writer us':>9}" if args.cpu else ""
     print(f"{'producers':>9}  {'system':<10} {'acked rec/s':>12} {'x yardstick':>12} {'rec/fsync':>10}{cpu_head}")
     for n in counts:
@@ -255,12 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in SYSTEMS:
             rate, group, per_record = res[name]
             cpu_cols = "".join(f" {x:>{w}.0f}" for x, w in zip(per_record, (8, 8, 8, 9))) if per_record else ""
-            print(f"{n:>9}  {name:<10} {rate:>12,.0f} {rate / yard if yard else 0:>11.2f}x {group:>10.1f}{cpu_cols}",
-                  flush=True)
+            print(
+                f"{n:>9}  {name:<10} {rate:>12,.0f} {rate / yard if yard else 0:>11.2f}x {group:>10.1f}{cpu_cols}",
+                flush=True,
+            )
         print()
     if args.cpu:
-        print("CPU in microseconds per acknowledged record during the system's slices: the machine busy and idle,\n"
-              "its producer processes, its writer process (ZeroMQ I/O threads and the kernel's fsync work included).")
+        print(
+            "CPU in microseconds per acknowledged record during the system's slices: the machine busy and idle,\n"
+            "its producer processes, its writer process (ZeroMQ I/O threads and the kernel's fsync work included)."
+        )
     return 0
 
 

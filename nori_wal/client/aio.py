@@ -48,8 +48,7 @@ from .transport import Connection, close_context, current_pid, new_context, zmq_
 class _AsyncConn:
     """One connection used from one event loop in one process."""
 
-    def __init__(self, client: AsyncWalClient, ctx: zmq.Context[Any], endpoint: str,
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(self, client: AsyncWalClient, ctx: zmq.Context[Any], endpoint: str, loop: asyncio.AbstractEventLoop):
         self.client = client
         self.loop = loop
         self.conn = Connection(ctx, endpoint, client.timeout)
@@ -59,7 +58,7 @@ class _AsyncConn:
         self.closed = False
         self._flush_pending = False
         self._timer: asyncio.TimerHandle | None = None
-        self._progress = 0.0          # time of the last reply, or of the first send after idle
+        self._progress = 0.0  # time of the last reply, or of the first send after idle
         self._fd = self.conn.sock.FD
         self._mon_fd = self.conn.monitor.FD
         loop.add_reader(self._fd, self._on_readable)
@@ -140,11 +139,14 @@ class _AsyncConn:
             return
         if self.conn.check_lost():
             self.loop.remove_reader(self._mon_fd)
-            self._on_readable()           # replies that arrived before the drop still count
+            self._on_readable()  # replies that arrived before the drop still count
             if not self.session.idle:
-                self.reset(WriterUnavailableError(
-                    f"lost the connection to the writer at {self.conn.endpoint} (did it exit?); the outcome "
-                    f"of the request(s) in flight is unknown"))
+                self.reset(
+                    WriterUnavailableError(
+                        f"lost the connection to the writer at {self.conn.endpoint} (did it exit?); the outcome "
+                        f"of the request(s) in flight is unknown"
+                    )
+                )
 
     # -- timeouts and teardown -----------------------------------------------------------
 
@@ -158,9 +160,12 @@ class _AsyncConn:
             return
         idle_for = time.monotonic() - self._progress
         if idle_for >= self.timeout:
-            self.reset(WriterUnavailableError(
-                f"no reply from the writer at {self.conn.endpoint} within {self.timeout:g} s (is it running? "
-                f"the outcome of the {self.session.in_flight} request(s) in flight is unknown)"))
+            self.reset(
+                WriterUnavailableError(
+                    f"no reply from the writer at {self.conn.endpoint} within {self.timeout:g} s (is it running? "
+                    f"the outcome of the {self.session.in_flight} request(s) in flight is unknown)"
+                )
+            )
         else:
             self._timer = self.loop.call_at(self.loop.time() + self.timeout - idle_for, self._on_timer)
 
@@ -190,7 +195,7 @@ class _ContextCloser:
 
     def __init__(self, ctx: zmq.Context[Any] | None, pid: int):
         self.ctx, self.pid = ctx, pid
-        self.pending = 1                # the caller's own part, plus connections other loops have to close
+        self.pending = 1  # the caller's own part, plus connections other loops have to close
         self._lock = threading.Lock()
 
     def close(self, conn: _AsyncConn | None) -> None:
@@ -210,18 +215,18 @@ def _settle(done: list[Completion[asyncio.Future[Any]]]) -> None:
     for c in done:
         fut = c.waiter
         if fut.done():
-            continue                     # the caller was cancelled
+            continue  # the caller was cancelled
         try:
             if c.error is None:
                 fut.set_result(c.value)
             else:
                 err = c.error
-                if shared:               # one exception object per awaiting caller
+                if shared:  # one exception object per awaiting caller
                     fresh = type(err)(*err.args)
                     fresh.__cause__ = err.__cause__
                     err = fresh
                 fut.set_exception(err)
-        except RuntimeError:             # its event loop is closed
+        except RuntimeError:  # its event loop is closed
             pass
 
 
@@ -265,7 +270,7 @@ class AsyncWalClient(ClientBase):
             return []
         c = self._conn()
         size = sum(map(len, frames))
-        if size <= MAX_REQUEST_BYTES:                   # the common case: one request
+        if size <= MAX_REQUEST_BYTES:  # the common case: one request
             fut = c.loop.create_future()
             c.session.queue_append(frames, fut, solo=True, size=size)
             c.schedule_flush()
@@ -276,7 +281,7 @@ class AsyncWalClient(ClientBase):
         parts = await asyncio.gather(*futs, return_exceptions=True)
         for p in parts:
             if isinstance(p, BaseException) and not isinstance(p, WalError):
-                raise p                                 # CancelledError and the like, as they are
+                raise p  # CancelledError and the like, as they are
         errors = [p if isinstance(p, WalError) else None for p in parts]
         if any(errors):
             raise split_batch_error([len(ch) for ch in chunks], errors)
@@ -296,7 +301,7 @@ class AsyncWalClient(ClientBase):
         waiters = c.session.waiters()
         if waiters:
             c.schedule_flush()
-            await asyncio.wait(waiters)                 # not gather: cancelling sync must not cancel them
+            await asyncio.wait(waiters)  # not gather: cancelling sync must not cancel them
         await self._control(P.Op.SYNC)
 
     async def current_position(self) -> Position:
@@ -326,7 +331,7 @@ class AsyncWalClient(ClientBase):
             try:
                 await asyncio.wait_for(self.sync(), self.timeout)
             except (WalError, asyncio.TimeoutError):
-                pass                 # the appends still outstanding get their error below
+                pass  # the appends still outstanding get their error below
         self.close_nowait()
 
     def close_nowait(self) -> None:
@@ -353,7 +358,7 @@ class AsyncWalClient(ClientBase):
                 try:
                     c.loop.call_soon_threadsafe(closing.close, c)
                     continue
-                except RuntimeError:                # that loop closed meanwhile: nobody uses its socket
+                except RuntimeError:  # that loop closed meanwhile: nobody uses its socket
                     closing.pending -= 1
             c.close()
             _settle(c.session.fail_all(WalClosedError("the client was closed")))
@@ -383,7 +388,7 @@ class AsyncWalClient(ClientBase):
         with self._lock:
             if self._closed:
                 raise WalClosedError("the client is closed")
-            if pid != self._pid:                # forked: forget the parent's ZeroMQ state
+            if pid != self._pid:  # forked: forget the parent's ZeroMQ state
                 if self._ctx is not None:
                     close_context(self._ctx, self._pid)
                 for old in self._conns:
@@ -391,14 +396,17 @@ class AsyncWalClient(ClientBase):
                 self._ctx, self._conns, self._pid = None, [], pid
             for old in list(self._conns):
                 if old.loop is loop and not old.closed and not old.conn.lost:
-                    self._conns.remove(old)          # this loop's healthy connection: use it
+                    self._conns.remove(old)  # this loop's healthy connection: use it
                     self._conns.append(old)
                     return old
                 if old.loop is loop or old.loop.is_closed():
                     if not old.session.idle and not old.closed:
-                        old.reset(WriterUnavailableError(
-                            f"lost the connection to the writer at {old.conn.endpoint}; the outcome of the "
-                            f"request(s) in flight is unknown"))
+                        old.reset(
+                            WriterUnavailableError(
+                                f"lost the connection to the writer at {old.conn.endpoint}; the outcome of the "
+                                f"request(s) in flight is unknown"
+                            )
+                        )
                     old.close()
                     if old in self._conns:
                         self._conns.remove(old)
@@ -406,6 +414,7 @@ class AsyncWalClient(ClientBase):
                 self._ctx = new_context()
             if self._dir is not None:
                 from ..writer_proc.endpoint import resolve_endpoint
+
                 self._endpoint = resolve_endpoint(self._dir)
             c = _AsyncConn(self, self._ctx, self._endpoint, loop)
             self._conns.append(c)

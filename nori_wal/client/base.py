@@ -14,7 +14,7 @@ from ..position import Position
 from .session import MAX_IN_FLIGHT
 from .transport import current_pid
 
-DEFAULT_TIMEOUT = 10.0   # seconds without any reply before WriterUnavailableError
+DEFAULT_TIMEOUT = 10.0  # seconds without any reply before WriterUnavailableError
 
 C = TypeVar("C", bound="ClientBase")
 
@@ -47,8 +47,10 @@ def checked_position(position: Any) -> Position:
         except TypeError:
             raise TypeError(f"position {name} must be an int, got {type(x).__name__}") from None
         if not 0 <= v < 2**64:
-            raise ProtocolError(f"position {name} {v} is out of range: it must not be negative and must be "
-                                f"below 2**64 (the request cannot carry it)")
+            raise ProtocolError(
+                f"position {name} {v} is out of range: it must not be negative and must be "
+                f"below 2**64 (the request cannot carry it)"
+            )
         out.append(v)
     return Position(out[0], out[1])
 
@@ -57,7 +59,7 @@ class ClientBase:
     """Endpoint, timeout and in-flight bound of a client; pickles as its constructor arguments."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
-        if not (timeout > 0 and math.isfinite(timeout)):     # a call must never hang: no infinite timeout
+        if not (timeout > 0 and math.isfinite(timeout)):  # a call must never hang: no infinite timeout
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self._endpoint = endpoint
         self._dir: str | None = None
@@ -74,14 +76,20 @@ class ClientBase:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_dir(cls: type[C], directory: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT, *,
-                max_in_flight: int = MAX_IN_FLIGHT) -> C:
+    def for_dir(
+        cls: type[C],
+        directory: str | os.PathLike[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> C:
         """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
 
         The endpoint is looked up again whenever a new connection is made, so
         a writer restarted on another endpoint is found too.
         """
         from ..writer_proc.endpoint import resolve_endpoint
+
         client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
         client._dir = os.fspath(directory)
         return client

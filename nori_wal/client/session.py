@@ -37,14 +37,15 @@ from ..segment import MIN_SEGMENT_SIZE, max_frame_size
 
 W = TypeVar("W")
 
-MAX_IN_FLIGHT = 8                     # requests outstanding per connection
-COALESCE_BYTES = 1024 * 1024          # appends merged into one request up to this many bytes
+MAX_IN_FLIGHT = 8  # requests outstanding per connection
+COALESCE_BYTES = 1024 * 1024  # appends merged into one request up to this many bytes
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # an append_batch larger than this is sent as several requests
-SAFE_FRAME_BYTES = max_frame_size(MIN_SEGMENT_SIZE)   # a frame every writer accepts (Rule 3)
+SAFE_FRAME_BYTES = max_frame_size(MIN_SEGMENT_SIZE)  # a frame every writer accepts (Rule 3)
 
 
 class _Entry(Generic[W]):
     """One caller's append (one record or a chunk of a batch) waiting to be sent or answered."""
+
     __slots__ = ("frames", "size", "solo", "waiter")
 
     def __init__(self, frames: Sequence[bytes], size: int, waiter: W, solo: bool):
@@ -60,6 +61,7 @@ class _InFlight(Generic[W]):
 
 class Completion(Generic[W]):
     """What a waiter gets: a value (positions, a Position, a count, a dict) or an error."""
+
     __slots__ = ("error", "value", "waiter")
 
     def __init__(self, waiter: W, value: Any = None, error: WalError | None = None):
@@ -82,8 +84,8 @@ class Session(Generic[W]):
         self._in_flight: dict[int, _InFlight[W]] = {}
         self._queue: list[_Entry[W]] = []
         self._qhead = 0
-        self.queued_bytes = 0           # frame bytes queued, not yet taken
-        self.merge_limit = SAFE_FRAME_BYTES     # larger appends are sent alone (Rule 3)
+        self.queued_bytes = 0  # frame bytes queued, not yet taken
+        self.merge_limit = SAFE_FRAME_BYTES  # larger appends are sent alone (Rule 3)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -116,8 +118,10 @@ class Session(Generic[W]):
         if size < 0:
             size = sum(map(len, frames))
         if size > P.MAX_PAYLOAD_BYTES:
-            raise RecordTooLargeError(f"{len(frames)} record frame(s) of {size} bytes exceed the "
-                                      f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol")
+            raise RecordTooLargeError(
+                f"{len(frames)} record frame(s) of {size} bytes exceed the "
+                f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol"
+            )
         self._queue.append(_Entry(frames, size, waiter, solo or size >= self.coalesce_bytes))
         self.queued_bytes += size
 
@@ -182,7 +186,7 @@ class Session(Generic[W]):
         reply = P.decode_reply(data)
         req = self._in_flight.pop(reply.request_id, None)
         if req is None:
-            return []                                   # Rule 4: stale
+            return []  # Rule 4: stale
         if not reply.ok:
             err: WalError = reply.result
             if req.entries is not None:
@@ -191,7 +195,7 @@ class Session(Generic[W]):
             return [Completion(req.waiter, None, err)]
         if req.entries is not None:
             first = req.entries[0]
-            if first.size > self.merge_limit and len(first.frames) == 1:    # Rule 3: the writer took this size
+            if first.size > self.merge_limit and len(first.frames) == 1:  # Rule 3: the writer took this size
                 self.merge_limit = first.size
             return _append_completions(req.entries, reply.result)
         assert req.waiter is not None
@@ -209,7 +213,7 @@ class Session(Generic[W]):
                 out += [Completion(e.waiter, None, error) for e in req.entries]
             elif req.waiter is not None:
                 out.append(Completion(req.waiter, None, error))
-        for e in self._queue[self._qhead:]:
+        for e in self._queue[self._qhead :]:
             out.append(Completion(e.waiter, None, error))
         self._in_flight.clear()
         self._queue.clear()
@@ -231,13 +235,13 @@ class Session(Generic[W]):
     def waiters(self) -> list[W]:
         """The waiters of every append outstanding, in flight or queued (what a SYNC must wait for)."""
         out = [e.waiter for req in self._in_flight.values() if req.entries is not None for e in req.entries]
-        out += [e.waiter for e in self._queue[self._qhead:]]
+        out += [e.waiter for e in self._queue[self._qhead :]]
         return out
 
     def forget(self, waiters: set[W]) -> None:
         """Drop queued (not yet sent) appends of these waiters (their caller gave up)."""
-        self._queue[self._qhead:] = [e for e in self._queue[self._qhead:] if e.waiter not in waiters]
-        self.queued_bytes = sum(e.size for e in self._queue[self._qhead:])
+        self._queue[self._qhead :] = [e for e in self._queue[self._qhead :] if e.waiter not in waiters]
+        self.queued_bytes = sum(e.size for e in self._queue[self._qhead :])
 
 
 def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[W]]:
@@ -246,7 +250,7 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
         return [Completion(e.waiter, None, err) for e in entries]
     if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3 and runs[2] == 1:
         e = entries[0]
-        return [Completion(e.waiter, [Position(runs[0], runs[1])])]     # the common case: one record
+        return [Completion(e.waiter, [Position(runs[0], runs[1])])]  # the common case: one record
     if len(entries) == 1:
         lengths = list(map(len, entries[0].frames))
     else:
@@ -261,7 +265,7 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
     i = 0
     for e in entries:
         n = len(e.frames)
-        out.append(Completion(e.waiter, positions[i:i + n]))
+        out.append(Completion(e.waiter, positions[i : i + n]))
         i += n
     return out
 
@@ -284,9 +288,11 @@ def check_chunks(chunks: Sequence[Sequence[bytes]]) -> None:
     for chunk in chunks:
         size = sum(map(len, chunk))
         if size > P.MAX_PAYLOAD_BYTES:
-            raise RecordTooLargeError(f"{len(chunk)} record frame(s) of {size} bytes exceed the "
-                                      f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol; "
-                                      f"nothing of the batch was sent")
+            raise RecordTooLargeError(
+                f"{len(chunk)} record frame(s) of {size} bytes exceed the "
+                f"{P.MAX_PAYLOAD_BYTES}-byte request limit of the writer protocol; "
+                f"nothing of the batch was sent"
+            )
 
 
 def split_batch_error(counts: Sequence[int], errors: Sequence[WalError | None]) -> WalError:
@@ -300,9 +306,11 @@ def split_batch_error(counts: Sequence[int], errors: Sequence[WalError | None]) 
     err = errors[i]
     assert err is not None
     done = sum(counts[:i])
-    later = sum(n for n, e in zip(counts[i + 1:], errors[i + 1:]) if e is None)
-    msg = (f"append_batch of {sum(counts)} records was split into {len(counts)} requests (one per 16 MiB), "
-           f"which are not one unit: the first {done} record(s) ")
+    later = sum(n for n, e in zip(counts[i + 1 :], errors[i + 1 :]) if e is None)
+    msg = (
+        f"append_batch of {sum(counts)} records was split into {len(counts)} requests (one per 16 MiB), "
+        f"which are not one unit: the first {done} record(s) "
+    )
     msg += f"(requests 1-{i}) were acknowledged and are in the log" if i else "were acknowledged (none)"
     msg += f"; request {i + 1} ({counts[i]} records) failed: {err}"
     if later:

@@ -67,16 +67,18 @@ _monotonic = time.monotonic
 _pack_header = APPEND_HEADER.pack
 _unpack_run = RUN_REPLY.unpack
 
+
 def _unpackb(data: bytes) -> Any:
     """A reply's msgpack value, or None if it is not msgpack (Session.complete then says why)."""
     try:
         return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except Exception:      # noqa: BLE001  msgpack raises several unrelated types for garbage
+    except Exception:  # noqa: BLE001  msgpack raises several unrelated types for garbage
         return None
 
 
 class _Slot:
     """What one call waits for."""
+
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
@@ -92,6 +94,7 @@ class _ThreadConn:
     synchronous producer's append touches as few objects as possible (its
     Python runs with cold caches after every wait on a busy machine).
     """
+
     __slots__ = ("conn", "new_id", "pid", "poll_items", "session", "sock", "thread", "until")
 
     def __init__(self, conn: Connection, max_in_flight: int):
@@ -102,11 +105,12 @@ class _ThreadConn:
         self.new_id = self.session.new_id
         self.poll_items = [(conn.sock, POLLIN), (conn.monitor, POLLIN)]
         self.pid = conn.pid
-        self.until = 0.0        # the lane serves appends until this monotonic time (the next disconnect check)
+        self.until = 0.0  # the lane serves appends until this monotonic time (the next disconnect check)
 
 
 class PendingAppend:
     """An append sent by ``WalClient.submit``; ``result()`` waits for its Position."""
+
     __slots__ = ("_client", "_slot", "_tc")
 
     def __init__(self, client: WalClient, slot: _Slot, tc: _ThreadConn):
@@ -123,7 +127,7 @@ class PendingAppend:
             try:
                 self._client._pump(self._tc)
             except WalError:
-                pass                # the connection was reset: every append on it, this one too, has its error
+                pass  # the connection was reset: every append on it, this one too, has its error
         return self._slot.done
 
     def result(self) -> Position:
@@ -142,8 +146,10 @@ class PendingAppend:
         # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
         # thread's connection may be closed by another thread at any moment.
         if not self._slot.done and getattr(self._client._local, "tc", None) is not self._tc:
-            raise WalError("a PendingAppend's result must be collected in the thread that submitted it "
-                           "(each thread has its own connection, which only that thread may drive)")
+            raise WalError(
+                "a PendingAppend's result must be collected in the thread that submitted it "
+                "(each thread has its own connection, which only that thread may drive)"
+            )
 
 
 class WalClient(ClientBase):
@@ -192,14 +198,14 @@ class WalClient(ClientBase):
             raise self._failed(lane, exc, "sending a request") from None
         try:
             data = sock.recv()
-        except zmq.Again:                                    # a receive slice passed: wait on
+        except zmq.Again:  # a receive slice passed: wait on
             return self._one_position(self._await_reply(lane, rid, None, RECV_SLICE_MS / 1e3))
         except zmq.ZMQError as exc:
             raise self._failed(lane, exc, "receiving a reply") from None
         if len(data) == RUN_REPLY_SIZE:
             head, r, mid, seg, t3, off, t4, count = _unpack_run(data)
             if r == rid and count == 1 and (head, mid, t3, t4) == RUN_REPLY_TAGS:
-                return _tuple_new(Position, (seg, off))     # Position(seg, off) without NamedTuple's __new__
+                return _tuple_new(Position, (seg, off))  # Position(seg, off) without NamedTuple's __new__
         return self._one_position(self._await_reply(lane, rid, data))
 
     def _append_general(self, record: Record) -> Position:
@@ -217,18 +223,17 @@ class WalClient(ClientBase):
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
             tc.until = tc.conn.next_check
             self._local.lane = tc
-            if self._closed:            # close() ran meanwhile (it sets _closed, then disarms): stay disarmed
+            if self._closed:  # close() ran meanwhile (it sets _closed, then disarms): stay disarmed
                 tc.until = 0.0
         return pos
 
     @staticmethod
     def _one_position(runs: Any) -> Position:
         """The Position in the runs of a one-record append (``_await_reply``'s result)."""
-        if type(runs) is tuple:         # run_reply's (segment_id, offset, count): ints by construction
+        if type(runs) is tuple:  # run_reply's (segment_id, offset, count): ints by construction
             if runs[2] == 1:
                 return _tuple_new(Position, runs[:2])
-        elif type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int \
-                and type(runs[1]) is int:
+        elif type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int and type(runs[1]) is int:
             return _tuple_new(Position, runs[:2])
         raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
 
@@ -241,8 +246,10 @@ class WalClient(ClientBase):
         """
         if msg is not None:
             if len(msg) - P.APPEND_HEADER_SIZE > P.MAX_PAYLOAD_BYTES:
-                raise RecordTooLargeError(f"a request of {len(msg) - P.APPEND_HEADER_SIZE} bytes of frames "
-                                          f"exceeds the {P.MAX_PAYLOAD_BYTES}-byte limit of the writer protocol")
+                raise RecordTooLargeError(
+                    f"a request of {len(msg) - P.APPEND_HEADER_SIZE} bytes of frames "
+                    f"exceeds the {P.MAX_PAYLOAD_BYTES}-byte limit of the writer protocol"
+                )
             try:
                 send_frame(tc.sock, msg, NOBLOCK, len(msg) < ZERO_COPY_BYTES)
             except zmq.ZMQError as exc:
@@ -267,24 +274,27 @@ class WalClient(ClientBase):
         session, conn = tc.session, tc.conn
         sock = conn.sock
         err: WalError
-        deadline = 0.0          # set at the first receive slice that times out: no clock read per append
+        deadline = 0.0  # set at the first receive slice that times out: no clock read per append
         while True:
             if data is None:
                 try:
-                    data = sock.recv()                # blocks for at most RECV_SLICE_MS
+                    data = sock.recv()  # blocks for at most RECV_SLICE_MS
                 except zmq.Again:
                     now = time.monotonic()
                     if not deadline:
                         deadline = now + self.timeout - RECV_SLICE_MS / 1e3 - waited
-                    if self._closed:                  # another thread closed the client
-                        err = WalClosedError("the client was closed while waiting for a reply (the outcome "
-                                             "of the request is unknown)")
+                    if self._closed:  # another thread closed the client
+                        err = WalClosedError(
+                            "the client was closed while waiting for a reply (the outcome of the request is unknown)"
+                        )
                     elif conn.check_lost():
                         err = self._lost_error(tc)
                     elif now >= deadline:
-                        err = WriterUnavailableError(f"no reply from the writer at {conn.endpoint} within "
-                                                     f"{self.timeout:g} s (is it running? the outcome of the "
-                                                     f"append is unknown)")
+                        err = WriterUnavailableError(
+                            f"no reply from the writer at {conn.endpoint} within "
+                            f"{self.timeout:g} s (is it running? the outcome of the "
+                            f"append is unknown)"
+                        )
                     else:
                         continue
                     self._reset(tc, err)
@@ -298,11 +308,11 @@ class WalClient(ClientBase):
             if type(r) is list and len(r) == 4 and r[1] == rid:
                 if r[0] == P.VERSION and r[2] == P.OK:
                     return r[3]
-                reply = P.decode_reply(data)             # an error reply, or a malformed one: raises
+                reply = P.decode_reply(data)  # an error reply, or a malformed one: raises
                 if not reply.ok:
                     raise reply.result
                 return reply.result
-            for c in session.complete(data):              # a stale reply, from before a reset
+            for c in session.complete(data):  # a stale reply, from before a reset
                 _resolve(c.waiter, c.value, c.error)
             data = None
 
@@ -327,9 +337,9 @@ class WalClient(ClientBase):
             return []
         tc = self._thread_conn()
         size = sum(map(len, frames))
-        if size <= MAX_REQUEST_BYTES:                   # the common case: one request
+        if size <= MAX_REQUEST_BYTES:  # the common case: one request
             if tc.session.idle:
-                return self._batch_direct(tc, frames)     # size <= MAX_REQUEST_BYTES < P.MAX_PAYLOAD_BYTES
+                return self._batch_direct(tc, frames)  # size <= MAX_REQUEST_BYTES < P.MAX_PAYLOAD_BYTES
             slot = _Slot()
             tc.session.queue_append(frames, slot, solo=True, size=size)
             self._wait(tc, (slot,))
@@ -390,10 +400,12 @@ class WalClient(ClientBase):
         if not tc.session.idle:
             waiters = tc.session.waiters()
             if waiters:
-                self._wait(tc, waiters)                 # SYNC must not overtake this thread's appends
-                if getattr(self._local, "tc", None) is not tc:     # that wait lost the connection: say so
-                    raise next((w.error for w in waiters if w.error is not None),  # (one timeout, not two)
-                               WriterUnavailableError(f"lost the connection to the writer at {tc.conn.endpoint}"))
+                self._wait(tc, waiters)  # SYNC must not overtake this thread's appends
+                if getattr(self._local, "tc", None) is not tc:  # that wait lost the connection: say so
+                    raise next(
+                        (w.error for w in waiters if w.error is not None),  # (one timeout, not two)
+                        WriterUnavailableError(f"lost the connection to the writer at {tc.conn.endpoint}"),
+                    )
         self._control(P.Op.SYNC)
 
     def current_position(self) -> Position:
@@ -426,14 +438,14 @@ class WalClient(ClientBase):
         tc: _ThreadConn | None = getattr(self._local, "tc", None)
         if not self._closed and tc is not None and tc.pid == current_pid() and not tc.session.idle:
             try:
-                self.sync()          # sends this thread's queue, waits for its acks, then fsyncs
+                self.sync()  # sends this thread's queue, waits for its acks, then fsyncs
             except WalError:
-                pass                 # the pending appends get their error below
+                pass  # the pending appends get their error below
         error = WalClosedError("the client was closed")
         with self._lock:
             self._closed = True
             self._disarm_all()
-            if self._pid != current_pid():         # forked, no call since: all of it is the parent's
+            if self._pid != current_pid():  # forked, no call since: all of it is the parent's
                 mine, self._conns = self._conns, []
             else:
                 mine = [c for c in self._conns if c is tc or not c.thread.is_alive()]
@@ -455,7 +467,7 @@ class WalClient(ClientBase):
         for dead in [c for c in self._conns if not c.thread.is_alive()]:
             self._drop(dead)
         if self._conns:
-            return None                            # the last thread to close its connection terminates it
+            return None  # the last thread to close its connection terminates it
         ctx, self._ctx = self._ctx, None
         return ctx
 
@@ -498,8 +510,10 @@ class WalClient(ClientBase):
 
     @staticmethod
     def _lost_error(tc: _ThreadConn) -> WriterUnavailableError:
-        return WriterUnavailableError(f"lost the connection to the writer at {tc.conn.endpoint} (did it exit?); "
-                                      f"the outcome of the request(s) in flight is unknown")
+        return WriterUnavailableError(
+            f"lost the connection to the writer at {tc.conn.endpoint} (did it exit?); "
+            f"the outcome of the request(s) in flight is unknown"
+        )
 
     def _new_thread_conn(self, old: _ThreadConn | None) -> _ThreadConn:
         """A fresh connection for this thread (after first use, a fork, a timeout or a lost writer)."""
@@ -507,7 +521,7 @@ class WalClient(ClientBase):
         with self._lock:
             if self._closed:
                 raise WalClosedError("the client is closed")
-            if pid != self._pid:                   # forked: forget the parent's ZeroMQ state
+            if pid != self._pid:  # forked: forget the parent's ZeroMQ state
                 if self._ctx is not None:
                     close_context(self._ctx, self._pid)
                 for tc in self._conns:
@@ -517,11 +531,12 @@ class WalClient(ClientBase):
             if old is not None:
                 self._drop(old)
             for dead in [tc for tc in self._conns if not tc.thread.is_alive()]:
-                self._drop(dead)                   # threads that ended leave their sockets to us
+                self._drop(dead)  # threads that ended leave their sockets to us
             if self._ctx is None:
                 self._ctx = new_context()
             if self._dir is not None:
                 from ..writer_proc.endpoint import resolve_endpoint
+
                 self._endpoint = resolve_endpoint(self._dir)
             tc = _ThreadConn(Connection(self._ctx, self._endpoint, self.timeout), self.max_in_flight)
             self._conns.append(tc)
@@ -540,7 +555,7 @@ class WalClient(ClientBase):
             _resolve(c.waiter, None, c.error)
         with self._lock:
             self._drop(tc)
-            ctx = self._release_context()           # closed meanwhile, and this was the last connection
+            ctx = self._release_context()  # closed meanwhile, and this was the last connection
         if getattr(self._local, "tc", None) is tc:
             self._local.tc = None
         if ctx is not None:
@@ -590,7 +605,7 @@ class WalClient(ClientBase):
             got = True
             try:
                 done = session.complete(data)
-            except WalError as exc:                # an unreadable reply: this connection is confused
+            except WalError as exc:  # an unreadable reply: this connection is confused
                 self._reset(tc, exc)
                 raise
             for c in done:
@@ -606,9 +621,14 @@ class WalClient(ClientBase):
         timeout = self.timeout
         deadline = time.monotonic() + timeout
         while True:
-            if self._closed:                        # another thread closed the client
-                self._reset(tc, WalClosedError("the client was closed while waiting for a reply (the outcome "
-                                               "of the request(s) in flight is unknown)"))
+            if self._closed:  # another thread closed the client
+                self._reset(
+                    tc,
+                    WalClosedError(
+                        "the client was closed while waiting for a reply (the outcome "
+                        "of the request(s) in flight is unknown)"
+                    ),
+                )
                 return
             now = time.monotonic()
             self._send_ready(tc, now)
@@ -618,15 +638,16 @@ class WalClient(ClientBase):
             if left <= 0:
                 err = WriterUnavailableError(
                     f"no reply from the writer at {conn.endpoint} within {timeout:g} s "
-                    f"(is it running? the outcome of the {session.in_flight} request(s) in flight is unknown)")
+                    f"(is it running? the outcome of the {session.in_flight} request(s) in flight is unknown)"
+                )
                 self._reset(tc, err)
                 return
-            if not zpoll(items, max(1, min(RECV_SLICE_MS, int(left * 1e3 + 0.999)))):   # slices: see _closed
+            if not zpoll(items, max(1, min(RECV_SLICE_MS, int(left * 1e3 + 0.999)))):  # slices: see _closed
                 continue
             if self._receive(tc):
                 deadline = time.monotonic() + timeout
             elif conn.check_lost():
-                self._receive(tc)       # replies that arrived before the connection dropped still count
+                self._receive(tc)  # replies that arrived before the connection dropped still count
                 if not (last.done and all(s.done for s in slots)):
                     self._reset(tc, self._lost_error(tc))
                     return

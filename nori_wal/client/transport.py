@@ -25,17 +25,17 @@ import zmq
 
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 
-NOBLOCK = int(zmq.NOBLOCK)                 # plain ints: pyzmq's IntFlag arithmetic costs microseconds
+NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's IntFlag arithmetic costs microseconds
 SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)
-ZERO_COPY_BYTES = 64 * 1024                # payloads at least this large are sent without a copy
+ZERO_COPY_BYTES = 64 * 1024  # payloads at least this large are sent without a copy
 # pyzmq's C-level send: zmq.Socket.send's Python-level wrapper costs more per call than the C work
 # of a small message (about 0.6 of 0.8 us here). Called as send_frame(sock, data, flags[, copy]).
 send_frame: Callable[..., Any] = zmq.backend.Socket.send
 
-RECV_SLICE_MS = 250       # a blocked receive wakes this often to look for a lost writer and the deadline
-LOST_CHECK_S = 0.1        # between calls, the disconnect monitor is looked at no more often than this
+RECV_SLICE_MS = 250  # a blocked receive wakes this often to look for a lost writer and the deadline
+LOST_CHECK_S = 0.1  # between calls, the disconnect monitor is looked at no more often than this
 
 _pid = os.getpid()
 
@@ -83,9 +83,9 @@ class Connection:
         sock = ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 0)       # flow control is the session's in-flight limit
+            sock.setsockopt(zmq.SNDHWM, 0)  # flow control is the session's in-flight limit
             sock.setsockopt(zmq.RCVHWM, 0)
-            sock.setsockopt(zmq.RCVTIMEO, min(RECV_SLICE_MS, int(timeout * 1e3) + 1))   # blocking receives only
+            sock.setsockopt(zmq.RCVTIMEO, min(RECV_SLICE_MS, int(timeout * 1e3) + 1))  # blocking receives only
             sock.connect(endpoint)
             self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.monitor.setsockopt(zmq.LINGER, 0)
@@ -105,7 +105,7 @@ class Connection:
         """True once the writer's side of the connection went away (drains monitor events)."""
         if not self.lost:
             mon = self.monitor
-            while mon.getsockopt(EVENTS) & POLLIN:     # no zmq.Again exception on the hot path
+            while mon.getsockopt(EVENTS) & POLLIN:  # no zmq.Again exception on the hot path
                 mon.recv_multipart(NOBLOCK)
                 self.lost = True
         return self.lost

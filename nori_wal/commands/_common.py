@@ -99,6 +99,7 @@ def human_bytes(size: float) -> str:
 
 def guarded(command: str) -> Callable[[Run], Run]:
     """Decorate ``run(args)``: CommandError becomes one line + its exit code, a closed pipe exits quietly."""
+
     def wrap(run: Run) -> Run:
         def guarded_run(args: argparse.Namespace) -> int:
             try:
@@ -112,6 +113,8 @@ def guarded(command: str) -> Callable[[Run], Run]:
                 os.dup2(devnull, sys.stdout.fileno())
                 os.close(devnull)
                 return EXIT_OK
+
         guarded_run.__doc__ = run.__doc__
         return guarded_run
+
     return wrap

@@ -37,17 +37,30 @@ HELP = "print the records of a log, oldest first (--json: one JSON object per li
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="the log directory")
-    parser.add_argument("--from", dest="start", metavar="SEG:OFF", default="0:0",
-                        help="start at this record position (default 0:0, the oldest record)")
-    parser.add_argument("-f", "--follow", action="store_true",
-                        help="after the last record, wait for new ones (Ctrl-C to stop)")
-    parser.add_argument("--durable", action="store_true",
-                        help="only records the writer has fsynced (read up to the durable mark it publishes)")
-    parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line; key and value in base64")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        metavar="SEG:OFF",
+        default="0:0",
+        help="start at this record position (default 0:0, the oldest record)",
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="after the last record, wait for new ones (Ctrl-C to stop)"
+    )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="only records the writer has fsynced (read up to the durable mark it publishes)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line; key and value in base64")
     parser.add_argument("-n", "--limit", type=count_arg, metavar="N", default=None, help="stop after N records")
-    parser.add_argument("--max-bytes", type=count_arg, metavar="N", default=64,
-                        help="plain output: show at most N bytes of each key and value (0: all; default 64)")
+    parser.add_argument(
+        "--max-bytes",
+        type=count_arg,
+        metavar="N",
+        default=64,
+        help="plain output: show at most N bytes of each key and value (0: all; default 64)",
+    )
 
 
 def _show(data: bytes, max_bytes: int) -> str:
@@ -73,12 +86,18 @@ def format_plain(record: Record, pos: Position, max_bytes: int = 64) -> str:
 def format_json(record: Record, pos: Position) -> str:
     """One JSON object (one line); key and value base64-encoded."""
     ttl_ms = None if record.ttl is None else record.ttl // _MS
-    return json.dumps({
-        "position": str(pos), "segment": pos.segment_id, "offset": pos.offset,
-        "key": base64.b64encode(bytes(record.key)).decode("ascii"),
-        "value": base64.b64encode(bytes(record.value)).decode("ascii"),
-        "tombstone": bool(record.tombstone), "ttl_ms": ttl_ms, "compression": record.compression.name,
-    })
+    return json.dumps(
+        {
+            "position": str(pos),
+            "segment": pos.segment_id,
+            "offset": pos.offset,
+            "key": base64.b64encode(bytes(record.key)).decode("ascii"),
+            "value": base64.b64encode(bytes(record.value)).decode("ascii"),
+            "tombstone": bool(record.tombstone),
+            "ttl_ms": ttl_ms,
+            "compression": record.compression.name,
+        }
+    )
 
 
 @guarded("dump")
@@ -100,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         fmt = format_json
     else:
+
         def fmt(record: Record, pos: Position) -> str:
             return format_plain(record, pos, args.max_bytes)
+
     limit = args.limit
     printed = 0
     try:
@@ -123,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     except CorruptionError as exc:
         out.flush()
         fail(str(exc), EXIT_FAILED)
-    except WalError as exc:         # WalIOError: the reader wraps a failed read (the OSError is its cause)
+    except WalError as exc:  # WalIOError: the reader wraps a failed read (the OSError is its cause)
         out.flush()
         fail(str(exc), EXIT_IO)
     except KeyboardInterrupt:

@@ -37,11 +37,20 @@ HELP = "delete the segments wholly before SEG:OFF (never the active one)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="the log directory")
-    parser.add_argument("--before", required=True, metavar="SEG:OFF",
-                        help="delete every segment numbered below SEG (records from SEG:OFF on are kept)")
+    parser.add_argument(
+        "--before",
+        required=True,
+        metavar="SEG:OFF",
+        help="delete every segment numbered below SEG (records from SEG:OFF on are kept)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="only list the segments that would be deleted")
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="how long to wait for a writer process serving DIR (default 5)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for a writer process serving DIR (default 5)",
+    )
 
 
 def _names(ids: list[int]) -> str:
@@ -62,8 +71,11 @@ def _config(directory: str, ids: list[int]) -> WalConfig:
     not be opened with the default limit (it would cut off good records).
     """
     largest = max(os.path.getsize(os.path.join(directory, segment_name(s))) for s in ids)
-    return WalConfig(dir=directory, max_segment_size=max(DEFAULT_MAX_SEGMENT_SIZE, largest + SEAL_FRAME_SIZE),
-                     fsync_policy=FsyncPolicy.always())
+    return WalConfig(
+        dir=directory,
+        max_segment_size=max(DEFAULT_MAX_SEGMENT_SIZE, largest + SEAL_FRAME_SIZE),
+        fsync_policy=FsyncPolicy.always(),
+    )
 
 
 def _via_writer_process(directory: str, before: Position, timeout: float) -> tuple[int, str] | None:
@@ -109,30 +121,38 @@ def run(args: argparse.Namespace) -> int:
         fail(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
     if args.dry_run:
         victims = [s for s in ids[:-1] if s < before.segment_id]
-        print(f"would delete {_plural(len(victims), 'segment')} before {before} ({_names(victims)}); "
-              f"{_plural(len(ids) - len(victims), 'segment')} would remain")
+        print(
+            f"would delete {_plural(len(victims), 'segment')} before {before} ({_names(victims)}); "
+            f"{_plural(len(ids) - len(victims), 'segment')} would remain"
+        )
         return EXIT_OK
     seen = RecordingMeter()
     try:
-        wal, info = Wal.open_with_meter(_config(directory, ids), seen)     # (_config stats the segments)
+        wal, info = Wal.open_with_meter(_config(directory, ids), seen)  # (_config stats the segments)
     except WalLockedError as exc:
         asked = _via_writer_process(directory, before, args.timeout)
         if asked is None:
             fail(f"{exc}; stop it, or run gc through it (Wal.delete_segments_before)", EXIT_LOCKED)
         deleted, endpoint = asked
-        print(f"deleted {_plural(deleted, 'segment')} before {before} through the writer process"
-              + (f" at {endpoint}" if endpoint else ""))
+        print(
+            f"deleted {_plural(deleted, 'segment')} before {before} through the writer process"
+            + (f" at {endpoint}" if endpoint else "")
+        )
         return EXIT_OK
     except CorruptionError as exc:
         fail(f"{exc}; nothing was deleted (run nori-wal verify {directory})", EXIT_FAILED)
     except (WalIOError, OSError) as exc:
         fail(f"opening {directory}: {exc}", EXIT_IO)
-    if info.corruption_detected:        # the open cut damage (recovery cannot do otherwise): say so, delete nothing
+    if info.corruption_detected:  # the open cut damage (recovery cannot do otherwise): say so, delete nothing
         wal.close()
-        why = "; ".join(f"segment {e.segment} offset {e.offset}: {e.reason}"
-                        for e in seen.events_of(CorruptionTruncated))
-        fail(f"opening {directory} found damage and cut {info.bytes_truncated} bytes ({why}); nothing was deleted "
-             f"(run nori-wal verify {directory})", EXIT_FAILED)
+        why = "; ".join(
+            f"segment {e.segment} offset {e.offset}: {e.reason}" for e in seen.events_of(CorruptionTruncated)
+        )
+        fail(
+            f"opening {directory} found damage and cut {info.bytes_truncated} bytes ({why}); nothing was deleted "
+            f"(run nori-wal verify {directory})",
+            EXIT_FAILED,
+        )
     opened = list_segments(directory)
     try:
         with wal:
@@ -141,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         fail(f"deleting segments in {directory}: {exc}", EXIT_IO)
     left = list_segments(directory)
     gone = [s for s in opened if s not in left]
-    print(f"deleted {_plural(deleted, 'segment')} before {before} ({_names(gone)}); "
-          f"{_plural(len(left), 'segment')} {'remains' if len(left) == 1 else 'remain'} ({_names(left)})")
+    print(
+        f"deleted {_plural(deleted, 'segment')} before {before} ({_names(gone)}); "
+        f"{_plural(len(left), 'segment')} {'remains' if len(left) == 1 else 'remain'} ({_names(left)})"
+    )
     return EXIT_OK

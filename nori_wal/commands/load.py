@@ -9,14 +9,16 @@ HELP = "contention benchmark: a writer, 1..64 producer processes per fsync polic
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..loadtest import add_arguments as add
+
     add(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..loadtest import run as run_load
     from ._common import EXIT_USAGE, dir_path_problem, error
+
     problem = None if args.dir is None else dir_path_problem(args.dir)
-    if problem is not None:         # a file in the way is a wrong path (exit 2), not a traceback
+    if problem is not None:  # a file in the way is a wrong path (exit 2), not a traceback
         error("load", problem)
         return EXIT_USAGE
     return run_load(args)

@@ -21,19 +21,40 @@ HELP = "run the writer process for a directory in the foreground (group commit o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, help="the log directory (created if missing)")
-    parser.add_argument("--endpoint", default=None,
-                        help="where to listen: ipc://PATH or tcp://HOST:PORT (tcp://127.0.0.1:* picks a port); "
-                             "default: an ipc:// socket tied to DIR, which WalClient.for_dir(DIR) finds")
-    parser.add_argument("--fsync", default="batch:5ms", metavar="POLICY",
-                        help="always | batch | batch:5ms | os (default batch:5ms)")
-    parser.add_argument("--max-segment-size", type=int, default=None, metavar="BYTES",
-                        help="segment file size in bytes (default 128 MiB)")
-    parser.add_argument("--overlap", action="store_true",
-                        help="fsync in a flush thread while the next group is received (helps only with idle cores)")
-    parser.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
-                        help="serve Prometheus /metrics on this port (needs prometheus-client)")
-    parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
-                        help="the address /metrics listens on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="where to listen: ipc://PATH or tcp://HOST:PORT (tcp://127.0.0.1:* picks a port); "
+        "default: an ipc:// socket tied to DIR, which WalClient.for_dir(DIR) finds",
+    )
+    parser.add_argument(
+        "--fsync", default="batch:5ms", metavar="POLICY", help="always | batch | batch:5ms | os (default batch:5ms)"
+    )
+    parser.add_argument(
+        "--max-segment-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="segment file size in bytes (default 128 MiB)",
+    )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="fsync in a flush thread while the next group is received (helps only with idle cores)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port (needs prometheus-client)",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address /metrics listens on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,20 +66,27 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"nori-wal serve: error: {message}", file=sys.stderr, flush=True)
 
-    problem = dir_path_problem(args.dir)      # else the open fails later, reported as an I/O error (exit 4)
+    problem = dir_path_problem(args.dir)  # else the open fails later, reported as an I/O error (exit 4)
     if problem is not None:
         say(problem)
         return EXIT_USAGE
     try:
         policy = FsyncPolicy.parse(args.fsync)
-        config = WalConfig(dir=args.dir, fsync_policy=policy,
-                           max_segment_size=(DEFAULT_MAX_SEGMENT_SIZE if args.max_segment_size is None
-                                             else args.max_segment_size))
+        config = WalConfig(
+            dir=args.dir,
+            fsync_policy=policy,
+            max_segment_size=(DEFAULT_MAX_SEGMENT_SIZE if args.max_segment_size is None else args.max_segment_size),
+        )
     except ValueError as exc:
         say(str(exc))
         return EXIT_USAGE
-    spec = WriterSpec(config=config, endpoint=args.endpoint, metrics_port=args.metrics_port,
-                      metrics_addr=args.metrics_addr, overlap=args.overlap)
+    spec = WriterSpec(
+        config=config,
+        endpoint=args.endpoint,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        overlap=args.overlap,
+    )
 
     def ready(server: WriterServer) -> None:
         print(server.endpoint, flush=True)

@@ -62,24 +62,32 @@ def figures(report: LogReport) -> dict[str, Any]:
         "compressed_bytes_stored": stored,
         "compressed_bytes_raw": raw,
         "compression_ratio": round(raw / stored, 3) if stored else None,
-        "problems": [{"segment": p.segment_id, "offset": p.offset, "message": p.message, "fatal": p.fatal}
-                     for p in report.problems],
+        "problems": [
+            {"segment": p.segment_id, "offset": p.offset, "message": p.message, "fatal": p.fatal}
+            for p in report.problems
+        ],
     }
 
 
 def format_text(f: dict[str, Any]) -> str:
     """The figures as aligned ``name  value`` lines."""
     span = f"{segment_name(f['first_segment'])} .. {segment_name(f['last_segment'])}"
-    segments = (f"{n(f['segments'])} ({span}, {n(f['sealed_segments'])} sealed), "
-                f"{n(f['bytes_on_disk'])} bytes on disk ({human_bytes(f['bytes_on_disk'])})")
+    segments = (
+        f"{n(f['segments'])} ({span}, {n(f['sealed_segments'])} sealed), "
+        f"{n(f['bytes_on_disk'])} bytes on disk ({human_bytes(f['bytes_on_disk'])})"
+    )
     records = f"{n(f['records'])} ({n(f['tombstones'])} tombstones, {n(f['records_with_ttl'])} with TTL)"
-    record_bytes = (f"{n(f['record_bytes'])} (keys {n(f['key_bytes'])}, values {n(f['value_bytes_stored'])} "
-                    f"stored / {n(f['value_bytes_raw'])} raw; largest record {n(f['largest_record_bytes'])})")
+    record_bytes = (
+        f"{n(f['record_bytes'])} (keys {n(f['key_bytes'])}, values {n(f['value_bytes_stored'])} "
+        f"stored / {n(f['value_bytes_raw'])} raw; largest record {n(f['largest_record_bytes'])})"
+    )
     comp = f["compressed_records"]
     if comp:
         kinds = ", ".join(f"{name} {n(count)}" for name, count in sorted(comp.items()))
-        compression = (f"{f['compression_ratio']:.2f}x: {n(f['compressed_bytes_raw'])} bytes of values "
-                       f"stored in {n(f['compressed_bytes_stored'])} ({kinds} records)")
+        compression = (
+            f"{f['compression_ratio']:.2f}x: {n(f['compressed_bytes_raw'])} bytes of values "
+            f"stored in {n(f['compressed_bytes_stored'])} ({kinds} records)"
+        )
     else:
         compression = "none (no compressed records)"
     rows = [

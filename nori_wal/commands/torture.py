@@ -33,17 +33,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", required=True, help="a directory on the disk to test (a fresh subdirectory is used)")
     parser.add_argument("--producers", type=int, default=8, help="producer processes (default 8)")
     parser.add_argument("--rounds", type=int, default=20, help="kill + restart rounds (default 20)")
-    parser.add_argument("--fsync", default="always", metavar="POLICY",
-                        help="always | batch | batch:5ms | os (default always)")
+    parser.add_argument(
+        "--fsync", default="always", metavar="POLICY", help="always | batch | batch:5ms | os (default always)"
+    )
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="records per append call (default 1)")
-    parser.add_argument("--value-size", type=int, default=256, metavar="BYTES",
-                        help="largest value size; values are 0..BYTES (default 256)")
-    parser.add_argument("--max-segment-size", type=int, default=1024 * 1024, metavar="BYTES",
-                        help="segment size, small so rounds cross segment rolls (default 1 MiB)")
-    parser.add_argument("--max-acks-per-round", type=int, default=300, metavar="N",
-                        help="each round kills after a random 0..N acknowledgements (default 300)")
-    parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
-                        help="producer call timeout; a call that times out counts as unknown, not acked (default 2)")
+    parser.add_argument(
+        "--value-size",
+        type=int,
+        default=256,
+        metavar="BYTES",
+        help="largest value size; values are 0..BYTES (default 256)",
+    )
+    parser.add_argument(
+        "--max-segment-size",
+        type=int,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="segment size, small so rounds cross segment rolls (default 1 MiB)",
+    )
+    parser.add_argument(
+        "--max-acks-per-round",
+        type=int,
+        default=300,
+        metavar="N",
+        help="each round kills after a random 0..N acknowledgements (default 300)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="producer call timeout; a call that times out counts as unknown, not acked (default 2)",
+    )
     parser.add_argument("--no-reader", action="store_true", help="do not run a reader during the kills")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill schedule (default random)")
     parser.add_argument("--keep", action="store_true", help="keep the log directory afterwards")
@@ -54,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @guarded("torture")
 def run(args: argparse.Namespace) -> int:
     from ..testing.torture import TortureOptions, run_torture
+
     if args.producers < 1 or args.rounds < 1 or args.batch < 1 or args.value_size < 0 or args.max_acks_per_round < 1:
         fail("--producers, --rounds, --batch and --max-acks-per-round must be >= 1, --value-size >= 0")
     try:
@@ -74,10 +96,19 @@ def run(args: argparse.Namespace) -> int:
         work = tempfile.mkdtemp(prefix="nori-wal-torture-", dir=args.dir)
     except OSError as exc:
         fail(f"{args.dir}: {exc.strerror or exc}", EXIT_IO)
-    opts = TortureOptions(directory=os.path.join(work, "wal"), producers=args.producers, rounds=args.rounds,
-                          fsync=args.fsync, max_segment_size=args.max_segment_size, value_size=args.value_size,
-                          batch=args.batch, reader=not args.no_reader, max_acks_per_round=args.max_acks_per_round,
-                          client_timeout=args.timeout, seed=args.seed)
+    opts = TortureOptions(
+        directory=os.path.join(work, "wal"),
+        producers=args.producers,
+        rounds=args.rounds,
+        fsync=args.fsync,
+        max_segment_size=args.max_segment_size,
+        value_size=args.value_size,
+        batch=args.batch,
+        reader=not args.no_reader,
+        max_acks_per_round=args.max_acks_per_round,
+        client_timeout=args.timeout,
+        seed=args.seed,
+    )
 
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -85,13 +116,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         report = run_torture(opts, progress)
-    except KeyboardInterrupt:     # its processes are cleaned up by then (run_torture's finally blocks)
+    except KeyboardInterrupt:  # its processes are cleaned up by then (run_torture's finally blocks)
         print("nori-wal torture: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
         print(f"nori-wal torture: error: {exc}", file=sys.stderr)
         return EXIT_IO
-    except WalError as exc:       # e.g. a writer that would not start: the check could not run
+    except WalError as exc:  # e.g. a writer that would not start: the check could not run
         print(f"nori-wal torture: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -27,13 +27,17 @@ HELP = "check every segment's header, records, CRCs and seal (read-only; exit 1 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="the log directory")
-    parser.add_argument("--progress", action="store_true", default=None,
-                        help="show a progress bar on stderr even when it is not a terminal")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar on stderr even when it is not a terminal",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
-    parser.add_argument("--deep", action="store_true",
-                        help="also decompress every compressed value (slower)")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail (exit 1) on warnings too, e.g. a torn tail recovery would cut off")
+    parser.add_argument("--deep", action="store_true", help="also decompress every compressed value (slower)")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on warnings too, e.g. a torn tail recovery would cut off"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print one line per segment")
 
 
@@ -42,8 +46,13 @@ class ProgressBar:
 
     WIDTH = 30
 
-    def __init__(self, stream, label: str = "verify", interval: float = 0.1,  # type: ignore[no-untyped-def]
-                 delay: float = 0.0):
+    def __init__(
+        self,
+        stream,
+        label: str = "verify",
+        interval: float = 0.1,  # type: ignore[no-untyped-def]
+        delay: float = 0.0,
+    ):
         self.stream, self.label, self.interval = stream, label, interval
         self._start = time.monotonic()
         self._next = self._start + delay
@@ -60,8 +69,10 @@ class ProgressBar:
         frac = done / total if total else 1.0
         fill = int(frac * self.WIDTH)
         bar = "#" * fill + "." * (self.WIDTH - fill)
-        self.stream.write(f"\r{self.label} [{bar}] {frac:4.0%}  {human_bytes(done)} / {human_bytes(total)}"
-                          f"  {segment_name(segment_id)}  ")
+        self.stream.write(
+            f"\r{self.label} [{bar}] {frac:4.0%}  {human_bytes(done)} / {human_bytes(total)}"
+            f"  {segment_name(segment_id)}  "
+        )
         self.stream.flush()
         self._shown = True
 
@@ -77,7 +88,7 @@ def _progress_bar(wanted: bool | None) -> ProgressBar | None:
     if wanted:
         return ProgressBar(sys.stderr)
     if sys.stderr.isatty():
-        return ProgressBar(sys.stderr, delay=0.5)     # small logs finish before it would flash
+        return ProgressBar(sys.stderr, delay=0.5)  # small logs finish before it would flash
     return None
 
 
@@ -112,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     fatal = [p for p in report.problems if p.fatal]
     warnings = len(report.problems) - len(fatal)
-    summary = (f"{n(len(report.segments))} segments, {n(report.records)} records, "
-               f"{human_bytes(report.bytes)} checked in {elapsed:.2f} s")
+    summary = (
+        f"{n(len(report.segments))} segments, {n(report.records)} records, "
+        f"{human_bytes(report.bytes)} checked in {elapsed:.2f} s"
+    )
     if fatal or (args.strict and warnings):
         print(f"FAILED: {len(fatal)} corrupt, {warnings} warnings; {summary}")
         sys.stdout.flush()

@@ -61,6 +61,7 @@ from .faultfs import (
 
 # -- workloads --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Step:
     """One workload action.
@@ -70,6 +71,7 @@ class Step:
     (clean close, then open again on the same layer).
     ``size``: largest value size in bytes (values are 0..size bytes, random).
     """
+
     kind: str
     n: int = 1
     size: int = 120
@@ -105,12 +107,13 @@ class Moment:
     ``call.op`` is "ack" for a moment taken as an append or a GC returned (no
     syscall: ``call.n`` is the count so far, ``note`` says what returned).
     """
+
     call: Syscall
     fs: FaultFS
-    returned: frozenset[int]   # records whose append returned: they survive a process crash
-    durable: frozenset[int]    # records promised to survive a power loss
-    gc_floor: int              # segments below this id may be gone (a GC was started)
-    gc_done: int = 0           # segments below this id must be gone (a GC that deleted them returned)
+    returned: frozenset[int]  # records whose append returned: they survive a process crash
+    durable: frozenset[int]  # records promised to survive a power loss
+    gc_floor: int  # segments below this id may be gone (a GC was started)
+    gc_done: int = 0  # segments below this id must be gone (a GC that deleted them returned)
     note: str = ""
 
 
@@ -133,8 +136,8 @@ class Acks:
         self.gc_done = 0
         self._fs = fs
         self._moments = moments
-        self._observed = 0          # syscalls of ``fs`` that completed (each one reached ``observe``)
-        self._last = (0, 0)         # (fs.syscalls, _observed) when the last moment was taken
+        self._observed = 0  # syscalls of ``fs`` that completed (each one reached ``observe``)
+        self._last = (0, 0)  # (fs.syscalls, _observed) when the last moment was taken
 
     def observe(self, layer: FaultFS, call: Syscall) -> None:
         """The layer's observer: a moment after every mutating syscall."""
@@ -151,8 +154,13 @@ class Acks:
                 self.returned.update(idx)
                 if self._durable_acks:
                     self.durable.update(idx)
-            self._ack_moment(f"the append of record {idx[0]}" if len(idx) == 1 else
-                             f"the append of records {idx[0]}..{idx[-1]}" if idx else "an empty append")
+            self._ack_moment(
+                f"the append of record {idx[0]}"
+                if len(idx) == 1
+                else f"the append of records {idx[0]}..{idx[-1]}"
+                if idx
+                else "an empty append"
+            )
 
     def all_durable(self) -> None:
         """A sync() or a clean close returned: everything returned before it is durable."""
@@ -175,8 +183,9 @@ class Acks:
 
     def _moment(self, call: Syscall, snapshot: FaultFS, note: str) -> Moment:
         with self._lock:
-            return Moment(call, snapshot, frozenset(self.returned), frozenset(self.durable), self.gc_floor,
-                          self.gc_done, note)
+            return Moment(
+                call, snapshot, frozenset(self.returned), frozenset(self.durable), self.gc_floor, self.gc_done, note
+            )
 
     def _held(self) -> contextlib.AbstractContextManager[object]:
         return self._fs.held() if self._fs is not None else contextlib.nullcontext()
@@ -203,6 +212,7 @@ class Acks:
 @dataclass
 class WorkloadRun:
     """What a workload wrote (by record index) and every snapshot it took."""
+
     name: str
     config: WalConfig
     records: list[Record] = field(default_factory=list)
@@ -217,8 +227,9 @@ class WorkloadRun:
         return [i for _, i in placed] + rest
 
 
-def _start_run(name: str, config: WalConfig, layer: type[FaultFS],
-               records: list[Record]) -> tuple[FaultFS, WorkloadRun, Acks]:
+def _start_run(
+    name: str, config: WalConfig, layer: type[FaultFS], records: list[Record]
+) -> tuple[FaultFS, WorkloadRun, Acks]:
     """A fresh ``layer()`` watched at every mutating syscall and every ack, and the run recording on it.
 
     ``records``: known in advance (threaded workloads fill their positions as acks
@@ -231,8 +242,9 @@ def _start_run(name: str, config: WalConfig, layer: type[FaultFS],
     return fs, run, acks
 
 
-def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int = 0,
-                 layer: type[FaultFS] = FaultFS) -> WorkloadRun:
+def run_workload(
+    name: str, config: WalConfig, steps: Sequence[Step], seed: int = 0, layer: type[FaultFS] = FaultFS
+) -> WorkloadRun:
     """Run ``steps`` (one thread) on a fresh ``layer()``, snapshotting after every mutating syscall."""
     rng = random.Random(seed)
     fs, run, acks = _start_run(name, config, layer, [])
@@ -271,8 +283,9 @@ def run_workload(name: str, config: WalConfig, steps: Sequence[Step], seed: int 
     return run
 
 
-def _append_from_threads(log: Any, run: WorkloadRun, acks: Acks, threads: int, appends: int,
-                         batch: int) -> list[BaseException]:
+def _append_from_threads(
+    log: Any, run: WorkloadRun, acks: Acks, threads: int, appends: int, batch: int
+) -> list[BaseException]:
     """``threads`` threads each make ``appends`` appends of ``batch`` records of ``run`` through ``log``
     (a Wal or a WalClient), recording positions and acks; returns the errors they raised."""
     errors: list[BaseException] = []
@@ -302,15 +315,25 @@ def _append_from_threads(log: Any, run: WorkloadRun, acks: Acks, threads: int, a
     return errors
 
 
-def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, appends: int = 15, batch: int = 1,
-                          size: int = 150, seed: int = 0, layer: type[FaultFS] = FaultFS) -> WorkloadRun:
+def run_threaded_workload(
+    name: str,
+    config: WalConfig,
+    *,
+    threads: int = 4,
+    appends: int = 15,
+    batch: int = 1,
+    size: int = 150,
+    seed: int = 0,
+    layer: type[FaultFS] = FaultFS,
+) -> WorkloadRun:
     """``threads`` threads each make ``appends`` appends of ``batch`` records (group commit under test).
 
     The interleaving differs from run to run; the invariants hold for every one.
     """
     rng = random.Random(seed)
-    fs, run, acks = _start_run(name, config, layer,
-                               [make_record(i, rng, size) for i in range(threads * appends * batch)])
+    fs, run, acks = _start_run(
+        name, config, layer, [make_record(i, rng, size) for i in range(threads * appends * batch)]
+    )
     wal, _ = Wal.open(config, layer=fs)
     try:
         errors = _append_from_threads(wal, run, acks, threads, appends, batch)
@@ -322,8 +345,17 @@ def run_threaded_workload(name: str, config: WalConfig, *, threads: int = 4, app
     return run
 
 
-def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, appends: int = 12, batch: int = 1,
-                        size: int = 150, seed: int = 0, layer: type[FaultFS] = FaultFS) -> WorkloadRun:
+def run_writer_workload(
+    name: str,
+    config: WalConfig,
+    *,
+    producers: int = 4,
+    appends: int = 12,
+    batch: int = 1,
+    size: int = 150,
+    seed: int = 0,
+    layer: type[FaultFS] = FaultFS,
+) -> WorkloadRun:
     """The writer process's loop (group commit, flush thread, acks over ZeroMQ) on a FaultFS.
 
     The ``WriterServer`` runs in a thread of this process on the in-memory layer;
@@ -337,8 +369,9 @@ def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, app
     from ..writer_proc.server import WriterSpec, open_writer
 
     rng = random.Random(seed)
-    fs, run, acks = _start_run(name, config, layer,
-                               [make_record(i, rng, size) for i in range(producers * appends * batch)])
+    fs, run, acks = _start_run(
+        name, config, layer, [make_record(i, rng, size) for i in range(producers * appends * batch)]
+    )
     server = open_writer(WriterSpec(config=config, layer=fs))
     wake_r, wake_w = os.pipe()
     codes: list[int] = []
@@ -364,12 +397,14 @@ def run_writer_workload(name: str, config: WalConfig, *, producers: int = 4, app
 
 # -- crash states -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CrashState:
     """One way to crash at one moment, and which acknowledgements it must keep."""
+
     moment: Moment
     spec: CrashSpec
-    process: bool       # a process crash (SIGKILL): returned records must survive, under every policy
+    process: bool  # a process crash (SIGKILL): returned records must survive, under every policy
 
     @property
     def required(self) -> frozenset[int]:
@@ -392,6 +427,7 @@ class CrashState:
 def _frame_ends(data: bytes) -> list[int]:
     """Where whole frames (or the segment header) end inside one write, relative to its start."""
     from ..codec import frame_end
+
     ends, off = [], 0
     while off < len(data):
         e = frame_end(data, off, len(data))
@@ -402,8 +438,9 @@ def _frame_ends(data: bytes) -> list[int]:
     return ends
 
 
-def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = None,
-                   extra_tears: int = 0, all_drops: bool = False) -> Iterator[CrashState]:
+def crash_variants(
+    m: Moment, *, every: int = 0, rng: random.Random | None = None, extra_tears: int = 0, all_drops: bool = False
+) -> Iterator[CrashState]:
     """Every crash state derived from moment ``m`` (see the module docstring).
 
     ``every``: also tear the last write at every ``every``-th byte;
@@ -448,7 +485,7 @@ def crash_variants(m: Moment, *, every: int = 0, rng: random.Random | None = Non
 def _out_of_order(m: Moment, pending: list[Any], exhaustive: bool) -> Iterator[CrashState]:
     """Write-back out of order: unsynced writes lost while later ones landed (holes)."""
     p = len(pending)
-    writes = [i for i, op in enumerate(pending[:-1]) if op[0] == "w"]     # the last one has nothing after it
+    writes = [i for i, op in enumerate(pending[:-1]) if op[0] == "w"]  # the last one has nothing after it
     if not exhaustive:
         for i in sorted({0, p // 2 - 1, p - 2} & set(writes)):
             yield CrashState(m, CrashSpec(keep_ops=None, drop=(i,)), False)
@@ -465,6 +502,7 @@ def _out_of_order(m: Moment, pending: list[Any], exhaustive: bool) -> Iterator[C
 
 # -- recovery and invariants ------------------------------------------------------------------
 
+
 class InvariantViolation(AssertionError):
     """A crash state broke a durability or prefix invariant."""
 
@@ -472,9 +510,10 @@ class InvariantViolation(AssertionError):
 @dataclass
 class Recovered:
     """What recovery made of one disk image (cached per image): a run of the log order."""
-    first: int                      # rank (in log order) of the first recovered record
-    count: int                      # records recovered
-    repaired: bool                  # recovery changed the files (a crash inside it is worth trying)
+
+    first: int  # rank (in log order) of the first recovered record
+    count: int  # records recovered
+    repaired: bool  # recovery changed the files (a crash inside it is worth trying)
     segments: tuple[int, ...] = ()  # the segment files present after recovery
 
 
@@ -566,8 +605,10 @@ class Explorer:
         finally:
             third.close()
         if got3 != got + [(extra, pos)] or info3.bytes_truncated:
-            raise InvariantViolation(f"after append + clean close: {len(got3)} records (expected {len(got) + 1}), "
-                                     f"{info3.bytes_truncated} bytes truncated")
+            raise InvariantViolation(
+                f"after append + clean close: {len(got3)} records (expected {len(got) + 1}), "
+                f"{info3.bytes_truncated} bytes truncated"
+            )
         return rec
 
     def _check_prefix(self, got: list[tuple[Record, Position]], repaired: bool) -> Recovered:
@@ -588,8 +629,9 @@ class Explorer:
             ranks.append(self.rank[i])
         first = ranks[0]
         if ranks != list(range(first, first + len(ranks))):
-            raise InvariantViolation("recovered records are not one contiguous run of the log: "
-                                     f"{_runs([self.order[k] for k in ranks])}")
+            raise InvariantViolation(
+                f"recovered records are not one contiguous run of the log: {_runs([self.order[k] for k in ranks])}"
+            )
         return Recovered(first, len(ranks), repaired)
 
     def _check_acks(self, state: CrashState, rec: Recovered) -> None:
@@ -609,7 +651,8 @@ class Explorer:
             self.stats.lost += len(missing)
             raise InvariantViolation(
                 f"lost {len(missing)} acknowledged records (e.g. record {self.order[missing[0]]}): recovered "
-                f"{rec.count} records from rank {lo}, {len(required)} acknowledged (GC floor: segment {floor})")
+                f"{rec.count} records from rank {lo}, {len(required)} acknowledged (GC floor: segment {floor})"
+            )
 
     def _check_gc(self, state: CrashState, rec: Recovered) -> None:
         """The segments a GC deleted before it returned are still gone after the crash and recovery.
@@ -624,7 +667,8 @@ class Explorer:
         if back:
             raise InvariantViolation(
                 f"segment {back[0]} is back after recovery ({len(back)} in all), though the GC of the segments "
-                f"before {done} that deleted it had returned")
+                f"before {done} that deleted it had returned"
+            )
 
     def check_recovery_crashes(self, state: CrashState) -> int:
         """Crash recovery itself at each of its syscalls (power loss and process crash); recover again.
@@ -656,17 +700,19 @@ class Explorer:
                             self._check_acks(CrashState(state.moment, POWER_LOSS, False), after)
                             self._check_gc(state, after)
                         except InvariantViolation as exc:
-                            raise InvariantViolation(f"{self.run.name}: {state.describe()}: power loss at "
-                                                     f"syscall {k + 1} of recovery: {exc}") from None
+                            raise InvariantViolation(
+                                f"{self.run.name}: {state.describe()}: power loss at syscall {k + 1} of recovery: {exc}"
+                            ) from None
                         continue
                     firsts = self.rank[record_index(got[0][0])] if got else 0
                     if (len(got), firsts if got else 0) != (expected.count, expected.first if expected.count else 0):
                         raise InvariantViolation(
                             f"{self.run.name}: {state.describe()}: {how} at syscall {k + 1} of recovery: "
-                            f"recovered {len(got)} records, an uninterrupted recovery {expected.count}") from None
+                            f"recovered {len(got)} records, an uninterrupted recovery {expected.count}"
+                        ) from None
                 k += 1
                 continue
-            trial.clear_faults()     # recovery finished before syscall k + 1
+            trial.clear_faults()  # recovery finished before syscall k + 1
             wal.close()
             self.stats.recovery_crashes += n
             return n
@@ -675,6 +721,7 @@ class Explorer:
 def _segments(layer: FaultFS, config: WalConfig) -> tuple[int, ...]:
     """The segment ids whose files are in the log directory of ``layer``."""
     from ..segment import segment_ids
+
     return tuple(segment_ids(layer.listdir(os.fspath(config.dir))))
 
 
@@ -690,8 +737,15 @@ def _runs(idx: list[int]) -> str:
     return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
 
 
-def explore(run: WorkloadRun, *, every: int = 0, extra_tears: int = 0, seed: int = 0,
-            recovery_crash_every: int = 0, all_drops: bool = False) -> Stats:
+def explore(
+    run: WorkloadRun,
+    *,
+    every: int = 0,
+    extra_tears: int = 0,
+    seed: int = 0,
+    recovery_crash_every: int = 0,
+    all_drops: bool = False,
+) -> Stats:
     """Check every crash state of ``run``; raises InvariantViolation at the first broken one.
 
     ``recovery_crash_every``: for every n-th state whose recovery repaired something,
@@ -728,11 +782,26 @@ WORKLOADS: dict[str, list[Step]] = {
     # Single appends of small records across several 4 KiB segments (rolls).
     "appends": [Step("append", 70, 160)],
     # Batches, some large enough to span a roll within one batch.
-    "batches": [Step("batch", 6, 300), Step("batch", 1, 3000), Step("batch", 12, 200), Step("batch", 3, 1500),
-                Step("batch", 9, 100), Step("batch", 2, 3500)],
+    "batches": [
+        Step("batch", 6, 300),
+        Step("batch", 1, 3000),
+        Step("batch", 12, 200),
+        Step("batch", 3, 1500),
+        Step("batch", 9, 100),
+        Step("batch", 2, 3500),
+    ],
     # Appends, GC of several segments while more are written, a clean close + reopen, explicit syncs.
-    "gc": [Step("append", 80, 150), Step("gc"), Step("batch", 8, 200), Step("sync"), Step("append", 20, 150),
-           Step("reopen"), Step("append", 20, 150), Step("gc"), Step("append", 6, 150)],
+    "gc": [
+        Step("append", 80, 150),
+        Step("gc"),
+        Step("batch", 8, 200),
+        Step("sync"),
+        Step("append", 20, 150),
+        Step("reopen"),
+        Step("append", 20, 150),
+        Step("gc"),
+        Step("append", 6, 150),
+    ],
 }
 
 

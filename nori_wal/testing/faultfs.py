@@ -67,8 +67,9 @@ SECTOR_SIZE = 512
 CRASH = -1
 """Use as the ``errno`` of ``inject`` to make that call raise ``SimulatedCrash``."""
 
-MUTATING_OPS = frozenset({"makedirs", "create", "append", "preallocate", "sync", "truncate", "rename", "unlink",
-                          "sync_dir"})
+MUTATING_OPS = frozenset(
+    {"makedirs", "create", "append", "preallocate", "sync", "truncate", "rename", "unlink", "sync_dir"}
+)
 """Operations that can change what a crash leaves behind (the rest only read)."""
 
 
@@ -81,8 +82,8 @@ class SimulatedCrash(BaseException):
 
 # -- the model ------------------------------------------------------------------------------
 
-WriteOp = tuple[str, int, bytes]       # ("w", offset, data)
-TruncOp = tuple[str, int]              # ("t", size)
+WriteOp = tuple[str, int, bytes]  # ("w", offset, data)
+TruncOp = tuple[str, int]  # ("t", size)
 FileOp = Union[WriteOp, TruncOp]
 
 
@@ -90,8 +91,8 @@ class _Inode:
     __slots__ = ("data", "durable", "pending")
 
     def __init__(self, data: bytes | bytearray = b"", durable: bytes = b"", pending: list[FileOp] | None = None):
-        self.data = bytearray(data)          # what reads see now
-        self.durable = durable               # what survives a power loss
+        self.data = bytearray(data)  # what reads see now
+        self.durable = durable  # what survives a power loss
         self.pending: list[FileOp] = pending if pending is not None else []
 
 
@@ -100,7 +101,7 @@ def _apply(content: bytearray, op: FileOp) -> None:
         _, off, data = op  # type: ignore[misc]
         if off > len(content):
             content.extend(bytes(off - len(content)))
-        content[off:off + len(data)] = data
+        content[off : off + len(data)] = data
     else:
         size = op[1]
         if size < len(content):
@@ -205,6 +206,7 @@ class Fault:
 @dataclass(frozen=True)
 class Syscall:
     """One traced call: its number (from 1), operation and path, and bytes written."""
+
     n: int
     op: str
     path: str
@@ -219,7 +221,7 @@ def _norm(path: str | os.PathLike[str]) -> str:
 
 
 def _oserror(code: int, path: str) -> OSError:
-    return OSError(code, os.strerror(code), path)   # OSError(ENOENT, ...) is a FileNotFoundError
+    return OSError(code, os.strerror(code), path)  # OSError(ENOENT, ...) is a FileNotFoundError
 
 
 class FaultFS:
@@ -236,9 +238,9 @@ class FaultFS:
         if preallocate is not None:
             self.preallocating = preallocate
         self._lock = threading.RLock()
-        self._dirs: dict[str, dict[str, _Inode]] = {}          # visible entries
+        self._dirs: dict[str, dict[str, _Inode]] = {}  # visible entries
         self._durable_dirs: dict[str, dict[str, _Inode]] = {}  # entries as of the last sync_dir
-        self._dir_pending: list[tuple[str, DirOp]] = []        # directory ops since, in order
+        self._dir_pending: list[tuple[str, DirOp]] = []  # directory ops since, in order
         self._locks: set[str] = set()
         self._faults: list[Fault] = []
         self._observers: list[Observer] = []
@@ -246,7 +248,7 @@ class FaultFS:
         self._dead = False
         self.syscalls = 0
         self.trace: list[Syscall] | None = None
-        self.largest_read = 0      # the most bytes any one pread asked for (a length taken on trust shows here)
+        self.largest_read = 0  # the most bytes any one pread asked for (a length taken on trust shows here)
 
     # -- building -------------------------------------------------------------------------
 
@@ -280,8 +282,17 @@ class FaultFS:
 
     # -- faults, crashes and observation --------------------------------------------------
 
-    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: int | None = 1,
-               path: str | None = None, partial: int | None = None, drop_unsynced: bool = True) -> Fault:
+    def inject(
+        self,
+        op: str,
+        errno: int = errno_mod.EIO,
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+        path: str | None = None,
+        partial: int | None = None,
+        drop_unsynced: bool = True,
+    ) -> Fault:
         """Arm a fault: the ``nth`` next call of ``op`` fails with ``errno`` (see Fault)."""
         fault = Fault(op, errno, nth, times, path, partial, drop_unsynced)
         with self._lock:
@@ -409,7 +420,7 @@ class FaultFS:
             return fs
 
     def _new_layer(self) -> FaultFS:
-        fs = type(self)()      # a subclass (a disk with other habits) stays itself
+        fs = type(self)()  # a subclass (a disk with other habits) stays itself
         fs.preallocating = self.preallocating
         return fs
 
@@ -422,14 +433,14 @@ class FaultFS:
             return self._killed(spec)
         with self._lock:
             dirs = {d: dict(e) for d, e in self._durable_dirs.items()}
-            dir_ops = self._dir_pending if spec.keep_dir_ops is None else self._dir_pending[:spec.keep_dir_ops]
+            dir_ops = self._dir_pending if spec.keep_dir_ops is None else self._dir_pending[: spec.keep_dir_ops]
             for d, op in dir_ops:
                 if op[0] == "link":
                     dirs.setdefault(d, {})[op[1]] = op[2]
                 elif op[0] == "unlink":
                     dirs.setdefault(d, {}).pop(op[1], None)
-            for d, op in self._dir_pending[len(dir_ops):]:
-                if op[0] == "mkdir":                 # its entry was lost: the directory and all below it
+            for d, op in self._dir_pending[len(dir_ops) :]:
+                if op[0] == "mkdir":  # its entry was lost: the directory and all below it
                     gone = _norm(os.path.join(d, op[1]))
                     for sub in [s for s in dirs if s == gone or s.startswith(gone + os.sep)]:
                         del dirs[sub]
@@ -457,11 +468,11 @@ class FaultFS:
         fs = self.snapshot()
         target = fs._target(spec.file)
         if target is not None and spec.keep_ops is not None:
-            kept = target.pending[:spec.keep_ops]
-            rest = target.pending[spec.keep_ops:]
+            kept = target.pending[: spec.keep_ops]
+            rest = target.pending[spec.keep_ops :]
             if rest and spec.torn and rest[0][0] == "w":
                 _, off, data = rest[0]  # type: ignore[misc]
-                kept.append(("w", off, data[:spec.torn]))
+                kept.append(("w", off, data[: spec.torn]))
             content = bytearray(target.durable)
             for op in kept:
                 _apply(content, op)
@@ -480,7 +491,7 @@ class FaultFS:
         keep = len(ops) if spec.keep_ops is None else min(spec.keep_ops, len(ops))
         for i, op in enumerate(ops[:keep]):
             if i in spec.drop and op[0] == "w":
-                if op[1] > len(content):            # what a later write lands past still reads as zeros
+                if op[1] > len(content):  # what a later write lands past still reads as zeros
                     _apply(content, ("t", op[1]))
                 continue
             _apply(content, op)
@@ -514,9 +525,9 @@ class FaultFS:
                     raise _oserror(errno_mod.EEXIST if p == path else errno_mod.ENOTDIR, path)
             for p in reversed(missing):
                 self._dirs[p] = {}
-                self._durable_dirs[p] = {}          # what it holds; whether it exists is up to its parent
+                self._durable_dirs[p] = {}  # what it holds; whether it exists is up to its parent
                 parent = _norm(os.path.dirname(p))
-                if parent != p:                      # the root always exists
+                if parent != p:  # the root always exists
                     self._dir_pending.append((parent, ("mkdir", os.path.basename(p))))
             self._done("makedirs", path)
 
@@ -554,7 +565,7 @@ class FaultFS:
             entries[name] = ino
             self._dir_pending.append((d, ("link", name, ino)))
             self._done("create", path)
-            return self._handle(ino, path, writable=True, readable=False)   # O_WRONLY, like OsFileLayer
+            return self._handle(ino, path, writable=True, readable=False)  # O_WRONLY, like OsFileLayer
 
     def _open(self, op: str, path: str, writable: bool) -> FaultFile:
         path = _norm(path)
@@ -634,7 +645,7 @@ class FaultFS:
             fault = self._enter("append", f.path)
             payload = bytes(data)
             if fault is not None:
-                payload = payload[:fault.partial or 0]
+                payload = payload[: fault.partial or 0]
             if payload:
                 op: FileOp = ("w", f.pos, payload)
                 _apply(f.ino.data, op)
@@ -650,7 +661,7 @@ class FaultFS:
             fault = self._enter("sync", f.path)
             if fault is not None:
                 if fault.drop_unsynced:
-                    f.ino.pending.clear()     # fsyncgate: the dirty pages are marked clean, never written
+                    f.ino.pending.clear()  # fsyncgate: the dirty pages are marked clean, never written
                 raise _oserror(fault.errno, f.path)
             content = bytearray(f.ino.durable)
             for op in f.ino.pending:
@@ -694,7 +705,7 @@ class FaultFS:
         with self._lock:
             self._fail_simple("pread", f.path)
             self.largest_read = max(self.largest_read, size)
-            out = bytes(f.ino.data[offset:offset + size])
+            out = bytes(f.ino.data[offset : offset + size])
             self._done("pread", f.path, len(out))
             return out
 
@@ -717,7 +728,7 @@ class FaultFile:
     def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool, readable: bool = True, pos: int = 0):
         self.fs, self.ino, self.path = fs, ino, path
         self.writable, self.readable, self.closed = writable, readable, False
-        self.pos = pos            # where the next append writes (OsFile.pos)
+        self.pos = pos  # where the next append writes (OsFile.pos)
 
     def _check(self, write: bool = False, read: bool = False) -> None:
         if self.closed or (write and not self.writable) or (read and not self.readable):
@@ -759,7 +770,7 @@ class FaultFile:
             view.release()
 
     def close(self) -> None:
-        self.closed = True        # never fails, never counted: it changes nothing on disk
+        self.closed = True  # never fails, never counted: it changes nothing on disk
 
 
 class PreallocFaultFile(FaultFile):
@@ -798,8 +809,7 @@ def sector_tears(offset: int, length: int, sector: int = SECTOR_SIZE) -> list[in
     return list(range(first, length, sector))
 
 
-def torn_write_points(offset: int, data: bytes, *, frame_ends: Iterable[int] = (),
-                      every: int = 0) -> list[int]:
+def torn_write_points(offset: int, data: bytes, *, frame_ends: Iterable[int] = (), every: int = 0) -> list[int]:
     """Sampled tear points inside one write: its first bytes, sector edges, frame edges +-1, its last bytes.
 
     ``frame_ends``: offsets (relative to the write) where whole frames end.

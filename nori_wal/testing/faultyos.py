@@ -36,8 +36,16 @@ class FaultyOsLayer(OsFileLayer):
         self.faults = list(faults)
         self.syscalls = 0
 
-    def inject(self, op: str, errno: int = errno_mod.EIO, *, nth: int = 1, times: int | None = 1,
-               path: str | None = None, partial: int | None = None) -> Fault:
+    def inject(
+        self,
+        op: str,
+        errno: int = errno_mod.EIO,
+        *,
+        nth: int = 1,
+        times: int | None = 1,
+        path: str | None = None,
+        partial: int | None = None,
+    ) -> Fault:
         fault = Fault(op, errno, nth, times, path, partial)
         self.faults.append(fault)
         return fault
@@ -106,7 +114,7 @@ class FaultyOsFile:
             self._inner.append(data)
             return
         if fault.partial:
-            self._inner.append(memoryview(data)[:fault.partial])
+            self._inner.append(memoryview(data)[: fault.partial])
         raise OSError(fault.errno, os.strerror(fault.errno), self.path)
 
     def preallocate(self, upto: int) -> None:

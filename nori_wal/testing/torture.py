@@ -45,7 +45,7 @@ from ..position import Position
 from ..reader import WalReader
 from ..record import Record
 
-_ACK = struct.Struct("<QQQ")          # sequence number, segment id, offset
+_ACK = struct.Struct("<QQQ")  # sequence number, segment id, offset
 _KEY = b"t%03d-%010d"
 
 
@@ -62,8 +62,12 @@ def torture_value(key: bytes, seq: int, max_size: int) -> bytes:
 def intact(rec: Record, key: bytes, seq: int, max_size: int) -> bool:
     """Whether ``rec`` is exactly the put a producer made for ``key``: its value, and no flag set
     (tombstone, TTL, compression): a writer that changed a flag changed the record."""
-    return (not rec.tombstone and rec.ttl is None and not rec.compression
-            and bytes(rec.value) == torture_value(key, seq, max_size))
+    return (
+        not rec.tombstone
+        and rec.ttl is None
+        and not rec.compression
+        and bytes(rec.value) == torture_value(key, seq, max_size)
+    )
 
 
 def parse_key(key: bytes) -> tuple[int, int] | None:
@@ -76,23 +80,25 @@ def parse_key(key: bytes) -> tuple[int, int] | None:
 @dataclass
 class TortureOptions:
     """What to run. Defaults: the test suite's quick run."""
+
     directory: str
     producers: int = 8
     rounds: int = 20
-    fsync: str = "always"                 # always | batch[:5ms] | os
-    max_segment_size: int = 1024 * 1024   # small, so rounds cross segment rolls
-    value_size: int = 256                 # largest value, bytes (values are 0..value_size bytes)
-    batch: int = 1                        # records per append call
+    fsync: str = "always"  # always | batch[:5ms] | os
+    max_segment_size: int = 1024 * 1024  # small, so rounds cross segment rolls
+    value_size: int = 256  # largest value, bytes (values are 0..value_size bytes)
+    batch: int = 1  # records per append call
     reader: bool = True
-    max_acks_per_round: int = 300         # a round kills after a random 0..this many acks
-    client_timeout: float = 2.0           # seconds; a producer's call fails (unknown outcome) after it
-    round_timeout: float = 30.0           # seconds a round may wait for its acks before the kill anyway
+    max_acks_per_round: int = 300  # a round kills after a random 0..this many acks
+    client_timeout: float = 2.0  # seconds; a producer's call fails (unknown outcome) after it
+    round_timeout: float = 30.0  # seconds a round may wait for its acks before the kill anyway
     seed: int | None = None
 
 
 @dataclass
 class TortureReport:
     """What happened, and the verdict (``ok``)."""
+
     rounds: int = 0
     kills: int = 0
     producers: int = 0
@@ -101,16 +107,16 @@ class TortureReport:
     lost: int = 0
     duplicated: int = 0
     invented: int = 0
-    misplaced: int = 0                # acknowledged at one position, found at another
-    out_of_order: int = 0             # a producer's acknowledged records not in ack order
-    unknown_outcome: int = 0          # calls that raised (not counted as acked)
-    unacked_present: int = 0          # records whose call raised but which reached the log (allowed)
+    misplaced: int = 0  # acknowledged at one position, found at another
+    out_of_order: int = 0  # a producer's acknowledged records not in ack order
+    unknown_outcome: int = 0  # calls that raised (not counted as acked)
+    unacked_present: int = 0  # records whose call raised but which reached the log (allowed)
     records_in_log: int = 0
     reader_records: int = 0
     reader_errors: list[str] = field(default_factory=list)
-    stalled_rounds: int = 0           # rounds that saw no ack within round_timeout
-    restart_s: list[float] = field(default_factory=list)      # spawn to serving, per restart
-    recovery_s: list[float] = field(default_factory=list)     # recovery alone (RecoveryInfo.duration_s)
+    stalled_rounds: int = 0  # rounds that saw no ack within round_timeout
+    restart_s: list[float] = field(default_factory=list)  # spawn to serving, per restart
+    recovery_s: list[float] = field(default_factory=list)  # recovery alone (RecoveryInfo.duration_s)
     truncated_bytes: list[int] = field(default_factory=list)  # tail cut per restart (torn records, zeros)
     final_exit_code: int | None = None
     seed: int = 0
@@ -119,36 +125,55 @@ class TortureReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.invented or self.misplaced or self.out_of_order
-                    or self.reader_errors or self.problems) and self.acked > 0
+        return (
+            not (
+                self.lost
+                or self.duplicated
+                or self.invented
+                or self.misplaced
+                or self.out_of_order
+                or self.reader_errors
+                or self.problems
+            )
+            and self.acked > 0
+        )
 
     def summary(self) -> str:
         """The human-readable report ``nori-wal torture`` prints."""
+
         def ms(xs: list[float]) -> str:
             if not xs:
                 return "-"
             q = sorted(xs)
-            p90 = q[max(0, math.ceil(0.9 * len(q)) - 1)]      # nearest rank: never below the median
-            return (f"median {statistics.median(q) * 1e3:.0f} ms, p90 {p90 * 1e3:.0f} ms, "
-                    f"max {q[-1] * 1e3:.0f} ms")
+            p90 = q[max(0, math.ceil(0.9 * len(q)) - 1)]  # nearest rank: never below the median
+            return f"median {statistics.median(q) * 1e3:.0f} ms, p90 {p90 * 1e3:.0f} ms, max {q[-1] * 1e3:.0f} ms"
+
         lines = [
-            (f"nori-wal torture: {self.kills} SIGKILLs in {self.rounds} rounds, {self.producers} producers, "
-             f"fsync {self.fsync}, {self.duration_s:.1f} s (seed {self.seed})"),
+            (
+                f"nori-wal torture: {self.kills} SIGKILLs in {self.rounds} rounds, {self.producers} producers, "
+                f"fsync {self.fsync}, {self.duration_s:.1f} s (seed {self.seed})"
+            ),
             f"  acknowledged:     {self.acked}",
             f"  lost:             {self.lost}",
             f"  duplicated:       {self.duplicated}",
             f"  invented/damaged: {self.invented}",
             f"  misplaced:        {self.misplaced}",
             f"  out of order:     {self.out_of_order}",
-            (f"  unknown outcome:  {self.unknown_outcome} calls raised during kills "
-             f"({self.unacked_present} of their records reached the log, which is allowed)"),
+            (
+                f"  unknown outcome:  {self.unknown_outcome} calls raised during kills "
+                f"({self.unacked_present} of their records reached the log, which is allowed)"
+            ),
             f"  records in log:   {self.records_in_log}",
-            (f"  reader:           {self.reader_records} records read during the kills, "
-             f"{len(self.reader_errors)} errors"),
+            (
+                f"  reader:           {self.reader_records} records read during the kills, "
+                f"{len(self.reader_errors)} errors"
+            ),
             f"  restart (spawn to serving): {ms(self.restart_s)}",
-            (f"  recovery alone:             {ms(self.recovery_s)}; tail bytes cut per restart "
-             f"(torn records and preallocated zeros): "
-             f"max {max(self.truncated_bytes, default=0)}"),
+            (
+                f"  recovery alone:             {ms(self.recovery_s)}; tail bytes cut per restart "
+                f"(torn records and preallocated zeros): "
+                f"max {max(self.truncated_bytes, default=0)}"
+            ),
         ]
         if self.stalled_rounds:
             lines.append(f"  rounds without any ack within the round timeout: {self.stalled_rounds}")
@@ -165,10 +190,13 @@ class TortureReport:
 
 # -- the child processes ------------------------------------------------------------------------
 
-def _producer_main(index: int, directory: str, conn: Connection, stop: Any, timeout: float, value_size: int,
-                   batch: int) -> None:
+
+def _producer_main(
+    index: int, directory: str, conn: Connection, stop: Any, timeout: float, value_size: int, batch: int
+) -> None:
     """Append until ``stop``; send each acknowledged (seq, position) up ``conn``; never retry an id."""
     from ..client import WalClient
+
     seq = unknown = 0
     errors: dict[str, int] = {}
     client = WalClient.for_dir(directory, timeout=timeout)
@@ -180,7 +208,7 @@ def _producer_main(index: int, directory: str, conn: Connection, stop: Any, time
             seq += batch
             try:
                 positions = [client.append(recs[0])] if batch == 1 else client.append_batch(recs)
-            except WalError as exc:      # unknown outcome: the writer may have written it
+            except WalError as exc:  # unknown outcome: the writer may have written it
                 unknown += 1
                 name = type(exc).__name__
                 errors[name] = errors.get(name, 0) + 1
@@ -213,8 +241,8 @@ def _reader_main(directory: str, conn: Connection, stop: Any, value_size: int) -
             if item is None:
                 if final:
                     break
-                if stop.wait(0.005):      # poll the log's end (the writer publishes nothing to wait on)
-                    final = True         # one more pass to the end after everything stopped
+                if stop.wait(0.005):  # poll the log's end (the writer publishes nothing to wait on)
+                    final = True  # one more pass to the end after everything stopped
                 continue
             rec, pos = item
             key = bytes(rec.key)
@@ -232,6 +260,7 @@ def _reader_main(directory: str, conn: Connection, stop: Any, value_size: int) -
 
 
 # -- the engine ---------------------------------------------------------------------------------
+
 
 class _Log:
     """The engine's incremental view of the log: records seen, in order, and where."""
@@ -273,6 +302,7 @@ class _Log:
 def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = None) -> TortureReport:
     """Run the torture in ``opts.directory`` (created; it must not hold another log) and report."""
     from ..writer_proc import WriterProcess
+
     say = progress or (lambda _msg: None)
     seed = opts.seed if opts.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
@@ -282,7 +312,7 @@ def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = N
     t_start = time.monotonic()
     os.makedirs(opts.directory, exist_ok=True)
 
-    ctx = mp.get_context("spawn")          # no fork of a process that may hold ZeroMQ state or threads
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold ZeroMQ state or threads
     stop = ctx.Event()
     acked: dict[int, list[tuple[int, Position]]] = {p: [] for p in range(opts.producers)}
     conns: dict[Connection, int] = {}
@@ -300,8 +330,8 @@ def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = N
         for c in wait(live, timeout):
             p = conns[c]  # type: ignore[index]
             try:
-                while c.poll():    # type: ignore[union-attr]
-                    data = c.recv_bytes()   # type: ignore[union-attr]
+                while c.poll():  # type: ignore[union-attr]
+                    data = c.recv_bytes()  # type: ignore[union-attr]
                     if data.startswith(b"END"):
                         info = json.loads(data[3:])
                         report.unknown_outcome += int(info["unknown"])
@@ -343,17 +373,24 @@ def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = N
     try:
         for p in range(opts.producers):
             parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_producer_main, name=f"nori-torture-producer-{p}", daemon=True,
-                               args=(p, opts.directory, child, stop, opts.client_timeout, opts.value_size,
-                                     opts.batch))
+            proc = ctx.Process(
+                target=_producer_main,
+                name=f"nori-torture-producer-{p}",
+                daemon=True,
+                args=(p, opts.directory, child, stop, opts.client_timeout, opts.value_size, opts.batch),
+            )
             proc.start()
             child.close()
             conns[parent] = p
             procs.append(proc)
         if opts.reader:
             reader_conn, child = ctx.Pipe(duplex=False)
-            reader_proc = ctx.Process(target=_reader_main, name="nori-torture-reader", daemon=True,
-                                      args=(opts.directory, child, stop, opts.value_size))
+            reader_proc = ctx.Process(
+                target=_reader_main,
+                name="nori-torture-reader",
+                daemon=True,
+                args=(opts.directory, child, stop, opts.value_size),
+            )
             reader_proc.start()
             child.close()
 
@@ -372,8 +409,10 @@ def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = N
             report.kills += 1
             drain(0)
             check_acked_present(f"after kill {rnd + 1}")
-            say(f"round {rnd + 1}/{opts.rounds}: killed after {got} acks; "
-                f"{sum(map(len, acked.values()))} acknowledged so far")
+            say(
+                f"round {rnd + 1}/{opts.rounds}: killed after {got} acks; "
+                f"{sum(map(len, acked.values()))} acknowledged so far"
+            )
 
         # Last start: let the producers reach the writer again, then stop everyone cleanly.
         writer = spawn()
@@ -420,8 +459,12 @@ def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = N
     return report
 
 
-def _final_check(opts: TortureOptions, report: TortureReport, acked: dict[int, list[tuple[int, Position]]],
-                 seen: list[tuple[bytes, int, int]]) -> None:
+def _final_check(
+    opts: TortureOptions,
+    report: TortureReport,
+    acked: dict[int, list[tuple[int, Position]]],
+    seen: list[tuple[bytes, int, int]],
+) -> None:
     """The whole log after the clean stop, against every acknowledgement and every reader observation."""
     log = _Log(opts.directory)
     try:
@@ -456,8 +499,9 @@ def _final_check(opts: TortureOptions, report: TortureReport, acked: dict[int, l
     report.unacked_present = sum(1 for k in log.order if k not in acked_keys)
     for key, seg, off in seen:
         if log.where.get(key) != Position(seg, off):
-            report.reader_errors.append(f"the reader saw {key.decode()} at {seg}:{off}; the final log has it at "
-                                        f"{log.where.get(key)}")
+            report.reader_errors.append(
+                f"the reader saw {key.decode()} at {seg}:{off}; the final log has it at {log.where.get(key)}"
+            )
             break
 
 

@@ -32,7 +32,7 @@ from ..fs import writer_lock_holder
 
 ENDPOINT_FILE = "WRITER"
 SOCKET_NAME = "writer.sock"
-_MAX_IPC_PATH = 100          # bytes; sun_path holds 108 with its NUL, keep a margin
+_MAX_IPC_PATH = 100  # bytes; sun_path holds 108 with its NUL, keep a margin
 
 
 def default_endpoint(directory: str | os.PathLike[str]) -> str:
@@ -50,7 +50,7 @@ def default_endpoint(directory: str | os.PathLike[str]) -> str:
 class EndpointRecord:
     endpoint: str
     pid: int
-    pid_ns: int | None = None       # the writer's PID namespace: its pid means nothing from another one
+    pid_ns: int | None = None  # the writer's PID namespace: its pid means nothing from another one
 
 
 def _pid_ns() -> int | None:
@@ -123,7 +123,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:         # alive, another user's
+    except PermissionError:  # alive, another user's
         return True
     except (OverflowError, ValueError):
         return False
@@ -134,13 +134,13 @@ def ipc_in_use(endpoint: str) -> bool:
     """Whether a process listens on the ``ipc://`` ``endpoint`` now (ZeroMQ would silently take it over)."""
     if not endpoint.startswith("ipc://"):
         return False
-    path = endpoint[len("ipc://"):]
+    path = endpoint[len("ipc://") :]
     if not os.path.exists(path):
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(path)
-        except OSError:             # refused: a socket file left by a dead process
+        except OSError:  # refused: a socket file left by a dead process
             return False
     return True
 
@@ -173,7 +173,7 @@ class IpcClaim:
         except OSError:
             pass
         fd, self._fd = self._fd, -1
-        os.close(fd)        # drops the flock (the .lock file stays: unlinking it would race a waiter)
+        os.close(fd)  # drops the flock (the .lock file stays: unlinking it would race a waiter)
 
 
 def claim_ipc(endpoint: str) -> IpcClaim | None:
@@ -184,7 +184,7 @@ def claim_ipc(endpoint: str) -> IpcClaim | None:
     """
     if not endpoint.startswith("ipc://"):
         return None
-    path = endpoint[len("ipc://"):]
+    path = endpoint[len("ipc://") :]
     if path == "*" or path.startswith("@"):
         # ZeroMQ picks a fresh path for "*"; an abstract name (@) has no file, and binding a busy one fails.
         return None
@@ -205,7 +205,7 @@ def claim_ipc(endpoint: str) -> IpcClaim | None:
             raise EndpointBusy(f"endpoint {endpoint}: {path} exists and is not a socket; refusing to replace it")
         if ipc_in_use(endpoint):
             raise EndpointBusy(f"endpoint {endpoint} is in use by another process")
-        return IpcClaim(path, fd)           # a socket file left by a dead process: ours to replace
+        return IpcClaim(path, fd)  # a socket file left by a dead process: ours to replace
     except BaseException:
         os.close(fd)
         raise

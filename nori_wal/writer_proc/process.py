@@ -46,8 +46,8 @@ from .server import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, FatalStop, WriterServer, W
 
 _LEN = struct.Struct("<Q")
 _CHILD_CODE = "from nori_wal.writer_proc.process import child_main; child_main()"
-SPAWN_TIMEOUT = 60.0     # seconds for the child to recover its directory and bind
-STOP_TIMEOUT = 30.0      # seconds for a graceful stop before SIGKILL
+SPAWN_TIMEOUT = 60.0  # seconds for the child to recover its directory and bind
+STOP_TIMEOUT = 30.0  # seconds for a graceful stop before SIGKILL
 
 _log = logging.getLogger("nori_wal.writer")
 
@@ -55,8 +55,9 @@ _log = logging.getLogger("nori_wal.writer")
 class WriterProcess:
     """A running writer process for one directory (the handle the spawning process holds)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], endpoint: str, pid: int, recovery_info: RecoveryInfo,
-                 directory: str):
+    def __init__(
+        self, proc: subprocess.Popen[bytes], endpoint: str, pid: int, recovery_info: RecoveryInfo, directory: str
+    ):
         self._proc = proc
         self.endpoint = endpoint
         self.pid = pid
@@ -65,10 +66,18 @@ class WriterProcess:
         self._owner_pid = os.getpid()
 
     @classmethod
-    def spawn(cls, config: WalConfig, endpoint: str | None = None, *, timeout: float = SPAWN_TIMEOUT,
-              layer: FileLayer | None = None, metrics_port: int | None = None,
-              metrics_addr: str = "127.0.0.1", log_level: str = "WARNING",
-              overlap: bool = False) -> WriterProcess:
+    def spawn(
+        cls,
+        config: WalConfig,
+        endpoint: str | None = None,
+        *,
+        timeout: float = SPAWN_TIMEOUT,
+        layer: FileLayer | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
+        log_level: str = "WARNING",
+        overlap: bool = False,
+    ) -> WriterProcess:
         """Start a writer for ``config.dir`` in a new process; returns once it serves.
 
         ``endpoint``: ``ipc://...`` or ``tcp://host:port`` (``tcp://127.0.0.1:*``
@@ -83,14 +92,25 @@ class WriterProcess:
         embedded Wal) owns the directory; WriterUnavailableError when the
         child is not serving within ``timeout`` seconds; WalError if it exits.
         """
-        spec = WriterSpec(config=config, endpoint=endpoint, layer=layer, metrics_port=metrics_port,
-                          metrics_addr=metrics_addr, log_level=log_level, overlap=overlap)
+        spec = WriterSpec(
+            config=config,
+            endpoint=endpoint,
+            layer=layer,
+            metrics_port=metrics_port,
+            metrics_addr=metrics_addr,
+            log_level=log_level,
+            overlap=overlap,
+        )
         path = json.dumps([p for p in sys.path if isinstance(p, str)]).encode()
         blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         ready_r, ready_w = os.pipe()
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, str(ready_w)], stdin=subprocess.PIPE,
-                                    pass_fds=(ready_w,), start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_CODE, str(ready_w)],
+                stdin=subprocess.PIPE,
+                pass_fds=(ready_w,),
+                start_new_session=True,
+            )
         except BaseException:
             os.close(ready_r)
             os.close(ready_w)
@@ -100,9 +120,9 @@ class WriterProcess:
             assert proc.stdin is not None
             try:
                 proc.stdin.write(_LEN.pack(len(path)) + path + _LEN.pack(len(blob)) + blob)
-                proc.stdin.flush()      # keep stdin open: it is the lifeline
+                proc.stdin.flush()  # keep stdin open: it is the lifeline
             except BrokenPipeError:
-                pass                    # the child died at once; the ready pipe says why
+                pass  # the child died at once; the ready pipe says why
             msg = _read_ready(ready_r, timeout)
         except BaseException:
             _kill(proc)
@@ -114,15 +134,14 @@ class WriterProcess:
                 rc = _wait(proc, 5.0)
                 if rc is None:
                     _kill(proc)
-                    raise WriterUnavailableError(f"writer for {config.dir} did not start serving within "
-                                                 f"{timeout:g} s")
-                _kill(proc)     # reaped already; closes the lifeline pipe (no ResourceWarning)
+                    raise WriterUnavailableError(f"writer for {config.dir} did not start serving within {timeout:g} s")
+                _kill(proc)  # reaped already; closes the lifeline pipe (no ResourceWarning)
                 raise WalError(f"writer for {config.dir} exited with code {rc} before serving")
             _wait(proc, 10.0)
-            _kill(proc)         # (if still running) and close the lifeline pipe
+            _kill(proc)  # (if still running) and close the lifeline pipe
             raise protocol.ERRORS.get(msg["error"], WalError)(msg["message"])
         recovery = msg["recovery"]
-        info = RecoveryInfo(**{**recovery, "set_aside": tuple(recovery["set_aside"])})     # (JSON made it a list)
+        info = RecoveryInfo(**{**recovery, "set_aside": tuple(recovery["set_aside"])})  # (JSON made it a list)
         return cls(proc, msg["endpoint"], int(msg["pid"]), info, os.fspath(config.dir))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -230,6 +249,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 # -- the child side -------------------------------------------------------------------------
 
+
 def child_main() -> None:
     """Entry point of the spawned interpreter: read the spec, serve, exit with the writer's code."""
     ready_fd = int(sys.argv[1])
@@ -238,12 +258,15 @@ def child_main() -> None:
     path = json.loads(_read_exact(0, _LEN.unpack(_read_exact(0, _LEN.size))[0]))
     sys.path[:0] = [p for p in path if p not in sys.path]
     spec: WriterSpec = pickle.loads(_read_exact(0, _LEN.unpack(_read_exact(0, _LEN.size))[0]))
-    logging.basicConfig(level=getattr(logging, spec.log_level.upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, spec.log_level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
 
     def ready(server: WriterServer) -> None:
-        _send_ready(ready_fd, {"endpoint": server.endpoint, "pid": os.getpid(),
-                               "recovery": dataclasses.asdict(server.info)})
+        _send_ready(
+            ready_fd, {"endpoint": server.endpoint, "pid": os.getpid(), "recovery": dataclasses.asdict(server.info)}
+        )
 
     try:
         code = run_writer(spec, ready, lifeline_fd=0)
@@ -264,7 +287,7 @@ def child_main() -> None:
         raise
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)   # no interpreter teardown: the log is closed, the sockets are gone
+    os._exit(code)  # no interpreter teardown: the log is closed, the sockets are gone
 
 
 def _send_ready(fd: int, msg: dict[str, Any]) -> None:

@@ -66,14 +66,14 @@ from .endpoint import EndpointBusy, IpcClaim, claim_ipc, default_endpoint, remov
 
 log = logging.getLogger("nori_wal.writer")
 
-EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4     # as in cli.py
-MAX_GROUP_BYTES = 64 * 1024 * 1024      # stop draining a group beyond this many payload bytes
-MAX_GROUP_MESSAGES = 4096               # ... or this many requests (bounds one pass's latency)
-REPLY_LINGER_MS = 2000                  # how long closing waits to deliver the last replies
-PEER_RECV_LIMIT = 1024                  # requests queued per peer (ZeroMQ's RCVHWM: back-pressure, loses nothing)
-PEER_SEND_LIMIT = 100_000               # replies queued per peer (SNDHWM: past it a reply is dropped, so high:
-                                        # one pass may answer thousands of a live peer's control requests)
-SHUTDOWN_DRAIN_S = 2.0                  # how long a graceful stop keeps taking queued requests
+EXIT_OK, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 2, 3, 4  # as in cli.py
+MAX_GROUP_BYTES = 64 * 1024 * 1024  # stop draining a group beyond this many payload bytes
+MAX_GROUP_MESSAGES = 4096  # ... or this many requests (bounds one pass's latency)
+REPLY_LINGER_MS = 2000  # how long closing waits to deliver the last replies
+PEER_RECV_LIMIT = 1024  # requests queued per peer (ZeroMQ's RCVHWM: back-pressure, loses nothing)
+PEER_SEND_LIMIT = 100_000  # replies queued per peer (SNDHWM: past it a reply is dropped, so high:
+# one pass may answer thousands of a live peer's control requests)
+SHUTDOWN_DRAIN_S = 2.0  # how long a graceful stop keeps taking queued requests
 
 
 class FatalStop(BaseException):
@@ -87,13 +87,14 @@ class FatalStop(BaseException):
 @dataclass
 class WriterSpec:
     """Everything a writer process needs (picklable: it crosses into the child process)."""
+
     config: WalConfig
-    endpoint: str | None = None           # None: default_endpoint(config.dir)
-    layer: FileLayer | None = None        # test seam: a picklable FileLayer (None: the OS)
+    endpoint: str | None = None  # None: default_endpoint(config.dir)
+    layer: FileLayer | None = None  # test seam: a picklable FileLayer (None: the OS)
     metrics_port: int | None = None
-    metrics_addr: str = "127.0.0.1"       # where /metrics listens (0.0.0.0: every interface)
+    metrics_addr: str = "127.0.0.1"  # where /metrics listens (0.0.0.0: every interface)
     log_level: str = "WARNING"
-    overlap: bool = False                 # fsync in a flush thread while the next group is received (see commit)
+    overlap: bool = False  # fsync in a flush thread while the next group is received (see commit)
 
 
 # A request waiting for its ack: (routing id, request id, reply -- None for a SYNC, built at ack time --,
@@ -103,9 +104,9 @@ Ticket = tuple[bytes, int, "bytes | None", float]
 _Pending = tuple[bytes, int, int, int, int]
 
 
-_FLUSH_ID = b"!flush"     # routing ids of the writer's own threads (peer-generated ids start with a 0 byte)
+_FLUSH_ID = b"!flush"  # routing ids of the writer's own threads (peer-generated ids start with a 0 byte)
 _WAKE_ID = b"!wake"
-_INTERNAL_IDS = frozenset((_FLUSH_ID, _WAKE_ID))    # a peer may choose an id starting with "!": it is served
+_INTERNAL_IDS = frozenset((_FLUSH_ID, _WAKE_ID))  # a peer may choose an id starting with "!": it is served
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
@@ -128,10 +129,10 @@ class _FlushThread:
     def __init__(self, seglog: SegmentLog, ctx: zmq.Context[Any], wake_endpoint: str):
         self._log = seglog
         self._cond = threading.Condition()
-        self._jobs = 0              # fsyncs handed over and not yet begun
+        self._jobs = 0  # fsyncs handed over and not yet begun
         self._closing = False
-        self.started = 0            # fsyncs handed to the thread ...
-        self.finished = 0           # ... and finished (the result below belongs to the last one)
+        self.started = 0  # fsyncs handed to the thread ...
+        self.finished = 0  # ... and finished (the result below belongs to the last one)
         self._result: tuple[Position | None, WalError | None] = (None, None)
         self._sock = _internal_socket(ctx, _FLUSH_ID, wake_endpoint)
         self._thread = threading.Thread(target=self._run, name="nori-wal-flush", daemon=True)
@@ -156,14 +157,14 @@ class _FlushThread:
                 res: tuple[Position | None, WalError | None] = (self._log.sync(), None)
             except WalError as exc:
                 res = (None, exc)
-            except BaseException as exc:   # noqa: BLE001  never leave the loop waiting for an answer
+            except BaseException as exc:  # noqa: BLE001  never leave the loop waiting for an answer
                 res = (None, WalIOError(f"fsync thread failed: {exc!r}"))
             with cond:
                 self._result = res
                 self.finished += 1
                 cond.notify_all()
                 try:
-                    self._sock.send(b"f", _NOBLOCK)     # the socket is only used under the lock
+                    self._sock.send(b"f", _NOBLOCK)  # the socket is only used under the lock
                 except zmq.ZMQError:
                     pass
 
@@ -202,12 +203,13 @@ class _Watcher:
         self._fds = [fd for fd in (wake_fd, lifeline_fd) if fd is not None]
         self._lifeline = lifeline_fd
         self._stop_r, self._stop_w = os.pipe()
-        self._sock = sock           # connected by the server before its public endpoint existed
+        self._sock = sock  # connected by the server before its public endpoint existed
         self._thread = threading.Thread(target=self._run, name="nori-wal-watch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         import select
+
         fds = self._fds + [self._stop_r]
         while True:
             ready, _, _ = select.select(fds, [], [])
@@ -237,8 +239,9 @@ class _Watcher:
 class WriterServer:
     """One directory's writer: owns the SegmentLog, the ROUTER socket and the commit state."""
 
-    def __init__(self, seglog: SegmentLog, info: RecoveryInfo, endpoint: str, meter: Meter = NOOP,
-                 overlap: bool = False):
+    def __init__(
+        self, seglog: SegmentLog, info: RecoveryInfo, endpoint: str, meter: Meter = NOOP, overlap: bool = False
+    ):
         self.log = seglog
         self.overlap = overlap
         self.info = info
@@ -248,7 +251,7 @@ class WriterServer:
         self.commit: GroupCommit[Ticket] = GroupCommit(self.policy, seglog.durable)
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)      # unroutable replies raise, never vanish
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable replies raise, never vanish
         self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
         # Per peer: past these a peer that sends without reading stops being read (receive) and loses
         # the replies it leaves unread (send: ROUTER_MANDATORY raises, _reply counts the drop) instead
@@ -264,7 +267,7 @@ class WriterServer:
             # exists, so no peer can claim their ids first: ZeroMQ refuses a second pipe with one id.
             self._flusher = flusher = _FlushThread(self.log, self.ctx, self.wake_endpoint)
             self._wake_sock = _internal_socket(self.ctx, _WAKE_ID, self.wake_endpoint)
-            self.sock.getsockopt(zmq.EVENTS)        # processes the pending attach commands
+            self.sock.getsockopt(zmq.EVENTS)  # processes the pending attach commands
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
             if flusher is not None:
@@ -273,7 +276,7 @@ class WriterServer:
             self.ctx.destroy(0)
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
         self.endpoint = self._bound_endpoint(endpoint)
-        self.ipc_claim: IpcClaim | None = None      # set by open_writer; released with the socket file
+        self.ipc_claim: IpcClaim | None = None  # set by open_writer; released with the socket file
         self.stopping = False
         self.stop_reason = ""
         self._watcher: _Watcher | None = None
@@ -288,7 +291,7 @@ class WriterServer:
         last = self.sock.getsockopt(zmq.LAST_ENDPOINT)
         bound = last.decode() if isinstance(last, bytes) else str(last)
         if requested.startswith("tcp://") and bound.startswith("tcp://0.0.0.0:"):
-            bound = "tcp://127.0.0.1:" + bound.rsplit(":", 1)[1]    # what a local client can connect to
+            bound = "tcp://127.0.0.1:" + bound.rsplit(":", 1)[1]  # what a local client can connect to
         return bound or requested
 
     # -- the loop -------------------------------------------------------------------------
@@ -316,7 +319,7 @@ class WriterServer:
                     timeout = max(1, int((due - now) * 1e3 + 0.999))
                 else:
                     timeout = -1
-                if not zpoll(items, timeout):       # returns at once when messages are already queued
+                if not zpoll(items, timeout):  # returns at once when messages are already queued
                     continue
                 if commit.in_flight:
                     self._arrived_during_fsync = True
@@ -325,7 +328,7 @@ class WriterServer:
         except FatalStop as stop:
             self._fail_stop(stop)
             return stop.exit_code
-        except Exception as exc:       # a bug: stop like a failed write (answer everyone), never hang
+        except Exception as exc:  # a bug: stop like a failed write (answer everyone), never hang
             log.exception("writer for %s: internal error", self.log.dir)
             fatal = FatalStop(f"internal error in the writer: {exc!r}", EXIT_IO)
             fatal.__cause__ = WalIOError(fatal.reason)
@@ -355,7 +358,7 @@ class WriterServer:
         failed: FatalStop | None = None
         for _ in range(MAX_GROUP_MESSAGES):
             try:
-                ident = recv(_NOBLOCK)              # once per group it raises Again: cheaper than asking first
+                ident = recv(_NOBLOCK)  # once per group it raises Again: cheaper than asking first
             except zmq.Again:
                 break
             # The rest of a multipart message is already here (ZeroMQ delivers messages whole); a Frame
@@ -363,16 +366,16 @@ class WriterServer:
             f = recv(copy=False)
             payload: BytesLike
             frames: list[Any] | None = None
-            if not f.more:                          # one frame: a compact APPEND (our clients'), or a control
+            if not f.more:  # one frame: a compact APPEND (our clients'), or a control
                 head = f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer
                 h = compact_append(head)
                 if h is not None:
                     payload = memoryview(head)[_HEADER_SIZE:]
-            else:                                   # a header and a payload frame (or garbage: more frames)
+            else:  # a header and a payload frame (or garbage: more frames)
                 head = f.bytes
                 f = recv(copy=False)
-                frames = [head, f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer]   # big payloads: no copy
-                if f.more:                          # garbage: count its frames, keep none of them
+                frames = [head, f.bytes if len(f) < _ZERO_COPY_BYTES else f.buffer]  # big payloads: no copy
+                if f.more:  # garbage: count its frames, keep none of them
                     n = 2
                     while f.more:
                         f = recv(copy=False)
@@ -381,13 +384,13 @@ class WriterServer:
                     continue
                 h = append_header(head)
                 payload = frames[-1]
-            if ident[0] == 0x21 and ident in _INTERNAL_IDS:      # b"!": one of our own threads
+            if ident[0] == 0x21 and ident in _INTERNAL_IDS:  # b"!": one of our own threads
                 try:
                     self._internal(ident)
-                except FatalStop as stop:           # stop after this pass, once the requests taken are answered
+                except FatalStop as stop:  # stop after this pass, once the requests taken are answered
                     failed = failed or stop
                 continue
-            if h is not None:                       # the hot path: an APPEND in our clients' encoding
+            if h is not None:  # the hot path: an APPEND in our clients' encoding
                 rid, count = h
             else:
                 req = P.decode_request(frames or [head])
@@ -404,12 +407,12 @@ class WriterServer:
                 rid, count, payload = req
             size = len(payload)
             nunits = 1
-            if count != 1 or not _one_plain_frame(payload, max_frame):    # else: valid, checked in a few steps
+            if count != 1 or not _one_plain_frame(payload, max_frame):  # else: valid, checked in a few steps
                 err = check_payload(payload, count, max_frame)
                 if err is not None:
                     self._reply(ident, P.encode_error(rid, err))
                     continue
-                if size > max_frame:                # a batch larger than a segment holds: split at frames
+                if size > max_frame:  # a batch larger than a segment holds: split at frames
                     mv = memoryview(payload)
                     parts = P.split_units(payload, count, max_frame)
                     units += [mv[s:e] for s, e, _c in parts]
@@ -423,20 +426,21 @@ class WriterServer:
             nbytes += size
             if nbytes >= MAX_GROUP_BYTES:
                 break
-        self._write_group(units, counts, pending, records, nbytes, t_recv)   # after a failed fsync: answers them
+        self._write_group(units, counts, pending, records, nbytes, t_recv)  # after a failed fsync: answers them
         if failed is not None:
             raise failed
 
-    def _write_group(self, units: list[Any], counts: list[int], pending: list[_Pending], records: int,
-                     nbytes: int, t_recv: float) -> None:
+    def _write_group(
+        self, units: list[Any], counts: list[int], pending: list[_Pending], records: int, nbytes: int, t_recv: float
+    ) -> None:
         """Write the group's units with one call; ack now (Os) or hand the group's tickets to the commit."""
         if not pending:
             return
         log = self.log
         try:
-            start = log.append_in_place(units, records, nbytes)      # None: a roll is due
+            start = log.append_in_place(units, records, nbytes)  # None: a roll is due
             firsts = log.append_frames(units, counts) if start is None else []
-        except RecordTooLargeError as exc:   # cannot happen: every unit was checked against max_frame
+        except RecordTooLargeError as exc:  # cannot happen: every unit was checked against max_frame
             for ident, rid, *_ in pending:
                 self._reply(ident, P.encode_error(rid, exc))
             return
@@ -447,13 +451,13 @@ class WriterServer:
             raise FatalStop(str(exc), EXIT_IO) from exc
         run_ok = P.encode_run_ok
         tickets: list[Ticket] = []
-        if start is not None:               # all in the active segment: each request is one run
+        if start is not None:  # all in the active segment: each request is one run
             seg, off = log.active_id, start
             for ident, rid, count, size, _n in pending:
                 tickets.append((ident, rid, run_ok(rid, seg, off, count), t_recv))
                 off += size
             end = Position(seg, off)
-        else:                               # across a roll: a request's units may sit in two segments
+        else:  # across a roll: a request's units may sit in two segments
             i = 0
             for ident, rid, count, _size, nunits in pending:
                 if nunits == 1:
@@ -473,14 +477,14 @@ class WriterServer:
         if commit.in_flight or commit.waiting:
             self._unsynced_records += records
             self._unsynced_bytes += nbytes
-        elif self._metered:        # Os: a group is what one write carried
+        elif self._metered:  # Os: a group is what one write carried
             self.meter.histogram("wal_group_records", records)
             self.meter.histogram("wal_group_bytes", nbytes)
 
     def _internal(self, ident: bytes) -> None:
         """A message from the flush thread (an fsync finished) or the watcher (a signal, the lifeline)."""
         if ident != _FLUSH_ID:
-            return              # _WAKE_ID: nothing to do here; the loop looks at ``stopping`` next.
+            return  # _WAKE_ID: nothing to do here; the loop looks at ``stopping`` next.
         if self.commit.in_flight and self._overlap:
             res = self._flusher.take()
             if res is not None:
@@ -512,11 +516,21 @@ class WriterServer:
 
     def describe(self) -> dict[str, Any]:
         """What INFO answers."""
-        return {"version": P.VERSION, "pid": os.getpid(), "dir": self.log.dir, "policy": str(self.policy),
-                "position": list(self.log.position), "durable": list(self.log.durable),
-                "max_frame": self.log.max_frame, "max_payload": P.MAX_PAYLOAD_BYTES,
-                "segments": len(self.log.segment_ids), "recovered_records": self.info.valid_records,
-                "records": self.log.total_records, "writes": self.log.writes, "fsyncs": self.log.fsyncs}
+        return {
+            "version": P.VERSION,
+            "pid": os.getpid(),
+            "dir": self.log.dir,
+            "policy": str(self.policy),
+            "position": list(self.log.position),
+            "durable": list(self.log.durable),
+            "max_frame": self.log.max_frame,
+            "max_payload": P.MAX_PAYLOAD_BYTES,
+            "segments": len(self.log.segment_ids),
+            "recovered_records": self.info.valid_records,
+            "records": self.log.total_records,
+            "writes": self.log.writes,
+            "fsyncs": self.log.fsyncs,
+        }
 
     # -- fsync and acks --------------------------------------------------------------------
 
@@ -598,14 +612,19 @@ class WriterServer:
         except FatalStop as stop:
             self._fail_stop(stop)
             return stop.exit_code
-        self._close_transport()    # the replies are out (linger); then the files, while we hold the lock
+        self._close_transport()  # the replies are out (linger); then the files, while we hold the lock
         try:
-            self.log.close()       # seal + fsync: a clean close, the next open rescans nothing
+            self.log.close()  # seal + fsync: a clean close, the next open rescans nothing
         except WalError as exc:
             log.error("writer for %s: closing the log failed: %s", self.log.dir, exc)
             return EXIT_IO
-        log.info("writer for %s stopped (%s): %d segment(s), next position %s", self.log.dir,
-                 self.stop_reason or "asked to stop", len(self.log.segment_ids), self.log.position)
+        log.info(
+            "writer for %s stopped (%s): %d segment(s), next position %s",
+            self.log.dir,
+            self.stop_reason or "asked to stop",
+            len(self.log.segment_ids),
+            self.log.position,
+        )
         return EXIT_OK
 
     def _settle(self) -> None:
@@ -629,7 +648,7 @@ class WriterServer:
             self._flusher.wait()
         for ident, rid, *_ in self.commit.fail_all():
             self._reply(ident, P.encode_error(rid, exc))
-        while True:   # requests already queued: tell them now rather than let them time out
+        while True:  # requests already queued: tell them now rather than let them time out
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -655,13 +674,13 @@ class WriterServer:
             self._wake_sock.close(0)
         self.sock.close(REPLY_LINGER_MS)
         if helpers_done:
-            self.ctx.term()            # waits (up to the linger) for the last replies to go out
-        else:                          # a helper thread is stuck holding its socket: never hang on it
+            self.ctx.term()  # waits (up to the linger) for the last replies to go out
+        else:  # a helper thread is stuck holding its socket: never hang on it
             log.warning("writer for %s: a helper thread did not stop; closing its socket anyway", self.log.dir)
             self.ctx.destroy(linger=REPLY_LINGER_MS)
         remove_endpoint_file(self.log.dir, os.getpid())
         if self.ipc_claim is not None:
-            self.ipc_claim.release()       # removes the socket file if it is still ours
+            self.ipc_claim.release()  # removes the socket file if it is still ours
 
 
 def _internal_socket(ctx: zmq.Context[Any], routing_id: bytes, endpoint: str) -> zmq.Socket[Any]:
@@ -685,18 +704,19 @@ def _drain_fd(fd: int) -> bool:
 
 # -- running a writer in this process (the serve command and the spawned child) -------------
 
+
 def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     """Lock and recover the directory, then bind: raises WalLockedError / FatalStop.
 
     The lock comes first, so a second writer never touches the live writer's socket.
     """
     config = spec.config
-    meter = guard_meter(meter)      # the server's own reports too: a meter never raises into the log
+    meter = guard_meter(meter)  # the server's own reports too: a meter never raises into the log
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     endpoint = spec.endpoint or default_endpoint(seglog.dir)
     claim: IpcClaim | None = None
     try:
-        try:                        # another directory's live writer (or anything else): never take it over
+        try:  # another directory's live writer (or anything else): never take it over
             claim = claim_ipc(endpoint)
         except EndpointBusy as exc:
             raise FatalStop(str(exc), EXIT_USAGE) from None
@@ -712,18 +732,27 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
         seglog.close()
         raise
     write_endpoint_file(seglog.dir, server.endpoint, os.getpid())
-    log.info("writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
-             "%d byte(s) truncated%s", seglog.dir, server.endpoint, os.getpid(), config.fsync_policy,
-             info.valid_records, info.segment_count, info.bytes_truncated,
-             ", corruption detected in the tail" if info.corruption_detected else "")
+    log.info(
+        "writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
+        "%d byte(s) truncated%s",
+        seglog.dir,
+        server.endpoint,
+        os.getpid(),
+        config.fsync_policy,
+        info.valid_records,
+        info.segment_count,
+        info.bytes_truncated,
+        ", corruption detected in the tail" if info.corruption_detected else "",
+    )
     if info.set_aside:
-        log.warning("recovery set aside what it cut off as damage, in %s: examine it, then delete it",
-                    ", ".join(os.path.join(seglog.dir, name) for name in info.set_aside))
+        log.warning(
+            "recovery set aside what it cut off as damage, in %s: examine it, then delete it",
+            ", ".join(os.path.join(seglog.dir, name) for name in info.set_aside),
+        )
     return server
 
 
-def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
-               lifeline_fd: int | None = None) -> int:
+def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifeline_fd: int | None = None) -> int:
     """Open, serve until SIGTERM/SIGINT (or lifeline EOF), stop cleanly; returns the exit code.
 
     Must run in the main thread (signal handlers). Raises WalLockedError when
@@ -731,13 +760,13 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
     A signal that arrives while the log is still being opened (recovery) is
     kept: the writer then stops cleanly as soon as it exists, and exits 0.
     """
-    early: list[str] = []           # a signal before the server exists (during recovery): stop once it does
+    early: list[str] = []  # a signal before the server exists (during recovery): stop once it does
     serving: list[WriterServer] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
         if serving:
-            serving[0].stop(name)   # only a flag: the wakeup fd wakes the poller
+            serving[0].stop(name)  # only a flag: the wakeup fd wakes the poller
         else:
             early.append(name)
 
@@ -746,7 +775,7 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None],
         meter: Meter = NOOP
         if spec.metrics_port is not None:
             meter = _metrics_meter()
-        server = open_writer(spec, meter)       # the lock first: a second writer is told so, whatever its port
+        server = open_writer(spec, meter)  # the lock first: a second writer is told so, whatever its port
         serving.append(server)
         if early:
             server.stop(early[0])
@@ -778,14 +807,14 @@ def _metrics_meter() -> Meter:
     try:
         from ..prometheus import PrometheusMeter
     except ImportError as exc:
-        raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) \
-            from exc
+        raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) from exc
     return PrometheusMeter()
 
 
 def _serve_metrics(meter: Meter, port: int, addr: str) -> None:
     """Serve ``meter`` at http://addr:port/metrics from a daemon thread; FatalStop if the port is unusable."""
     from ..prometheus import PrometheusMeter, start_metrics_server
+
     assert isinstance(meter, PrometheusMeter)
     try:
         start_metrics_server(port, meter, addr=addr)
@@ -794,5 +823,14 @@ def _serve_metrics(meter: Meter, port: int, addr: str) -> None:
         raise FatalStop(f"metrics port {addr}:{port}: {reason}", EXIT_USAGE) from exc
 
 
-__all__ = ["EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "FatalStop", "WalLockedError", "WriterServer", "WriterSpec",
-           "open_writer", "run_writer"]
+__all__ = [
+    "EXIT_IO",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "FatalStop",
+    "WalLockedError",
+    "WriterServer",
+    "WriterSpec",
+    "open_writer",
+    "run_writer",
+]

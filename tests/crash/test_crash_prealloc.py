@@ -71,25 +71,35 @@ def zero_overwrites(run: WorkloadRun) -> int:
             continue
         _, off, data = pending[-1]
         durable = m.fs.crash().files().get(path, b"")
-        n += off + len(data) <= len(durable) and not any(durable[off:off + len(data)])
+        n += off + len(data) <= len(durable) and not any(durable[off : off + len(data)])
     return n
 
 
 def assert_the_path_was_taken(run: WorkloadRun):
-    assert ops(run, "rename") >= 2                   # it rolled segments
-    assert ops(run, "preallocate") >= 2              # it wrote zeros ahead...
-    assert ops(run, "truncate") >= 1                 # ... a seal cut them off ...
-    assert zero_overwrites(run) >= 3                 # ... and records overwrote durable zeros
+    assert ops(run, "rename") >= 2  # it rolled segments
+    assert ops(run, "preallocate") >= 2  # it wrote zeros ahead...
+    assert ops(run, "truncate") >= 1  # ... a seal cut them off ...
+    assert zero_overwrites(run) >= 3  # ... and records overwrote durable zeros
 
 
-@pytest.mark.parametrize("policy,workload,zeros", [
-    ("always", "appends", "segment"), ("always", "batches", "short"),
-    ("batch", "gc", "short"), ("batch", "batches", "segment"),
-])
+@pytest.mark.parametrize(
+    "policy,workload,zeros",
+    [
+        ("always", "appends", "segment"),
+        ("always", "batches", "short"),
+        ("batch", "gc", "short"),
+        ("batch", "batches", "segment"),
+    ],
+)
 def test_every_crash_state_of_the_preallocated_path(tmp_path, monkeypatch, policy, workload, zeros, crash_counts):
     use_zeros(monkeypatch, zeros)
-    run = run_workload(f"prealloc/{workload}/{policy}/{zeros}", workload_config(str(tmp_path), policy),
-                       WORKLOADS[workload], seed=7, layer=PreallocFaultFS)
+    run = run_workload(
+        f"prealloc/{workload}/{policy}/{zeros}",
+        workload_config(str(tmp_path), policy),
+        WORKLOADS[workload],
+        seed=7,
+        layer=PreallocFaultFS,
+    )
     assert_the_path_was_taken(run)
     stats = explore(run, extra_tears=1, seed=7)
     count(crash_counts, stats)
@@ -99,8 +109,14 @@ def test_every_crash_state_of_the_preallocated_path(tmp_path, monkeypatch, polic
 def test_every_crash_state_of_threads_sharing_fsyncs_over_zeros(tmp_path, monkeypatch, crash_counts):
     """Group commit: several unsynced writes over the zeros at once, kept as a prefix or torn."""
     use_zeros(monkeypatch, "short")
-    run = run_threaded_workload("prealloc/threads/batch", workload_config(str(tmp_path), "batch"),
-                                threads=4, appends=12, seed=3, layer=PreallocFaultFS)
+    run = run_threaded_workload(
+        "prealloc/threads/batch",
+        workload_config(str(tmp_path), "batch"),
+        threads=4,
+        appends=12,
+        seed=3,
+        layer=PreallocFaultFS,
+    )
     assert ops(run, "preallocate") >= 2 and zero_overwrites(run) >= 10
     stats = explore(run, seed=3)
     count(crash_counts, stats)
@@ -112,8 +128,14 @@ def test_every_crash_state_of_threads_sharing_fsyncs_over_zeros(tmp_path, monkey
 def test_every_crash_state_of_the_writer_loop_over_zeros(tmp_path, monkeypatch, policy, zeros, crash_counts):
     """The writer process's loop on the preallocating layer: an ack before its fsync would show as a loss."""
     use_zeros(monkeypatch, zeros)
-    run = run_writer_workload(f"prealloc/writer/{policy}/{zeros}", workload_config(str(tmp_path), policy),
-                              producers=4, appends=20, seed=5, layer=PreallocFaultFS)
+    run = run_writer_workload(
+        f"prealloc/writer/{policy}/{zeros}",
+        workload_config(str(tmp_path), policy),
+        producers=4,
+        appends=20,
+        seed=5,
+        layer=PreallocFaultFS,
+    )
     assert_the_path_was_taken(run)
     stats = explore(run, seed=5)
     count(crash_counts, stats)
@@ -121,12 +143,16 @@ def test_every_crash_state_of_the_writer_loop_over_zeros(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("policy,workload,zeros", [("always", "appends", "short"), ("batch", "batches", "segment")])
-def test_crashes_during_recovery_of_the_preallocated_path(tmp_path, monkeypatch, policy, workload, zeros,
-                                                          crash_counts):
+def test_crashes_during_recovery_of_the_preallocated_path(tmp_path, monkeypatch, policy, workload, zeros, crash_counts):
     """Recovery (cutting the zero tail, then fsync) crashed at each of its syscalls, for a sample of states."""
     use_zeros(monkeypatch, zeros)
-    run = run_workload(f"prealloc/{workload}/{policy}/{zeros}", workload_config(str(tmp_path), policy),
-                       WORKLOADS[workload], seed=3, layer=PreallocFaultFS)
+    run = run_workload(
+        f"prealloc/{workload}/{policy}/{zeros}",
+        workload_config(str(tmp_path), policy),
+        WORKLOADS[workload],
+        seed=3,
+        layer=PreallocFaultFS,
+    )
     stats = explore(run, seed=3, recovery_crash_every=40 if workload == "appends" else 10)
     count(crash_counts, stats)
     assert stats.lost == 0 and stats.recovery_crashes >= 150
@@ -138,8 +164,9 @@ SMALL = [Step("append", 40, 150)]
 
 
 def explore_small(tmp_path):
-    run = run_workload("prealloc-broken", workload_config(str(tmp_path), "always"), SMALL, seed=1,
-                       layer=PreallocFaultFS)
+    run = run_workload(
+        "prealloc-broken", workload_config(str(tmp_path), "always"), SMALL, seed=1, layer=PreallocFaultFS
+    )
     assert ops(run, "preallocate") >= 1
     return explore(run)
 
@@ -187,11 +214,12 @@ def test_the_explorer_catches_a_recovery_that_trusts_the_file_size(tmp_path, mon
         return res._replace(valid_end=size, stop=Stop.END) if res.stop is Stop.ZEROED else res
 
     monkeypatch.setattr(nori_wal.recovery, "scan_segment", trusting)
-    with pytest.raises(InvariantViolation, match="CorruptionError"):     # the reader finds no record there
+    with pytest.raises(InvariantViolation, match="CorruptionError"):  # the reader finds no record there
         explore_small(tmp_path)
 
 
 # -- what recovery and verify report about these states ----------------------------------------
+
 
 def torn_over_zeros(tmp_path, tear):
     """A log whose last record (unsynced, over durable zeros) was torn ``tear`` bytes in by a power loss."""
@@ -199,16 +227,19 @@ def torn_over_zeros(tmp_path, tear):
     fs = PreallocFaultFS()
     wal, _ = Wal.open(cfg, layer=fs)
     wal.append(Record.put(b"kept", b"k" * 100))
-    fs.inject("sync", CRASH)                     # the process dies in the next record's fsync
+    fs.inject("sync", CRASH)  # the process dies in the next record's fsync
     with pytest.raises(SimulatedCrash):
         wal.append(Record.put(b"torn", b"t" * 200))
-    (_, off, data), = fs.pending_ops()
+    ((_, off, data),) = fs.pending_ops()
     post = fs.crash(CrashSpec(keep_ops=0, torn=tear if tear > 0 else len(data) + tear))
     return cfg, post, off
 
 
-TEARS = [pytest.param(3, id="in-the-header"), pytest.param(100, id="in-the-payload"),
-         pytest.param(-1, id="all-but-one-byte")]
+TEARS = [
+    pytest.param(3, id="in-the-header"),
+    pytest.param(100, id="in-the-payload"),
+    pytest.param(-1, id="all-but-one-byte"),
+]
 
 
 @pytest.mark.parametrize("tear", TEARS)
@@ -216,7 +247,7 @@ def test_a_record_torn_into_zeros_is_cut_off(tmp_path, tear):
     cfg, post, off = torn_over_zeros(tmp_path, tear)
     wal, info = Wal.open(cfg, layer=post)
     with wal:
-        assert len(post.files()[f"{cfg.dir}/000000.wal"]) == off      # the torn record and the zeros are cut
+        assert len(post.files()[f"{cfg.dir}/000000.wal"]) == off  # the torn record and the zeros are cut
         with wal.read_from(Position(0, 0)) as r:
             assert [bytes(rec.key) for rec, _ in r] == [b"kept"]
     assert info.valid_records == 1 and info.bytes_truncated > 0
@@ -256,7 +287,7 @@ def test_a_seal_over_zeros_not_yet_cut_recovers_as_sealed(tmp_path):
     with wal:
         with wal.read_from(Position(0, 0)) as r:
             assert len(list(r)) == 5
-        assert wal.append(Record.put(b"next", b"")).segment_id == 1      # sealed: the next append rolls
+        assert wal.append(Record.put(b"next", b"")).segment_id == 1  # sealed: the next append rolls
     assert info.bytes_truncated > 0 and info.bytes_truncated < size and not info.corruption_detected
 
 
@@ -267,8 +298,9 @@ def test_verify_calls_zeros_after_the_last_seal_a_warning(tmp_path):
 
 
 def test_no_crash_state_of_the_preallocated_path_reads_as_corruption(tmp_path):
-    run = run_workload("prealloc/report", workload_config(str(tmp_path), "always"), WORKLOADS["batches"], seed=7,
-                       layer=PreallocFaultFS)
+    run = run_workload(
+        "prealloc/report", workload_config(str(tmp_path), "always"), WORKLOADS["batches"], seed=7, layer=PreallocFaultFS
+    )
     seen, flagged = set(), []
     for m in run.moments:
         for state in crash_variants(m):
@@ -291,7 +323,7 @@ def test_enospc_while_preallocating_stops_the_log_and_loses_nothing(tmp_path):
     cfg = workload_config(str(tmp_path), "always")
     fs = PreallocFaultFS()
     wal, _ = Wal.open(cfg, layer=fs)
-    acked = [wal.append(Record.put(b"k%d" % i, b"v" * 200)) for i in range(30)]   # rolls: new zeros each time
+    acked = [wal.append(Record.put(b"k%d" % i, b"v" * 200)) for i in range(30)]  # rolls: new zeros each time
     fs.inject("preallocate", errno.ENOSPC, partial=100)
     with pytest.raises(Exception) as e:
         for i in range(30, 60):

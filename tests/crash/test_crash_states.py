@@ -37,8 +37,8 @@ def count(crash_counts, stats):
 @pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_every_crash_state_of_a_workload(tmp_path, workload, policy, crash_counts):
     run = run_workload(f"{workload}/{policy}", workload_config(str(tmp_path), policy), WORKLOADS[workload], seed=7)
-    assert sum(1 for m in run.moments if m.call.op == "rename") >= 2      # it rolled segments
-    if workload == "gc":        # one GC deleted several segments: crashes between its unlinks leave no hole
+    assert sum(1 for m in run.moments if m.call.op == "rename") >= 2  # it rolled segments
+    if workload == "gc":  # one GC deleted several segments: crashes between its unlinks leave no hole
         assert sum(1 for m in run.moments if m.call.op == "unlink" and m.call.path.endswith(".wal")) >= 3
     stats = explore(run, extra_tears=1, seed=7)
     count(crash_counts, stats)
@@ -49,8 +49,14 @@ def test_every_crash_state_of_a_workload(tmp_path, workload, policy, crash_count
 @pytest.mark.parametrize("batch", [1, 5])
 def test_every_crash_state_of_threads_sharing_fsyncs(tmp_path, policy, batch, crash_counts):
     """Group commit: four threads append at once; acknowledged records are a set, not a prefix."""
-    run = run_threaded_workload(f"threads/{policy}/batch{batch}", workload_config(str(tmp_path), policy),
-                                threads=4, appends=12 if batch == 1 else 4, batch=batch, seed=batch)
+    run = run_threaded_workload(
+        f"threads/{policy}/batch{batch}",
+        workload_config(str(tmp_path), policy),
+        threads=4,
+        appends=12 if batch == 1 else 4,
+        batch=batch,
+        seed=batch,
+    )
     stats = explore(run, seed=batch)
     count(crash_counts, stats)
     assert stats.lost == 0 and stats.states >= 300
@@ -64,9 +70,15 @@ def test_every_crash_state_of_the_writer_process_loop(tmp_path, policy, batch, c
 
     A SIGKILL keeps the page cache, so only a power loss shows an ack sent before its fsync.
     """
-    run = run_writer_workload(f"writer/{policy}/batch{batch}", workload_config(str(tmp_path), policy),
-                              producers=4, appends=30 if batch == 1 else 6, batch=batch, seed=batch)
-    assert sum(1 for m in run.moments if m.call.op == "rename") >= 2      # it rolled segments
+    run = run_writer_workload(
+        f"writer/{policy}/batch{batch}",
+        workload_config(str(tmp_path), policy),
+        producers=4,
+        appends=30 if batch == 1 else 6,
+        batch=batch,
+        seed=batch,
+    )
+    assert sum(1 for m in run.moments if m.call.op == "rename") >= 2  # it rolled segments
     stats = explore(run, seed=batch)
     count(crash_counts, stats)
     assert stats.lost == 0 and stats.states >= 300
@@ -124,8 +136,9 @@ class LosesTruncates(FaultFS):
         super()._sync(f)
 
 
-@pytest.mark.parametrize("disk,finding", [(LyingDisk, "lost"), (NoDirSync, "lost"),
-                                          (LosesTruncates, "repairs were not durable")])
+@pytest.mark.parametrize(
+    "disk,finding", [(LyingDisk, "lost"), (NoDirSync, "lost"), (LosesTruncates, "repairs were not durable")]
+)
 def test_the_explorer_catches_a_broken_disk(tmp_path, disk, finding):
     run = run_workload("broken", workload_config(str(tmp_path), "always"), SMALL, seed=1, layer=disk)
     with pytest.raises(InvariantViolation, match=finding):
@@ -143,22 +156,27 @@ def test_the_explorer_catches_acks_before_the_fsync(tmp_path, monkeypatch):
 @pytest.mark.timeout(120)
 def test_the_explorer_catches_a_writer_that_acks_before_its_fsync(tmp_path, monkeypatch):
     from nori_wal.commit import GroupCommit
+
     monkeypatch.setattr(GroupCommit, "written_group", lambda self, end, tickets: True)
     run = run_writer_workload("writer-early-ack", workload_config(str(tmp_path), "always"), producers=3, appends=10)
     with pytest.raises(InvariantViolation, match="lost"):
         explore(run)
 
 
-@pytest.mark.parametrize("damage,finding", [
-    (lambda got: got[:3] + got[4:], "contiguous"),                                  # a hole
-    (lambda got: got[:4] + got[3:], "contiguous"),                                  # a duplicate
-    (lambda got: got[:3] + [got[4], got[3]] + got[5:], "contiguous"),               # reordered
-    (lambda got: got + [(Record.put(b"r9999999", b""), Position(9, 32))], "only"),  # invented
-    (lambda got: [(got[0][0]._replace(value=b"changed"), got[0][1])] + got[1:], "differs"),
-    (lambda got: [(got[0][0], Position(0, 99))] + got[1:], "its append returned"),
-])
+@pytest.mark.parametrize(
+    "damage,finding",
+    [
+        (lambda got: got[:3] + got[4:], "contiguous"),  # a hole
+        (lambda got: got[:4] + got[3:], "contiguous"),  # a duplicate
+        (lambda got: got[:3] + [got[4], got[3]] + got[5:], "contiguous"),  # reordered
+        (lambda got: got + [(Record.put(b"r9999999", b""), Position(9, 32))], "only"),  # invented
+        (lambda got: [(got[0][0]._replace(value=b"changed"), got[0][1])] + got[1:], "differs"),
+        (lambda got: [(got[0][0], Position(0, 99))] + got[1:], "its append returned"),
+    ],
+)
 def test_the_prefix_check_catches_holes_duplicates_and_inventions(tmp_path, damage, finding):
     from nori_wal.testing.crashsim import Explorer, read_all
+
     run = run_workload("prefix", workload_config(str(tmp_path), "always"), [Step("append", 8, 50)], seed=1)
     wal, _ = Wal.open(run.config, layer=run.moments[-1].fs.process_crash())
     with wal:
@@ -194,7 +212,7 @@ def test_the_explorer_catches_an_fsync_deferred_to_the_next_call(tmp_path, monke
         if force:
             real_await(self, end, force)
         else:
-            owed.append(end)        # BUG on purpose: acknowledged before it is durable
+            owed.append(end)  # BUG on purpose: acknowledged before it is durable
 
     def pay(wal):
         while owed:
@@ -204,6 +222,7 @@ def test_the_explorer_catches_an_fsync_deferred_to_the_next_call(tmp_path, monke
         def call(self, *args):
             pay(self)
             return method(self, *args)
+
         return call
 
     monkeypatch.setattr(Wal, "_await_durable", await_later)
@@ -222,7 +241,7 @@ def test_every_acknowledgement_is_a_crash_moment(tmp_path):
     gcs = sum(1 for s in WORKLOADS["gc"] if s.kind == "gc")
     assert len(acks) == appends + gcs
     shared = sum(1 for prev, m in zip(run.moments, run.moments[1:]) if m.call.op == "ack" and m.fs is prev.fs)
-    assert shared == len(acks)                  # no syscall between the last moment and an ack: no new snapshot
+    assert shared == len(acks)  # no syscall between the last moment and an ack: no new snapshot
     assert [m.gc_done for m in acks if "GC" in m.note] == sorted(m.gc_floor for m in acks if "GC" in m.note)
 
 
@@ -237,7 +256,7 @@ def test_the_explorer_catches_a_gc_that_does_not_fsync_the_directory(tmp_path, m
     real_gc = SegmentLog.delete_segments_before
 
     def gc_without_dir_fsync(self, position):
-        self.layer.sync_dir = lambda path: None      # BUG on purpose (the instance attribute shadows the method)
+        self.layer.sync_dir = lambda path: None  # BUG on purpose (the instance attribute shadows the method)
         try:
             return real_gc(self, position)
         finally:

@@ -52,8 +52,12 @@ def drive(wal, start=0, n=200, batch=1):
 
 def assert_fail_stopped(wal, err):
     """Every later call raises the very same error; nothing more reaches the disk."""
-    for call in (lambda: wal.append(rec(10**6)), lambda: wal.append_batch([rec(10**6)]), wal.sync,
-                 lambda: wal.delete_segments_before(Position(10**6, 0))):
+    for call in (
+        lambda: wal.append(rec(10**6)),
+        lambda: wal.append_batch([rec(10**6)]),
+        wal.sync,
+        lambda: wal.delete_segments_before(Position(10**6, 0)),
+    ):
         with pytest.raises(WalIOError) as e:
             call()
         assert e.value is err
@@ -92,8 +96,8 @@ def test_eio_is_fail_stop(tmp_path, policy, op, nth, path, what, batch, crash_co
     want = [b"r%07d" % i for i in acked]
     for post in (fs.crash(), fs.process_crash()):
         keys, _ = recovered_keys(cfg, post)
-        assert keys[:len(want)] == want
-        assert keys[len(want):] == [b"r%07d" % i for i in failed][:len(keys) - len(want)]
+        assert keys[: len(want)] == want
+        assert keys[len(want) :] == [b"r%07d" % i for i in failed][: len(keys) - len(want)]
         crash_counts["fault_cases"] += 1
 
 
@@ -124,7 +128,7 @@ def test_enospc_on_write_leaves_nothing_half_written_acknowledged(tmp_path, part
     for post in (fs.crash(), fs.process_crash()):
         keys, _info = recovered_keys(cfg, post)
         assert keys[:5] == [b"r%07d" % i for i in range(5)]
-        assert keys[5:] == [b"r%07d" % i for i in range(5, 9)][:len(keys) - 5]   # never acked: maybe a prefix
+        assert keys[5:] == [b"r%07d" % i for i in range(5, 9)][: len(keys) - 5]  # never acked: maybe a prefix
         crash_counts["fault_cases"] += 1
 
 
@@ -157,9 +161,9 @@ def test_eio_fails_every_waiting_thread_and_acks_nothing_after_it(tmp_path, cras
         t.join(60)
     assert not any(t.is_alive() for t in threads)
     assert len(errors) == 8 and all(isinstance(e, WalIOError) for e in errors)
-    assert len({id(e) for e in errors}) == 1          # the one sticky error
+    assert len({id(e) for e in errors}) == 1  # the one sticky error
     wal.close()
-    keys, _ = recovered_keys(cfg, fs.crash())         # power loss: only what was really fsynced
+    keys, _ = recovered_keys(cfg, fs.crash())  # power loss: only what was really fsynced
     assert {b"r%07d" % i for i in acked} <= set(keys)
     crash_counts["fault_cases"] += 1
 
@@ -176,7 +180,7 @@ def test_close_after_a_failed_seal_releases_the_lock_and_recovers(tmp_path, op):
         wal.close()
     keys, _ = recovered_keys(cfg, fs.crash())
     assert keys == [b"r%07d" % i for i in range(3)]
-    keys, _ = recovered_keys(cfg, fs)                  # same process: the lock was released
+    keys, _ = recovered_keys(cfg, fs)  # same process: the lock was released
     assert keys == [b"r%07d" % i for i in range(3)]
 
 
@@ -192,8 +196,11 @@ def test_segment_log_is_fail_stop_too(tmp_path):
     with pytest.raises(WalIOError) as e:
         log.sync()
     assert log.durable == durable and log.failed is e.value
-    for call in (lambda: log.append_frames([encode_record(rec(2))]), log.sync,
-                 lambda: log.delete_segments_before(Position(9, 0))):
+    for call in (
+        lambda: log.append_frames([encode_record(rec(2))]),
+        log.sync,
+        lambda: log.delete_segments_before(Position(9, 0)),
+    ):
         with pytest.raises(WalIOError) as again:
             call()
         assert again.value is e.value
@@ -203,8 +210,20 @@ def test_segment_log_is_fail_stop_too(tmp_path):
     log2.close()
 
 
-RECOVERY_OPS = ["makedirs", "lock_dir", "listdir", "unlink", "sync_dir", "open_read", "open_append", "size", "pread",
-                "map", "truncate", "sync"]
+RECOVERY_OPS = [
+    "makedirs",
+    "lock_dir",
+    "listdir",
+    "unlink",
+    "sync_dir",
+    "open_read",
+    "open_append",
+    "size",
+    "pread",
+    "map",
+    "truncate",
+    "sync",
+]
 
 
 @pytest.mark.parametrize("op", RECOVERY_OPS)
@@ -215,18 +234,18 @@ def test_io_errors_while_recovering_surface_as_wal_errors(tmp_path, op):
     wal, _ = Wal.open(cfg, layer=fs)
     for i in range(3):
         wal.append(rec(i))
-    crashed = fs.process_crash()          # killed while open: no seal
+    crashed = fs.process_crash()  # killed while open: no seal
     wal.close()
     d = str(tmp_path)
-    crashed.open_append(d + "/000000.wal").append(b"\x01torn")     # a torn tail: recovery truncates + fsyncs
-    crashed.create(d + "/000001.wal.tmp").close()                   # a crashed roll's leftover: recovery unlinks it
+    crashed.open_append(d + "/000000.wal").append(b"\x01torn")  # a torn tail: recovery truncates + fsyncs
+    crashed.create(d + "/000001.wal.tmp").close()  # a crashed roll's leftover: recovery unlinks it
     trial = crashed.snapshot()
-    fault = trial.inject(op, errno.EIO, path=d)       # the log directory's own calls, not its parents' fsyncs
+    fault = trial.inject(op, errno.EIO, path=d)  # the log directory's own calls, not its parents' fsyncs
     with pytest.raises(WalIOError) as e:
         Wal.open(cfg, layer=trial)
     assert fault.fired == 1 and e.value.__cause__.errno == errno.EIO and d in str(e.value)
     trial.clear_faults()
-    keys, _info = recovered_keys(cfg, trial)           # the lock was released; the next open recovers
+    keys, _info = recovered_keys(cfg, trial)  # the lock was released; the next open recovers
     assert keys == [b"r%07d" % i for i in range(3)]
 
 
@@ -247,10 +266,10 @@ def test_a_restart_after_a_failed_fsync_does_not_build_on_dropped_pages(tmp_path
     with pytest.raises(WalIOError):
         wal.append(rec(5))
     wal.close()
-    restarted = fs.process_crash()                       # same kernel: the page cache as it is
+    restarted = fs.process_crash()  # same kernel: the page cache as it is
     wal2, info = Wal.open(cfg, layer=restarted)
     assert info.valid_records == 5
     for i in range(6, 11):
-        wal2.append(rec(i))                              # acknowledged after their fsync
-    keys, _ = recovered_keys(cfg, restarted.crash())     # then a power loss
+        wal2.append(rec(i))  # acknowledged after their fsync
+    keys, _ = recovered_keys(cfg, restarted.crash())  # then a power loss
     assert keys == [b"r%07d" % i for i in (*range(5), *range(6, 11))]

@@ -39,6 +39,7 @@ def durable_file(fs, name, data):
 
 # -- file data ---------------------------------------------------------------------------------
 
+
 def test_power_loss_keeps_only_synced_bytes():
     fs = fresh()
     f = durable_file(fs, "a", b"hello ")
@@ -83,9 +84,9 @@ def test_keep_prefix_tear_and_zero_fill():
 
 def test_dropped_writes_leave_a_hole_when_later_ones_land():
     crash = three_unsynced_writes()
-    assert crash(keep_ops=None, drop=(1,)) == b"Hone\0\0\0three"     # the size reached the disk, "two" did not
+    assert crash(keep_ops=None, drop=(1,)) == b"Hone\0\0\0three"  # the size reached the disk, "two" did not
     assert crash(keep_ops=None, drop=(0, 1)) == b"H" + bytes(6) + b"three"
-    assert crash(keep_ops=2, drop=(1,)) == b"Hone"                     # nothing later landed: no hole
+    assert crash(keep_ops=2, drop=(1,)) == b"Hone"  # nothing later landed: no hole
     assert crash(keep_ops=None, drop=(2,)) == b"Honetwo"
 
 
@@ -100,6 +101,7 @@ def test_truncate_is_pending_until_synced():
 
 
 # -- directories ---------------------------------------------------------------------------------
+
 
 def test_created_file_without_dir_fsync_disappears_even_if_its_data_was_synced():
     fs = fresh()
@@ -125,12 +127,12 @@ def test_a_new_directory_vanishes_with_its_files_until_its_parent_is_fsynced():
     assert not fs.crash().exists("/a")
     assert fs.crash(CrashSpec(keep_dir_ops=1)).exists("/a") and not fs.crash(CrashSpec(keep_dir_ops=1)).exists("/a/b")
     fs.sync_dir("/a")
-    assert not fs.crash().exists("/a")             # /a's own entry in / is still pending
-    killed = fs.process_crash()                    # the page cache keeps it, a later power loss does not
+    assert not fs.crash().exists("/a")  # /a's own entry in / is still pending
+    killed = fs.process_crash()  # the page cache keeps it, a later power loss does not
     assert killed.files() == {"/a/b/f": b"data"} and not killed.crash().exists("/a")
     fs.sync_dir("/")
     assert fs.pending_dir_ops() == [] and fs.crash().files() == {"/a/b/f": b"data"}
-    fs.makedirs("/a/b")                            # already there: nothing new, nothing pending
+    fs.makedirs("/a/b")  # already there: nothing new, nothing pending
     assert fs.pending_dir_ops() == []
     with pytest.raises(FileExistsError):
         fs.makedirs("/a/b/f")
@@ -166,6 +168,7 @@ def test_an_open_handle_survives_unlink_like_posix():
 
 # -- faults --------------------------------------------------------------------------------------
 
+
 def test_eio_on_sync_drops_the_dirty_data_like_linux():
     fs = fresh()
     f = durable_file(fs, "a", b"ok")
@@ -174,9 +177,9 @@ def test_eio_on_sync_drops_the_dirty_data_like_linux():
     with pytest.raises(OSError) as e:
         f.sync()
     assert e.value.errno == errno.EIO
-    f.sync()                      # the retry "succeeds"...
+    f.sync()  # the retry "succeeds"...
     assert fs.files()[f"{D}/a"] == b"oklost"
-    assert fs.crash().files()[f"{D}/a"] == b"ok"   # ...without the data (fsyncgate)
+    assert fs.crash().files()[f"{D}/a"] == b"ok"  # ...without the data (fsyncgate)
 
 
 def test_enospc_after_a_partial_write():
@@ -221,14 +224,14 @@ def test_crash_after_k_syscalls_kills_everything_after():
 def test_named_crash_point_on_the_nth_rename():
     fs = fresh()
     cfg = WalConfig(dir=D, max_segment_size=4096, fsync_policy=FsyncPolicy.always())
-    fs.inject("rename", CRASH, nth=2)      # the first roll after the initial segment
+    fs.inject("rename", CRASH, nth=2)  # the first roll after the initial segment
     wal, _ = Wal.open(cfg, layer=fs)
     acked = []
     with pytest.raises(SimulatedCrash):
         for i in range(100):
             wal.append(Record.put(b"k%d" % i, b"v" * 200))
             acked.append(i)
-    assert not any(n.endswith(".wal.tmp") for n in fs.crash().listdir(D))   # its directory was not fsynced
+    assert not any(n.endswith(".wal.tmp") for n in fs.crash().listdir(D))  # its directory was not fsynced
     assert any(n.endswith(".wal.tmp") for n in fs.process_crash().listdir(D))
     for post in (fs.crash(), fs.process_crash()):
         wal2, _ = Wal.open(cfg, layer=post)
@@ -266,6 +269,7 @@ def test_tear_point_helpers():
 
 # -- the same behaviour as the OS layer (okaywal runs its core tests on both) --------------------
 
+
 @pytest.fixture(params=["os", "fault"])
 def layer_and_dir(request, tmp_path):
     return make_layer(request.param, tmp_path)
@@ -290,7 +294,7 @@ def test_file_layer_conformance(layer_and_dir):
     f.append(memoryview(b"defg"))
     f.sync()
     with pytest.raises(OSError):
-        f.pread(1, 0)             # create() opens write-only
+        f.pread(1, 0)  # create() opens write-only
     f.close()
     f = layer.open_append(p)
     assert f.size() == 7 and f.pread(3, 2) == b"cde" and f.pread(10, 5) == b"fg" and f.pread(4, 9) == b""
@@ -330,7 +334,7 @@ def test_the_wal_runs_unchanged_on_both_layers(layer_and_dir):
     with wal, wal.read_from(Position(0, 0)) as r:
         got = list(r)
     assert info.bytes_truncated == 0
-    assert got == list(zip(recs, pos))[len(recs) - len(got):] and len(got) >= 10
+    assert got == list(zip(recs, pos))[len(recs) - len(got) :] and len(got) >= 10
 
 
 def test_power_loss_and_process_crash_specs_are_the_documented_defaults():
@@ -349,8 +353,9 @@ def test_a_process_crash_leaves_its_unsynced_writes_in_the_page_cache():
     killed = fs.process_crash()
     assert killed.files() == {f"{D}/a": b"synced+cached", f"{D}/b": b"new file"}
     assert killed.crash().files() == {f"{D}/a": b"synced"}
-    torn = fs.crash(CrashSpec(keep_ops=0, torn=3, file=f"{D}/a", keep_dir_ops=None, keep_other_files=True,
-                              page_cache=True))
+    torn = fs.crash(
+        CrashSpec(keep_ops=0, torn=3, file=f"{D}/a", keep_dir_ops=None, keep_other_files=True, page_cache=True)
+    )
     assert torn.files()[f"{D}/a"] == b"synced+ca" and torn.crash().files()[f"{D}/a"] == b"synced"
 
 
@@ -363,25 +368,27 @@ def test_recovery_makes_what_it_trusts_durable(policy):
     cfg = WalConfig(dir=D, max_segment_size=4096, fsync_policy=policy)
     wal, _ = Wal.open(cfg, layer=fs)
     pos = [wal.append(Record.put(b"k%d" % i, b"v" * 100)) for i in range(5)]
-    fs.inject("sync", CRASH, times=None)           # killed at its next fsync: the close's seal stays unsynced
+    fs.inject("sync", CRASH, times=None)  # killed at its next fsync: the close's seal stays unsynced
     with pytest.raises(SimulatedCrash):
         wal.close()
     killed = fs.process_crash()
     wal, info = Wal.open(cfg, layer=killed)
-    more = wal.append(Record.put(b"after", b"restart"))     # Always: acknowledged after an fsync
+    more = wal.append(Record.put(b"after", b"restart"))  # Always: acknowledged after an fsync
     got = [(bytes(r.key), p) for r, p in wal.read_from(Position(0, 0))]
     assert got[:5] == [(b"k%d" % i, p) for i, p in enumerate(pos)] and got[5] == (b"after", more)
     power_loss = killed.crash()
     wal2, _ = Wal.open(cfg, layer=power_loss)
-    kept = got if policy.kind == "always" else got[:5]    # Os: the new append was never fsynced
+    kept = got if policy.kind == "always" else got[:5]  # Os: the new append was never fsynced
     with wal2:
         assert [(bytes(r.key), p) for r, p in wal2.read_from(Position(0, 0))] == kept
 
 
 # -- preallocation (opt-in): durable zeros ahead of the write point, as OsFile.preallocate --------
 
+
 def test_preallocation_is_opt_in_and_survives_snapshots_and_crashes():
     from nori_wal.testing.faultfs import PreallocFaultFS
+
     assert not hasattr(durable_file(fresh(), "a", b""), "preallocate")
     for fs in (FaultFS(preallocate=True), PreallocFaultFS()):
         fresh(fs)
@@ -399,22 +406,22 @@ def test_preallocated_zeros_are_durable_and_appends_overwrite_them():
     f = durable_file(fs, "a", b"HEAD")
     trace = fs.start_trace()
     f.preallocate(16)
-    assert [(c.op, c.nbytes) for c in trace] == [("preallocate", 12), ("sync", 0)]   # pwrite zeros, fdatasync
+    assert [(c.op, c.nbytes) for c in trace] == [("preallocate", 12), ("sync", 0)]  # pwrite zeros, fdatasync
     assert fs.crash().files()[f"{D}/a"] == b"HEAD" + bytes(12)
-    f.append(b"rec1")                                  # at the write point, not at the end of the file
+    f.append(b"rec1")  # at the write point, not at the end of the file
     f.append(b"rec2")
     assert fs.files()[f"{D}/a"] == b"HEADrec1rec2" + bytes(4)
     assert fs.pending_ops() == [("w", 4, b"rec1"), ("w", 8, b"rec2")]
     crash = lambda spec: fs.crash(spec).files()[f"{D}/a"]
-    assert crash(POWER_LOSS) == b"HEAD" + bytes(12)                       # lost: the durable zeros read back
+    assert crash(POWER_LOSS) == b"HEAD" + bytes(12)  # lost: the durable zeros read back
     assert crash(CrashSpec(keep_ops=1)) == b"HEADrec1" + bytes(8)
-    assert crash(CrashSpec(keep_ops=1, torn=3)) == b"HEADrec1rec" + bytes(5)   # torn into the zeros
+    assert crash(CrashSpec(keep_ops=1, torn=3)) == b"HEADrec1rec" + bytes(5)  # torn into the zeros
     assert crash(CrashSpec(keep_ops=0, zero_fill=True)) == b"HEAD" + bytes(12)
     assert crash(PROCESS_CRASH) == b"HEADrec1rec2" + bytes(4)
-    f.preallocate(10)                                  # already that long: nothing written, no fsync
+    f.preallocate(10)  # already that long: nothing written, no fsync
     assert [c.op for c in trace[2:]] == ["append", "append", "preallocate"]
     assert fs.pending_ops() == [("w", 4, b"rec1"), ("w", 8, b"rec2")]
-    f.append(b"longer-than-the-zeros")                 # runs past the zeros: overwrites, then extends
+    f.append(b"longer-than-the-zeros")  # runs past the zeros: overwrites, then extends
     assert fs.files()[f"{D}/a"] == b"HEADrec1rec2longer-than-the-zeros"
     assert crash(CrashSpec(keep_ops=2, torn=6)) == b"HEADrec1rec2longer"
 
@@ -423,7 +430,7 @@ def test_preallocate_makes_earlier_writes_durable_too():
     fs = fresh(FaultFS(preallocate=True))
     f = durable_file(fs, "a", b"H")
     f.append(b"unsynced")
-    f.preallocate(20)                                  # one fdatasync for the file: everything so far
+    f.preallocate(20)  # one fdatasync for the file: everything so far
     assert fs.crash().files()[f"{D}/a"] == b"Hunsynced" + bytes(11)
 
 
@@ -432,13 +439,13 @@ def test_truncate_pulls_the_write_point_back_and_reopen_starts_at_the_size():
     f = durable_file(fs, "a", b"HEAD")
     f.preallocate(12)
     f.append(b"seal")
-    f.truncate(8)                                      # a seal cuts the zeros after it
+    f.truncate(8)  # a seal cuts the zeros after it
     assert fs.files()[f"{D}/a"] == b"HEADseal"
-    assert fs.crash(CrashSpec(keep_ops=1)).files()[f"{D}/a"] == b"HEADseal" + bytes(4)   # the cut not yet durable
+    assert fs.crash(CrashSpec(keep_ops=1)).files()[f"{D}/a"] == b"HEADseal" + bytes(4)  # the cut not yet durable
     f.truncate(6)
     f.append(b"AL")
     assert fs.files()[f"{D}/a"] == b"HEADseAL"
-    f.truncate(10)                                     # growing the file leaves the write point alone
+    f.truncate(10)  # growing the file leaves the write point alone
     f.append(b"!")
     assert fs.files()[f"{D}/a"] == b"HEADseAL!\0"
     f.sync()
@@ -454,11 +461,11 @@ def test_preallocate_faults():
     with pytest.raises(OSError) as e:
         f.preallocate(100)
     assert e.value.errno == errno.ENOSPC and fs.files()[f"{D}/a"] == b"H" + bytes(3)
-    fs.inject("sync", errno.EIO)                       # the fdatasync after the zeros
+    fs.inject("sync", errno.EIO)  # the fdatasync after the zeros
     with pytest.raises(OSError) as e:
         f.preallocate(100)
     assert e.value.errno == errno.EIO and len(fs.files()[f"{D}/a"]) == 100
-    assert fs.crash().files()[f"{D}/a"] == b"H"        # fsyncgate: the dirty zeros were dropped
+    assert fs.crash().files()[f"{D}/a"] == b"H"  # fsyncgate: the dirty zeros were dropped
     fs.inject("preallocate", CRASH)
     with pytest.raises(SimulatedCrash):
         f.preallocate(200)
@@ -502,7 +509,7 @@ def test_the_wal_keeps_preallocated_zeros_on_both_layers(prealloc_layer_and_dir)
         end = [wal.append(Record.put(b"k%d" % i, b"v" * 50)) for i in range(3)][-1]
         h = layer.open_read(seg)
         try:
-            assert h.size() > end.offset + 50 and not any(h.pread(4096, end.offset + 100))   # zeros ahead
+            assert h.size() > end.offset + 50 and not any(h.pread(4096, end.offset + 100))  # zeros ahead
         finally:
             h.close()
     h = layer.open_read(seg)
@@ -513,4 +520,4 @@ def test_the_wal_keeps_preallocated_zeros_on_both_layers(prealloc_layer_and_dir)
     wal, info = Wal.open(cfg, layer=layer)
     with wal, wal.read_from(Position(0, 0)) as r:
         assert len(list(r)) == 3
-    assert size < end.offset + 100 and info.bytes_truncated == 0     # the seal cut them
+    assert size < end.offset + 100 and info.bytes_truncated == 0  # the seal cut them

@@ -67,11 +67,11 @@ def test_start_writeback_goes_to_the_file_and_an_error_rule_drops_it(tmp_path):
     f = layer.create(str(tmp_path / "f"))
     try:
         f.append(b"x" * 4096)
-        f.start_writeback(0, 4096)          # the rule fires: advice dropped, no error (as OsFile ignores them)
-        f.start_writeback(0, 4096)          # passed through
+        f.start_writeback(0, 4096)  # the rule fires: advice dropped, no error (as OsFile ignores them)
+        f.start_writeback(0, 4096)  # passed through
     finally:
         f.close()
-    assert layer.syscalls == 4 and layer.faults[0].fired == 1      # create, append, two start_writeback
+    assert layer.syscalls == 4 and layer.faults[0].fired == 1  # create, append, two start_writeback
 
 
 def assert_fail_stop_on_enospc(wal, first):
@@ -81,7 +81,7 @@ def assert_fail_stop_on_enospc(wal, first):
     assert isinstance(e.value.__cause__, OSError) and e.value.__cause__.errno == errno.ENOSPC
     with pytest.raises(WalIOError) as again:
         wal.append(rec(first + 1))
-    assert again.value is e.value                                  # the same error until reopened
+    assert again.value is e.value  # the same error until reopened
     with pytest.raises(WalIOError):
         wal.sync()
 
@@ -114,7 +114,7 @@ def test_enospc_while_preallocating_after_reopening_an_unsealed_log(tmp_path, pa
     live, crashed = config(tmp_path / "live"), config(tmp_path / "crashed")
     wal, _ = Wal.open(live)
     acked = [(b"k%05d" % i, wal.append(rec(i))) for i in range(5)]
-    shutil.copytree(live.dir, crashed.dir)        # what a SIGKILL leaves: no seal, zeros ahead of the records
+    shutil.copytree(live.dir, crashed.dir)  # what a SIGKILL leaves: no seal, zeros ahead of the records
     wal.close()
     layer = FaultyOsLayer([Fault("preallocate", errno.ENOSPC, partial=partial)])
     wal, info = Wal.open(crashed, layer=layer)

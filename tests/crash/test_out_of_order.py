@@ -16,15 +16,20 @@ from nori_wal.testing.crashsim import POLICIES, WORKLOADS, explore, run_workload
 from nori_wal.testing.faultfs import FaultFS, PreallocFaultFS
 
 
-@pytest.mark.parametrize("layer,zeros", [(FaultFS, "segment"), (PreallocFaultFS, "short")],
-                         ids=["plain", "prealloc"])
+@pytest.mark.parametrize("layer,zeros", [(FaultFS, "segment"), (PreallocFaultFS, "short")], ids=["plain", "prealloc"])
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
 @pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_no_hole_left_by_out_of_order_write_back_breaks_an_invariant(tmp_path, monkeypatch, layer, zeros, workload,
-                                                                    policy, crash_counts):
+def test_no_hole_left_by_out_of_order_write_back_breaks_an_invariant(
+    tmp_path, monkeypatch, layer, zeros, workload, policy, crash_counts
+):
     use_zeros(monkeypatch, zeros)
-    run = run_workload(f"out-of-order/{workload}/{policy}", workload_config(str(tmp_path), policy),
-                       WORKLOADS[workload], seed=11, layer=layer)
+    run = run_workload(
+        f"out-of-order/{workload}/{policy}",
+        workload_config(str(tmp_path), policy),
+        WORKLOADS[workload],
+        seed=11,
+        layer=layer,
+    )
     stats = explore(run, all_drops=True)
     count(crash_counts, stats)
     assert stats.lost == 0 and stats.states >= 400

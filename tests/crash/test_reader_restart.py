@@ -27,17 +27,17 @@ def test_reader_continues_after_recovery_rewrites_the_torn_tail(tmp_path, torn, 
     fs = FaultFS()
     wal, _ = Wal.open(cfg, layer=fs)
     wal.append_batch([rec(i) for i in range(3)])
-    killed = fs.process_crash()                          # SIGKILL: no seal, the lock is gone
+    killed = fs.process_crash()  # SIGKILL: no seal, the lock is gone
     wal.close()
     frame = encode_record(rec(3))
-    killed.open_append(f"{d}/{segment_name(0)}").append(frame[:torn])   # the write the kill tore
+    killed.open_append(f"{d}/{segment_name(0)}").append(frame[:torn])  # the write the kill tore
 
     reader = WalReader(d, layer=killed)
     got = [reader.next_record() for _ in range(3)]
     assert [r.key for r, _ in got] == [b"k0000", b"k0001", b"k0002"]
-    assert reader.next_record() is None                  # a torn tail is "not yet"
+    assert reader.next_record() is None  # a torn tail is "not yet"
 
-    wal2, info = Wal.open(cfg, layer=killed)             # the restarted writer
+    wal2, info = Wal.open(cfg, layer=killed)  # the restarted writer
     assert info.bytes_truncated == torn
     more = [rec(i, 2000 if roll else 100) for i in range(10, 13)]
     positions = [wal2.append(r) for r in more]
@@ -90,12 +90,13 @@ class _Landing:
         start, end = self.hole
         if not self.landed and offset <= start and offset + len(data) >= end:
             self.landed = True
-            data = data[:start - offset] + bytes(end - start) + data[end - offset:]
+            data = data[: start - offset] + bytes(end - start) + data[end - offset :]
         return data
 
 
 def test_a_record_read_while_it_lands_over_zeros_is_read_again_not_called_corrupt(tmp_path):
     from nori_wal.fs import OS
+
     cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
     recs = [rec(i) for i in range(3)]
     with Wal.open(cfg)[0] as wal:
@@ -119,17 +120,19 @@ class _SealLands:
 
     def __call__(self, f, size, offset):
         from nori_wal.codec import SEAL_FRAME_SIZE
+
         if offset == f.size() - SEAL_FRAME_SIZE:
-            self.landed = True                      # the reader looks for a seal: it is there, and all before it
+            self.landed = True  # the reader looks for a seal: it is there, and all before it
         data = f.pread(size, offset)
         cut = self.start - offset
         if not self.landed and cut < len(data):
-            data = data[:max(cut, 0)] + bytes(len(data) - max(cut, 0))
+            data = data[: max(cut, 0)] + bytes(len(data) - max(cut, 0))
         return data
 
 
 def test_a_seal_seen_after_a_stop_mid_write_means_read_again_not_corrupt(tmp_path):
     from nori_wal.fs import OS
+
     cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
     recs = [rec(i) for i in range(3)]
     with Wal.open(cfg)[0] as wal:
@@ -144,6 +147,7 @@ def test_verify_reads_a_last_segment_again_once_it_finds_it_sealed(tmp_path):
     """verify's scan stopped at a frame still being copied; the seal it then finds vouches for it."""
     from nori_wal.fs import OS
     from nori_wal.inspect_log import inspect_log
+
     cfg = WalConfig(dir=str(tmp_path), fsync_policy=FsyncPolicy.always())
     with Wal.open(cfg)[0] as wal:
         positions = [wal.append(rec(i)) for i in range(3)]

@@ -28,9 +28,12 @@ from nori_wal.codec import FORMAT_MAX_FRAME, _varint, decompress_value, encode_r
 from nori_wal.writer_proc import WriterProcess
 
 SEGMENT = 64 * 1024
-FUZZ = settings(max_examples=500, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 
 
 class RawProducer:
@@ -106,6 +109,7 @@ def good_frames(n: int, seed: int) -> list[bytes]:
 
 # -- strategies: each yields (frames to send, request id to expect or None) ---------------------
 
+
 def _valid_by_the_book(frames: list[bytes]) -> bool:
     """Whether the protocol's pure validator would accept ``frames`` (random bytes rarely are)."""
     req = P.decode_request(frames)
@@ -119,10 +123,15 @@ def _valid_by_the_book(frames: list[bytes]) -> bool:
 random_frames = st.lists(st.binary(max_size=400), min_size=1, max_size=4).filter(lambda f: not _valid_by_the_book(f))
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
     | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -147,24 +156,24 @@ def near_valid_headers(draw):
     mistake = draw(st.sampled_from(["version", "op", "args", "argtype", "rid", "payload", "negative"]))
     expect = rid
     if mistake == "version":
-        header[0] = draw(st.integers(-2**63, 2**64 - 1).filter(lambda v: v != P.VERSION))
+        header[0] = draw(st.integers(-(2**63), 2**64 - 1).filter(lambda v: v != P.VERSION))
     elif mistake == "op":
-        header[1] = draw(st.integers(-2**63, 2**64 - 1).filter(lambda v: v not in {int(o) for o in P.Op}))
+        header[1] = draw(st.integers(-(2**63), 2**64 - 1).filter(lambda v: v not in {int(o) for o in P.Op}))
     elif mistake == "args":
         header = header[:3] + [1] * draw(st.integers(0, 6).filter(lambda k: k != P._ARGS[op]))
     elif mistake == "argtype":
         header.append(draw(st.floats() | st.text(max_size=3) | st.binary(max_size=3) | st.none()))
         expect = 0
     elif mistake == "rid":
-        header[2] = draw(st.integers(-2**63, -1))
+        header[2] = draw(st.integers(-(2**63), -1))
         expect = 0
     elif mistake == "payload":
         payload = [] if op is P.Op.APPEND else [draw(st.binary(max_size=50))]
     elif mistake == "negative":
         if op is P.Op.APPEND:
-            header[3] = draw(st.integers(-2**63, 0))
+            header[3] = draw(st.integers(-(2**63), 0))
         elif op is P.Op.DELETE:
-            header[3 + draw(st.integers(0, 1))] = draw(st.integers(-2**63, -1))
+            header[3 + draw(st.integers(0, 1))] = draw(st.integers(-(2**63), -1))
         else:
             header.append(-1)
     return [msgpack.packb(header, use_bin_type=True)] + payload, expect
@@ -177,17 +186,34 @@ def bad_payloads(draw):
     frames = good_frames(draw(st.integers(1, 6)), seed)
     payload = b"".join(frames)
     count = len(frames)
-    kind = draw(st.sampled_from(["count", "cut", "flip", "garbage", "zeros", "seal", "reserved", "compmask",
-                                 "lz4-poison", "zstd-poison", "too-large", "empty", "huge-length"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "count",
+                "cut",
+                "flip",
+                "garbage",
+                "zeros",
+                "seal",
+                "reserved",
+                "compmask",
+                "lz4-poison",
+                "zstd-poison",
+                "too-large",
+                "empty",
+                "huge-length",
+            ]
+        )
+    )
     if kind == "count":
-        count = draw(st.integers(-2**31, 2**32).filter(lambda c: c != len(frames)))
+        count = draw(st.integers(-(2**31), 2**32).filter(lambda c: c != len(frames)))
     elif kind == "cut":
-        payload = payload[:draw(st.integers(1, len(payload) - 1))]
-        if P.check_payload(payload, count, SEGMENT) is None:    # cut exactly at a frame boundary
+        payload = payload[: draw(st.integers(1, len(payload) - 1))]
+        if P.check_payload(payload, count, SEGMENT) is None:  # cut exactly at a frame boundary
             count += 1
     elif kind == "flip":
         at = draw(st.integers(0, len(payload) - 1))
-        payload = payload[:at] + bytes([payload[at] ^ draw(st.integers(1, 255))]) + payload[at + 1:]
+        payload = payload[:at] + bytes([payload[at] ^ draw(st.integers(1, 255))]) + payload[at + 1 :]
     elif kind == "garbage":
         payload += draw(st.binary(min_size=1, max_size=40).filter(any))
     elif kind == "zeros":
@@ -206,8 +232,8 @@ def bad_payloads(draw):
         junk = draw(st.binary(min_size=0, max_size=60))
         if comp == 1:
             junk = struct.pack("<I", draw(st.integers(0, 2**32 - 1))) + junk
-        if decompress_value(junk, comp, FORMAT_MAX_FRAME) is not None:   # by chance a real compressed value
-            junk = b"\x10\x00\x00\x00\xff\xff\xff"                       # LZ4 claiming 16 bytes, invalid block
+        if decompress_value(junk, comp, FORMAT_MAX_FRAME) is not None:  # by chance a real compressed value
+            junk = b"\x10\x00\x00\x00\xff\xff\xff"  # LZ4 claiming 16 bytes, invalid block
         payload += frame_with(_varint(1) + _varint(len(junk)) + bytes([comp << 2]) + b"k" + junk)
         count += 1
     elif kind == "too-large":
@@ -220,7 +246,7 @@ def bad_payloads(draw):
         payload += b"\x01\x02\x03\x04" + _varint(1) + _varint(draw(st.integers(2**20, 2**35 - 1))) + b"\x00k"
         count += 1
     rid = draw(st.integers(0, 2**64 - 1))
-    head = P.encode_append(rid, count) if -2**63 <= count < 2**64 else P.encode_append(rid, 0)
+    head = P.encode_append(rid, count) if -(2**63) <= count < 2**64 else P.encode_append(rid, 0)
     # The one-frame form needs the fixed header; msgpack's own encoding can be 17 bytes long too
     # (a request id under 2**32 and a count over), so ask the parser, not the length.
     if P.append_header(head) is not None and draw(st.booleans()):

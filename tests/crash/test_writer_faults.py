@@ -66,12 +66,15 @@ def check_acked(directory, acked):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("op,err,partial,nth", [
-    ("sync", errno.EIO, None, 40),        # a data fsync of the active segment
-    ("append", errno.ENOSPC, 17, 60),     # a group write: 17 bytes land, then the disk is full
-    ("append", errno.EIO, None, 60),
-    ("preallocate", errno.ENOSPC, 100, 3),  # the zeros ahead of the third segment's records: the disk is full
-])
+@pytest.mark.parametrize(
+    "op,err,partial,nth",
+    [
+        ("sync", errno.EIO, None, 40),  # a data fsync of the active segment
+        ("append", errno.ENOSPC, 17, 60),  # a group write: 17 bytes land, then the disk is full
+        ("append", errno.EIO, None, 60),
+        ("preallocate", errno.ENOSPC, 100, 3),  # the zeros ahead of the third segment's records: the disk is full
+    ],
+)
 def test_writer_fail_stop_on_injected_errors(tmp_path, op, err, partial, nth, crash_counts):
     cfg = config(tmp_path)
     layer = FaultyOsLayer([Fault(op, err, nth=nth, path=".wal", partial=partial)])
@@ -82,14 +85,16 @@ def test_writer_fail_stop_on_injected_errors(tmp_path, op, err, partial, nth, cr
         # (WalIOError), the rest find the writer gone (WriterUnavailableError).
         assert len(errors) == 4
         assert any(isinstance(e, WalIOError) for e in errors.values()), errors
-        assert any(errno.errorcode[err] in str(e) or "fail-stop" in str(e) or "error" in str(e).lower()
-                   for e in errors.values())
-        assert writer.wait(30) == EXIT_IO        # it stopped itself: no retry, no more acks
+        assert any(
+            errno.errorcode[err] in str(e) or "fail-stop" in str(e) or "error" in str(e).lower()
+            for e in errors.values()
+        )
+        assert writer.wait(30) == EXIT_IO  # it stopped itself: no retry, no more acks
     finally:
         if writer.is_alive():
             writer.kill()
-        writer.stop()                            # reaps it and closes its lifeline pipe
-    with WriterProcess.spawn(cfg) as again:      # the next start recovers
+        writer.stop()  # reaps it and closes its lifeline pipe
+    with WriterProcess.spawn(cfg) as again:  # the next start recovers
         assert again.recovery_info.valid_records >= len(acked)
     check_acked(tmp_path, acked)
     crash_counts["fault_cases"] += 1
@@ -98,13 +103,13 @@ def test_writer_fail_stop_on_injected_errors(tmp_path, op, err, partial, nth, cr
 # Named crash points: the writer SIGKILLs itself exactly there (etcd's walBeforeSync style).
 # The first segment is created at startup, so ``nth=1`` of a .tmp operation crashes the start itself.
 CRASH_POINTS = [
-    ("sync", 25, ".wal"),            # during a data fsync
-    ("append", 30, ".wal"),          # before a group write
-    ("create", 2, ".tmp"),           # creating the next segment
-    ("sync", 2, ".tmp"),             # fsyncing the next segment's header
-    ("rename", 2, ".tmp"),           # renaming it into place
-    ("sync_dir", 2, "DIR"),          # fsyncing the directory after the roll (DIR: the log directory, not its parents)
-    ("rename", 1, ".tmp"),           # the very first segment, while starting
+    ("sync", 25, ".wal"),  # during a data fsync
+    ("append", 30, ".wal"),  # before a group write
+    ("create", 2, ".tmp"),  # creating the next segment
+    ("sync", 2, ".tmp"),  # fsyncing the next segment's header
+    ("rename", 2, ".tmp"),  # renaming it into place
+    ("sync_dir", 2, "DIR"),  # fsyncing the directory after the roll (DIR: the log directory, not its parents)
+    ("rename", 1, ".tmp"),  # the very first segment, while starting
 ]
 
 
@@ -135,4 +140,3 @@ def test_writer_killed_at_named_crash_points(tmp_path, op, nth, path, crash_coun
     assert again.returncode == 0
     crash_counts["kills"] += 1
     crash_counts["torture_acked"] += len(acked)
-

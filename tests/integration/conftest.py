@@ -12,7 +12,7 @@ import pytest
 from nori_wal import FsyncPolicy, WalConfig, WalError
 from nori_wal.writer_proc import WriterProcess
 
-STOP_TIMEOUT = 15.0      # seconds a writer gets to stop gracefully before it is killed
+STOP_TIMEOUT = 15.0  # seconds a writer gets to stop gracefully before it is killed
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def spawn_writer() -> Any:
             try:
                 w.stop(timeout=STOP_TIMEOUT)
             except WalError:
-                pass                  # stop() killed it after the timeout
+                pass  # stop() killed it after the timeout
         else:
             w.wait(5.0)
 
@@ -49,8 +49,12 @@ def serve_process() -> Any:
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "nori_wal.cli", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(p)
         return p
 

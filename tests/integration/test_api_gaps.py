@@ -64,6 +64,7 @@ Appended = Tuple[Record, Position]
 
 # -- shared checks ----------------------------------------------------------------------------------
 
+
 def read_log(directory: str) -> dict[Position, Record]:
     """Every record in the log by position, values copied out of the reader's buffers."""
     out: dict[Position, Record] = {}
@@ -78,13 +79,13 @@ def assert_read_back_equal(got: Record, appended: Record) -> None:
     """``got`` (read from the segment files) is ``appended``, field by field as API.md defines them."""
     assert got == appended
     assert type(got.key) is bytes and got.key == appended.key
-    assert bytes(got.value) == bytes(appended.value)                 # decompressed: the original value
+    assert bytes(got.value) == bytes(appended.value)  # decompressed: the original value
     assert got.tombstone is appended.tombstone
     assert got.compression == appended.compression
     if appended.ttl is None:
         assert got.ttl is None
     else:
-        assert got.ttl == appended.ttl and got.ttl % MS == timedelta(0)      # kept to the millisecond
+        assert got.ttl == appended.ttl and got.ttl % MS == timedelta(0)  # kept to the millisecond
 
 
 def assert_log_is(directory: str, appended: Sequence[Appended]) -> None:
@@ -132,8 +133,13 @@ def embedded_holder() -> Iterator[Callable[[str], "subprocess.Popen[str]"]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(directory: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-c", _EMBEDDED_HOLDER, directory], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _EMBEDDED_HOLDER, directory],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(p)
         assert read_line(p) == "holding\n", p.stderr.read() if p.stderr else ""
         return p
@@ -156,8 +162,9 @@ def release(holder: subprocess.Popen[str]) -> None:
 
 
 def contend_in_another_process(directory: str) -> None:
-    out = subprocess.run([sys.executable, "-c", _CONTENDER, directory], capture_output=True, text=True,
-                         timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _CONTENDER, directory], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0 and out.stdout.startswith("WalLockedError"), (out.stdout, out.stderr)
 
 
@@ -188,7 +195,8 @@ def assert_every_other_writer_refused(path: str, serve_process: Any) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("where", ["another process", "this process"])
 def test_a_directory_held_by_an_embedded_wal_refuses_every_other_writer_at_once(
-        tmp_path: Any, serve_process: Any, embedded_holder: Any, where: str) -> None:
+    tmp_path: Any, serve_process: Any, embedded_holder: Any, where: str
+) -> None:
     d = str(tmp_path / "wal")
     held: Optional[Wal] = None
     holder = None
@@ -208,7 +216,7 @@ def test_a_directory_held_by_an_embedded_wal_refuses_every_other_writer_at_once(
         assert held is not None
         assert held.append(Record.put(b"after", b"the contenders")) > Position(0, 0)
         held.close()
-    wal, info = Wal.open(WalConfig(dir=d))            # free again; closed cleanly by its holder
+    wal, info = Wal.open(WalConfig(dir=d))  # free again; closed cleanly by its holder
     wal.close()
     assert info.bytes_truncated == 0 and not info.corruption_detected
     assert keys_in(d)[0] == b"held"
@@ -217,7 +225,8 @@ def test_a_directory_held_by_an_embedded_wal_refuses_every_other_writer_at_once(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("holder_kind", ["serve", "spawn"])
 def test_a_directory_held_by_a_writer_process_refuses_every_other_writer_at_once(
-        tmp_path: Any, serve_process: Any, spawn_writer: Any, holder_kind: str) -> None:
+    tmp_path: Any, serve_process: Any, spawn_writer: Any, holder_kind: str
+) -> None:
     d = str(tmp_path / "wal")
     if holder_kind == "serve":
         holder = serve_process("--dir", d, "--fsync", "always")
@@ -230,7 +239,7 @@ def test_a_directory_held_by_a_writer_process_refuses_every_other_writer_at_once
         first = c.append(Record.put(b"first", b"before the contenders"))
     link = str(tmp_path / "link")
     os.symlink(d, link)
-    for path in (d, link):                           # the same directory by another name is the same directory
+    for path in (d, link):  # the same directory by another name is the same directory
         assert_every_other_writer_refused(path, serve_process)
     # The live writer was not disturbed: its record and socket stand and it goes on serving.
     rec = read_endpoint_file(d)
@@ -248,21 +257,23 @@ def test_a_directory_held_by_a_writer_process_refuses_every_other_writer_at_once
 
 # -- 2. nori-wal serve without --endpoint ---------------------------------------------------------------
 
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", ["short", "long"])
 def test_serve_without_an_endpoint_is_the_foreground_writer_on_its_default_ipc_endpoint(
-        tmp_path: Any, serve_process: Any, monkeypatch: Any, request: Any, path: str) -> None:
+    tmp_path: Any, serve_process: Any, monkeypatch: Any, request: Any, path: str
+) -> None:
     # A long directory path cannot hold its socket (sun_path): the socket goes to XDG_RUNTIME_DIR, a fresh
     # short directory here (the serve process inherits the environment).
     run_dir = tempfile.mkdtemp(prefix="nw-run-")
     request.addfinalizer(lambda: shutil.rmtree(run_dir, ignore_errors=True))
     monkeypatch.setenv("XDG_RUNTIME_DIR", run_dir)
     d = str(tmp_path / "wal") if path == "short" else str(tmp_path / ("d" * 60) / ("e" * 60) / "wal")
-    early = WalClient.for_dir(d, timeout=10)           # made before the writer runs: the default endpoint
+    early = WalClient.for_dir(d, timeout=10)  # made before the writer runs: the default endpoint
     p = serve_process("--dir", d, "--fsync", "always")
-    endpoint = read_line(p).strip()                    # printed once it serves
+    endpoint = read_line(p).strip()  # printed once it serves
     assert endpoint.startswith("ipc://")
-    socket_path = endpoint[len("ipc://"):]
+    socket_path = endpoint[len("ipc://") :]
     if path == "short":
         assert socket_path == os.path.join(os.path.realpath(d), SOCKET_NAME)
     else:
@@ -277,7 +288,7 @@ def test_serve_without_an_endpoint_is_the_foreground_writer_on_its_default_ipc_e
         assert c.endpoint == endpoint
         assert c.info()["pid"] == p.pid
         positions = [c.append(r) for r in records[:10]] + c.append_batch(records[10:])
-    assert p.poll() is None                            # serves on until it is told to stop
+    assert p.poll() is None  # serves on until it is told to stop
     with early:
         assert early.endpoint == endpoint
         records.append(Record.put(b"early", b"client"))
@@ -285,7 +296,7 @@ def test_serve_without_an_endpoint_is_the_foreground_writer_on_its_default_ipc_e
         early.sync()
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0
-    assert p.stdout.read() == ""                       # stdout carried the endpoint only
+    assert p.stdout.read() == ""  # stdout carried the endpoint only
     assert not os.path.exists(os.path.join(d, ENDPOINT_FILE)) and not os.path.exists(socket_path)
     assert_log_is(d, list(zip(records, positions)))
     wal, info = Wal.open(WalConfig(dir=d))
@@ -294,6 +305,7 @@ def test_serve_without_an_endpoint_is_the_foreground_writer_on_its_default_ipc_e
 
 
 # -- 3. ProcessPoolExecutor under fork and forkserver ------------------------------------------------
+
 
 def pool_records(tag: str) -> list[Record]:
     """A worker's records: puts, TTLs, tombstones, compressed values (one of 200 KiB), distinct keys."""
@@ -356,11 +368,12 @@ def task_using_the_installed_client(tag: str) -> tuple[int, list[Appended]]:
 @pytest.mark.parametrize("how", ["argument", "for_dir", "initializer"])
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_process_pool_executor_workers_append_and_every_record_reads_back(
-        spawn_writer: Any, wal_dir: str, method: str, how: str) -> None:
+    spawn_writer: Any, wal_dir: str, method: str, how: str
+) -> None:
     spawn_writer(wal_dir)
     client = WalClient.for_dir(wal_dir, timeout=20)
     parent_first = Record.put(b"parent-first", b"before the pool")
-    appended = [(parent_first, client.append(parent_first))]    # the parent's socket exists before any fork
+    appended = [(parent_first, client.append(parent_first))]  # the parent's socket exists before any fork
     tags = [f"{method}-{how}-{t}" for t in range(6)]
     ctx = mp.get_context(method)
     if how == "initializer":
@@ -372,7 +385,7 @@ def test_process_pool_executor_workers_append_and_every_record_reads_back(
     else:
         with ProcessPoolExecutor(3, mp_context=ctx) as ex:
             results = list(ex.map(task_using_for_dir, [(wal_dir, t) for t in tags]))
-    assert os.getpid() not in {pid for pid, _ in results}         # the appends came from the workers
+    assert os.getpid() not in {pid for pid, _ in results}  # the appends came from the workers
     for tag, (_, chunk) in zip(tags, results):
         assert [r for r, _ in chunk] == pool_records(tag)
         appended += chunk
@@ -384,12 +397,12 @@ def test_process_pool_executor_workers_append_and_every_record_reads_back(
 
 # -- 4. read-back equality of every kind of record ------------------------------------------------------
 
-LENGTHS = [0, 1, 127, 128, 129, 16383, 16384, 16385]           # around the varint steps 0x80 and 0x4000
+LENGTHS = [0, 1, 127, 128, 129, 16383, 16384, 16385]  # around the varint steps 0x80 and 0x4000
 BIG = 1 << 20
 
 
 def payload(n: int, kind: str, seed: int) -> bytes:
-    if kind == "random":                                        # incompressible: stored larger when compressed
+    if kind == "random":  # incompressible: stored larger when compressed
         return random.Random(seed).randbytes(n)
     if kind == "zeros":
         return bytes(n)
@@ -400,7 +413,7 @@ def boundary_records() -> list[tuple[Record, bytes]]:
     """(record, its original value): every kind of record, lengths and TTLs at the varint boundaries."""
     out: list[tuple[Record, bytes]] = []
     seed = 0
-    for n in LENGTHS + [65535, 65536, BIG]:                     # 64 KiB: the reader's zero-copy threshold
+    for n in LENGTHS + [65535, 65536, BIG]:  # 64 KiB: the reader's zero-copy threshold
         for kind in ("random", "text"):
             for comp in (Compression.NONE, Compression.LZ4, Compression.ZSTD):
                 seed += 1
@@ -412,8 +425,17 @@ def boundary_records() -> list[tuple[Record, bytes]]:
         key = payload(n, "random", seed)
         out.append((Record.put(key, b"value of a %d-byte key" % n), b"value of a %d-byte key" % n))
         out.append((Record.delete(key), b""))
-    ttls = [timedelta(0), timedelta(microseconds=1500), 127 * MS, 128 * MS, 16383 * MS, 16384 * MS,
-            timedelta(minutes=5), timedelta(days=3650, microseconds=999), timedelta.max]
+    ttls = [
+        timedelta(0),
+        timedelta(microseconds=1500),
+        127 * MS,
+        128 * MS,
+        16383 * MS,
+        16384 * MS,
+        timedelta(minutes=5),
+        timedelta(days=3650, microseconds=999),
+        timedelta.max,
+    ]
     for i, ttl in enumerate(ttls):
         for comp in (Compression.NONE, Compression.LZ4, Compression.ZSTD):
             seed += 1
@@ -426,8 +448,14 @@ def boundary_records() -> list[tuple[Record, bytes]]:
         out.append((Record.put(b"empty-%d" % comp, b"").with_compression(comp), b""))
     big = payload(BIG, "random", 7)
     out.append((Record.put(bytearray(b"bytes-like"), memoryview(big)), big))
-    out.append((Record.put_with_ttl(memoryview(b"k" * 128), bytearray(b"x" * 16384), 16384 * MS)
-                .with_compression(Compression.LZ4), b"x" * 16384))
+    out.append(
+        (
+            Record.put_with_ttl(memoryview(b"k" * 128), bytearray(b"x" * 16384), 16384 * MS).with_compression(
+                Compression.LZ4
+            ),
+            b"x" * 16384,
+        )
+    )
     return out
 
 
@@ -455,7 +483,7 @@ def test_every_kind_of_record_reads_back_equal_through_the_sync_client(spawn_wri
     assert one_by_one[-1] < batch[0] and batch[-1] < pipelined[0]
     check_appended(d, pairs * 3, one_by_one + batch + pipelined)
     assert len(read_log(d)) == 3 * len(pairs)
-    assert max(one_by_one + batch + pipelined).segment_id >= 3           # read across several segments
+    assert max(one_by_one + batch + pipelined).segment_id >= 3  # read across several segments
 
 
 @pytest.mark.timeout(60)
@@ -496,11 +524,16 @@ def drawn_records(draw: Any) -> tuple[Record, bytes, Optional[timedelta]]:
         value = b""
         record = Record.delete(key)
     else:
-        value = payload(draw(VALUE_SIZES), draw(st.sampled_from(["random", "zeros", "text"])),
-                        draw(st.integers(0, 2**32)))
+        value = payload(
+            draw(VALUE_SIZES), draw(st.sampled_from(["random", "zeros", "text"])), draw(st.integers(0, 2**32))
+        )
         if kind == "ttl":
-            ttl = draw(st.one_of(st.sampled_from([timedelta(0), 127 * MS, 128 * MS, 16383 * MS, 16384 * MS]),
-                                 st.timedeltas(min_value=timedelta(0))))
+            ttl = draw(
+                st.one_of(
+                    st.sampled_from([timedelta(0), 127 * MS, 128 * MS, 16383 * MS, 16384 * MS]),
+                    st.timedeltas(min_value=timedelta(0)),
+                )
+            )
             record = Record.put_with_ttl(key, value, ttl)
         else:
             record = Record.put(key, value)
@@ -509,11 +542,13 @@ def drawn_records(draw: Any) -> tuple[Record, bytes, Optional[timedelta]]:
 
 def append_via(directory: str, via: str, records: list[Record]) -> list[Position]:
     if via.startswith("async"):
+
         async def main() -> list[Position]:
             async with AsyncWalClient.for_dir(directory, timeout=20) as a:
                 if via == "async append_batch":
                     return await a.append_batch(records)
                 return list(await asyncio.gather(*[a.append(r) for r in records]))
+
         return asyncio.run(main())
     with WalClient.for_dir(directory, timeout=20) as c:
         if via == "append":
@@ -524,7 +559,7 @@ def append_via(directory: str, via: str, records: list[Record]) -> list[Position
         return [p.result() for p in pending]
 
 
-EXAMPLES = max(25, settings().max_examples // 5)              # 40 by default, more under NORI_HYPOTHESIS=thorough
+EXAMPLES = max(25, settings().max_examples // 5)  # 40 by default, more under NORI_HYPOTHESIS=thorough
 
 
 @pytest.mark.timeout(120)
@@ -533,8 +568,10 @@ def test_drawn_records_read_back_equal_through_either_client(spawn_writer: Any, 
     spawn_writer(WalConfig(dir=d, max_segment_size=3 << 20, fsync_policy=FsyncPolicy.always()))
 
     @settings(max_examples=EXAMPLES, deadline=None)
-    @given(st.lists(drawn_records(), min_size=1, max_size=6),
-           st.sampled_from(["append", "append_batch", "submit", "async append", "async append_batch"]))
+    @given(
+        st.lists(drawn_records(), min_size=1, max_size=6),
+        st.sampled_from(["append", "append_batch", "submit", "async append", "async append_batch"]),
+    )
     def appended_then_read(drawn: list[tuple[Record, bytes, Optional[timedelta]]], via: str) -> None:
         records = [r for r, _, _ in drawn]
         positions = append_via(d, via, records)

@@ -18,13 +18,18 @@ from nori_wal import Compression, FsyncPolicy, Position, Record, Wal, WalConfig
 from nori_wal.codec import COMPRESSION_SHIFT, FLAG_TTL, SEAL_FRAME_SIZE, compress_value, encode_record
 from nori_wal.segment import segment_name
 
-SEGMENT = 4096   # small segments, so a few hundred records span several
+SEGMENT = 4096  # small segments, so a few hundred records span several
 
 
 def cli(*args, timeout=60):
     """Run ``nori-wal ARGS`` (as ``python -m nori_wal.cli``); returns the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "nori_wal.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "nori_wal.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line_error(proc, *needles):
@@ -78,6 +83,7 @@ def digest(d):
 
 # -- --help -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["dump", "verify", "stats", "gc"])
 def test_each_command_has_help(command):
     proc = cli(command, "--help")
@@ -85,6 +91,7 @@ def test_each_command_has_help(command):
 
 
 # -- dump ---------------------------------------------------------------------------------------
+
 
 def test_dump_prints_every_record_in_order(log):
     d, recs, pos = log
@@ -167,22 +174,26 @@ WRITER = textwrap.dedent("""
 def test_dump_follow_sees_records_another_process_appends(tmp_path):
     d = tmp_path / "wal"
     make_log(d, [Record.put(b"old-%d" % i, b"o") for i in range(3)])
-    follow = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "dump", d, "--follow", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "nori_wal.cli", "dump", d, "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout], daemon=True)
     reader.start()
     writer = None
     try:
         keys = [base64.b64decode(json.loads(lines.get(timeout=30))["key"]) for _ in range(3)]
-        assert keys == [b"old-0", b"old-1", b"old-2"]     # the follower is now at the end, waiting
-        live = 100                                         # ~3 segments' worth: the follower crosses rolls
+        assert keys == [b"old-0", b"old-1", b"old-2"]  # the follower is now at the end, waiting
+        live = 100  # ~3 segments' worth: the follower crosses rolls
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(d), str(live)])
         got = [json.loads(lines.get(timeout=30)) for _ in range(live)]
         assert [base64.b64decode(o["key"]) for o in got] == [b"live-%d" % i for i in range(live)]
         assert len({o["segment"] for o in got}) >= 3
         assert writer.wait(timeout=60) == 0
-        assert follow.poll() is None                       # still following
+        assert follow.poll() is None  # still following
     finally:
         if writer is not None and writer.poll() is None:
             writer.kill()
@@ -195,6 +206,7 @@ def test_dump_follow_sees_records_another_process_appends(tmp_path):
 
 
 # -- verify -------------------------------------------------------------------------------------
+
 
 def test_verify_ok_and_never_modifies(log):
     d, recs, _pos = log
@@ -211,7 +223,7 @@ def test_verify_progress_bar_on_request(log):
     d, _recs, _pos = log
     proc = cli("verify", d, "--progress")
     assert proc.returncode == 0 and "100%" in proc.stderr and "verify [" in proc.stderr
-    assert "verify [" not in cli("verify", d).stderr     # not a tty: no bar unless asked
+    assert "verify [" not in cli("verify", d).stderr  # not a tty: no bar unless asked
 
 
 def test_verify_fails_on_a_corrupted_sealed_segment_naming_segment_and_offset(log):
@@ -235,7 +247,7 @@ def test_verify_warns_on_a_torn_tail_and_fails_on_it_with_strict(log):
     d, _recs, _pos = log
     last = d / segment_files(d)[-1]
     with open(last, "r+b") as f:
-        f.truncate(os.path.getsize(last) - 5)        # the seal's last bytes never reached the disk
+        f.truncate(os.path.getsize(last) - 5)  # the seal's last bytes never reached the disk
     proc = cli("verify", d)
     assert proc.returncode == 0 and "warning: segment" in proc.stdout and "torn tail" in proc.stdout
     assert cli("verify", d, "--strict").returncode == 1
@@ -260,7 +272,8 @@ def test_verify_deep_decompresses_values(tmp_path):
     bad = bytearray(encode_record(Record.put(b"bad", b"\x05\x00\x00\x00junk").with_compression(Compression.NONE)))
     bad[4 + 2] |= Compression.LZ4 << COMPRESSION_SHIFT
     from crc32c import crc32c
-    assert bad[6] == Compression.LZ4 << COMPRESSION_SHIFT and not bad[6] & FLAG_TTL   # the flags byte
+
+    assert bad[6] == Compression.LZ4 << COMPRESSION_SHIFT and not bad[6] & FLAG_TTL  # the flags byte
     bad[:4] = crc32c(bytes(bad[4:])).to_bytes(4, "little")
     with Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.os()))[0] as wal:
         wal.append_frames([good, bytes(bad), good])
@@ -281,10 +294,11 @@ def test_verify_runs_beside_a_writer_holding_the_lock(log):
 def test_verify_beside_a_live_always_writer_is_strict_clean(tmp_path):
     """The zeros a live Always writer keeps ahead of its records are not a crash's tail: no warning."""
     from nori_wal.fs import writer_lock_held
+
     d = tmp_path / "wal"
     with Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))[0] as wal:
         wal.append(Record.put(b"k", b"v" * 100))
-        assert os.path.getsize(d / segment_name(0)) > 1024 * 1024          # preallocated zeros
+        assert os.path.getsize(d / segment_name(0)) > 1024 * 1024  # preallocated zeros
         assert writer_lock_held(str(d)) is True
         proc = cli("verify", d, "--strict")
     assert proc.returncode == 0 and "a live writer holds the directory" in proc.stdout, proc.stdout + proc.stderr
@@ -298,7 +312,7 @@ def test_verify_warns_on_zeros_a_crash_left_behind(tmp_path):
     wal.append(Record.put(b"k", b"v" * 100))
     zeroed = (d / segment_name(0)).read_bytes()
     wal.close()
-    (d / segment_name(0)).write_bytes(zeroed)                  # as if it had died before sealing
+    (d / segment_name(0)).write_bytes(zeroed)  # as if it had died before sealing
     proc = cli("verify", d)
     assert proc.returncode == 0 and "zero-filled tail" in proc.stdout and "live writer" not in proc.stdout
     assert cli("verify", d, "--strict").returncode == 1
@@ -374,6 +388,7 @@ def test_verify_fails_when_the_durable_mark_names_a_segment_that_is_gone(log):
 
 # -- stats --------------------------------------------------------------------------------------
 
+
 def test_stats_figures(log):
     d, recs, pos = log
     proc = cli("stats", d, "--json")
@@ -418,6 +433,7 @@ def test_stats_reports_corruption_with_exit_1(log):
 
 # -- gc -----------------------------------------------------------------------------------------
 
+
 def test_gc_deletes_whole_segments_before_a_position(log):
     d, recs, pos = log
     keep = pos[250]
@@ -428,7 +444,7 @@ def test_gc_deletes_whole_segments_before_a_position(log):
     proc = cli("gc", d, "--before", keep)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"deleted {keep.segment_id} segment")
-    assert segment_files(d) == files[keep.segment_id:]
+    assert segment_files(d) == files[keep.segment_id :]
     dumped = cli("dump", d, "--json").stdout.splitlines()
     first_kept = next(i for i, p in enumerate(pos) if p.segment_id == keep.segment_id)
     assert [json.loads(x)["position"] for x in dumped] == [str(p) for p in pos[first_kept:]]
@@ -465,7 +481,7 @@ def test_gc_rejects_bad_positions_paths_and_non_logs(log, tmp_path):
     proc = cli("gc", empty, "--before", "1:0")
     assert proc.returncode == 2
     one_line_error(proc, "no segments")
-    assert os.listdir(empty) == []     # gc never makes a log where there was none
+    assert os.listdir(empty) == []  # gc never makes a log where there was none
 
 
 def test_gc_asks_the_writer_process_that_owns_the_directory(tmp_path):
@@ -481,19 +497,21 @@ def test_gc_asks_the_writer_process_that_owns_the_directory(tmp_path):
         assert keep.segment_id >= 3
         proc = cli("gc", d, "--before", keep)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == (f"deleted {keep.segment_id} segments before {keep} "
-                                       f"through the writer process at {writer.endpoint}")
+        assert proc.stdout.strip() == (
+            f"deleted {keep.segment_id} segments before {keep} through the writer process at {writer.endpoint}"
+        )
         assert segment_files(d) == [segment_name(keep.segment_id)]
         assert cli("verify", d).returncode == 0
 
 
 # -- wrong paths and failed reads -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["dump", "verify", "stats"])
 def test_a_segment_that_cannot_be_read_is_one_line_and_exit_4(log, command):
     d, _recs, _pos = log
     (d / segment_name(1)).unlink()
-    (d / segment_name(1)).mkdir()          # reading it fails with EISDIR: an I/O error, not corruption
+    (d / segment_name(1)).mkdir()  # reading it fails with EISDIR: an I/O error, not corruption
     proc = cli(command, d)
     assert proc.returncode == 4, proc.stderr
     one_line_error(proc, f"nori-wal {command}: error:", "Is a directory")
@@ -503,7 +521,7 @@ def test_dump_from_a_segment_that_cannot_be_read_exits_4(log):
     d, _recs, _pos = log
     (d / segment_name(1)).unlink()
     (d / segment_name(1)).mkdir()
-    proc = cli("dump", d, "--from", "1:100")      # fails while checking the start position
+    proc = cli("dump", d, "--from", "1:100")  # fails while checking the start position
     assert proc.returncode == 4 and proc.stdout == ""
     one_line_error(proc, "Is a directory")
 
@@ -528,7 +546,7 @@ def test_a_file_where_a_directory_must_be_is_a_wrong_path_exit_2(tmp_path):
 
 def test_serve_keeps_exit_4_for_a_directory_it_cannot_recover(tmp_path):
     d = tmp_path / "wal"
-    (d / segment_name(0)).mkdir(parents=True)     # the path is right; reading the segment fails
+    (d / segment_name(0)).mkdir(parents=True)  # the path is right; reading the segment fails
     proc = cli("serve", "--dir", d)
     assert proc.returncode == 4, proc.stderr
     one_line_error(proc, "nori-wal serve: error:", "Is a directory")
@@ -552,7 +570,7 @@ def test_serve_judges_the_directory_before_the_metrics_port(tmp_path, serve_proc
         assert other.wait(60) == 2
         err = other.stderr.read()
         assert f"metrics port 127.0.0.1:{port}" in err and "in use" in err
-    wal, info = Wal.open(WalConfig(dir=d))                          # the lock is free again, the log clean
+    wal, info = Wal.open(WalConfig(dir=d))  # the lock is free again, the log clean
     wal.close()
     assert info.bytes_truncated == 0 and not info.corruption_detected
 
@@ -564,12 +582,13 @@ def test_gc_of_a_copied_directory_never_reaches_the_originals_writer(tmp_path, s
 
     from nori_wal import WriterUnavailableError
     from nori_wal.client import WalClient
+
     orig, copy = tmp_path / "orig", tmp_path / "copy"
     w = spawn_writer(WalConfig(dir=orig, max_segment_size=SEGMENT, fsync_policy=FsyncPolicy.always()))
     with WalClient(w.endpoint, timeout=30) as c:
         c.append_batch([Record.put(b"k%d" % i, b"v" * 200) for i in range(80)])
         last = c.current_position()
-    shutil.copytree(orig, copy, ignore=shutil.ignore_patterns("writer.sock*"))   # cp skips sockets too
+    shutil.copytree(orig, copy, ignore=shutil.ignore_patterns("writer.sock*"))  # cp skips sockets too
     before = sorted(os.listdir(orig))
     with Wal.open(WalConfig(dir=copy, max_segment_size=SEGMENT))[0]:
         proc = cli("gc", copy, "--before", last, "--timeout", "5")
@@ -581,15 +600,16 @@ def test_gc_of_a_copied_directory_never_reaches_the_originals_writer(tmp_path, s
 
 def test_gc_refuses_when_opening_the_log_had_to_cut_durable_records(tmp_path, spawn_writer):
     from nori_wal.client import WalClient
+
     d = tmp_path / "wal"
     w = spawn_writer(WalConfig(dir=d, max_segment_size=SEGMENT, fsync_policy=FsyncPolicy.always()))
     with WalClient(w.endpoint, timeout=30) as c:
         positions = c.append_batch([Record.put(b"k%d" % i, b"v" * 200) for i in range(40)])
-    w.kill()                                         # no clean close: the last segment is not sealed
+    w.kill()  # no clean close: the last segment is not sealed
     last = positions[-1]
     path = d / segment_name(last.segment_id)
     data = bytearray(path.read_bytes())
-    data[last.offset + 8] ^= 0x01                    # damage the last record, below the durable mark
+    data[last.offset + 8] ^= 0x01  # damage the last record, below the durable mark
     path.write_bytes(bytes(data))
     before = sorted(os.listdir(d))
     proc = cli("gc", d, "--before", last)
@@ -607,10 +627,29 @@ def test_cli_argument_checks_that_used_to_end_in_tracebacks(tmp_path):
         proc = cli("torture", "--dir", tmp_path / "t", "--rounds", "1", *bad)
         assert proc.returncode == 2, proc.stderr
         one_line_error(proc)
-    proc = cli("load", "--dir", tmp_path / "ld", "--producers", "1", "--policies", "os", "--modes", "sync",
-               "--seconds", "0.1", "--slices", "1", "--no-peers", "--f-seconds", "0.05", "--no-plot",
-               "--json", tmp_path / "missing" / "x.json", timeout=120)
-    assert proc.returncode == 4 and "acked rec/s" in proc.stdout          # the table was printed first
+    proc = cli(
+        "load",
+        "--dir",
+        tmp_path / "ld",
+        "--producers",
+        "1",
+        "--policies",
+        "os",
+        "--modes",
+        "sync",
+        "--seconds",
+        "0.1",
+        "--slices",
+        "1",
+        "--no-peers",
+        "--f-seconds",
+        "0.05",
+        "--no-plot",
+        "--json",
+        tmp_path / "missing" / "x.json",
+        timeout=120,
+    )
+    assert proc.returncode == 4 and "acked rec/s" in proc.stdout  # the table was printed first
     assert "Traceback" not in proc.stderr and "error: writing" in proc.stderr.strip().splitlines()[-1]
 
 

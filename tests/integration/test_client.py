@@ -59,12 +59,12 @@ def check_log(directory: str, results: list[list[tuple[bytes, Position]]]) -> No
 def test_pool_workers_append_concurrently(spawn_writer, wal_dir, method):
     spawn_writer(wal_dir)
     client = WalClient.for_dir(wal_dir, timeout=20)
-    client.append(rec("parent", 0))                   # the parent's socket exists before the fork
+    client.append(rec("parent", 0))  # the parent's socket exists before the fork
     ctx = mp.get_context(method)
     with ctx.Pool(3) as pool:
         results = pool.map(work, [(client, f"{method}{t}") for t in range(6)], chunksize=1)
     check_log(wal_dir, results)
-    assert client.append(rec("parent", 1)) > Position(0, 0)   # still usable in the parent
+    assert client.append(rec("parent", 1)) > Position(0, 0)  # still usable in the parent
     client.close()
 
 
@@ -105,6 +105,7 @@ def test_client_pickles_as_its_constructor_arguments(tmp_path):
 
 # -- no writer, a restarted writer ----------------------------------------------------------------
 
+
 def test_no_writer_raises_writer_unavailable(tmp_path):
     with WalClient(f"ipc://{tmp_path}/nobody.sock", timeout=0.3) as c:
         with pytest.raises(WriterUnavailableError, match="within 0.3 s"):
@@ -132,7 +133,7 @@ def test_the_next_call_reaches_a_restarted_writer(spawn_writer, wal_dir):
     first = client.append(rec("a", 0))
     asyncio.run(aclient.append(rec("a", 1)))
     w.stop()
-    spawn_writer(wal_dir, endpoint="tcp://127.0.0.1:*")          # another port: found again via DIR/WRITER
+    spawn_writer(wal_dir, endpoint="tcp://127.0.0.1:*")  # another port: found again via DIR/WRITER
     assert client.append(rec("a", 2)) > first
     assert asyncio.run(aclient.append(rec("a", 3))) > first
     client.close()
@@ -154,13 +155,13 @@ def test_writer_errors_come_back_as_their_class(spawn_writer, wal_dir):
 def test_a_record_too_large_for_a_request_is_refused_before_sending(spawn_writer, wal_dir, monkeypatch):
     """RecordTooLargeError on the first append and on the hot path; nothing sent; the connection serves on."""
     w = spawn_writer(wal_dir)
-    monkeypatch.setattr(P, "MAX_PAYLOAD_BYTES", 65_000)       # the real limit is 64 MiB: same code path
+    monkeypatch.setattr(P, "MAX_PAYLOAD_BYTES", 65_000)  # the real limit is 64 MiB: same code path
     big = Record.put(b"big", b"x" * 70_000)
     with WalClient(w.endpoint, timeout=5) as c:
         with pytest.raises(RecordTooLargeError, match="65000-byte limit"):
-            c.append(big)                                   # the general path (no connection yet)
+            c.append(big)  # the general path (no connection yet)
         for i in range(3):
-            c.append(rec("ok", i))                          # the lane is armed from the second append on
+            c.append(rec("ok", i))  # the lane is armed from the second append on
         with pytest.raises(RecordTooLargeError, match="65000-byte limit"):
             c.append(big)
         last = c.append(rec("ok", 3))
@@ -168,6 +169,7 @@ def test_a_record_too_large_for_a_request_is_refused_before_sending(spawn_writer
 
 
 # -- asyncio -----------------------------------------------------------------------------------------
+
 
 def test_async_client_coalesces_and_every_record_lands(spawn_writer, wal_dir):
     w = spawn_writer(wal_dir)
@@ -177,14 +179,14 @@ def test_async_client_coalesces_and_every_record_lands(spawn_writer, wal_dir):
         async with AsyncWalClient(w.endpoint, timeout=10, max_in_flight=2) as a:
             positions = []
             for k in range(0, 300, 100):
-                positions += await asyncio.gather(*[a.append(r) for r in records[k:k + 100]])
+                positions += await asyncio.gather(*[a.append(r) for r in records[k : k + 100]])
             batch = await a.append_batch([rec("b", i) for i in range(10)])
             await a.sync()
             assert await a.current_position() > batch[-1]
             return positions
 
     positions = asyncio.run(main())
-    assert positions == sorted(positions) and len(set(positions)) == 300     # one gather: call order
+    assert positions == sorted(positions) and len(set(positions)) == 300  # one gather: call order
     with open_reader(wal_dir) as r:
         got = {pos: record for record, pos in r}
     assert [got[p] for p in positions] == records
@@ -205,7 +207,7 @@ def test_async_client_survives_event_loops_and_sliding_windows(spawn_writer, wal
         return out
 
     first = asyncio.run(window("x"))
-    second = asyncio.run(window("y"))                           # a new loop: a fresh connection
+    second = asyncio.run(window("y"))  # a new loop: a fresh connection
     a.close_nowait()
     assert len(set(first + second)) == 320 and min(second) > max(first)
 
@@ -223,12 +225,12 @@ def test_submitted_appends_go_out_together_when_collected_or_polled(spawn_writer
     w = spawn_writer(wal_dir)
     with WalClient(w.endpoint, timeout=10) as c:
         first = [c.submit(rec("s", i)) for i in range(10)]
-        assert [p.result() for p in first] == sorted(p.result() for p in first)   # result() sends them
+        assert [p.result() for p in first] == sorted(p.result() for p in first)  # result() sends them
         polled = c.submit(rec("s", 10))
-        while not polled.done():        # done() alone drives the connection: the append gets out
+        while not polled.done():  # done() alone drives the connection: the append gets out
             pass
         later = c.submit(rec("s", 11))
-        last = c.append(rec("s", 12))   # another call sends what is queued first, in order
+        last = c.append(rec("s", 12))  # another call sends what is queued first, in order
         positions = [p.result() for p in first] + [polled.result(), later.result(), last]
     assert positions == sorted(positions) and len(set(positions)) == 13
     assert keys_in(wal_dir) == [rec("s", i).key for i in range(13)]
@@ -238,7 +240,7 @@ def test_close_sends_and_acknowledges_submits_never_collected(spawn_writer, wal_
     w = spawn_writer(wal_dir)
     c = WalClient(w.endpoint, timeout=10)
     pending = [c.submit(rec("u", i)) for i in range(20)]
-    c.close()                           # nothing collected: close still writes them, durably
+    c.close()  # nothing collected: close still writes them, durably
     assert keys_in(wal_dir) == [rec("u", i).key for i in range(20)]
     positions = [p.result() for p in pending]
     assert positions == sorted(positions) and len(set(positions)) == 20
@@ -248,13 +250,13 @@ def test_a_forked_child_never_touches_the_parents_sockets(spawn_writer, wal_dir)
     w = spawn_writer(wal_dir)
     client = WalClient(w.endpoint, timeout=10)
     for i in range(3):
-        client.append(rec("parent", i))              # the parent's appends now take the lane (the hot path)
-    assert client._local.lane.until > 0           # armed
+        client.append(rec("parent", i))  # the parent's appends now take the lane (the hot path)
+    assert client._local.lane.until > 0  # armed
     pid = os.fork()
-    if pid == 0:                                   # pragma: no cover - the child reports by exit code
+    if pid == 0:  # pragma: no cover - the child reports by exit code
         code = 1
         try:
-            if client._local.lane.until != 0:         # the fork hook must disarm it: it holds the parent's socket
+            if client._local.lane.until != 0:  # the fork hook must disarm it: it holds the parent's socket
                 os._exit(3)
             code = 0 if client.append(rec("child", 0)) > Position(0, 32) else 2
             client.close()

@@ -39,35 +39,35 @@ def rec(tag: str, i: int, size: int = 100) -> Record:
 @pytest.mark.timeout(60)
 def test_close_while_other_threads_wait_for_replies_never_blocks(spawn_writer, wal_dir):
     w = spawn_writer(wal_dir)
-    c = WalClient(w.endpoint, timeout=30)       # far longer than the test waits: only close can end their calls
+    c = WalClient(w.endpoint, timeout=30)  # far longer than the test waits: only close can end their calls
     results: dict[str, Any] = {}
     connected = [threading.Event(), threading.Event()]
 
-    def lane_append() -> None:                   # ends blocked in the hot path's receive
+    def lane_append() -> None:  # ends blocked in the hot path's receive
         c.append(rec("t", 0))
         connected[0].set()
         i = 1
-        while True:                              # until the stopped writer leaves one unanswered
+        while True:  # until the stopped writer leaves one unanswered
             try:
                 c.append(rec("t", i))
-            except Exception as exc:             # noqa: BLE001 - reported to the main thread
+            except Exception as exc:  # noqa: BLE001 - reported to the main thread
                 results["lane"] = exc
                 break
             i += 1
         try:
             c.append(rec("t", -1))
             results["lane-after"] = None
-        except Exception as exc:                 # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             results["lane-after"] = exc
 
-    def pipelined() -> None:                     # ends blocked in _wait's poll
+    def pipelined() -> None:  # ends blocked in _wait's poll
         c.append(rec("p", 0))
         connected[1].set()
         i = 1
         while True:
             try:
                 c.submit(rec("p", i)).result()
-            except Exception as exc:             # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 results["submit"] = exc
                 break
             i += 1
@@ -79,18 +79,18 @@ def test_close_while_other_threads_wait_for_replies_never_blocks(spawn_writer, w
             t.start()
         for e in connected:
             assert e.wait(20)
-        os.kill(w.pid, signal.SIGSTOP)           # the writer answers nothing now
+        os.kill(w.pid, signal.SIGSTOP)  # the writer answers nothing now
         stopped = True
         closer = threading.Thread(target=c.close, daemon=True)
-        closer.start()                           # used to close their sockets from here and block in term
+        closer.start()  # used to close their sockets from here and block in term
         closer.join(10)
         assert not closer.is_alive(), "close() blocked while other threads waited for replies"
         with pytest.raises(WalClosedError):
-            c.append(rec("m", 1))                # promptly, in the closing thread
+            c.append(rec("m", 1))  # promptly, in the closing thread
         with pytest.raises(WalClosedError):
             c.submit(rec("m", 2))
         for t in threads:
-            t.join(10)                           # each notices within a receive slice
+            t.join(10)  # each notices within a receive slice
             assert not t.is_alive()
     finally:
         if stopped:
@@ -100,8 +100,8 @@ def test_close_while_other_threads_wait_for_replies_never_blocks(spawn_writer, w
     assert isinstance(results["lane"], WalClosedError)
     assert isinstance(results["lane-after"], WalClosedError)
     assert isinstance(results["submit"], WalClosedError)
-    assert c._conns == [] and c._ctx is None     # the last thread out terminated the context
-    c.close()                                    # idempotent
+    assert c._conns == [] and c._ctx is None  # the last thread out terminated the context
+    c.close()  # idempotent
 
 
 def _append_until_error(c: WalClient, started: threading.Barrier, errors: list[BaseException]) -> None:
@@ -109,7 +109,7 @@ def _append_until_error(c: WalClient, started: threading.Barrier, errors: list[B
     try:
         while True:
             c.append(rec("x", 0))
-    except Exception as exc:                     # noqa: BLE001 - reported to the main thread
+    except Exception as exc:  # noqa: BLE001 - reported to the main thread
         errors.append(exc)
 
 
@@ -121,8 +121,9 @@ def test_close_from_one_thread_while_others_append(spawn_writer, wal_dir):
         errors: list[BaseException] = []
         started = threading.Barrier(4, timeout=20)
 
-        threads = [threading.Thread(target=_append_until_error, args=(c, started, errors), daemon=True)
-                   for _ in range(3)]
+        threads = [
+            threading.Thread(target=_append_until_error, args=(c, started, errors), daemon=True) for _ in range(3)
+        ]
         for t in threads:
             t.start()
         started.wait()
@@ -140,22 +141,23 @@ def test_async_close_from_another_loop_fails_that_loops_waiting_call_at_once(spa
     """The waiting loop closes its own socket (never closed under its thread) and its call ends then,
     with WalClosedError, not at the client's timeout."""
     w = spawn_writer(wal_dir)
-    c = AsyncWalClient(w.endpoint, timeout=60)   # far longer than the test waits: only close can end the call
+    c = AsyncWalClient(w.endpoint, timeout=60)  # far longer than the test waits: only close can end the call
     in_flight = threading.Event()
     result: list[BaseException | Position] = []
 
     def other_loop() -> None:
         async def run() -> None:
             await c.append(rec("b", 0))
-            os.kill(w.pid, signal.SIGSTOP)      # the writer cannot answer the next append
+            os.kill(w.pid, signal.SIGSTOP)  # the writer cannot answer the next append
             task = asyncio.ensure_future(c.append(rec("b", 1)))
-            await asyncio.sleep(0)              # a loop turn: the append is sent
+            await asyncio.sleep(0)  # a loop turn: the append is sent
             await asyncio.sleep(0)
             in_flight.set()
             try:
                 result.append(await task)
-            except BaseException as exc:        # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001
                 result.append(exc)
+
         asyncio.run(run())
 
     t = threading.Thread(target=other_loop)
@@ -185,7 +187,7 @@ def test_a_refused_split_batch_leaves_nothing_queued(spawn_writer, wal_dir):
         before = c.current_position()
         with pytest.raises(RecordTooLargeError):
             c.append_batch(_orphan_batch())
-        assert c.append(rec("next", 0)) == before       # none of the batch went out with this call
+        assert c.append(rec("next", 0)) == before  # none of the batch went out with this call
         assert c.current_position() > before
     assert keys_in(wal_dir) == [rec("next", 0).key]
 
@@ -250,10 +252,10 @@ def test_a_split_batch_failing_late_says_what_was_written_async(spawn_writer, wa
 
 @pytest.mark.timeout(60)
 def test_sync_covers_appends_submitted_before_it(spawn_writer, wal_dir):
-    w = spawn_writer(wal_dir, policy="os")                     # only SYNC fsyncs
+    w = spawn_writer(wal_dir, policy="os")  # only SYNC fsyncs
     c = WalClient(w.endpoint, timeout=30, max_in_flight=1)
-    p1 = c.submit(rec("r", 1, MiB))                            # sent: the window is full
-    p2 = c.submit(rec("r", 2, MiB))                            # waits in this thread's queue
+    p1 = c.submit(rec("r", 1, MiB))  # sent: the window is full
+    p2 = c.submit(rec("r", 2, MiB))  # waits in this thread's queue
     c.sync()
     durable = Position(*c.info()["durable"])
     end = c.current_position()
@@ -269,7 +271,7 @@ def test_async_sync_covers_appends_queued_before_it(spawn_writer, wal_dir):
         async with AsyncWalClient(w.endpoint, timeout=30, max_in_flight=1) as a:
             t1 = asyncio.ensure_future(a.append(rec("r", 1, MiB)))
             t2 = asyncio.ensure_future(a.append(rec("r", 2, MiB)))
-            await asyncio.sleep(0)                             # one loop turn: both are queued
+            await asyncio.sleep(0)  # one loop turn: both are queued
             await a.sync()
             durable = Position(*(await a.info())["durable"])
             assert await t1 < await t2 < durable
@@ -287,14 +289,14 @@ def test_async_close_sends_and_acknowledges_what_is_queued_first(spawn_writer, w
         a = AsyncWalClient(w.endpoint, timeout=30)
         await a.append(rec("first", 0))
         tasks = [asyncio.ensure_future(a.append(rec("q", i))) for i in range(50)]
-        await asyncio.sleep(0)                                 # one loop turn: all are queued
+        await asyncio.sleep(0)  # one loop turn: all are queued
         await a.close()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(main())
     assert all(isinstance(r, Position) for r in results), results
     with WalClient(w.endpoint, timeout=30) as c:
-        assert Position(*c.info()["durable"]) == c.current_position()   # and made durable (policy os)
+        assert Position(*c.info()["durable"]) == c.current_position()  # and made durable (policy os)
     assert len(keys_in(wal_dir)) == 51
 
 
@@ -319,7 +321,7 @@ def test_a_fork_while_another_thread_holds_the_lock(spawn_writer, wal_dir):
     try:
         assert held.wait(20)
         pid = os.fork()
-        if pid == 0:                                           # pragma: no cover - reports by exit code
+        if pid == 0:  # pragma: no cover - reports by exit code
             code = 1
             try:
                 c.append(rec("child", 0))
@@ -335,7 +337,7 @@ def test_a_fork_while_another_thread_holds_the_lock(spawn_writer, wal_dir):
     waiter = threading.Thread(target=lambda: status.append(os.waitpid(pid, 0)[1]), daemon=True)
     waiter.start()
     waiter.join(30)
-    if waiter.is_alive():                                      # the child hangs: kill it, then fail
+    if waiter.is_alive():  # the child hangs: kill it, then fail
         os.kill(pid, signal.SIGKILL)
         waiter.join(10)
         pytest.fail("the forked child blocked on a lock held by a parent thread at the fork")
@@ -353,12 +355,12 @@ def test_a_refused_record_between_pipelined_appends_keeps_the_others_in_order(sp
     """A record too large for this writer's segments, submitted between small ones, fails alone; the
     small ones land in the order submitted (a resent part of a refused request would land last)."""
     w = spawn_writer(WalConfig(dir=wal_dir, max_segment_size=64 * 1024, fsync_policy=FsyncPolicy.always()))
-    big = Record.put(b"big", b"x" * 100_000)            # more than a 64 KiB segment holds, less than 1 MiB
+    big = Record.put(b"big", b"x" * 100_000)  # more than a 64 KiB segment holds, less than 1 MiB
     with WalClient(w.endpoint, timeout=30) as c:
         p1, p2 = c.submit(rec("k", 1)), c.submit(big)
-        p1.done()                                       # sends what is queued
+        p1.done()  # sends what is queued
         p3 = c.submit(rec("k", 2))
-        p3.done()                                       # sent while the first request(s) are in flight
+        p3.done()  # sent while the first request(s) are in flight
         with pytest.raises(RecordTooLargeError):
             p2.result()
         assert p1.result() < p3.result()
@@ -367,7 +369,7 @@ def test_a_refused_record_between_pipelined_appends_keeps_the_others_in_order(sp
         ac = AsyncWalClient(w.endpoint, timeout=30)
         first = asyncio.ensure_future(ac.append(rec("a", 1)))
         refused = asyncio.ensure_future(ac.append(big))
-        await asyncio.sleep(0)                          # a loop turn: what is queued goes out
+        await asyncio.sleep(0)  # a loop turn: what is queued goes out
         await asyncio.sleep(0)
         last = asyncio.ensure_future(ac.append(rec("a", 2)))
         results = await asyncio.gather(first, refused, last, return_exceptions=True)
@@ -393,7 +395,7 @@ def test_pending_append_results_only_in_the_submitting_thread(spawn_writer, wal_
             for call in (p.result, p.done):
                 try:
                     call()
-                except BaseException as exc:                   # noqa: BLE001
+                except BaseException as exc:  # noqa: BLE001
                     errors.append(exc)
 
         t = threading.Thread(target=other)
@@ -402,11 +404,11 @@ def test_pending_append_results_only_in_the_submitting_thread(spawn_writer, wal_
         assert not t.is_alive()
         assert len(errors) == 2
         assert all(type(e) is WalError and "thread that submitted it" in str(e) for e in errors)
-        assert p.result() == Position(0, 32)                   # the submitting thread still collects it
+        assert p.result() == Position(0, 32)  # the submitting thread still collects it
         assert p.done()
         answered: list[Any] = []
         t = threading.Thread(target=lambda: answered.append((p.done(), p.result())))
-        t.start()                                              # once answered, any thread may read it
+        t.start()  # once answered, any thread may read it
         t.join(20)
         assert answered == [(True, Position(0, 32))]
 
@@ -425,7 +427,7 @@ def test_a_pending_append_of_a_thread_that_ended_is_not_driven_by_its_successor(
         def successor() -> None:
             try:
                 pending[0].result()
-            except BaseException as exc:                       # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
         t = threading.Thread(target=successor)
@@ -450,7 +452,7 @@ def _threads_that_append_and_end(endpoint: str, pairs: int) -> None:
         try:
             for k in range(3):
                 c.append(rec(f"t{i}", k))
-        except BaseException as exc:                           # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
             failures.append(exc)
 
     for n in range(pairs):
@@ -470,7 +472,7 @@ def test_short_lived_threads_never_share_a_socket(spawn_writer, wal_dir):
     child = ctx.Process(target=_threads_that_append_and_end, args=(w.endpoint, 300))
     child.start()
     child.join(100)
-    assert child.exitcode == 0                                 # not -6 (SIGABRT), not 1 (a failed append)
+    assert child.exitcode == 0  # not -6 (SIGABRT), not 1 (a failed append)
     assert len(keys_in(wal_dir)) == 300 * 2 * 3
 
 
@@ -489,8 +491,8 @@ def test_delete_segments_before_validates_the_position(spawn_writer, wal_dir):
                 c.delete_segments_before(bad)
         with pytest.raises(TypeError):
             c.delete_segments_before((1.5, 0))  # type: ignore[arg-type]
-        assert c.delete_segments_before(Position(2**64 - 1, 0)) == 0     # the largest valid: fine
-        assert c.append(rec("after", 0)) == Position(0, 32)             # the connection is unharmed
+        assert c.delete_segments_before(Position(2**64 - 1, 0)) == 0  # the largest valid: fine
+        assert c.append(rec("after", 0)) == Position(0, 32)  # the connection is unharmed
 
     async def main() -> None:
         async with AsyncWalClient(w.endpoint, timeout=30) as a:
@@ -523,11 +525,15 @@ def test_every_call_after_close_raises_even_an_empty_batch(spawn_writer, wal_dir
 
 def test_a_client_refuses_what_is_not_a_record_before_sending_and_serves_on(spawn_writer, wal_dir):
     from nori_wal import InvalidRecordError
+
     w = spawn_writer(wal_dir)
     with WalClient(w.endpoint, timeout=30) as c:
         first = c.append(rec("k", 0))
-        for call in (lambda: c.append("notarecord"), lambda: c.append_batch([rec("k", 1), None]),
-                     lambda: c.submit(Record(b"k", "v"))):
+        for call in (
+            lambda: c.append("notarecord"),
+            lambda: c.append_batch([rec("k", 1), None]),
+            lambda: c.submit(Record(b"k", "v")),
+        ):
             with pytest.raises(InvalidRecordError, match="not a valid Record"):
                 call()
         assert c.append(rec("k", 2)) > first
@@ -549,9 +555,14 @@ def test_every_call_to_a_writer_that_stopped_answering_raises_writer_unavailable
     w = spawn_writer(wal_dir)
     c = WalClient(w.endpoint, timeout=0.5)
     first = c.append(rec("k", 0))
-    calls = {"append": lambda: c.append(rec("k", 1)), "append_batch": lambda: c.append_batch([rec("k", 2)]),
-             "sync": c.sync, "current_position": c.current_position,
-             "delete_segments_before": lambda: c.delete_segments_before(first), "info": c.info}
+    calls = {
+        "append": lambda: c.append(rec("k", 1)),
+        "append_batch": lambda: c.append_batch([rec("k", 2)]),
+        "sync": c.sync,
+        "current_position": c.current_position,
+        "delete_segments_before": lambda: c.delete_segments_before(first),
+        "info": c.info,
+    }
     os.kill(w.pid, signal.SIGSTOP)
     try:
         for call in calls.values():

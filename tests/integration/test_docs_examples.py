@@ -51,16 +51,17 @@ from nori_wal.writer_proc import WriterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md")
-PYTHON_INFO = frozenset({"python", "py", "python3"})     # fence info strings that mark a python block
+PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
 
 # -- extracting fenced blocks ----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DocBlock:
-    file: str            # relative to the repository root
-    line: int            # 1-based line of the block's first line of code
-    info: str            # the fence's info string's first word ("python", "" ...)
+    file: str  # relative to the repository root
+    line: int  # 1-based line of the block's first line of code
+    info: str  # the fence's info string's first word ("python", "" ...)
     source: str
 
     @property
@@ -88,7 +89,7 @@ def fenced_blocks(rel: str, text: str | None = None) -> list[DocBlock]:
         j = i + 1
         while j < len(lines) and not close.match(lines[j]):
             j += 1
-        body = [ln[min(indent, len(ln) - len(ln.lstrip(" "))):] for ln in lines[i + 1:j]]   # CommonMark
+        body = [ln[min(indent, len(ln) - len(ln.lstrip(" "))) :] for ln in lines[i + 1 : j]]  # CommonMark
         out.append(DocBlock(rel, i + 2, info, "\n".join(body) + "\n"))
         i = j + 1
     return out
@@ -115,20 +116,25 @@ BLOCKS = python_blocks()
 
 # -- what differs from the docs --------------------------------------------------------------
 
+
 class Sub(NamedTuple):
-    old: str             # text of the block (every occurrence is replaced; it must occur)
-    new: str             # "{tmp}" is the test's temporary (and working) directory
+    old: str  # text of the block (every occurrence is replaced; it must occur)
+    new: str  # "{tmp}" is the test's temporary (and working) directory
     why: str
 
 
 SUBSTITUTIONS: dict[str, tuple[Sub, ...]] = {
     "README.md: from datetime import timedelta": (
-        Sub('"/var/lib/app/wal"', '"{tmp}/app-wal"',
-            "a system path; the test writes only below its temporary directory"),
+        Sub(
+            '"/var/lib/app/wal"', '"{tmp}/app-wal"', "a system path; the test writes only below its temporary directory"
+        ),
     ),
     "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": (
-        Sub("start_metrics_server(9464, meter)", "start_metrics_server(0, meter)",
-            "a fixed port may be taken on a shared machine; the doc's own comment: port 0 picks one"),
+        Sub(
+            "start_metrics_server(9464, meter)",
+            "start_metrics_server(0, meter)",
+            "a fixed port may be taken on a shared machine; the doc's own comment: port 0 picks one",
+        ),
     ),
 }
 
@@ -139,12 +145,14 @@ SKIPPED: dict[str, str] = {
 
 # -- running a block -------------------------------------------------------------------------
 
+
 def rewritten(key: str, tmp: Path) -> str:
     block = BLOCKS[key]
     src = block.source
     for sub in SUBSTITUTIONS.get(key, ()):
-        assert sub.old in src, (f"{block.where}: the example no longer contains {sub.old!r}; "
-                                f"update SUBSTITUTIONS in {__name__}")
+        assert sub.old in src, (
+            f"{block.where}: the example no longer contains {sub.old!r}; update SUBSTITUTIONS in {__name__}"
+        )
         src = src.replace(sub.old, sub.new.format(tmp=tmp))
     return src
 
@@ -152,8 +160,7 @@ def rewritten(key: str, tmp: Path) -> str:
 def run_block(key: str, tmp: Path, namespace: dict[str, Any]) -> None:
     """Execute block ``key`` in ``namespace``; tracebacks name the markdown file and its line numbers."""
     block = BLOCKS[key]
-    code = compile("\n" * (block.line - 1) + rewritten(key, tmp), str(ROOT / block.file), "exec",
-                   dont_inherit=True)
+    code = compile("\n" * (block.line - 1) + rewritten(key, tmp), str(ROOT / block.file), "exec", dont_inherit=True)
     exec(code, namespace)
 
 
@@ -187,24 +194,27 @@ class Ctx:
 
 # -- what each example claims ----------------------------------------------------------------
 
+
 def check_embedded(ns: dict[str, Any], ctx: Ctx) -> None:
     """README, "Embedded use": a fresh log recovers nothing; every record reads back as appended."""
     info = ns["info"]
     assert (info.valid_records, info.bytes_truncated) == (0, 0)
     assert ctx.stdout.splitlines()[0] == "0 0"
-    assert ns["pos"] == Position(0, 32)                 # the first record, just after the 32-byte header
+    assert ns["pos"] == Position(0, 32)  # the first record, just after the 32-byte header
     with open_reader(ctx.tmp / "app-wal") as reader:
         got = [(r.key, bytes(r.value), r.tombstone, r.ttl, r.compression) for r, _ in reader]
-    assert got == [(b"user:1", b"alice", False, None, Compression.NONE),
-                   (b"session", b"x", False, timedelta(minutes=5), Compression.NONE),
-                   (b"blob", b"y" * 10_000, False, None, Compression.ZSTD),
-                   (b"user:0", b"", True, None, Compression.NONE)]
+    assert got == [
+        (b"user:1", b"alice", False, None, Compression.NONE),
+        (b"session", b"x", False, timedelta(minutes=5), Compression.NONE),
+        (b"blob", b"y" * 10_000, False, None, Compression.ZSTD),
+        (b"user:0", b"", True, None, Compression.NONE),
+    ]
     assert len(ctx.stdout.splitlines()) == 1 + len(got)  # the example prints each record once
 
 
 def check_writer_service(ns: dict[str, Any], ctx: Ctx) -> None:
     """README, "The writer service": acked records are in the log, in order; the writer stopped cleanly."""
-    assert ns["writer"].returncode == 0                 # leaving the `with` stopped it gracefully
+    assert ns["writer"].returncode == 0  # leaving the `with` stopped it gracefully
     with open_reader(ctx.tmp / "wal") as reader:
         got = [(r.key, bytes(r.value), p) for r, p in reader]
     assert [k for k, _, _ in got] == [b"k"] + [b"k%d" % i for i in range(100)]
@@ -226,9 +236,14 @@ def check_cli_demo_log(ns: dict[str, Any], ctx: Ctx) -> None:
 def check_prometheus(ns: dict[str, Any], ctx: Ctx) -> None:
     """docs/CLI.md, Prometheus: the figures of the scrape excerpt printed after the example."""
     text = ns["meter"].exposition().decode()
-    for line in ("wal_records_total 1000.0", "wal_bytes_total 111900.0", "wal_segment_count 1.0",
-                 'wal_events_total{type="SegmentRoll"} 1.0', 'wal_events_total{type="SegmentsDeleted"} 1.0',
-                 "wal_recovery_truncated_bytes_total 0.0"):
+    for line in (
+        "wal_records_total 1000.0",
+        "wal_bytes_total 111900.0",
+        "wal_segment_count 1.0",
+        'wal_events_total{type="SegmentRoll"} 1.0',
+        'wal_events_total{type="SegmentsDeleted"} 1.0',
+        "wal_recovery_truncated_bytes_total 0.0",
+    ):
         assert line in text.splitlines(), f"{line!r} not in the exposition"
 
 
@@ -240,8 +255,9 @@ def check_positions(ns: dict[str, Any], ctx: Ctx) -> None:
     cuts it into several units: the reply has several runs.
     """
     positions = ns["positions"]
-    writer = ctx.spawn_writer(WalConfig(dir=str(ctx.tmp / "proto-wal"), max_segment_size=4096,
-                                        fsync_policy=FsyncPolicy.always()))
+    writer = ctx.spawn_writer(
+        WalConfig(dir=str(ctx.tmp / "proto-wal"), max_segment_size=4096, fsync_policy=FsyncPolicy.always())
+    )
     frames = [encode_record(Record.put(b"key-%02d" % i, bytes([i]) * (900 + 37 * i))) for i in range(12)]
     ctx_zmq = zmq.Context()
     try:
@@ -252,7 +268,7 @@ def check_positions(ns: dict[str, Any], ctx: Ctx) -> None:
         assert sock.poll(30_000), "no reply from the writer"
         version, request_id, status, runs = msgpack.unpackb(sock.recv())
     finally:
-        ctx_zmq.destroy(linger=0)           # closes the socket too, also when the assert failed
+        ctx_zmq.destroy(linger=0)  # closes the socket too, also when the assert failed
     assert (version, request_id, status) == (1, 7, 0), runs
     assert len(runs) > 3, f"expected several runs, got {runs}"
     with open_reader(ctx.tmp / "proto-wal") as reader:
@@ -271,6 +287,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
 
 # -- the tests -------------------------------------------------------------------------------
 
+
 def test_every_python_block_is_registered() -> None:
     """A new python block must be given a check (CHECKS) or a reason to skip it (SKIPPED); no stale entries."""
     assert BLOCKS, "no python blocks found: did the docs move?"
@@ -284,19 +301,24 @@ def test_every_python_block_is_registered() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key", list(BLOCKS), ids=[b.where for b in BLOCKS.values()])
-def test_python_example(key: str, tmp_path: Path, doc_namespace: dict[str, Any],
-                        capsys: pytest.CaptureFixture[str], spawn_writer: Callable[..., Any]) -> None:
+def test_python_example(
+    key: str,
+    tmp_path: Path,
+    doc_namespace: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    spawn_writer: Callable[..., Any],
+) -> None:
     if key in SKIPPED:
         pytest.skip(f"{BLOCKS[key].where}: {SKIPPED[key]}")
     run_block(key, tmp_path, doc_namespace)
     check = CHECKS.get(key)
-    if check is not None:        # an unregistered block still runs; the registry test fails for it
+    if check is not None:  # an unregistered block still runs; the registry test fails for it
         check(doc_namespace, Ctx(tmp_path, capsys.readouterr().out, spawn_writer))
 
 
 # -- the command line: docs/CLI.md's real output ---------------------------------------------
 
-CLI_DEMO_LOG = "docs/CLI.md: from datetime import timedelta"      # the python block that makes the log
+CLI_DEMO_LOG = "docs/CLI.md: from datetime import timedelta"  # the python block that makes the log
 CLI_DOCS = ("docs/CLI.md", "README.md")
 
 # The command lines (as printed after "$ ", comment dropped) that are run, in this order, against
@@ -320,11 +342,11 @@ CLI_EXAMPLES: dict[str, int] = {
 
 # What legitimately differs between the docs' run and this one, normalised on both sides.
 CLI_NORMALISE: tuple[tuple[str, str], ...] = (
-    (r"checked in \d+\.\d\d s", "checked in <T> s"),                # verify's timing
-    (r"^(directory\s+)\S+$", r"\1<DIR>"),                           # stats: the log's absolute path
-    (r'"directory": "[^"]*"', '"directory": "<DIR>"'),              # stats --json: the same
-    (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "<TIME> "),       # serve's log: timestamps
-    (r"\(pid \d+,", "(pid <PID>,"),                                 # and the writer's pid
+    (r"checked in \d+\.\d\d s", "checked in <T> s"),  # verify's timing
+    (r"^(directory\s+)\S+$", r"\1<DIR>"),  # stats: the log's absolute path
+    (r'"directory": "[^"]*"', '"directory": "<DIR>"'),  # stats --json: the same
+    (r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "<TIME> "),  # serve's log: timestamps
+    (r"\(pid \d+,", "(pid <PID>,"),  # and the writer's pid
 )
 
 
@@ -368,11 +390,17 @@ def run_cli(command: str, cwd: Path) -> tuple[int, list[str]]:
     m = re.fullmatch(r"(.*?)\s*\|\s*head -(\d+)", command)
     args = shlex.split(m.group(1) if m else command)
     assert args[0] == "nori-wal", command
-    proc = subprocess.run([sys.executable, "-m", "nori_wal.cli", *args[1:]], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nori_wal.cli", *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     stdout = proc.stdout.splitlines()
     if m:
-        stdout = stdout[:int(m.group(2))]
+        stdout = stdout[: int(m.group(2))]
     return proc.returncode, stdout + proc.stderr.splitlines()
 
 
@@ -390,18 +418,20 @@ def test_cli_examples_print_what_the_docs_show(tmp_path: Path, doc_namespace: di
             failures.append(f"$ {command}\nexit {rc}, expected {expected_rc}\n" + "\n".join(got))
         for s in (s for s in sessions if s.command == command):
             if normalise(got) != normalise(s.output):
-                failures.append(f"{s.where}: $ {command}\n--- docs\n" + "\n".join(s.output)
-                                + "\n--- this run\n" + "\n".join(got))
+                failures.append(
+                    f"{s.where}: $ {command}\n--- docs\n" + "\n".join(s.output) + "\n--- this run\n" + "\n".join(got)
+                )
     assert not failures, "\n\n".join(failures)
 
 
-SERVE_EXAMPLE = "nori-wal serve --dir /tmp/sv/wal --fsync always"     # README.md, "Command line"
-SERVE_DIR = "/tmp/sv/wal"        # replaced by a directory below tmp_path, in the command and its output
+SERVE_EXAMPLE = "nori-wal serve --dir /tmp/sv/wal --fsync always"  # README.md, "Command line"
+SERVE_DIR = "/tmp/sv/wal"  # replaced by a directory below tmp_path, in the command and its output
 
 
 @pytest.mark.timeout(120)
 def test_serve_example_prints_its_endpoint_and_exits_0_on_sigterm(
-        tmp_path: Path, serve_process: Callable[..., subprocess.Popen[str]]) -> None:
+    tmp_path: Path, serve_process: Callable[..., subprocess.Popen[str]]
+) -> None:
     """README's ``nori-wal serve`` line: stdout is the endpoint, stderr the log shown; SIGTERM exits 0."""
     sessions = [s for s in cli_sessions() if s.command == SERVE_EXAMPLE]
     assert sessions, f"{SERVE_EXAMPLE!r} is no longer in {CLI_DOCS}"
@@ -410,7 +440,7 @@ def test_serve_example_prints_its_endpoint_and_exits_0_on_sigterm(
     args = shlex.split(SERVE_EXAMPLE.replace(SERVE_DIR, real))
     assert args[:2] == ["nori-wal", "serve"]
     proc = serve_process(*args[2:])
-    assert read_line(proc).rstrip("\n") == expected[0]     # printed once it serves
+    assert read_line(proc).rstrip("\n") == expected[0]  # printed once it serves
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
@@ -435,4 +465,7 @@ def test_fence_parser_sees_what_markdown_sees() -> None:
         """)
     blocks = fenced_blocks("sample.md", sample)
     assert [(b.info, b.line, b.source) for b in blocks] == [
-        ("python", 3, "a = 1\n"), ("py", 6, "b = 2\n```\n"), ("", 10, "$ nori-wal x\n")]
+        ("python", 3, "a = 1\n"),
+        ("py", 6, "b = 2\n```\n"),
+        ("", 10, "$ nori-wal x\n"),
+    ]

@@ -42,7 +42,7 @@ def all_keys(d):
 def test_the_mark_round_trips_and_a_torn_copy_is_no_mark():
     data = encode_mark(Position(7, 4096))
     assert decode_mark(data) == Position(7, 4096)
-    for i in range(len(data) - 4):                 # any byte changed (the last 4 are padding)
+    for i in range(len(data) - 4):  # any byte changed (the last 4 are padding)
         torn = bytearray(data)
         torn[i] ^= 0x40
         assert decode_mark(bytes(torn)) is None
@@ -53,7 +53,7 @@ def test_os_policy_records_are_read_once_synced(tmp_path):
     cfg = WalConfig(dir=tmp_path, max_segment_size=SEG, fsync_policy=FsyncPolicy.os())
     with Wal.open(cfg)[0] as wal:
         written = recs(10)
-        wal.append_batch(written)                  # acknowledged after the write: not durable yet
+        wal.append_batch(written)  # acknowledged after the write: not durable yet
         assert len(all_keys(tmp_path)) == 10
         assert durable_keys(tmp_path) == []
         with wal.read_from(Position(0, 0), durable_only=True) as r:
@@ -70,8 +70,8 @@ def test_os_policy_sealed_segments_are_durable_the_active_one_is_not(tmp_path):
         last = pos[-1].segment_id
         assert last >= 2
         sealed = [r.key for r, p in zip(written, pos) if p.segment_id < last]
-        assert durable_keys(tmp_path) == sealed    # a roll seals (fsyncs) the segment it leaves
-    assert durable_keys(tmp_path) == [r.key for r in written]     # a clean close fsyncs the rest
+        assert durable_keys(tmp_path) == sealed  # a roll seals (fsyncs) the segment it leaves
+    assert durable_keys(tmp_path) == [r.key for r in written]  # a clean close fsyncs the rest
 
 
 def test_always_policy_every_acknowledged_record_is_readable_at_once(tmp_path):
@@ -79,7 +79,7 @@ def test_always_policy_every_acknowledged_record_is_readable_at_once(tmp_path):
     with Wal.open(cfg)[0] as wal:
         for i, rec in enumerate(recs(60)):
             wal.append(rec)
-            if i % 15 == 14:                       # across segment rolls too
+            if i % 15 == 14:  # across segment rolls too
                 assert len(durable_keys(tmp_path)) == i + 1
 
 
@@ -110,10 +110,10 @@ def test_without_a_mark_nothing_is_known_durable(tmp_path):
     cfg = WalConfig(dir=tmp_path, max_segment_size=SEG)
     with Wal.open(cfg)[0] as wal:
         wal.append_batch(recs(5))
-    os.unlink(tmp_path / MARK_FILE)                # e.g. a log an older nori-wal wrote
+    os.unlink(tmp_path / MARK_FILE)  # e.g. a log an older nori-wal wrote
     assert durable_keys(tmp_path) == [] and len(all_keys(tmp_path)) == 5
     assert MarkReader(OS, str(tmp_path)).read() is None
-    Wal.open(cfg)[0].close()                       # the next writer publishes what recovery made durable
+    Wal.open(cfg)[0].close()  # the next writer publishes what recovery made durable
     assert len(durable_keys(tmp_path)) == 5
 
 
@@ -142,19 +142,24 @@ def test_a_failed_fsync_never_moves_the_mark(tmp_path):
     wal, _ = Wal.open(cfg, layer=layer)
     wal.append_batch(recs(3))
     wal.sync()
-    wal.append(Record.put(b"unlucky", b"x"))      # Os: acknowledged at the write
+    wal.append(Record.put(b"unlucky", b"x"))  # Os: acknowledged at the write
     layer.inject("sync", errno.EIO)
     with pytest.raises(WalIOError):
         wal.sync()
-    assert all_keys(tmp_path)[-1] == b"unlucky"   # (under Os the log keeps it: it was acknowledged)
+    assert all_keys(tmp_path)[-1] == b"unlucky"  # (under Os the log keeps it: it was acknowledged)
     assert durable_keys(tmp_path) == [r.key for r in recs(3)]
     wal.close()
 
 
 def test_dump_durable_shows_only_fsynced_records(tmp_path):
     def dump(*args):
-        proc = subprocess.run([sys.executable, "-m", "nori_wal.cli", "dump", str(tmp_path), *args],
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nori_wal.cli", "dump", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.splitlines()
 

@@ -43,12 +43,12 @@ def test_metrics_endpoint_reports_appends_rolls_fsyncs_and_gc(tmp_path):
         with wal:
             positions = []
             for i in range(0, len(records), 10):
-                positions += wal.append_batch(records[i:i + 10])
+                positions += wal.append_batch(records[i : i + 10])
             last = wal.append(records[0])
             segments_made = last.segment_id + 1
             deleted = wal.delete_segments_before(positions[150])
             s = scrape(server.url)
-            fsync_ms = rec.observations("wal_fsync_ms")     # before close() adds its own fsync
+            fsync_ms = rec.observations("wal_fsync_ms")  # before close() adds its own fsync
         remaining = len(segment_ids(os.listdir(tmp_path)))
 
     rolls = len(rec.events_of(SegmentRoll))
@@ -64,7 +64,7 @@ def test_metrics_endpoint_reports_appends_rolls_fsyncs_and_gc(tmp_path):
     assert s[("wal_gc_latency_ms_count", ())] == 1
     assert s[("wal_segment_count", ())] == remaining == segments_made - deleted
     fsyncs = len(fsync_ms)
-    assert fsyncs >= 31                      # Always: at least one per batch (and per roll)
+    assert fsyncs >= 31  # Always: at least one per batch (and per roll)
     assert s[("wal_fsync_ms_count", ())] == fsyncs == s[("wal_events_total", (("type", "Fsync"),))]
     assert s[("wal_fsync_ms_sum", ())] == pytest.approx(sum(fsync_ms))
     assert s[("wal_fsync_ms_bucket", (("le", "+Inf"),))] == fsyncs
@@ -79,7 +79,7 @@ def test_recovery_metrics_after_a_torn_tail(tmp_path):
     seg = tmp_path / "000000.wal"
     data = seg.read_bytes()
     torn = encode_record(Record.put(b"b", b"2" * 50))[:20]
-    seg.write_bytes(data + torn)        # a torn record after the seal: a crash mid-write
+    seg.write_bytes(data + torn)  # a torn record after the seal: a crash mid-write
     prom = PrometheusMeter()
     with start_metrics_server(0, prom, "127.0.0.1") as server:
         wal, info = Wal.open_with_meter(config, prom)
@@ -103,6 +103,7 @@ def test_two_servers_two_meters_do_not_collide(tmp_path):
 
 # -- nori-wal serve --metrics-port, end to end ---------------------------------------------------
 
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,9 +114,26 @@ def _free_port():
 def _serve(directory, port, segment_size, preexec_fn=None):
     """``nori-wal serve`` with ``--metrics-port``, yielding (process, endpoint); stopped with SIGTERM at the
     end, which must give exit 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "nori_wal.cli", "serve", "--dir", directory, "--fsync", "always",
-                             "--max-segment-size", str(segment_size), "--metrics-port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nori_wal.cli",
+            "serve",
+            "--dir",
+            directory,
+            "--fsync",
+            "always",
+            "--max-segment-size",
+            str(segment_size),
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True)
     reader.start()
@@ -161,14 +179,17 @@ def test_serve_metrics_port_end_to_end(tmp_path):
 
 
 def test_without_prometheus_client_the_import_error_says_what_to_install():
-    code = ("import sys; sys.modules['prometheus_client'] = None\n"
-            "try:\n    from nori_wal.observe import PrometheusMeter\n"
-            "except ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "try:\n    from nori_wal.observe import PrometheusMeter\n"
+        "except ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "pip install 'nori-wal[prometheus]'" in out.stdout
 
 
 # -- a meter never raises into the log ------------------------------------------------------------
+
 
 class _BrokenMeter:
     """A user's meter with a bug: every call raises."""
@@ -190,18 +211,19 @@ def test_a_meter_that_raises_never_fails_an_append_after_its_write(tmp_path, cap
     """The record is written before the log reports it: an exception then would make a caller
     retry an append that is already in the log (a duplicate)."""
     from nori_wal import open_reader
+
     config = WalConfig(dir=tmp_path, max_segment_size=4096, fsync_policy=FsyncPolicy.always())
     with caplog.at_level(logging.WARNING, logger="nori_wal.observe"):
         wal, _ = Wal.open_with_meter(config, _BrokenMeter())
         with wal:
-            positions = [wal.append(Record.put(b"k%d" % i, b"v" * 500)) for i in range(20)]   # rolls too
+            positions = [wal.append(Record.put(b"k%d" % i, b"v" * 500)) for i in range(20)]  # rolls too
             wal.delete_segments_before(positions[-1])
     assert positions[-1].segment_id >= 2
     with open_reader(tmp_path) as r:
         assert [p for _, p in r] == [p for p in positions if p.segment_id == positions[-1].segment_id]
     warned = [r.getMessage() for r in caplog.records]
     assert any("counter wal_records_total" in m for m in warned)
-    assert len(warned) == len(set(warned))                 # one warning per metric, not one per call
+    assert len(warned) == len(set(warned))  # one warning per metric, not one per call
 
 
 def test_a_prometheus_meter_with_a_reserved_label_is_refused_when_made():
@@ -216,6 +238,7 @@ def test_gc_that_fails_part_way_reports_the_segments_it_did_delete(tmp_path):
     from nori_wal import WalIOError
     from nori_wal.observe import SegmentsDeleted
     from nori_wal.testing.faultyos import FaultyOsLayer
+
     layer, meter = FaultyOsLayer(), RecordingMeter()
     wal, _ = Wal.open_with_meter(WalConfig(dir=tmp_path, max_segment_size=4096), meter, layer=layer)
     with wal:
@@ -234,6 +257,7 @@ def test_gc_that_fails_part_way_reports_the_segments_it_did_delete(tmp_path):
 
 # -- the exporter is bounded: the network cannot stop the writer (audit 8, r1 and r13) -----------
 
+
 def _wait_closed_by_peer(socks, want, timeout=20.0):
     """Wait (bounded) until at least ``want`` of ``socks`` were closed by the server; the set of closed ones.
 
@@ -241,6 +265,7 @@ def _wait_closed_by_peer(socks, want, timeout=20.0):
     """
     import select
     import time
+
     closed: set = set()
     deadline = time.monotonic() + timeout
     while len(closed) < want:
@@ -253,7 +278,7 @@ def _wait_closed_by_peer(socks, want, timeout=20.0):
                 data = s.recv(1)
             except OSError:
                 data = b""
-            assert data == b""             # an idle client gets no bytes, only the close
+            assert data == b""  # an idle client gets no bytes, only the close
             closed.add(s)
     return closed
 
@@ -269,7 +294,7 @@ def test_the_exporter_binds_loopback_unless_told_otherwise():
         assert server.host == "127.0.0.1"
         assert server.url == f"http://127.0.0.1:{server.port}/metrics"
         assert scrape(server.url)[("wal_records_total", ())] == 3
-    with start_metrics_server(0, meter, addr="0.0.0.0") as server:     # an explicit choice
+    with start_metrics_server(0, meter, addr="0.0.0.0") as server:  # an explicit choice
         assert server.host == "0.0.0.0"
         assert scrape(server.url)[("wal_records_total", ())] == 3
 
@@ -279,23 +304,23 @@ def test_idle_connections_cannot_pile_up_threads_or_descriptors():
 
     Now at most max_connections (default 8) are held; each one past the cap is closed at once.
     """
-    cap = 8                                                 # nori_wal.prometheus.DEFAULT_MAX_CONNECTIONS
+    cap = 8  # nori_wal.prometheus.DEFAULT_MAX_CONNECTIONS
     meter = PrometheusMeter()
     meter.counter("wal_records_total", 5)
     n = 64
-    with start_metrics_server(0, meter) as server:          # the defaults, as serve uses them
+    with start_metrics_server(0, meter) as server:  # the defaults, as serve uses them
         fds_before = len(os.listdir("/proc/self/fd"))
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(n)]
         try:
             closed = _wait_closed_by_peer(idle, n - cap)
             assert len(closed) >= n - cap
-            held_by_server = len(os.listdir("/proc/self/fd")) - fds_before - n      # our n client sockets aside
+            held_by_server = len(os.listdir("/proc/self/fd")) - fds_before - n  # our n client sockets aside
             assert held_by_server <= cap
             assert len(_conn_threads(server.port)) <= cap
         finally:
             for s in idle:
                 s.close()
-        for t in _conn_threads(server.port):     # the held ones end on their client's close
+        for t in _conn_threads(server.port):  # the held ones end on their client's close
             t.join(timeout=10)
             assert not t.is_alive()
         assert scrape(server.url)[("wal_records_total", ())] == 5
@@ -308,7 +333,7 @@ def test_an_idle_connection_is_dropped_after_the_timeout_so_scrapes_go_on():
     with start_metrics_server(0, meter, max_connections=2, connection_timeout=0.3) as server:
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
         try:
-            assert len(_wait_closed_by_peer(idle, 2)) == 2        # dropped by the server, not by us
+            assert len(_wait_closed_by_peer(idle, 2)) == 2  # dropped by the server, not by us
         finally:
             for s in idle:
                 s.close()
@@ -344,13 +369,13 @@ def test_serve_keeps_rolling_while_many_idle_connections_hold_the_metrics_port(t
                 for _ in range(limit + 44):
                     try:
                         idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-                    except OSError:       # only the old, unbounded exporter: its backlog full, accept failing
+                    except OSError:  # only the old, unbounded exporter: its backlog full, accept failing
                         break
                 assert len(idle) == limit + 44
                 assert len(_wait_closed_by_peer(idle, len(idle) - 8)) >= len(idle) - 8
                 assert len(os.listdir(f"/proc/{proc.pid}/fd")) < limit // 2
                 positions = [client.append(Record.put(b"k%d" % i, os.urandom(1024))) for i in range(200)]
-            assert positions[-1].segment_id >= 2                 # rolled, twice at least
+            assert positions[-1].segment_id >= 2  # rolled, twice at least
         finally:
             for s in idle:
                 s.close()
@@ -358,12 +383,14 @@ def test_serve_keeps_rolling_while_many_idle_connections_hold_the_metrics_port(t
 
 def test_a_fresh_log_serves_every_documented_metric(tmp_path):
     """r13: wal_segments_deleted_total, wal_gc_latency_ms, rolls... were missing until they first happened."""
-    documented = re.findall(r"^\| `(wal_[a-z_]+)`(?:, `(wal_[a-z_]+)`)? \|",
-                            _read_docs("CLI.md"),
-                            re.MULTILINE)
+    documented = re.findall(r"^\| `(wal_[a-z_]+)`(?:, `(wal_[a-z_]+)`)? \|", _read_docs("CLI.md"), re.MULTILINE)
     names = {n for pair in documented for n in pair if n}
-    assert {"wal_segments_deleted_total", "wal_gc_latency_ms", "wal_segment_rolls_total",
-            "wal_replies_dropped_total"} <= names
+    assert {
+        "wal_segments_deleted_total",
+        "wal_gc_latency_ms",
+        "wal_segment_rolls_total",
+        "wal_replies_dropped_total",
+    } <= names
     prom = PrometheusMeter()
     with start_metrics_server(0, prom) as server:
         wal, _ = Wal.open_with_meter(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always()), prom)
@@ -384,6 +411,7 @@ def test_a_fresh_log_serves_every_documented_metric(tmp_path):
 
 def test_meters_sharing_a_registry_tell_their_logs_apart_by_label():
     from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry()
     a = PrometheusMeter(registry, labels={"wal": "orders"})
     b = PrometheusMeter(registry, labels={"wal": "audit"})
@@ -397,7 +425,7 @@ def test_meters_sharing_a_registry_tell_their_logs_apart_by_label():
     assert s[("wal_custom_total", (("wal", "audit"),))] == 4
     assert s[("wal_segments_deleted_total", (("wal", "orders"),))] == 0
     with pytest.raises(ValueError, match="same label names"):
-        PrometheusMeter(registry)                      # no labels: it could record nothing here
+        PrometheusMeter(registry)  # no labels: it could record nothing here
 
 
 def _read_docs(name):

@@ -37,6 +37,7 @@ def truncate_to(at):
     def damage(path):
         with open(path, "r+b") as f:
             f.truncate(at)
+
     return damage
 
 
@@ -46,6 +47,7 @@ def zero_from(at):
         with open(path, "r+b") as f:
             f.seek(at)
             f.write(bytes(size - at))
+
     return damage
 
 
@@ -56,6 +58,7 @@ def flip_byte(at):
             b = f.read(1)
             f.seek(at)
             f.write(bytes([b[0] ^ 0x5A]))
+
     return damage
 
 
@@ -63,17 +66,20 @@ def append_garbage(nbytes):
     def damage(path):
         with open(path, "ab") as f:
             f.write(random.Random(nbytes).randbytes(nbytes))
+
     return damage
 
 
 def tear_sector_after(at):
     """The last 512-byte sector write torn: bytes from ``at`` to the next sector boundary are garbage."""
+
     def damage(path):
         size = os.path.getsize(path)
         stop = min(size, (at // 512 + 1) * 512)
         with open(path, "r+b") as f:
             f.seek(at)
             f.write(random.Random(at).randbytes(stop - at))
+
     return damage
 
 
@@ -114,6 +120,7 @@ def test_damage_at_every_offset_keeps_exactly_the_prefix(tmp_path, kind):
 
 def _frame(rec):
     from nori_wal.codec import encode_record
+
     return encode_record(rec)
 
 
@@ -131,7 +138,7 @@ def test_garbage_appended_to_the_tail_is_cut(tmp_path, nbytes):
 def test_zero_filled_tail_is_end_not_corruption(tmp_path):
     recs, pos, path = make_log(str(tmp_path), n=10)
     with open(path, "ab") as f:
-        f.write(bytes(8192))      # ext4 after power loss (etcd #11488)
+        f.write(bytes(8192))  # ext4 after power loss (etcd #11488)
     wal, info = Wal.open(WalConfig(dir=str(tmp_path)))
     assert info.bytes_truncated == 8192 and not info.corruption_detected
     assert read_all(str(tmp_path)) == recs
@@ -151,13 +158,13 @@ def test_damaged_header_of_last_segment_is_removed(tmp_path):
     recs, pos, path = make_log(d, n=300, seg=16 * 1024)
     last = pos[-1].segment_id
     assert last >= 2
-    flip_byte(3)(path)                          # the active segment's header
+    flip_byte(3)(path)  # the active segment's header
     wal, info = Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
     survivors = [r for r, p in zip(recs, pos) if p.segment_id < last]
     assert info.valid_records == len(survivors) and info.corruption_detected
     assert read_all(d) == survivors
     p = wal.append(Record.put(b"new", b"seg"))
-    assert p.segment_id == last + 1             # segment names are never reused
+    assert p.segment_id == last + 1  # segment names are never reused
     wal.close()
 
 
@@ -166,7 +173,7 @@ def test_corruption_inside_a_sealed_segment_is_reported_not_skipped(tmp_path):
     recs, pos, path = make_log(d, n=300, seg=16 * 1024)
     first = os.path.join(d, segment_name(0))
     size = os.path.getsize(first)
-    with open(first, "r+b") as f:                # break the seal and a record in the middle
+    with open(first, "r+b") as f:  # break the seal and a record in the middle
         f.seek(size - SEAL_FRAME_SIZE + 5)
         f.write(b"\xff")
         f.seek(pos[3].offset + 8)
@@ -203,7 +210,7 @@ def test_clean_reopen_does_not_rescan_sealed_segments(tmp_path):
         before = wal.current_position()
     wal, info = Wal.open(cfg)
     assert info.segments_scanned == 0 and info.bytes_truncated == 0 and info.valid_records == 200
-    assert wal.current_position() == before          # unchanged by close + reopen
+    assert wal.current_position() == before  # unchanged by close + reopen
     assert wal.append(Record.put(b"x", b"y")) >= before
     wal.close()
 
@@ -216,7 +223,7 @@ def test_junk_files_in_the_directory_are_ignored(tmp_path):
     wal, info = Wal.open(WalConfig(dir=d))
     assert info.valid_records == 5 and read_all(d) == recs
     wal.close()
-    assert not (tmp_path / "000001.wal.tmp").exists()   # a crashed roll's temp file is cleaned up
+    assert not (tmp_path / "000001.wal.tmp").exists()  # a crashed roll's temp file is cleaned up
 
 
 def test_reopening_with_smaller_segments_keeps_every_record(tmp_path):
@@ -227,11 +234,11 @@ def test_reopening_with_smaller_segments_keeps_every_record(tmp_path):
     acked = [Record.put(b"small1", b"a"), Record.put(b"big", os.urandom(100_000)), Record.put(b"small2", b"b")]
     for r in acked:
         wal.append(r)
-    wal._log._active.close()                     # a crash: no clean close, the last segment stays unsealed
+    wal._log._active.close()  # a crash: no clean close, the last segment stays unsealed
     wal._log._lock.release()
     small = WalConfig(dir=d, max_segment_size=64 * 1024, fsync_policy=FsyncPolicy.always())
     wal2, info = Wal.open(small)
-    assert info.valid_records == 3 and not info.corruption_detected     # (preallocated zeros are cut)
+    assert info.valid_records == 3 and not info.corruption_detected  # (preallocated zeros are cut)
     wal2.append(Record.put(b"after", b"reopen"))
     wal2.close()
     assert read_all(d) == acked + [Record.put(b"after", b"reopen")]
@@ -243,7 +250,7 @@ def test_an_open_that_refuses_removes_nothing(tmp_path):
     recs, pos, path = make_log(d, n=600, seg=16 * 1024)
     assert pos[-1].segment_id >= 3
     os.unlink(os.path.join(d, segment_name(1)))
-    flip_byte(3)(path)                           # the last segment's header
+    flip_byte(3)(path)  # the last segment's header
     before = {n: os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)}
     with pytest.raises(CorruptionError, match="segment 1 is missing"):
         Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
@@ -251,6 +258,7 @@ def test_an_open_that_refuses_removes_nothing(tmp_path):
 
 
 # -- damage in a sealed last segment; the durable mark ----------------------------------------------
+
 
 def sealed_log(d, n=20):
     """A cleanly closed log of one segment (it ends with its seal): (records, positions, path)."""
@@ -262,12 +270,14 @@ def sealed_log(d, n=20):
 
 def stretch_value_len(at):
     """One bit of a record's 2-byte value_len flipped: 200 becomes 8392, its end past the end of the file."""
+
     def damage(path):
         with open(path, "r+b") as f:
             f.seek(at + 6)
             b = f.read(1)[0]
             f.seek(at + 6)
             f.write(bytes([b ^ 0x40]))
+
     return damage
 
 
@@ -276,6 +286,7 @@ def zero_records(start, end):
         with open(path, "r+b") as f:
             f.seek(start)
             f.write(bytes(end - start))
+
     return damage
 
 
@@ -305,13 +316,17 @@ def unsealed_log(d, n=20):
 def test_a_cut_below_the_durable_mark_is_corruption(tmp_path, damage):
     """The cut removes records the previous writer had made durable: not a crash's tail (recovery rule 7)."""
     from nori_wal.observe import CorruptionTruncated, RecordingMeter
+
     d = str(tmp_path)
     recs, pos, path = unsealed_log(d)
     end = os.path.getsize(path)
-    {"value_len": stretch_value_len(pos[5].offset), "flip": flip_byte(pos[5].offset + 9),
-     "zeroed": zero_records(pos[5].offset, pos[7].offset)}[damage](path)
+    {
+        "value_len": stretch_value_len(pos[5].offset),
+        "flip": flip_byte(pos[5].offset + 9),
+        "zeroed": zero_records(pos[5].offset, pos[7].offset),
+    }[damage](path)
     meter = RecordingMeter()
-    wal, info = Wal.open_with_meter(WalConfig(dir=d), meter)            # never raises: it cuts, and says so
+    wal, info = Wal.open_with_meter(WalConfig(dir=d), meter)  # never raises: it cuts, and says so
     wal.close()
     assert info.corruption_detected and info.valid_records == 5
     (event,) = meter.events_of(CorruptionTruncated)
@@ -326,7 +341,7 @@ def test_a_tail_past_the_durable_mark_is_a_crash_not_corruption(tmp_path):
     end = os.path.getsize(path)
     group = b"".join(_frame(Record.put(b"g%02d" % i, b"w" * 200)) for i in range(40))
     with open(path, "r+b") as f:
-        f.seek(end + 4096)                               # its first page lost (zeros), the next one kept
+        f.seek(end + 4096)  # its first page lost (zeros), the next one kept
         f.write(group[4096:8192])
     wal, info = Wal.open(WalConfig(dir=d))
     wal.close()
@@ -336,7 +351,7 @@ def test_a_tail_past_the_durable_mark_is_a_crash_not_corruption(tmp_path):
 def test_a_log_ending_below_the_durable_mark_is_corruption(tmp_path):
     d = str(tmp_path)
     recs, pos, path = unsealed_log(d)
-    truncate_to(pos[15].offset)(path)                    # whole records, but fewer than were durable
+    truncate_to(pos[15].offset)(path)  # whole records, but fewer than were durable
     wal, info = Wal.open(WalConfig(dir=d))
     wal.close()
     assert info.corruption_detected and info.bytes_truncated == 0 and info.valid_records == 15
@@ -345,6 +360,7 @@ def test_a_log_ending_below_the_durable_mark_is_corruption(tmp_path):
 def test_a_durable_mark_past_the_last_segment_is_reported_not_refused(tmp_path):
     """Segments holding durable records are gone (or a hot copy took the segments before the mark)."""
     from nori_wal.observe import CorruptionTruncated, RecordingMeter
+
     d = str(tmp_path)
     recs, pos, path = make_log(d, n=300, seg=16 * 1024)
     last = pos[-1].segment_id
@@ -361,7 +377,7 @@ def test_a_durable_mark_past_the_last_segment_is_reported_not_refused(tmp_path):
 def test_a_zeroed_last_header_with_records_behind_it_is_corruption(tmp_path):
     d = str(tmp_path)
     recs, pos, path = make_log(d, n=300, seg=16 * 1024)
-    os.unlink(os.path.join(d, "DURABLE"))                # (the mark alone would tell: see above)
+    os.unlink(os.path.join(d, "DURABLE"))  # (the mark alone would tell: see above)
     zero_records(0, HEADER_SIZE)(path)
     wal, info = Wal.open(WalConfig(dir=d, max_segment_size=16 * 1024))
     wal.close()

@@ -19,8 +19,11 @@ def test_current_position_is_never_ahead_of_the_next_append_during_a_roll(tmp_pa
 
     seen: list = []
     code = segment_log.SegmentLog._create_segment.__code__
-    gap_line = next(i for i, line in enumerate(pathlib.Path(segment_log.__file__).read_text().splitlines(), 1)
-                    if line.strip() == "self.end = HEADER_SIZE")
+    gap_line = next(
+        i
+        for i, line in enumerate(pathlib.Path(segment_log.__file__).read_text().splitlines(), 1)
+        if line.strip() == "self.end = HEADER_SIZE"
+    )
 
     def tracer(frame, event, arg):
         if frame.f_code is not code:
@@ -29,7 +32,7 @@ def test_current_position_is_never_ahead_of_the_next_append_during_a_roll(tmp_pa
             # Between "active_id = new" and "end = HEADER_SIZE": ask from another thread.
             q = threading.Thread(target=lambda: seen.append(wal.current_position()))
             q.start()
-            q.join(1.0)                           # with the fix it blocks on the lock until the roll ends
+            q.join(1.0)  # with the fix it blocks on the lock until the roll ends
             seen.append(q)
         return tracer
 
@@ -67,6 +70,7 @@ def _pause_at(code, lineno, reached, go):
             reached.set()
             go.wait(30)
         return tracer
+
     return tracer
 
 
@@ -79,24 +83,28 @@ def test_append_racing_close_is_not_reported_failed_when_close_made_it_durable(t
     would duplicate it).
     """
     from nori_wal.wal import Wal as W
+
     wal, _ = Wal.open(WalConfig(dir=tmp_path / "wal", fsync_policy=FsyncPolicy.always()))
     ev = {k: threading.Event() for k in ("w_in", "w_go", "w_sync", "w_go2", "c_in", "c_go")}
     result: list = []
 
     def appender():
-        t1 = _pause_at(W._await_durable.__code__, _line_of(W._await_durable, "cond = self._sync_cond"),
-                       ev["w_in"], ev["w_go"])
-        t2 = _pause_at(W._await_durable.__code__, _line_of(W._await_durable, "self._log.sync()"),
-                       ev["w_sync"], ev["w_go2"])
+        t1 = _pause_at(
+            W._await_durable.__code__, _line_of(W._await_durable, "cond = self._sync_cond"), ev["w_in"], ev["w_go"]
+        )
+        t2 = _pause_at(
+            W._await_durable.__code__, _line_of(W._await_durable, "self._log.sync()"), ev["w_sync"], ev["w_go2"]
+        )
 
         def both(frame, event, arg):
             a = t1(frame, event, arg)
             b = t2(frame, event, arg)
             return both if (a or b) else None
+
         sys.settrace(both)
         try:
             result.append(wal.append(Record.put(b"k", b"v")))
-        except Exception as exc:       # noqa: BLE001  recorded for the assert
+        except Exception as exc:  # noqa: BLE001  recorded for the assert
             result.append(exc)
         finally:
             sys.settrace(None)
@@ -110,18 +118,17 @@ def test_append_racing_close_is_not_reported_failed_when_close_made_it_durable(t
 
     a = threading.Thread(target=appender)
     a.start()
-    assert ev["w_in"].wait(30)          # written, not yet waiting for durability
+    assert ev["w_in"].wait(30)  # written, not yet waiting for durability
     c = threading.Thread(target=closer)
     c.start()
-    assert ev["c_in"].wait(30)          # close is past its wait for a syncer
+    assert ev["c_in"].wait(30)  # close is past its wait for a syncer
     ev["w_go"].set()
-    assert ev["w_sync"].wait(30)        # the appender is the syncer, about to sync
+    assert ev["w_sync"].wait(30)  # the appender is the syncer, about to sync
     ev["c_go"].set()
-    c.join(30)                          # close seals and fsyncs everything
+    c.join(30)  # close seals and fsyncs everything
     ev["w_go2"].set()
     a.join(30)
     assert len(result) == 1 and not isinstance(result[0], Exception), result
-
 
 
 def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
@@ -134,6 +141,7 @@ def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
 
     from nori_wal import open_reader
     from nori_wal.codec import SEAL_FRAME_SIZE
+
     d = tmp_path / "wal"
     wal, _ = Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.os()))
     recs = [Record.put(b"k%d" % i, b"v" * 300) for i in range(20)]
@@ -141,15 +149,15 @@ def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
     wal.close()
     path = d / "000000.wal"
     size = os.path.getsize(path) - SEAL_FRAME_SIZE
-    os.truncate(path, size)                     # as if the writer had crashed: no seal
-    torn = positions[-3].offset + 10            # inside the third-to-last frame
+    os.truncate(path, size)  # as if the writer had crashed: no seal
+    torn = positions[-3].offset + 10  # inside the third-to-last frame
     with open(path, "r+b") as f:
         f.seek(torn)
         f.write(bytes(size - torn))
     with open_reader(d) as reader:
         got = [r for r, _ in reader]
     assert got == recs[:-3]
-    wal, info = Wal.open(WalConfig(dir=d))     # recovery agrees: the same prefix
+    wal, info = Wal.open(WalConfig(dir=d))  # recovery agrees: the same prefix
     with wal.read_from(positions[0]) as reader:
         assert [r for r, _ in reader] == recs[:-3]
     wal.close()
@@ -159,6 +167,7 @@ def test_a_segment_removed_by_recovery_never_has_its_name_reused(tmp_path):
     """DESIGN rule 8: recovery peeled a last segment with a damaged header; after a reopen
     without appends the next roll created a segment under the removed segment's name."""
     import os
+
     d = tmp_path / "wal"
     cfg = WalConfig(dir=d, max_segment_size=4096, fsync_policy=FsyncPolicy.os())
     wal, _ = Wal.open(cfg)
@@ -166,8 +175,8 @@ def test_a_segment_removed_by_recovery_never_has_its_name_reused(tmp_path):
         wal.append(Record.put(b"k", b"v" * 100))
     wal.close()
     with open(d / "000001.wal", "r+b") as f:
-        f.write(b"X")                           # the header of the last segment is damaged
-    wal, info = Wal.open(cfg)                   # removes segment 1
+        f.write(b"X")  # the header of the last segment is damaged
+    wal, info = Wal.open(cfg)  # removes segment 1
     assert info.corruption_detected
     wal.close()
     wal, _ = Wal.open(cfg)

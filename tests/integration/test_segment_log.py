@@ -25,11 +25,11 @@ def test_append_in_place_writes_a_group_in_one_run_or_nothing_when_a_roll_is_due
     assert start == HEADER_SIZE
     assert log.position == Position(log.active_id, HEADER_SIZE + sum(map(len, first)))
 
-    too_big = _frames("b", 70, 1000)            # ~70 KB: more than the rest of a 64 KiB segment
+    too_big = _frames("b", 70, 1000)  # ~70 KB: more than the rest of a 64 KiB segment
     before = log.position
     assert log.append_in_place(too_big, len(too_big), sum(map(len, too_big))) is None
-    assert log.position == before               # nothing written
-    positions = log.append_frames(too_big)      # the caller's fallback rolls where needed
+    assert log.position == before  # nothing written
+    positions = log.append_frames(too_big)  # the caller's fallback rolls where needed
     assert positions[0] == before and positions[-1].segment_id > before.segment_id
     log.sync()
     log.close()
@@ -40,6 +40,7 @@ def test_append_in_place_writes_a_group_in_one_run_or_nothing_when_a_roll_is_due
 
 
 # -- a new log directory: its entry (and its new parents') made durable before anything is acked --
+
 
 class DirCallsLayer(OsFileLayer):
     """The real file system, recording its directory-level calls."""
@@ -65,11 +66,12 @@ def test_opening_fsyncs_the_parent_of_every_directory_on_the_path_before_locking
     parents = [str(tmp_path / "a")]
     while parents[-1] != "/":
         parents.append(os.path.dirname(parents[-1]))
-    for _ in range(2):                  # new, then existing (a killed opener may have left it unsynced)
+    for _ in range(2):  # new, then existing (a killed opener may have left it unsynced)
         layer = DirCallsLayer()
         Wal.open(WalConfig(dir=d), layer=layer)[0].close()
-        assert layer.calls[:len(parents) + 2] == [("makedirs", d)] + [("sync_dir", p) for p in parents] + [
-            ("lock_dir", d)]
+        assert layer.calls[: len(parents) + 2] == [("makedirs", d)] + [("sync_dir", p) for p in parents] + [
+            ("lock_dir", d)
+        ]
 
 
 def test_acked_records_in_a_new_directory_survive_a_power_loss():
@@ -79,7 +81,7 @@ def test_acked_records_in_a_new_directory_survive_a_power_loss():
     cfg = WalConfig(dir="/srv/a/wal", fsync_policy=FsyncPolicy.always())
     with Wal.open(cfg, layer=fs)[0] as wal:
         wal.append(Record.put(b"k", b"acked"))
-        after = fs.crash(POWER_LOSS)            # power fails while the log is open
+        after = fs.crash(POWER_LOSS)  # power fails while the log is open
     wal2, _info = Wal.open(cfg, layer=after)
     with wal2, wal2.read_from(Position(0, 0)) as reader:
         assert [(r.key, bytes(r.value)) for r, _ in reader] == [(b"k", b"acked")]
@@ -91,15 +93,15 @@ def test_a_failed_fsync_of_a_new_directorys_parent_fails_the_open():
     with pytest.raises(WalIOError, match="entry of /srv/wal durable failed .fsync of /srv.") as e:
         Wal.open(WalConfig(dir="/srv/wal"), layer=fs)
     assert fault.fired == 1 and e.value.__cause__.errno == errno.EIO
-    assert ("/srv", ("mkdir", "wal")) in fs.pending_dir_ops()            # still not durable
+    assert ("/srv", ("mkdir", "wal")) in fs.pending_dir_ops()  # still not durable
 
 
 def test_a_directory_left_unsynced_by_a_killed_opener_is_made_durable_by_the_next():
     fs = FaultFS()
-    fs.inject("sync_dir", CRASH)                # killed right after its mkdir, before any fsync
+    fs.inject("sync_dir", CRASH)  # killed right after its mkdir, before any fsync
     with pytest.raises(SimulatedCrash):
         Wal.open(WalConfig(dir="/srv/wal"), layer=fs)
-    kernel = fs.process_crash()                 # the directories exist, in the page cache only
+    kernel = fs.process_crash()  # the directories exist, in the page cache only
     assert kernel.exists("/srv/wal") and not kernel.crash().exists("/srv")
     with Wal.open(WalConfig(dir="/srv/wal", fsync_policy=FsyncPolicy.always()), layer=kernel)[0] as wal:
         wal.append(Record.put(b"k", b"acked"))
@@ -111,8 +113,8 @@ def test_an_unreadable_parent_is_skipped_unless_the_open_created_a_directory_in_
     fs.makedirs("/srv/wal")
     fs.sync_dir("/")
     fs.sync_dir("/srv")
-    fs.inject("sync_dir", errno.EACCES)            # the first: /srv, the parent of /srv/wal
-    Wal.open(WalConfig(dir="/srv/wal"), layer=fs)[0].close()     # /srv/wal existed: skipped
+    fs.inject("sync_dir", errno.EACCES)  # the first: /srv, the parent of /srv/wal
+    Wal.open(WalConfig(dir="/srv/wal"), layer=fs)[0].close()  # /srv/wal existed: skipped
     fs.inject("sync_dir", errno.EACCES)
     with pytest.raises(WalIOError, match="entry of /srv/new durable failed .fsync of /srv.: Permission denied"):
         Wal.open(WalConfig(dir="/srv/new"), layer=fs)
@@ -127,7 +129,7 @@ def test_an_interrupt_between_a_write_and_its_bookkeeping_stops_the_log_instead_
     wal.append(Record.put(b"a", b"1"))
     fired: list[int] = []
 
-    def interrupt_once(_layer, call):          # stands in for a signal handler right after the write
+    def interrupt_once(_layer, call):  # stands in for a signal handler right after the write
         if call.op == "append" and not fired:
             fired.append(1)
             raise KeyboardInterrupt
@@ -140,7 +142,7 @@ def test_an_interrupt_between_a_write_and_its_bookkeeping_stops_the_log_instead_
     wal.close()
     with Wal.open(cfg, layer=fs)[0] as again, again.read_from(Position(0, 0)) as reader:
         keys = [r.key for r, _ in reader]
-    assert keys[0] == b"a" and b"c" not in keys     # "b" was never acknowledged: it may or may not be there
+    assert keys[0] == b"a" and b"c" not in keys  # "b" was never acknowledged: it may or may not be there
 
 
 def test_a_batch_that_fits_in_a_segment_is_written_whole_or_not_at_all_across_a_roll():
@@ -149,8 +151,8 @@ def test_a_batch_that_fits_in_a_segment_is_written_whole_or_not_at_all_across_a_
     fs = FaultFS()
     cfg = WalConfig(dir="/w", max_segment_size=4096, fsync_policy=FsyncPolicy.always())
     wal, _ = Wal.open(cfg, layer=fs)
-    wal.append_batch([Record.put(b"old%d" % i, b"x" * 300) for i in range(8)])     # most of segment 0
-    batch = [Record.put(b"new%d" % i, b"y" * 300) for i in range(10)]              # ~3.2 KB: fits in one
+    wal.append_batch([Record.put(b"old%d" % i, b"x" * 300) for i in range(8)])  # most of segment 0
+    batch = [Record.put(b"new%d" % i, b"y" * 300) for i in range(10)]  # ~3.2 KB: fits in one
     fs.inject("create", errno.EIO)
     with pytest.raises(WalIOError):
         wal.append_batch(batch)
@@ -158,7 +160,7 @@ def test_a_batch_that_fits_in_a_segment_is_written_whole_or_not_at_all_across_a_
     with Wal.open(cfg, layer=fs)[0] as again:
         with again.read_from(Position(0, 0)) as reader:
             assert not [r for r, _ in reader if r.key.startswith(b"new")]
-        positions = again.append_batch(batch)                                       # and when it works
+        positions = again.append_batch(batch)  # and when it works
         assert len({p.segment_id for p in positions}) == 1
         with again.read_from(positions[0]) as reader:
             assert [(r.key, p) for (r, p), _ in zip(reader, batch)] == [(r.key, p) for r, p in zip(batch, positions)]

@@ -47,8 +47,13 @@ def read_all(d, start=Position(0, 0)):
 
 
 def verify(d):
-    return subprocess.run([sys.executable, "-m", "nori_wal.cli", "verify", str(d)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "nori_wal.cli", "verify", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_a_lost_middle_segment_stops_recovery_readers_and_verify(tmp_path):
@@ -59,7 +64,7 @@ def test_a_lost_middle_segment_stops_recovery_readers_and_verify(tmp_path):
         Wal.open(config(tmp_path))
     assert (err.value.segment_id, err.value.offset) == (3, 0)
     assert "segment 2 is missing" in str(err.value) and "refusing to open" in str(err.value)
-    assert listing(tmp_path) == before                  # recovery changed nothing
+    assert listing(tmp_path) == before  # recovery changed nothing
 
     # A reader reads up to the hole, then refuses to skip it; so does one starting in it.
     with open_reader(tmp_path) as r:
@@ -98,28 +103,29 @@ def test_ids_skipped_by_recovery_are_no_loss(tmp_path):
         f.write(b"\xff")
     with Wal.open(config(tmp_path))[0] as wal:
         new = wal.append(Record.put(b"new", b"segment"))
-    assert new.segment_id == last + 1                       # id `last` is skipped, never reused
-    with Wal.open(config(tmp_path))[0] as wal:              # and reopening accepts the skip
+    assert new.segment_id == last + 1  # id `last` is skipped, never reused
+    with Wal.open(config(tmp_path))[0] as wal:  # and reopening accepts the skip
         assert wal.current_position().segment_id == last + 1
     survivors = [rec for rec, p in zip(recs, pos) if p.segment_id < last]
     assert read_all(tmp_path) == survivors + [Record.put(b"new", b"segment")]
-    problems = inspect_log(tmp_path).problems               # not even the old "may be lost" warning:
-    assert [(p.segment_id, p.fatal) for p in problems] == [(last, False)]     # only the set-aside file's
+    problems = inspect_log(tmp_path).problems  # not even the old "may be lost" warning:
+    assert [(p.segment_id, p.fatal) for p in problems] == [(last, False)]  # only the set-aside file's
     assert f"set aside in {last:06d}.wal.0.broken" in problems[0].message
 
 
 def test_a_segment_that_does_not_belong_between_two_others_is_refused(tmp_path):
     recs, pos = make_log(tmp_path)
     last = pos[-1].segment_id
-    with open(tmp_path / segment_name(last), "r+b") as f:     # recovery will skip id `last`
+    with open(tmp_path / segment_name(last), "r+b") as f:  # recovery will skip id `last`
         f.seek(3)
         f.write(b"\xff")
     Wal.open(config(tmp_path))[0].close()
-    stray = (tmp_path / segment_name(last - 1)).read_bytes()   # a valid segment put back under the skipped id
-    body = bytearray(stray[:HEADER_SIZE - 4])
+    stray = (tmp_path / segment_name(last - 1)).read_bytes()  # a valid segment put back under the skipped id
+    body = bytearray(stray[: HEADER_SIZE - 4])
     struct.pack_into("<QI", body, 16, last, 1)
-    (tmp_path / segment_name(last)).write_bytes(bytes(body) + struct.pack("<I", crc32c(bytes(body))) +
-                                                stray[HEADER_SIZE:])
+    (tmp_path / segment_name(last)).write_bytes(
+        bytes(body) + struct.pack("<I", crc32c(bytes(body))) + stray[HEADER_SIZE:]
+    )
     with pytest.raises(CorruptionError, match=f"segment {last} does not belong"):
         Wal.open(config(tmp_path))
     assert verify(tmp_path).returncode == 1
@@ -164,8 +170,8 @@ def test_a_failed_directory_fsync_in_gc_is_fail_stop_and_loses_nothing():
         wal.delete_segments_before(Position(4, 0))
     with pytest.raises(WalIOError) as again:
         wal.append(Record.put(b"late", b"x"))
-    assert again.value is err.value                       # fail-stop: the same error from now on
+    assert again.value is err.value  # fail-stop: the same error from now on
     wal.close()
-    reopened, info = Wal.open(cfg, layer=fs.crash())      # the unlink did not persist: all 60 records remain
+    reopened, info = Wal.open(cfg, layer=fs.crash())  # the unlink did not persist: all 60 records remain
     with reopened, reopened.read_from(Position(0, 0)) as r:
         assert [rec for rec, _ in r] == recs

@@ -30,14 +30,14 @@ def make_log(d, n=30, layer=None):
     (records, their positions, the end position)."""
     recs = [Record.put(b"k%03d" % i, bytes([i]) * (40 + 90 * i)) for i in range(n)]
     wal, _ = Wal.open(config(d), layer=layer) if layer is not None else Wal.open(config(d))
-    pos = wal.append_batch(recs[: n // 2]) + [wal.append(r) for r in recs[n // 2:]]
+    pos = wal.append_batch(recs[: n // 2]) + [wal.append(r) for r in recs[n // 2 :]]
     end = wal.current_position()
     wal.close()
     return recs, pos, end
 
 
 def unseal(path, end):
-    with open(path, "r+b") as f:         # the close-time seal goes, as after a crash
+    with open(path, "r+b") as f:  # the close-time seal goes, as after a crash
         f.truncate(end)
 
 
@@ -61,21 +61,22 @@ def test_a_damaged_record_and_all_after_it_are_set_aside_before_the_cut(tmp_path
     path = tmp_path / segment_name(end.segment_id)
     unseal(path, end.offset)
     hit = next(i for i, p in enumerate(pos) if p.segment_id == end.segment_id) + 1
-    poke(path, pos[hit].offset + 30, b"\xff\xfe")   # in the value: a checksum failure
+    poke(path, pos[hit].offset + 30, b"\xff\xfe")  # in the value: a checksum failure
     damaged = path.read_bytes()
     wal, info = Wal.open(config(tmp_path))
     wal.close()
     name = set_aside_name(end.segment_id, pos[hit].offset)
     assert info.corruption_detected and info.set_aside == (name,)
-    assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset:]      # every byte the cut took
-    assert path.read_bytes().startswith(damaged[:pos[hit].offset])       # (then the seal close wrote)
+    assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset :]  # every byte the cut took
+    assert path.read_bytes().startswith(damaged[: pos[hit].offset])  # (then the seal close wrote)
     assert read_keys(tmp_path) == [r.key for r in recs[:hit]]
-    wal, again = Wal.open(config(tmp_path))     # the next open is clean and leaves the file alone
+    wal, again = Wal.open(config(tmp_path))  # the next open is clean and leaves the file alone
     wal.close()
     assert again.set_aside == () and not again.corruption_detected
-    assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset:]
-    verify = subprocess.run([sys.executable, "-m", "nori_wal.cli", "verify", str(tmp_path)],
-                            capture_output=True, text=True)
+    assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset :]
+    verify = subprocess.run(
+        [sys.executable, "-m", "nori_wal.cli", "verify", str(tmp_path)], capture_output=True, text=True
+    )
     assert verify.returncode == 0 and f"set aside in {name}" in verify.stdout, verify
 
 
@@ -102,7 +103,7 @@ def test_a_set_aside_segment_id_is_never_reused(tmp_path):
     wal, info = Wal.open(config(tmp_path))
     new = wal.append(Record.put(b"after", b"crash"))
     wal.close()
-    assert new.segment_id == last + 1, new          # not `last`: positions in the set-aside file keep meaning
+    assert new.segment_id == last + 1, new  # not `last`: positions in the set-aside file keep meaning
     assert info.set_aside == ()
 
 
@@ -111,7 +112,7 @@ def test_a_crash_tail_is_cut_without_keeping_it(tmp_path, tail):
     recs, pos, end = make_log(tmp_path)
     path = tmp_path / segment_name(end.segment_id)
     unseal(path, end.offset)
-    os.unlink(tmp_path / "DURABLE")     # the crash came before a mark covered the tail (else: Rule 7's loss)
+    os.unlink(tmp_path / "DURABLE")  # the crash came before a mark covered the tail (else: Rule 7's loss)
     if tail == "torn":
         unseal(path, end.offset - 7)
     elif tail == "zeros":
@@ -131,13 +132,13 @@ def fault_log(d, damage="record"):
     fs = FaultFS()
     recs, pos, end = make_log(d, layer=fs)
     path = os.path.join(str(d), segment_name(end.segment_id))
-    crashed = fs.process_crash()           # everything was synced by close; the seal is on disk
-    damaged = bytearray(crashed.files()[path][:end.offset])
+    crashed = fs.process_crash()  # everything was synced by close; the seal is on disk
+    damaged = bytearray(crashed.files()[path][: end.offset])
     first = next(i for i, p in enumerate(pos) if p.segment_id == end.segment_id)
     if damage == "record":
         hit = first + 1
-        damaged[pos[hit].offset + 30] ^= 0xFF      # in the value: a checksum failure, not a torn length
-        cut, name = bytes(damaged[pos[hit].offset:]), set_aside_name(end.segment_id, pos[hit].offset)
+        damaged[pos[hit].offset + 30] ^= 0xFF  # in the value: a checksum failure, not a torn length
+        cut, name = bytes(damaged[pos[hit].offset :]), set_aside_name(end.segment_id, pos[hit].offset)
     else:
         hit = first
         damaged[3] ^= 0xFF
@@ -174,11 +175,11 @@ def test_a_crash_anywhere_in_recovery_never_loses_the_set_aside_bytes(tmp_path, 
                 keys, _info = recovered(cfg, post)
                 assert keys == kept, k
                 assert post.files().get(path) == cut, f"crash at syscall {k + 1} of recovery"
-                assert [n for n in post.listdir(str(tmp_path)) if ".broken" in n] == [name]    # one copy, no .tmp
+                assert [n for n in post.listdir(str(tmp_path)) if ".broken" in n] == [name]  # one copy, no .tmp
             k += 1
             continue
         break
-    assert k > 5                                   # recovery did reach the set-aside steps
+    assert k > 5  # recovery did reach the set-aside steps
 
 
 @pytest.mark.parametrize("op", ["create", "append", "sync", "rename", "sync_dir"])
@@ -225,7 +226,7 @@ def test_bytes_cut_twice_at_one_place_are_both_kept(tmp_path):
         kept.append(path.read_bytes()[at:])
         wal, info = Wal.open(config(tmp_path))
         assert info.set_aside == (set_aside_name(end.segment_id, at, n),)
-        assert wal.append(Record.put(b"again", b"z" * 200)).offset == at     # new records where the cut was
+        assert wal.append(Record.put(b"again", b"z" * 200)).offset == at  # new records where the cut was
         tail = wal.current_position().offset
         wal.close()
         unseal(path, tail)

@@ -71,14 +71,15 @@ def test_append_read_back_under_each_policy(tmp_path, policy):
 def test_os_starts_writeback_without_fsyncing(tmp_path):
     """Under Os the log hints the kernel to write back every WRITEBACK_BYTES; only sealing fsyncs the data."""
     from nori_wal.segment_log import WRITEBACK_BYTES
+
     layer = CountingLayer()
     wal, _ = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.os()), layer=layer)
     value = b"v" * 1000
     for b in range(WRITEBACK_BYTES // 1_000_000 + 1):
         wal.append_batch([Record.put(b"%02d-%03d" % (b, i), value) for i in range(1000)])
-    assert layer.writebacks == 1 and layer.fsyncs == 1          # the hint; the first segment's header
+    assert layer.writebacks == 1 and layer.fsyncs == 1  # the hint; the first segment's header
     wal.close()
-    assert layer.fsyncs == 3        # sealing: the records, then the seal (never before the records it counts)
+    assert layer.fsyncs == 3  # sealing: the records, then the seal (never before the records it counts)
 
 
 def test_threads_share_fsyncs_under_always(tmp_path):
@@ -147,11 +148,15 @@ def test_record_larger_than_a_segment_is_rejected_and_nothing_is_written(tmp_pat
         assert wal.append(Record.put(b"c", b"3")).offset == before.offset
 
 
-@pytest.mark.parametrize("comp, limit_name", [(Compression.ZSTD, "MAX_DECOMPRESSED_VALUE"),
-                                              (Compression.LZ4, "MAX_DECOMPRESSED_VALUE"),
-                                              (Compression.LZ4, "LZ4_MAX_INPUT")])
-def test_a_compressed_value_readers_could_not_decompress_is_rejected_not_acked(tmp_path, monkeypatch, comp,
-                                                                               limit_name):
+@pytest.mark.parametrize(
+    "comp, limit_name",
+    [
+        (Compression.ZSTD, "MAX_DECOMPRESSED_VALUE"),
+        (Compression.LZ4, "MAX_DECOMPRESSED_VALUE"),
+        (Compression.LZ4, "LZ4_MAX_INPUT"),
+    ],
+)
+def test_a_compressed_value_readers_could_not_decompress_is_rejected_not_acked(tmp_path, monkeypatch, comp, limit_name):
     """Its frame is small, but its value is over a limit (shrunk here: the real ones are ~2 GB)."""
     monkeypatch.setattr(codec, limit_name, 4096)
     with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
@@ -170,7 +175,7 @@ def test_a_frame_with_an_overflowing_ttl_is_corruption_for_readers(tmp_path):
     bad = struct.pack("<I", crc32c(body)) + body
     with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
         wal.append(Record.put(b"a", b"1"))
-        at = wal.append_frames([bad])[0]            # the trusted path: no validation
+        at = wal.append_frames([bad])[0]  # the trusted path: no validation
         wal.append(Record.put(b"b", b"2"))
     reader = open_reader(tmp_path)
     assert next(iter(reader))[0].key == b"a"
@@ -186,10 +191,10 @@ def test_gc_deletes_old_segments_never_the_active_one_and_an_open_reader_survive
     recs = [Record.put(b"k%d" % i, os.urandom(1000)) for i in range(60)]
     pos = wal.append_batch(recs)
     reader = wal.read_from(Position(0, 0))
-    first = [reader.next_record() for _ in range(3)]         # holds segment 0 open
+    first = [reader.next_record() for _ in range(3)]  # holds segment 0 open
     last_seg = pos[-1].segment_id
     deleted = wal.delete_segments_before(Position(last_seg + 10, 0))
-    assert deleted == last_seg                                 # all but the active segment
+    assert deleted == last_seg  # all but the active segment
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".wal")) == ["%06d.wal" % last_seg]
     rest = [item for item in reader]
     # The reader finishes the segment it holds, then moves on to what remains.
@@ -311,7 +316,7 @@ def _append_and_die(d, n):
     wal, _ = Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.always()))
     for i in range(n):
         wal.append(Record.put(b"k%d" % i, b"v" * 100))
-    os._exit(0)                  # no close: like a crash of the process
+    os._exit(0)  # no close: like a crash of the process
 
 
 def test_preallocated_zeros_speed_fsyncs_and_are_cut_by_recovery_and_seals(tmp_path):
@@ -322,18 +327,19 @@ def test_preallocated_zeros_speed_fsyncs_and_are_cut_by_recovery_and_seals(tmp_p
     child.start()
     child.join(60)
     seg = tmp_path / "000000.wal"
-    assert os.path.getsize(seg) > 50 * 110                   # zeros past the records
+    assert os.path.getsize(seg) > 50 * 110  # zeros past the records
     wal, info = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.always()))
     assert info.valid_records == 50 and info.bytes_truncated > 0 and not info.corruption_detected
     end = wal.current_position()
-    assert os.path.getsize(seg) == end.offset                 # recovery cut the zero tail
+    assert os.path.getsize(seg) == end.offset  # recovery cut the zero tail
     wal.append(Record.put(b"after", b"crash"))
     wal.close()
     from nori_wal.fs import OS
     from nori_wal.recovery import read_seal
+
     h = OS.open_read(str(seg))
     try:
-        assert read_seal(h, h.size()) is not None            # the seal is the file's last frame
+        assert read_seal(h, h.size()) is not None  # the seal is the file's last frame
     finally:
         h.close()
     assert [r.key for r, _ in open_reader(tmp_path)][-1] == b"after"
@@ -342,7 +348,7 @@ def test_preallocated_zeros_speed_fsyncs_and_are_cut_by_recovery_and_seals(tmp_p
 def _in_forked_child(body) -> int:
     """Run ``body()`` in a forked child; its exit code (0: it returned True)."""
     pid = os.fork()
-    if pid == 0:                                   # pragma: no cover - the child reports by exit code
+    if pid == 0:  # pragma: no cover - the child reports by exit code
         code = 1
         try:
             code = 0 if body() else 2
@@ -359,14 +365,14 @@ def test_a_forked_child_cannot_append_to_its_parents_wal_and_changes_nothing_of_
     first = wal.append(Record.put(b"a", b"parent"))
 
     def child() -> bool:
-        with wal.read_from(Position(0, 0)) as reader:          # reading opens its own files: allowed
+        with wal.read_from(Position(0, 0)) as reader:  # reading opens its own files: allowed
             if [r.key for r, _ in reader] != [b"a"]:
                 return False
         try:
             wal.append(Record.put(b"b", b"child"))
             return False
         except WalClosedError as exc:
-            wal.close()                           # closes nothing of the parent's: no seal, no unlock
+            wal.close()  # closes nothing of the parent's: no seal, no unlock
             return "fork" in str(exc)
 
     assert _in_forked_child(child) == 0
@@ -383,14 +389,14 @@ def test_closing_releases_the_directory_though_a_forked_child_still_runs(tmp_pat
     wal.append(Record.put(b"a", b"1"))
     go_read, go_write = os.pipe()
     pid = os.fork()
-    if pid == 0:                                   # pragma: no cover - a child that outlives the close
+    if pid == 0:  # pragma: no cover - a child that outlives the close
         os.close(go_write)
         os.read(go_read, 1)
         os._exit(0)
     os.close(go_read)
     try:
         wal.close()
-        Wal.open(cfg)[0].close()                   # the child never held the lock: no WalLockedError
+        Wal.open(cfg)[0].close()  # the child never held the lock: no WalLockedError
     finally:
         os.close(go_write)
         os.waitpid(pid, 0)
@@ -412,17 +418,19 @@ os.kill(os.getpid(), signal.SIGKILL)
 def test_a_killed_writer_does_not_leave_its_directory_locked_by_its_children(tmp_path):
     import subprocess
     import sys
+
     go_read, go_write = os.pipe()
-    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(go_read)],
-                          pass_fds=(go_read,), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(go_read)], pass_fds=(go_read,), timeout=60
+    )
     os.close(go_read)
     try:
         assert proc.returncode == -9
-        wal, info = Wal.open(WalConfig(dir=tmp_path))      # while the orphaned child still runs
+        wal, info = Wal.open(WalConfig(dir=tmp_path))  # while the orphaned child still runs
         assert info.valid_records == 1
         wal.close()
     finally:
-        os.close(go_write)                                 # the child ends
+        os.close(go_write)  # the child ends
 
 
 def test_every_call_after_close_raises_even_an_empty_batch(tmp_path):
@@ -433,10 +441,20 @@ def test_every_call_after_close_raises_even_an_empty_batch(tmp_path):
             call()
 
 
-@pytest.mark.parametrize("bad", ["x", None, Record(b"k", "v"), Record(5, b"v"), Record(b"k", b"v", False, None, 7),
-                                 Record(b"k", b"v", False, "soon", 0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "x",
+        None,
+        Record(b"k", "v"),
+        Record(5, b"v"),
+        Record(b"k", b"v", False, None, 7),
+        Record(b"k", b"v", False, "soon", 0),
+    ],
+)
 def test_appending_something_that_is_not_a_valid_record_is_a_clear_wal_error_and_writes_nothing(tmp_path, bad):
     from nori_wal import InvalidRecordError, WalError
+
     with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
         before = wal.append(Record.put(b"ok", b"1"))
         for call in (lambda: wal.append(bad), lambda: wal.append_batch([Record.put(b"ok", b"2"), bad])):
@@ -448,7 +466,7 @@ def test_appending_something_that_is_not_a_valid_record_is_a_clear_wal_error_and
         assert [bytes(r.value) for r, _ in reader] == [b"1", b"3"]
 
 
-@pytest.mark.parametrize("count", [0, 3, 30])       # empty, inside a segment, past several rolls
+@pytest.mark.parametrize("count", [0, 3, 30])  # empty, inside a segment, past several rolls
 def test_current_position_is_the_same_after_a_clean_close_and_reopen(tmp_path, count):
     cfg = WalConfig(dir=tmp_path, max_segment_size=4096)
     with Wal.open(cfg)[0] as wal:
@@ -462,11 +480,11 @@ def test_current_position_is_the_same_after_a_clean_close_and_reopen(tmp_path, c
 
 @pytest.mark.parametrize("compression", [Compression.LZ4, Compression.ZSTD])
 def test_keys_are_never_compressed(tmp_path, compression):
-    key = b"k" * 200                                   # as compressible as a key gets
+    key = b"k" * 200  # as compressible as a key gets
     with Wal.open(WalConfig(dir=tmp_path))[0] as wal:
         pos = wal.append(Record.put(key, b"v" * 5000).with_compression(compression))
     data = (tmp_path / "000000.wal").read_bytes()
-    assert data.find(key, pos.offset) != -1           # verbatim in the frame, right after its header
+    assert data.find(key, pos.offset) != -1  # verbatim in the frame, right after its header
 
 
 def test_a_checksum_failure_before_the_end_of_the_live_segment_names_the_record(tmp_path):
@@ -495,7 +513,7 @@ class _SyncTimes(OsFileLayer):
     """The real file system, noting when each data fsync starts and how far it makes the file durable."""
 
     def __init__(self):
-        self.syncs: list[tuple[float, str, int]] = []     # (monotonic start, path, bytes written before it)
+        self.syncs: list[tuple[float, str, int]] = []  # (monotonic start, path, bytes written before it)
 
     def open_append(self, path):
         return _Timed(super().open_append(path), self, path)
@@ -510,6 +528,7 @@ class _Timed:
 
     def sync(self):
         import time
+
         self._layer.syncs.append((time.monotonic(), os.path.basename(self._path), self._inner.pos))
         self._inner.sync()
 
@@ -523,7 +542,7 @@ def test_batch_fsyncs_at_most_once_per_window_and_every_ack_waits_for_one(tmp_pa
     window = 0.02
     layer = _SyncTimes()
     wal, _ = Wal.open(WalConfig(dir=tmp_path, fsync_policy=FsyncPolicy.batch(window)), layer=layer)
-    returned: list[tuple[Position, int]] = []            # (position, len(frame)) as each append returned
+    returned: list[tuple[Position, int]] = []  # (position, len(frame)) as each append returned
     lock = threading.Lock()
 
     def producer(t: int) -> None:
@@ -545,7 +564,7 @@ def test_batch_fsyncs_at_most_once_per_window_and_every_ack_waits_for_one(tmp_pa
     wal.close()
     assert len(returned) == 60
     gaps = [b - a for a, b in zip(data, data[1:])]
-    assert len(data) >= 2 and min(gaps) >= window / 2, gaps     # (half: the clock is read just before the call)
+    assert len(data) >= 2 and min(gaps) >= window / 2, gaps  # (half: the clock is read just before the call)
 
 
 def test_a_segment_that_cannot_be_read_is_named_in_the_error(tmp_path):
@@ -553,6 +572,6 @@ def test_a_segment_that_cannot_be_read_is_named_in_the_error(tmp_path):
         for i in range(30):
             wal.append(Record.put(b"k%d" % i, b"v" * 200))
     os.unlink(tmp_path / "000001.wal")
-    os.mkdir(tmp_path / "000001.wal")                 # a directory where segment 1 should be: reads fail
+    os.mkdir(tmp_path / "000001.wal")  # a directory where segment 1 should be: reads fail
     with open_reader(tmp_path) as reader, pytest.raises(WalIOError, match="segment 1 of"):
         list(reader)

@@ -45,6 +45,7 @@ def rec(i: int, size: int = 100, tag: bytes = b"r") -> Record:
 
 # -- lifecycle ----------------------------------------------------------------------------------
 
+
 def test_spawn_serves_records_endpoint_and_stops_cleanly(spawn_writer, wal_dir):
     w = spawn_writer(wal_dir)
     assert w.endpoint.startswith("ipc://") and w.pid != os.getpid() and w.is_alive()
@@ -60,7 +61,7 @@ def test_spawn_serves_records_endpoint_and_stops_cleanly(spawn_writer, wal_dir):
     assert not os.path.exists(os.path.join(wal_dir, ENDPOINT_FILE))
     wal, info = Wal.open(WalConfig(dir=wal_dir))
     wal.close()
-    assert info.valid_records == 1 and info.bytes_truncated == 0      # stop() closed the log cleanly
+    assert info.valid_records == 1 and info.bytes_truncated == 0  # stop() closed the log cleanly
 
 
 def test_restart_reports_recovery(spawn_writer, wal_dir):
@@ -89,7 +90,7 @@ def test_second_writer_on_a_locked_dir_fails_at_once(spawn_writer, wal_dir, serv
     assert p.wait(30) == 3
     err = p.stderr.read().strip().splitlines()
     assert len(err) == 1 and "locked" in err[0]
-    with WalClient.for_dir(wal_dir, timeout=10) as c:            # the live writer was not disturbed
+    with WalClient.for_dir(wal_dir, timeout=10) as c:  # the live writer was not disturbed
         assert c.append(rec(1)) == Position(0, 32)
     assert read_endpoint_file(wal_dir).pid == w.pid
 
@@ -99,7 +100,7 @@ def test_serve_prints_its_endpoint_and_exits_0_on_signal(serve_process, wal_dir,
     p = serve_process("--dir", wal_dir, "--fsync", "always", "--endpoint", "tcp://127.0.0.1:*")
     endpoint = read_line(p).strip()
     assert endpoint.startswith("tcp://127.0.0.1:")
-    with WalClient.for_dir(wal_dir, timeout=10) as c:            # found through DIR/WRITER
+    with WalClient.for_dir(wal_dir, timeout=10) as c:  # found through DIR/WRITER
         assert c.endpoint == endpoint
         positions = c.append_batch([rec(i) for i in range(20)])
     p.send_signal(sig)
@@ -109,7 +110,7 @@ def test_serve_prints_its_endpoint_and_exits_0_on_signal(serve_process, wal_dir,
 
 def test_spawn_on_tcp_and_a_long_directory_path(spawn_writer, tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60) / "wal"
-    w = spawn_writer(str(deep))                                  # ipc path too long: socket in a run dir
+    w = spawn_writer(str(deep))  # ipc path too long: socket in a run dir
     assert w.endpoint.startswith("ipc://") and not w.endpoint.startswith(f"ipc://{deep}")
     with WalClient.for_dir(str(deep), timeout=10) as c:
         c.append(rec(0))
@@ -119,6 +120,7 @@ def test_spawn_on_tcp_and_a_long_directory_path(spawn_writer, tmp_path):
 
 
 # -- group commit and the fsync policies -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["inline", "flush-thread"])
 def test_acks_under_always_come_only_after_the_fsync_that_covers_them(spawn_writer, wal_dir, tmp_path, overlap):
@@ -158,7 +160,7 @@ def test_batch_deadline_fires_without_new_writes(spawn_writer, wal_dir, tmp_path
 def test_os_acks_after_the_write_and_sync_forces_an_fsync(spawn_writer, wal_dir, tmp_path):
     journal = str(tmp_path / "fsyncs")
     w = spawn_writer(wal_dir, policy="os", layer=RecordingLayer(journal))
-    created = fsync_count(journal)                       # the new segment's header was fsynced
+    created = fsync_count(journal)  # the new segment's header was fsynced
     with WalClient(w.endpoint, timeout=10) as c:
         positions = c.append_batch([rec(i) for i in range(10)])
         assert fsync_count(journal) == created
@@ -174,13 +176,13 @@ def test_os_starts_writeback_every_few_mib_without_an_fsync(spawn_writer, wal_di
     created = fsync_count(journal)
     value = b"v" * 1000
     with WalClient(w.endpoint, timeout=10) as c:
-        for b in range(2 * WRITEBACK_BYTES // 1_000_000 + 3):      # ~1 MB per batch: two hints' worth
+        for b in range(2 * WRITEBACK_BYTES // 1_000_000 + 3):  # ~1 MB per batch: two hints' worth
             c.append_batch([Record.put(b"%02d-%04d" % (b, i), value) for i in range(1000)])
-        assert fsync_count(journal) == created                      # acks under Os wait for no fsync
+        assert fsync_count(journal) == created  # acks under Os wait for no fsync
     with open(journal + ".writeback") as f:
         hints = [(name, int(off), int(n)) for name, off, n in (line.split() for line in f)]
     assert len(hints) == 2 and all(n >= WRITEBACK_BYTES for _, _, n in hints)
-    assert hints[0][1] == HEADER_SIZE and hints[1][1] == hints[0][1] + hints[0][2]    # contiguous, in order
+    assert hints[0][1] == HEADER_SIZE and hints[1][1] == hints[0][1] + hints[0][2]  # contiguous, in order
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["inline", "flush-thread"])
@@ -196,7 +198,7 @@ def test_sync_requests_interleave_with_background_writeback(spawn_writer, wal_di
         try:
             for b in range(3 * WRITEBACK_BYTES // 1_000_000):
                 last[:] = client.append_batch([Record.put(b"%02d-%04d" % (b, i), value) for i in range(1000)])[-1:]
-        except BaseException as exc:          # noqa: BLE001  reported below
+        except BaseException as exc:  # noqa: BLE001  reported below
             errors.append(exc)
 
     t = threading.Thread(target=appender)
@@ -216,7 +218,7 @@ def test_sync_requests_interleave_with_background_writeback(spawn_writer, wal_di
 def test_payloads_larger_than_a_segment_are_split_at_frame_boundaries(spawn_writer, tmp_path):
     d = str(tmp_path / "wal")
     w = spawn_writer(WalConfig(dir=d, max_segment_size=4096, fsync_policy=FsyncPolicy.always()))
-    records = [rec(i, 500) for i in range(40)]                   # ~21 KB: five segments' worth
+    records = [rec(i, 500) for i in range(40)]  # ~21 KB: five segments' worth
     with WalClient(w.endpoint, timeout=10) as c:
         positions = c.append_batch(records)
         assert positions == sorted(positions) and len({p.segment_id for p in positions}) >= 5
@@ -238,16 +240,18 @@ def test_a_record_too_large_for_a_segment_fails_alone(spawn_writer, tmp_path):
     async def coalesced():
         async with AsyncWalClient(w.endpoint, timeout=10) as a:
             import asyncio
-            return await asyncio.gather(a.append(rec(1)), a.append(big), a.append(rec(2)),
-                                        return_exceptions=True)
+
+            return await asyncio.gather(a.append(rec(1)), a.append(big), a.append(rec(2)), return_exceptions=True)
 
     import asyncio
+
     first, err, last = asyncio.run(coalesced())
     assert isinstance(err, RecordTooLargeError) and first < last
     assert keys_in(d) == [rec(0).key, rec(1).key, rec(2).key]
 
 
 # -- hostile producers --------------------------------------------------------------------------------
+
 
 def bad_messages(max_frame: int) -> list[tuple[str, list[bytes], type]]:
     good = encode_record(rec(0))
@@ -301,12 +305,12 @@ def test_bad_requests_get_errors_while_a_good_producer_keeps_going(spawn_writer,
             reply = P.decode_reply(raw.recv())
             assert not reply.ok and type(reply.result) is expected, (name, reply)
         raw.send_multipart([P.encode_append(99, 1), encode_record(rec(0, tag=b"raw"))])
-        assert raw.poll(10_000) and P.decode_reply(raw.recv()).ok          # the writer still serves it
+        assert raw.poll(10_000) and P.decode_reply(raw.recv()).ok  # the writer still serves it
         raw.send_multipart([msgpack.packb([1, 1, 98, 1]), encode_record(rec(1, tag=b"raw"))])
-        reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None   # any msgpack header is an APPEND
+        reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None  # any msgpack header is an APPEND
         assert reply is not None and reply.ok and reply.request_id == 98 and reply.result[2] == 1
         raw.send(P.encode_append(97, 2) + encode_record(rec(2, tag=b"raw")) + encode_record(rec(3, tag=b"raw")))
-        reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None   # the one-frame form, two records
+        reply = P.decode_reply(raw.recv()) if raw.poll(10_000) else None  # the one-frame form, two records
         assert reply is not None and reply.ok and reply.request_id == 97 and reply.result[2] == 2
     finally:
         stop.set()
@@ -320,6 +324,7 @@ def test_bad_requests_get_errors_while_a_good_producer_keeps_going(spawn_writer,
 
 # -- crash and restart ----------------------------------------------------------------------------------
 
+
 def test_sigkill_under_load_then_restart_keeps_every_acknowledged_record(spawn_writer, wal_dir):
     acked: dict[bytes, tuple[Position, Record]] = {}
     lock = threading.Lock()
@@ -329,8 +334,13 @@ def test_sigkill_under_load_then_restart_keeps_every_acknowledged_record(spawn_w
         started = threading.Barrier(len(clients) + 1)
         failures: list[BaseException] = []
 
-        def produce(t: int, c: WalClient, started: threading.Barrier = started, rnd: int = rnd,
-                    failures: list[BaseException] = failures) -> None:
+        def produce(
+            t: int,
+            c: WalClient,
+            started: threading.Barrier = started,
+            rnd: int = rnd,
+            failures: list[BaseException] = failures,
+        ) -> None:
             started.wait(30)
             i = 0
             while True:
@@ -349,7 +359,7 @@ def test_sigkill_under_load_then_restart_keeps_every_acknowledged_record(spawn_w
             t.start()
         started.wait(30)
         with WalClient(w.endpoint, timeout=10) as probe:
-            while True:                          # let some records be acknowledged first
+            while True:  # let some records be acknowledged first
                 with lock:
                     if len(acked) >= 200 * (rnd + 1):
                         break
@@ -359,7 +369,7 @@ def test_sigkill_under_load_then_restart_keeps_every_acknowledged_record(spawn_w
             t.join(60)
         assert len(failures) == len(clients)
     w = spawn_writer(wal_dir)
-    with WalClient(w.endpoint, timeout=10) as c:    # the old clients reconnect after the restart
+    with WalClient(w.endpoint, timeout=10) as c:  # the old clients reconnect after the restart
         assert clients[0].append(rec(0, tag=b"after")) > Position(0, 0)
     for c in clients:
         c.close()
@@ -375,18 +385,21 @@ def test_writer_with_no_spawner_left_stops_cleanly(wal_dir, tmp_path):
     """The lifeline: when the spawning process dies, the writer drains, fsyncs, exits 0 and frees the dir."""
     import subprocess
     import sys
-    code = ("import sys, json; from nori_wal import WalConfig; from nori_wal.writer_proc import WriterProcess\n"
-            f"w = WriterProcess.spawn(WalConfig(dir={wal_dir!r}))\n"
-            "print(json.dumps([w.pid, w.endpoint]), flush=True)\n"
-            "import os; os._exit(0)\n")
+
+    code = (
+        "import sys, json; from nori_wal import WalConfig; from nori_wal.writer_proc import WriterProcess\n"
+        f"w = WriterProcess.spawn(WalConfig(dir={wal_dir!r}))\n"
+        "print(json.dumps([w.pid, w.endpoint]), flush=True)\n"
+        "import os; os._exit(0)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     pid, endpoint = json.loads(out.stdout)
     with WalClient(endpoint, timeout=2) as c:
         with pytest.raises(WriterUnavailableError):
-            for _ in range(10_000):              # the writer is stopping, or gone
+            for _ in range(10_000):  # the writer is stopping, or gone
                 c.append(rec(0))
     wal = None
-    for _ in range(200):                          # bounded: the writer frees the lock within seconds
+    for _ in range(200):  # bounded: the writer frees the lock within seconds
         try:
             wal, _info = Wal.open(WalConfig(dir=wal_dir))
             break
@@ -416,9 +429,14 @@ sys.exit(run_writer(spec, lambda server: print("ready", flush=True)))
 def test_a_signal_while_the_writer_is_still_opening_its_log_stops_it_cleanly(tmp_path, sig):
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_RECOVERY, str(tmp_path / "wal"), sig],
-                          capture_output=True, text=True, timeout=60)
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DURING_RECOVERY, str(tmp_path / "wal"), sig],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     wal, info = Wal.open(WalConfig(dir=tmp_path / "wal"))
     wal.close()
-    assert info.bytes_truncated == 0                      # closed cleanly: sealed, nothing to cut
+    assert info.bytes_truncated == 0  # closed cleanly: sealed, nothing to cut

@@ -57,7 +57,7 @@ def test_peers_claiming_the_writers_internal_ids_cannot_stop_it_from_stopping(wa
     endpoint = f"ipc://{os.path.dirname(wal_dir)}/w.sock"
     thieves = []
     for rid in (b"!wake", b"!flush"):
-        for _ in range(5):          # connecting (and retrying every ms) before the writer binds
+        for _ in range(5):  # connecting (and retrying every ms) before the writer binds
             t = ctx.socket(zmq.DEALER)
             t.setsockopt(zmq.ROUTING_ID, rid)
             t.setsockopt(zmq.RECONNECT_IVL, 1)
@@ -67,8 +67,8 @@ def test_peers_claiming_the_writers_internal_ids_cannot_stop_it_from_stopping(wa
     try:
         w = WriterProcess.spawn(WalConfig(dir=wal_dir, fsync_policy=FsyncPolicy.always()), endpoint, overlap=True)
         with WalClient(w.endpoint, timeout=20) as c:
-            assert c.append(Record.put(b"a", b"b")).segment_id == 0    # overlap: the flush thread answers
-        assert w.stop(timeout=20) == 0                                   # the watcher wakes the loop
+            assert c.append(Record.put(b"a", b"b")).segment_id == 0  # overlap: the flush thread answers
+        assert w.stop(timeout=20) == 0  # the watcher wakes the loop
     finally:
         for t in thieves:
             t.close()
@@ -79,7 +79,7 @@ def test_a_graceful_stop_takes_every_queued_request_not_one_group(tmp_path):
     """More requests than one group takes are queued when the stop comes: all are written and answered."""
     cfg = WalConfig(dir=str(tmp_path / "wal"), fsync_policy=FsyncPolicy.always())
     server = open_writer(WriterSpec(config=cfg, endpoint="inproc://hardening-drain"))
-    s = dealer(server.ctx, "inproc://hardening-drain")     # inproc: a sent message is in the writer's queue
+    s = dealer(server.ctx, "inproc://hardening-drain")  # inproc: a sent message is in the writer's queue
     n = MAX_GROUP_MESSAGES * 2 + 10
     for i in range(n):
         s.send(P.encode_append(i + 1, 1) + FRAME)
@@ -88,7 +88,7 @@ def test_a_graceful_stop_takes_every_queued_request_not_one_group(tmp_path):
     loop = threading.Thread(target=lambda: codes.append(server.serve()))
     loop.start()
     replies = []
-    try:                        # the writer terminates the shared context once its replies are out
+    try:  # the writer terminates the shared context once its replies are out
         while len(replies) < n and s.poll(20_000):
             replies.append(msgpack.unpackb(s.recv()))
     except zmq.ContextTerminated:
@@ -98,7 +98,7 @@ def test_a_graceful_stop_takes_every_queued_request_not_one_group(tmp_path):
     assert codes == [0]
     assert all(r[2] == P.OK for r in replies)
     with open_reader(cfg.dir) as r:
-        assert sum(1 for _ in r) == n          # one pass would have taken MAX_GROUP_MESSAGES of them
+        assert sum(1 for _ in r) == n  # one pass would have taken MAX_GROUP_MESSAGES of them
 
 
 def _rss_mib(pid: int) -> float:
@@ -112,15 +112,15 @@ def test_a_peer_that_never_reads_its_replies_cannot_grow_the_writer_without_boun
     ctx = zmq.Context()
     try:
         greedy = dealer(ctx, w.endpoint)
-        greedy.setsockopt(zmq.RCVHWM, 1)           # reads nothing, and asks its side to hold little
+        greedy.setsockopt(zmq.RCVHWM, 1)  # reads nothing, and asks its side to hold little
         other = dealer(ctx, w.endpoint)
         before = _rss_mib(w.pid)
-        n = 600_000                                # about 130 MiB of queued acks without a limit
+        n = 600_000  # about 130 MiB of queued acks without a limit
         msg = P.encode_append(1, 1) + FRAME
         for _ in range(n):
             greedy.send(msg)
         rid = 1
-        while True:                                # until the writer has taken every one of them
+        while True:  # until the writer has taken every one of them
             rid += 1
             info = ask(other, P.encode_request(P.Op.INFO, rid), 30_000)
             assert info[1:3] == [rid, P.OK]
@@ -149,14 +149,14 @@ def test_an_ipc_path_is_claimed_before_it_is_bound(tmp_path):
     bind replaces the socket file, so both would serve and one's clients be acknowledged into the
     other's log; the claim (an flock held from before the check to the end) refuses the second."""
     endpoint = f"ipc://{tmp_path}/shared.sock"
-    first = claim_ipc(endpoint)                       # claimed, nothing bound yet: the racy window
+    first = claim_ipc(endpoint)  # claimed, nothing bound yet: the racy window
     assert first is not None
     try:
         with pytest.raises(EndpointBusy, match="claimed by another writer"):
             claim_ipc(endpoint)
     finally:
         first.release()
-    claim_ipc(endpoint).release()                     # free again once released
+    claim_ipc(endpoint).release()  # free again once released
 
 
 def test_wildcard_and_abstract_ipc_endpoints_need_no_claim(spawn_writer, tmp_path, monkeypatch):
@@ -201,8 +201,8 @@ def test_an_ipc_endpoint_that_is_not_a_socket_is_refused_not_replaced(tmp_path):
 
 def test_a_stopping_writer_removes_only_its_own_socket_file(spawn_writer, tmp_path):
     w = spawn_writer(str(tmp_path / "a"))
-    path = w.endpoint[len("ipc://"):]
-    os.unlink(path)                                   # someone else's socket now lives at the path
+    path = w.endpoint[len("ipc://") :]
+    os.unlink(path)  # someone else's socket now lives at the path
     with socket.socket(socket.AF_UNIX) as other:
         other.bind(path)
         assert w.stop() == 0
@@ -217,10 +217,9 @@ def test_a_stale_writer_record_is_not_followed_to_another_directorys_writer(spaw
     endpoint = f"tcp://127.0.0.1:{port}"
     a = spawn_writer(str(tmp_path / "a"), endpoint=endpoint)
     a.kill()
-    assert read_endpoint_file(str(tmp_path / "a")).endpoint == endpoint     # left behind
+    assert read_endpoint_file(str(tmp_path / "a")).endpoint == endpoint  # left behind
     spawn_writer(str(tmp_path / "b"), endpoint=endpoint)
     with WalClient.for_dir(str(tmp_path / "a"), timeout=1) as c, pytest.raises(WriterUnavailableError):
         c.append(Record.put(b"meant", b"for a"))
     with open_reader(str(tmp_path / "b")) as r:
         assert list(r) == []
-

@@ -36,7 +36,7 @@ class RecordingFile:
         size = os.fstat(self._inner.fd).st_size
         fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            name = os.path.basename(self.path).removesuffix(".tmp")    # created as NNNNNN.wal.tmp, renamed
+            name = os.path.basename(self.path).removesuffix(".tmp")  # created as NNNNNN.wal.tmp, renamed
             os.write(fd, f"{name} {size}\n".encode())
         finally:
             os.close(fd)
@@ -75,6 +75,7 @@ def fsync_count(journal: str) -> int:
 def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     """The next stdout line of ``proc`` within ``timeout`` seconds (empty at EOF); never hangs."""
     import select
+
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
@@ -84,6 +85,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
 
 def keys_in(directory: str) -> list[bytes]:
     from nori_wal import open_reader
+
     with open_reader(directory) as r:
         return [rec.key for rec, _ in r]
-

@@ -9,9 +9,23 @@ import nori_wal
 from nori_wal import Compression, FsyncPolicy, Position, Record, WalConfig
 
 CONTRACT = {
-    "nori_wal": ["Record", "Compression", "FsyncPolicy", "Position", "WalConfig", "RecoveryInfo", "Wal",
-                 "open_reader", "WalError", "CorruptionError", "WalLockedError", "WalClosedError",
-                 "RecordTooLargeError", "WriterUnavailableError", "ProtocolError"],
+    "nori_wal": [
+        "Record",
+        "Compression",
+        "FsyncPolicy",
+        "Position",
+        "WalConfig",
+        "RecoveryInfo",
+        "Wal",
+        "open_reader",
+        "WalError",
+        "CorruptionError",
+        "WalLockedError",
+        "WalClosedError",
+        "RecordTooLargeError",
+        "WriterUnavailableError",
+        "ProtocolError",
+    ],
     "nori_wal.writer_proc": ["WriterProcess"],
     "nori_wal.client": ["WalClient", "AsyncWalClient"],
 }
@@ -30,8 +44,15 @@ def test_all_lists_the_public_names():
 
 
 def test_errors_derive_from_wal_error():
-    for name in ["CorruptionError", "WalLockedError", "WalClosedError", "RecordTooLargeError",
-                 "WriterUnavailableError", "ProtocolError", "WalIOError"]:
+    for name in [
+        "CorruptionError",
+        "WalLockedError",
+        "WalClosedError",
+        "RecordTooLargeError",
+        "WriterUnavailableError",
+        "ProtocolError",
+        "WalIOError",
+    ]:
         assert issubclass(getattr(nori_wal, name), nori_wal.WalError)
 
 
@@ -69,6 +90,7 @@ def test_config_defaults_and_validation():
 @pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
 def test_clients_refuse_a_timeout_that_is_not_a_finite_positive_number(timeout):
     from nori_wal.client import AsyncWalClient, WalClient
+
     for cls in (WalClient, AsyncWalClient):
         with pytest.raises(ValueError, match="timeout"):
             cls("ipc:///nonexistent", timeout=timeout)

@@ -68,7 +68,7 @@ def test_in_flight_limit_holds_back_and_then_coalesces():
 def test_coalescing_stops_at_the_byte_limit_and_at_solo_entries():
     s = Session(coalesce_bytes=350)
     for i in range(3):
-        s.queue_append((frame(i, 100),), i)       # ~110 bytes each: three fit
+        s.queue_append((frame(i, 100),), i)  # ~110 bytes each: three fit
     s.queue_append((frame(3, 100),), 3)
     s.queue_append((frame(4, 10), frame(5, 10)), 4, solo=True)
     s.queue_append((frame(6, 10),), 6)
@@ -137,12 +137,12 @@ def test_a_frame_larger_than_every_writer_takes_goes_alone_until_one_that_large_
     assert refused.waiter == "big" and isinstance(refused.error, RecordTooLargeError)
     s.queue_append((big,), "big2")
     s.queue_append((small,), "d")
-    rid = header(s.take(0.0))[2]                       # still alone: nothing that large was acknowledged yet
+    rid = header(s.take(0.0))[2]  # still alone: nothing that large was acknowledged yet
     assert s.take(0.0)[1] == small
     s.complete(ok_runs(rid, 0, 32, 1))
     for f, w in ((big, "x"), (big, "y")):
         s.queue_append((f,), w)
-    assert s.take(0.0)[1] == big + big                 # acknowledged once: now coalesced
+    assert s.take(0.0)[1] == big + big  # acknowledged once: now coalesced
 
 
 def test_control_requests_bypass_the_in_flight_limit():
@@ -196,8 +196,9 @@ def test_oldest_sent_at():
     assert s.oldest_sent_at() == 5.0
 
 
-@given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=50),
-       st.integers(min_value=1, max_value=1000))
+@given(
+    st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=50), st.integers(min_value=1, max_value=1000)
+)
 def test_chunk_frames_keeps_order_and_bounds(sizes, limit):
     """Chunks concatenate back to the batch; a chunk exceeds the limit only when it is one frame."""
     frames = [b"x" * n for n in sizes]
@@ -206,8 +207,10 @@ def test_chunk_frames_keeps_order_and_bounds(sizes, limit):
     assert all(sum(map(len, c)) <= limit or len(c) == 1 for c in chunks)
 
 
-@given(st.lists(st.tuples(st.integers(min_value=0, max_value=400), st.booleans()), min_size=1, max_size=40),
-       st.integers(min_value=1, max_value=4))
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=400), st.booleans()), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=4),
+)
 def test_every_append_is_answered_once_in_queue_order(appends, max_in_flight):
     """Whatever the sizes, solo flags and limit: each waiter gets its positions once, in the order queued."""
     s = Session(max_in_flight=max_in_flight, coalesce_bytes=1000)
@@ -233,6 +236,7 @@ def test_every_append_is_answered_once_in_queue_order(appends, max_in_flight):
 
 def test_check_chunks_refuses_before_anything_is_queued():
     from nori_wal.client.session import check_chunks
+
     check_chunks([[b"x" * 10], [b"y" * 10]])
     with pytest.raises(RecordTooLargeError, match="nothing of the batch was sent"):
         check_chunks([[b"x" * 10], [b"y" * (P.MAX_PAYLOAD_BYTES + 1)]])
@@ -240,6 +244,7 @@ def test_check_chunks_refuses_before_anything_is_queued():
 
 def test_split_batch_error_says_how_many_records_were_acknowledged():
     from nori_wal.client.session import split_batch_error
+
     cause = RecordTooLargeError("writer: too big")
     err = split_batch_error([15, 15, 3], [None, cause, None])
     assert type(err) is RecordTooLargeError and err.__cause__ is cause
@@ -257,7 +262,7 @@ def test_waiters_lists_every_outstanding_append_but_no_control():
     s.queue_append([b"b" * (2 << 20)], "b")
     assert s.take(0.0) is not None
     s.control(P.Op.INFO, "info", 0.0)
-    assert s.waiters() == ["a", "b"]               # in flight, then queued; never the control's
+    assert s.waiters() == ["a", "b"]  # in flight, then queued; never the control's
     s.fail_all(WriterUnavailableError("x"))
     assert s.waiters() == []
 
@@ -265,6 +270,7 @@ def test_waiters_lists_every_outstanding_append_but_no_control():
 @pytest.mark.parametrize("bad", [5, 0, "k", None, 1.5, [1, 2]])
 def test_record_refuses_what_is_not_bytes_like(bad):
     from datetime import timedelta
+
     with pytest.raises(TypeError, match="Record key must be bytes"):
         Record.put(bad, b"v")
     with pytest.raises(TypeError, match="Record value must be bytes"):
@@ -277,6 +283,7 @@ def test_record_refuses_what_is_not_bytes_like(bad):
 
 def test_record_accepts_bytes_likes():
     import array
+
     r = Record.put(bytearray(b"k"), memoryview(b"abcd")[::2])
     assert r.key == b"k" and r.value == b"ac" and type(r.key) is bytes and type(r.value) is bytes
     assert Record.put(b"k", array.array("B", [1, 2])).value == b"\x01\x02"

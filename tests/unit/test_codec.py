@@ -36,8 +36,9 @@ from nori_wal.reader import WalReader
 from nori_wal.scan import Stop, one_plain_frame, scan_frames
 
 keys = st.binary(max_size=300)
-values = st.binary(max_size=3000) | st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4),
-                                             st.integers(0, 2000))
+values = st.binary(max_size=3000) | st.builds(
+    lambda b, n: b * n, st.binary(min_size=1, max_size=4), st.integers(0, 2000)
+)
 ttls = st.none() | (st.integers(0, 10**12) | st.integers(0, MAX_TTL_MS)).map(lambda ms: timedelta(milliseconds=ms))
 compressions = st.sampled_from(list(Compression))
 
@@ -86,8 +87,9 @@ def test_every_truncation_is_need_more_or_zeroed(rec, data):
 
 def test_every_truncation_of_one_frame_byte_at_a_time():
     """Decoding the whole input and again byte at a time agree (h11's rule)."""
-    frame = encode_record(Record.put_with_ttl(b"key", b"v" * 300, timedelta(seconds=3)).with_compression(
-        Compression.LZ4))
+    frame = encode_record(
+        Record.put_with_ttl(b"key", b"v" * 300, timedelta(seconds=3)).with_compression(Compression.LZ4)
+    )
     for cut in range(len(frame)):
         assert isinstance(decode_record(frame[:cut]), (NeedMore, Zeroed)), cut
     assert isinstance(decode_record(frame), Decoded)
@@ -136,7 +138,8 @@ def test_seal_frame():
 
 def test_ttl_keeps_millisecond_precision_and_compression_is_kept_even_when_useless():
     rec = Record.put_with_ttl(b"k", b"\x01\x02", timedelta(seconds=1, microseconds=2500)).with_compression(
-        Compression.ZSTD)
+        Compression.ZSTD
+    )
     assert rec.ttl == timedelta(seconds=1, milliseconds=2)
     out = decode_record(encode_record(rec))
     assert isinstance(out, Decoded) and out.record == rec and out.record.compression is Compression.ZSTD
@@ -161,7 +164,7 @@ def test_scan_finds_exactly_the_whole_records_of_a_cut_stream(recs, data):
     stream = b"".join(frames)
     cut = data.draw(st.integers(0, len(stream)))
     res = scan_frames(stream[:cut])
-    ends = [sum(len(f) for f in frames[:i + 1]) for i in range(len(frames))]
+    ends = [sum(len(f) for f in frames[: i + 1]) for i in range(len(frames))]
     whole = sum(1 for e in ends if e <= cut)
     assert res.records == whole
     assert res.valid_end == (ends[whole - 1] if whole else 0)
@@ -170,8 +173,7 @@ def test_scan_finds_exactly_the_whole_records_of_a_cut_stream(recs, data):
 
 def _plain(rec: Record) -> bool:
     """A record one_plain_frame is meant to take: no TTL, no compression, short key, value under 16 KiB."""
-    return rec.ttl is None and rec.compression == Compression.NONE and len(rec.key) < 0x80 \
-        and len(rec.value) < 0x4000
+    return rec.ttl is None and rec.compression == Compression.NONE and len(rec.key) < 0x80 and len(rec.value) < 0x4000
 
 
 @given(records(), st.integers(7, 1 << 20))
@@ -187,7 +189,7 @@ def test_one_plain_frame_accepts_only_what_scan_frames_accepts_as_one_record(rec
     for _ in range(data.draw(st.integers(0, 3))):
         if buf:
             buf[data.draw(st.integers(0, len(buf) - 1))] ^= data.draw(st.integers(1, 255))
-    buf = bytes(buf[:data.draw(st.integers(0, len(buf)))])
+    buf = bytes(buf[: data.draw(st.integers(0, len(buf)))])
     limit = data.draw(st.integers(7, 1 << 20))
     if one_plain_frame(buf, limit):
         res = scan_frames(buf, 0, limit)
@@ -201,6 +203,7 @@ def test_one_plain_frame_never_raises_on_garbage(blob):
 
 
 # -- a TTL larger than a timedelta holds (it once passed every check and stopped every reader) ----
+
 
 def _ttl_frame(ttl_ms: int, key: bytes = b"k", value: bytes = b"v") -> bytes:
     """A checksummed frame carrying any ttl_ms varint (encode_record only writes timedeltas)."""
@@ -221,7 +224,7 @@ def test_the_largest_timedelta_ttl_round_trips():
     assert isinstance(out, Decoded) and out.record == rec and out.record.ttl == timedelta(milliseconds=MAX_TTL_MS)
 
 
-@pytest.mark.parametrize("ttl_ms", [MAX_TTL_MS + 1, 2**63, 2**(7 * MAX_VARINT_BYTES) - 1])
+@pytest.mark.parametrize("ttl_ms", [MAX_TTL_MS + 1, 2**63, 2 ** (7 * MAX_VARINT_BYTES) - 1])
 def test_a_ttl_beyond_timedelta_is_corrupt_not_an_overflow(ttl_ms):
     """decode_record never raises: an overflowing TTL is Corrupt, and a scan stops there."""
     bad = _ttl_frame(ttl_ms)
@@ -233,7 +236,7 @@ def test_a_ttl_beyond_timedelta_is_corrupt_not_an_overflow(ttl_ms):
     assert (res.stop, res.records, res.valid_end) == (Stop.CORRUPT, 1, len(good)) and "ttl" in res.reason
 
 
-@given(st.integers(0, 2**(7 * MAX_VARINT_BYTES) - 1), st.binary(max_size=20), st.binary(max_size=50))
+@given(st.integers(0, 2 ** (7 * MAX_VARINT_BYTES) - 1), st.binary(max_size=20), st.binary(max_size=50))
 def test_any_ttl_varint_decodes_or_is_corrupt(ttl_ms, key, value):
     frame = _ttl_frame(ttl_ms, key, value)
     res = decode_record(frame)
@@ -247,6 +250,7 @@ def test_any_ttl_varint_decodes_or_is_corrupt(ttl_ms, key, value):
 
 def test_encoding_refuses_a_ttl_decoding_would_reject():
     """Only a ttl that is no timedelta can exceed MAX_TTL_MS; it is refused, not written."""
+
     class Forever:
         def __floordiv__(self, unit):
             return MAX_TTL_MS + 1
@@ -257,13 +261,14 @@ def test_encoding_refuses_a_ttl_decoding_would_reject():
 
 # -- a compressed value readers could not decompress is refused before it is compressed ------------
 
+
 def test_value_size_limits_match_the_readers_and_lz4():
     """Readers decompress within their default limit; LZ4 takes at most LZ4_MAX_INPUT_SIZE (lz4.h)."""
     assert MAX_DECOMPRESSED_VALUE == inspect.signature(WalReader).parameters["limit"].default == FORMAT_MAX_FRAME
     assert LZ4_MAX_INPUT == 0x7E000000
     check_value_size(FORMAT_MAX_FRAME, Compression.ZSTD)
     check_value_size(LZ4_MAX_INPUT, Compression.LZ4)
-    check_value_size(2**40, Compression.NONE)          # an uncompressed value is bounded by its frame
+    check_value_size(2**40, Compression.NONE)  # an uncompressed value is bounded by its frame
     with pytest.raises(RecordTooLargeError, match="ZSTD value of 2147483648 bytes"):
         check_value_size(FORMAT_MAX_FRAME + 1, Compression.ZSTD)
     with pytest.raises(RecordTooLargeError, match="LZ4 value of 2113929217 bytes"):
@@ -283,6 +288,7 @@ def test_a_compressed_value_over_the_decode_limit_is_refused_before_compressing(
 
     def no_compressing(*args, **kwargs):
         raise AssertionError("compressed a value that is refused anyway")
+
     monkeypatch.setattr(lz4.block, "compress", no_compressing)
     monkeypatch.setattr(codec, "_ZSTD_C", type("NoZstd", (), {"compress": staticmethod(no_compressing)})())
     with pytest.raises(RecordTooLargeError, match=f"{comp.name} value of {limit + 1} bytes"):
@@ -303,6 +309,7 @@ def test_a_compressor_failure_is_a_wal_error(monkeypatch):
 
     def zstd_fails(*args, **kwargs):
         raise zstandard.ZstdError("cannot compress")
+
     monkeypatch.setattr(lz4.block, "compress", lz4_fails)
     monkeypatch.setattr(codec, "_ZSTD_C", type("FailingZstd", (), {"compress": staticmethod(zstd_fails)})())
     for comp, cause in ((Compression.LZ4, lz4.block.LZ4BlockError), (Compression.ZSTD, zstandard.ZstdError)):

@@ -15,9 +15,9 @@ def test_always_fsyncs_at_once_and_acks_only_after():
     assert gc.written(Position(0, 100), "a") is False
     assert gc.fsync_due() == INF
     gc.fsync_started(1.0)
-    assert gc.fsync_due() is None                      # one fsync at a time
+    assert gc.fsync_due() is None  # one fsync at a time
     assert gc.written(Position(0, 200), "b") is False  # written while the fsync runs
-    assert gc.fsync_done(Position(0, 100)) == ["a"]    # covers a, not b
+    assert gc.fsync_done(Position(0, 100)) == ["a"]  # covers a, not b
     assert gc.fsync_due() == INF
     gc.fsync_started(2.0)
     assert gc.fsync_done(Position(0, 200)) == ["b"]
@@ -27,11 +27,11 @@ def test_always_fsyncs_at_once_and_acks_only_after():
 def test_batch_waits_for_the_window_even_without_new_writes():
     gc = GroupCommit(FsyncPolicy.batch(0.005), Position(0, 32))
     gc.written(Position(0, 50), "a")
-    assert gc.fsync_due() == INF                       # no fsync yet: the first one is not delayed
+    assert gc.fsync_due() == INF  # no fsync yet: the first one is not delayed
     gc.fsync_started(10.0)
     gc.fsync_done(Position(0, 50))
     gc.written(Position(0, 80), "b")
-    assert gc.fsync_due() == 10.005                    # the deadline: a timer, not a next write
+    assert gc.fsync_due() == 10.005  # the deadline: a timer, not a next write
 
 
 def test_os_acks_after_the_write_and_never_fsyncs():
@@ -62,7 +62,7 @@ def test_a_roll_makes_earlier_segments_durable():
     gc.written(Position(0, 4000), "old")
     gc.written(Position(1, 100), "new")
     gc.fsync_started(0.0)
-    assert gc.fsync_done(Position(1, 32)) == ["old"]   # the roll fsynced segment 0
+    assert gc.fsync_done(Position(1, 32)) == ["old"]  # the roll fsynced segment 0
     gc.fsync_started(0.1)
     assert gc.fsync_done(Position(1, 100)) == ["new"]
 
@@ -75,8 +75,10 @@ def test_fail_all_returns_every_waiting_ticket():
     assert gc.fail_all() == ["a", "b"] and not gc.in_flight and gc.waiting == 0
 
 
-@given(st.lists(st.tuples(st.integers(min_value=1, max_value=500), st.booleans()), max_size=60),
-       st.sampled_from(["always", "batch", "os"]))
+@given(
+    st.lists(st.tuples(st.integers(min_value=1, max_value=500), st.booleans()), max_size=60),
+    st.sampled_from(["always", "batch", "os"]),
+)
 def test_nothing_is_acked_before_an_fsync_covers_it(steps, kind):
     """Under always and batch every ack is covered by a finished fsync; under os acks come with the write."""
     policy = FsyncPolicy.parse(kind)

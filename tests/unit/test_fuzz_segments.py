@@ -30,12 +30,20 @@ from nori_wal.testing import FaultFS
 
 D = "/fuzz/wal"
 CFG = WalConfig(dir=D, max_segment_size=64 * 1024, fsync_policy=FsyncPolicy.always())
-MAX_READ = max(READ_SIZE, SCAN_CHUNK)        # the largest read the code may ask for by design
+MAX_READ = max(READ_SIZE, SCAN_CHUNK)  # the largest read the code may ask for by design
 
 records = st.builds(
-    lambda k, v, kind: (Record.delete(k) if kind == 0 else
-                        Record.put(k, v).with_compression(kind - 1) if kind in (1, 2, 3) else Record.put(k, v)),
-    st.binary(max_size=20), st.binary(max_size=300), st.integers(0, 4))
+    lambda k, v, kind: (
+        Record.delete(k)
+        if kind == 0
+        else Record.put(k, v).with_compression(kind - 1)
+        if kind in (1, 2, 3)
+        else Record.put(k, v)
+    ),
+    st.binary(max_size=20),
+    st.binary(max_size=300),
+    st.integers(0, 4),
+)
 
 
 def segment(sid, recs, sealed):
@@ -59,7 +67,7 @@ def mutated(draw, sid=0, sealed=None):
             del data[at:]
         elif kind == "zero":
             n = draw(st.integers(1, 600))
-            data[at:at + n] = bytes(len(data[at:at + n]))
+            data[at : at + n] = bytes(len(data[at : at + n]))
         elif kind == "garbage":
             data[at:] = draw(st.binary(max_size=200))
         elif kind == "huge":
@@ -86,6 +94,7 @@ def canon(rec):
 
 
 # -- the last segment: recovery never raises -------------------------------------------------
+
 
 @given(st.binary(max_size=700))
 @example(b"")
@@ -124,7 +133,7 @@ def test_recovery_of_a_damaged_last_segment_keeps_a_prefix_and_never_raises(last
             assert "segment 1" in str(exc) and ends_with_seal(fs.files()[f"{D}/000001.wal"])
             return
     written = [canon(r) for r in first_recs + recs]
-    assert got == written[:len(got)] and len(got) >= len(first_recs)
+    assert got == written[: len(got)] and len(got) >= len(first_recs)
     assert fs.largest_read <= MAX_READ
     wal, info2 = Wal.open(CFG, layer=fs)
     wal.close()
@@ -142,9 +151,9 @@ def test_what_recovery_cuts_as_damage_it_sets_aside_byte_for_byte(last, first_re
     data, _recs = last
     fs = FaultFS.from_files({f"{D}/000000.wal": segment(0, first_recs, sealed=True), f"{D}/000001.wal": data})
     wal, info = Wal.open(CFG, layer=fs)
-    files = fs.files()                  # before close seals the segment
+    files = fs.files()  # before close seals the segment
     wal.close()
-    assert bool(info.set_aside) == info.corruption_detected      # (no durable mark on FaultFS)
+    assert bool(info.set_aside) == info.corruption_detected  # (no durable mark on FaultFS)
     assert [name for _, _, name in set_aside_files([p.rsplit("/", 1)[1] for p in files])] == list(info.set_aside)
     for sid, offset, name in set_aside_files(list(info.set_aside)):
         assert sid == 1 and files[f"{D}/{name}"] == data[offset:]
@@ -153,11 +162,13 @@ def test_what_recovery_cuts_as_damage_it_sets_aside_byte_for_byte(last, first_re
 
 def ends_with_seal(data):
     from nori_wal.codec import SEAL_FRAME_SIZE, Seal, decode_record
+
     res = decode_record(data[-SEAL_FRAME_SIZE:], 0) if len(data) >= 32 + SEAL_FRAME_SIZE else None
     return isinstance(res, Seal) and res.data_end == len(data) - SEAL_FRAME_SIZE
 
 
 # -- a damaged sealed segment: CorruptionError and nothing else ------------------------------
+
 
 @given(mutated(sid=0, sealed=True), st.lists(records, max_size=3))
 @settings(suppress_health_check=[HealthCheck.too_slow])
@@ -178,7 +189,7 @@ def test_a_damaged_sealed_segment_raises_only_corruption_error(first, last_recs)
             return
     # Read to the end without an error: then it read exactly what was written, or the
     # damage left a shorter valid segment with an intact seal (still no invented record).
-    assert got[len(got) - len(last_recs):] == [canon(r) for r in last_recs] or not last_recs
+    assert got[len(got) - len(last_recs) :] == [canon(r) for r in last_recs] or not last_recs
     assert fs.largest_read <= MAX_READ
 
 
@@ -230,6 +241,7 @@ def test_a_garbage_length_at_the_tail_is_never_allocated(tmp_path, n, where):
 
 def checksummed(flags_and_body):
     from crc32c import crc32c
+
     return struct.pack("<I", crc32c(flags_and_body)) + flags_and_body
 
 
@@ -241,10 +253,11 @@ def test_a_checksummed_value_claiming_a_huge_decompressed_size_is_not_allocated(
     checked against what its stored bytes could possibly expand to before anything is allocated.
     """
     import zstandard
+
     claim = 2**31 - 100
-    if compression == 1:     # LZ4 block with a stored size prefix
+    if compression == 1:  # LZ4 block with a stored size prefix
         stored = struct.pack("<I", claim) + b"\x10abc"
-    else:                    # a zstd frame whose content-size field was rewritten
+    else:  # a zstd frame whose content-size field was rewritten
         stored = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"a" * 100000))
         struct.pack_into("<I", stored, 5, claim)
         stored = bytes(stored)

@@ -76,7 +76,12 @@ def test_prometheus_meter_is_reachable_from_observe():
 
 def test_event_names_are_the_class_names():
     assert [event_name(t.__new__(t)) for t in EVENT_TYPES] == [
-        "SegmentRoll", "Fsync", "CorruptionTruncated", "FsyncFailed", "SegmentsDeleted"]
+        "SegmentRoll",
+        "Fsync",
+        "CorruptionTruncated",
+        "FsyncFailed",
+        "SegmentsDeleted",
+    ]
 
 
 def test_prometheus_maps_counters_histograms_gauges_and_events():
@@ -84,8 +89,8 @@ def test_prometheus_maps_counters_histograms_gauges_and_events():
     m.counter("wal_records_total", 10)
     m.counter("wal_records_total", 5)
     m.counter("wal_bytes_total", 1234)
-    m.counter("wal_odd_count", 2)                 # no _total: exposed with one added
-    m.counter("wal_segments_deleted_total", 0)    # a zero increment is fine
+    m.counter("wal_odd_count", 2)  # no _total: exposed with one added
+    m.counter("wal_segments_deleted_total", 0)  # a zero increment is fine
     for v in (0.2, 0.3, 7.0):
         m.histogram("wal_fsync_ms", v)
     m.histogram("wal_group_records", 16)
@@ -141,18 +146,23 @@ def test_a_metric_that_cannot_be_made_is_dropped_never_raised(caplog):
     m = PrometheusMeter()
     m.counter("wal_x_total", 1)
     with caplog.at_level(logging.WARNING, logger="nori_wal.prometheus"):
-        m.gauge("wal_x_total", 5)       # same name, other type: dropped with one warning
+        m.gauge("wal_x_total", 5)  # same name, other type: dropped with one warning
         m.gauge("wal_x_total", 6)
     m.counter("bad name-with.chars", 2)  # sanitised
-    m.counter("wal_records_total", -1)   # counters only go up: ignored
+    m.counter("wal_records_total", -1)  # counters only go up: ignored
     assert len(caplog.records) == 1 and "wal_x_total" in caplog.records[0].getMessage()
     s = samples(m)
     assert s[("wal_x_total", ())] == 1 and s[("bad_name_with_chars_total", ())] == 2
 
 
-_calls = st.lists(st.tuples(st.sampled_from(["counter", "histogram", "gauge"]),
-                            st.sampled_from(["a", "b", "c"]),
-                            st.floats(min_value=0, max_value=1e6, allow_nan=False)), max_size=40)
+_calls = st.lists(
+    st.tuples(
+        st.sampled_from(["counter", "histogram", "gauge"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    ),
+    max_size=40,
+)
 
 
 @given(_calls)

@@ -31,6 +31,7 @@ def payload_of(recs):
 
 # -- requests ---------------------------------------------------------------------------------
 
+
 def test_append_request_round_trip():
     payload, _ = payload_of([Record.put(b"k", b"v")] * 3)
     req = P.decode_request([P.encode_append(7, 3), payload])
@@ -46,21 +47,24 @@ def test_delete_request_carries_a_position():
     assert P.decode_request([P.encode_request(P.Op.DELETE, 3, 2, 32)]) == P.Control(3, P.Op.DELETE, Position(2, 32))
 
 
-@pytest.mark.parametrize("frames, says", [
-    ([], "1 or 2 frames"),
-    ([b"a", b"b", b"c"], "1 or 2 frames"),
-    ([b"\xc1"], "not msgpack"),
-    ([msgpack.packb({"a": 1})], "array of integers"),
-    ([msgpack.packb([1, 2])], "array of integers"),
-    ([msgpack.packb([1, 1, "x", 1])], "array of integers"),
-    ([msgpack.packb([2, 1, 5, 1]), b"x"], "version 2"),
-    ([msgpack.packb([1, 99, 5])], "unknown op 99"),
-    ([msgpack.packb([1, 1, 5])], "APPEND takes 1 argument"),
-    ([msgpack.packb([1, 1, 5, 1])], "needs a payload"),
-    ([msgpack.packb([1, 2, 5]), b"x"], "no payload"),
-    ([msgpack.packb([1, 4, 5, -1, 0])], "negative"),
-    ([b"\x90" * 300], "exceeds"),
-])
+@pytest.mark.parametrize(
+    "frames, says",
+    [
+        ([], "1 or 2 frames"),
+        ([b"a", b"b", b"c"], "1 or 2 frames"),
+        ([b"\xc1"], "not msgpack"),
+        ([msgpack.packb({"a": 1})], "array of integers"),
+        ([msgpack.packb([1, 2])], "array of integers"),
+        ([msgpack.packb([1, 1, "x", 1])], "array of integers"),
+        ([msgpack.packb([2, 1, 5, 1]), b"x"], "version 2"),
+        ([msgpack.packb([1, 99, 5])], "unknown op 99"),
+        ([msgpack.packb([1, 1, 5])], "APPEND takes 1 argument"),
+        ([msgpack.packb([1, 1, 5, 1])], "needs a payload"),
+        ([msgpack.packb([1, 2, 5]), b"x"], "no payload"),
+        ([msgpack.packb([1, 4, 5, -1, 0])], "negative"),
+        ([b"\x90" * 300], "exceeds"),
+    ],
+)
 def test_malformed_requests_are_bad_requests(frames, says):
     req = P.decode_request(frames)
     assert isinstance(req, P.BadRequest)
@@ -80,6 +84,7 @@ def test_decode_request_never_raises(frames):
 
 
 # -- payload validation -----------------------------------------------------------------------
+
 
 @given(record_lists)
 def test_valid_payloads_pass(recs):
@@ -118,11 +123,12 @@ def test_seal_frames_are_writer_internal():
     payload, _ = payload_of([Record.put(b"a", b"b")])
     err = P.check_payload(payload + encode_seal(1, 32), 2, 1 << 20)
     assert isinstance(err, ProtocolError) and "seal" in str(err)
-    assert f"record 1 at payload offset {len(payload)} " in str(err)        # where the seal starts
+    assert f"record 1 at payload offset {len(payload)} " in str(err)  # where the seal starts
 
 
 def test_reserved_flags_are_rejected():
     from crc32c import crc32c
+
     body = bytes([1, 1, 0x10]) + b"kv"
     frame = crc32c(body).to_bytes(4, "little") + body
     err = P.check_payload(frame, 1, 1 << 20)
@@ -154,9 +160,13 @@ def test_ttl_and_compressed_records_pass():
     from datetime import timedelta
 
     from nori_wal import Compression
-    recs = [Record.put_with_ttl(b"a", b"b", timedelta(seconds=3)),
-            Record.put(b"c", b"d" * 500).with_compression(Compression.LZ4),
-            Record.put(b"e", b"f" * 500).with_compression(Compression.ZSTD), Record.delete(b"g")]
+
+    recs = [
+        Record.put_with_ttl(b"a", b"b", timedelta(seconds=3)),
+        Record.put(b"c", b"d" * 500).with_compression(Compression.LZ4),
+        Record.put(b"e", b"f" * 500).with_compression(Compression.ZSTD),
+        Record.delete(b"g"),
+    ]
     payload, frames = payload_of(recs)
     assert frames[0][6] & FLAG_TTL
     assert P.check_payload(payload, 4, 1 << 20) is None
@@ -186,6 +196,7 @@ def test_a_ttl_beyond_timedelta_is_rejected_not_written():
 
 # -- splitting a payload larger than a segment --------------------------------------------------
 
+
 @given(record_lists, st.integers(min_value=350, max_value=2000))
 def test_split_units_cuts_at_frame_boundaries(recs, max_unit):
     """Units are whole frames, at most max_unit bytes, in order, covering the payload and every record."""
@@ -199,8 +210,12 @@ def test_split_units_cuts_at_frame_boundaries(recs, max_unit):
         assert P.check_payload(payload[s:e], c, max_unit) is None
 
 
-@given(record_lists, st.integers(min_value=350, max_value=2000), st.integers(min_value=0, max_value=5),
-       st.integers(min_value=32, max_value=4000))
+@given(
+    record_lists,
+    st.integers(min_value=350, max_value=2000),
+    st.integers(min_value=0, max_value=5),
+    st.integers(min_value=32, max_value=4000),
+)
 def test_positions_from_runs_follow_frame_lengths(recs, max_unit, seg, off):
     """The client's positions from the writer's runs are each frame's offset in its unit's segment."""
     payload, frames = payload_of(recs)
@@ -224,13 +239,25 @@ def test_positions_from_runs_rejects_a_mismatch():
 
 # -- replies and errors ---------------------------------------------------------------------------
 
+
 def test_ok_reply_round_trip():
     r = P.decode_reply(P.encode_ok(5, [0, 32, 3]))
     assert (r.request_id, r.ok, r.result) == (5, True, [0, 32, 3])
 
 
-@pytest.mark.parametrize("cls", [WalError, CorruptionError, WalLockedError, WalClosedError, RecordTooLargeError,
-                                 WalIOError, WriterUnavailableError, ProtocolError])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        WalError,
+        CorruptionError,
+        WalLockedError,
+        WalClosedError,
+        RecordTooLargeError,
+        WalIOError,
+        WriterUnavailableError,
+        ProtocolError,
+    ],
+)
 def test_error_replies_carry_the_class(cls):
     r = P.decode_reply(P.encode_error(8, cls("what went wrong")))
     assert r.request_id == 8 and not r.ok
@@ -260,6 +287,7 @@ def test_position_result():
 
 # -- the fixed-shape hot paths ------------------------------------------------------------------
 
+
 @given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**32 - 1))
 def test_the_fixed_append_header_is_plain_msgpack(rid, count):
     """encode_append's fixed shape is an ordinary msgpack header, and append_header reads it back."""
@@ -278,8 +306,11 @@ def test_other_encodings_of_an_append_header_take_the_general_path(rid, count):
     assert P.decode_request([head, b"x"]) == P.Append(rid, count, b"x")
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**32 - 1),
-       st.binary(min_size=1, max_size=100))
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.binary(min_size=1, max_size=100),
+)
 def test_a_compact_append_is_the_fixed_header_then_the_payload(rid, count, payload):
     """One frame: encode_append's header, then the frames; decode_request takes it as the two-frame APPEND."""
     msg = P.encode_append(rid, count) + payload
@@ -292,7 +323,7 @@ def test_a_compact_append_is_the_fixed_header_then_the_payload(rid, count, paylo
 def test_a_lone_frame_that_is_not_a_compact_append_stays_a_control_request_or_an_error():
     assert P.compact_append(P.encode_request(P.Op.SYNC, 3)) is None
     assert P.decode_request([P.encode_request(P.Op.SYNC, 3)]) == P.Control(3, P.Op.SYNC)
-    header_alone = P.encode_append(4, 1)           # no payload: not compact, and an APPEND needs one
+    header_alone = P.encode_append(4, 1)  # no payload: not compact, and an APPEND needs one
     assert P.compact_append(header_alone) is None
     assert isinstance(P.decode_request([header_alone]), P.BadRequest)
     other_shape = msgpack.packb([P.VERSION, int(P.Op.APPEND), 4, 1]) + b"frames"
@@ -303,7 +334,7 @@ def test_a_lone_frame_that_is_not_a_compact_append_stays_a_control_request_or_an
 @given(st.binary(max_size=60))
 def test_compact_append_never_raises(data):
     h = P.compact_append(data)
-    assert h is None or P.decode_request([data]) == P.Append(h[0], h[1], memoryview(data)[P.APPEND_HEADER_SIZE:])
+    assert h is None or P.decode_request([data]) == P.Append(h[0], h[1], memoryview(data)[P.APPEND_HEADER_SIZE :])
 
 
 @given(st.binary(max_size=40))
@@ -312,8 +343,12 @@ def test_append_header_never_raises(data):
     assert h is None or P.decode_request([data, b"x"]) == P.Append(h[0], h[1], b"x")
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1),
-       st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=1, max_value=2**32 - 1))
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=1, max_value=2**32 - 1),
+)
 def test_the_fixed_run_reply_equals_the_general_one(rid, seg, off, count):
     """encode_run_ok is encode_ok for one run, byte shapes aside; run_reply reads it without msgpack."""
     data = P.encode_run_ok(rid, seg, off, count)
@@ -322,9 +357,9 @@ def test_the_fixed_run_reply_equals_the_general_one(rid, seg, off, count):
 
 
 def test_run_reply_leaves_every_other_reply_to_msgpack():
-    assert P.run_reply(P.encode_ok(5, [0, 32, 1])) is None                  # compact encoding
+    assert P.run_reply(P.encode_ok(5, [0, 32, 1])) is None  # compact encoding
     assert P.run_reply(P.encode_error(5, WalIOError("disk"))) is None
-    assert P.run_reply(P.encode_ok(5, [0, 32, 1, 1, 32, 1])) is None        # several runs
+    assert P.run_reply(P.encode_ok(5, [0, 32, 1, 1, 32, 1])) is None  # several runs
     damaged = bytearray(P.encode_run_ok(5, 0, 32, 1))
     damaged[11] = P.ERR
     assert P.run_reply(bytes(damaged)) is None

@@ -51,9 +51,9 @@ def test_a_lost_middle_segment_is_named():
 
 
 def test_gcs_prefix_and_recoverys_skipped_ids_are_not_losses():
-    assert sequence_problem(5, 4, [5, 6]) is None          # GC deleted 0..4
-    assert sequence_problem(4, 2, [0, 1, 2, 4]) is None    # recovery removed 3; 4 follows 2
-    assert sequence_problem(4, None, [0, 4]) is None       # an older version's header: not judged
+    assert sequence_problem(5, 4, [5, 6]) is None  # GC deleted 0..4
+    assert sequence_problem(4, 2, [0, 1, 2, 4]) is None  # recovery removed 3; 4 follows 2
+    assert sequence_problem(4, None, [0, 4]) is None  # an older version's header: not judged
 
 
 def test_a_segment_between_a_segment_and_its_predecessor_does_not_belong():
@@ -69,5 +69,5 @@ def test_exactly_the_holes_that_are_not_a_prefix_are_found(n, data):
     found = [s for s in present if sequence_problem(s, s - 1 if s else None, present)]
     prefix = gone == set(range(len(gone)))
     assert (found == []) == prefix
-    for s in found:                     # a segment is flagged exactly when its own predecessor was lost
+    for s in found:  # a segment is flagged exactly when its own predecessor was lost
         assert s - 1 in gone and any(p < s - 1 for p in present)
