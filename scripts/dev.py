@@ -3,7 +3,7 @@
 
     python3 scripts/dev.py load    # the main job: the contention load benchmark on a temp dir
     python3 scripts/dev.py test    # the whole test suite
-    python3 scripts/dev.py check   # ruff + mypy
+    python3 scripts/dev.py check   # ruff check, ruff format --check, mypy --strict (the versions pinned in [lint])
 Extra arguments are passed through (e.g. ``test -k recovery``).
 """
 
@@ -39,9 +39,16 @@ def main() -> int:
     if cmd == "load":
         return subprocess.call([PY, "-m", "nori_wal.cli", "load", *rest])
     if cmd == "check":
-        subprocess.check_call([PY, "-m", "pip", "install", "-q", "ruff", "mypy"])
-        rc = subprocess.call([PY, "-m", "ruff", "check", "nori_wal", "tests", "scripts"])
-        return rc or subprocess.call([PY, "-m", "mypy", "nori_wal"])
+        paths = ["nori_wal", "tests", "scripts"]
+        steps = [
+            [PY, "-m", "ruff", "check", *paths],
+            [PY, "-m", "ruff", "format", "--check", *paths],
+            [PY, "-m", "mypy", "--strict", "nori_wal"],
+        ]
+        failed = [" ".join(step[2:4]) for step in steps if subprocess.call(step) != 0]
+        if failed:
+            print("check failed: " + ", ".join(failed), file=sys.stderr)
+        return 1 if failed else 0
     print(__doc__)
     return 2
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TextIO
 
 from ..inspect_log import LogReport, NotAWalDirectory, inspect_log
 from ..segment import segment_name
@@ -48,11 +49,11 @@ class ProgressBar:
 
     def __init__(
         self,
-        stream,
+        stream: TextIO,
         label: str = "verify",
-        interval: float = 0.1,  # type: ignore[no-untyped-def]
+        interval: float = 0.1,
         delay: float = 0.0,
-    ):
+    ) -> None:
         self.stream, self.label, self.interval = stream, label, interval
         self._start = time.monotonic()
         self._next = self._start + delay
