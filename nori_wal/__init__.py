@@ -5,9 +5,11 @@ The public names of the API contract (the project brief's API.md); README.md sta
 
 from .config import FsyncPolicy, WalConfig
 from .errors import (
+    ConsumerExpiredError,
     CorruptionError,
     InvalidRecordError,
     ProtocolError,
+    RecordsDeletedError,
     RecordTooLargeError,
     WalClosedError,
     WalError,
@@ -23,6 +25,7 @@ from .wal import Wal
 
 __all__ = [
     "Compression",
+    "ConsumerExpiredError",
     "CorruptionError",
     "FsyncPolicy",
     "InvalidRecordError",
@@ -30,6 +33,7 @@ __all__ = [
     "ProtocolError",
     "Record",
     "RecordTooLargeError",
+    "RecordsDeletedError",
     "RecoveryInfo",
     "Wal",
     "WalClosedError",

@@ -7,8 +7,10 @@
     ├── RecordTooLargeError       a record cannot fit in one segment / one message
     ├── WalIOError                a write or fsync failed (the log is fail-stopped until reopened), or a read failed
     ├── WriterUnavailableError    no writer process answered within the timeout
-    └── ProtocolError             a malformed request or reply on the wire
-        └── InvalidRecordError    an argument that is not a valid Record (also a ValueError)
+    ├── ProtocolError             a malformed request or reply on the wire
+    │   └── InvalidRecordError    an argument that is not a valid Record (also a ValueError)
+    ├── RecordsDeletedError       a reader's next records were deleted by GC (names the gap)
+    └── ConsumerExpiredError      a consumer's cursor was expired by max_retained_bytes (names what was lost)
 
 Lower-layer errors (OSError, zmq.ZMQError) are chained as ``__cause__``.
 """
@@ -57,3 +59,11 @@ class ProtocolError(WalError):
 class InvalidRecordError(ProtocolError, ValueError):
     """An append was given something that is not a valid Record (wrong types, an unknown compression,
     a ttl out of range): refused before anything is written or sent. Also a ValueError."""
+
+
+class RecordsDeletedError(WalError):
+    """A reader's next records were deleted (by GC) before it read them: nothing is skipped silently."""
+
+
+class ConsumerExpiredError(WalError):
+    """A consumer's cursor fell so far behind that retention (``max_retained_bytes``) expired it."""
