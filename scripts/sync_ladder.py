@@ -10,7 +10,7 @@ in alternating slices so that the disk's and the machine's drift cancel
   bare       the same writer; each producer sends one request it framed once,
              before the clock, and reads the reply without looking at it: what
              the writer alone costs, without the client's per-call work;
-  yardstick  the ideal group-commit toy (``nori_wal.loadtest.Yardstick``): no
+  yardstick  the ideal group-commit toy (``nori_wal.load.peers.Yardstick``): no
              framing, no validation.
 
 ``bare`` against ``yardstick`` compares the writers; ``nori`` against ``bare``
@@ -41,7 +41,10 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nori_wal import FsyncPolicy, WalConfig  # noqa: E402
-from nori_wal.loadtest import RECORD_BYTES, Yardstick, _yard_frame, measure_f  # noqa: E402
+from nori_wal.load.cells import yard_frame  # noqa: E402
+from nori_wal.load.peers import Yardstick  # noqa: E402
+from nori_wal.load.plan import RECORD_BYTES  # noqa: E402
+from nori_wal.load.probes import measure_f  # noqa: E402
 
 SYSTEMS = ("nori", "bare", "yardstick")
 SETUP_TIMEOUT = 60.0
@@ -65,7 +68,7 @@ def _operation(system: str, endpoint: str) -> Callable[[], Any]:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 30_000)
         sock.connect(endpoint)
-        msg = _yard_frame() if system == "yardstick" else encode_record(record, P.encode_append(1, 1))
+        msg = yard_frame() if system == "yardstick" else encode_record(record, P.encode_append(1, 1))
 
         def op() -> Any:
             sock.send(msg)

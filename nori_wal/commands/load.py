@@ -1,4 +1,4 @@
-"""``nori-wal load``: the contention load benchmark (the engine is nori_wal.loadtest)."""
+"""``nori-wal load``: the contention load benchmark (the engine is nori_wal.load)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ HELP = "contention benchmark: a writer, 1..64 producer processes per fsync polic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..loadtest import add_arguments as add
+    from ..load import add_arguments as add
 
     add(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loadtest import run as run_load
+    from ..load import run as run_load
     from ._common import EXIT_USAGE, dir_path_problem, error
 
     problem = None if args.dir is None else dir_path_problem(args.dir)

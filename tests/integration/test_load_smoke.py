@@ -1,4 +1,4 @@
-"""Smoke run of ``nori-wal load``: a tiny matrix prints a full table (no timing asserts)."""
+"""Smoke run of ``nori-wal load``: a tiny matrix prints a full table and draws its PNG (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ def test_load_prints_a_row_with_numbers_for_every_cell(tmp_path):
             "0.2",
             "--dir",
             str(tmp_path / "data"),
-            "--no-plot",
             "--json",
             str(out_json),
         ],
@@ -72,6 +71,10 @@ def test_load_prints_a_row_with_numbers_for_every_cell(tmp_path):
     assert all(r["records_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in data["results"])
     assert all((r["records_per_group"] or 0) >= 1 for r in data["results"] if r["system"] != "sqlite")
     assert os.listdir(tmp_path / "data") == []  # the run directory is removed after
+    # the picture, by default in the working directory, and the run says where it is
+    png = tmp_path / "nori-wal-load.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"note: wrote {png}" in proc.stdout
 
 
 @pytest.mark.timeout(60)

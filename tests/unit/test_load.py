@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from nori_wal.loadtest import (
+from nori_wal.load.plan import (
     Cell,
     CellResult,
+    CellRun,
     LoadReport,
-    _CellRun,
     group_size,
     parse_counts,
     parse_list,
     percentile_ms,
     plan_cells,
-    process_cpu_seconds,
-    ratio_lines,
     slice_order,
     slice_rate,
     summarize,
 )
+from nori_wal.load.probes import process_cpu_seconds
+from nori_wal.load.report import ratio_lines
 
 
 def test_parse_lists_and_counts():
@@ -87,7 +87,7 @@ def test_a_cell_in_slices_is_the_mean_of_its_slices_and_its_counters_add_up():
     from array import array
 
     lat = array("d", [0.001] * 10).tobytes()
-    run = _CellRun()
+    run = CellRun()
     run.add([(100, 5.0, 6.0, lat, 0.1), (300, 5.0, 6.0, lat, 0.1)], [], 0.2, (1000, 10, 50), (1400, 12, 60))  # 400/s
     run.add([(200, 7.0, 8.0, lat, 0.1), (0, 7.0, 8.0, b"", 0.1)], [], 0.2, (1400, 12, 60), (1600, 13, 70))  # 200/s
     r = summarize(Cell("nori", "always", "sync", 2), run.slices, run.errors, run.server_cpu)
@@ -120,12 +120,12 @@ def test_every_system_is_timed_to_the_same_shared_deadline():
     """The runners all stop at the deadline the parent set, not at their own wake-up + seconds."""
     import time
 
-    from nori_wal.loadtest import _submit_loop, _timed_loop
+    from nori_wal.load.cells import submit_loop, timed_loop
 
     end = time.monotonic() + 0.05
-    acked, start, stop, lat = _timed_loop(lambda _: None, None, 3, end)
+    acked, start, stop, lat = timed_loop(lambda _: None, None, 3, end)
     assert start < end <= stop and acked == 3 * len(lat) > 0
-    assert _timed_loop(lambda _: None, None, 1, start - 1.0)[0] == 0  # woke after the deadline: no calls
+    assert timed_loop(lambda _: None, None, 1, start - 1.0)[0] == 0  # woke after the deadline: no calls
 
     class _Done:
         def result(self):
@@ -138,7 +138,7 @@ def test_every_system_is_timed_to_the_same_shared_deadline():
         def submit(self, rec):
             return _Done()
 
-    acked, start, stop, lat = _submit_loop(_Client(), None, 4, time.monotonic() + 0.05)
+    acked, start, stop, lat = submit_loop(_Client(), None, 4, time.monotonic() + 0.05)
     assert start < stop and acked == len(lat) > 0
 
 
@@ -199,3 +199,68 @@ def test_process_cpu_seconds_reads_this_process_and_knows_when_it_cannot():
     assert process_cpu_seconds(os.getpid()) is not None and process_cpu_seconds(os.getpid()) >= 0
     assert process_cpu_seconds(None) is None
     assert process_cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+def test_without_matplotlib_the_run_says_how_to_get_its_picture(monkeypatch, tmp_path):
+    import sys
+
+    from nori_wal.load.plot import plot_note
+
+    rep = LoadReport(f_start=1000.0, results=[CellResult(Cell("nori", "always", "sync", 1), 900.0)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    note = plot_note(rep, str(tmp_path / "x.png"), 32, 100)
+    assert "matplotlib is not installed" in note and "pip install nori-wal[plot]" in note
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_plot_note_says_where_the_png_is_or_why_there_is_none(tmp_path):
+    pytest.importorskip("matplotlib")
+    from nori_wal.load.plot import plot_note
+
+    rep = LoadReport(f_start=1000.0, results=[CellResult(Cell("nori", "always", "sync", 1), 900.0)])
+    png = tmp_path / "load.png"
+    assert plot_note(rep, str(png), 32, 100) == f"wrote {png} (throughput against producers)"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert plot_note(LoadReport(), str(tmp_path / "none.png"), 32, 100) == "no nori-wal cell measured: no PNG"
+    assert "failed" in plot_note(rep, str(tmp_path / "no-such-dir" / "x.png"), 32, 100)
+
+
+def test_the_progress_line_counts_slices_and_estimates_the_time_left():
+    from nori_wal.load.progress import progress_line
+
+    assert progress_line(0, 40, 0.0) == "slice 0/40 (0%), estimating time left"
+    assert progress_line(10, 40, 30.0, "N=8 nori always sync") == (
+        "slice 10/40 (25%), about 1:30 left: N=8 nori always sync"
+    )
+    assert progress_line(40, 40, 120.0) == "slice 40/40 (100%), about 0:00 left"
+
+
+def test_progress_is_drawn_only_on_a_terminal_and_messages_stay_above_it():
+    import io
+
+    from nori_wal.load.progress import Progress
+
+    class _Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    piped = io.StringIO()
+    p = Progress(stream=piped)
+    p.start(2)
+    p.step("a")
+    p.say("[1/2] done")
+    p.close()
+    assert piped.getvalue() == "[1/2] done\n"  # not a terminal: the messages alone, as before
+
+    tty, now = _Tty(), [0.0]
+    p = Progress(stream=tty, clock=lambda: now[0])
+    p.start(2)
+    p.step("a")
+    now[0] = 5.0
+    p.step("b")
+    p.say("[1/2] done")
+    p.close()
+    out = tty.getvalue()
+    assert "slice 1/2 (50%), about 0:05 left: b" in out
+    assert "\r\x1b[K[1/2] done\n" in out  # the line is cleared before a message and redrawn after it
+    assert out.endswith("\r\x1b[K")  # and removed at the end
