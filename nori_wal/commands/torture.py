@@ -72,10 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no per-round progress on stderr")
 
 
-@guarded("torture")
-def run(args: argparse.Namespace) -> int:
-    from ..testing.torture import TortureOptions, run_torture
-
+def _check_arguments(args: argparse.Namespace) -> None:
+    """A bad argument is a usage error (exit 2) naming it, before anything is created."""
     if args.producers < 1 or args.rounds < 1 or args.batch < 1 or args.value_size < 0 or args.max_acks_per_round < 1:
         fail("--producers, --rounds, --batch and --max-acks-per-round must be >= 1, --value-size >= 0")
     try:
@@ -91,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
     problem = dir_path_problem(args.dir)
     if problem is not None:
         fail(problem)
+
+
+@guarded("torture")
+def run(args: argparse.Namespace) -> int:
+    from ..testing.torture import TortureOptions, run_torture
+
+    _check_arguments(args)
     try:
         os.makedirs(args.dir, exist_ok=True)
         work = tempfile.mkdtemp(prefix="nori-wal-torture-", dir=args.dir)

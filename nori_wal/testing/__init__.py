@@ -9,9 +9,11 @@ disk (``nori-wal torture``) or their own code on top of nori-wal:
     ...
     wal2, info = Wal.open(config, layer=fs.crash())   # the disk after a power loss
 
-Modules: ``faultfs`` (the in-memory layer), ``faultyos`` (real files with the same
-fault rules, picklable into a writer process), ``crashsim`` (workloads, crash-state
-enumeration and the invariant checks), ``torture`` (the SIGKILL torture engine).
+Modules: ``crashmodel`` (what a crash keeps, as values and pure rules), ``faultfs``
+(the in-memory layer that applies it), ``faultyos`` (real files with the same fault
+rules, picklable into a writer process), ``workload`` (workloads snapshotted at every
+syscall), ``crashsim`` (crash-state enumeration and the invariant checks),
+``torture`` (the SIGKILL torture engine).
 """
 
 from .faultfs import (

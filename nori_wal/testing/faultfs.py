@@ -47,6 +47,10 @@ Simplifications, on purpose: the root (``/`` or ``.``) and the directories of
 ``from_files`` are durable at once; ``lock_dir`` keeps its lock in memory (no
 LOCK file); a ``sync`` (fdatasync) makes the file's size durable with its data
 but not its directory entry. Everything is guarded by one lock, so threads may share it.
+
+The model this layer applies (``CrashSpec``, ``Fault``, ``Syscall``, what a
+crash keeps of one file, the tear points) is in ``crashmodel``, as values and
+pure functions; its names are importable from here too.
 """
 
 from __future__ import annotations
@@ -55,163 +59,29 @@ import contextlib
 import errno as errno_mod
 import os
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Callable, Union
+from collections.abc import Iterator
+from typing import Callable
 
 from ..errors import WalLockedError
 from ..record import BytesLike
-
-SECTOR_SIZE = 512
-
-CRASH = -1
-"""Use as the ``errno`` of ``inject`` to make that call raise ``SimulatedCrash``."""
-
-MUTATING_OPS = frozenset(
-    {"makedirs", "create", "append", "preallocate", "sync", "truncate", "rename", "unlink", "sync_dir"}
+from .crashmodel import (
+    CRASH,
+    MUTATING_OPS,
+    POWER_LOSS,
+    PROCESS_CRASH,
+    SECTOR_SIZE,
+    CrashSpec,
+    DirOp,
+    Fault,
+    FileOp,
+    Inode,
+    SimulatedCrash,
+    Syscall,
+    apply_op,
+    crashed_content,
+    sector_tears,
+    torn_write_points,
 )
-"""Operations that can change what a crash leaves behind (the rest only read)."""
-
-
-class SimulatedCrash(BaseException):
-    """The simulated process died at this syscall; every later call on the layer raises it too.
-
-    A BaseException, so ``except Exception`` in the code under test cannot swallow it.
-    """
-
-
-# -- the model ------------------------------------------------------------------------------
-
-WriteOp = tuple[str, int, bytes]  # ("w", offset, data)
-TruncOp = tuple[str, int]  # ("t", size)
-FileOp = Union[WriteOp, TruncOp]
-
-
-class _Inode:
-    __slots__ = ("data", "durable", "pending")
-
-    def __init__(self, data: bytes | bytearray = b"", durable: bytes = b"", pending: list[FileOp] | None = None):
-        self.data = bytearray(data)  # what reads see now
-        self.durable = durable  # what survives a power loss
-        self.pending: list[FileOp] = pending if pending is not None else []
-
-
-def _apply(content: bytearray, op: FileOp) -> None:
-    if op[0] == "w":
-        _, off, data = op  # type: ignore[misc]
-        if off > len(content):
-            content.extend(bytes(off - len(content)))
-        content[off : off + len(data)] = data
-    else:
-        size = op[1]
-        if size < len(content):
-            del content[size:]
-        else:
-            content.extend(bytes(size - len(content)))
-
-
-DirOp = tuple[Any, ...]  # ("link", name, inode) | ("unlink", name) | ("mkdir", name)
-
-
-@dataclass(frozen=True)
-class CrashSpec:
-    """What survives a crash, beyond what was synced.
-
-    ``keep_ops``: how many of the target file's unsynced operations reach the
-    disk whole, in order (None: all of them). ``torn``: how many bytes of the
-    next one (a write) reach it too. ``zero_fill``: the rest of that write and
-    every later write reach the disk as zero bytes (the size was journalled,
-    the data was not). ``file``: the target file's path (default: the file
-    written last). ``keep_dir_ops``: how many pending directory operations
-    (create, rename, unlink not yet followed by ``sync_dir``) persist, in order
-    (None: all). ``keep_other_files``: other files keep all their unsynced
-    operations (a process crash) instead of none (a power loss). ``drop``:
-    indexes of the target's unsynced writes that do NOT reach the disk although
-    later ones kept do (a disk without barriers writes back out of order): the
-    bytes under them stay what the disk held, zeros past the old end.
-    ``page_cache``: the kernel survived (a process crash): what survives is
-    still in the page cache, readable but not yet durable, so a power loss of
-    the new layer (its ``crash()``) can still lose it; only ``keep_ops`` and
-    ``torn`` apply (every directory entry and other file survives).
-    """
-
-    keep_ops: int | None = 0
-    torn: int | None = None
-    zero_fill: bool = False
-    file: str | None = None
-    keep_dir_ops: int | None = 0
-    keep_other_files: bool = False
-    drop: tuple[int, ...] = ()
-    page_cache: bool = False
-
-    def label(self) -> str:
-        parts = [f"keep={'all' if self.keep_ops is None else self.keep_ops}"]
-        if self.torn is not None:
-            parts.append(f"torn={self.torn}")
-        if self.zero_fill:
-            parts.append("zero-fill")
-        if self.keep_dir_ops != 0:
-            parts.append(f"dir={'all' if self.keep_dir_ops is None else self.keep_dir_ops}")
-        if self.keep_other_files:
-            parts.append("others-kept")
-        if self.drop:
-            parts.append(f"dropped={','.join(map(str, self.drop))}")
-        if self.page_cache:
-            parts.append("page-cache")
-        return " ".join(parts)
-
-
-POWER_LOSS = CrashSpec()
-"""Every byte and directory entry not yet fsynced is lost."""
-
-PROCESS_CRASH = CrashSpec(keep_ops=None, keep_dir_ops=None, keep_other_files=True, page_cache=True)
-"""The process died but the kernel kept everything it was given (SIGKILL), unsynced as it was."""
-
-
-@dataclass
-class Fault:
-    """One armed fault: the ``nth`` matching call (and ``times - 1`` after it) fails.
-
-    ``op`` is an operation name ("append", "sync", "sync_dir", "create", "rename",
-    "unlink", "truncate", "open_append", "pread", ...; "*" for any); ``path``
-    restricts it to paths containing that text. ``errno``: the OSError's errno,
-    or CRASH to raise SimulatedCrash. ``partial``: for "append" (or
-    "preallocate"), the bytes (zeros) written before the error.
-    ``drop_unsynced``: for "sync", the failed fsync drops the file's dirty
-    data (Linux: a later fsync "succeeds" without it).
-    """
-
-    op: str
-    errno: int = errno_mod.EIO
-    nth: int = 1
-    times: int | None = 1
-    path: str | None = None
-    partial: int | None = None
-    drop_unsynced: bool = True
-    seen: int = 0
-    fired: int = 0
-
-    def matches(self, op: str, path: str) -> bool:
-        return (self.op == "*" or self.op == op) and (self.path is None or self.path in path)
-
-    def trigger(self) -> bool:
-        """Count one matching call; whether it fails."""
-        self.seen += 1
-        if self.seen < self.nth or (self.times is not None and self.fired >= self.times):
-            return False
-        self.fired += 1
-        return True
-
-
-@dataclass(frozen=True)
-class Syscall:
-    """One traced call: its number (from 1), operation and path, and bytes written."""
-
-    n: int
-    op: str
-    path: str
-    nbytes: int = 0
-
 
 Observer = Callable[["FaultFS", Syscall], None]
 
@@ -238,13 +108,13 @@ class FaultFS:
         if preallocate is not None:
             self.preallocating = preallocate
         self._lock = threading.RLock()
-        self._dirs: dict[str, dict[str, _Inode]] = {}  # visible entries
-        self._durable_dirs: dict[str, dict[str, _Inode]] = {}  # entries as of the last sync_dir
+        self._dirs: dict[str, dict[str, Inode]] = {}  # visible entries
+        self._durable_dirs: dict[str, dict[str, Inode]] = {}  # entries as of the last sync_dir
         self._dir_pending: list[tuple[str, DirOp]] = []  # directory ops since, in order
         self._locks: set[str] = set()
         self._faults: list[Fault] = []
         self._observers: list[Observer] = []
-        self._last_written: _Inode | None = None
+        self._last_written: Inode | None = None
         self._dead = False
         self.syscalls = 0
         self.trace: list[Syscall] | None = None
@@ -259,7 +129,7 @@ class FaultFS:
         for path, data in files.items():
             path = _norm(path)
             fs._mkdirs(os.path.dirname(path))
-            ino = _Inode(data, bytes(data))
+            ino = Inode(data, bytes(data))
             fs._dirs[os.path.dirname(path)][os.path.basename(path)] = ino
             fs._durable_dirs[os.path.dirname(path)][os.path.basename(path)] = ino
         return fs
@@ -359,7 +229,7 @@ class FaultFS:
 
     # -- state ----------------------------------------------------------------------------
 
-    def _lookup(self, path: str) -> tuple[str, str, dict[str, _Inode]]:
+    def _lookup(self, path: str) -> tuple[str, str, dict[str, Inode]]:
         d, name = os.path.split(path)
         entries = self._dirs.get(d)
         if entries is None:
@@ -394,7 +264,7 @@ class FaultFS:
                         return os.path.join(d, n)
             return None
 
-    def _target(self, path: str | None) -> _Inode | None:
+    def _target(self, path: str | None) -> Inode | None:
         if path is None:
             return self._last_written
         d, name = os.path.split(_norm(path))
@@ -403,12 +273,12 @@ class FaultFS:
     def snapshot(self) -> FaultFS:
         """An independent copy of the whole state (unsynced data included); no faults, locks or observers."""
         with self._lock:
-            memo: dict[int, _Inode] = {}
+            memo: dict[int, Inode] = {}
 
-            def cp(ino: _Inode) -> _Inode:
+            def cp(ino: Inode) -> Inode:
                 new = memo.get(id(ino))
                 if new is None:
-                    new = memo[id(ino)] = _Inode(ino.data, ino.durable, list(ino.pending))
+                    new = memo[id(ino)] = Inode(ino.data, ino.durable, list(ino.pending))
                 return new
 
             fs = self._new_layer()
@@ -445,7 +315,7 @@ class FaultFS:
                     for sub in [s for s in dirs if s == gone or s.startswith(gone + os.sep)]:
                         del dirs[sub]
             target = self._target(spec.file)
-            memo: dict[int, _Inode] = {}
+            memo: dict[int, Inode] = {}
             fs = self._new_layer()
             for d, ents in dirs.items():
                 fs._dirs[d] = {}
@@ -453,8 +323,8 @@ class FaultFS:
                 for name, ino in ents.items():
                     new = memo.get(id(ino))
                     if new is None:
-                        content = self._crashed_content(ino, spec, ino is target)
-                        new = memo[id(ino)] = _Inode(content, content)
+                        content = crashed_content(ino, spec, ino is target)
+                        new = memo[id(ino)] = Inode(content, content)
                     fs._dirs[d][name] = new
                     fs._durable_dirs[d][name] = new
             return fs
@@ -475,38 +345,9 @@ class FaultFS:
                 kept.append(("w", off, data[: spec.torn]))
             content = bytearray(target.durable)
             for op in kept:
-                _apply(content, op)
+                apply_op(content, op)
             target.data, target.pending = content, kept
         return fs
-
-    @staticmethod
-    def _crashed_content(ino: _Inode, spec: CrashSpec, is_target: bool) -> bytes:
-        content = bytearray(ino.durable)
-        if not is_target:
-            if spec.keep_other_files:
-                for op in ino.pending:
-                    _apply(content, op)
-            return bytes(content)
-        ops = ino.pending
-        keep = len(ops) if spec.keep_ops is None else min(spec.keep_ops, len(ops))
-        for i, op in enumerate(ops[:keep]):
-            if i in spec.drop and op[0] == "w":
-                if op[1] > len(content):  # what a later write lands past still reads as zeros
-                    _apply(content, ("t", op[1]))
-                continue
-            _apply(content, op)
-        rest = ops[keep:]
-        if rest and spec.torn is not None and rest[0][0] == "w":
-            _, off, data = rest[0]  # type: ignore[misc]
-            torn = max(0, min(spec.torn, len(data)))
-            kept = data[:torn] + (bytes(len(data) - torn) if spec.zero_fill else b"")
-            if kept:
-                _apply(content, ("w", off, kept))
-            rest = rest[1:]
-        if spec.zero_fill:
-            for op in rest:
-                _apply(content, op if op[0] == "t" else ("w", op[1], bytes(len(op[2]))))  # type: ignore[misc]
-        return bytes(content)
 
     def process_crash(self) -> FaultFS:
         """A new layer holding everything written so far (the kernel survived the process)."""
@@ -561,7 +402,7 @@ class FaultFS:
             d, name, entries = self._lookup(path)
             if name in entries or path in self._dirs:
                 raise _oserror(errno_mod.EEXIST, path)
-            ino = _Inode()
+            ino = Inode()
             entries[name] = ino
             self._dir_pending.append((d, ("link", name, ino)))
             self._done("create", path)
@@ -578,7 +419,7 @@ class FaultFS:
             self._done(op, path)
             return self._handle(ino, path, writable, pos=len(ino.data) if writable else 0)
 
-    def _handle(self, ino: _Inode, path: str, writable: bool, readable: bool = True, pos: int = 0) -> FaultFile:
+    def _handle(self, ino: Inode, path: str, writable: bool, readable: bool = True, pos: int = 0) -> FaultFile:
         cls = PreallocFaultFile if self.preallocating else FaultFile
         return cls(self, ino, path, writable, readable, pos)
 
@@ -648,7 +489,7 @@ class FaultFS:
                 payload = payload[: fault.partial or 0]
             if payload:
                 op: FileOp = ("w", f.pos, payload)
-                _apply(f.ino.data, op)
+                apply_op(f.ino.data, op)
                 f.ino.pending.append(op)
                 f.pos += len(payload)
                 self._last_written = f.ino
@@ -665,7 +506,7 @@ class FaultFS:
                 raise _oserror(fault.errno, f.path)
             content = bytearray(f.ino.durable)
             for op in f.ino.pending:
-                _apply(content, op)
+                apply_op(content, op)
             f.ino.durable = bytes(content)
             f.ino.pending.clear()
             self._done("sync", f.path)
@@ -676,7 +517,7 @@ class FaultFS:
             if fault is not None:
                 raise _oserror(fault.errno, f.path)
             op: FileOp = ("t", size)
-            _apply(f.ino.data, op)
+            apply_op(f.ino.data, op)
             f.ino.pending.append(op)
             f.pos = min(f.pos, size)
             self._last_written = f.ino
@@ -692,7 +533,7 @@ class FaultFS:
                 zeros = min(zeros, fault.partial or 0)
             if zeros:
                 op: FileOp = ("w", size, bytes(zeros))
-                _apply(f.ino.data, op)
+                apply_op(f.ino.data, op)
                 f.ino.pending.append(op)
                 self._last_written = f.ino
             if fault is not None:
@@ -725,7 +566,7 @@ class FaultFile:
 
     __slots__ = ("closed", "fs", "ino", "path", "pos", "readable", "writable")
 
-    def __init__(self, fs: FaultFS, ino: _Inode, path: str, writable: bool, readable: bool = True, pos: int = 0):
+    def __init__(self, fs: FaultFS, ino: Inode, path: str, writable: bool, readable: bool = True, pos: int = 0):
         self.fs, self.ino, self.path = fs, ino, path
         self.writable, self.readable, self.closed = writable, readable, False
         self.pos = pos  # where the next append writes (OsFile.pos)
@@ -801,28 +642,6 @@ class FaultLock:
             with self._fs._lock:
                 self._fs._locks.discard(self._path)
             self._path = ""
-
-
-def sector_tears(offset: int, length: int, sector: int = SECTOR_SIZE) -> list[int]:
-    """Byte counts ``t`` (0 < t < length) at which a write at ``offset`` crosses a sector boundary."""
-    first = (-offset) % sector or sector
-    return list(range(first, length, sector))
-
-
-def torn_write_points(offset: int, data: bytes, *, frame_ends: Iterable[int] = (), every: int = 0) -> list[int]:
-    """Sampled tear points inside one write: its first bytes, sector edges, frame edges +-1, its last bytes.
-
-    ``frame_ends``: offsets (relative to the write) where whole frames end.
-    ``every``: also every ``every``-th byte (0: no regular sampling).
-    """
-    n = len(data)
-    pts = {1, 2, 3, 4, 5, 6, 7, 8, n - 1, n // 2}
-    pts.update(sector_tears(offset, n))
-    for e in frame_ends:
-        pts.update((e - 1, e, e + 1))
-    if every:
-        pts.update(range(every, n, every))
-    return sorted(p for p in pts if 0 < p < n)
 
 
 __all__ = [

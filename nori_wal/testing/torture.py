@@ -301,162 +301,200 @@ class _Log:
 
 def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = None) -> TortureReport:
     """Run the torture in ``opts.directory`` (created; it must not hold another log) and report."""
-    from ..writer_proc import WriterProcess
-
-    say = progress or (lambda _msg: None)
     seed = opts.seed if opts.seed is not None else random.randrange(2**32)
-    rng = random.Random(seed)
     policy = FsyncPolicy.parse(opts.fsync)
-    config = WalConfig(dir=opts.directory, max_segment_size=opts.max_segment_size, fsync_policy=policy)
     report = TortureReport(rounds=opts.rounds, producers=opts.producers, fsync=str(policy), seed=seed)
     t_start = time.monotonic()
     os.makedirs(opts.directory, exist_ok=True)
+    engine = _Engine(opts, report, policy, progress or (lambda _msg: None))
+    engine.run(random.Random(seed))
+    _final_check(opts, report, engine.acked, engine.seen)
+    report.duration_s = time.monotonic() - t_start
+    return report
 
-    ctx = mp.get_context("spawn")  # no fork of a process that may hold ZeroMQ state or threads
-    stop = ctx.Event()
-    acked: dict[int, list[tuple[int, Position]]] = {p: [] for p in range(opts.producers)}
-    conns: dict[Connection, int] = {}
-    procs: list[Any] = []
-    reader_proc = reader_conn = None
-    ended: set[int] = set()
-    seen: list[tuple[bytes, int, int]] = []
 
-    def drain(timeout: float) -> int:
-        """Take acks already sent (waiting up to ``timeout``); returns how many."""
-        got = 0
-        live = [c for c, p in conns.items() if p not in ended]
-        if not live:
-            return 0
-        for c in wait(live, timeout):
-            p = conns[c]  # type: ignore[index]
-            try:
-                while c.poll():  # type: ignore[union-attr]
-                    data = c.recv_bytes()  # type: ignore[union-attr]
-                    if data.startswith(b"END"):
-                        info = json.loads(data[3:])
-                        report.unknown_outcome += int(info["unknown"])
-                        ended.add(p)
-                        break
-                    if data.startswith(b"ERR"):
-                        report.problems.append(f"producer {p} crashed: {data[3:].decode()[-400:]}")
-                        continue
-                    for seq, seg, off in _ACK.iter_unpack(data):
-                        acked[p].append((seq, Position(seg, off)))
-                        got += 1
-            except EOFError:
-                ended.add(p)
-        return got
+class _Engine:
+    """One torture run's processes and what they reported: the producers' acks, the reader's sightings."""
 
-    def check_acked_present(when: str) -> None:
-        log.catch_up(opts.value_size)
-        for p, items in acked.items():
-            for seq, pos in items:
-                key = torture_key(p, seq)
-                found = log.where.get(key)
-                if found is None:
-                    report.problems.append(f"{when}: acknowledged {key.decode()} at {pos} is not in the log")
-                    return
-                if found != pos:
-                    report.problems.append(f"{when}: acknowledged {key.decode()} at {pos} found at {found}")
-                    return
+    def __init__(self, opts: TortureOptions, report: TortureReport, policy: FsyncPolicy, say: Callable[[str], None]):
+        self.opts, self.report, self.say = opts, report, say
+        self.config = WalConfig(dir=opts.directory, max_segment_size=opts.max_segment_size, fsync_policy=policy)
+        self.ctx = mp.get_context("spawn")  # no fork of a process that may hold ZeroMQ state or threads
+        self.stop = self.ctx.Event()
+        self.acked: dict[int, list[tuple[int, Position]]] = {p: [] for p in range(opts.producers)}
+        self.conns: dict[Connection, int] = {}
+        self.procs: list[Any] = []
+        self.reader_proc: Any = None
+        self.reader_conn: Connection | None = None
+        self.ended: set[int] = set()
+        self.seen: list[tuple[bytes, int, int]] = []
+        self.log = _Log(opts.directory)
 
-    def spawn() -> Any:
+    def run(self, rng: random.Random) -> None:
+        """Start everything, kill the writer once a round, stop cleanly; every process is gone on return."""
+        writer = self.spawn()
+        try:
+            self.start_producers()
+            if self.opts.reader:
+                self.start_reader()
+            for rnd in range(self.opts.rounds):
+                if rnd:
+                    writer = self.spawn()
+                self.kill_round(rnd, writer, rng)
+            writer = self.spawn()  # the last start: the producers reach it, then everyone stops cleanly
+            self.finish(writer)
+        finally:
+            self.stop.set()
+            if writer.is_alive():
+                writer.kill()
+            self.reap_producers()
+            self.collect_reader()
+            for c in self.conns:
+                c.close()
+
+    def spawn(self) -> Any:
+        from ..writer_proc import WriterProcess
+
         t0 = time.monotonic()
-        writer = WriterProcess.spawn(config)
-        report.restart_s.append(time.monotonic() - t0)
-        report.recovery_s.append(writer.recovery_info.duration_s)
-        report.truncated_bytes.append(writer.recovery_info.bytes_truncated)
+        writer = WriterProcess.spawn(self.config)
+        self.report.restart_s.append(time.monotonic() - t0)
+        self.report.recovery_s.append(writer.recovery_info.duration_s)
+        self.report.truncated_bytes.append(writer.recovery_info.bytes_truncated)
         return writer
 
-    log = _Log(opts.directory)
-    writer = spawn()
-    try:
+    def start_producers(self) -> None:
+        opts = self.opts
         for p in range(opts.producers):
-            parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
+            parent, child = self.ctx.Pipe(duplex=False)
+            proc = self.ctx.Process(
                 target=_producer_main,
                 name=f"nori-torture-producer-{p}",
                 daemon=True,
-                args=(p, opts.directory, child, stop, opts.client_timeout, opts.value_size, opts.batch),
+                args=(p, opts.directory, child, self.stop, opts.client_timeout, opts.value_size, opts.batch),
             )
             proc.start()
             child.close()
-            conns[parent] = p
-            procs.append(proc)
-        if opts.reader:
-            reader_conn, child = ctx.Pipe(duplex=False)
-            reader_proc = ctx.Process(
-                target=_reader_main,
-                name="nori-torture-reader",
-                daemon=True,
-                args=(opts.directory, child, stop, opts.value_size),
-            )
-            reader_proc.start()
-            child.close()
+            self.conns[parent] = p
+            self.procs.append(proc)
 
-        for rnd in range(opts.rounds):
-            if rnd:
-                writer = spawn()
-            target = rng.randint(0, opts.max_acks_per_round) if rng.random() > 0.1 else 0
-            got, deadline = 0, time.monotonic() + opts.round_timeout
-            while got < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    report.stalled_rounds += got == 0
-                    break
-                got += drain(min(left, 0.5))
-            writer.kill()
-            report.kills += 1
-            drain(0)
-            check_acked_present(f"after kill {rnd + 1}")
-            say(
-                f"round {rnd + 1}/{opts.rounds}: killed after {got} acks; "
-                f"{sum(map(len, acked.values()))} acknowledged so far"
-            )
+    def start_reader(self) -> None:
+        self.reader_conn, child = self.ctx.Pipe(duplex=False)
+        self.reader_proc = self.ctx.Process(
+            target=_reader_main,
+            name="nori-torture-reader",
+            daemon=True,
+            args=(self.opts.directory, child, self.stop, self.opts.value_size),
+        )
+        self.reader_proc.start()
+        child.close()
 
-        # Last start: let the producers reach the writer again, then stop everyone cleanly.
-        writer = spawn()
+    def kill_round(self, rnd: int, writer: Any, rng: random.Random) -> None:
+        """Wait for a random number of acks (sometimes none), SIGKILL the writer, check the log as it left it."""
+        target = rng.randint(0, self.opts.max_acks_per_round) if rng.random() > 0.1 else 0
+        got, deadline = 0, time.monotonic() + self.opts.round_timeout
+        while got < target:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.report.stalled_rounds += got == 0
+                break
+            got += self.drain(min(left, 0.5))
+        writer.kill()
+        self.report.kills += 1
+        self.drain(0)
+        self.check_acked_present(f"after kill {rnd + 1}")
+        self.say(
+            f"round {rnd + 1}/{self.opts.rounds}: killed after {got} acks; "
+            f"{sum(map(len, self.acked.values()))} acknowledged so far"
+        )
+
+    def finish(self, writer: Any) -> None:
+        """Let the producers reach the last writer, stop them, stop the writer cleanly."""
+        opts = self.opts
         got, deadline = 0, time.monotonic() + opts.round_timeout
         while got < opts.producers and time.monotonic() < deadline:
-            got += drain(0.5)
-        stop.set()
+            got += self.drain(0.5)
+        self.stop.set()
         deadline = time.monotonic() + opts.client_timeout * 3 + 30
-        while len(ended) < opts.producers and time.monotonic() < deadline:
-            drain(0.5)
-        report.final_exit_code = writer.stop()
-        if report.final_exit_code != 0:
-            report.problems.append(f"the last writer exited with code {report.final_exit_code} on a clean stop")
-    finally:
-        stop.set()
-        if writer.is_alive():
-            writer.kill()
-        for proc in procs:
-            proc.join(opts.client_timeout * 3 + 10)
+        while len(self.ended) < opts.producers and time.monotonic() < deadline:
+            self.drain(0.5)
+        self.report.final_exit_code = writer.stop()
+        if self.report.final_exit_code != 0:
+            self.report.problems.append(
+                f"the last writer exited with code {self.report.final_exit_code} on a clean stop"
+            )
+
+    def drain(self, timeout: float) -> int:
+        """Take acks already sent (waiting up to ``timeout``); returns how many."""
+        got = 0
+        live = [c for c, p in self.conns.items() if p not in self.ended]
+        if not live:
+            return 0
+        for c in wait(live, timeout):
+            p = self.conns[c]  # type: ignore[index]
+            try:
+                got += self._take(c, p)  # type: ignore[arg-type]
+            except EOFError:
+                self.ended.add(p)
+        return got
+
+    def _take(self, c: Connection, p: int) -> int:
+        """Every message producer ``p`` has sent on ``c`` so far: acks, its crash report, its end."""
+        got = 0
+        while c.poll():
+            data = c.recv_bytes()
+            if data.startswith(b"END"):
+                info = json.loads(data[3:])
+                self.report.unknown_outcome += int(info["unknown"])
+                self.ended.add(p)
+                break
+            if data.startswith(b"ERR"):
+                self.report.problems.append(f"producer {p} crashed: {data[3:].decode()[-400:]}")
+                continue
+            for seq, seg, off in _ACK.iter_unpack(data):
+                self.acked[p].append((seq, Position(seg, off)))
+                got += 1
+        return got
+
+    def check_acked_present(self, when: str) -> None:
+        self.log.catch_up(self.opts.value_size)
+        for p, items in self.acked.items():
+            for seq, pos in items:
+                key = torture_key(p, seq)
+                found = self.log.where.get(key)
+                if found is None:
+                    self.report.problems.append(f"{when}: acknowledged {key.decode()} at {pos} is not in the log")
+                    return
+                if found != pos:
+                    self.report.problems.append(f"{when}: acknowledged {key.decode()} at {pos} found at {found}")
+                    return
+
+    def reap_producers(self) -> None:
+        for proc in self.procs:
+            proc.join(self.opts.client_timeout * 3 + 10)
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-                report.problems.append(f"producer {proc.name} did not stop")
-        if reader_proc is not None and reader_conn is not None:
-            if reader_conn.poll(60):
-                try:
-                    seen, errors = reader_conn.recv()
-                    report.reader_errors.extend(errors)
-                except EOFError:
-                    report.reader_errors.append("the reader died without a report")
-            else:
-                report.reader_errors.append("the reader did not report within 60 s")
-            reader_proc.join(10)
-            if reader_proc.is_alive():
-                reader_proc.kill()
-                reader_proc.join(5)
-            reader_conn.close()
-            report.reader_records = len(seen)
-        for c in conns:
-            c.close()
+                self.report.problems.append(f"producer {proc.name} did not stop")
 
-    _final_check(opts, report, acked, seen)
-    report.duration_s = time.monotonic() - t_start
-    return report
+    def collect_reader(self) -> None:
+        """The reader's report (what it saw, where), then the reader gone."""
+        proc, conn, report = self.reader_proc, self.reader_conn, self.report
+        if proc is None or conn is None:
+            return
+        if conn.poll(60):
+            try:
+                self.seen, errors = conn.recv()
+                report.reader_errors.extend(errors)
+            except EOFError:
+                report.reader_errors.append("the reader died without a report")
+        else:
+            report.reader_errors.append("the reader did not report within 60 s")
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        conn.close()
+        report.reader_records = len(self.seen)
 
 
 def _final_check(

@@ -179,72 +179,82 @@ def near_valid_headers(draw):
     return [msgpack.packb(header, use_bin_type=True)] + payload, expect
 
 
-@st.composite
-def bad_payloads(draw):
-    """APPENDs whose payload is wrong: counts, cuts, flips, seals, flags, zeros, poison values, size."""
-    seed = draw(st.integers(0, 10**6))
-    frames = good_frames(draw(st.integers(1, 6)), seed)
-    payload = b"".join(frames)
-    count = len(frames)
-    kind = draw(
-        st.sampled_from(
-            [
-                "count",
-                "cut",
-                "flip",
-                "garbage",
-                "zeros",
-                "seal",
-                "reserved",
-                "compmask",
-                "lz4-poison",
-                "zstd-poison",
-                "too-large",
-                "empty",
-                "huge-length",
-            ]
-        )
-    )
-    if kind == "count":
-        count = draw(st.integers(-(2**31), 2**32).filter(lambda c: c != len(frames)))
-    elif kind == "cut":
-        payload = payload[: draw(st.integers(1, len(payload) - 1))]
-        if P.check_payload(payload, count, SEGMENT) is None:  # cut exactly at a frame boundary
-            count += 1
-    elif kind == "flip":
-        at = draw(st.integers(0, len(payload) - 1))
-        payload = payload[:at] + bytes([payload[at] ^ draw(st.integers(1, 255))]) + payload[at + 1 :]
-    elif kind == "garbage":
-        payload += draw(st.binary(min_size=1, max_size=40).filter(any))
-    elif kind == "zeros":
-        payload += bytes(draw(st.integers(1, 40)))
-    elif kind == "seal":
-        payload += encode_seal(count, 32)
+def _wrong_count(draw, payload, count):
+    return payload, draw(st.integers(-(2**31), 2**32).filter(lambda c: c != count))
+
+
+def _cut(draw, payload, count):
+    payload = payload[: draw(st.integers(1, len(payload) - 1))]
+    if P.check_payload(payload, count, SEGMENT) is None:  # cut exactly at a frame boundary
         count += 1
-    elif kind == "reserved":
-        payload += frame_with(_varint(1) + _varint(1) + bytes([draw(st.sampled_from([0x10, 0x20, 0x40]))]) + b"kv")
-        count += 1
-    elif kind == "compmask":
-        payload += frame_with(_varint(1) + _varint(1) + bytes([0x0C]) + b"kv")
-        count += 1
-    elif kind in ("lz4-poison", "zstd-poison"):
-        comp = 1 if kind == "lz4-poison" else 2
+    return payload, count
+
+
+def _flip(draw, payload, count):
+    at = draw(st.integers(0, len(payload) - 1))
+    return payload[:at] + bytes([payload[at] ^ draw(st.integers(1, 255))]) + payload[at + 1 :], count
+
+
+def _poison(comp):
+    """A frame whose value claims compression ``comp`` (1 LZ4, 2 Zstd) but does not decompress."""
+
+    def frame(draw, count):
         junk = draw(st.binary(min_size=0, max_size=60))
         if comp == 1:
             junk = struct.pack("<I", draw(st.integers(0, 2**32 - 1))) + junk
         if decompress_value(junk, comp, FORMAT_MAX_FRAME) is not None:  # by chance a real compressed value
             junk = b"\x10\x00\x00\x00\xff\xff\xff"  # LZ4 claiming 16 bytes, invalid block
-        payload += frame_with(_varint(1) + _varint(len(junk)) + bytes([comp << 2]) + b"k" + junk)
-        count += 1
-    elif kind == "too-large":
-        big = b"b" * (SEGMENT + draw(st.integers(0, 5000)))
-        payload += frame_with(_varint(1) + _varint(len(big)) + b"\x00" + b"k" + big)
-        count += 1
-    elif kind == "empty":
-        payload, count = b"", draw(st.integers(0, 3))
-    elif kind == "huge-length":
-        payload += b"\x01\x02\x03\x04" + _varint(1) + _varint(draw(st.integers(2**20, 2**35 - 1))) + b"\x00k"
-        count += 1
+        return frame_with(_varint(1) + _varint(len(junk)) + bytes([comp << 2]) + b"k" + junk)
+
+    return frame
+
+
+def _too_large(draw, count):
+    big = b"b" * (SEGMENT + draw(st.integers(0, 5000)))
+    return frame_with(_varint(1) + _varint(len(big)) + b"\x00" + b"k" + big)
+
+
+def _one_more(frame):
+    """A kind that appends one bad frame (``frame(draw, count)``) and counts it."""
+    return lambda draw, payload, count: (payload + frame(draw, count), count + 1)
+
+
+def _tail(extra):
+    """A kind that appends bytes (``extra(draw)``) that are no frame, without counting them."""
+    return lambda draw, payload, count: (payload + extra(draw), count)
+
+
+# kind -> (draw, the good payload, its count) -> (the bad payload, the count its header claims)
+BAD_PAYLOADS = {
+    "count": _wrong_count,
+    "cut": _cut,
+    "flip": _flip,
+    "garbage": _tail(lambda draw: draw(st.binary(min_size=1, max_size=40).filter(any))),
+    "zeros": _tail(lambda draw: bytes(draw(st.integers(1, 40)))),
+    "seal": _one_more(lambda draw, count: encode_seal(count, 32)),
+    "reserved": _one_more(
+        lambda draw, count: frame_with(
+            _varint(1) + _varint(1) + bytes([draw(st.sampled_from([0x10, 0x20, 0x40]))]) + b"kv"
+        )
+    ),
+    "compmask": _one_more(lambda draw, count: frame_with(_varint(1) + _varint(1) + bytes([0x0C]) + b"kv")),
+    "lz4-poison": _one_more(_poison(1)),
+    "zstd-poison": _one_more(_poison(2)),
+    "too-large": _one_more(_too_large),
+    "empty": lambda draw, payload, count: (b"", draw(st.integers(0, 3))),
+    "huge-length": _one_more(
+        lambda draw, count: b"\x01\x02\x03\x04" + _varint(1) + _varint(draw(st.integers(2**20, 2**35 - 1))) + b"\x00k"
+    ),
+}
+
+
+@st.composite
+def bad_payloads(draw):
+    """APPENDs whose payload is wrong: counts, cuts, flips, seals, flags, zeros, poison values, size."""
+    seed = draw(st.integers(0, 10**6))
+    frames = good_frames(draw(st.integers(1, 6)), seed)
+    kind = draw(st.sampled_from(list(BAD_PAYLOADS)))
+    payload, count = BAD_PAYLOADS[kind](draw, b"".join(frames), len(frames))
     rid = draw(st.integers(0, 2**64 - 1))
     head = P.encode_append(rid, count) if -(2**63) <= count < 2**64 else P.encode_append(rid, 0)
     # The one-frame form needs the fixed header; msgpack's own encoding can be 17 bytes long too
