@@ -21,15 +21,18 @@ from .codec import (
     COMPRESSION_MASK,
     CORRUPT,
     FLAG_SEAL,
-    FLAG_TTL,
     FORMAT_MAX_FRAME,
     MIN_FRAME_SIZE,
     NEED_MORE,
-    RESERVED_FLAGS,
+    PLAIN_FLAGS,
+    SCAN_FLAGS,
     ZEROED,
     Seal,
     decode_record,
+    fast_frame,
+    frame_end,
     frame_layout,
+    parse_header,
 )
 from .record import BytesLike
 
@@ -56,85 +59,44 @@ class ScanResult(NamedTuple):
 
 
 _U32 = struct.Struct("<I")
-# Flags the inlined fast path accepts: no TTL, no seal, no reserved bit, a valid compression.
-_FAST_FLAGS = bytes(
-    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
-    for f in range(256)
-)
-
-
-# Flags of a plain record: the fast path's, and no compression (a compressed value needs a decode check).
-_PLAIN_FLAGS = bytes(ok if not f & COMPRESSION_MASK else 0 for f, ok in enumerate(_FAST_FLAGS))
 
 
 def one_plain_frame(buf: BytesLike, limit: int) -> bool:
     """True if ``buf`` is exactly one valid record frame of at most ``limit`` bytes, uncompressed, no TTL.
 
     The writer's check for a synchronous producer's one-record append: what
-    ``scan_frames`` accepts as one record ending at ``len(buf)``, in a tenth of
-    its steps (a key under 128 bytes, a value under 16 KiB). False means "use
-    ``scan_frames``", not "invalid".
+    ``scan_frames`` accepts as one record ending at ``len(buf)`` (codec's fast
+    path). False means "use ``scan_frames``", not "invalid".
     """
     n = len(buf)
-    if n < MIN_FRAME_SIZE or n > limit:
+    if n < MIN_FRAME_SIZE or n > limit or (buf[5] >= 0x80 and buf[6] >= 0x80):  # a value under 16 KiB
         return False
-    klen = buf[4]
-    vlen = buf[5]
-    fp = 6
-    if vlen >= 0x80:
-        v1 = buf[6]
-        if v1 >= 0x80:
-            return False
-        vlen = (vlen & 0x7F) | (v1 << 7)
-        fp = 7
-    return (
-        klen < 0x80
-        and fp + 1 + klen + vlen == n
-        and _PLAIN_FLAGS[buf[fp]] == 1
-        and crc32c(buf[4:]) == _U32.unpack_from(buf)[0]
-    )
+    lay = fast_frame(buf, 0, n, limit, PLAIN_FLAGS)
+    return lay is not None and lay[1] == n
 
 
 def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
     """Walk the frames of ``buf`` from ``start``; never raises for damaged input.
 
-    The common frame (1-byte key length, value length under 2 MiB, no TTL) takes
-    an inlined fast path; everything else goes through ``codec.frame_end``.
+    The common frame takes codec's ``fast_frame``; everything else goes through
+    ``codec.frame_layout`` and ``decode_record``.
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
     n = len(buf)
     off, count, compressed = start, 0, 0
     unpack = _U32.unpack_from
-    fast_flags = _FAST_FLAGS
     while off < n:
-        p = off + 4
-        end = -1
-        if p + 4 <= n:
-            klen = buf[p]
-            vb0 = buf[p + 1]
-            fp = -1
-            if klen < 0x80:
-                if vb0 < 0x80:
-                    vlen, fp = vb0, p + 2
-                else:
-                    vb1 = buf[p + 2]
-                    if vb1 < 0x80:
-                        vlen, fp = (vb0 & 0x7F) | (vb1 << 7), p + 3
-                    elif p + 4 < n and buf[p + 3] < 0x80:
-                        vlen, fp = (vb0 & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
-            if fp > 0 and fp < n:
-                flags = buf[fp]
-                e = fp + 1 + klen + vlen
-                if fast_flags[flags] and e <= n and e - off <= limit and crc32c(mv[p:e]) == unpack(buf, off)[0]:
-                    end = e
-                    if flags & COMPRESSION_MASK:
-                        compressed += 1
-        if end < 0:
-            lay = frame_layout(buf, off, n, limit)
-            if type(lay) is int:
-                return _stopped(buf, off, count, lay, limit)
-            flags, end = lay[0], lay[4]  # type: ignore[index]
-            if crc32c(mv[p:end]) != unpack(buf, off)[0]:
+        lay = fast_frame(buf, off, n, limit, SCAN_FLAGS)
+        if lay is not None:
+            end = lay[1]
+            if buf[lay[0] - buf[off + 4] - 1] & COMPRESSION_MASK:  # the flags byte before the key
+                compressed += 1
+        else:
+            full = frame_layout(buf, off, n, limit)
+            if type(full) is int:
+                return _stopped(buf, off, count, full, limit)
+            flags, end = full[0], full[4]  # type: ignore[index]
+            if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
                 status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
                 return _stopped(buf, off, count, status, limit)
             if flags & FLAG_SEAL:
