@@ -365,7 +365,8 @@ def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes |
     """The original value, or None when ``stored`` is not a valid ``compression`` payload.
 
     Valid means exactly one LZ4 block (size-prefixed) or one Zstd frame with its
-    content size, nothing after it, decoding to that size. The output size is checked against ``limit`` before anything is allocated.
+    content size, nothing after it, decoding to that size. The output size is
+    checked against ``limit`` before anything is allocated.
     """
     try:
         # A CRC is no signature, so the size a value claims is also checked against what its
