@@ -97,13 +97,13 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
         else:
             full = frame_layout(buf, off, n, limit)
             if type(full) is int:
-                return _stopped(buf, off, count, full, limit)
+                return _stopped(buf, off, count, full, limit)._replace(compressed=compressed)
             flags, end = full[0], full[4]  # type: ignore[index]
             if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
                 status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
-                return _stopped(buf, off, count, status, limit)
+                return _stopped(buf, off, count, status, limit)._replace(compressed=compressed)
             if flags & FLAG_SEAL:
-                return _stopped(buf, off, count, 0, limit)
+                return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
             if flags & COMPRESSION_MASK:
                 compressed += 1
         count += 1
