@@ -68,6 +68,7 @@ from .segment import (
     HEADER_SIZE,
     check_header,
     header_predecessor,
+    parse_segment_name,
     segment_ids,
     segment_name,
     sequence_problem,
@@ -241,9 +242,28 @@ def inspect_log(
         problems.append(Problem(mark.segment_id, mark.offset, lost, True))
     problems.extend(sequence_problems(segments, list_segments(directory, layer)))
     problems.extend(set_aside_warnings(directory, layer))
+    problems.extend(stray_name_warnings(layer.listdir(directory)))
     if progress is not None:
         progress(total, total, ids[-1])
     return LogReport(directory, segments, problems, detailed or deep, live)
+
+
+def stray_name_warnings(names: list[str]) -> list[Problem]:
+    """A warning for each ``<digits>.wal`` file that is not a segment's exact name (every tool ignores it)."""
+    out = []
+    for name in sorted(names):
+        stem = name[: -len(".wal")]
+        if name.endswith(".wal") and stem.isdigit() and parse_segment_name(name) is None:
+            out.append(
+                Problem(
+                    int(stem),
+                    0,
+                    f"{name} is not a segment name (segment {int(stem)} would be {segment_name(int(stem))}): "
+                    f"every tool ignores it; rename it if it belongs to the log",
+                    False,
+                )
+            )
+    return out
 
 
 def set_aside_warnings(directory: str, layer: FileLayer = OS) -> list[Problem]:
