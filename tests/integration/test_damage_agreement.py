@@ -28,7 +28,7 @@ import pytest
 from crc32c import crc32c
 
 from nori_wal import CorruptionError, FsyncPolicy, Record, Wal, WalConfig
-from nori_wal.codec import COMPRESSION_SHIFT, SEAL_FRAME_SIZE, encode_record, encode_seal
+from nori_wal.codec import COMPRESSION_SHIFT, encode_record, encode_seal
 from nori_wal.reader import WalReader
 from nori_wal.segment import encode_header, segment_name
 
