@@ -4,7 +4,8 @@ Rules:
 1. Never modifies a file and never takes the writer's lock: it is safe beside a
    running writer. Each segment is read up to the size it had when opened, so a
    segment still growing is judged on a consistent prefix.
-2. Judges damage exactly as recovery would, but reports instead of repairing:
+2. Judges damage exactly as recovery would (``scan.classify_tail``, the one
+   decision, docs/FORMAT.md "Damage"), but reports instead of repairing:
    anything but whole records, a matching seal and end of file inside a sealed
    segment (one that is not the last, or a last one ending with a valid seal
    past the damage) is corruption (``fatal``); at the end of the last segment a
@@ -28,8 +29,9 @@ Rules:
    stays until a person deletes it.
 
 The fast path (``detailed=False``) checks headers, every frame's CRC and the
-seals with ``scan.scan_frames``; the detailed walk also gathers per-record
-figures for ``stats`` (and with ``deep=True`` decompresses every value).
+seals with ``scan.scan_frames``, and decompresses every compressed value (a
+reader must: one that does not is corruption); the detailed walk also gathers
+per-record figures for ``stats``. ``deep`` is kept for callers; it adds nothing.
 """
 
 from __future__ import annotations

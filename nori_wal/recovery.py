@@ -3,6 +3,7 @@
 Rules:
 1. A torn, zero-filled or garbage tail is legal only in the last segment;
    recovery truncates it on disk (then fsyncs) so the next open is clean.
+   What the bytes are is ``scan.classify_tail``'s decision, not this module's.
 2. Damage inside an earlier (sealed) segment is corruption: CorruptionError,
    never skipped (RocksDB #7701 made holes that way). An open that refuses
    has removed nothing but leftover ``.wal.tmp`` and ``.broken.tmp`` files.
