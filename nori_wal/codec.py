@@ -46,7 +46,8 @@ FLAG_SEAL = 0x80  # writer-internal end-of-segment marker; never accepted from p
 RESERVED_FLAGS = 0x70
 
 MIN_FRAME_SIZE = 7  # crc + key_len + value_len + flags
-MAX_VARINT_BYTES = 10  # u64: lengths are bounded by the frame limit anyway
+MAX_VARINT_BYTES = 10  # a u64 in LEB128
+MAX_VARINT_VALUE = 2**64 - 1  # a varint above this (a 10th byte over 1) is corrupt, not a huge length
 FORMAT_MAX_FRAME = 2**31 - 1  # no frame may be larger, whatever the segment size
 ZERO_COPY_MIN = 64 * 1024  # values at least this large are returned as memoryviews
 # The largest ttl_ms a frame may carry: datetime.timedelta holds no more (timedelta.max in whole ms,
@@ -225,10 +226,14 @@ def encode_seal(record_count: int, data_end: int) -> bytes:
 
 
 def parse_header(buf: BytesLike, off: int, n: int) -> tuple[int, int, int, int, int] | int:
-    """Parse the header of the frame at ``off`` (bytes up to ``n`` present), lengths unchecked.
+    """Parse the header of the frame at ``off`` (bytes up to ``n`` present); the one header parser.
 
     Returns ``(flags, ttl_ms, key_start, value_start, declared_end)``, or NEED_MORE
-    when the header itself is cut off, or CORRUPT for an over-long varint.
+    when the header itself is cut off, or CORRUPT when no bytes that follow can
+    make it valid: a varint over 10 bytes or over 64 bits, or a key or value
+    length over FORMAT_MAX_FRAME (seen even in a header cut short, so a huge
+    length never reads as "not yet"). Flags, TTL range and ``limit`` are the
+    caller's (``frame_layout``).
     """
     p = off + 4
     if p + 3 > n:
@@ -242,13 +247,14 @@ def parse_header(buf: BytesLike, off: int, n: int) -> tuple[int, int, int, int, 
             p += 1
             if not flags & FLAG_TTL:
                 break
-        b = buf[p] if p < n else -1
-        if b < 0:
+        if p >= n:
             return NEED_MORE
+        b = buf[p]
         p += 1
         if b < 0x80:
             vals[i] = b
             continue
+        cap = MAX_VARINT_VALUE if i == 2 else FORMAT_MAX_FRAME
         v, shift = b & 0x7F, 7
         while True:
             if p >= n:
@@ -256,6 +262,8 @@ def parse_header(buf: BytesLike, off: int, n: int) -> tuple[int, int, int, int, 
             b = buf[p]
             p += 1
             v |= (b & 0x7F) << shift
+            if v > cap:
+                return CORRUPT
             if b < 0x80:
                 break
             shift += 7
@@ -264,6 +272,57 @@ def parse_header(buf: BytesLike, off: int, n: int) -> tuple[int, int, int, int, 
         vals[i] = v
     key_len, value_len, ttl_ms = vals
     return flags, ttl_ms, p, p + key_len, p + key_len + value_len
+
+
+def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> tuple[int, int] | None:
+    """``(value_start, end)`` of the common frame at ``off`` if it is whole and valid, else None.
+
+    The fast path of ``decode_record`` for hot loops (the scan, the reader, the
+    writer's one-record check): a key under 128 bytes, a value length in at most
+    three varint bytes, ``flags_ok[flags] == 1``. None means "ask
+    ``frame_layout``/``decode_record``", never "invalid": on every input it
+    accepts only what ``decode_record`` accepts as a record ending at ``end``
+    (property-tested).
+    """
+    p = off + 4
+    if p + 3 > n:
+        return None
+    klen = buf[p]
+    if klen >= 0x80:
+        return None
+    vb = buf[p + 1]
+    if vb < 0x80:
+        vlen, fp = vb, p + 2
+    else:
+        vb1 = buf[p + 2]
+        if vb1 < 0x80:
+            vlen, fp = (vb & 0x7F) | (vb1 << 7), p + 3
+        elif p + 4 < n and buf[p + 3] < 0x80:
+            vlen, fp = (vb & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
+        else:
+            return None
+    if fp >= n or flags_ok[buf[fp]] != 1:
+        return None
+    vs = fp + 1 + klen
+    e = vs + vlen
+    if e > n or e - off > limit:
+        return None
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    if crc32c(mv[p:e]) != _U32.unpack_from(buf, off)[0]:
+        return None
+    return vs, e
+
+
+# Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
+# Records without TTL or seal, with a valid compression (the scan: values are not decompressed there).
+SCAN_FLAGS = bytes(
+    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
+    for f in range(256)
+)
+# Of those, the uncompressed ones (a compressed value needs a decompression check).
+PLAIN_FLAGS = bytes(ok if not f & COMPRESSION_MASK else 0 for f, ok in enumerate(SCAN_FLAGS))
+# A plain put: flags 0 (the reader's fast path builds the Record itself).
+PUT_FLAGS = bytes(1 if f == 0 else 0 for f in range(256))
 
 
 def frame_layout(buf: BytesLike, off: int, n: int, limit: int) -> tuple[int, int, int, int, int] | int:
@@ -305,7 +364,9 @@ def frame_end(buf: BytesLike, off: int, n: int, limit: int = FORMAT_MAX_FRAME) -
 def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes | None:
     """The original value, or None when ``stored`` is not a valid ``compression`` payload.
 
-    The output size is checked against ``limit`` before anything is allocated.
+    Valid means exactly one LZ4 block (size-prefixed) or one Zstd frame with its
+    content size, nothing after it, decoding to that size. The output size is
+    checked against ``limit`` before anything is allocated.
     """
     try:
         # A CRC is no signature, so the size a value claims is also checked against what its
@@ -314,12 +375,17 @@ def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes |
         if compression == Compression.LZ4:
             if len(stored) < 4 or _U32.unpack_from(stored, 0)[0] > min(limit, LZ4_MAX_RATIO * len(stored)):
                 return None
-            return bytes(lz4.block.decompress(stored))
+            return bytes(lz4.block.decompress(stored))  # (the whole block must decode to the stored size)
         if compression == Compression.ZSTD:
             size = zstandard.frame_content_size(stored)
             if size < 0 or size > min(limit, ZSTD_MAX_RATIO * len(stored)):
                 return None
-            return _ZSTD_D.decompress(stored, max_output_size=limit)
+            # Exactly one frame: trailing bytes or a second frame make the value invalid, not ignored.
+            dobj = _ZSTD_D.decompressobj()
+            out = dobj.decompress(stored)
+            if not dobj.eof or dobj.unused_data or len(out) != size:
+                return None
+            return out
     except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError):
         return None
     return None
@@ -375,7 +441,10 @@ def _corrupt_reason(buf: BytesLike, off: int, n: int, limit: int) -> str:
     """Why ``frame_layout`` called the frame at ``off`` corrupt (its checks, in words)."""
     lay = parse_header(buf, off, n)
     if type(lay) is not tuple:
-        return "over-long varint in the header"
+        return (
+            "a length or ttl varint out of range in the header (over 10 bytes or 64 bits, or a "
+            "length over the format limit)"
+        )
     flags, ttl_ms, _ks, _vs, end = lay
     if end - off > limit:
         return f"frame of {end - off} bytes exceeds the limit of {limit}"

@@ -4,7 +4,8 @@ Rules:
 1. Never modifies a file and never takes the writer's lock: it is safe beside a
    running writer. Each segment is read up to the size it had when opened, so a
    segment still growing is judged on a consistent prefix.
-2. Judges damage exactly as recovery would, but reports instead of repairing:
+2. Judges damage exactly as recovery would (``scan.classify_tail``, the one
+   decision, docs/FORMAT.md "Damage"), but reports instead of repairing:
    anything but whole records, a matching seal and end of file inside a sealed
    segment (one that is not the last, or a last one ending with a valid seal
    past the damage) is corruption (``fatal``); at the end of the last segment a
@@ -28,8 +29,9 @@ Rules:
    stays until a person deletes it.
 
 The fast path (``detailed=False``) checks headers, every frame's CRC and the
-seals with ``scan.scan_frames``; the detailed walk also gathers per-record
-figures for ``stats`` (and with ``deep=True`` decompresses every value).
+seals with ``scan.scan_frames``, and decompresses every compressed value (a
+reader must: one that does not is corruption); the detailed walk also gathers
+per-record figures for ``stats``. ``deep`` is kept for callers; it adds nothing.
 """
 
 from __future__ import annotations
@@ -58,16 +60,17 @@ from .codec import (
     decode_record,
     frame_layout,
 )
-from .durable_mark import read_mark, records_lost_below_mark, segments_lost_past_mark
+from .durable_mark import read_mark, segments_lost_past_mark
 from .fs import OS, FileHandle, FileLayer, writer_lock_held
 from .position import Position
 from .record import Compression
-from .recovery import first_nonzero, read_seal, scan_in_chunks, torn_into_zeros
-from .scan import ScanResult, Stop, scan_frames
+from .recovery import first_nonzero, is_stub, read_seal, reader_of, scan_in_chunks
+from .scan import Damage, ScanResult, Stop, classify_tail, scan_frames
 from .segment import (
     HEADER_SIZE,
     check_header,
     header_predecessor,
+    parse_segment_name,
     segment_ids,
     segment_name,
     sequence_problem,
@@ -105,6 +108,7 @@ class SegmentScan:
     segment_id: int
     size: int  # file size when opened
     header_problem: str | None = None
+    stub: bool = False  # the invalid header is a stub's (recovery.is_stub): a crash while creating it
     predecessor: int | None = None  # the segment its header says it follows
     records: int = 0
     valid_end: int = 0  # offset past the last whole record (past the seal if sealed)
@@ -240,9 +244,28 @@ def inspect_log(
         problems.append(Problem(mark.segment_id, mark.offset, lost, True))
     problems.extend(sequence_problems(segments, list_segments(directory, layer)))
     problems.extend(set_aside_warnings(directory, layer))
+    problems.extend(stray_name_warnings(layer.listdir(directory)))
     if progress is not None:
         progress(total, total, ids[-1])
     return LogReport(directory, segments, problems, detailed or deep, live)
+
+
+def stray_name_warnings(names: list[str]) -> list[Problem]:
+    """A warning for each ``<digits>.wal`` file that is not a segment's exact name (every tool ignores it)."""
+    out = []
+    for name in sorted(names):
+        stem = name[: -len(".wal")]
+        if name.endswith(".wal") and stem.isdigit() and parse_segment_name(name) is None:
+            out.append(
+                Problem(
+                    int(stem),
+                    0,
+                    f"{name} is not a segment name (segment {int(stem)} would be {segment_name(int(stem))}): "
+                    f"every tool ignores it; rename it if it belongs to the log",
+                    False,
+                )
+            )
+    return out
 
 
 def set_aside_warnings(directory: str, layer: FileLayer = OS) -> list[Problem]:
@@ -317,16 +340,24 @@ def scan_segment(
         seg.predecessor = header_predecessor(head)
     else:
         seg.header_problem = problem
+        seg.stub = is_stub(head, handle, size)
         seg.stop, seg.reason = Stop.CORRUPT, f"segment header: {problem}"
         if on_bytes:
             on_bytes(size)
         return seg
     if on_bytes:
         on_bytes(min(size, HEADER_SIZE))
+
+    def fast(data: bytes, base: int) -> ScanResult:
+        res = scan_frames(data, 0, FORMAT_MAX_FRAME)
+        if res.compressed:  # a CRC is no proof a value decompresses: walk this chunk, decompressing
+            return _walk(data, base, SegmentScan(segment_id, size), True)
+        return res
+
     res = scan_in_chunks(
         handle,
         size,
-        lambda data, base: _walk(data, base, seg, deep) if detailed else scan_frames(data, 0, FORMAT_MAX_FRAME),
+        lambda data, base: _walk(data, base, seg, True) if detailed else fast(data, base),
         READ_CHUNK,
         on_bytes,
     )
@@ -346,123 +377,77 @@ def _sealed_past_stop(seg: SegmentScan, handle: FileHandle) -> bool:
 def judge_segment(
     seg: SegmentScan, last: bool, handle: FileHandle, *, live_writer: bool = False, mark: Position | None = None
 ) -> list[Problem]:
-    """The problems of a scanned segment, as recovery would see them (module rule 2).
+    """The problems of a scanned segment: ``scan.classify_tail``'s verdict, in words (module rule 2).
 
     ``live_writer``: a writer holds the directory, so zeros after the last segment's
     records are the durable zeros it keeps ahead of its writes, not a crash's tail.
     ``mark``: the durable mark read before the scan (module rule 4).
     """
-    sid, size = seg.segment_id, seg.size
+    sid = seg.segment_id
     if seg.header_problem is not None:
-        return [Problem(sid, 0, f"bad segment header: {seg.header_problem}", True)]
-    if seg.stop is Stop.SEALED:
-        assert seg.seal is not None
-        out = []
-        seal_at = seg.valid_end - SEAL_FRAME_SIZE
-        if seg.seal.data_end != seal_at:
-            out.append(
-                Problem(sid, seal_at, f"seal says the records end at {seg.seal.data_end}, they end at {seal_at}", True)
-            )
-        if seg.seal.record_count != seg.records:
+        return [_header_problem(seg, last)]
+    out = _seal_problems(seg) if seg.stop is Stop.SEALED else []
+    res = ScanResult(seg.valid_end, seg.records, seg.stop, seg.seal, seg.reason)
+    verdict = classify_tail(res, seg.size, reader_of(handle), last=last, mark=mark, segment_id=sid)
+    if verdict.damage is Damage.NONE:
+        if verdict.lost is not None:
+            out.append(Problem(sid, seg.valid_end, f"the segment ends here: {verdict.lost}", True))
+        elif not last and seg.stop is Stop.END:
             out.append(
                 Problem(
-                    sid, seal_at, f"seal counts {seg.seal.record_count} records, the segment holds {seg.records}", True
+                    sid,
+                    seg.valid_end,
+                    "segment is not sealed, though later segments exist (its records are whole)",
+                    False,
                 )
             )
-        if seg.valid_end != size:
-            if last and first_nonzero(handle, seg.valid_end, size, READ_CHUNK) is None:
-                # A crash between writing the seal over preallocated zeros and cutting them.
-                out.append(
-                    Problem(
-                        sid,
-                        seg.valid_end,
-                        f"{size - seg.valid_end} zero bytes after the seal (a crash "
-                        f"before they were cut; opening the log cuts them)",
-                        False,
-                    )
-                )
-            else:
-                out.append(Problem(sid, seg.valid_end, f"{size - seg.valid_end} bytes after the seal", True))
         return out
-    lost = records_lost_below_mark(mark, sid, seg.valid_end) if last else None
-    if seg.stop is Stop.END:
-        if lost is not None:
-            return [Problem(sid, seg.valid_end, f"the segment ends here: {lost}", True)]
-        if last:
-            return []  # the active segment: a writer appends here, or did not close cleanly
-        return [
-            Problem(
-                sid, seg.valid_end, "segment is not sealed, though later segments exist (its records are whole)", False
-            )
-        ]
-    cut = size - seg.valid_end
-    what = seg.reason or seg.stop.value
-    if not last:
-        return [
-            Problem(
-                sid,
-                seg.valid_end,
-                f"{what} inside a sealed segment (not the log's tail): {cut} bytes from here are unreadable",
-                True,
-            )
-        ]
-    if lost is not None:
-        return [
-            Problem(
-                sid,
-                seg.valid_end,
-                f"{what}: opening the log would cut off {cut} bytes from here, "
-                f"cutting records the writer had made durable ({lost})",
-                True,
-            )
-        ]
-    if seg.stop is Stop.TORN:
-        return [
-            Problem(
-                sid,
-                seg.valid_end,
-                f"torn tail: {cut} bytes of a record cut off by the end of the "
-                f"file (a write in progress, or a crash; opening the log cuts it off)",
-                False,
-            )
-        ]
-    if seg.stop is Stop.ZEROED:
-        data_at = first_nonzero(handle, seg.valid_end, size, READ_CHUNK)
-        if data_at is None:
-            if live_writer:
-                return []  # the live writer's preallocated zeros: nothing wrong
-            return [
-                Problem(
-                    sid, seg.valid_end, f"zero-filled tail of {cut} bytes (a crash; opening the log cuts it off)", False
-                )
-            ]
-        # Past what the writer made durable: pages of an unacknowledged write that reached the
-        # disk out of order over preallocated zeros (a power loss), which recovery cuts.
-        return [
-            Problem(
-                sid,
-                seg.valid_end,
-                f"zero-filled bytes followed by data at offset {data_at}: an "
-                f"unacknowledged write torn by a crash (opening the log cuts off "
-                f"{cut} bytes from here)",
-                False,
-            )
-        ]
-    if torn_into_zeros(handle, seg.valid_end, size):
-        return [
-            Problem(
-                sid,
-                seg.valid_end,
-                f"torn tail: a record cut short over preallocated zeros, {cut} bytes "
-                f"(a crash; opening the log cuts it off)",
-                False,
-            )
-        ]
-    return [
-        Problem(
-            sid, seg.valid_end, f"{what} in the last segment: opening the log would cut off {cut} bytes from here", True
+    cut = seg.size - seg.valid_end
+    if verdict.lost is not None:
+        message = (
+            f"{verdict.reason}: opening the log would cut off {cut} bytes from here, "
+            f"cutting records the writer had made durable ({verdict.lost})"
         )
-    ]
+    elif verdict.damage is Damage.CORRUPT and not last:
+        message = f"{verdict.reason}: {cut} bytes from here are unreadable"
+    elif verdict.corruption:
+        message = f"{verdict.reason} in the last segment: opening the log would cut off {cut} bytes from here"
+    elif live_writer and verdict.damage is Damage.ZEROED and first_nonzero(handle, seg.valid_end, seg.size) is None:
+        return out  # the live writer's preallocated zeros: nothing wrong
+    else:
+        kind = "torn tail" if verdict.damage is Damage.TORN else "crash's tail"
+        message = f"{kind}: {verdict.reason} (a crash; opening the log cuts off {cut} bytes from here)"
+    out.append(Problem(sid, seg.valid_end, message, verdict.corruption))
+    return out
+
+
+def _header_problem(seg: SegmentScan, last: bool) -> Problem:
+    """A bad header: corruption, but a stub last segment (a crash while creating it) is recovery's to remove."""
+    if last and seg.stub:
+        return Problem(
+            seg.segment_id,
+            0,
+            f"segment header: {seg.header_problem}, nothing behind it (a crash while creating the "
+            f"segment; opening the log removes it)",
+            False,
+        )
+    return Problem(seg.segment_id, 0, f"bad segment header: {seg.header_problem}", True)
+
+
+def _seal_problems(seg: SegmentScan) -> list[Problem]:
+    """A seal that disagrees with the records before it (where they end, how many there are)."""
+    assert seg.seal is not None
+    out = []
+    sid, seal_at = seg.segment_id, seg.valid_end - SEAL_FRAME_SIZE
+    if seg.seal.data_end != seal_at:
+        out.append(
+            Problem(sid, seal_at, f"seal says the records end at {seg.seal.data_end}, they end at {seal_at}", True)
+        )
+    if seg.seal.record_count != seg.records:
+        out.append(
+            Problem(sid, seal_at, f"seal counts {seg.seal.record_count} records, the segment holds {seg.records}", True)
+        )
+    return out
 
 
 def _raw_size(stored: memoryview, compression: int) -> int:

@@ -55,8 +55,12 @@ from .codec import (
     FORMAT_MAX_FRAME,
     MIN_FRAME_SIZE,
     NEED_MORE,
+    PUT_FLAGS,
     ZEROED,
+    Seal,
     build_record,
+    decode_record,
+    fast_frame,
     frame_layout,
     parse_header,
 )
@@ -65,7 +69,8 @@ from .errors import CorruptionError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression, Record
-from .recovery import first_nonzero, read_seal
+from .recovery import is_stub, read_seal, reader_of
+from .scan import Damage, ScanResult, Stop, Verdict, classify_tail
 from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
 
 READ_SIZE = 1024 * 1024  # bytes per read: large sequential reads, few syscalls
@@ -101,6 +106,8 @@ class WalReader:
         self._closed = False
         self._io_lock = threading.RLock()  # close() from another thread never closes a file mid-read
         self._mark = MarkReader(layer, self.dir) if durable_only else None
+        self._verdict = Verdict(Damage.NONE, 0)  # the last tail judged, and where (see _damage_before_end)
+        self._verdict_key: tuple[int | None, int, int] | None = None
         if not layer.exists(self.dir):  # through the layer: readers run on FaultFS too
             # Only WalError subclasses cross the public API (the OSError chained, as for a failed read).
             missing = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.dir)
@@ -153,18 +160,20 @@ class WalReader:
                     self._i = end
                     return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
                 lay = ZEROED if not any(buf[i : i + MIN_FRAME_SIZE]) else CORRUPT
-                if lay == CORRUPT and self._base + end < self._file_size() and not self._at_tail_of_last(i):
+                if lay == CORRUPT and self._damage_before_end(i, Stop.CORRUPT):
                     if self._refill(i):
                         continue  # the bytes changed under us: a write was landing (see _refill)
                     raise self._corrupt(self._i, "checksum mismatch")  # _refill moved the buffer to i
-            if lay == CORRUPT and not self._at_tail_of_last(i):
+            if lay == CORRUPT and self._damage_before_end(i, Stop.CORRUPT):
                 if self._refill(i):
                     continue
                 raise self._corrupt(self._i, "invalid frame (bad lengths or flags)")
-            # NEED_MORE, ZEROED, or garbage right at the tail: read on, or move on, or stop.
+            # NEED_MORE, ZEROED, or bad bytes at the tail: read on, or move on, or stop.
             if self._refill(i):
                 continue
             if not self._next_segment(after_seal=False):
+                if lay == NEED_MORE and self._i < len(self._buf) and self._damage_before_end(self._i, Stop.TORN):
+                    raise self._corrupt(self._i, self._verdict.reason)  # a damaged length, records after it
                 return None
 
     def __iter__(self) -> Iterator[tuple[Record, Position]]:
@@ -176,31 +185,22 @@ class WalReader:
         body or from another thread) the iteration ends quietly at its next step.
         """
         new = tuple.__new__
-        unpack = _U32.unpack_from
         none = Compression.NONE
         while True:
             buf, i, seg, base, limit = self._buf, self._i, self._seg, self._base, self._limit
             n = len(buf)
-            mv = memoryview(buf)
             while i + 8 <= n:
-                p = i + 4
-                klen = buf[p]
-                vb0 = buf[p + 1]
-                if klen >= 0x80:
+                lay = fast_frame(buf, i, n, limit, PUT_FLAGS)
+                if lay is None:
                     break
-                if vb0 < 0x80:
-                    vlen, fp = vb0, p + 2
-                else:
-                    vb1 = buf[p + 2]
-                    if vb1 >= 0x80:
-                        break
-                    vlen, fp = (vb0 & 0x7F) | (vb1 << 7), p + 3
-                vs = fp + 1 + klen
-                e = vs + vlen
-                if buf[fp] or e > n or e - i > limit or crc32c(mv[p:e]) != unpack(buf, i)[0]:
+                vs, e = lay
+                if e - vs >= 0x4000:  # (larger values: next_record, which may hand out a memoryview)
                     break
                 self._i = e
-                yield new(Record, (buf[fp + 1 : vs], buf[vs:e], False, None, none)), new(Position, (seg, base + i))
+                yield (
+                    new(Record, (buf[vs - buf[i + 4] : vs], buf[vs:e], False, None, none)),
+                    new(Position, (seg, base + i)),
+                )
                 if self._closed:
                     return
                 i = e
@@ -251,21 +251,27 @@ class WalReader:
     def _ids(self) -> list[int]:
         return segment_ids(self._layer.listdir(self.dir))
 
-    def _at_tail_of_last(self, i: int) -> bool:
-        """Whether bad bytes at ``i`` run to the end of the last segment (a write still landing)."""
-        lay = parse_header(self._buf, i, len(self._buf))
-        declared_end = self._base + lay[4] if type(lay) is tuple else None
-        last = not any(s > self._seg for s in self._ids())  # type: ignore[operator]
-        if not last:
-            return False
-        size = self._file_size()
+    def _damage_before_end(self, i: int, stop: Stop) -> bool:
+        """Whether the bad bytes at ``_buf[i]`` are damage to raise, not the end of what is written.
+
+        In a segment with a successor, a bad frame is damage (a cut-off one is
+        ``_next_segment``'s to judge). In the last segment, ``scan.classify_tail``
+        decides: only bad bytes with whole records after them (CORRUPT) are; a
+        crash's tail, and garbage running to the end of the file (recovery's to
+        cut and report; a reader cannot tell it from a write in flight), are the end.
+        """
+        if any(s > self._seg for s in self._ids()):  # type: ignore[operator]
+            return stop is Stop.CORRUPT
         assert self._fh is not None
-        # Only zeros after it (a power loss zero-fills a torn tail, DESIGN rule 5) is a tail too.
-        return (
-            declared_end is None
-            or declared_end >= size
-            or first_nonzero(self._fh, declared_end, size, READ_SIZE) is None
-        )
+        size = self._fh.size()
+        if stop is Stop.TORN and self._base + len(self._buf) < size:
+            return False  # the buffer stops short of the file (the durable mark): nothing is known past it
+        key = (self._seg, self._base + i, size)
+        if self._verdict_key != key:  # (a follower polls a torn tail: judge it once per size)
+            res = ScanResult(self._base + i, 0, stop, reason="checksum mismatch or invalid frame")
+            self._verdict = classify_tail(res, size, reader_of(self._fh), last=True)
+            self._verdict_key = key
+        return self._verdict.damage is Damage.CORRUPT
 
     def _open_first(self) -> bool:
         ids = [s for s in self._ids() if s >= self._start.segment_id]
@@ -294,6 +300,9 @@ class WalReader:
                 predecessor = header_predecessor(head)
                 if predecessor is not None and predecessor != self._seg:  # not the one just read: look
                     problem = sequence_problem(sid, predecessor, self._ids())
+            if problem and sid == ids[-1] and is_stub(head, fh, fh.size()) and sid == max(self._ids()):
+                fh.close()  # a last segment whose creation a crash cut short: nothing here yet (recovery removes it)
+                return False
             if problem:
                 fh.close()
                 raise CorruptionError(f"segment {sid} offset 0: {problem} ({self.dir})", sid, 0)
@@ -361,6 +370,8 @@ class WalReader:
         """
         later = [s for s in self._ids() if s > self._seg]  # type: ignore[operator]
         mark_here = self._durable_end(self._seg) is not None  # type: ignore[arg-type]
+        if after_seal:
+            self._check_after_seal(not later)
         if not after_seal and ((later and not mark_here) or self._sealed_past(self._base + self._i)):
             if self._refill(self._i):
                 return True
@@ -369,6 +380,23 @@ class WalReader:
         if not later or mark_here:
             return False  # none yet, or the durable mark has not left this segment
         return self._open_segment(later, HEADER_SIZE)
+
+    def _check_after_seal(self, last: bool) -> None:
+        """Raise if bytes follow the seal at ``_buf[_i]`` (zeros in the last segment: a crash before the cut).
+
+        The writer never writes after a seal, and cuts its preallocated zeros before
+        it creates the next segment (listed before the size is read here).
+        """
+        assert self._fh is not None
+        res = decode_record(self._buf, self._i)
+        if not isinstance(res, Seal):
+            return
+        start = self._base + res.end
+        size = self._fh.size()
+        if size > start:
+            verdict = classify_tail(ScanResult(start, 0, Stop.SEALED, res), size, reader_of(self._fh), last=last)
+            if verdict.corruption:
+                raise self._corrupt(res.end, verdict.reason)
 
     def _sealed_past(self, offset: int) -> bool:
         """Whether the current segment ends with a valid seal vouching for records past ``offset``."""

@@ -3,6 +3,7 @@
 Rules:
 1. A torn, zero-filled or garbage tail is legal only in the last segment;
    recovery truncates it on disk (then fsyncs) so the next open is clean.
+   What the bytes are is ``scan.classify_tail``'s decision, not this module's.
 2. Damage inside an earlier (sealed) segment is corruption: CorruptionError,
    never skipped (RocksDB #7701 made holes that way). An open that refuses
    has removed nothing but leftover ``.wal.tmp`` and ``.broken.tmp`` files.
@@ -38,15 +39,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
-from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record, parse_header
+from . import scan
+from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record
 from .durable_mark import read_mark, records_lost_below_mark, segments_lost_past_mark
 from .errors import CorruptionError
 from .fs import FileHandle, FileLayer
 from .observe import CorruptionTruncated, Meter
-from .scan import ScanResult, Stop, scan_frames
+from .position import Position
+from .scan import ScanResult, Stop, classify_tail, scan_frames
 from .segment import (
     HEADER_SIZE,
     SET_ASIDE_TMP_SUFFIX,
@@ -61,7 +64,6 @@ from .segment import (
 )
 
 SCAN_CHUNK = 32 * 1024 * 1024  # bytes read per step when scanning a segment
-MAX_HEADER_BYTES = 4 + 3 * 10 + 1  # crc, three varints, flags
 
 
 @dataclass(frozen=True)
@@ -141,146 +143,190 @@ def scan_in_chunks(
         return ScanResult(base + res.valid_end, count, res.stop, res.seal, res.reason, compressed)
 
 
-def torn_into_zeros(handle: FileHandle, offset: int, size: int) -> bool:
-    """Whether the bad frame at ``offset`` is a write torn into preallocated zeros, not garbage.
-
-    A record cut short over zeros keeps its header; everything after the end
-    that header declares is still zero.
-    """
-    head = handle.pread(MAX_HEADER_BYTES, offset)
-    lay = parse_header(head, 0, len(head))
-    return type(lay) is tuple and first_nonzero(handle, offset + lay[4], size) is None
-
-
 def first_nonzero(handle: FileHandle, start: int, end: int, chunk: int = 1 << 20) -> int | None:
     """Offset of the first nonzero byte in ``[start, end)`` of a file (None: all zeros, or the file ends)."""
-    pos = start
-    while pos < end:
-        data = handle.pread(min(chunk, end - pos), pos)
-        if not data:
-            return None
-        stripped = data.lstrip(b"\x00")
-        if stripped:
-            return pos + len(data) - len(stripped)
-        pos += len(data)
-    return None
+    return scan.first_nonzero(reader_of(handle), start, end)
+
+
+def is_stub(head: bytes, handle: FileHandle, size: int) -> bool:
+    """Whether a segment with an invalid header is a stub (a crash while creating it), not damage.
+
+    A stub's header is cut short, or all zeros with nothing but zeros behind it.
+    """
+    return len(head) < HEADER_SIZE or (not any(head) and first_nonzero(handle, HEADER_SIZE, size) is None)
+
+
+def reader_of(handle: FileHandle) -> scan.ReadAt:
+    """``classify_tail``'s view of a file: read(offset, size)."""
+    return lambda offset, size: handle.pread(size, offset)
+
+
+@dataclass
+class _Pass:
+    """What one recovery has done so far (its phases add to it)."""
+
+    directory: str
+    limit: int
+    meter: Meter
+    mark: Position | None
+    set_aside: list[str] = field(default_factory=list)
+    truncated: int = 0
+    corruption: bool = False
+    scanned: int = 0
+    dir_dirty: bool = False  # (synced at the end, with every open that finds segments)
+
+    def path(self, sid: int) -> str:
+        return os.path.join(self.directory, segment_name(sid))
 
 
 def recover(layer: FileLayer, directory: str, limit: int, meter: Meter) -> tuple[RecoveredState, RecoveryInfo]:
-    """Recover the log in ``directory`` (whose lock the caller holds)."""
+    """Recover the log in ``directory`` (whose lock the caller holds): one function per rule's phase."""
     t0 = time.perf_counter()
-    mark = read_mark(layer, directory)  # Rule 7: the previous writer's, before anything changes it
+    run = _Pass(directory, limit, meter, read_mark(layer, directory))  # Rule 7: before anything changes it
     names = layer.listdir(directory)
-    dir_dirty = False  # (synced at the end, with every open that finds segments)
-    for name in names:
-        if name.endswith((TMP_SUFFIX, SET_ASIDE_TMP_SUFFIX)):  # a roll or a Rule 8 copy cut short by a crash
-            layer.unlink(os.path.join(directory, name))
-            dir_dirty = True
+    _remove_leftovers(layer, run, names)
     ids = segment_ids(names)
     next_id = max(ids[-1:] + [sid for sid, _, _ in set_aside_files(names)], default=-1) + 1
-    set_aside: list[str] = []
-    truncated, corruption, scanned = 0, False, 0
     predecessors: dict[int, int | None] = {}  # what each segment's header says it follows
+    peeled = _peel_bad_headers(layer, run, ids, predecessors)  # Rule 4 (ids loses them)
+    total = _count_earlier(layer, run, ids, predecessors)  # Rules 2 and 3
+    for sid in ids:  # Rule 5
+        problem = sequence_problem(sid, predecessors[sid], ids)
+        if problem is not None:
+            raise CorruptionError(f"segment {sid} offset 0: {problem}; refusing to open", sid, 0)
+    _take_out_peeled(layer, run, peeled)  # Rules 4 and 8, now that nothing refuses the open
+    state = RecoveredState(ids, next_id, HEADER_SIZE, 0, False, total)
+    if ids:
+        _recover_last(layer, run, ids[-1], state)  # Rules 1, 3, 6, 7 and 8
+        state.total_records = total + state.active_records
+    lost = segments_lost_past_mark(run.mark, ids[-1] if ids else None)  # Rule 7; a hot copy can look so too
+    if lost is not None and run.mark is not None:
+        run.corruption = True
+        meter.event(CorruptionTruncated(run.mark.segment_id, run.mark.offset, 0, lost))
+    if ids or run.dir_dirty:
+        layer.sync_dir(directory)  # Rule 6: the predecessor's renames and unlinks, and ours
+    info = RecoveryInfo(
+        state.total_records,
+        run.scanned,
+        run.truncated,
+        run.corruption,
+        time.perf_counter() - t0,
+        len(ids),
+        tuple(run.set_aside),
+    )
+    meter.histogram("wal_recovery_ms", info.duration_s * 1e3)
+    meter.counter("wal_recovery_truncated_bytes_total", run.truncated)
+    return state, info
 
-    # Rule 4: last segments whose header did not survive are removed, once nothing can refuse the open.
-    peeled: list[tuple[int, int, str, bool]] = []  # (segment id, size, what is wrong with its header, damaged)
+
+def _remove_leftovers(layer: FileLayer, run: _Pass, names: list[str]) -> None:
+    """Delete ``*.wal.tmp`` and ``*.broken.tmp``: a roll or a Rule 8 copy cut short by a crash."""
+    for name in names:
+        if name.endswith((TMP_SUFFIX, SET_ASIDE_TMP_SUFFIX)):
+            layer.unlink(os.path.join(run.directory, name))
+            run.dir_dirty = True
+
+
+class _Peeled(NamedTuple):
+    """A last segment whose header did not survive (Rule 4)."""
+
+    segment_id: int
+    size: int
+    problem: str
+    damaged: bool  # a whole header that is wrong, or zeroed with bytes behind it: damage, not a stub
+
+
+def _peel_bad_headers(
+    layer: FileLayer, run: _Pass, ids: list[int], predecessors: dict[int, int | None]
+) -> list[_Peeled]:
+    """Pop the last segments whose header is invalid off ``ids`` (Rule 4); they are removed later."""
+    peeled: list[_Peeled] = []
     while ids:
-        h = layer.open_read(os.path.join(directory, segment_name(ids[-1])))
+        h = layer.open_read(run.path(ids[-1]))
         try:
             size = h.size()
             head = h.pread(HEADER_SIZE, 0)
             problem = check_header(head, ids[-1])
-            # A whole header that is damaged, or zeroed with records behind it, is damage, not a stub.
-            damaged = (
-                problem is not None
-                and len(head) == HEADER_SIZE
-                and (any(head) or first_nonzero(h, HEADER_SIZE, size) is not None)
-            )
+            damaged = problem is not None and not is_stub(head, h, size)
         finally:
             h.close()
         if problem is None:
             predecessors[ids[-1]] = header_predecessor(head)
             break
-        corruption |= damaged
-        peeled.append((ids.pop(), size, problem, damaged))
+        run.corruption |= damaged
+        peeled.append(_Peeled(ids.pop(), size, problem, damaged))
+    return peeled
+
+
+def _count_earlier(layer: FileLayer, run: _Pass, ids: list[int], predecessors: dict[int, int | None]) -> int:
+    """Records in every segment but the last (each must be whole: Rules 2 and 3)."""
     total = 0
     for sid in ids[:-1]:
-        n, did_scan, predecessors[sid] = _count_sealed(layer, directory, sid, limit)
+        n, did_scan, predecessors[sid] = _count_sealed(layer, run.directory, sid, run.limit)
         total += n
-        scanned += did_scan
-    for sid in ids:  # Rule 5
-        problem = sequence_problem(sid, predecessors[sid], ids)
-        if problem is not None:
-            raise CorruptionError(f"segment {sid} offset 0: {problem}; refusing to open", sid, 0)
-    for sid, size, problem, damaged in peeled:
-        path = os.path.join(directory, segment_name(sid))
-        if damaged:  # Rule 8: the whole segment is set aside
-            set_aside.append(unused_set_aside_name(layer, directory, sid, 0))
-            layer.rename(path, os.path.join(directory, set_aside[-1]))
-            problem += f"; set aside as {set_aside[-1]}"
-        else:
-            layer.unlink(path)
-        meter.event(CorruptionTruncated(sid, 0, size, f"segment header: {problem}"))
-        truncated += size
-        dir_dirty = True
+        run.scanned += did_scan
+    return total
 
-    state = RecoveredState(ids, next_id, HEADER_SIZE, 0, False, total)
-    if ids:
-        sid = ids[-1]
-        h = layer.open_append(os.path.join(directory, segment_name(sid)))
-        cut = False
-        try:
-            size = h.size()
-            seal = read_seal(h, size)
-            if seal is not None:
-                state.active_end, state.active_records, state.active_sealed = seal.data_end, seal.record_count, True
-            else:
-                scanned += 1
-                res = scan_segment(h, size, limit)
-                end = res.valid_end
-                state.active_records = res.records
-                if res.stop is Stop.SEALED and res.seal is not None:
-                    state.active_end, state.active_sealed = res.seal.data_end, True
-                else:
-                    state.active_end = end
-                cut = end < size
-                if cut:
-                    # Read what the bad frame is before the cut removes it.
-                    garbage = res.stop is Stop.CORRUPT and not torn_into_zeros(h, end, size)
-                    lost = records_lost_below_mark(mark, sid, end)  # Rule 7
-                    reason = res.reason or res.stop.value
-                    if lost:
-                        reason += f"; {lost}"
-                    if (garbage or lost) and first_nonzero(h, end, size) is not None:
-                        set_aside.append(keep_aside(layer, directory, h, sid, end, size))  # Rule 8
-                        reason += f"; the cut bytes are set aside in {set_aside[-1]}"
-                        dir_dirty = True
-                    corruption |= garbage or lost is not None
-                    # Rule 1: cut the tail on disk and make the cut durable before appending.
-                    h.truncate(end)
-                    truncated += size - end
-                    meter.event(CorruptionTruncated(sid, end, size - end, reason))
-            h.sync()  # Rule 6 (and Rule 1's cut): durable before anything is appended
-        finally:
-            h.close()
-        state.total_records = total + state.active_records
-        if not cut:  # (a cut reported it above) Rule 7: ending below the mark
-            lost = records_lost_below_mark(mark, sid, state.active_end)
-            if lost is not None:
-                corruption = True
-                meter.event(CorruptionTruncated(sid, state.active_end, 0, lost))
-    lost = segments_lost_past_mark(mark, ids[-1] if ids else None)  # Rule 7; a hot copy can look so too
-    if lost is not None and mark is not None:
-        corruption = True
-        meter.event(CorruptionTruncated(mark.segment_id, mark.offset, 0, lost))
-    if ids or dir_dirty:
-        layer.sync_dir(directory)  # Rule 6: the predecessor's renames and unlinks, and ours
-    info = RecoveryInfo(
-        state.total_records, scanned, truncated, corruption, time.perf_counter() - t0, len(ids), tuple(set_aside)
-    )
-    meter.histogram("wal_recovery_ms", info.duration_s * 1e3)
-    meter.counter("wal_recovery_truncated_bytes_total", truncated)
-    return state, info
+
+def _take_out_peeled(layer: FileLayer, run: _Pass, peeled: list[_Peeled]) -> None:
+    """Set aside a damaged header's segment whole (Rule 8), delete a stub (Rule 4)."""
+    for p in peeled:
+        problem = p.problem
+        if p.damaged:
+            run.set_aside.append(unused_set_aside_name(layer, run.directory, p.segment_id, 0))
+            layer.rename(run.path(p.segment_id), os.path.join(run.directory, run.set_aside[-1]))
+            problem += f"; set aside as {run.set_aside[-1]}"
+        else:
+            layer.unlink(run.path(p.segment_id))
+        run.meter.event(CorruptionTruncated(p.segment_id, 0, p.size, f"segment header: {problem}"))
+        run.truncated += p.size
+        run.dir_dirty = True
+
+
+def _recover_last(layer: FileLayer, run: _Pass, sid: int, state: RecoveredState) -> None:
+    """The last segment: trust its seal, or scan it and cut what ``classify_tail`` says is not records."""
+    h = layer.open_append(run.path(sid))
+    try:
+        size = h.size()
+        seal = read_seal(h, size)
+        if seal is not None:  # Rule 3
+            state.active_end, state.active_records, state.active_sealed = seal.data_end, seal.record_count, True
+            cut = False
+        else:
+            run.scanned += 1
+            res = scan_segment(h, size, run.limit)
+            state.active_records = res.records
+            sealed = res.stop is Stop.SEALED and res.seal is not None
+            state.active_end = res.seal.data_end if sealed and res.seal is not None else res.valid_end
+            state.active_sealed = sealed
+            verdict = classify_tail(res, size, reader_of(h), last=True, mark=run.mark, segment_id=sid)
+            cut = res.valid_end < size
+            if cut:
+                _cut(layer, run, h, sid, verdict, size)
+        h.sync()  # Rule 6 (and Rule 1's cut): durable before anything is appended
+    finally:
+        h.close()
+    if not cut:  # (a cut reported it) Rule 7: ending below the mark
+        lost = records_lost_below_mark(run.mark, sid, state.active_end)
+        if lost is not None:
+            run.corruption = True
+            run.meter.event(CorruptionTruncated(sid, state.active_end, 0, lost))
+
+
+def _cut(layer: FileLayer, run: _Pass, h: FileHandle, sid: int, verdict: scan.Verdict, size: int) -> None:
+    """Cut the last segment at ``verdict.offset`` (Rule 1), first setting reported damage aside (Rule 8)."""
+    end = verdict.offset
+    reason = verdict.reason or verdict.damage.value
+    if verdict.lost:
+        reason += f"; {verdict.lost}"
+    if verdict.corruption and first_nonzero(h, end, size) is not None:
+        run.set_aside.append(keep_aside(layer, run.directory, h, sid, end, size))
+        reason += f"; the cut bytes are set aside in {run.set_aside[-1]}"
+        run.dir_dirty = True
+    run.corruption |= verdict.corruption
+    h.truncate(end)
+    run.truncated += size - end
+    run.meter.event(CorruptionTruncated(sid, end, size - end, reason))
 
 
 def keep_aside(

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from crc32c import crc32c
 
@@ -21,16 +22,21 @@ from .codec import (
     COMPRESSION_MASK,
     CORRUPT,
     FLAG_SEAL,
-    FLAG_TTL,
     FORMAT_MAX_FRAME,
     MIN_FRAME_SIZE,
     NEED_MORE,
-    RESERVED_FLAGS,
+    PLAIN_FLAGS,
+    SCAN_FLAGS,
     ZEROED,
     Seal,
     decode_record,
+    fast_frame,
+    frame_end,
     frame_layout,
+    parse_header,
 )
+from .durable_mark import records_lost_below_mark
+from .position import Position
 from .record import BytesLike
 
 
@@ -56,89 +62,48 @@ class ScanResult(NamedTuple):
 
 
 _U32 = struct.Struct("<I")
-# Flags the inlined fast path accepts: no TTL, no seal, no reserved bit, a valid compression.
-_FAST_FLAGS = bytes(
-    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
-    for f in range(256)
-)
-
-
-# Flags of a plain record: the fast path's, and no compression (a compressed value needs a decode check).
-_PLAIN_FLAGS = bytes(ok if not f & COMPRESSION_MASK else 0 for f, ok in enumerate(_FAST_FLAGS))
 
 
 def one_plain_frame(buf: BytesLike, limit: int) -> bool:
     """True if ``buf`` is exactly one valid record frame of at most ``limit`` bytes, uncompressed, no TTL.
 
     The writer's check for a synchronous producer's one-record append: what
-    ``scan_frames`` accepts as one record ending at ``len(buf)``, in a tenth of
-    its steps (a key under 128 bytes, a value under 16 KiB). False means "use
-    ``scan_frames``", not "invalid".
+    ``scan_frames`` accepts as one record ending at ``len(buf)`` (codec's fast
+    path). False means "use ``scan_frames``", not "invalid".
     """
     n = len(buf)
-    if n < MIN_FRAME_SIZE or n > limit:
+    if n < MIN_FRAME_SIZE or n > limit or (buf[5] >= 0x80 and buf[6] >= 0x80):  # a value under 16 KiB
         return False
-    klen = buf[4]
-    vlen = buf[5]
-    fp = 6
-    if vlen >= 0x80:
-        v1 = buf[6]
-        if v1 >= 0x80:
-            return False
-        vlen = (vlen & 0x7F) | (v1 << 7)
-        fp = 7
-    return (
-        klen < 0x80
-        and fp + 1 + klen + vlen == n
-        and _PLAIN_FLAGS[buf[fp]] == 1
-        and crc32c(buf[4:]) == _U32.unpack_from(buf)[0]
-    )
+    lay = fast_frame(buf, 0, n, limit, PLAIN_FLAGS)
+    return lay is not None and lay[1] == n
 
 
 def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
     """Walk the frames of ``buf`` from ``start``; never raises for damaged input.
 
-    The common frame (1-byte key length, value length under 2 MiB, no TTL) takes
-    an inlined fast path; everything else goes through ``codec.frame_end``.
+    The common frame takes codec's ``fast_frame``; everything else goes through
+    ``codec.frame_layout`` and ``decode_record``.
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
     n = len(buf)
     off, count, compressed = start, 0, 0
     unpack = _U32.unpack_from
-    fast_flags = _FAST_FLAGS
     while off < n:
-        p = off + 4
-        end = -1
-        if p + 4 <= n:
-            klen = buf[p]
-            vb0 = buf[p + 1]
-            fp = -1
-            if klen < 0x80:
-                if vb0 < 0x80:
-                    vlen, fp = vb0, p + 2
-                else:
-                    vb1 = buf[p + 2]
-                    if vb1 < 0x80:
-                        vlen, fp = (vb0 & 0x7F) | (vb1 << 7), p + 3
-                    elif p + 4 < n and buf[p + 3] < 0x80:
-                        vlen, fp = (vb0 & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
-            if fp > 0 and fp < n:
-                flags = buf[fp]
-                e = fp + 1 + klen + vlen
-                if fast_flags[flags] and e <= n and e - off <= limit and crc32c(mv[p:e]) == unpack(buf, off)[0]:
-                    end = e
-                    if flags & COMPRESSION_MASK:
-                        compressed += 1
-        if end < 0:
-            lay = frame_layout(buf, off, n, limit)
-            if type(lay) is int:
-                return _stopped(buf, off, count, lay, limit)
-            flags, end = lay[0], lay[4]  # type: ignore[index]
-            if crc32c(mv[p:end]) != unpack(buf, off)[0]:
+        lay = fast_frame(buf, off, n, limit, SCAN_FLAGS)
+        if lay is not None:
+            end = lay[1]
+            if buf[lay[0] - buf[off + 4] - 1] & COMPRESSION_MASK:  # the flags byte before the key
+                compressed += 1
+        else:
+            full = frame_layout(buf, off, n, limit)
+            if type(full) is int:
+                return _stopped(buf, off, count, full, limit)._replace(compressed=compressed)
+            flags, end = full[0], full[4]  # type: ignore[index]
+            if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
                 status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
-                return _stopped(buf, off, count, status, limit)
+                return _stopped(buf, off, count, status, limit)._replace(compressed=compressed)
             if flags & FLAG_SEAL:
-                return _stopped(buf, off, count, 0, limit)
+                return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
             if flags & COMPRESSION_MASK:
                 compressed += 1
         count += 1
@@ -161,3 +126,173 @@ def _stopped(buf: BytesLike, off: int, count: int, status: int, limit: int) -> S
     if isinstance(res, Seal):
         return ScanResult(res.end, count, Stop.SEALED, seal=res)
     return ScanResult(off, count, Stop.CORRUPT, reason=getattr(res, "reason", "invalid frame"))
+
+
+# -- what damage is: the one decision (recovery, verify/stats and readers ask it) -----------------
+
+ReadAt = Callable[[int, int], bytes]
+"""read(offset, size): up to ``size`` bytes of the segment file from ``offset`` (fewer at its end)."""
+
+RESYNC_WINDOW = 64 * 1024  # how far past a bad frame the classifier looks for a whole record
+ZERO_RUN = MIN_FRAME_SIZE  # zeros this long are a hole a torn write left (never a valid frame's start)
+_PROBE = 1 << 20  # bytes read per step when looking for zeros or data
+
+
+class Damage(enum.Enum):
+    """What the bytes from where a segment's whole records end are (see ``classify_tail``)."""
+
+    NONE = "none"  # whole records to the end of the file (or a seal ending it)
+    TORN = "torn"  # a crash's tail: a record cut short (by the end of the file, over zeros, or into pieces)
+    ZEROED = "zeroed"  # a crash's tail: zeros where a frame starts (maybe followed by a torn write's later pages)
+    GARBAGE = "garbage"  # bad bytes running to the end of the last segment that no crash leaves
+    CORRUPT = "corrupt"  # bad bytes with whole records after them, in a segment with a successor, or under a seal
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision about the bytes at ``offset`` (where the whole records end)."""
+
+    damage: Damage
+    offset: int
+    reason: str = ""
+    lost: str | None = None  # why records the writer had made durable are lost (the stop is below its mark)
+
+    @property
+    def crash_tail(self) -> bool:
+        """What a crash legally leaves at the end of the last segment: cut without a report."""
+        return self.damage in (Damage.TORN, Damage.ZEROED) and self.lost is None
+
+    @property
+    def corruption(self) -> bool:
+        """Reported as corruption (recovery's ``corruption_detected``, verify's ``fatal``)."""
+        return self.damage in (Damage.GARBAGE, Damage.CORRUPT) or self.lost is not None
+
+
+def classify_tail(
+    res: ScanResult, size: int, read: ReadAt, *, last: bool, mark: Position | None = None, segment_id: int = 0
+) -> Verdict:
+    """What the bytes of a segment file from ``res.valid_end`` to ``size`` are; never raises.
+
+    ``res``: the scan of the segment's frames; ``read``: the file's bytes (read only
+    near the stop, and in bounded steps when looking for zeros or data); ``last``:
+    no segment follows and no seal vouches for bytes past the stop; ``mark``: the
+    durable mark (below it, any stop in the last segment lost durable records).
+    docs/FORMAT.md "Damage" states these rules in prose.
+    """
+    at = res.valid_end
+    lost = records_lost_below_mark(mark, segment_id, at) if last else None
+    if res.stop is Stop.END:
+        return Verdict(Damage.NONE, at, "", lost)
+    if res.stop is Stop.SEALED:
+        return _after_seal(at, size, read, last)
+    if not last:
+        what = res.reason or res.stop.value
+        return Verdict(Damage.CORRUPT, at, f"{what} inside a sealed segment (not the log's tail)")
+    what = _classify_bad_frame(res, size, read)
+    return Verdict(what.damage, at, what.reason, lost)
+
+
+def _after_seal(at: int, size: int, read: ReadAt, last: bool) -> Verdict:
+    """Bytes after a seal: none is clean; zeros in the last segment are a crash before they were cut."""
+    if at >= size:
+        return Verdict(Damage.NONE, at)
+    data_at = first_nonzero(read, at, size)
+    if data_at is None and last:
+        return Verdict(Damage.ZEROED, at, f"{size - at} zero bytes after the seal (a crash before they were cut)")
+    return Verdict(Damage.CORRUPT, at, f"{size - at} bytes after the seal")
+
+
+def _classify_bad_frame(res: ScanResult, size: int, read: ReadAt) -> Verdict:
+    """The verdict on the bad frame at ``res.valid_end`` as if it were at the end of the last segment."""
+    at = res.valid_end
+    if res.stop is Stop.ZEROED:
+        data_at = first_nonzero(read, at, size)
+        if data_at is None:
+            return Verdict(Damage.ZEROED, at, f"zero-filled tail of {size - at} bytes")
+        # A power loss kept later pages of an unacknowledged write while its first page, over
+        # preallocated zeros (or a hole), never reached the disk.
+        return Verdict(
+            Damage.ZEROED, at, f"zero-filled bytes followed by data at offset {data_at}: an unacknowledged write torn"
+        )
+    head = read(at, _MAX_HEADER)
+    lay = frame_layout(head, 0, len(head), FORMAT_MAX_FRAME)
+    header_ok = type(lay) is tuple or lay == NEED_MORE
+    if res.stop is Stop.TORN:
+        found = whole_record_after(read, at, size)
+        if found is None:
+            return Verdict(Damage.TORN, at, f"record cut off by the end of the file ({size - at} bytes)")
+        return Verdict(
+            Damage.CORRUPT,
+            at,
+            f"the record here claims to run past the end of the file, but a whole record starts at {found}: "
+            f"a damaged length, not a torn tail",
+        )
+    if header_ok:
+        declared = at + parse_header(head, 0, len(head))[4]  # type: ignore[index]
+        if declared < size and first_nonzero(read, declared, size) is None:
+            return Verdict(Damage.TORN, at, f"a record cut short over preallocated zeros ({size - at} bytes)")
+        hole = first_zero_run(read, at, min(declared, size))
+        if hole is not None:
+            return Verdict(
+                Damage.TORN,
+                at,
+                f"a write torn into pieces: zeros at offset {hole} inside the record at {at}, data after them "
+                f"(an unacknowledged write whose parts reached the disk out of order)",
+            )
+    found = whole_record_after(read, at, size)
+    reason = res.reason or "invalid frame"
+    if found is not None:
+        return Verdict(Damage.CORRUPT, at, f"{reason}, and a whole record starts at {found}")
+    return Verdict(Damage.GARBAGE, at, f"{reason} ({size - at} bytes to the end of the file)")
+
+
+_MAX_HEADER = 4 + 3 * 10 + 1  # crc, three varints, flags
+
+
+def first_nonzero(read: ReadAt, start: int, end: int) -> int | None:
+    """Offset of the first nonzero byte in ``[start, end)`` (None: all zeros, or the file ends)."""
+    pos = start
+    while pos < end:
+        data = read(pos, min(_PROBE, end - pos))
+        if not data:
+            return None
+        stripped = data.lstrip(b"\x00")
+        if stripped:
+            return pos + len(data) - len(stripped)
+        pos += len(data)
+    return None
+
+
+def first_zero_run(read: ReadAt, start: int, end: int, run: int = ZERO_RUN) -> int | None:
+    """Offset of the first run of ``run`` zero bytes that starts in ``[start, end)`` (it may run past ``end``)."""
+    zeros = bytes(run)
+    pos = start
+    while pos < end:
+        data = read(pos, min(_PROBE, end - pos) + run - 1)
+        i = data.find(zeros)
+        if 0 <= i < end - pos:
+            return pos + i
+        if len(data) < run:
+            return None
+        pos += len(data) - run + 1
+    return None
+
+
+def whole_record_after(read: ReadAt, at: int, size: int, window: int = RESYNC_WINDOW) -> int | None:
+    """The first offset in ``(at, at + window)`` where a whole valid frame starts and the data goes on
+    sensibly after it (the end of the file, zeros, or another valid frame); None if there is none.
+
+    Tells a damaged length or a bad frame with records after it from a tail that
+    is bad to its end. Bounded: frames are looked for within ``window`` bytes.
+    """
+    buf = read(at, min(size - at, 2 * window))
+    n = len(buf)
+    for y in range(1, min(n, window)):
+        if n - y < MIN_FRAME_SIZE:
+            break
+        end = frame_end(buf, y, n)
+        if end < 0:
+            continue
+        if end == n or not any(buf[end : end + MIN_FRAME_SIZE]) or frame_end(buf, end, n) >= 0:
+            return at + y
+    return None

@@ -44,7 +44,7 @@ assert HEADER_SIZE == 32
 MIN_SEGMENT_SIZE = 4096
 SUFFIX = ".wal"
 TMP_SUFFIX = ".wal.tmp"
-_NAME = re.compile(r"^(\d{6,})\.wal$")
+_NAME = re.compile(r"^(\d{6}|[1-9]\d{6,})\.wal$")  # exactly segment_name(id): six digits, or more without a 0 lead
 
 
 def segment_name(segment_id: int) -> str:
@@ -53,7 +53,11 @@ def segment_name(segment_id: int) -> str:
 
 
 def parse_segment_name(name: str) -> int | None:
-    """The segment id of a file name, or None for anything that is not a segment (ignored)."""
+    """The segment id of a file name, or None for anything that is not a segment (ignored).
+
+    Only the name ``segment_name`` gives an id is a segment (``0000003.wal`` is not: recovery,
+    readers, dump and verify all ignore it; verify warns about it).
+    """
     m = _NAME.match(name)
     return int(m.group(1)) if m else None
 

@@ -26,7 +26,7 @@ from typing import Callable, TextIO
 from ..errors import CorruptionError, WalError
 from ..inspect_log import NotAWalDirectory, check_start, list_segments
 from ..position import Position
-from ..reader import open_reader
+from ..reader import WalReader, open_reader
 from ..record import Record
 from ._common import EXIT_FAILED, EXIT_IO, EXIT_OK, check_dir, count_arg, fail, guarded, parse_position
 
@@ -100,12 +100,10 @@ def format_json(record: Record, pos: Position) -> str:
     )
 
 
-@guarded("dump")
-def run(args: argparse.Namespace) -> int:
-    directory = check_dir(args.dir)
-    start = parse_position(args.start)
+def _check_start(directory: str, start: Position, follow: bool) -> None:
+    """Fail (exit 2, or 4 on an I/O error) unless the log is there and ``start`` is a record boundary."""
     try:
-        if not list_segments(directory) and not args.follow:
+        if not list_segments(directory) and not follow:
             fail(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
         problem = check_start(directory, start)
     except NotAWalDirectory as exc:
@@ -114,6 +112,34 @@ def run(args: argparse.Namespace) -> int:
         fail(f"reading {directory}: {exc}", EXIT_IO)
     if problem is not None:
         fail(f"bad position {start}: {problem}")
+
+
+def _print_records(
+    reader: WalReader, out: TextIO, fmt: Callable[[Record, Position], str], args: argparse.Namespace
+) -> None:
+    """Print records until the end (or ``--limit``); with ``--follow`` wait for more."""
+    printed = 0
+    while args.limit is None or printed < args.limit:
+        item = reader.next_record()
+        if item is None:
+            if not args.follow:
+                break
+            out.flush()
+            time.sleep(reader.poll_interval)
+            continue
+        out.write(fmt(*item))
+        out.write("\n")
+        printed += 1
+        if args.follow and printed % 1024 == 0:
+            out.flush()
+    out.flush()
+
+
+@guarded("dump")
+def run(args: argparse.Namespace) -> int:
+    directory = check_dir(args.dir)
+    start = parse_position(args.start)
+    _check_start(directory, start, args.follow)
     out: TextIO = sys.stdout
     fmt: Callable[[Record, Position], str]
     if args.json:
@@ -123,24 +149,9 @@ def run(args: argparse.Namespace) -> int:
         def fmt(record: Record, pos: Position) -> str:
             return format_plain(record, pos, args.max_bytes)
 
-    limit = args.limit
-    printed = 0
     try:
         with open_reader(directory, start, follow=args.follow, durable_only=args.durable) as reader:
-            while limit is None or printed < limit:
-                item = reader.next_record()
-                if item is None:
-                    if not args.follow:
-                        break
-                    out.flush()
-                    time.sleep(reader.poll_interval)
-                    continue
-                out.write(fmt(*item))
-                out.write("\n")
-                printed += 1
-                if args.follow and printed % 1024 == 0:
-                    out.flush()
-            out.flush()
+            _print_records(reader, out, fmt, args)
     except CorruptionError as exc:
         out.flush()
         fail(str(exc), EXIT_FAILED)

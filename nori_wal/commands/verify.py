@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="show a progress bar on stderr even when it is not a terminal",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
-    parser.add_argument("--deep", action="store_true", help="also decompress every compressed value (slower)")
+    parser.add_argument(
+        "--deep", action="store_true", help="accepted for scripts: every compressed value is always decompressed"
+    )
     parser.add_argument(
         "--strict", action="store_true", help="fail (exit 1) on warnings too, e.g. a torn tail recovery would cut off"
     )
