@@ -200,7 +200,10 @@ class WalReader:
                 if buf[fp] or e > n or e - i > limit or crc32c(mv[p:e]) != unpack(buf, i)[0]:
                     break
                 self._i = e
-                yield new(Record, (buf[fp + 1 : vs], buf[vs:e], False, None, none)), new(Position, (seg, base + i))
+                yield (
+                    new(Record, (buf[fp + 1 : vs], buf[vs:e], False, None, none, None)),
+                    new(Position, (seg, base + i)),
+                )
                 if self._closed:
                     return
                 i = e

@@ -20,6 +20,7 @@ from crc32c import crc32c
 from .codec import (
     COMPRESSION_MASK,
     CORRUPT,
+    FLAG_IDEMPOTENCY,
     FLAG_SEAL,
     FLAG_TTL,
     FORMAT_MAX_FRAME,
@@ -56,9 +57,12 @@ class ScanResult(NamedTuple):
 
 
 _U32 = struct.Struct("<I")
-# Flags the inlined fast path accepts: no TTL, no seal, no reserved bit, a valid compression.
+# Flags the inlined fast path accepts: no TTL, no seal, no reserved bit, a valid compression,
+# no idempotency key (frame_layout checks its block).
 _FAST_FLAGS = bytes(
-    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
+    1
+    if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL | FLAG_IDEMPOTENCY) and (f & COMPRESSION_MASK) != COMPRESSION_MASK
+    else 0
     for f in range(256)
 )
 
