@@ -10,7 +10,7 @@ Rules:
    NEW key that would exceed ``max_keys`` after expired keys are dropped is
    refused (``DedupeCapacityError``) and nothing is written; duplicates are
    still answered. Size it as keyed appends per second x window.
-   Per key: about 140 bytes + the key's length (a dict slot, the key's bytes
+   Per key: about 130 bytes + the key's length (163 for a 36-byte key: a dict slot, the key's bytes
    object, one int packing position and time, a deque slot;
    ``scripts/dedupe_bench.py`` measures it).
 3. Keys are added in append order with a clock that never runs backwards
@@ -95,7 +95,7 @@ class DedupeIndex:
             raise DedupeCapacityError(
                 f"the dedupe index holds {len(self._entries)} keys appended within the last "
                 f"{self.window_ms} ms and may hold at most {self.max_keys} (WalConfig.dedupe_max_keys): "
-                f"{new_keys} new key(s) refused, nothing written. Raise dedupe_max_keys (about 140 bytes + the "
+                f"{new_keys} new key(s) refused, nothing written. Raise dedupe_max_keys (about 130 bytes + the "
                 f"key's length each) or shorten dedupe_window"
             )
 
