@@ -4,9 +4,11 @@ The public names of the API contract (the project brief's API.md); README.md sta
 """
 
 from .config import FsyncPolicy, WalConfig
+from .dedupe import AppendResult
 from .errors import (
     ConsumerExpiredError,
     CorruptionError,
+    DedupeCapacityError,
     InvalidRecordError,
     ProtocolError,
     RecordsDeletedError,
@@ -24,9 +26,11 @@ from .recovery import RecoveryInfo
 from .wal import Wal
 
 __all__ = [
+    "AppendResult",
     "Compression",
     "ConsumerExpiredError",
     "CorruptionError",
+    "DedupeCapacityError",
     "FsyncPolicy",
     "InvalidRecordError",
     "Position",

@@ -5,10 +5,11 @@ Layout of one frame (see docs/FORMAT.md)::
     u32 LE   crc32c of every byte after this field, to the end of the frame
     varint   key_len
     varint   value_len          (stored length: after compression)
-    u8       flags              bit0 tombstone, bit1 ttl, bits2-3 compression, bit7 seal
+    u8       flags              bit0 tombstone, bit1 ttl, bits2-3 compression, bit4 idempotency key, bit7 seal
     [varint  ttl_ms]            only when the ttl flag is set
     key      key_len bytes
-    value    value_len bytes
+    value    value_len bytes    with bit4: u8 id_len (1..128), id_len bytes of idempotency key, then the
+                                stored value (value_len counts all three)
 
 Rules:
 1. Only this module decides whether bytes are a record, "need more bytes" (a
@@ -36,14 +37,15 @@ import zstandard
 from crc32c import crc32c
 
 from .errors import InvalidRecordError, RecordTooLargeError, WalError
-from .record import BytesLike, Compression, Record, ttl_to_ms
+from .record import MAX_IDEMPOTENCY_KEY, BytesLike, Compression, Record, check_idempotency_key, ttl_to_ms
 
 FLAG_TOMBSTONE = 0x01
 FLAG_TTL = 0x02
 COMPRESSION_SHIFT = 2
 COMPRESSION_MASK = 0x0C
+FLAG_IDEMPOTENCY = 0x10  # the value region starts with the record's idempotency key (u8 length, bytes)
 FLAG_SEAL = 0x80  # writer-internal end-of-segment marker; never accepted from producers
-RESERVED_FLAGS = 0x70
+RESERVED_FLAGS = 0x60
 
 MIN_FRAME_SIZE = 7  # crc + key_len + value_len + flags
 MAX_VARINT_BYTES = 10  # a u64 in LEB128
@@ -182,8 +184,8 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
     RecordTooLargeError for one the format cannot hold.
     """
     try:
-        key, value, tombstone, ttl, compression = record
-        if not compression and ttl is None:
+        key, value, tombstone, ttl, compression, idem = record
+        if not compression and ttl is None and idem is None:
             # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
             kl, vl = len(key), len(value)
             if kl < 0x80 and vl < 0x4000:
@@ -196,14 +198,21 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
                 return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
         flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
         stored = compress_value(value, compression) if compression else value
+        block = b""  # a keyed frame's value region starts with its idempotency block
+        if idem is not None:
+            idem = check_idempotency_key(idem)
+            block = bytes((len(idem),)) + idem
+            flags |= FLAG_IDEMPOTENCY
         if ttl is None:
-            head = _varint(len(key)) + _varint(len(stored)) + bytes((flags,))
+            head = _varint(len(key)) + _varint(len(block) + len(stored)) + bytes((flags,))
         else:
             ttl_ms = ttl_to_ms(ttl)
             if ttl_ms > MAX_TTL_MS:  # only a ttl that is no timedelta can be: decoding would call it corrupt
                 raise ValueError(f"ttl of {ttl_ms} ms exceeds the largest a frame holds ({MAX_TTL_MS} ms)")
-            head = _varint(len(key)) + _varint(len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_ms)
+            head = _varint(len(key)) + _varint(len(block) + len(stored)) + bytes((flags | FLAG_TTL,)) + _varint(ttl_ms)
         head += key
+        if block:
+            head += block
         if len(head) + len(stored) + 4 > FORMAT_MAX_FRAME:
             raise RecordTooLargeError(
                 f"record of {len(head) + len(stored) + 4} bytes exceeds the format limit of {FORMAT_MAX_FRAME}"
@@ -314,9 +323,12 @@ def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) ->
 
 
 # Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
-# Records without TTL or seal, with a valid compression (the scan: values are not decompressed there).
+# Records without TTL, seal or idempotency key (frame_layout checks its block), with a valid compression
+# (the scan: values are not decompressed there).
 SCAN_FLAGS = bytes(
-    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
+    1
+    if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL | FLAG_IDEMPOTENCY) and (f & COMPRESSION_MASK) != COMPRESSION_MASK
+    else 0
     for f in range(256)
 )
 # Of those, the uncompressed ones (a compressed value needs a decompression check).
@@ -336,7 +348,7 @@ def frame_layout(buf: BytesLike, off: int, n: int, limit: int) -> tuple[int, int
         if not any(buf[off : min(n, off + MIN_FRAME_SIZE)]):
             return ZEROED
         return lay
-    flags, ttl_ms, _ks, _vs, end = lay  # type: ignore[misc]
+    flags, ttl_ms, _ks, vs, end = lay  # type: ignore[misc]
     if (
         end - off > limit
         or flags & RESERVED_FLAGS
@@ -346,7 +358,27 @@ def frame_layout(buf: BytesLike, off: int, n: int, limit: int) -> tuple[int, int
         return ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
     if end > n:
         return ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else NEED_MORE
+    if flags & FLAG_IDEMPOTENCY and not _idempotency_block_ok(buf, vs, end):
+        return CORRUPT
     return lay
+
+
+def _idempotency_block_ok(buf: BytesLike, vs: int, end: int) -> bool:
+    """Whether a keyed frame's value region (``vs``..``end``, present) starts with a whole, valid block."""
+    return vs < end and 1 <= buf[vs] <= MAX_IDEMPOTENCY_KEY and vs + 1 + buf[vs] <= end
+
+
+def stored_value_start(buf: BytesLike, flags: int, vs: int) -> int:
+    """Where the stored value begins in a frame whose value region begins at ``vs`` (after any key block)."""
+    return vs + 1 + buf[vs] if flags & FLAG_IDEMPOTENCY else vs
+
+
+def idempotency_key_of(buf: BytesLike, lay: tuple[int, int, int, int, int]) -> bytes | None:
+    """The idempotency key of the frame ``frame_layout`` returned ``lay`` for (None if it has none)."""
+    flags, _ttl, _ks, vs, _end = lay
+    if not flags & FLAG_IDEMPOTENCY:
+        return None
+    return bytes(buf[vs + 1 : vs + 1 + buf[vs]])
 
 
 def frame_end(buf: BytesLike, off: int, n: int, limit: int = FORMAT_MAX_FRAME) -> int:
@@ -395,6 +427,10 @@ def build_record(buf: BytesLike, lay: tuple[int, int, int, int, int], limit: int
     """The Record of a checksummed frame, or a reason string if its value will not decompress."""
     flags, ttl_ms, ks, vs, end = lay
     key = bytes(buf[ks:vs])
+    idem = None
+    if flags & FLAG_IDEMPOTENCY:  # (frame_layout checked the block)
+        idem = bytes(buf[vs + 1 : vs + 1 + buf[vs]])
+        vs += 1 + buf[vs]
     if end - vs >= ZERO_COPY_MIN:
         mv = buf if type(buf) is memoryview else memoryview(buf)
         value: BytesLike = mv[vs:end].toreadonly()
@@ -407,7 +443,7 @@ def build_record(buf: BytesLike, lay: tuple[int, int, int, int, int], limit: int
             return f"value does not decompress as {Compression(comp).name}"
         value = raw
     ttl = timedelta(milliseconds=ttl_ms) if ttl_ms >= 0 else None
-    return Record(key, value, bool(flags & FLAG_TOMBSTONE), ttl, Compression(comp))
+    return Record(key, value, bool(flags & FLAG_TOMBSTONE), ttl, Compression(comp), idem)
 
 
 def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FRAME) -> DecodeResult:
@@ -450,6 +486,8 @@ def _corrupt_reason(buf: BytesLike, off: int, n: int, limit: int) -> str:
         return f"frame of {end - off} bytes exceeds the limit of {limit}"
     if ttl_ms > MAX_TTL_MS:
         return f"ttl of {ttl_ms} ms exceeds the largest a timedelta holds ({MAX_TTL_MS} ms)"
+    if flags & FLAG_IDEMPOTENCY and end <= n and not _idempotency_block_ok(buf, lay[3], end):
+        return f"invalid idempotency key block (length must be 1..{MAX_IDEMPOTENCY_KEY} within the value)"
     return f"invalid flags 0x{flags:02x}"
 
 

@@ -6,12 +6,15 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 DEFAULT_MAX_SEGMENT_SIZE = 128 * 1024 * 1024  # 128 MiB per segment file
 DEFAULT_BATCH_WINDOW = 0.005  # seconds: at most one fsync per 5 ms
+DEFAULT_DEDUPE_WINDOW = timedelta(minutes=10)  # idempotency keys are remembered at least this long
+DEFAULT_DEDUPE_MAX_KEYS = 1_000_000  # keys the dedupe index holds at most (nori_wal/dedupe.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class WalConfig:
     max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE  # bytes per segment file, header included
     fsync_policy: FsyncPolicy = field(default_factory=FsyncPolicy.batch)
     node_id: int = 0  # recorded in every segment header
+    dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW  # how long an idempotency key is remembered (at least)
+    dedupe_max_keys: int = DEFAULT_DEDUPE_MAX_KEYS  # a new key past this many within the window is refused
 
     def __post_init__(self) -> None:
         from .segment import MIN_SEGMENT_SIZE
@@ -79,3 +84,7 @@ class WalConfig:
             raise ValueError(f"max_segment_size must be >= {MIN_SEGMENT_SIZE} bytes, got {self.max_segment_size}")
         if not 0 <= self.node_id < 2**32:
             raise ValueError(f"node_id must fit in 32 bits, got {self.node_id}")
+        if not isinstance(self.dedupe_window, timedelta) or self.dedupe_window <= timedelta(0):
+            raise ValueError(f"dedupe_window must be a positive timedelta, got {self.dedupe_window!r}")
+        if type(self.dedupe_max_keys) is not int or self.dedupe_max_keys < 1:
+            raise ValueError(f"dedupe_max_keys must be an int >= 1, got {self.dedupe_max_keys!r}")

@@ -10,7 +10,8 @@
     ├── ProtocolError             a malformed request or reply on the wire
     │   └── InvalidRecordError    an argument that is not a valid Record (also a ValueError)
     ├── RecordsDeletedError       a reader's next records were deleted by GC (names the gap)
-    └── ConsumerExpiredError      a consumer's cursor was expired by max_retained_bytes (names what was lost)
+    ├── ConsumerExpiredError      a consumer's cursor was expired by max_retained_bytes (names what was lost)
+    └── DedupeCapacityError       a new idempotency key would exceed WalConfig.dedupe_max_keys (nothing written)
 
 Lower-layer errors (OSError, zmq.ZMQError) are chained as ``__cause__``.
 """
@@ -67,3 +68,8 @@ class RecordsDeletedError(WalError):
 
 class ConsumerExpiredError(WalError):
     """A consumer's cursor fell so far behind that retention (``max_retained_bytes``) expired it."""
+
+
+class DedupeCapacityError(WalError):
+    """A new idempotency key would make the dedupe index hold more than ``WalConfig.dedupe_max_keys``
+    keys appended within the window; the append wrote nothing. Duplicates are still answered."""

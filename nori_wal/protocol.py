@@ -56,6 +56,7 @@ from .codec import (
     SEAL_FRAME_SIZE,
     decompress_value,
     parse_header,
+    stored_value_start,
 )
 from .errors import (
     CorruptionError,
@@ -318,6 +319,7 @@ def _check_compressed_values(payload: BytesLike) -> WalError | None:
             return ProtocolError(f"record {i} at payload offset {off} is invalid")
         flags, _ttl, _ks, vs, end = lay
         comp = (flags & COMPRESSION_MASK) >> COMPRESSION_SHIFT
+        vs = stored_value_start(payload, flags, vs)  # (a keyed frame's block was checked by the scan)
         if comp and decompress_value(memoryview(payload)[vs:end], comp, FORMAT_MAX_FRAME) is None:
             return ProtocolError(
                 f"record {i} at payload offset {off}: its value does not decompress as {Compression(comp).name}"

@@ -198,7 +198,7 @@ class WalReader:
                     break
                 self._i = e
                 yield (
-                    new(Record, (buf[vs - buf[i + 4] : vs], buf[vs:e], False, None, none)),
+                    new(Record, (buf[vs - buf[i + 4] : vs], buf[vs:e], False, None, none, None)),
                     new(Position, (seg, base + i)),
                 )
                 if self._closed:

@@ -15,6 +15,7 @@ from typing import NamedTuple, Union
 BytesLike = Union[bytes, bytearray, memoryview]
 
 _MS = timedelta(milliseconds=1)
+MAX_IDEMPOTENCY_KEY = 128  # bytes; the frame stores the length in one byte (docs/FORMAT.md)
 
 
 class Compression(enum.IntEnum):
@@ -51,13 +52,19 @@ def ttl_to_ms(ttl: timedelta) -> int:
 
 
 class Record(NamedTuple):
-    """One log entry: a put, a put with TTL or a tombstone (delete)."""
+    """One log entry: a put, a put with TTL or a tombstone (delete).
+
+    ``idempotency_key`` (set with ``with_idempotency_key``) makes appends of the
+    record exactly-once within the log's dedupe window; it is stored in the
+    frame and read back as written, and equality includes it.
+    """
 
     key: bytes
     value: BytesLike = b""
     tombstone: bool = False
     ttl: timedelta | None = None
     compression: Compression = Compression.NONE
+    idempotency_key: bytes | None = None
 
     @classmethod
     def put(cls, key: BytesLike, value: BytesLike) -> "Record":
@@ -83,3 +90,20 @@ class Record(NamedTuple):
     def with_compression(self, compression: Compression) -> "Record":
         """The same record, its value stored compressed with ``compression``."""
         return self._replace(compression=Compression(compression))
+
+    def with_idempotency_key(self, key: BytesLike) -> "Record":
+        """The same record carrying ``key`` (1..128 bytes) as its identity for exactly-once appends.
+
+        An append whose key the log already holds within its dedupe window
+        returns the original Position and writes nothing (see docs/FORMAT.md
+        and README "Retries and exactly-once").
+        """
+        return self._replace(idempotency_key=check_idempotency_key(key))
+
+
+def check_idempotency_key(key: object) -> bytes:
+    """``key`` as bytes if it is a valid idempotency key (1..128 bytes), else TypeError/ValueError."""
+    data = _as_bytes(key, "idempotency_key")  # type: ignore[arg-type]
+    if not 1 <= len(data) <= MAX_IDEMPOTENCY_KEY:
+        raise ValueError(f"Record idempotency_key must be 1..{MAX_IDEMPOTENCY_KEY} bytes, got {len(data)} bytes")
+    return data

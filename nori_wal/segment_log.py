@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .codec import FORMAT_MAX_FRAME, SEAL_FRAME_SIZE, encode_seal
 from .config import WalConfig
@@ -114,6 +114,9 @@ class SegmentLog:
         self._failed: WalError | None = None
         self._pid = os.getpid()
         self.disowned = False  # this process is a fork of the one that opened the log
+        # Called as (segment id, data_end, record count) once a segment's records are durable and
+        # before its seal is written (the dedupe key file, dedupe_files Rule 1); OSError fail-stops.
+        self.before_seal: Callable[[int, int, int], None] | None = None
         _OPEN_LOGS.add(self)
 
     # -- opening ---------------------------------------------------------------------------
@@ -328,6 +331,13 @@ class SegmentLog:
         if self.durable < Position(self.active_id, self.end):
             self._fsync(handle)
             self.durable = Position(self.active_id, self.end)
+        if self.before_seal is not None:
+            try:
+                self.before_seal(self.active_id, self.end, self._active_records)
+            except OSError as exc:
+                raise self._fail(
+                    f"writing the key file of segment {self.active_id} before its seal failed", exc
+                ) from exc
         sealed_end = self.end + SEAL_FRAME_SIZE
         try:
             handle.append(encode_seal(self._active_records, self.end))

@@ -9,6 +9,12 @@ A forked child cannot append to its parent's Wal (``segment_log``: appends,
 syncs and GC there raise WalClosedError; ``read_from`` still works, and
 ``close`` does nothing); its locks are renewed in the child so that no call
 there blocks on a lock a parent thread held at the fork.
+
+Exactly-once: a record with an idempotency key whose key the log holds
+within ``WalConfig.dedupe_window`` is not written again; its append returns
+the original Position (``append_ex`` also says it was a duplicate). The
+index (``dedupe``) is rebuilt at open from key files and the log
+(``dedupe_files``), and each segment's key file is made durable before its seal.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ import os
 import threading
 import time
 import weakref
+from datetime import timedelta
 from typing import Iterable, Sequence
 
 from .codec import encode_record
 from .commit import fsync_due_at, needs_fsync
 from .config import WalConfig
-from .errors import WalClosedError, WalError
+from .dedupe import AppendResult, DedupeIndex
+from .dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
+from .errors import WalClosedError, WalError, WalIOError
 from .fs import OS, FileLayer
 from .observe import NOOP, Meter
 from .position import Position
@@ -42,6 +51,9 @@ class Wal:
         self.config = log.config
         self._policy = log.config.fsync_policy
         self._last_fsync = float("-inf")
+        window_ms = max(1, log.config.dedupe_window // timedelta(milliseconds=1))
+        self._dedupe = DedupeIndex(window_ms, log.config.dedupe_max_keys)
+        self.dedupe_rebuild = RebuildInfo(0, 0, 0, 0)  # what the open's rebuild of the index read
         self._new_locks()
         _OPEN_WALS.add(self)
 
@@ -64,7 +76,20 @@ class Wal:
     def open_with_meter(cls, config: WalConfig, meter: Meter, *, layer: FileLayer = OS) -> tuple["Wal", RecoveryInfo]:
         """``open``, reporting metrics and events to ``meter``."""
         log, info = SegmentLog.open(config, layer, meter)
-        return cls(log, meter), info
+        try:
+            wal = cls(log, meter)
+            wal.dedupe_rebuild = rebuild_index(layer, log.dir, list(log.segment_ids), wal._dedupe, _now_ms())
+        except BaseException as exc:
+            log.close()
+            if isinstance(exc, OSError):
+                raise WalIOError(f"rebuilding the dedupe index of {log.dir} failed: {exc.strerror or exc}") from exc
+            raise
+        log.before_seal = wal._write_key_file
+        return wal, info
+
+    def _write_key_file(self, segment_id: int, data_end: int, record_count: int) -> None:
+        """The seal hook: this segment's keys, durable before its seal (dedupe_files Rule 1)."""
+        write_key_file(self._log.layer, self._log.dir, segment_id, data_end, record_count, self._dedupe)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -75,11 +100,40 @@ class Wal:
         log until it is reopened (fail-stop, see ``segment_log``).
         """
         frame = encode_record(record)
+        if record.idempotency_key is not None:
+            return self._append_keyed(record.idempotency_key, frame).position
         with self._write_lock:
             pos = self._log.append_frames((frame,))[0]
             end = self._log.position
         self._await_durable(end)
         return pos
+
+    def append_ex(self, record: Record) -> AppendResult:
+        """``append``, also saying whether the record's key was already in the log (nothing written)."""
+        frame = encode_record(record)
+        if record.idempotency_key is not None:
+            return self._append_keyed(record.idempotency_key, frame)
+        with self._write_lock:
+            pos = self._log.append_frames((frame,))[0]
+            end = self._log.position
+        self._await_durable(end)
+        return AppendResult(pos, False)
+
+    def _append_keyed(self, key: bytes, frame: bytes) -> AppendResult:
+        """Append a keyed frame unless its key is remembered; a duplicate waits for the original's fsync."""
+        with self._write_lock:
+            now = _now_ms()
+            pos = self._dedupe.lookup(key, now)
+            duplicate = pos is not None
+            if pos is not None:
+                self._log.check_usable()
+            else:
+                self._dedupe.check_room(1, now)
+                pos = self._log.append_frames((frame,))[0]
+                self._dedupe.add(key, pos, now, check=False)
+            end = self._log.position  # a duplicate's original may still await its fsync: so it waits too
+        self._await_durable(end)
+        return AppendResult(pos, duplicate)
 
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order with one write and one shared fsync.
@@ -89,21 +143,92 @@ class Wal:
         batch larger than a segment is written across segments; if it fails
         part way, the records before the failure may be in the log. (As for any
         write not yet acknowledged, a crash may leave a prefix of a batch.)
+        Keyed records are judged one by one (``append_batch_ex``).
         """
+        records = list(records)
         frames = [encode_record(r) for r in records]
+        if any(r.idempotency_key is not None for r in records):
+            return [res.position for res in self._append_batch_keyed(records, frames)]
         with self._write_lock:
-            log = self._log
-            if len(frames) > 1 and sum(map(len, frames)) <= log.max_frame:
-                seg, first = log.append_frames((b"".join(frames),), (len(frames),))[0]
-                offsets = itertools.accumulate(map(len, frames[:-1]), initial=first)
-                positions = [Position(seg, off) for off in offsets]
-            elif frames:
-                positions = log.append_frames(frames)
-            else:
-                log.check_usable()
+            if not frames:
+                self._log.check_usable()
                 return []
-            end = log.position
+            positions = self._write_frames(frames)
+            end = self._log.position
         self._await_durable(end)
+        return positions
+
+    def append_batch_ex(self, records: Iterable[Record]) -> list[AppendResult]:
+        """``append_batch``, also saying per record whether it was a duplicate (nothing written for it).
+
+        A keyed record is a duplicate if its key is in the log within the dedupe
+        window, or earlier in this batch (then it gets that record's position).
+        """
+        records = list(records)
+        return self._append_batch_keyed(records, [encode_record(r) for r in records])
+
+    def _write_frames(self, frames: list[bytes]) -> list[Position]:
+        """Write frames (under the write lock): one unit when they fit in a segment, else frame by frame."""
+        log = self._log
+        if len(frames) > 1 and sum(map(len, frames)) <= log.max_frame:
+            seg, first = log.append_frames((b"".join(frames),), (len(frames),))[0]
+            offsets = itertools.accumulate(map(len, frames[:-1]), initial=first)
+            return [Position(seg, off) for off in offsets]
+        return log.append_frames(frames)
+
+    def _append_batch_keyed(self, records: list[Record], frames: list[bytes]) -> list[AppendResult]:
+        with self._write_lock:
+            now = _now_ms()
+            # Per record: an AppendResult (a duplicate of the log), an int (the index of this batch's
+            # first record with that key), or None (written).
+            plan: list[AppendResult | int | None] = []
+            first: dict[bytes, int] = {}
+            for i, r in enumerate(records):
+                key = r.idempotency_key
+                if key is not None:
+                    key = bytes(key)
+                    if key in first:
+                        plan.append(first[key])
+                        continue
+                    pos = self._dedupe.lookup(key, now)
+                    if pos is not None:
+                        plan.append(AppendResult(pos, True))
+                        continue
+                    first[key] = i
+                plan.append(None)
+            self._dedupe.check_room(len(first), now)
+            todo = [i for i, p in enumerate(plan) if p is None]
+            written = dict(zip(todo, self._write_keyed_units(todo, records, frames, now)))
+            if not todo:
+                self._log.check_usable()
+            end = self._log.position
+        self._await_durable(end)
+        return [_resolve(i, p, written) for i, p in enumerate(plan)]
+
+    def _write_keyed_units(
+        self, todo: list[int], records: list[Record], frames: list[bytes], now: int
+    ) -> list[Position]:
+        """Write ``frames[todo]`` and remember their keys, unit by unit (under the write lock).
+
+        A unit is as many frames as fit in one segment. Its keys are added before
+        the next unit is written: a roll there seals the segment, and its key
+        file must hold them (dedupe_files Rule 1).
+        """
+        positions: list[Position] = []
+        limit = self._log.max_frame
+        start, size = 0, 0
+        for j, i in enumerate(todo + [-1]):
+            n = len(frames[i]) if i >= 0 else limit + 1
+            if j > start and (i < 0 or size + n > limit):
+                unit = todo[start:j]
+                done = self._write_frames([frames[k] for k in unit])
+                for k, pos in zip(unit, done):
+                    key = records[k].idempotency_key
+                    if key is not None:
+                        self._dedupe.add(bytes(key), pos, now, check=False)
+                positions += done
+                start, size = j, 0
+            size += n
         return positions
 
     def append_frames(self, frames: Sequence[bytes]) -> list[Position]:
@@ -173,7 +298,17 @@ class Wal:
         """Delete whole segments before ``position``'s segment; never the active one."""
         with self._write_lock:
             self._check_open()
-            return self._log.delete_segments_before(position)
+            try:
+                return self._log.delete_segments_before(position)
+            finally:
+                self._remove_stale_key_files()
+
+    def _remove_stale_key_files(self) -> None:
+        """Key files of deleted segments describe nothing: best effort (the next open retries)."""
+        try:
+            remove_stale_key_files(self._log.layer, self._log.dir, list(self._log.segment_ids))
+        except OSError:
+            pass
 
     def _check_open(self) -> None:
         if self._log.closed:
@@ -200,6 +335,20 @@ class Wal:
         except WalError:
             if exc[0] is None:
                 raise
+
+
+def _resolve(i: int, planned: AppendResult | int | None, written: dict[int, Position]) -> AppendResult:
+    """The result of record ``i`` of a keyed batch (see ``_append_batch_keyed``)."""
+    if planned is None:
+        return AppendResult(written[i], False)
+    if isinstance(planned, int):
+        return AppendResult(written[planned], True)
+    return planned
+
+
+def _now_ms() -> int:
+    """Wall-clock milliseconds: the dedupe window's clock (key times survive restarts)."""
+    return time.time_ns() // 1_000_000
 
 
 _OPEN_WALS: weakref.WeakSet[Wal] = weakref.WeakSet()
