@@ -71,6 +71,7 @@ class WalConfig:
     max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE  # bytes per segment file, header included
     fsync_policy: FsyncPolicy = field(default_factory=FsyncPolicy.batch)
     node_id: int = 0  # recorded in every segment header
+    max_retained_bytes: int | None = None  # bytes: consumers may hold back GC until the log is this big (None: no cap)
 
     def __post_init__(self) -> None:
         from .segment import MIN_SEGMENT_SIZE
@@ -79,3 +80,5 @@ class WalConfig:
             raise ValueError(f"max_segment_size must be >= {MIN_SEGMENT_SIZE} bytes, got {self.max_segment_size}")
         if not 0 <= self.node_id < 2**32:
             raise ValueError(f"node_id must fit in 32 bits, got {self.node_id}")
+        if self.max_retained_bytes is not None and self.max_retained_bytes < 0:
+            raise ValueError(f"max_retained_bytes must be None or >= 0 bytes, got {self.max_retained_bytes}")
