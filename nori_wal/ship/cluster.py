@@ -132,12 +132,15 @@ async def _wait_ready(urls: list[str], timeout: float) -> None:
 
     import nats
 
+    async def quiet(exc: Exception) -> None:  # nodes still starting: expected, not worth a traceback
+        pass
+
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             for url in urls:  # every node, so a later kill leaves a working majority that knows the stream
-                nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False)
+                nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=1, error_cb=quiet)
                 try:
                     await nc.jetstream().account_info()
                 finally:

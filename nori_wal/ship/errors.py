@@ -1,11 +1,11 @@
 """Why shipping stopped: each a ``WalError`` and the matching built-in, with a message that says what to do.
 
-    ShipError                      base (a WalError)
-    ├── ClusterUnreachableError    no NATS server answered for longer than the give-up time (ConnectionError)
-    ├── StreamNotFoundError        the stream does not exist and --create-stream was not given (LookupError)
-    ├── ShipAuthorizationError     the cluster refused the credentials (PermissionError)
-    ├── StreamConfigError          duplicate window too short, subject not in the stream (ValueError)
-    └── NatsNotInstalledError      nats-py is missing (ImportError): pip install 'nori-wal[nats]'
+ShipError                      base (a WalError)
+├── ClusterUnreachableError    no NATS server answered for longer than the give-up time (ConnectionError)
+├── StreamNotFoundError        the stream does not exist and --create-stream was not given (LookupError)
+├── ShipAuthorizationError     the cluster refused the credentials (PermissionError)
+├── StreamConfigError          duplicate window too short, subject not in the stream (ValueError)
+└── NatsNotInstalledError      nats-py is missing (ImportError): pip install 'nori-wal[nats]'
 """
 
 from __future__ import annotations

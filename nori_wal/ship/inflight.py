@@ -71,7 +71,7 @@ class InFlight(Generic[T]):
         self.committable = position
 
     def ack(self, seq: int) -> int:
-        """Acknowledge publish ``seq``; returns how many positions became committable (0 for unknown or repeated acks)."""
+        """Acknowledge publish ``seq``; returns how many positions became committable (0: unknown or repeated)."""
         if seq not in self._pending or seq in self._acked:
             return 0
         self._acked.add(seq)
@@ -86,7 +86,7 @@ class InFlight(Generic[T]):
         return moved
 
     def reset(self, next_seq: int) -> list[tuple[Position, T]]:
-        """Forget every send not yet committable and return them in order, to re-send; numbering restarts at ``next_seq``.
+        """Forget every send not yet committable; return them in order, to re-send; numbering restarts at ``next_seq``.
 
         Acknowledged sends behind an unacknowledged one are returned too: the
         shell re-reads the stream and skips whatever it already holds.

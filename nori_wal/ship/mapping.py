@@ -98,8 +98,9 @@ def _record(headers: Mapping[str, str], payload: bytes) -> Record:
         if name not in _COMPRESSION_BY_NAME:
             raise BadMessageError(f"header {COMPRESSION}: unknown compression {name!r}")
         record = record.with_compression(_COMPRESSION_BY_NAME[name])
-    if IDEMPOTENCY_KEY in headers and hasattr(record, "with_idempotency_key"):
-        record = record.with_idempotency_key(_b64(headers, IDEMPOTENCY_KEY))
+    with_key = getattr(record, "with_idempotency_key", None)  # exactly-once appends, where the Record has them
+    if IDEMPOTENCY_KEY in headers and with_key is not None:
+        record = with_key(_b64(headers, IDEMPOTENCY_KEY))
     return record
 
 

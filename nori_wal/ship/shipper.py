@@ -31,7 +31,7 @@ from .feed import Feed, Item
 from .identity import ensure_identity
 from .inflight import CommitClock, InFlight
 from .mapping import EXPECTED_LAST_SEQ
-from .stream import check_stream, connect, stream_state
+from .stream import check_stream, connect, redact, stream_state
 
 log = logging.getLogger("nori_wal.ship")
 
@@ -94,6 +94,7 @@ class Shipper:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._cursor: Any = None
+        self._last_report = (time.monotonic(), 0, 0)
 
     # -- public -------------------------------------------------------------------------
 
@@ -111,10 +112,21 @@ class Shipper:
             except RuntimeError:  # the loop already closed
                 pass
 
+    def lag(self) -> Optional[tuple[int, int]]:
+        """The cursor's lag (bytes, records) behind the durable end of the log, or None if unknown."""
+        from ..consumer import list_consumers
+
+        try:
+            info = next((c for c in list_consumers(self.directory) if c.name == self.options.consumer), None)
+        except Exception as exc:  # a progress line must never stop shipping
+            log.debug("lag unknown: %r", exc)
+            return None
+        return None if info is None else (info.lag_bytes, info.lag_records)
+
     # -- the loop -----------------------------------------------------------------------
 
     async def _main(self) -> None:
-        from .. import open_consumer  # type: ignore[attr-defined]
+        from ..consumer import open_consumer
 
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -122,7 +134,10 @@ class Shipper:
         cursor = open_consumer(self.directory, self.options.consumer, start="earliest")
         self._cursor = cursor
         feed = Feed(cursor, log_id)
-        self._state = _State(InFlight[Item](self.options.max_in_flight), CommitClock(self.options.commit_every, self.options.commit_interval))
+        self._state = _State(
+            InFlight[Item](self.options.max_in_flight),
+            CommitClock(self.options.commit_every, self.options.commit_interval),
+        )
         try:
             await self._sessions(feed, log_id)
         finally:
@@ -140,7 +155,9 @@ class Shipper:
                 nc = await connect(self.servers, **self.options.connect_options)
                 js = nc.jetstream(timeout=self.options.ack_timeout)
                 if not checked:
-                    await check_stream(js, self.stream, self.subject, self.options.ack_timeout, self.options.create_replicas)
+                    await check_stream(
+                        js, self.stream, self.subject, self.options.ack_timeout, self.options.create_replicas
+                    )
                     checked = True
                 outage_since = None
                 await self._session(js, feed, log_id, backoff)
@@ -150,8 +167,9 @@ class Shipper:
                 now = time.monotonic()
                 outage_since = outage_since or now
                 if self.options.give_up_after is not None and now - outage_since >= self.options.give_up_after:
+                    where = ", ".join(map(redact, self.servers))
                     raise ClusterUnreachableError(
-                        f"no working NATS cluster at {', '.join(self.servers)} for {now - outage_since:.0f} s: {_why(exc)}"
+                        f"no working NATS cluster at {where} for {now - outage_since:.0f} s: {_why(exc)}"
                     ) from exc
                 delay = backoff.next()
                 log.warning("shipping paused (%s); retrying in %.1f s", _why(exc), delay)
@@ -167,10 +185,20 @@ class Shipper:
         st.redo.extendleft(reversed([item for _, item in st.window.reset(state.last_seq + 1)]))
         st.skip_through = state.shipped_through
         st.failure = None
-        log.info("shipping %s to stream %s subject %s from seq %d (stream holds this log through %s)",
-                 self.directory, self.stream, self.subject, state.last_seq, state.shipped_through)
+        st.generation += 1
+        log.info(
+            "shipping %s to stream %s subject %s from seq %d (stream holds this log through %s)",
+            self.directory,
+            self.stream,
+            self.subject,
+            state.last_seq,
+            state.shipped_through,
+        )
         last_progress = time.monotonic()
-        while not self._stop.is_set():
+        while True:
+            if self._stop.is_set():
+                await self._finish()
+                return
             if st.failure is not None:
                 self.stats.resyncs += 1
                 raise _SessionFailed(_why(st.failure)) from st.failure
@@ -189,7 +217,7 @@ class Shipper:
             now = time.monotonic()
             if now - last_progress >= self.options.progress_interval:
                 last_progress = now
-                self._progress()
+                await self._progress()
 
     async def _take(self, feed: Feed) -> Optional[list[Item]]:
         room = max(1, self._state.window.room)
@@ -214,14 +242,15 @@ class Shipper:
             headers[EXPECTED_LAST_SEQ] = str(seq - 1)
         task = asyncio.ensure_future(js.publish(self.subject, item.message.payload, headers=headers))
         st.tasks.add(task)
-        task.add_done_callback(lambda t, seq=seq, size=len(item.message.payload): self._done(t, seq, size))
+        gen, size = st.generation, len(item.message.payload)
+        task.add_done_callback(lambda t: self._done(t, gen, seq, size))
         self.stats.published += 1
 
-    def _done(self, task: "asyncio.Future[Any]", seq: int, size: int) -> None:
+    def _done(self, task: "asyncio.Future[Any]", gen: int, seq: int, size: int) -> None:
         st = self._state
         st.tasks.discard(task)
         st.room.set()
-        if task.cancelled():
+        if task.cancelled() or gen != st.generation:  # a publish of an earlier session: drained, then forgotten
             return
         exc = task.exception()
         if exc is not None:
@@ -245,6 +274,13 @@ class Shipper:
             for t in tasks:
                 t.cancel()
 
+    async def _finish(self) -> None:
+        """On stop: let the publishes in flight be acked (bounded), then commit as far as they reach."""
+        tasks = list(self._state.tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.options.ack_timeout)
+        await self._commit(force=True)
+
     async def _commit(self, force: bool = False) -> None:
         st = self._state
         now = time.monotonic()
@@ -255,12 +291,22 @@ class Shipper:
         st.clock.committed()
         self.stats.committed = target
 
-    def _progress(self) -> None:
+    async def _progress(self) -> None:
         s = self.stats
-        elapsed = max(1e-9, time.monotonic() - s.started)
+        now = time.monotonic()
+        then, acked, nbytes = self._last_report
+        span = max(1e-9, now - then)
+        self._last_report = (now, s.acked, s.bytes)
+        lag = await asyncio.to_thread(self.lag)
         log.info(
-            "shipped %d records (%.0f records/s, %.2f MiB/s), committed through %s, %d in flight, %d resyncs",
-            s.acked, s.acked / elapsed, s.bytes / elapsed / 2**20, s.committed, s.in_flight, s.resyncs,
+            "shipped %d records (%.0f records/s, %.2f MiB/s), committed through %s, lag %s, %d in flight, %d resyncs",
+            s.acked,
+            (s.acked - acked) / span,
+            (s.bytes - nbytes) / span / 2**20,
+            s.committed,
+            "unknown" if lag is None else f"{lag[1]} records ({lag[0]} bytes)",
+            s.in_flight,
+            s.resyncs,
         )
         if self.on_progress is not None:
             self.on_progress(s)
@@ -280,6 +326,7 @@ class _State:
     redo: deque[Item] = field(default_factory=deque)
     skip_through: Optional[Position] = None
     failure: Optional[BaseException] = None
+    generation: int = 0
     tasks: set["asyncio.Future[Any]"] = field(default_factory=set)
     room: asyncio.Event = field(default_factory=asyncio.Event)
 

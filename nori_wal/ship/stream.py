@@ -44,11 +44,24 @@ def is_auth_error(exc: BaseException) -> bool:
     return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text or "permissions" in text
 
 
+def redact(url: str) -> str:
+    """``url`` without its password (``nats://user:***@host:4222``), for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 async def connect(servers: list[str], **options: Any) -> Any:
     """One connection attempt round over ``servers`` (nats-py retries each a few times, then gives up)."""
     import nats
 
-    async def quiet(exc: Exception) -> None:  # nats-py prints tracebacks by default
+    seen: list[Exception] = []
+
+    async def quiet(exc: Exception) -> None:  # nats-py prints tracebacks by default; we keep the reason
+        seen.append(exc)
         log.debug("nats: %r", exc)
 
     try:
@@ -61,8 +74,10 @@ async def connect(servers: list[str], **options: Any) -> Any:
             **options,
         )
     except Exception as exc:
-        if is_auth_error(exc):
-            raise ShipAuthorizationError(f"NATS at {', '.join(servers)} refused the credentials: {exc!r}") from exc
+        refused = next((e for e in [exc, *seen] if is_auth_error(e)), None)
+        if refused is not None:
+            where = ", ".join(map(redact, servers))
+            raise ShipAuthorizationError(f"NATS at {where} refused the credentials: {refused!r}") from exc
         raise
 
 
@@ -89,7 +104,13 @@ async def check_stream(
         await js.add_stream(
             StreamConfig(name=stream, subjects=[subject], num_replicas=create_replicas, duplicate_window=window)
         )
-        log.info("created stream %s (subject %s, %d replicas, duplicate window %.0f s)", stream, subject, create_replicas, window)
+        log.info(
+            "created stream %s (subject %s, %d replicas, duplicate window %.0f s)",
+            stream,
+            subject,
+            create_replicas,
+            window,
+        )
         return window
     except jse.APIError as exc:
         if is_auth_error(exc) or exc.code == 403:
@@ -97,7 +118,9 @@ async def check_stream(
         raise
     subjects = info.config.subjects or []
     if not any(subject_matches(p, subject) for p in subjects):
-        raise StreamConfigError(f"stream {stream!r} does not take subject {subject!r} (its subjects: {', '.join(subjects)})")
+        raise StreamConfigError(
+            f"stream {stream!r} does not take subject {subject!r} (its subjects: {', '.join(subjects)})"
+        )
     window = float(info.config.duplicate_window or 0.0)
     if window < span:
         raise StreamConfigError(
