@@ -7,7 +7,8 @@ from a new record. Nothing durable in the directory says which log it is
 write a temporary file, fsync it, rename it into place, fsync the directory,
 and only then use the id. A crash at any step leaves either no ``LOG_ID`` (a
 new id is made next time: nothing was published with the lost one) or the
-complete file. A copy of the directory is the same log and keeps the id.
+complete file (the directory is fsynced again before an existing id is
+used: its creator may have died before doing it). A copy of the directory is the same log and keeps the id.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def ensure_identity(directory: str, layer: Optional[FileLayer] = None) -> str:
     layer = layer or OsFileLayer()
     existing = read_identity(directory, layer)
     if existing is not None:
+        # Its creator may have died between the rename and the directory fsync: the
+        # entry could still vanish at a power loss, and we are about to use the id.
+        layer.sync_dir(directory)
         return existing
     new = secrets.token_hex(16)
     tmp = os.path.join(directory, f"{IDENTITY_FILE}.{os.getpid()}.tmp")

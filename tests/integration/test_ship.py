@@ -11,11 +11,6 @@ from datetime import timedelta
 from typing import Any, Iterator
 
 import pytest
-
-from nori_wal import Compression, FsyncPolicy, Record, Wal, WalConfig, list_consumers
-from nori_wal.ship import from_message, read_identity
-from nori_wal.ship.cluster import LocalCluster, free_ports
-
 from ship_support import (
     NATS_SERVER,
     create_stream,
@@ -30,6 +25,10 @@ from ship_support import (
     tail,
     wait_for,
 )
+
+from nori_wal import Compression, FsyncPolicy, Record, Wal, WalConfig, list_consumers
+from nori_wal.ship import from_message, read_identity
+from nori_wal.ship.cluster import LocalCluster, free_ports
 
 pytestmark = pytest.mark.timeout(180)
 
