@@ -172,3 +172,24 @@ def tail(path: str, n: int = 30) -> str:
 @pytest.fixture
 def ship_log(tmp_path: Any) -> Iterator[str]:
     yield os.path.join(str(tmp_path), "shiplog.txt")
+
+
+def produce(directory: str, producer: int, count: int, batch: int, pace: float) -> None:
+    """A producer process: ``count`` records keyed ``p<producer>-<n>`` through the writer, retrying across its restarts."""
+    from nori_wal.client import WalClient
+    from nori_wal.errors import WalError
+
+    n = 0
+    client = WalClient.for_dir(directory, timeout=2.0)
+    while n < count:
+        records = [Record.put(f"p{producer}-{i}".encode(), os.urandom(60)) for i in range(n, min(count, n + batch))]
+        try:
+            client.append_batch(records)
+        except WalError:  # the writer is restarting: a new client, the same batch again
+            client.close()
+            time.sleep(0.05)
+            client = WalClient.for_dir(directory, timeout=2.0)
+            continue
+        n += len(records)
+        time.sleep(pace)  # pacing, so the faults land while producers still write
+    client.close()
