@@ -282,13 +282,28 @@ class Shipper:
         await self._commit(force=True)
 
     async def _commit(self, force: bool = False) -> None:
+        """Commit the cursor at the committable position when the clock says so (``force``: now, and wait).
+
+        A commit fsyncs, so it runs in a worker thread while publishing goes on;
+        one at a time.
+        """
         st = self._state
-        now = time.monotonic()
+        if st.committing is not None:
+            if not st.committing.done() and not force:
+                return
+            await st.committing  # raises what the commit raised
+            st.committing = None
         target = st.window.committable
-        if target is None or target == self.stats.committed or not (force or st.clock.due(now)):
+        if target is None or target == self.stats.committed or not (force or st.clock.due(time.monotonic())):
             return
-        await asyncio.to_thread(self._cursor.commit, target)
         st.clock.committed()
+        st.committing = asyncio.ensure_future(self._commit_to(target))
+        if force:
+            await st.committing
+            st.committing = None
+
+    async def _commit_to(self, target: Position) -> None:
+        await asyncio.to_thread(self._cursor.commit, target)
         self.stats.committed = target
 
     async def _progress(self) -> None:
@@ -327,6 +342,7 @@ class _State:
     skip_through: Optional[Position] = None
     failure: Optional[BaseException] = None
     generation: int = 0
+    committing: Optional["asyncio.Future[None]"] = None
     tasks: set["asyncio.Future[Any]"] = field(default_factory=set)
     room: asyncio.Event = field(default_factory=asyncio.Event)
 

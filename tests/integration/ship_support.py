@@ -175,7 +175,7 @@ def ship_log(tmp_path: Any) -> Iterator[str]:
 
 
 def produce(directory: str, producer: int, count: int, batch: int, pace: float) -> None:
-    """A producer process: ``count`` records keyed ``p<producer>-<n>`` through the writer, retrying across its restarts."""
+    """A producer process: ``count`` records keyed ``p<producer>-<n>``, retrying across writer restarts."""
     from nori_wal.client import WalClient
     from nori_wal.errors import WalError
 
