@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import timedelta
 from typing import Any, Iterator
 
@@ -66,11 +67,17 @@ def append(directory: str, records: list[Record]) -> None:
 def test_ships_every_record_once_in_order_with_its_fields(cluster: LocalCluster, tmp_path: Any) -> None:
     d, log = str(tmp_path / "wal"), str(tmp_path / "ship.log")
     append(d, mixed_records(600, "a"))
-    proc = start_shipper(d, cluster.servers, "BASIC", "--create-stream", "--replicas", "3", log=log)
+    (port,) = free_ports(1)
+    extra = ("--create-stream", "--replicas", "3", "--metrics-port", str(port))
+    proc = start_shipper(d, cluster.servers, "BASIC", *extra, log=log)
     try:
         wait_for("600 messages", lambda: stream_count(cluster.urls, "BASIC") == 600, timeout=60)
         append(d, mixed_records(300, "b"))  # while it runs: it follows the log (several segments)
         wait_for("900 messages", lambda: stream_count(cluster.urls, "BASIC") == 900, timeout=60)
+        second = run_ship(*ship_cmd(d, cluster.servers, "BASIC"))  # the cursor is taken
+        assert second.returncode == 3 and "shipper" in second.stderr, second.stderr
+        wait_for("the acks in the metrics", lambda: "nori_ship_records_total 900.0" in scrape(port), timeout=30)
+        assert "nori_ship_lag_records" in scrape(port)
     finally:
         rc = stop(proc)
     assert rc == 0, tail(log)
@@ -91,6 +98,11 @@ def test_ships_every_record_once_in_order_with_its_fields(cluster: LocalCluster,
     finally:
         assert stop(proc) == 0, tail(log)
     assert stream_count(cluster.urls, "BASIC") == 901
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
 
 
 def run_ship(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
