@@ -133,7 +133,10 @@ def test_one_process_holds_a_cursor_at_a_time(tmp_path):
         c = open_consumer(tmp_path, "idx")
         with pytest.raises(WalLockedError, match="'idx'"):
             open_consumer(tmp_path, "idx")
-        code = "import sys; from nori_wal import open_consumer\ntry:\n open_consumer(sys.argv[1], 'idx')\nexcept Exception as e: print(type(e).__name__)"
+        code = (
+            "import sys\nfrom nori_wal import open_consumer\n"
+            "try:\n    open_consumer(sys.argv[1], 'idx')\nexcept Exception as e:\n    print(type(e).__name__)"
+        )
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == "WalLockedError"
         with pytest.raises(WalLockedError):
