@@ -69,12 +69,22 @@ def test_a_consumer_killed_at_random_points_resumes_after_its_last_commit(tmp_pa
     stop = threading.Event()
     appended: list[Position] = []
 
+    failed: list[BaseException] = []
+
     def produce() -> None:
-        with WalClient(writer.endpoint, timeout=10) as client:
-            i = 0
-            while not stop.is_set() and i < 3000:
-                appended.extend(client.append_batch([Record.put(b"r%06d" % (i + j), b"x" * 200) for j in range(5)]))
-                i += 5
+        try:
+            with WalClient(writer.endpoint, timeout=10) as client:
+                i = 0
+                while not stop.is_set() and i < 3000:
+                    batch = [Record.put(b"r%06d" % (i + j), b"x" * 200) for j in range(5)]
+                    appended.extend(client.append_batch(batch))
+                    i += 5
+        except BaseException as exc:  # handed to the test
+            failed.append(exc)
+
+    def finished() -> bool:
+        runs = parse(log)
+        return bool(runs and runs[-1][0] and runs[-1][0][-1] == appended[-1])
 
     producer = threading.Thread(target=produce, daemon=True)
     child: subprocess.Popen[bytes] | None = None
@@ -92,10 +102,11 @@ def test_a_consumer_killed_at_random_points_resumes_after_its_last_commit(tmp_pa
             child.wait(30)
         stop.set()
         producer.join(60)
+        assert not failed and appended, failed
         # A last run to the end of what was appended.
         child = subprocess.Popen([sys.executable, "-c", CONSUMER, d, log, "99"])
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not parse(log)[-1][0] or parse(log)[-1][0][-1] != appended[-1]):
+        while time.monotonic() < deadline and not finished():
             time.sleep(0.01)
         child.send_signal(signal.SIGKILL)
         child.wait(30)
