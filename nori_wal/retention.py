@@ -92,5 +92,6 @@ def plan_gc(
         after = ids[ids.index(allowed[-1]) + 1]
         resumes_at = Position(after, HEADER_SIZE)
         expire = [Expired(h.name, h.next, resumes_at) for h in holds if h.next.segment_id <= allowed[-1]]
-    holders = [h for h in holds if held and h.next.segment_id <= held[-1]]
+    gone = {e.name for e in expire}
+    holders = [h for h in holds if held and h.next.segment_id <= held[-1] and h.name not in gone]
     return GcPlan(allowed, held, sorted(holders, key=lambda h: (h.next, h.name)), expire)
