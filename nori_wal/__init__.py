@@ -4,6 +4,7 @@ The public names of the API contract (the project brief's API.md); README.md sta
 """
 
 from .config import FsyncPolicy, WalConfig
+from .consumer import Consumer, ConsumerInfo, drop_consumer, list_consumers, open_consumer
 from .dedupe import AppendResult
 from .errors import (
     ConsumerExpiredError,
@@ -28,7 +29,9 @@ from .wal import Wal
 __all__ = [
     "AppendResult",
     "Compression",
+    "Consumer",
     "ConsumerExpiredError",
+    "ConsumerInfo",
     "CorruptionError",
     "DedupeCapacityError",
     "FsyncPolicy",
@@ -47,6 +50,9 @@ __all__ = [
     "WalLockedError",
     "WalReader",
     "WriterUnavailableError",
+    "drop_consumer",
+    "list_consumers",
+    "open_consumer",
     "open_reader",
 ]
 __version__ = "0.1.0"

@@ -18,9 +18,10 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture"]
+COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture", "consumers"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 1, 2, 3, 4
+COMMANDS.append("ship")  # nori_wal/commands/ship.py (helper "ship")
 
 
 def _module(name: str):  # type: ignore[no-untyped-def]

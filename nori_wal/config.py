@@ -76,6 +76,7 @@ class WalConfig:
     node_id: int = 0  # recorded in every segment header
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW  # how long an idempotency key is remembered (at least)
     dedupe_max_keys: int = DEFAULT_DEDUPE_MAX_KEYS  # a new key past this many within the window is refused
+    max_retained_bytes: int | None = None  # bytes: consumers may hold back GC until the log is this big (None: no cap)
 
     def __post_init__(self) -> None:
         from .segment import MIN_SEGMENT_SIZE
@@ -88,3 +89,5 @@ class WalConfig:
             raise ValueError(f"dedupe_window must be a positive timedelta, got {self.dedupe_window!r}")
         if type(self.dedupe_max_keys) is not int or self.dedupe_max_keys < 1:
             raise ValueError(f"dedupe_max_keys must be an int >= 1, got {self.dedupe_max_keys!r}")
+        if self.max_retained_bytes is not None and self.max_retained_bytes < 0:
+            raise ValueError(f"max_retained_bytes must be None or >= 0 bytes, got {self.max_retained_bytes}")

@@ -18,6 +18,11 @@ Lower-layer errors (OSError, zmq.ZMQError) are chained as ``__cause__``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .position import Position
+
 
 class WalError(Exception):
     """Base class of every error nori-wal raises."""
@@ -63,7 +68,16 @@ class InvalidRecordError(ProtocolError, ValueError):
 
 
 class RecordsDeletedError(WalError):
-    """A reader's next records were deleted (by GC) before it read them: nothing is skipped silently."""
+    """A reader's next records were deleted (by GC) before it read them: nothing is skipped silently.
+
+    ``gap_start``: where the reader stood (the first record it missed was at or after it);
+    ``gap_end``: where the log now resumes (None when unknown).
+    """
+
+    def __init__(self, message: str, gap_start: Position | None = None, gap_end: Position | None = None):
+        super().__init__(message)
+        self.gap_start = gap_start
+        self.gap_end = gap_end
 
 
 class ConsumerExpiredError(WalError):

@@ -262,6 +262,21 @@ class OsFileLayer:
             raise
         return OsDirLock(fd)
 
+    def lock_file(self, path: str) -> OsDirLock:
+        """Take an exclusive flock on the file ``path`` (created if missing) at once or raise WalLockedError.
+
+        A consumer's cursor lock (``cursor_store``): one process holds a cursor at a time.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WalLockedError(f"{path} is locked by another process") from exc
+            raise
+        return OsDirLock(fd)
+
 
 def writer_lock_held(path: str) -> bool | None:
     """Whether a live writer (process or embedded Wal) holds ``path``'s lock; None when it cannot tell.

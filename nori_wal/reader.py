@@ -11,13 +11,17 @@ live writer seals only after its records are written and fsynced, a frame
 read mid-write is whole once the seal shows: the bytes are read once more
 before they are called damage.
 
-Segments deleted by GC while a reader runs are skipped: an open file stays
-readable (POSIX), so the reader finishes the segment it holds, then moves on
-to the first segment that remains; the records of segments GC deleted in
-between are never yielded (a consumer that must see every record keeps GC
-behind its position). A start in a deleted segment moves to the first one
-that remains. With ``durable_only`` a reader yields only records the writer
-has fsynced: it reads no further than the durable mark the writer publishes
+Segments deleted by GC while a reader runs: an open file stays readable
+(POSIX), so the reader finishes the segment it holds; if the next segment
+that remains does not follow it (its header names another predecessor), the
+records in between were deleted unread and the reader raises
+RecordsDeletedError naming the gap, as it does for a start in a deleted
+segment (other than Position(0, 0), the oldest record). With
+``on_gap="skip"`` it moves on to the first segment that remains instead.
+Consumers' cursors keep GC behind them (``retention``).
+
+With ``durable_only`` a reader yields only records the writer has fsynced:
+it reads no further than the durable mark the writer publishes
 (``durable_mark.py``), so a consumer never acts on a record a power loss
 could still take. Under the Os policy that mark moves only when a segment is
 sealed (or on ``sync``).
@@ -65,7 +69,7 @@ from .codec import (
     parse_header,
 )
 from .durable_mark import MarkReader
-from .errors import CorruptionError, WalClosedError, WalIOError
+from .errors import CorruptionError, RecordsDeletedError, WalClosedError, WalIOError
 from .fs import OS, FileHandle, FileLayer
 from .position import Position
 from .record import Compression, Record
@@ -91,7 +95,11 @@ class WalReader:
         poll_interval: float = 0.05,
         limit: int = FORMAT_MAX_FRAME,
         durable_only: bool = False,
+        on_gap: str = "raise",
     ):
+        if on_gap not in ("raise", "skip"):
+            raise ValueError(f"on_gap must be 'raise' or 'skip', got {on_gap!r}")
+        self.on_gap = on_gap
         self.dir = os.fspath(directory)
         self._layer = layer
         self._start = Position(*start)
@@ -303,8 +311,11 @@ class WalReader:
             if problem and sid == ids[-1] and is_stub(head, fh, fh.size()) and sid == max(self._ids()):
                 fh.close()  # a last segment whose creation a crash cut short: nothing here yet (recovery removes it)
                 return False
-            if problem:
+            gap = None if problem else self._deleted_gap(sid, header_predecessor(head))
+            if problem or gap:
                 fh.close()
+                if gap:
+                    raise gap
                 raise CorruptionError(f"segment {sid} offset 0: {problem} ({self.dir})", sid, 0)
             if self._fh is not None:
                 self._fh.close()
@@ -312,6 +323,31 @@ class WalReader:
             self._base, self._buf, self._i = offset, self._read(READ_SIZE, offset), 0
             return True
         return False
+
+    def _deleted_gap(self, sid: int, predecessor: int | None) -> RecordsDeletedError | None:
+        """The error for records GC deleted before this reader got to them, entering segment ``sid``; else None.
+
+        Moving on from a segment, the next one must follow it (its header names
+        it); opening at ``start``, ``start``'s segment must still be there unless
+        ``start`` is Position(0, 0) (the oldest record) or ``sid`` begins the log.
+        """
+        if self.on_gap == "skip" or predecessor is None:
+            return None
+        if self._seg is not None:
+            if predecessor <= self._seg:
+                return None
+            since = Position(self._seg, self._base + self._i)
+        else:
+            if sid <= self._start.segment_id or self._start == Position(0, 0):
+                return None
+            since = self._start
+        resume = Position(sid, HEADER_SIZE)
+        return RecordsDeletedError(
+            f"records from {since} up to {resume} were deleted (GC) before this reader read them "
+            f"(segments up to {predecessor} are gone) in {self.dir}; open it with on_gap='skip' to skip them",
+            since,
+            resume,
+        )
 
     def _durable_end(self, sid: int) -> int | None:
         """Where reading segment ``sid`` must stop for ``durable_only`` (None: nowhere before its end)."""
@@ -423,13 +459,14 @@ def open_reader(
     *,
     follow: bool = False,
     durable_only: bool = False,
+    on_gap: str = "raise",
 ) -> WalReader:
     """A reader over the log in ``directory`` from ``start`` (Position(0, 0): the oldest record).
 
     Raises WalIOError (a FileNotFoundError chained) when ``directory`` does not exist.
-    A start in a segment already deleted by GC moves to the first remaining one.
     With ``follow=True`` iteration waits for new records instead of ending.
     With ``durable_only=True`` it yields only records the writer has fsynced
-    (see the module docstring).
+    (see the module docstring). Records GC deleted before the reader got to them
+    raise RecordsDeletedError naming the gap, unless ``on_gap="skip"``.
     """
-    return WalReader(directory, start, follow=follow, durable_only=durable_only)
+    return WalReader(directory, start, follow=follow, durable_only=durable_only, on_gap=on_gap)

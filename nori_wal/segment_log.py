@@ -36,13 +36,16 @@ from typing import Callable, Sequence
 
 from .codec import FORMAT_MAX_FRAME, SEAL_FRAME_SIZE, encode_seal
 from .config import WalConfig
+from .cursor import Expiry
+from .cursor_store import cursor_names, read_cursor, read_expiry, write_expiry
 from .durable_mark import MarkPublisher
-from .errors import RecordTooLargeError, WalClosedError, WalError, WalIOError
+from .errors import CorruptionError, RecordTooLargeError, WalClosedError, WalError, WalIOError
 from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer
 from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted, guard_meter
 from .position import Position
 from .record import BytesLike
 from .recovery import RecoveryInfo, recover
+from .retention import GcPlan, Hold, plan_gc
 from .segment import HEADER_SIZE, TMP_SUFFIX, encode_header, max_frame_size, segment_name
 
 SLOW_FSYNC_WARN_S = 1.0  # etcd warns about fsyncs slower than a second
@@ -117,6 +120,7 @@ class SegmentLog:
         # Called as (segment id, data_end, record count) once a segment's records are durable and
         # before its seal is written (the dedupe key file, dedupe_files Rule 1); OSError fail-stops.
         self.before_seal: Callable[[int, int, int], None] | None = None
+        self.last_gc: GcPlan | None = None  # what the last delete_segments_before did, and what held it back
         _OPEN_LOGS.add(self)
 
     # -- opening ---------------------------------------------------------------------------
@@ -457,16 +461,30 @@ class SegmentLog:
         self.meter.gauge("wal_segment_count", len(self.segment_ids))
 
     def delete_segments_before(self, position: Position) -> int:
-        """Delete segments wholly before ``position``, never the active one.
+        """Delete segments wholly before ``position``, never the active one nor one a consumer still needs.
 
         Oldest first, the directory fsynced after each unlink: a crash leaves a
         suffix of the log, never a hole (the segment module's Rule 2), so a hole
         found later is a lost segment. A failed directory fsync is fail-stop like
         any other (whether that unlink, or an earlier one, is durable is unknown).
+
+        Consumers' cursors hold segments back (``retention``): what was kept, and
+        by whom, is logged as a warning and left in ``last_gc`` (a ``GcPlan``);
+        past ``config.max_retained_bytes`` the lagging cursors are expired,
+        durably, before their segments go.
         """
         self.check_usable()
         t0 = time.perf_counter()
-        victims = [s for s in self.segment_ids[:-1] if s < position.segment_id]
+        plan = self._plan_gc(position)
+        self.last_gc = plan
+        note = plan.describe(position)
+        if note:
+            _log.warning("%s (%s)", note, self.dir)
+        for expired in plan.expire:
+            write_expiry(
+                self.layer, self.dir, Expiry(expired.name, expired.lost_from, expired.resumes_at, time.time_ns())
+            )
+        victims = plan.delete
         deleted = 0
         try:
             for sid in victims:
@@ -500,6 +518,40 @@ class SegmentLog:
                 self.dir,
             )
         return deleted
+
+    def _plan_gc(self, position: Position) -> GcPlan:
+        """What a GC before ``position`` may delete, given the cursors on disk now (``retention``)."""
+        holds = []
+        for name in cursor_names(self.layer, self.dir):
+            try:
+                if read_expiry(self.layer, self.dir, name) is not None:
+                    continue  # expired: holds nothing
+            except CorruptionError:
+                continue  # a damaged expiry file still says it was expired
+            try:
+                state = read_cursor(self.layer, self.dir, name)
+            except CorruptionError:
+                holds.append(Hold(name, Position(0, 0)))  # unknown position: holds everything (retention Rule 4)
+                continue
+            if state is not None:
+                holds.append(Hold(name, state.next))
+        cap = self.config.max_retained_bytes
+        segments = [(sid, 0) for sid in self.segment_ids]
+        if cap is not None and holds:
+            segments = [(sid, self._segment_size(sid)) for sid in self.segment_ids]
+        return plan_gc(segments, position, holds, cap)
+
+    def _segment_size(self, sid: int) -> int:
+        if sid == self.active_id:
+            return self.end  # not the preallocated zeros past it
+        try:
+            fh = self.layer.open_read(os.path.join(self.dir, segment_name(sid)))
+        except FileNotFoundError:
+            return 0
+        try:
+            return fh.size()
+        finally:
+            fh.close()
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from .position import Position
 from .reader import WalReader
 from .record import Record
 from .recovery import RecoveryInfo
+from .retention import GcPlan
 from .segment_log import SegmentLog
 
 
@@ -288,14 +289,18 @@ class Wal:
         with self._write_lock:  # a roll sets the segment id and the offset in two steps
             return self._log.position
 
-    def read_from(self, position: Position, *, durable_only: bool = False) -> WalReader:
+    def read_from(self, position: Position, *, durable_only: bool = False, on_gap: str = "raise") -> WalReader:
         """A reader over this log from ``position`` (see ``open_reader``); also in a forked child."""
         if not self._log.disowned:
             self._check_open()
-        return WalReader(self._log.dir, position, layer=self._log.layer, durable_only=durable_only)
+        return WalReader(self._log.dir, position, layer=self._log.layer, durable_only=durable_only, on_gap=on_gap)
 
     def delete_segments_before(self, position: Position) -> int:
-        """Delete whole segments before ``position``'s segment; never the active one."""
+        """Delete whole segments before ``position``'s segment; never the active one nor one a consumer needs.
+
+        Returns how many were deleted; ``last_gc`` says what consumers held back or
+        what retention expired (also logged as a warning; docs/CONSUMERS.md).
+        """
         with self._write_lock:
             self._check_open()
             try:
@@ -309,6 +314,11 @@ class Wal:
             remove_stale_key_files(self._log.layer, self._log.dir, list(self._log.segment_ids))
         except OSError:
             pass
+
+    @property
+    def last_gc(self) -> GcPlan | None:
+        """The last ``delete_segments_before``'s plan: deleted, ``held_back``, ``held_by`` cursors, ``expire``."""
+        return self._log.last_gc
 
     def _check_open(self) -> None:
         if self._log.closed:

@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with wal:
             deleted = wal.delete_segments_before(before)
+            held = wal.last_gc.describe(before) if wal.last_gc else None  # consumers' cursors (retention)
     except (WalIOError, OSError) as exc:
         fail(f"deleting segments in {directory}: {exc}", EXIT_IO)
     left = list_segments(directory)
@@ -165,4 +166,6 @@ def run(args: argparse.Namespace) -> int:
         f"deleted {_plural(deleted, 'segment')} before {before} ({_names(gone)}); "
         f"{_plural(len(left), 'segment')} {'remains' if len(left) == 1 else 'remain'} ({_names(left)})"
     )
+    if held:
+        print(held)
     return EXIT_OK

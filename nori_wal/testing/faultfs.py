@@ -479,6 +479,19 @@ class FaultFS:
             self._done("lock_dir", path)
             return FaultLock(self, path)
 
+    def lock_file(self, path: str) -> FaultLock:
+        """An exclusive in-memory lock named by a file path (its directory must exist; no file is made)."""
+        path = _norm(path)
+        with self._lock:
+            self._fail_simple("lock_file", path)
+            if _norm(os.path.dirname(path)) not in self._dirs:
+                raise _oserror(errno_mod.ENOENT, path)
+            if path in self._locks:
+                raise WalLockedError(f"{path} is locked by another process")
+            self._locks.add(path)
+            self._done("lock_file", path)
+            return FaultLock(self, path)
+
     # -- file operations (called by FaultFile) --------------------------------------------
 
     def _append(self, f: FaultFile, data: BytesLike) -> None:

@@ -14,6 +14,7 @@ from nori_wal import (
     FsyncPolicy,
     Position,
     Record,
+    RecordsDeletedError,
     RecordTooLargeError,
     Wal,
     WalClosedError,
@@ -190,21 +191,31 @@ def test_gc_deletes_old_segments_never_the_active_one_and_an_open_reader_survive
     wal, _ = Wal.open(cfg)
     recs = [Record.put(b"k%d" % i, os.urandom(1000)) for i in range(60)]
     pos = wal.append_batch(recs)
-    reader = wal.read_from(Position(0, 0))
+    reader = wal.read_from(Position(0, 0), on_gap="skip")
     first = [reader.next_record() for _ in range(3)]  # holds segment 0 open
+    strict = wal.read_from(Position(0, 0))
+    strict.next_record()
     last_seg = pos[-1].segment_id
     deleted = wal.delete_segments_before(Position(last_seg + 10, 0))
     assert deleted == last_seg  # all but the active segment
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".wal")) == ["%06d.wal" % last_seg]
     rest = [item for item in reader]
-    # The reader finishes the segment it holds, then moves on to what remains.
+    # By default a reader overtaken by GC says so, naming the gap, after the segment it holds.
+    with pytest.raises(RecordsDeletedError) as gap:
+        list(strict)
+    assert gap.value.gap_start.segment_id == 0 and gap.value.gap_end == Position(last_seg, 32)
+    strict.close()
+    # With on_gap="skip" the reader finishes the segment it holds, then moves on to what remains.
     got = [r for r, _ in first] + [r for r, _ in rest]
     seg0 = [r for r, p in zip(recs, pos) if p.segment_id == 0]
     tail = [r for r, p in zip(recs, pos) if p.segment_id == last_seg]
     assert got == seg0 + tail
     reader.close()
-    # A reader starting in a deleted segment moves to the first remaining one.
-    assert [r for r, _ in open_reader(tmp_path, Position(1, 500))] == tail
+    # A reader starting in a deleted segment raises, or (on_gap="skip") moves to the first remaining one.
+    with pytest.raises(RecordsDeletedError, match="1:500 up to"):
+        open_reader(tmp_path, Position(1, 500)).next_record()
+    assert [r for r, _ in open_reader(tmp_path, Position(1, 500), on_gap="skip")] == tail
+    assert [r for r, _ in open_reader(tmp_path)] == tail  # Position(0, 0): the oldest record that remains
     assert wal.delete_segments_before(Position(last_seg, 0)) == 0
     wal.close()
 

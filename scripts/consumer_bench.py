@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Benchmark consumers (issue 21's targets): append-to-consumer latency, and catch-up throughput.
+
+1. Latency: a writer process under Always; a producer appends ``--rate``
+   records/s (1,000 by default) for ``--seconds``; a consumer in another
+   process yields each record and reports when it got it. Prints p50/p99 of
+   (consumer saw it) - (the append was acknowledged), in ms. The stamp is the
+   append's send time carried in the value; the ack time is taken from the
+   producer's clock, same machine (CLOCK_REALTIME is shared by processes).
+   Targets: p50 <= 2 ms, p99 <= 10 ms (a 50 ms polling reader: ~25 ms p50).
+2. Catch-up: ``--backlog`` bytes (1 GiB by default) of ``--record-size``
+   records written by an embedded Wal, then a new consumer reads them all
+   from the page cache. Prints MiB/s (target >= 400; the scan: ~785).
+
+    python scripts/consumer_bench.py [--rate 1000] [--seconds 5] [--backlog 1GiB] [--record-size 1024]
+                                     [--dir /path/on/the/disk] [--quick]
+
+``--quick`` runs tiny sizes (a smoke test; the figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nori_wal import FsyncPolicy, Record, Wal, WalConfig, open_consumer  # noqa: E402
+
+MiB = 1024 * 1024
+
+FOLLOWER = r"""
+import sys, time
+from nori_wal import open_consumer
+d, n = sys.argv[1], int(sys.argv[2])
+out = []
+with open_consumer(d, "bench-latency", start="latest") as c:
+    print("ready", flush=True)
+    for record, _ in c:
+        out.append((int(record.key), time.time_ns()))
+        if len(out) == n:
+            break
+for seq, t in out:
+    print(seq, t)
+"""
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1024, "m": MiB, "g": 1024 * MiB}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def latency(directory: str, rate: int, seconds: float) -> tuple[float, float, int]:
+    """(p50 ms, p99 ms, records) from acknowledgement to the consumer process yielding the record."""
+    from nori_wal.client import WalClient
+    from nori_wal.writer_proc import WriterProcess
+
+    n = max(1, int(rate * seconds))
+    cfg = WalConfig(dir=directory, fsync_policy=FsyncPolicy.always())
+    with WriterProcess.spawn(cfg, timeout=30.0) as writer:
+        follower = subprocess.Popen(
+            [sys.executable, "-c", FOLLOWER, directory, str(n)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert follower.stdout is not None and follower.stdout.readline().strip() == "ready"
+            acked: dict[int, int] = {}
+            with WalClient(writer.endpoint, timeout=10) as client:
+                t0 = time.monotonic()
+                for i in range(n):
+                    due = t0 + i / rate
+                    while (now := time.monotonic()) < due:
+                        time.sleep(min(0.0005, due - now))
+                    client.append(Record.put(b"%d" % i, b"x" * 100))
+                    acked[i] = time.time_ns()
+            out, _ = follower.communicate(timeout=60 + seconds)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
+    lat = []
+    for line in out.splitlines():
+        seq, seen = map(int, line.split())
+        lat.append(max(0.0, (seen - acked[seq]) / 1e6))
+    return percentile(lat, 0.5), percentile(lat, 0.99), len(lat)
+
+
+def catch_up(directory: str, backlog: int, record_size: int) -> tuple[float, int]:
+    """(MiB/s, records) of a new consumer reading a backlog of ``backlog`` bytes from the page cache."""
+    value = os.urandom(record_size)
+    batch = [Record.put(b"k", value)] * 256
+    with Wal.open(WalConfig(dir=directory, fsync_policy=FsyncPolicy.os()))[0] as wal:
+        written = appended = 0
+        while written < backlog:
+            wal.append_batch(batch)
+            written += len(batch) * (record_size + 8)
+            appended += len(batch)
+        wal.sync()
+    total = records = 0
+    t0 = time.perf_counter()
+    with open_consumer(directory, "bench-catchup") as c:
+        for record, _ in c:
+            records += 1
+            total += len(record.value)
+            if records == appended:
+                break
+    dt = time.perf_counter() - t0
+    return total / MiB / dt, records
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=int, default=1000, help="records/s the producer appends (default 1000)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="how long the latency run lasts (default 5)")
+    ap.add_argument("--backlog", type=parse_size, default=1024 * MiB, help="catch-up backlog (default 1GiB)")
+    ap.add_argument("--record-size", type=int, default=1024, help="value bytes per catch-up record (default 1024)")
+    ap.add_argument("--dir", default=None, help="where to put the logs (default: a temp dir)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    args = ap.parse_args()
+    if args.quick:
+        args.rate, args.seconds, args.backlog = 200, 0.5, 2 * MiB
+    base = tempfile.mkdtemp(prefix="consumer-bench-", dir=args.dir)
+    try:
+        p50, p99, n = latency(os.path.join(base, "latency"), args.rate, args.seconds)
+        print(
+            f"append-to-consumer latency, Always, {args.rate} records/s, {n} records: "
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
+        mibs, records = catch_up(os.path.join(base, "catchup"), args.backlog, args.record_size)
+        print(
+            f"catch-up over {args.backlog / MiB:.0f} MiB ({records} records of {args.record_size} B): {mibs:.0f} MiB/s"
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
