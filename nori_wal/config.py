@@ -1,4 +1,9 @@
-"""WalConfig and FsyncPolicy: what a log promises and how it is laid out (pure)."""
+"""WalConfig and FsyncPolicy: what a log promises and how it is laid out (pure).
+
+Both check their arguments when they are made (TypeError for a wrong type,
+ValueError for a wrong value, each naming the field), so a bad setting fails on
+the line that wrote it, not later inside ``Wal.open`` or a writer process.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,32 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 DEFAULT_MAX_SEGMENT_SIZE = 128 * 1024 * 1024  # 128 MiB per segment file
+MAX_SEGMENT_SIZE = 2**63 - 1  # bytes: the largest file offset (a signed 64-bit off_t) can address
 DEFAULT_BATCH_WINDOW = 0.005  # seconds: at most one fsync per 5 ms
+_KINDS = ("always", "batch", "os")
+
+
+def _check_int(owner: str, name: str, value: Any) -> int:
+    """``value`` if it is an int (a bool is not), else a TypeError naming ``owner.name``."""
+    if type(value) is not int:
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"{owner} {name} must be an int, got {type(value).__name__} {value!r:.40}")
+        value = value.__index__()  # numpy integers and the like
+    return int(value)
 
 
 @dataclass(frozen=True)
 class FsyncPolicy:
     """When the log fsyncs, and so what an acknowledged record survives.
+
+    Make one with ``FsyncPolicy.always()``, ``FsyncPolicy.batch(0.005)``,
+    ``FsyncPolicy.os()``, or from text with ``FsyncPolicy.parse("batch:5ms")`` (what
+    ``str(policy)`` prints; ``WalConfig`` also takes that text directly).
 
     always: fsync after each written group (survives power loss).
     batch:  at most one fsync per ``window`` seconds; acks wait for it (survives power loss).
@@ -25,7 +45,24 @@ class FsyncPolicy:
     """
 
     kind: Literal["always", "batch", "os"]
-    window: float = 0.0
+    window: float = 0.0  # seconds; batch only
+
+    def __post_init__(self) -> None:
+        kind, window = self.kind, self.window
+        if kind not in _KINDS or type(kind) is not str:
+            hint = f"; FsyncPolicy.parse({kind!r}) reads text" if isinstance(kind, str) and ":" in kind else ""
+            raise ValueError(
+                f"FsyncPolicy kind must be one of 'always', 'batch', 'os', got {kind!r}{hint} "
+                f"(use FsyncPolicy.always(), FsyncPolicy.batch(window) or FsyncPolicy.os())"
+            )
+        if isinstance(window, bool) or not isinstance(window, (int, float)):
+            raise TypeError(f"FsyncPolicy window must be a number of seconds, got {type(window).__name__}")
+        if kind == "batch":
+            if not (window > 0 and math.isfinite(window)):
+                raise ValueError(f"FsyncPolicy batch window must be a finite number of seconds > 0, got {window!r}")
+        elif window != 0:
+            raise ValueError(f"FsyncPolicy window applies to 'batch' only, got {kind!r} with window {window!r}")
+        object.__setattr__(self, "window", float(window))
 
     @classmethod
     def always(cls) -> "FsyncPolicy":
@@ -33,9 +70,8 @@ class FsyncPolicy:
 
     @classmethod
     def batch(cls, window: float = DEFAULT_BATCH_WINDOW) -> "FsyncPolicy":
-        if not (window > 0 and math.isfinite(window)):
-            raise ValueError(f"batch window must be a finite number of seconds > 0, got {window!r}")
-        return cls("batch", float(window))
+        """At most one fsync per ``window`` seconds (default 5 ms); acks wait for the fsync that covers them."""
+        return cls("batch", window)
 
     @classmethod
     def os(cls) -> "FsyncPolicy":
@@ -43,7 +79,9 @@ class FsyncPolicy:
 
     @classmethod
     def parse(cls, text: str) -> "FsyncPolicy":
-        """Parse ``always``, ``os``, ``batch`` or ``batch:5ms`` / ``batch:0.01s`` / ``batch:0.01``."""
+        """Parse ``always``, ``os``, ``batch`` or ``batch:5ms`` / ``batch:0.01s`` / ``batch:0.01`` (for CLIs, env vars)."""
+        if not isinstance(text, str):
+            raise TypeError(f"FsyncPolicy.parse takes a string such as 'batch:5ms', got {type(text).__name__}")
         spec = text.strip().lower()
         if spec == "always":
             return cls.always()
@@ -65,7 +103,13 @@ class FsyncPolicy:
 
 @dataclass
 class WalConfig:
-    """Where the log lives and how it behaves; defaults in place, with units."""
+    """Where the log lives and how it behaves; defaults in place, with units.
+
+    Checked when made: ``dir`` a path, ``max_segment_size`` an int of bytes from
+    4096 up to 2**63 - 1, ``node_id`` a 32-bit int; ``fsync_policy`` an FsyncPolicy
+    or its text (``"always"``, ``"batch"``, ``"batch:5ms"``, ``"os"``: what
+    ``FsyncPolicy.parse`` reads), kept as the FsyncPolicy it names.
+    """
 
     dir: PathLike = "wal"
     max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE  # bytes per segment file, header included
@@ -75,7 +119,27 @@ class WalConfig:
     def __post_init__(self) -> None:
         from .segment import MIN_SEGMENT_SIZE
 
-        if self.max_segment_size < MIN_SEGMENT_SIZE:
-            raise ValueError(f"max_segment_size must be >= {MIN_SEGMENT_SIZE} bytes, got {self.max_segment_size}")
-        if not 0 <= self.node_id < 2**32:
-            raise ValueError(f"node_id must fit in 32 bits, got {self.node_id}")
+        if not isinstance(self.dir, (str, os.PathLike)) or not isinstance(os.fspath(self.dir), str):
+            raise TypeError(f"WalConfig dir must be a str or os.PathLike path, got {type(self.dir).__name__}")
+        if not os.fspath(self.dir):
+            raise ValueError("WalConfig dir must not be empty (use '.' for the current directory)")
+        size = self.max_segment_size = _check_int("WalConfig", "max_segment_size", self.max_segment_size)
+        if not MIN_SEGMENT_SIZE <= size <= MAX_SEGMENT_SIZE:
+            raise ValueError(
+                f"WalConfig max_segment_size must be from {MIN_SEGMENT_SIZE} to {MAX_SEGMENT_SIZE} bytes "
+                f"(2**63 - 1: the largest file offset), got {size}"
+            )
+        node_id = self.node_id = _check_int("WalConfig", "node_id", self.node_id)
+        if not 0 <= node_id < 2**32:
+            raise ValueError(f"WalConfig node_id must fit in 32 bits (0 to {2**32 - 1}), got {node_id}")
+        policy: Any = self.fsync_policy
+        if isinstance(policy, str):
+            try:
+                self.fsync_policy = FsyncPolicy.parse(policy)
+            except ValueError as exc:
+                raise ValueError(f"WalConfig fsync_policy: {exc}") from None
+        elif not isinstance(policy, FsyncPolicy):
+            raise TypeError(
+                f"WalConfig fsync_policy must be an FsyncPolicy or its text ('always', 'batch', 'batch:5ms', 'os'), "
+                f"got {type(policy).__name__}"
+            )

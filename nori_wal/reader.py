@@ -61,9 +61,9 @@ from .codec import (
     parse_header,
 )
 from .durable_mark import MarkReader
-from .errors import CorruptionError, WalClosedError, WalIOError
+from .errors import CorruptionError, WalClosedError, WalError, WalIOError
 from .fs import OS, FileHandle, FileLayer
-from .position import Position
+from .position import Position, make_position
 from .record import Compression, Record
 from .recovery import first_nonzero, read_seal
 from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
@@ -89,7 +89,7 @@ class WalReader:
     ):
         self.dir = os.fspath(directory)
         self._layer = layer
-        self._start = Position(*start)
+        self._start = Position.coerce(start)  # also 'SEG:OFF' and [seg, off]
         self.follow = follow
         self.poll_interval = poll_interval
         self._limit = limit
@@ -131,6 +131,8 @@ class WalReader:
                 return _CLOSED
             try:
                 return self._next_record()
+            except WalError:  # already says what failed (a WalIOError is an OSError too)
+                raise
             except OSError as exc:
                 raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc.strerror or exc}") from exc
 
@@ -151,7 +153,7 @@ class WalReader:
                     if type(rec) is str:
                         raise self._corrupt(i, rec)
                     self._i = end
-                    return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
+                    return rec, make_position((self._seg, self._base + i))  # type: ignore[return-value, arg-type]
                 lay = ZEROED if not any(buf[i : i + MIN_FRAME_SIZE]) else CORRUPT
                 if lay == CORRUPT and self._base + end < self._file_size() and not self._at_tail_of_last(i):
                     if self._refill(i):

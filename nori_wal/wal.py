@@ -26,7 +26,7 @@ from .config import WalConfig
 from .errors import WalClosedError, WalError
 from .fs import OS, FileLayer
 from .observe import NOOP, Meter
-from .position import Position
+from .position import Position, make_position
 from .reader import WalReader
 from .record import Record
 from .recovery import RecoveryInfo
@@ -34,9 +34,28 @@ from .segment_log import SegmentLog
 
 
 class Wal:
-    """An open log: append, sync, read, GC, close. Owns its directory's lock."""
+    """The embedded log of one process. Open one with ``Wal.open``::
 
-    def __init__(self, log: SegmentLog, meter: Meter):
+        wal, info = Wal.open(WalConfig("wal"))      # creates the directory, takes its lock, recovers
+        pos = wal.append(Record.put(b"k", b"v"))    # durable per the fsync policy when it returns
+        for record, position in wal.read_from(pos): ...
+        wal.close()                                 # or use it as a context manager
+
+    Thread-safe; appends from many threads share fsyncs. Owns its directory's lock:
+    a second Wal or writer process on the same directory raises WalLockedError.
+    """
+
+    def __init__(self) -> None:
+        raise TypeError("open a log with Wal.open(WalConfig(dir)), which returns (wal, recovery_info)")
+
+    @classmethod
+    def _attach(cls, log: SegmentLog, meter: Meter) -> "Wal":
+        """The Wal over an opened SegmentLog (what ``open`` returns; ``Wal(...)`` is not a way in)."""
+        self = cls.__new__(cls)
+        self._setup(log, meter)
+        return self
+
+    def _setup(self, log: SegmentLog, meter: Meter) -> None:
         self._log = log
         self._meter = meter
         self.config = log.config
@@ -64,7 +83,7 @@ class Wal:
     def open_with_meter(cls, config: WalConfig, meter: Meter, *, layer: FileLayer = OS) -> tuple["Wal", RecoveryInfo]:
         """``open``, reporting metrics and events to ``meter``."""
         log, info = SegmentLog.open(config, layer, meter)
-        return cls(log, meter), info
+        return cls._attach(log, meter), info
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -96,7 +115,7 @@ class Wal:
             if len(frames) > 1 and sum(map(len, frames)) <= log.max_frame:
                 seg, first = log.append_frames((b"".join(frames),), (len(frames),))[0]
                 offsets = itertools.accumulate(map(len, frames[:-1]), initial=first)
-                positions = [Position(seg, off) for off in offsets]
+                positions = [make_position((seg, off)) for off in offsets]
             elif frames:
                 positions = log.append_frames(frames)
             else:
@@ -163,14 +182,19 @@ class Wal:
         with self._write_lock:  # a roll sets the segment id and the offset in two steps
             return self._log.position
 
-    def read_from(self, position: Position, *, durable_only: bool = False) -> WalReader:
-        """A reader over this log from ``position`` (see ``open_reader``); also in a forked child."""
+    def read_from(self, position: Position | str, *, durable_only: bool = False) -> WalReader:
+        """A reader over this log from ``position`` (see ``open_reader``); also in a forked child.
+
+        ``position`` is a Position, its ``"SEG:OFF"`` text or a ``[seg, off]`` pair (``Position.coerce``).
+        """
+        start = Position.coerce(position)
         if not self._log.disowned:
             self._check_open()
-        return WalReader(self._log.dir, position, layer=self._log.layer, durable_only=durable_only)
+        return WalReader(self._log.dir, start, layer=self._log.layer, durable_only=durable_only)
 
-    def delete_segments_before(self, position: Position) -> int:
+    def delete_segments_before(self, position: Position | str) -> int:
         """Delete whole segments before ``position``'s segment; never the active one."""
+        position = Position.coerce(position)
         with self._write_lock:
             self._check_open()
             return self._log.delete_segments_before(position)
