@@ -79,7 +79,7 @@ class FsyncPolicy:
 
     @classmethod
     def parse(cls, text: str) -> "FsyncPolicy":
-        """Parse ``always``, ``os``, ``batch`` or ``batch:5ms`` / ``batch:0.01s`` / ``batch:0.01`` (for CLIs, env vars)."""
+        """Parse ``always``, ``os``, ``batch`` or ``batch:5ms`` / ``batch:0.01s`` / ``batch:0.01`` (CLIs, env vars)."""
         if not isinstance(text, str):
             raise TypeError(f"FsyncPolicy.parse takes a string such as 'batch:5ms', got {type(text).__name__}")
         spec = text.strip().lower()
@@ -92,8 +92,8 @@ class FsyncPolicy:
         m = re.fullmatch(r"batch:(\d+(?:\.\d*)?|\.\d+)(ms|s|us)?", spec)
         if not m:
             raise ValueError(f"unknown fsync policy {text!r}: use always, batch, batch:5ms or os")
-        scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, None: 1.0}[m.group(2)]
-        return cls.batch(float(m.group(1)) * scale)
+        per_second = {"ms": 1e3, "us": 1e6, "s": 1.0, None: 1.0}[m.group(2)]
+        return cls.batch(float(m.group(1)) / per_second)  # 59 / 1e3 is 0.059; 59 * 1e-3 is not
 
     def __str__(self) -> str:
         if self.kind == "batch":

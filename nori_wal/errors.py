@@ -49,10 +49,6 @@ class RecordTooLargeError(WalError):
     """A record is larger than a segment (or a wire message) can hold."""
 
 
-_OSERROR_ERRNO: Any = vars(OSError)["errno"]  # the built-in fields, read and written under the properties
-_OSERROR_FILENAME: Any = vars(OSError)["filename"]
-
-
 def _cause_field(exc: BaseException, name: str) -> Any:
     """``name`` of the OSError chained as ``exc``'s cause (``raise ... from oserror``), else None."""
     cause = exc.__cause__
@@ -68,23 +64,25 @@ class WalIOError(WalError, OSError):
     message (``str(err)``) says what failed, where, and the OS's reason.
     """
 
+    # Kept outside OSError's own fields: set there, they would turn str(err) into "[Errno 28] None: 'path'".
+    _errno: int | None = None
+    _filename: Any = None
+
     @property
     def errno(self) -> int | None:
-        own: int | None = _OSERROR_ERRNO.__get__(self)
-        return own if own is not None else _cause_field(self, "errno")
+        return self._errno if self._errno is not None else _cause_field(self, "errno")
 
     @errno.setter
     def errno(self, value: int | None) -> None:
-        _OSERROR_ERRNO.__set__(self, value)
+        self._errno = value
 
     @property
     def filename(self) -> Any:
-        own = _OSERROR_FILENAME.__get__(self)
-        return own if own is not None else _cause_field(self, "filename")
+        return self._filename if self._filename is not None else _cause_field(self, "filename")
 
     @filename.setter
     def filename(self, value: Any) -> None:
-        _OSERROR_FILENAME.__set__(self, value)
+        self._filename = value
 
 
 class WriterUnavailableError(WalError, ConnectionError):

@@ -13,6 +13,7 @@ there blocks on a lock a parent thread held at the fork.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import threading
@@ -45,7 +46,10 @@ class Wal:
     a second Wal or writer process on the same directory raises WalLockedError.
     """
 
+    __signature__ = inspect.Signature()  # help(Wal) shows the docstring above, not "Wal() -> None"
+
     def __init__(self) -> None:
+        """Not a way in: ``Wal.open(config)`` opens a log (``Wal()`` raises TypeError saying so)."""
         raise TypeError("open a log with Wal.open(WalConfig(dir)), which returns (wal, recovery_info)")
 
     @classmethod
