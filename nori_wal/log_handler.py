@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import sys
@@ -46,7 +47,7 @@ import weakref
 from datetime import datetime
 from typing import Any
 
-from .errors import WalClosedError, WalError
+from .errors import WalClosedError
 from .record import BytesLike, Record
 
 LOG_MARKER = "nori_wal_log"  # a field every record of WalHandler carries (value: the format version, 1)
@@ -166,10 +167,14 @@ class WalHandler(logging.Handler):
             raise ValueError(f"WalHandler queue_size must be an int >= 1, got {queue_size!r}")
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"WalHandler batch_size must be an int >= 1, got {batch_size!r}")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"WalHandler timeout must be a finite number of seconds > 0, got {timeout!r}")
         if not flush_timeout >= 0:
             raise ValueError(f"WalHandler flush_timeout must be >= 0 seconds, got {flush_timeout!r}")
-        self._client = _own_client(target, timeout)
-        self.target = target if isinstance(target, str) else getattr(target, "endpoint", str(target))
+        _check_target(target)
+        self._target, self.timeout = target, float(timeout)
+        self._client: Any = None  # made by the sender thread on its first send (a writer need not be up yet)
+        self.target = os.fspath(target) if isinstance(target, (str, os.PathLike)) else target.endpoint
         self.queue_size, self.batch_size, self.flush_timeout = queue_size, batch_size, float(flush_timeout)
         self._closed = False
         self._reset()
@@ -240,7 +245,10 @@ class WalHandler(logging.Handler):
         self._queue.put(_STOP)
         if thread is not None and thread.is_alive():
             thread.join(0.5)
-        self._client.close()  # a send still in progress raises WalClosedError within a receive slice
+        with self._state:
+            client = self._client
+        if client is not None:
+            client.close()  # a send still in progress raises WalClosedError within a receive slice
         if thread is not None:
             thread.join(1.0)
         with self._state:
@@ -253,8 +261,8 @@ class WalHandler(logging.Handler):
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickles as its settings (a spawned child gets its own queue, thread and connection)."""
-        opts = (self.queue_size, self.batch_size, self._client.timeout, self.flush_timeout)
-        return (_rebuild, (self._client, self.level, *opts))
+        opts = (self.queue_size, self.batch_size, self.timeout, self.flush_timeout)
+        return (_rebuild, (self._target, self.level, *opts))
 
     # -- the sender thread ----------------------------------------------------------------------
 
@@ -265,11 +273,11 @@ class WalHandler(logging.Handler):
             if batch is None:
                 return
             try:
-                self._client.append_batch(batch)
+                self._connected().append_batch(batch)
             except WalClosedError:
                 self._settle(len(batch), ok=False)
                 return
-            except WalError as exc:
+            except Exception as exc:  # WalError mostly; anything else must not end the thread either
                 self._settle(len(batch), ok=False)
                 self._say_failing(exc)
                 if self._sleep(backoff):
@@ -278,6 +286,17 @@ class WalHandler(logging.Handler):
                 continue
             self._settle(len(batch), ok=True)
             backoff = _BACKOFF_FIRST
+
+    def _connected(self) -> Any:
+        """This handler's own client (made on first use; a WalError from making it counts as a failed send)."""
+        if self._client is None:
+            client = _own_client(self._target, self.timeout)
+            with self._state:
+                if self._closed:
+                    client.close()
+                    raise WalClosedError("the handler was closed")
+                self._client = client
+        return self._client
 
     def _take_batch(self) -> list[Record] | None:
         """Up to batch_size queued records (waiting for the first); None once stopped."""
@@ -308,7 +327,7 @@ class WalHandler(logging.Handler):
                 self.dropped += n
             self._state.notify_all()
 
-    def _say_failing(self, exc: WalError) -> None:
+    def _say_failing(self, exc: Exception) -> None:
         with self._state:
             if self._failing:
                 return
@@ -323,6 +342,15 @@ class WalHandler(logging.Handler):
             return self._closed
 
 
+def _check_target(target: Any) -> None:
+    from .client import WalClient
+
+    if not isinstance(target, (str, os.PathLike, WalClient)):
+        raise TypeError(
+            f"WalHandler target must be a log directory, a writer endpoint or a WalClient, got {type(target).__name__}"
+        )
+
+
 def _own_client(target: Any, timeout: float) -> Any:
     """A new WalClient for ``target`` (directory, endpoint, or a client to copy), owned by the handler."""
     import pickle
@@ -333,14 +361,10 @@ def _own_client(target: Any, timeout: float) -> Any:
         client = pickle.loads(pickle.dumps(target))  # same endpoint (or directory) and settings, a new client
         client.timeout = float(timeout)
         return client
-    if isinstance(target, (str, os.PathLike)):
-        text = os.fspath(target)
-        if isinstance(text, str) and "://" in text:
-            return WalClient(text, timeout)
-        return WalClient.for_dir(target, timeout)
-    raise TypeError(
-        f"WalHandler target must be a log directory, a writer endpoint or a WalClient, got {type(target).__name__}"
-    )
+    text = os.fspath(target)
+    if "://" in text:
+        return WalClient(text, timeout)
+    return WalClient.for_dir(text, timeout)
 
 
 def _rebuild(client: Any, level: int, queue_size: int, batch_size: int, timeout: float, flush: float) -> WalHandler:
