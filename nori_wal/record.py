@@ -15,8 +15,8 @@ record it reads with it; an invalid one is refused when appended
 from __future__ import annotations
 
 import enum
-from datetime import timedelta
 import math
+from datetime import timedelta
 from typing import NamedTuple, Union
 
 BytesLike = Union[bytes, bytearray, memoryview]
