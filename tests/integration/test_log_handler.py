@@ -174,3 +174,24 @@ def test_the_handler_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="WalHandler queue_size"):
         WalHandler(str(tmp_path), queue_size=0)
     Record.put(b"k", b"v")  # (the module imports cleanly beside the core)
+
+
+def test_the_handler_pickles_as_its_settings(tmp_path):
+    import pickle
+
+    handler = WalHandler(str(tmp_path / "wal"), logging.WARNING, queue_size=7, batch_size=3, timeout=2.0)
+    try:
+        copy = pickle.loads(pickle.dumps(handler))
+        try:
+            assert (copy.target, copy.level, copy.queue_size, copy.batch_size, copy.timeout) == (
+                str(tmp_path / "wal"),
+                logging.WARNING,
+                7,
+                3,
+                2.0,
+            )
+            assert (copy.sent, copy.dropped) == (0, 0)
+        finally:
+            copy.close()
+    finally:
+        handler.close()
