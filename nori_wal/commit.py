@@ -20,10 +20,10 @@ from collections import deque
 from typing import Generic, TypeVar
 
 from .config import FsyncPolicy
-from .position import Position
+from .position import Position, make_position
 
 T = TypeVar("T")
-_NEVER = Position(-1, -1)
+_NEVER = make_position((-1, -1))  # below every real position (unchecked: negative on purpose)
 
 
 def needs_fsync(policy: FsyncPolicy) -> bool:

@@ -218,7 +218,10 @@ class OsFileLayer:
     """The real file system."""
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except FileExistsError as exc:  # the name is taken by a file: say so, not "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file has that name)", path) from exc
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)

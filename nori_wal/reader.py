@@ -69,9 +69,9 @@ from .codec import (
     parse_header,
 )
 from .durable_mark import MarkReader
-from .errors import CorruptionError, RecordsDeletedError, WalClosedError, WalIOError
+from .errors import CorruptionError, RecordsDeletedError, WalClosedError, WalError, WalIOError
 from .fs import OS, FileHandle, FileLayer
-from .position import Position
+from .position import Position, make_position
 from .record import Compression, Record
 from .recovery import is_stub, read_seal, reader_of
 from .scan import Damage, ScanResult, Stop, Verdict, classify_tail
@@ -102,7 +102,7 @@ class WalReader:
         self.on_gap = on_gap
         self.dir = os.fspath(directory)
         self._layer = layer
-        self._start = Position(*start)
+        self._start = Position.coerce(start)  # also 'SEG:OFF' and [seg, off]
         self.follow = follow
         self.poll_interval = poll_interval
         self._limit = limit
@@ -146,6 +146,8 @@ class WalReader:
                 return _CLOSED
             try:
                 return self._next_record()
+            except WalError:  # already says what failed (a WalIOError is an OSError too)
+                raise
             except OSError as exc:
                 raise WalIOError(f"reading segment {self._seg} of {self.dir} failed: {exc.strerror or exc}") from exc
 
@@ -166,7 +168,7 @@ class WalReader:
                     if type(rec) is str:
                         raise self._corrupt(i, rec)
                     self._i = end
-                    return rec, Position(self._seg, self._base + i)  # type: ignore[return-value, arg-type]
+                    return rec, make_position((self._seg, self._base + i))  # type: ignore[return-value, arg-type]
                 lay = ZEROED if not any(buf[i : i + MIN_FRAME_SIZE]) else CORRUPT
                 if lay == CORRUPT and self._damage_before_end(i, Stop.CORRUPT):
                     if self._refill(i):

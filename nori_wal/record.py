@@ -4,11 +4,18 @@ A Record is an immutable tuple, cheap to build and compare. ``value`` is bytes
 on the write side; on the read side it may be a read-only memoryview into the
 reader's buffer for large values (zero copy), so ``bytes(record.value)`` is the
 portable way to get bytes. Equality compares contents either way.
+
+Make records with ``Record.put``, ``Record.put_with_ttl`` and ``Record.delete``:
+they check their arguments (TypeError/ValueError naming the field). ``Record(...)``
+itself is the plain tuple constructor, unchecked because the log builds every
+record it reads with it; an invalid one is refused when appended
+(``InvalidRecordError``, a ValueError) and nothing is written.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from datetime import timedelta
 from typing import NamedTuple, Union
 
@@ -51,6 +58,30 @@ def ttl_to_ms(ttl: timedelta) -> int:
     return ms
 
 
+def _ttl_from(ttl: timedelta | int | float) -> timedelta:
+    """``ttl`` (a timedelta, or a number of seconds as redis-py's ``ex=`` takes) at millisecond precision."""
+    if not isinstance(ttl, timedelta):
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+            raise TypeError(f"Record ttl must be a datetime.timedelta or a number of seconds, got {type(ttl).__name__}")
+        if not (math.isfinite(ttl) and ttl >= 0):
+            raise ValueError(f"Record ttl must be a finite, non-negative number of seconds, got {ttl!r}")
+        try:
+            ttl = timedelta(seconds=ttl)
+        except OverflowError:
+            raise ValueError(f"Record ttl of {ttl!r} seconds is longer than a timedelta can hold") from None
+    if ttl < timedelta(0):
+        raise ValueError(f"Record ttl must not be negative, got {ttl!r}")
+    return timedelta(milliseconds=ttl // _MS)
+
+
+def _compression_from(compression: Compression | int) -> Compression:
+    try:
+        return Compression(compression)
+    except ValueError:
+        names = ", ".join(f"Compression.{c.name}" for c in Compression)
+        raise ValueError(f"Record compression must be one of {names}, got {compression!r}") from None
+
+
 class Record(NamedTuple):
     """One log entry: a put, a put with TTL or a tombstone (delete).
 
@@ -72,15 +103,10 @@ class Record(NamedTuple):
         return cls(_as_bytes(key, "key"), _as_bytes(value, "value"), False, None, Compression.NONE)
 
     @classmethod
-    def put_with_ttl(cls, key: BytesLike, value: BytesLike, ttl: timedelta) -> "Record":
-        """A put that expires ``ttl`` after it was written (kept to the millisecond)."""
-        return cls(
-            _as_bytes(key, "key"),
-            _as_bytes(value, "value"),
-            False,
-            timedelta(milliseconds=ttl_to_ms(ttl)),
-            Compression.NONE,
-        )
+    def put_with_ttl(cls, key: BytesLike, value: BytesLike, ttl: timedelta | float) -> "Record":
+        """A put that expires ``ttl`` after it was written: a timedelta or a number of seconds
+        (``5``, ``0.25``), kept to the millisecond (rounded down); never negative."""
+        return cls(_as_bytes(key, "key"), _as_bytes(value, "value"), False, _ttl_from(ttl), Compression.NONE)
 
     @classmethod
     def delete(cls, key: BytesLike) -> "Record":
@@ -89,7 +115,7 @@ class Record(NamedTuple):
 
     def with_compression(self, compression: Compression) -> "Record":
         """The same record, its value stored compressed with ``compression``."""
-        return self._replace(compression=Compression(compression))
+        return self._replace(compression=_compression_from(compression))
 
     def with_idempotency_key(self, key: BytesLike) -> "Record":
         """The same record carrying ``key`` (1..128 bytes) as its identity for exactly-once appends.

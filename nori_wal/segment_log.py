@@ -42,7 +42,7 @@ from .durable_mark import MarkPublisher
 from .errors import CorruptionError, RecordTooLargeError, WalClosedError, WalError, WalIOError
 from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer
 from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted, guard_meter
-from .position import Position
+from .position import Position, make_position
 from .record import BytesLike
 from .recovery import RecoveryInfo, recover
 from .retention import GcPlan, Hold, plan_gc
@@ -136,6 +136,8 @@ class SegmentLog:
         try:
             make_dirs_durable(layer, directory)
             lock = layer.lock_dir(directory)
+        except WalError:  # already says what failed (a WalIOError is an OSError too)
+            raise
         except OSError as exc:  # only WalError subclasses cross the public API
             raise WalIOError(f"opening {directory} failed: {exc.strerror or exc}") from exc
         mark = None
@@ -173,7 +175,7 @@ class SegmentLog:
             if mark is not None:
                 mark.close()
             lock.release()
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and not isinstance(exc, WalError):
                 raise WalIOError(
                     f"recovering {directory} failed: {exc.strerror or exc}; open it again to retry"
                 ) from exc
@@ -234,7 +236,7 @@ class SegmentLog:
                     pending, records = [], 0
                 self._roll()
                 end = self.end
-            positions.append(Position(self.active_id, end))
+            positions.append(make_position((self.active_id, end)))
             end += size
             pending.append(f)
             records += 1 if counts is None else counts[i]
@@ -396,8 +398,10 @@ class SegmentLog:
 
     def _fail(self, what: str, exc: OSError) -> WalIOError:
         err = WalIOError(
-            f"{what}: {exc.strerror or exc}; the log stopped acknowledging (fail-stop) and recovers when reopened"
+            f"{self.dir}: {what}: {exc.strerror or exc}; the log stopped acknowledging (fail-stop) "
+            f"and recovers when reopened"
         )
+        err.filename = exc.filename or self.dir  # a descriptor's error names no file: name the log
         err.__cause__ = exc
         self._failed = err
         self.meter.event(FsyncFailed(str(err)))

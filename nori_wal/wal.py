@@ -19,6 +19,7 @@ index (``dedupe``) is rebuilt at open from key files and the log
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import threading
@@ -35,7 +36,7 @@ from .dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, wr
 from .errors import WalClosedError, WalError, WalIOError
 from .fs import OS, FileLayer
 from .observe import NOOP, Meter
-from .position import Position
+from .position import Position, make_position
 from .reader import WalReader
 from .record import Record
 from .recovery import RecoveryInfo
@@ -44,9 +45,31 @@ from .segment_log import SegmentLog
 
 
 class Wal:
-    """An open log: append, sync, read, GC, close. Owns its directory's lock."""
+    """The embedded log of one process. Open one with ``Wal.open``::
 
-    def __init__(self, log: SegmentLog, meter: Meter):
+        wal, info = Wal.open(WalConfig("wal"))      # creates the directory, takes its lock, recovers
+        pos = wal.append(Record.put(b"k", b"v"))    # durable per the fsync policy when it returns
+        for record, position in wal.read_from(pos): ...
+        wal.close()                                 # or use it as a context manager
+
+    Thread-safe; appends from many threads share fsyncs. Owns its directory's lock:
+    a second Wal or writer process on the same directory raises WalLockedError.
+    """
+
+    __signature__ = inspect.Signature()  # help(Wal) shows the docstring above, not "Wal() -> None"
+
+    def __init__(self) -> None:
+        """Not a way in: ``Wal.open(config)`` opens a log (``Wal()`` raises TypeError saying so)."""
+        raise TypeError("open a log with Wal.open(WalConfig(dir)), which returns (wal, recovery_info)")
+
+    @classmethod
+    def _attach(cls, log: SegmentLog, meter: Meter) -> "Wal":
+        """The Wal over an opened SegmentLog (what ``open`` returns; ``Wal(...)`` is not a way in)."""
+        self = cls.__new__(cls)
+        self._setup(log, meter)
+        return self
+
+    def _setup(self, log: SegmentLog, meter: Meter) -> None:
         self._log = log
         self._meter = meter
         self.config = log.config
@@ -78,7 +101,7 @@ class Wal:
         """``open``, reporting metrics and events to ``meter``."""
         log, info = SegmentLog.open(config, layer, meter)
         try:
-            wal = cls(log, meter)
+            wal = cls._attach(log, meter)
             wal.dedupe_rebuild = rebuild_index(layer, log.dir, list(log.segment_ids), wal._dedupe, _now_ms())
         except BaseException as exc:
             log.close()
@@ -174,7 +197,7 @@ class Wal:
         if len(frames) > 1 and sum(map(len, frames)) <= log.max_frame:
             seg, first = log.append_frames((b"".join(frames),), (len(frames),))[0]
             offsets = itertools.accumulate(map(len, frames[:-1]), initial=first)
-            return [Position(seg, off) for off in offsets]
+            return [make_position((seg, off)) for off in offsets]
         return log.append_frames(frames)
 
     def _append_batch_keyed(self, records: list[Record], frames: list[bytes]) -> list[AppendResult]:
@@ -289,18 +312,23 @@ class Wal:
         with self._write_lock:  # a roll sets the segment id and the offset in two steps
             return self._log.position
 
-    def read_from(self, position: Position, *, durable_only: bool = False, on_gap: str = "raise") -> WalReader:
-        """A reader over this log from ``position`` (see ``open_reader``); also in a forked child."""
+    def read_from(self, position: Position | str, *, durable_only: bool = False, on_gap: str = "raise") -> WalReader:
+        """A reader over this log from ``position`` (see ``open_reader``); also in a forked child.
+
+        ``position`` is a Position, its ``"SEG:OFF"`` text or a ``[seg, off]`` pair (``Position.coerce``).
+        """
+        start = Position.coerce(position)
         if not self._log.disowned:
             self._check_open()
-        return WalReader(self._log.dir, position, layer=self._log.layer, durable_only=durable_only, on_gap=on_gap)
+        return WalReader(self._log.dir, start, layer=self._log.layer, durable_only=durable_only, on_gap=on_gap)
 
-    def delete_segments_before(self, position: Position) -> int:
+    def delete_segments_before(self, position: Position | str) -> int:
         """Delete whole segments before ``position``'s segment; never the active one nor one a consumer needs.
 
         Returns how many were deleted; ``last_gc`` says what consumers held back or
         what retention expired (also logged as a warning; docs/CONSUMERS.md).
         """
+        position = Position.coerce(position)
         with self._write_lock:
             self._check_open()
             try:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from .. import protocol as P
 from ..errors import ProtocolError, RecordTooLargeError, WalError
-from ..position import Position
+from ..position import make_position
 from ..segment import MIN_SEGMENT_SIZE, max_frame_size
 
 W = TypeVar("W")
@@ -250,7 +250,7 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
         return [Completion(e.waiter, None, err) for e in entries]
     if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3 and runs[2] == 1:
         e = entries[0]
-        return [Completion(e.waiter, [Position(runs[0], runs[1])])]  # the common case: one record
+        return [Completion(e.waiter, [make_position((runs[0], runs[1]))])]  # the common case: one record
     if len(entries) == 1:
         lengths = list(map(len, entries[0].frames))
     else:

@@ -124,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # its processes are cleaned up by then (run_torture's finally blocks)
         print("nori-wal torture: interrupted", file=sys.stderr)
         return 130
+    except WalError as exc:  # a writer that would not start (first: WalIOError is an OSError too)
+        print(f"nori-wal torture: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         print(f"nori-wal torture: error: {exc}", file=sys.stderr)
         return EXIT_IO
-    except WalError as exc:  # e.g. a writer that would not start: the check could not run
-        print(f"nori-wal torture: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

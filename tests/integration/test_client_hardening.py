@@ -25,6 +25,7 @@ from nori_wal import (
     WriterUnavailableError,
 )
 from nori_wal.client import AsyncWalClient, WalClient
+from nori_wal.position import make_position
 
 MiB = 1 << 20
 
@@ -479,7 +480,9 @@ def test_short_lived_threads_never_share_a_socket(spawn_writer, wal_dir):
 # -- 9. positions out of the protocol's range ---------------------------------------------------------
 
 
-BAD_POSITIONS = [Position(2**64, 0), Position(0, 2**64), Position(-1, 0), Position(0, -1)]
+# Built unchecked (Position() itself refuses them, test_validation.py): what a client is handed by code that
+# skips the constructor (tuple.__new__, a decoded message) must still be refused before it is sent.
+BAD_POSITIONS = [make_position(p) for p in ((2**64, 0), (0, 2**64), (-1, 0), (0, -1))]
 
 
 @pytest.mark.timeout(60)

@@ -1,6 +1,6 @@
 """The documentation's code examples, run for real.
 
-Every ```python fenced block of README.md and docs/{CLI,PROTOCOL,FORMAT}.md is
+Every ```python fenced block of README.md and docs/{CLI,PROTOCOL,FORMAT,RECIPES}.md is
 extracted from the markdown when the tests are collected (so an edited example
 is tested as edited) and executed with real files, real writer processes and
 real sockets, each in a fresh temporary directory that is also the working
@@ -27,6 +27,7 @@ docs/CLI.md's own example makes, and compares with the output printed there
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -50,7 +51,7 @@ from nori_wal.prometheus import MetricsServer
 from nori_wal.writer_proc import WriterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md")
+DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md", "docs/RECIPES.md")
 PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
 
@@ -276,12 +277,60 @@ def check_positions(ns: dict[str, Any], ctx: Ctx) -> None:
     assert positions(runs, [len(f) for f in frames]) == on_disk
 
 
+def check_recipe_settings(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RECIPES.md, settings: the two refusals print what the comments show; the record is in the log."""
+    lines = ctx.stdout.splitlines()
+    assert lines[0].startswith("WalConfig max_segment_size must be from 4096 to 9223372036854775807 bytes (")
+    assert lines[1] == "Position segment_id must be >= 0 and < 2**64, got -1"
+    with open_reader(ctx.tmp / "wal") as reader:
+        assert [(bytes(r.key), p) for r, p in reader] == [(b"k", Position(0, 32))]
+
+
+def check_recipe_errors(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RECIPES.md, errors: the message printed is the one in the comment; the file is untouched."""
+    assert ctx.stdout == "opening afile failed: Not a directory (a file has that name)\n"
+    assert (ctx.tmp / "afile").read_text() == "not a log"
+
+
+def check_recipe_log_handler(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RECIPES.md, WalHandler: both records sent, keyed by the logger, printed as the comment shows."""
+    lines = ctx.stdout.splitlines()
+    assert lines[0] == "2 0"
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO     app\.orders \[pid \d+ MainProcess\] "
+        r"order 42 paid  order_id=42 amount=9\.5",
+        lines[1],
+    ), lines[1]
+    assert " ERROR    app.orders " in lines[2] and lines[2].endswith("refund failed")
+    with open_reader(ctx.tmp / "logs") as reader:
+        docs = [(bytes(r.key), json.loads(bytes(r.value))) for r, _ in reader]
+    assert [k for k, _ in docs] == [b"app.orders", b"app.orders"]
+    assert docs[0][1]["extra"] == {"order_id": 42, "amount": 9.5}
+    assert "ZeroDivisionError: division by zero" in docs[1][1]["exception"]
+
+
+def check_recipe_celery(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RECIPES.md, Celery: the task, run in this process against a real writer, appends and returns SEG:OFF.
+
+    (A real worker of each pool runs the same code in tests/integration/test_celery.py.)
+    """
+    ctx.spawn_writer(str(ctx.tmp / "wal"))
+    result = ns["record_payment"](7, 950)  # calling a task runs it here, as the worker would
+    pos = Position.parse(result)
+    with open_reader(ctx.tmp / "wal") as reader:
+        assert [(bytes(r.key), bytes(r.value), p) for r, p in reader] == [(b"payment:7", b"950", pos)]
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
     "README.md: from datetime import timedelta": check_embedded,
     "README.md: from nori_wal import WalConfig, FsyncPolicy, Record": check_writer_service,
     "docs/CLI.md: from datetime import timedelta": check_cli_demo_log,
     "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": check_prometheus,
     "docs/PROTOCOL.md: def positions(runs, frame_lengths):": check_positions,
+    "docs/RECIPES.md: from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig": check_recipe_settings,
+    "docs/RECIPES.md: import errno": check_recipe_errors,
+    "docs/RECIPES.md: import logging": check_recipe_log_handler,
+    "docs/RECIPES.md: from celery import Celery": check_recipe_celery,
 }
 
 
