@@ -413,7 +413,7 @@ class AsyncWalClient(ClientBase):
             if self._ctx is None:
                 self._ctx = new_context()
             if self._dir is not None:
-                from ..writer_proc.endpoint import resolve_endpoint
+                from ..endpoint_file import resolve_endpoint
 
                 self._endpoint = resolve_endpoint(self._dir)
             c = _AsyncConn(self, self._ctx, self._endpoint, loop)

@@ -88,7 +88,7 @@ class ClientBase:
         The endpoint is looked up again whenever a new connection is made, so
         a writer restarted on another endpoint is found too.
         """
-        from ..writer_proc.endpoint import resolve_endpoint
+        from ..endpoint_file import resolve_endpoint
 
         client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
         client._dir = os.fspath(directory)

@@ -535,7 +535,7 @@ class WalClient(ClientBase):
             if self._ctx is None:
                 self._ctx = new_context()
             if self._dir is not None:
-                from ..writer_proc.endpoint import resolve_endpoint
+                from ..endpoint_file import resolve_endpoint
 
                 self._endpoint = resolve_endpoint(self._dir)
             tc = _ThreadConn(Connection(self._ctx, self._endpoint, self.timeout), self.max_in_flight)
