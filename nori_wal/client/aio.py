@@ -34,15 +34,8 @@ from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
-from .session import (
-    MAX_IN_FLIGHT,
-    MAX_REQUEST_BYTES,
-    Completion,
-    Session,
-    chunk_frames,
-    split_batch_error,
-)
-from .transport import Connection, close_context, current_pid, new_context, zmq_error
+from .session import MAX_IN_FLIGHT, Completion, Outcome, Session, batch_positions
+from .transport import Connection, close_context, current_pid, zmq_error
 
 
 class _AsyncConn:
@@ -230,12 +223,11 @@ def _settle(done: list[Completion[asyncio.Future[Any]]]) -> None:
             pass
 
 
-class AsyncWalClient(ClientBase):
+class AsyncWalClient(ClientBase[_AsyncConn]):
     """The asyncio producer: ``await`` the same calls as WalClient; concurrent appends are coalesced."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
         super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
-        self._conns: list[_AsyncConn] = []
 
     # -- the public calls ----------------------------------------------------------------
 
@@ -269,26 +261,16 @@ class AsyncWalClient(ClientBase):
                 raise WalClosedError("the client is closed")
             return []
         c = self._conn()
-        size = sum(map(len, frames))
-        if size <= MAX_REQUEST_BYTES:  # the common case: one request
-            fut = c.loop.create_future()
-            c.session.queue_append(frames, fut, solo=True, size=size)
-            c.schedule_flush()
-            return await fut  # type: ignore[no-any-return]
-        chunks = chunk_frames(frames)
-        futs = c.session.queue_chunks(chunks, c.loop.create_future)
+        batch = c.session.queue_batch(frames, c.loop.create_future)
         c.schedule_flush()
-        parts = await asyncio.gather(*futs, return_exceptions=True)
+        if len(batch.waiters) == 1:  # the common case: one request
+            return await batch.waiters[0]  # type: ignore[no-any-return]
+        parts = await asyncio.gather(*batch.waiters, return_exceptions=True)
         for p in parts:
             if isinstance(p, BaseException) and not isinstance(p, WalError):
                 raise p  # CancelledError and the like, as they are
-        errors = [p if isinstance(p, WalError) else None for p in parts]
-        if any(errors):
-            raise split_batch_error([len(ch) for ch in chunks], errors)
-        out: list[Position] = []
-        for part in parts:
-            out += part  # type: ignore[arg-type]
-        return out
+        outcomes = [Outcome(None, p) if isinstance(p, WalError) else Outcome(p, None) for p in parts]
+        return batch_positions(batch.counts, outcomes)
 
     async def sync(self) -> None:
         """fsync everything the writer has written so far, whatever its policy.
@@ -386,14 +368,7 @@ class AsyncWalClient(ClientBase):
             if c.loop is loop and c.pid == pid and not c.conn.lost:
                 return c
         with self._lock:
-            if self._closed:
-                raise WalClosedError("the client is closed")
-            if pid != self._pid:  # forked: forget the parent's ZeroMQ state
-                if self._ctx is not None:
-                    close_context(self._ctx, self._pid)
-                for old in self._conns:
-                    old.conn.close()
-                self._ctx, self._conns, self._pid = None, [], pid
+            self._check_process()  # closed: raises; forked: forgets the parent's connections
             for old in list(self._conns):
                 if old.loop is loop and not old.closed and not old.conn.lost:
                     self._conns.remove(old)  # this loop's healthy connection: use it
@@ -410,13 +385,8 @@ class AsyncWalClient(ClientBase):
                     old.close()
                     if old in self._conns:
                         self._conns.remove(old)
-            if self._ctx is None:
-                self._ctx = new_context()
-            if self._dir is not None:
-                from ..endpoint_file import resolve_endpoint
-
-                self._endpoint = resolve_endpoint(self._dir)
-            c = _AsyncConn(self, self._ctx, self._endpoint, loop)
+            ctx, endpoint = self._connection_target()
+            c = _AsyncConn(self, ctx, endpoint, loop)
             self._conns.append(c)
             return c
 
