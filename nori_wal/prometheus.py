@@ -57,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install prometheus-client)"
     ) from exc
 
-from .observe import EVENT_TYPES, CorruptionTruncated, Event, SegmentRoll, event_name
+from .events import EVENT_TYPES, CorruptionTruncated, Event, SegmentRoll, event_name
 
 __all__ = [
     "BYTES_BUCKETS",
