@@ -17,11 +17,12 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 
 COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture"]
 
 
-def _module(name: str):  # type: ignore[no-untyped-def]
+def _module(name: str) -> ModuleType:
     return importlib.import_module(f"nori_wal.commands.{name}")
 
 

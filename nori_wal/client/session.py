@@ -110,13 +110,13 @@ class Session(Generic[W]):
 
     # -- appends ----------------------------------------------------------------------------
 
-    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False, size: int = -1) -> None:
+    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False, size: int | None = None) -> None:
         """Queue frames (one record, or a chunk of a batch) whose positions ``waiter`` will get.
 
         ``size``: the frames' total length when the caller knows it already.
         Raises RecordTooLargeError at once for a frame no request can carry.
         """
-        if size < 0:
+        if size is None:
             size = sum(map(len, frames))
         if size > P.MAX_PAYLOAD_BYTES:
             raise RecordTooLargeError(
@@ -299,7 +299,8 @@ def batch_positions(counts: Sequence[int], outcomes: Sequence[Outcome]) -> list[
     if len(outcomes) == 1:
         if outcomes[0].error is not None:
             raise outcomes[0].error
-        return outcomes[0].value  # type: ignore[no-any-return]
+        positions: list[Position] = outcomes[0].value
+        return positions
     errors = [o.error for o in outcomes]
     if any(e is not None for e in errors):
         raise split_batch_error(counts, errors)

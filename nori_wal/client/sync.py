@@ -129,7 +129,8 @@ class PendingAppend:
             self._client._wait(self._tc, (self._slot,))
         if self._slot.error is not None:
             raise self._slot.error
-        return self._slot.value[0]  # type: ignore[no-any-return]
+        pos: Position = self._slot.value[0]
+        return pos
 
     def _check_thread(self) -> None:
         # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
@@ -205,7 +206,8 @@ class WalClient(ClientBase[_ThreadConn]):
             self._wait(tc, (slot,))
             if slot.error is not None:
                 raise slot.error
-            return slot.value[0]  # type: ignore[no-any-return]
+            pos: Position = slot.value[0]
+            return pos
         rid = tc.new_id()
         pos = self._one_position(self._request(tc, rid, encode_record(record, P.encode_append(rid, 1))))
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
@@ -371,16 +373,19 @@ class WalClient(ClientBase[_ThreadConn]):
 
     def current_position(self) -> Position:
         """Where the writer will put the next record (<= the Position the next append returns)."""
-        return self._control(P.Op.POSITION)  # type: ignore[no-any-return]
+        value: Position = self._control(P.Op.POSITION)  # its shape checked by the session
+        return value
 
     def delete_segments_before(self, position: Position) -> int:
         """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
         pos = checked_position(position)
-        return self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
+        value: int = self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
+        return value
 
     def info(self) -> dict[str, Any]:
         """What the writer says about itself: pid, policy, positions, limits; records, writes, fsyncs so far."""
-        return self._control(P.Op.INFO)  # type: ignore[no-any-return]
+        value: dict[str, Any] = self._control(P.Op.INFO)  # its shape checked by the session
+        return value
 
     def close(self) -> None:
         """Close the client: every later call raises WalClosedError. Idempotent, and never blocks on
