@@ -179,6 +179,33 @@ def near_valid_headers(draw):
     return [msgpack.packb(header, use_bin_type=True)] + payload, expect
 
 
+_BAD_FRAME_KINDS = ("seal", "reserved", "compmask", "lz4-poison", "zstd-poison", "too-large", "huge-length")
+
+
+def _bad_frame(draw, kind: str, count: int) -> bytes:
+    """One frame the writer must refuse, to follow ``count`` good ones: a seal, reserved or bad flags,
+    a checksummed value that does not decompress, a frame larger than a segment, a huge length."""
+    if kind == "seal":
+        return encode_seal(count, 32)
+    if kind == "reserved":
+        return frame_with(_varint(1) + _varint(1) + bytes([draw(st.sampled_from([0x10, 0x20, 0x40]))]) + b"kv")
+    if kind == "compmask":
+        return frame_with(_varint(1) + _varint(1) + bytes([0x0C]) + b"kv")
+    if kind in ("lz4-poison", "zstd-poison"):
+        comp = 1 if kind == "lz4-poison" else 2
+        junk = draw(st.binary(min_size=0, max_size=60))
+        if comp == 1:
+            junk = struct.pack("<I", draw(st.integers(0, 2**32 - 1))) + junk
+        if decompress_value(junk, comp, FORMAT_MAX_FRAME) is not None:  # by chance a real compressed value
+            junk = b"\x10\x00\x00\x00\xff\xff\xff"  # LZ4 claiming 16 bytes, invalid block
+        return frame_with(_varint(1) + _varint(len(junk)) + bytes([comp << 2]) + b"k" + junk)
+    if kind == "too-large":
+        big = b"b" * (SEGMENT + draw(st.integers(0, 5000)))
+        return frame_with(_varint(1) + _varint(len(big)) + b"\x00" + b"k" + big)
+    assert kind == "huge-length"
+    return b"\x01\x02\x03\x04" + _varint(1) + _varint(draw(st.integers(2**20, 2**35 - 1))) + b"\x00k"
+
+
 @st.composite
 def bad_payloads(draw):
     """APPENDs whose payload is wrong: counts, cuts, flips, seals, flags, zeros, poison values, size."""
@@ -205,7 +232,10 @@ def bad_payloads(draw):
             ]
         )
     )
-    if kind == "count":
+    if kind in _BAD_FRAME_KINDS:
+        payload += _bad_frame(draw, kind, count)
+        count += 1
+    elif kind == "count":
         count = draw(st.integers(-(2**31), 2**32).filter(lambda c: c != len(frames)))
     elif kind == "cut":
         payload = payload[: draw(st.integers(1, len(payload) - 1))]
@@ -218,33 +248,8 @@ def bad_payloads(draw):
         payload += draw(st.binary(min_size=1, max_size=40).filter(any))
     elif kind == "zeros":
         payload += bytes(draw(st.integers(1, 40)))
-    elif kind == "seal":
-        payload += encode_seal(count, 32)
-        count += 1
-    elif kind == "reserved":
-        payload += frame_with(_varint(1) + _varint(1) + bytes([draw(st.sampled_from([0x10, 0x20, 0x40]))]) + b"kv")
-        count += 1
-    elif kind == "compmask":
-        payload += frame_with(_varint(1) + _varint(1) + bytes([0x0C]) + b"kv")
-        count += 1
-    elif kind in ("lz4-poison", "zstd-poison"):
-        comp = 1 if kind == "lz4-poison" else 2
-        junk = draw(st.binary(min_size=0, max_size=60))
-        if comp == 1:
-            junk = struct.pack("<I", draw(st.integers(0, 2**32 - 1))) + junk
-        if decompress_value(junk, comp, FORMAT_MAX_FRAME) is not None:  # by chance a real compressed value
-            junk = b"\x10\x00\x00\x00\xff\xff\xff"  # LZ4 claiming 16 bytes, invalid block
-        payload += frame_with(_varint(1) + _varint(len(junk)) + bytes([comp << 2]) + b"k" + junk)
-        count += 1
-    elif kind == "too-large":
-        big = b"b" * (SEGMENT + draw(st.integers(0, 5000)))
-        payload += frame_with(_varint(1) + _varint(len(big)) + b"\x00" + b"k" + big)
-        count += 1
     elif kind == "empty":
         payload, count = b"", draw(st.integers(0, 3))
-    elif kind == "huge-length":
-        payload += b"\x01\x02\x03\x04" + _varint(1) + _varint(draw(st.integers(2**20, 2**35 - 1))) + b"\x00k"
-        count += 1
     rid = draw(st.integers(0, 2**64 - 1))
     head = P.encode_append(rid, count) if -(2**63) <= count < 2**64 else P.encode_append(rid, 0)
     # The one-frame form needs the fixed header; msgpack's own encoding can be 17 bytes long too
