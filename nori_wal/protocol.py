@@ -433,10 +433,9 @@ def decode_reply(data: BytesLike) -> Reply:
     The one reply parser of the clients. A reply in ``encode_run_ok``'s fixed
     shape is read with one struct call (the same result msgpack would give).
     """
-    if len(data) == RUN_REPLY_SIZE:
-        head, rid, mid, seg, t3, off, t4, count = RUN_REPLY.unpack(data)
-        if (head, mid, t3, t4) == RUN_REPLY_TAGS:
-            return Reply(rid, True, [seg, off, count])
+    run = run_reply(data)
+    if run is not None:
+        return Reply(run[0], True, [run[1], run[2], run[3]])
     try:
         r = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:
