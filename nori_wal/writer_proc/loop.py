@@ -171,7 +171,7 @@ class WriterServer:
                 if commit.in_flight:
                     self._arrived_during_fsync = True
                 self._receive_group()
-            return self._shutdown()
+            return self.shutdown()
         except FatalStop as stop:
             self._fail_stop(stop)
             return stop.exit_code
@@ -388,8 +388,9 @@ class WriterServer:
 
     # -- stopping --------------------------------------------------------------------------
 
-    def _shutdown(self) -> int:
-        """Graceful stop: take what is pending, finish the fsync, ack, seal the segment, exit 0."""
+    def shutdown(self) -> int:
+        """Graceful stop (the loop calls it once stopped): take what is pending, finish the fsync, ack,
+        seal the segment; the exit code."""
         try:
             # Everything already queued, not one group: a request left unanswered here would reach
             # its producer as a lost connection (outcome unknown). Bounded: producers may keep sending.

@@ -122,7 +122,7 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifel
                 _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
             except FatalStop:
                 server.stop("the metrics port is unusable")
-                server._shutdown()
+                server.shutdown()
                 raise
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
