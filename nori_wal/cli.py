@@ -7,7 +7,7 @@ modules are imported only when their command runs, so ``--help`` is fast.
 Exit codes: 0 success; 1 the check failed (e.g. ``verify``, ``stats``, ``dump``
 or ``gc`` found corruption, ``torture`` lost a record); 2 bad usage or a bad
 argument (wrong path, no segments, bad position); 3 the directory is locked by
-another writer; 4 an I/O failure. Errors are one line on stderr
+another writer; 4 an I/O failure (``nori_wal.exit_codes``). Errors are one line on stderr
 (``nori-wal COMMAND: error: ...``); see docs/CLI.md.
 """
 
@@ -17,14 +17,12 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 
-COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture", "consumers"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 1, 2, 3, 4
-COMMANDS.append("ship")  # nori_wal/commands/ship.py (helper "ship")
+COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture", "consumers", "ship"]
 
 
-def _module(name: str):  # type: ignore[no-untyped-def]
+def _module(name: str) -> ModuleType:
     return importlib.import_module(f"nori_wal.commands.{name}")
 
 

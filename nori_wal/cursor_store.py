@@ -31,7 +31,7 @@ from .cursor import (
     name_of,
 )
 from .errors import CorruptionError, WalIOError, WalLockedError
-from .fs import DirLock, FileLayer
+from .fs import DirLock, FileLayer, make_dirs_durable
 
 MAX_FILE = 4096  # bytes: a cursor file is ~100; anything larger is not one
 
@@ -52,7 +52,6 @@ def _io_error(what: str, exc: OSError) -> WalIOError:
 
 def ensure_consumers_dir(layer: FileLayer, directory: str) -> None:
     """Create ``DIR/consumers`` durably (its entry fsynced into DIR)."""
-    from .segment_log import make_dirs_durable  # (segment_log imports this module for GC)
 
     make_dirs_durable(layer, consumers_dir(directory))
 

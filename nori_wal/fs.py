@@ -15,7 +15,7 @@ import os
 import weakref
 from typing import Any, Iterator, Protocol
 
-from .errors import WalLockedError
+from .errors import WalIOError, WalLockedError
 from .record import BytesLike
 
 
@@ -310,3 +310,38 @@ def writer_lock_holder(path: str) -> int | None:
 
 
 OS = OsFileLayer()
+
+
+def make_dirs_durable(layer: FileLayer, directory: str) -> None:
+    """Create ``directory`` and its missing parents; make every entry on its path durable.
+
+    A directory's entry lives in its parent and, like a new file's, is durable
+    only once the parent is fsynced: else a power loss can take the log
+    directory away, acknowledged records and all. Each open fsyncs the whole
+    path, not just what it created: a predecessor killed between its mkdir and
+    that fsync left entries in the page cache only (recovery's rule 5). A parent
+    we may not read is skipped unless this open created the directory in it.
+    """
+    chain: list[tuple[str, str]] = []  # (directory, its parent), deepest first
+    path = os.path.normpath(directory)
+    while True:
+        parent = os.path.dirname(path) or os.curdir
+        if parent == path or os.path.basename(path) == os.pardir:
+            break  # the root or the working directory (or above it)
+        chain.append((path, parent))
+        path = parent
+    created = set()
+    for d, _ in chain:
+        if layer.exists(d):
+            break
+        created.add(d)
+    layer.makedirs(directory)
+    for d, parent in chain:
+        try:
+            layer.sync_dir(parent)
+        except OSError as exc:
+            if isinstance(exc, PermissionError) and d not in created:
+                continue  # not readable, and not ours: we cannot, and added nothing to it
+            raise WalIOError(
+                f"making the directory entry of {d} durable failed (fsync of {parent}): {exc.strerror or exc}"
+            ) from exc

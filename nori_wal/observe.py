@@ -1,7 +1,8 @@
 """Vendor-neutral metrics and events: the Meter protocol and its no-op default.
 
 The log and the writer report through a Meter; pick a backend (PrometheusMeter
-in ``nori_wal.prometheus``, also reachable as ``nori_wal.observe.PrometheusMeter``;
+in ``nori_wal.prometheus``, also reachable as ``nori_wal.observe.PrometheusMeter``,
+loaded on first use;
 a RecordingMeter in tests; a TeeMeter to report to several; or your own class
 with the four methods) without touching the log. Metric names carry their unit
 (``_ms``, ``_bytes``, ``_total``).
@@ -15,6 +16,7 @@ What the log reports (see docs/CLI.md for the Prometheus view):
                 adds wal_group_records, wal_group_bytes, wal_ack_latency_ms
     gauges      wal_segment_count
     events      SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted
+                (defined in ``nori_wal.events``, re-exported here)
 
 A meter is called on the append path: it must be cheap and must not raise.
 The log wraps the meter it is given in a ``GuardedMeter``, so one that does
@@ -27,58 +29,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Protocol, TypeVar, Union, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
+# The events live in their own module (the exporter needs them, not the meters); re-exported here.
+from .events import EVENT_TYPES as EVENT_TYPES
+from .events import CorruptionTruncated as CorruptionTruncated
+from .events import Event as Event
+from .events import Fsync as Fsync
+from .events import FsyncFailed as FsyncFailed
+from .events import SegmentRoll as SegmentRoll
+from .events import SegmentsDeleted as SegmentsDeleted
+from .events import event_name as event_name
 
-@dataclass(frozen=True)
-class SegmentRoll:
-    """The active segment was sealed at ``bytes`` and ``new_segment_id`` was created."""
-
-    segment_id: int
-    bytes: int
-    new_segment_id: int
-
-
-@dataclass(frozen=True)
-class Fsync:
-    """One fsync/fdatasync of a segment took ``ms`` milliseconds."""
-
-    ms: float
-
-
-@dataclass(frozen=True)
-class CorruptionTruncated:
-    """Recovery cut ``bytes`` of damaged or torn tail off ``segment`` at ``offset``.
-
-    ``bytes`` is 0 when it cut nothing but found durable records gone (the log ends
-    below the previous writer's durable mark, or the segment the mark names is gone):
-    ``reason`` says which.
-    """
-
-    segment: int
-    offset: int
-    bytes: int
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class FsyncFailed:
-    """A write or fsync failed; the log stopped acknowledging (fail-stop)."""
-
-    error: str
-
-
-@dataclass(frozen=True)
-class SegmentsDeleted:
-    """Segment GC removed ``count`` segments below ``before_segment`` in ``ms`` milliseconds."""
-
-    count: int
-    before_segment: int
-    ms: float
-
-
-Event = Union[SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted]
 E = TypeVar("E", SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted)
 
 
@@ -109,15 +71,6 @@ class NoopMeter:
 
 
 NOOP = NoopMeter()
-
-
-EVENT_TYPES: tuple[type, ...] = (SegmentRoll, Fsync, CorruptionTruncated, FsyncFailed, SegmentsDeleted)
-"""Every event type the log and the writer emit (their class names label ``wal_events_total``)."""
-
-
-def event_name(event: Event) -> str:
-    """The event's type name (``"SegmentRoll"``, ``"Fsync"``, ...), as metrics label it."""
-    return type(event).__name__
 
 
 class RecordingMeter:
@@ -247,7 +200,8 @@ def guard_meter(meter: Meter) -> Meter:
 
 
 def __getattr__(name: str) -> object:
-    # ``nori_wal.observe.PrometheusMeter`` without importing prometheus-client for everyone.
+    # ``nori_wal.observe.PrometheusMeter``, loaded on first use (prometheus-client is not imported for
+    # everyone). No cycle: the exporter depends on ``events``, never on this module.
     if name in ("PrometheusMeter", "start_metrics_server"):
         from . import prometheus
 

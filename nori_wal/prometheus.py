@@ -57,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install prometheus-client)"
     ) from exc
 
-from .observe import EVENT_TYPES, CorruptionTruncated, Event, SegmentRoll, event_name
+from .events import EVENT_TYPES, CorruptionTruncated, Event, SegmentRoll, event_name
 
 __all__ = [
     "BYTES_BUCKETS",
@@ -441,7 +441,8 @@ class MetricsServer:
 
     def __init__(self, httpd: WSGIServer, thread: threading.Thread):
         self._httpd, self._thread = httpd, thread
-        self.host: str = httpd.server_address[0]  # type: ignore[assignment]
+        host = httpd.server_address[0]
+        self.host = host if isinstance(host, str) else host.decode()
         self.port: int = httpd.server_address[1]
 
     @property

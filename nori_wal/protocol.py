@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 from itertools import accumulate, islice, repeat
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
@@ -208,33 +207,49 @@ def decode_request(frames: Sequence[BytesLike]) -> Request:
     """
     if not frames or len(frames) > 2:
         return BadRequest(0, ProtocolError(f"a request has 1 or 2 frames, got {len(frames)}"))
+    fast = _plain_append(frames)
+    if fast is not None:
+        return fast
+    header = _header_ints(frames[0])
+    if type(header) is BadRequest:
+        return header
+    assert type(header) is list
+    return _request_of(header, frames)
+
+
+def _plain_append(frames: Sequence[BytesLike]) -> Append | None:
+    """The hot path: a well-formed APPEND (one unpack, no enum, no exception); None for anything else."""
     head = frames[0]
     if len(frames) == 1:
         h = compact_append(head)
-        if h is not None:
-            return Append(h[0], h[1], memoryview(head)[APPEND_HEADER_SIZE:])
-    elif len(head) <= MAX_HEADER_BYTES:
-        # The hot path: a well-formed APPEND (one unpack, no enum, no exception).
-        try:
-            h = _unpack_header(head)
-        except Exception:  # noqa: BLE001  msgpack raises several unrelated types for garbage
-            h = None
-        if (
-            type(h) is list
-            and len(h) == 4
-            and type(h[0]) is int
-            and h[0] == VERSION
-            and type(h[1]) is int
-            and h[1] == 1
-            and type(h[2]) is int
-            and type(h[3]) is int
-            and 0 <= h[2] < 2**64
-        ):
-            return Append(h[2], h[3], frames[1])
+        return None if h is None else Append(h[0], h[1], memoryview(head)[APPEND_HEADER_SIZE:])
+    if len(head) > MAX_HEADER_BYTES:
+        return None
+    try:
+        a = _unpack_header(head)
+    except Exception:  # noqa: BLE001  msgpack raises several unrelated types for garbage
+        return None
+    if (
+        type(a) is list
+        and len(a) == 4
+        and type(a[0]) is int
+        and a[0] == VERSION
+        and type(a[1]) is int
+        and a[1] == 1
+        and type(a[2]) is int
+        and type(a[3]) is int
+        and 0 <= a[2] < 2**64
+    ):
+        return Append(a[2], a[3], frames[1])
+    return None
+
+
+def _header_ints(head: BytesLike) -> list[int] | BadRequest:
+    """The header's integers ``[version, op, request_id, *args]`` with version and op known, or why not."""
     if len(head) > MAX_HEADER_BYTES:
         return BadRequest(0, ProtocolError(f"request header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}"))
     try:
-        h = msgpack.unpackb(head, raw=True, use_list=True, strict_map_key=True)
+        h = _unpack_header(head)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         return BadRequest(0, ProtocolError(f"request header is not msgpack: {type(exc).__name__}"))
     if type(h) is not list or len(h) < 3 or not all(type(x) is int for x in h):
@@ -248,8 +263,12 @@ def decode_request(frames: Sequence[BytesLike]) -> Request:
         return BadRequest(rid, ProtocolError(f"protocol version {version} not supported (the writer speaks {VERSION})"))
     if op not in _ARGS:
         return BadRequest(rid, ProtocolError(f"unknown op {op}"))
-    op = Op(op)
-    args = h[3:]
+    return h
+
+
+def _request_of(h: list[int], frames: Sequence[BytesLike]) -> Request:
+    """The request a valid header (``_header_ints``) and its frames make: its args and frames checked."""
+    op, rid, args = Op(h[1]), h[2], h[3:]
     if len(args) != _ARGS[op]:
         return BadRequest(rid, ProtocolError(f"{op.name} takes {_ARGS[op]} argument(s), got {len(args)}"))
     if op is Op.APPEND:
@@ -404,15 +423,21 @@ def encode_error(request_id: int, exc: BaseException) -> bytes:
     return _packb([VERSION, request_id, ERR, [name, message]])
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     request_id: int
     ok: bool
     result: Any  # the OK result, or the WalError an ERR reply carries
 
 
 def decode_reply(data: BytesLike) -> Reply:
-    """Parse a reply; raises ProtocolError for anything that is not one."""
+    """Parse a reply; raises ProtocolError for anything that is not one.
+
+    The one reply parser of the clients. A reply in ``encode_run_ok``'s fixed
+    shape is read with one struct call (the same result msgpack would give).
+    """
+    run = run_reply(data)
+    if run is not None:
+        return Reply(run[0], True, [run[1], run[2], run[3]])
     try:
         r = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:

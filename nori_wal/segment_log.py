@@ -40,7 +40,7 @@ from .cursor import Expiry
 from .cursor_store import cursor_names, read_cursor, read_expiry, write_expiry
 from .durable_mark import MarkPublisher
 from .errors import CorruptionError, RecordTooLargeError, WalClosedError, WalError, WalIOError
-from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer
+from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer, make_dirs_durable
 from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted, guard_meter
 from .position import Position, make_position
 from .record import BytesLike
@@ -54,41 +54,6 @@ PREALLOC_MAX_WRITE = 32 * 1024  # ... for small writes only: large groups would 
 WRITEBACK_BYTES = 8 * 1024 * 1024  # Os: ask the kernel to start writing back after this many bytes
 _log = logging.getLogger(__name__)
 _OPEN_LOGS: weakref.WeakSet[SegmentLog] = weakref.WeakSet()
-
-
-def make_dirs_durable(layer: FileLayer, directory: str) -> None:
-    """Create ``directory`` and its missing parents; make every entry on its path durable.
-
-    A directory's entry lives in its parent and, like a new file's, is durable
-    only once the parent is fsynced: else a power loss can take the log
-    directory away, acknowledged records and all. Each open fsyncs the whole
-    path, not just what it created: a predecessor killed between its mkdir and
-    that fsync left entries in the page cache only (recovery's rule 5). A parent
-    we may not read is skipped unless this open created the directory in it.
-    """
-    chain: list[tuple[str, str]] = []  # (directory, its parent), deepest first
-    path = os.path.normpath(directory)
-    while True:
-        parent = os.path.dirname(path) or os.curdir
-        if parent == path or os.path.basename(path) == os.pardir:
-            break  # the root or the working directory (or above it)
-        chain.append((path, parent))
-        path = parent
-    created = set()
-    for d, _ in chain:
-        if layer.exists(d):
-            break
-        created.add(d)
-    layer.makedirs(directory)
-    for d, parent in chain:
-        try:
-            layer.sync_dir(parent)
-        except OSError as exc:
-            if isinstance(exc, PermissionError) and d not in created:
-                continue  # not readable, and not ours: we cannot, and added nothing to it
-            raise WalIOError(
-                f"making the directory entry of {d} durable failed (fsync of {parent}): {exc.strerror or exc}"
-            ) from exc
 
 
 class SegmentLog:

@@ -34,15 +34,8 @@ from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
-from .session import (
-    MAX_IN_FLIGHT,
-    MAX_REQUEST_BYTES,
-    Completion,
-    Session,
-    chunk_frames,
-    split_batch_error,
-)
-from .transport import Connection, close_context, current_pid, new_context, zmq_error
+from .session import MAX_IN_FLIGHT, Completion, Outcome, Session, batch_positions
+from .transport import Connection, close_context, current_pid, zmq_error
 
 
 class _AsyncConn:
@@ -230,12 +223,11 @@ def _settle(done: list[Completion[asyncio.Future[Any]]]) -> None:
             pass
 
 
-class AsyncWalClient(ClientBase):
+class AsyncWalClient(ClientBase[_AsyncConn]):
     """The asyncio producer: ``await`` the same calls as WalClient; concurrent appends are coalesced."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
         super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
-        self._conns: list[_AsyncConn] = []
 
     # -- the public calls ----------------------------------------------------------------
 
@@ -246,8 +238,8 @@ class AsyncWalClient(ClientBase):
         fut = c.loop.create_future()
         c.session.queue_append((frame,), fut)
         c.schedule_flush()
-        positions = await fut
-        return positions[0]  # type: ignore[no-any-return]
+        positions: list[Position] = await fut
+        return positions[0]
 
     async def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order; their Positions once acknowledged (one request per 16 MiB).
@@ -269,26 +261,17 @@ class AsyncWalClient(ClientBase):
                 raise WalClosedError("the client is closed")
             return []
         c = self._conn()
-        size = sum(map(len, frames))
-        if size <= MAX_REQUEST_BYTES:  # the common case: one request
-            fut = c.loop.create_future()
-            c.session.queue_append(frames, fut, solo=True, size=size)
-            c.schedule_flush()
-            return await fut  # type: ignore[no-any-return]
-        chunks = chunk_frames(frames)
-        futs = c.session.queue_chunks(chunks, c.loop.create_future)
+        batch = c.session.queue_batch(frames, c.loop.create_future)
         c.schedule_flush()
-        parts = await asyncio.gather(*futs, return_exceptions=True)
+        if len(batch.waiters) == 1:  # the common case: one request
+            positions: list[Position] = await batch.waiters[0]
+            return positions
+        parts = await asyncio.gather(*batch.waiters, return_exceptions=True)
         for p in parts:
             if isinstance(p, BaseException) and not isinstance(p, WalError):
                 raise p  # CancelledError and the like, as they are
-        errors = [p if isinstance(p, WalError) else None for p in parts]
-        if any(errors):
-            raise split_batch_error([len(ch) for ch in chunks], errors)
-        out: list[Position] = []
-        for part in parts:
-            out += part  # type: ignore[arg-type]
-        return out
+        outcomes = [Outcome(None, p) if isinstance(p, WalError) else Outcome(p, None) for p in parts]
+        return batch_positions(batch.counts, outcomes)
 
     async def sync(self) -> None:
         """fsync everything the writer has written so far, whatever its policy.
@@ -306,16 +289,19 @@ class AsyncWalClient(ClientBase):
 
     async def current_position(self) -> Position:
         """Where the writer will put the next record."""
-        return await self._control(P.Op.POSITION)  # type: ignore[no-any-return]
+        value: Position = await self._control(P.Op.POSITION)  # its shape checked by the session
+        return value
 
     async def delete_segments_before(self, position: Position) -> int:
         """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
         pos = checked_position(position)
-        return await self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
+        value: int = await self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
+        return value
 
     async def info(self) -> dict[str, Any]:
         """What the writer says about itself (see ``WalClient.info``)."""
-        return await self._control(P.Op.INFO)  # type: ignore[no-any-return]
+        value: dict[str, Any] = await self._control(P.Op.INFO)  # its shape checked by the session
+        return value
 
     async def close(self) -> None:
         """Close every connection (linger 0). Idempotent.
@@ -386,14 +372,7 @@ class AsyncWalClient(ClientBase):
             if c.loop is loop and c.pid == pid and not c.conn.lost:
                 return c
         with self._lock:
-            if self._closed:
-                raise WalClosedError("the client is closed")
-            if pid != self._pid:  # forked: forget the parent's ZeroMQ state
-                if self._ctx is not None:
-                    close_context(self._ctx, self._pid)
-                for old in self._conns:
-                    old.conn.close()
-                self._ctx, self._conns, self._pid = None, [], pid
+            self._check_process()  # closed: raises; forked: forgets the parent's connections
             for old in list(self._conns):
                 if old.loop is loop and not old.closed and not old.conn.lost:
                     self._conns.remove(old)  # this loop's healthy connection: use it
@@ -410,13 +389,8 @@ class AsyncWalClient(ClientBase):
                     old.close()
                     if old in self._conns:
                         self._conns.remove(old)
-            if self._ctx is None:
-                self._ctx = new_context()
-            if self._dir is not None:
-                from ..writer_proc.endpoint import resolve_endpoint
-
-                self._endpoint = resolve_endpoint(self._dir)
-            c = _AsyncConn(self, self._ctx, self._endpoint, loop)
+            ctx, endpoint = self._connection_target()
+            c = _AsyncConn(self, ctx, endpoint, loop)
             self._conns.append(c)
             return c
 

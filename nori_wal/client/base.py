@@ -1,4 +1,21 @@
-"""What both clients share: their settings, finding a writer by directory, and pickling."""
+"""The client core both clients share: settings, connections per process, finding a writer, pickling.
+
+``WalClient`` (one connection per thread) and ``AsyncWalClient`` (one per
+event loop) keep their connections in ``ClientBase._conns`` and make each new
+one through ``_connection_target``, which owns the rules below; ``Session``
+(``session``) owns what goes over a connection.
+
+Rules:
+1. After a fork the child forgets its parent's context and connections, never
+   touching them (``transport`` Rule 2), and builds its own on first use.
+2. A client made by ``for_dir`` looks the writer up again for every new
+   connection (a restarted writer is found on its new endpoint) and raises
+   WriterUnavailableError at once when no live writer serves the directory
+   (no DIR/WRITER file, or its pid is dead): it does not wait ``timeout`` for
+   nobody.
+3. A client pickles as its constructor arguments and reconnects lazily on the
+   other side.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +24,31 @@ import operator
 import os
 import threading
 import weakref
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from ..errors import ProtocolError
+import zmq
+
+from ..endpoint_file import find_writer, resolve_endpoint
+from ..errors import ProtocolError, WalClosedError, WriterUnavailableError
 from ..position import Position
 from .session import MAX_IN_FLIGHT
-from .transport import current_pid
+from .transport import Connection, close_context, current_pid, new_context
 
 DEFAULT_TIMEOUT = 10.0  # seconds without any reply before WriterUnavailableError
 
-C = TypeVar("C", bound="ClientBase")
+
+class HasConnection(Protocol):
+    """A client's per-thread or per-loop connection holder."""
+
+    @property
+    def conn(self) -> Connection: ...
+
+
+K = TypeVar("K", bound=HasConnection)
+C = TypeVar("C", bound="ClientBase[Any]")
 
 # Every live client (sync and asyncio), for the at-fork hook below.
-_CLIENTS: weakref.WeakSet[ClientBase] = weakref.WeakSet()
+_CLIENTS: weakref.WeakSet[ClientBase[Any]] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -55,8 +84,8 @@ def checked_position(position: Any) -> Position:
     return Position(out[0], out[1])
 
 
-class ClientBase:
-    """Endpoint, timeout and in-flight bound of a client; pickles as its constructor arguments."""
+class ClientBase(Generic[K]):
+    """Endpoint, timeout and in-flight bound of a client; its context and connections (``K``) per process."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
         if not (timeout > 0 and math.isfinite(timeout)):  # a call must never hang: no infinite timeout
@@ -66,7 +95,8 @@ class ClientBase:
         self.timeout = float(timeout)
         self.max_in_flight = max_in_flight
         self._lock = threading.RLock()
-        self._ctx: Any = None
+        self._ctx: zmq.Context[Any] | None = None
+        self._conns: list[K] = []
         self._pid = current_pid()
         self._closed = False
         _CLIENTS.add(self)
@@ -86,10 +116,10 @@ class ClientBase:
         """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
 
         The endpoint is looked up again whenever a new connection is made, so
-        a writer restarted on another endpoint is found too.
+        a writer restarted on another endpoint is found too; a call made when
+        no live writer serves the directory raises WriterUnavailableError at
+        once (Rule 2).
         """
-        from ..writer_proc.endpoint import resolve_endpoint
-
         client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
         client._dir = os.fspath(directory)
         return client
@@ -97,6 +127,34 @@ class ClientBase:
     @property
     def endpoint(self) -> str:
         return self._endpoint
+
+    # -- making connections (under ``_lock``) ---------------------------------------------------
+
+    def _check_process(self) -> bool:
+        """Before a new connection: WalClosedError once closed; after a fork, forget the parent's
+        context and connections (Rule 1) and return True."""
+        if self._closed:
+            raise WalClosedError("the client is closed")
+        pid = current_pid()
+        if pid == self._pid:
+            return False
+        if self._ctx is not None:
+            close_context(self._ctx, self._pid)
+        for c in self._conns:
+            c.conn.close()
+        self._ctx, self._conns, self._pid = None, [], pid
+        return True
+
+    def _connection_target(self) -> tuple[zmq.Context[Any], str]:
+        """The context (made on first use) and the endpoint a new connection should use (Rule 2)."""
+        if self._ctx is None:
+            self._ctx = new_context()
+        if self._dir is not None:
+            found = find_writer(self._dir)
+            if found.endpoint is None:
+                raise WriterUnavailableError(found.reason)
+            self._endpoint = found.endpoint
+        return self._ctx, self._endpoint
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight))

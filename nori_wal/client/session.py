@@ -28,11 +28,12 @@ Rules:
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, NamedTuple, Sequence, TypeVar
 
 from .. import protocol as P
 from ..errors import ProtocolError, RecordTooLargeError, WalError
-from ..position import make_position
+from ..position import Position, make_position
 from ..segment import MIN_SEGMENT_SIZE, max_frame_size
 
 W = TypeVar("W")
@@ -109,13 +110,13 @@ class Session(Generic[W]):
 
     # -- appends ----------------------------------------------------------------------------
 
-    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False, size: int = -1) -> None:
+    def queue_append(self, frames: Sequence[bytes], waiter: W, *, solo: bool = False, size: int | None = None) -> None:
         """Queue frames (one record, or a chunk of a batch) whose positions ``waiter`` will get.
 
         ``size``: the frames' total length when the caller knows it already.
         Raises RecordTooLargeError at once for a frame no request can carry.
         """
-        if size < 0:
+        if size is None:
             size = sum(map(len, frames))
         if size > P.MAX_PAYLOAD_BYTES:
             raise RecordTooLargeError(
@@ -183,7 +184,22 @@ class Session(Generic[W]):
 
         Raises ProtocolError only for a reply that cannot be parsed at all.
         """
+        return self._complete(P.decode_reply(data))
+
+    def direct_reply(self, request_id: int, data: bytes) -> P.Reply | None:
+        """The reply ``data`` if it answers ``request_id``, a request sent outside the queue.
+
+        For the sync client's direct path, taken only while this session is
+        idle: any other reply is stale (Rule 4) and gives None. Raises
+        ProtocolError for a reply that cannot be parsed at all.
+        """
         reply = P.decode_reply(data)
+        if reply.request_id == request_id:
+            return reply
+        self._complete(reply)  # (idle: nothing in flight to match, so nothing completes)
+        return None
+
+    def _complete(self, reply: P.Reply) -> list[Completion[W]]:
         req = self._in_flight.pop(reply.request_id, None)
         if req is None:
             return []  # Rule 4: stale
@@ -221,6 +237,21 @@ class Session(Generic[W]):
         self.queued_bytes = 0
         return out
 
+    def queue_batch(self, frames: Sequence[bytes], new_waiter: Callable[[], W]) -> Batch[W]:
+        """Queue an append_batch's frames: one request when they fit in ``MAX_REQUEST_BYTES``, else one
+        per chunk (``chunk_frames``), each with a new waiter; ``batch_positions`` reads the outcome.
+
+        All of it or, when a chunk is too large for any request, none of it
+        (RecordTooLargeError before anything is queued).
+        """
+        size = sum(map(len, frames))
+        if size <= MAX_REQUEST_BYTES:  # the common case: one request
+            w = new_waiter()
+            self.queue_append(frames, w, solo=True, size=size)
+            return Batch([w], [len(frames)])
+        chunks = chunk_frames(frames)
+        return Batch(self.queue_chunks(chunks, new_waiter), [len(c) for c in chunks])
+
     def queue_chunks(self, chunks: Sequence[Sequence[bytes]], new_waiter: Callable[[], W]) -> list[W]:
         """Queue a split batch, one request (and one new waiter) per chunk: all of it or, when a chunk
         is too large for any request, none of it (``check_chunks`` first)."""
@@ -244,19 +275,61 @@ class Session(Generic[W]):
         self.queued_bytes = sum(e.size for e in self._queue[self._qhead :])
 
 
-def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[W]]:
+@dataclass(frozen=True)
+class Batch(Generic[W]):
+    """An append_batch as queued: a waiter per request and the records each carries."""
+
+    waiters: list[W]
+    counts: list[int]
+
+
+class Outcome(NamedTuple):
+    """What one request's waiter got: a value, or an error."""
+
+    value: Any
+    error: WalError | None
+
+
+def batch_positions(counts: Sequence[int], outcomes: Sequence[Outcome]) -> list[Position]:
+    """The Positions of an append_batch queued as requests of ``counts`` records, from each one's outcome.
+
+    Raises the one request's error, or ``split_batch_error`` when one of
+    several failed.
+    """
+    if len(outcomes) == 1:
+        if outcomes[0].error is not None:
+            raise outcomes[0].error
+        positions: list[Position] = outcomes[0].value
+        return positions
+    errors = [o.error for o in outcomes]
+    if any(e is not None for e in errors):
+        raise split_batch_error(counts, errors)
+    out: list[Position] = []
+    for o in outcomes:
+        out += o.value
+    return out
+
+
+def positions_of(runs: Any, lengths: Sequence[int]) -> list[Position]:
+    """Every record's Position from an APPEND reply's runs (unchecked, as decoded) and the frames' lengths.
+
+    Raises ProtocolError for runs that are not a flat list of integers covering
+    exactly ``len(lengths)`` records.
+    """
     if type(runs) is not list or not all(type(x) is int for x in runs):
-        err = ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
-        return [Completion(e.waiter, None, err) for e in entries]
-    if len(entries) == 1 and len(entries[0].frames) == 1 and len(runs) == 3 and runs[2] == 1:
-        e = entries[0]
-        return [Completion(e.waiter, [make_position((runs[0], runs[1]))])]  # the common case: one record
+        raise ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
+    if len(lengths) == 1 and len(runs) == 3 and runs[2] == 1:
+        return [make_position((runs[0], runs[1]))]  # the common case: one record
+    return P.positions_from_runs(runs, lengths)
+
+
+def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[W]]:
     if len(entries) == 1:
         lengths = list(map(len, entries[0].frames))
     else:
         lengths = [len(f) for e in entries for f in e.frames]
     try:
-        positions = P.positions_from_runs(runs, lengths)
+        positions = positions_of(runs, lengths)
     except ProtocolError as exc:
         return [Completion(e.waiter, None, exc) for e in entries]
     if len(entries) == 1:

@@ -29,12 +29,11 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-import msgpack
 import zmq
 
 from .. import protocol as P
 from ..codec import encode_record
-from ..errors import ProtocolError, RecordTooLargeError, WalClosedError, WalError, WriterUnavailableError
+from ..errors import RecordTooLargeError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..protocol import (
     APPEND_COUNT_TAG,
@@ -43,11 +42,10 @@ from ..protocol import (
     RUN_REPLY,
     RUN_REPLY_SIZE,
     RUN_REPLY_TAGS,
-    run_reply,
 )
 from ..record import Record
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
-from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Session, chunk_frames, split_batch_error
+from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Outcome, Session, batch_positions, positions_of
 from .transport import (
     EVENTS,
     NOBLOCK,
@@ -57,7 +55,6 @@ from .transport import (
     Connection,
     close_context,
     current_pid,
-    new_context,
     send_frame,
     zmq_error,
 )
@@ -66,14 +63,6 @@ _tuple_new = tuple.__new__
 _monotonic = time.monotonic
 _pack_header = APPEND_HEADER.pack
 _unpack_run = RUN_REPLY.unpack
-
-
-def _unpackb(data: bytes) -> Any:
-    """A reply's msgpack value, or None if it is not msgpack (Session.complete then says why)."""
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except Exception:  # noqa: BLE001  msgpack raises several unrelated types for garbage
-        return None
 
 
 class _Slot:
@@ -140,7 +129,8 @@ class PendingAppend:
             self._client._wait(self._tc, (self._slot,))
         if self._slot.error is not None:
             raise self._slot.error
-        return self._slot.value[0]  # type: ignore[no-any-return]
+        pos: Position = self._slot.value[0]
+        return pos
 
     def _check_thread(self) -> None:
         # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
@@ -152,13 +142,12 @@ class PendingAppend:
             )
 
 
-class WalClient(ClientBase):
+class WalClient(ClientBase[_ThreadConn]):
     """A producer: appends records through the writer process serving one endpoint."""
 
     def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
         super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
         self._local = threading.local()
-        self._conns: list[_ThreadConn] = []
 
     def _after_fork(self) -> None:
         """In a forked child: a fresh lock, and every lane disarmed (they hold the parent's sockets)."""
@@ -217,7 +206,8 @@ class WalClient(ClientBase):
             self._wait(tc, (slot,))
             if slot.error is not None:
                 raise slot.error
-            return slot.value[0]  # type: ignore[no-any-return]
+            pos: Position = slot.value[0]
+            return pos
         rid = tc.new_id()
         pos = self._one_position(self._request(tc, rid, encode_record(record, P.encode_append(rid, 1))))
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
@@ -229,13 +219,11 @@ class WalClient(ClientBase):
 
     @staticmethod
     def _one_position(runs: Any) -> Position:
-        """The Position in the runs of a one-record append (``_await_reply``'s result)."""
-        if type(runs) is tuple:  # run_reply's (segment_id, offset, count): ints by construction
-            if runs[2] == 1:
-                return _tuple_new(Position, runs[:2])
-        elif type(runs) is list and len(runs) == 3 and runs[2] == 1 and type(runs[0]) is int and type(runs[1]) is int:
-            return _tuple_new(Position, runs[:2])
-        raise ProtocolError(f"append reply for 1 record must be [segment_id, offset, 1], got {runs!r:.80}")
+        """The Position in the runs of a one-record append (``_await_reply``'s result).
+
+        (The first record's position does not depend on its frame's length.)
+        """
+        return positions_of(runs, (0,))[0]
 
     def _request(self, tc: _ThreadConn, rid: int, msg: bytes | None) -> Any:
         """Send the compact APPEND ``msg`` (None: it was sent) and wait for its reply; the reply's runs.
@@ -267,9 +255,8 @@ class WalClient(ClientBase):
 
         ``waited``: seconds already spent waiting (they count against the timeout).
 
-        The runs are a tuple ``(segment_id, offset, count)`` when the reply came
-        in ``encode_run_ok``'s fixed shape (checked), else msgpack's list (unchecked).
-        Stale replies (from before a reset) are handed to the session and skipped.
+        The runs are returned as decoded (unchecked: ``positions_of`` checks
+        them). Stale replies (from before a reset) are skipped (``Session.direct_reply``).
         """
         session, conn = tc.session, tc.conn
         sock = conn.sock
@@ -301,20 +288,12 @@ class WalClient(ClientBase):
                     raise err from None
                 except zmq.ZMQError as exc:
                     raise self._failed(tc, exc, "receiving a reply") from None
-            run = run_reply(data)
-            if run is not None and run[0] == rid:
-                return run[1:]
-            r = _unpackb(data)
-            if type(r) is list and len(r) == 4 and r[1] == rid:
-                if r[0] == P.VERSION and r[2] == P.OK:
-                    return r[3]
-                reply = P.decode_reply(data)  # an error reply, or a malformed one: raises
+            reply = session.direct_reply(rid, data)  # raises ProtocolError for a malformed one
+            if reply is not None:
                 if not reply.ok:
                     raise reply.result
                 return reply.result
-            for c in session.complete(data):  # a stale reply, from before a reset
-                _resolve(c.waiter, c.value, c.error)
-            data = None
+            data = None  # a stale reply, from before a reset
 
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
@@ -336,33 +315,17 @@ class WalClient(ClientBase):
                 raise WalClosedError("the client is closed")
             return []
         tc = self._thread_conn()
-        size = sum(map(len, frames))
-        if size <= MAX_REQUEST_BYTES:  # the common case: one request
-            if tc.session.idle:
-                return self._batch_direct(tc, frames)  # size <= MAX_REQUEST_BYTES < P.MAX_PAYLOAD_BYTES
-            slot = _Slot()
-            tc.session.queue_append(frames, slot, solo=True, size=size)
-            self._wait(tc, (slot,))
-            if slot.error is not None:
-                raise slot.error
-            return slot.value  # type: ignore[no-any-return]
-        chunks = chunk_frames(frames)
-        slots = tc.session.queue_chunks(chunks, _Slot)
-        self._wait(tc, slots)
-        if any(slot.error is not None for slot in slots):
-            raise split_batch_error([len(c) for c in chunks], [slot.error for slot in slots])
-        out: list[Position] = []
-        for slot in slots:
-            out += slot.value
-        return out
+        if tc.session.idle and sum(map(len, frames)) <= MAX_REQUEST_BYTES:  # the common case: one request
+            return self._batch_direct(tc, frames)  # size <= MAX_REQUEST_BYTES < P.MAX_PAYLOAD_BYTES
+        batch = tc.session.queue_batch(frames, _Slot)
+        self._wait(tc, batch.waiters)
+        return batch_positions(batch.counts, [Outcome(s.value, s.error) for s in batch.waiters])
 
     def _batch_direct(self, tc: _ThreadConn, frames: list[bytes]) -> list[Position]:
         """append_batch's hot path: one request, nothing else outstanding on this thread."""
         rid = tc.new_id()
         runs = self._request(tc, rid, b"".join([P.encode_append(rid, len(frames)), *frames]))
-        if type(runs) not in (list, tuple) or not all(type(x) is int for x in runs):
-            raise ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
-        return P.positions_from_runs(runs, list(map(len, frames)))
+        return positions_of(runs, list(map(len, frames)))
 
     def submit(self, record: Record) -> PendingAppend:
         """Queue an append without waiting (pipelining); ``.result()`` gives its Position.
@@ -410,16 +373,19 @@ class WalClient(ClientBase):
 
     def current_position(self) -> Position:
         """Where the writer will put the next record (<= the Position the next append returns)."""
-        return self._control(P.Op.POSITION)  # type: ignore[no-any-return]
+        value: Position = self._control(P.Op.POSITION)  # its shape checked by the session
+        return value
 
     def delete_segments_before(self, position: Position) -> int:
         """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
         pos = checked_position(position)
-        return self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # type: ignore[no-any-return]
+        value: int = self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
+        return value
 
     def info(self) -> dict[str, Any]:
         """What the writer says about itself: pid, policy, positions, limits; records, writes, fsyncs so far."""
-        return self._control(P.Op.INFO)  # type: ignore[no-any-return]
+        value: dict[str, Any] = self._control(P.Op.INFO)  # its shape checked by the session
+        return value
 
     def close(self) -> None:
         """Close the client: every later call raises WalClosedError. Idempotent, and never blocks on
@@ -517,28 +483,15 @@ class WalClient(ClientBase):
 
     def _new_thread_conn(self, old: _ThreadConn | None) -> _ThreadConn:
         """A fresh connection for this thread (after first use, a fork, a timeout or a lost writer)."""
-        pid = current_pid()
         with self._lock:
-            if self._closed:
-                raise WalClosedError("the client is closed")
-            if pid != self._pid:  # forked: forget the parent's ZeroMQ state
-                if self._ctx is not None:
-                    close_context(self._ctx, self._pid)
-                for tc in self._conns:
-                    tc.conn.close()
-                self._ctx, self._conns, self._pid = None, [], pid
+            if self._check_process():  # forked: the parent's connections are forgotten, not dropped
                 old = None
             if old is not None:
                 self._drop(old)
             for dead in [tc for tc in self._conns if not tc.thread.is_alive()]:
                 self._drop(dead)  # threads that ended leave their sockets to us
-            if self._ctx is None:
-                self._ctx = new_context()
-            if self._dir is not None:
-                from ..writer_proc.endpoint import resolve_endpoint
-
-                self._endpoint = resolve_endpoint(self._dir)
-            tc = _ThreadConn(Connection(self._ctx, self._endpoint, self.timeout), self.max_in_flight)
+            ctx, endpoint = self._connection_target()
+            tc = _ThreadConn(Connection(ctx, endpoint, self.timeout), self.max_in_flight)
             self._conns.append(tc)
         self._local.tc = tc
         return tc

@@ -7,9 +7,13 @@ import os
 import sys
 from typing import Callable, NoReturn
 
+# The commands take the exit codes from here (re-exported: defined once, in nori_wal.exit_codes).
+from ..exit_codes import EXIT_FAILED as EXIT_FAILED
+from ..exit_codes import EXIT_IO as EXIT_IO
+from ..exit_codes import EXIT_LOCKED as EXIT_LOCKED
+from ..exit_codes import EXIT_OK as EXIT_OK
+from ..exit_codes import EXIT_USAGE as EXIT_USAGE
 from ..position import Position
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_IO = 0, 1, 2, 3, 4
 
 Run = Callable[[argparse.Namespace], int]
 

@@ -88,7 +88,7 @@ def _via_writer_process(directory: str, before: Position, timeout: float) -> tup
     """
     try:
         from ..client import WalClient
-        from ..writer_proc.endpoint import recorded_endpoint
+        from ..endpoint_file import recorded_endpoint
     except ImportError:
         return None
     endpoint = recorded_endpoint(directory)

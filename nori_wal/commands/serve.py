@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_MAX_SEGMENT_SIZE, FsyncPolicy, WalConfig
     from ..errors import WalError, WalLockedError
-    from ..writer_proc.server import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, FatalStop, WriterServer, WriterSpec, run_writer
+    from ..exit_codes import EXIT_IO, EXIT_LOCKED, EXIT_USAGE
+    from ..writer_proc.loop import FatalStop, WriterServer
+    from ..writer_proc.server import WriterSpec, run_writer
     from ._common import dir_path_problem
 
     def say(message: str) -> None:

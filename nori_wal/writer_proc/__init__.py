@@ -5,7 +5,10 @@
         ...  # WalClient(writer.endpoint) or WalClient.for_dir("wal")
 
 ``process`` starts and stops the child (ready handshake, lifeline); ``server``
-is its loop; ``endpoint`` says where a directory's writer listens.
+opens and runs a writer in this process (start-up, signals); ``loop`` is the
+writer loop; ``group`` the pure part of one pass (requests into one write and
+its replies); ``threads`` the flush thread and the signal/lifeline watcher;
+``endpoint`` claims an ipc:// path (DIR/WRITER is ``nori_wal.endpoint_file``'s).
 """
 
 from .process import WriterProcess

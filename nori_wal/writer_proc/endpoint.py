@@ -1,133 +1,21 @@
-"""Where a directory's writer listens: the default ipc:// endpoint and the DIR/WRITER file.
-
-The default endpoint is a function of the directory alone, so a client can be
-created (``WalClient.for_dir``) before the writer starts: ``DIR/writer.sock``
-when that path fits in a Unix socket address (108 bytes on Linux), else a
-socket in ``$XDG_RUNTIME_DIR`` (or the temp dir) named after a hash of the
-directory's real path. A running writer also records its endpoint and pid in
-``DIR/WRITER`` (JSON, replaced atomically), which is what ``for_dir`` reads
-first: it covers ``--endpoint tcp://...`` and ephemeral ports.
+"""Claiming an ipc:// socket path before the writer binds it.
 
 An ipc:// path is claimed before it is bound (``claim_ipc``): an flock on
 ``PATH.lock``, held for the writer's life. ZeroMQ's bind silently replaces
 whatever is at the path, so two writers (of two directories) starting at once
 on one explicit endpoint would otherwise both serve, and a client of one
 would be acknowledged into the other's log. A path that exists and is not a
-socket is never replaced.
+socket is never replaced. (Where a directory's writer listens, and DIR/WRITER,
+are ``nori_wal.endpoint_file``'s: clients read them too.)
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import socket
 import stat
-import tempfile
-from dataclasses import dataclass
-
-from ..fs import writer_lock_holder
-
-ENDPOINT_FILE = "WRITER"
-SOCKET_NAME = "writer.sock"
-_MAX_IPC_PATH = 100  # bytes; sun_path holds 108 with its NUL, keep a margin
-
-
-def default_endpoint(directory: str | os.PathLike[str]) -> str:
-    """The ipc:// endpoint tied to ``directory`` (deterministic: same answer in every process)."""
-    real = os.path.realpath(os.fspath(directory))
-    path = os.path.join(real, SOCKET_NAME)
-    if len(path.encode()) <= _MAX_IPC_PATH:
-        return "ipc://" + path
-    run_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    digest = hashlib.sha256(real.encode()).hexdigest()[:20]
-    return "ipc://" + os.path.join(run_dir, f"nori-wal-{digest}.sock")
-
-
-@dataclass(frozen=True)
-class EndpointRecord:
-    endpoint: str
-    pid: int
-    pid_ns: int | None = None  # the writer's PID namespace: its pid means nothing from another one
-
-
-def _pid_ns() -> int | None:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
-def write_endpoint_file(directory: str, endpoint: str, pid: int) -> None:
-    """Record the serving endpoint in DIR/WRITER (tmp file + rename: readers never see half of it)."""
-    path = os.path.join(directory, ENDPOINT_FILE)
-    tmp = f"{path}.{pid}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"endpoint": endpoint, "pid": pid, "pid_ns": _pid_ns()}, f)
-    os.replace(tmp, path)
-
-
-def read_endpoint_file(directory: str | os.PathLike[str]) -> EndpointRecord | None:
-    """The endpoint a writer recorded in ``directory``, or None if there is none (or it is unreadable)."""
-    try:
-        with open(os.path.join(os.fspath(directory), ENDPOINT_FILE)) as f:
-            data = json.load(f)
-        ns = data.get("pid_ns")
-        return EndpointRecord(str(data["endpoint"]), int(data["pid"]), None if ns is None else int(ns))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def remove_endpoint_file(directory: str, pid: int) -> None:
-    """Remove DIR/WRITER if it is still ours (a newer writer may have replaced it)."""
-    rec = read_endpoint_file(directory)
-    if rec is not None and rec.pid == pid:
-        try:
-            os.unlink(os.path.join(directory, ENDPOINT_FILE))
-        except OSError:
-            pass
-
-
-def resolve_endpoint(directory: str | os.PathLike[str]) -> str:
-    """The endpoint a client should use for ``directory``: the recorded one, else the default."""
-    return recorded_endpoint(directory) or default_endpoint(directory)
-
-
-def recorded_endpoint(directory: str | os.PathLike[str]) -> str | None:
-    """The endpoint DIR/WRITER records, if the writer that wrote it holds the directory now; else None.
-
-    A record is ignored when its writer is gone (its pid is dead, or nobody holds
-    the directory's lock) or when another process holds the lock (a copy of a
-    live directory carries the original's record): its endpoint may belong to
-    another directory's writer, which would acknowledge appends into, or delete
-    segments of, the wrong log. Only judged from the writer's own PID namespace
-    (a client in another container cannot see its pid or its lock in /proc),
-    else the record is trusted.
-    """
-    rec = read_endpoint_file(directory)
-    if rec is None:
-        return None
-    if rec.pid_ns is not None and rec.pid_ns == _pid_ns():
-        holder = writer_lock_holder(os.fspath(directory))
-        if not _pid_alive(rec.pid) or holder == 0 or (holder is not None and holder != rec.pid):
-            return None
-    return rec.endpoint
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
 
 
 def ipc_in_use(endpoint: str) -> bool:

@@ -40,9 +40,11 @@ from typing import Any
 from .. import protocol
 from ..config import WalConfig
 from ..errors import WalError, WalLockedError, WriterUnavailableError
+from ..exit_codes import EXIT_IO, EXIT_LOCKED, EXIT_USAGE
 from ..fs import FileLayer
 from ..recovery import RecoveryInfo
-from .server import EXIT_IO, EXIT_LOCKED, EXIT_USAGE, FatalStop, WriterServer, WriterSpec, run_writer
+from .loop import FatalStop, WriterServer
+from .server import WriterSpec, run_writer
 
 _LEN = struct.Struct("<Q")
 _CHILD_CODE = "from nori_wal.writer_proc.process import child_main; child_main()"

@@ -18,7 +18,12 @@ def configure(app: Celery, celery_dir: str) -> Celery:
         os.makedirs(d, exist_ok=True)
     app.conf.update(
         broker_url="filesystem://",
-        broker_transport_options={"data_folder_in": queue_dir, "data_folder_out": queue_dir, "polling_interval": 0.05},
+        broker_transport_options={
+            "data_folder_in": queue_dir,
+            "data_folder_out": queue_dir,
+            "control_folder": os.path.join(celery_dir, "control"),  # (default: ./control in the cwd)
+            "polling_interval": 0.05,
+        },
         result_backend=f"file://{results_dir}",
         task_serializer="json",
         result_serializer="json",

@@ -55,8 +55,8 @@ from nori_wal import (
     open_reader,
 )
 from nori_wal.client import AsyncWalClient, WalClient
+from nori_wal.endpoint_file import ENDPOINT_FILE, SOCKET_NAME, read_endpoint_file
 from nori_wal.writer_proc import WriterProcess
-from nori_wal.writer_proc.endpoint import ENDPOINT_FILE, SOCKET_NAME, read_endpoint_file
 
 MS = timedelta(milliseconds=1)
 Appended = Tuple[Record, Position]

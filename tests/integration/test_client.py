@@ -6,6 +6,8 @@ import asyncio
 import multiprocessing as mp
 import os
 import pickle
+import subprocess
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
@@ -23,6 +25,7 @@ from nori_wal import (
 )
 from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
+from nori_wal.endpoint_file import find_writer, read_endpoint_file, write_endpoint_file
 from nori_wal.position import make_position
 
 PER_WORKER = 40
@@ -105,6 +108,58 @@ def test_client_pickles_as_its_constructor_arguments(tmp_path):
 
 
 # -- no writer, a restarted writer ----------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(30)
+    return proc.pid
+
+
+@pytest.mark.parametrize("writer_file", ["missing", "dead pid"])
+def test_for_dir_without_a_live_writer_fails_at_once_saying_so(tmp_path, writer_file):
+    """No DIR/WRITER, or one naming a dead pid: WriterUnavailableError at once, not after ``timeout``.
+
+    The timeout (60 s) would say "no reply ... within 60 s"; the error names the directory and the reason.
+    """
+    d = str(tmp_path / "wal")
+    os.makedirs(d)
+    if writer_file == "dead pid":
+        write_endpoint_file(d, f"ipc://{tmp_path}/gone.sock", _dead_pid())
+        reason = "which is not running"
+    else:
+        reason = "no readable WRITER file"
+    assert find_writer(d).endpoint is None and reason in find_writer(d).reason
+    with WalClient.for_dir(d, timeout=60) as c:
+        for call in (lambda: c.append(rec("x", 0)), lambda: c.append_batch([rec("x", 1)]), c.info):
+            with pytest.raises(WriterUnavailableError, match=f"no writer is serving {d}.*{reason}"):
+                call()
+
+    async def main() -> None:
+        async with AsyncWalClient.for_dir(d, timeout=60) as a:
+            with pytest.raises(WriterUnavailableError, match=reason):
+                await a.append(rec("y", 0))
+            with pytest.raises(WriterUnavailableError, match=reason):
+                await a.sync()
+
+    asyncio.run(main())
+
+
+def test_for_dir_fails_at_once_after_its_writer_was_killed_and_reaches_the_next_one(tmp_path, spawn_writer):
+    """A killed writer leaves DIR/WRITER behind: the next call says its pid is gone; a new writer is found."""
+    d = str(tmp_path / "wal")
+    w = spawn_writer(d)
+    with WalClient.for_dir(d, timeout=60) as c:
+        first = c.append(rec("a", 0))
+        w.kill()
+        assert read_endpoint_file(d) is not None  # left behind
+        with pytest.raises(WriterUnavailableError):
+            c.append(rec("a", 1))  # the lost connection (the outcome is unknown) ...
+        with pytest.raises(WriterUnavailableError, match="which is not running"):
+            c.append(rec("a", 2))  # ... then at once: nobody serves the directory
+        spawn_writer(d)
+        assert c.append(rec("a", 3)) > first
 
 
 def test_no_writer_raises_writer_unavailable(tmp_path):

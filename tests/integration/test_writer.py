@@ -33,10 +33,10 @@ from nori_wal import (
 from nori_wal import protocol as P
 from nori_wal.client import AsyncWalClient, WalClient
 from nori_wal.codec import encode_record, encode_seal
+from nori_wal.endpoint_file import ENDPOINT_FILE, read_endpoint_file
 from nori_wal.segment import HEADER_SIZE, segment_name
 from nori_wal.segment_log import WRITEBACK_BYTES
 from nori_wal.writer_proc import WriterProcess
-from nori_wal.writer_proc.endpoint import ENDPOINT_FILE, read_endpoint_file
 
 
 def rec(i: int, size: int = 100, tag: bytes = b"r") -> Record:

@@ -354,6 +354,8 @@ def test_the_fixed_run_reply_equals_the_general_one(rid, seg, off, count):
     data = P.encode_run_ok(rid, seg, off, count)
     assert P.decode_reply(data) == P.decode_reply(P.encode_ok(rid, [seg, off, count]))
     assert P.run_reply(data) == (rid, seg, off, count)
+    # decode_reply's struct fast path gives what msgpack reads from the same bytes
+    assert P.decode_reply(data) == P.Reply(rid, True, msgpack.unpackb(data)[3])
 
 
 def test_run_reply_leaves_every_other_reply_to_msgpack():

@@ -15,9 +15,11 @@ from nori_wal import FsyncPolicy, Record, WalConfig, WalError, WriterUnavailable
 from nori_wal import protocol as P
 from nori_wal.client import WalClient
 from nori_wal.codec import encode_record
+from nori_wal.endpoint_file import read_endpoint_file
 from nori_wal.writer_proc import WriterProcess
-from nori_wal.writer_proc.endpoint import EndpointBusy, claim_ipc, read_endpoint_file
-from nori_wal.writer_proc.server import MAX_GROUP_MESSAGES, WriterSpec, open_writer
+from nori_wal.writer_proc.endpoint import EndpointBusy, claim_ipc
+from nori_wal.writer_proc.loop import MAX_GROUP_MESSAGES
+from nori_wal.writer_proc.server import WriterSpec, open_writer
 
 FRAME = encode_record(Record.put(b"k", b"v" * 20))
 

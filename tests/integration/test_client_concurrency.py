@@ -1,5 +1,6 @@
-"""Client hardening: close under concurrency, split batches, SYNC ordering, fork with a held lock,
-cross-thread PendingAppend, position validation. Every wait is bounded (joins and events with timeouts)."""
+"""The clients under concurrency and failure: close while others wait, split batches, SYNC ordering,
+fork with a held lock, cross-thread PendingAppend, position validation. Every wait is bounded (joins and
+events with timeouts)."""
 
 from __future__ import annotations
 
