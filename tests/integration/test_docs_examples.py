@@ -151,11 +151,6 @@ class Sub(NamedTuple):
 
 
 SUBSTITUTIONS: dict[str, tuple[Sub, ...]] = {
-    "README.md: from datetime import timedelta": (
-        Sub(
-            '"/var/lib/app/wal"', '"{tmp}/app-wal"', "a system path; the test writes only below its temporary directory"
-        ),
-    ),
     "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": (
         Sub(
             "start_metrics_server(9464, meter)",
