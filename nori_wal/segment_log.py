@@ -39,7 +39,7 @@ from .config import WalConfig
 from .cursor import Expiry
 from .cursor_store import cursor_names, read_cursor, read_expiry, write_expiry
 from .durable_mark import MarkPublisher
-from .errors import CorruptionError, RecordTooLargeError, WalClosedError, WalError, WalIOError
+from .errors import CorruptionError, PositionPastEndError, RecordTooLargeError, WalClosedError, WalError, WalIOError
 from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer, make_dirs_durable
 from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted, guard_meter
 from .position import Position, make_position
@@ -443,6 +443,11 @@ class SegmentLog:
         durably, before their segments go.
         """
         self.check_usable()
+        if position > self.position:  # a typo (99999:0) must not empty the log
+            raise PositionPastEndError(
+                f"cannot delete segments before {position}: it is past the end of the log in {self.dir} "
+                f"(the end is {self.position}); nothing was deleted"
+            )
         t0 = time.perf_counter()
         plan = self._plan_gc(position)
         self.last_gc = plan
