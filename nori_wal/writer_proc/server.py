@@ -21,7 +21,7 @@ from typing import Callable
 from ..config import WalConfig
 from ..endpoint_file import default_endpoint, write_endpoint_file
 from ..exit_codes import EXIT_USAGE
-from ..fs import OS, FileLayer
+from ..fs import OS, FileLayer, chmod_socket
 from ..observe import NOOP, Meter, guard_meter
 from ..segment_log import SegmentLog
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
@@ -64,6 +64,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
         server.ipc_claim = claim
         if claim is not None:
             claim.bound()
+            chmod_socket(claim.path)  # owner-only, or the group's (fs.modes_under), whatever the umask
     except BaseException:
         if claim is not None:
             claim.release()
