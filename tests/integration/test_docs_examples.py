@@ -51,7 +51,7 @@ from nori_wal.prometheus import MetricsServer
 from nori_wal.writer_proc import WriterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md", "docs/RECIPES.md")
+DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md", "docs/RECIPES.md", "docs/SECURITY.md")
 PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
 
