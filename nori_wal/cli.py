@@ -19,7 +19,7 @@ import logging
 import sys
 from types import ModuleType
 
-COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture", "consumers", "ship"]
+COMMANDS = ["serve", "load", "dump", "verify", "stats", "gc", "torture", "consumers", "ship", "keygen"]
 
 
 def _module(name: str) -> ModuleType:

@@ -122,6 +122,7 @@ class WalConfig:
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW  # how long an idempotency key is remembered (at least)
     dedupe_max_keys: int = DEFAULT_DEDUPE_MAX_KEYS  # a new key past this many within the window is refused
     max_retained_bytes: int | None = None  # bytes: consumers may hold back GC until the log is this big (None: no cap)
+    group: str | None = None  # share with this group: dir 0750, files 0640, socket 0660 (None: owner-only 0700/0600)
 
     def __post_init__(self) -> None:
         from .segment import MIN_SEGMENT_SIZE
@@ -158,3 +159,9 @@ class WalConfig:
             retained = self.max_retained_bytes = _check_int("WalConfig", "max_retained_bytes", self.max_retained_bytes)
             if retained < 0:
                 raise ValueError(f"WalConfig max_retained_bytes must be None or >= 0 bytes, got {retained}")
+        if self.group is not None:
+            from .fs import group_id
+
+            if not isinstance(self.group, str) or not self.group:
+                raise TypeError(f"WalConfig group must be None or a group name, got {self.group!r}")
+            group_id(self.group)  # ValueError naming it when there is no such group

@@ -44,7 +44,7 @@ import struct
 
 from crc32c import crc32c
 
-from .fs import FileHandle, FileLayer
+from .fs import FileHandle, FileLayer, open_private
 from .position import Position
 
 MARK_FILE = "DURABLE"
@@ -104,7 +104,7 @@ class MarkPublisher:
     def __init__(self, directory: str):
         # Opening never rewrites a whole mark (only a shorter file, which holds none, is extended
         # with zeros): recovery reads the previous writer's mark after this (Rule 4).
-        fd = os.open(os.path.join(directory, MARK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(os.path.join(directory, MARK_FILE), os.O_RDWR)
         try:
             if os.fstat(fd).st_size < MARK_SIZE:
                 os.ftruncate(fd, MARK_SIZE)

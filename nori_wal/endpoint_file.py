@@ -27,7 +27,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from .fs import writer_lock_holder
+from .fs import open_private, writer_lock_holder
 
 ENDPOINT_FILE = "WRITER"
 SOCKET_NAME = "writer.sock"
@@ -52,6 +52,7 @@ class EndpointRecord:
     endpoint: str
     pid: int
     pid_ns: int | None = None  # the writer's PID namespace: its pid means nothing from another one
+    curve_server_key: str | None = None  # the writer's CURVE public key (Z85) when it requires CURVE
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class WriterFound:
 
     endpoint: str | None
     reason: str = ""
+    curve_server_key: str | None = None  # the writer's CURVE public key (Z85), when it requires CURVE
 
 
 def _pid_ns() -> int | None:
@@ -69,13 +71,28 @@ def _pid_ns() -> int | None:
         return None
 
 
-def write_endpoint_file(directory: str, endpoint: str, pid: int) -> None:
-    """Record the serving endpoint in DIR/WRITER (tmp file + rename: readers never see half of it)."""
+def write_endpoint_file(directory: str, endpoint: str, pid: int, curve_server_key: str | None = None) -> None:
+    """Record the serving endpoint in DIR/WRITER (tmp file + rename: readers never see half of it).
+
+    ``curve_server_key``: the writer's CURVE public key (Z85 text; public, so it may
+    be recorded) that clients of ``for_dir`` authenticate the writer with. On
+    failure (a full disk) nothing is left behind.
+    """
     path = os.path.join(directory, ENDPOINT_FILE)
     tmp = f"{path}.{pid}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"endpoint": endpoint, "pid": pid, "pid_ns": _pid_ns()}, f)
-    os.replace(tmp, path)
+    data = {"endpoint": endpoint, "pid": pid, "pid_ns": _pid_ns()}
+    if curve_server_key is not None:
+        data["curve_server_key"] = curve_server_key
+    try:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_endpoint_file(directory: str | os.PathLike[str]) -> EndpointRecord | None:
@@ -84,7 +101,10 @@ def read_endpoint_file(directory: str | os.PathLike[str]) -> EndpointRecord | No
         with open(os.path.join(os.fspath(directory), ENDPOINT_FILE)) as f:
             data = json.load(f)
         ns = data.get("pid_ns")
-        return EndpointRecord(str(data["endpoint"]), int(data["pid"]), None if ns is None else int(ns))
+        key = data.get("curve_server_key")
+        return EndpointRecord(
+            str(data["endpoint"]), int(data["pid"]), None if ns is None else int(ns), None if key is None else str(key)
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -120,10 +140,12 @@ def find_writer(directory: str | os.PathLike[str]) -> WriterFound:
     """
     path = os.fspath(directory)
     rec = read_endpoint_file(path)
+    if rec is None and not os.access(path, os.R_OK | os.X_OK) and os.path.exists(path):
+        return WriterFound(None, f"permission denied: {path} (the log directory is not open to this user)")
     if rec is None:
         return WriterFound(None, f"no writer is serving {path}: it has no readable {ENDPOINT_FILE} file")
     if rec.pid_ns is None or rec.pid_ns != _pid_ns():
-        return WriterFound(rec.endpoint)
+        return WriterFound(rec.endpoint, curve_server_key=rec.curve_server_key)
     stale = f"no writer is serving {path}: its {ENDPOINT_FILE} file names pid {rec.pid}"
     if not pid_alive(rec.pid):
         return WriterFound(None, f"{stale}, which is not running")
@@ -132,7 +154,7 @@ def find_writer(directory: str | os.PathLike[str]) -> WriterFound:
         return WriterFound(None, f"{stale}, which does not hold the directory's lock")
     if holder is not None and holder != rec.pid:
         return WriterFound(None, f"{stale}, but pid {holder} holds the directory's lock")
-    return WriterFound(rec.endpoint)
+    return WriterFound(rec.endpoint, curve_server_key=rec.curve_server_key)
 
 
 def pid_alive(pid: int) -> bool:

@@ -102,6 +102,11 @@ class InvalidRecordError(ProtocolError, ValueError):
     a ttl out of range): refused before anything is written or sent. Also a ValueError."""
 
 
+class PositionPastEndError(WalError, ValueError):
+    """A destructive call named a position past the end of the log (a typo must not empty it):
+    nothing was done. Also a ValueError."""
+
+
 class RecordsDeletedError(WalError):
     """A reader's next records were deleted (by GC) before it read them: nothing is skipped silently.
 

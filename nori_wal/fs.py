@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import grp
 import mmap
 import os
+import stat
 import weakref
 from typing import Any, Iterator, Protocol
 
@@ -93,6 +95,86 @@ def _pwrite_all(fd: int, data: BytesLike, offset: int) -> int:
         offset += written
         view = view[written:]
     return offset
+
+
+# -- permissions: one rule for every file and directory nori-wal creates ----------------------
+
+OWNER_DIR_MODE = 0o700  # the log directory, by default: nobody else may even list it
+GROUP_DIR_MODE = 0o2750  # with WalConfig.group: the group reads; setgid, so new files get the group
+
+
+def modes_under(dir_mode: int) -> tuple[int, int, int]:
+    """(sub-directory, file, socket) modes for what is created in a directory of mode ``dir_mode``.
+
+    Owner-only unless the directory lets its group in (``GROUP_DIR_MODE``): then
+    the group may read files, and connect to (write) the socket. Whatever the umask.
+    """
+    if dir_mode & 0o050 == 0o050:
+        return GROUP_DIR_MODE, 0o640, 0o660
+    return OWNER_DIR_MODE, 0o600, 0o600
+
+
+def _modes_in(directory: str) -> tuple[int, int, int]:
+    try:
+        return modes_under(os.stat(directory or os.curdir).st_mode)
+    except OSError:
+        return OWNER_DIR_MODE, 0o600, 0o600
+
+
+def open_private(path: str, flags: int) -> int:
+    """``os.open(path, flags | O_CREAT)`` with the mode its directory calls for (``modes_under``), umask or not."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = _modes_in(os.path.dirname(path))[1]
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def chmod_socket(path: str) -> None:
+    """Give a freshly bound unix socket file its mode (``modes_under`` its directory); best effort."""
+    try:
+        os.chmod(path, _modes_in(os.path.dirname(path))[2])
+    except OSError:
+        pass
+
+
+def group_id(name: str) -> int:
+    """The gid of group ``name``; ValueError naming it when there is none."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {name!r}") from None
+
+
+def secure_dir(path: str, group: str | None) -> None:
+    """Give the log directory (and its LOCK) the mode of ``group`` (owner-only when None).
+
+    Called by the directory's writer once it holds the lock. A directory owned by
+    someone else is left as it is (chmod is theirs to do).
+    """
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        return
+    if group is not None:
+        gid = group_id(group)
+        if st.st_gid != gid:
+            os.chown(path, -1, gid)
+        wanted = GROUP_DIR_MODE
+    else:
+        wanted = OWNER_DIR_MODE
+    if stat.S_IMODE(st.st_mode) != wanted:
+        os.chmod(path, wanted)
+    lock = os.path.join(path, LOCK_FILE)
+    try:
+        if group is not None:
+            os.chown(lock, -1, group_id(group))
+        os.chmod(lock, modes_under(wanted)[1])
+    except FileNotFoundError:
+        pass
 
 
 class OsFile:
@@ -218,10 +300,16 @@ class OsFileLayer:
     """The real file system."""
 
     def makedirs(self, path: str) -> None:
+        """``mkdir -p``; a directory made here gets the mode ``modes_under`` its parent calls for."""
+        existed = os.path.isdir(path)
         try:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, mode=OWNER_DIR_MODE, exist_ok=True)
         except FileExistsError as exc:  # the name is taken by a file: say so, not "File exists"
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file has that name)", path) from exc
+        if not existed:
+            parent = os.path.dirname(os.path.normpath(path))
+            mode = _modes_in(parent)[0] if os.path.exists(os.path.join(parent, LOCK_FILE)) else OWNER_DIR_MODE
+            os.chmod(path, mode)
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
@@ -230,7 +318,7 @@ class OsFileLayer:
         return os.path.exists(path)
 
     def create(self, path: str) -> OsFile:
-        return OsFile(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), path)
+        return OsFile(open_private(path, os.O_WRONLY | os.O_EXCL), path)
 
     def open_append(self, path: str) -> OsFile:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -255,7 +343,7 @@ class OsFileLayer:
     def lock_dir(self, path: str) -> OsDirLock:
         # flock locks belong to the open file description, so a second open() in the
         # same process conflicts too: one writer per directory, also within a process.
-        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(os.path.join(path, LOCK_FILE), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -270,7 +358,7 @@ class OsFileLayer:
 
         A consumer's cursor lock (``cursor_store``): one process holds a cursor at a time.
         """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -323,6 +323,8 @@ class PrometheusMeter:
 DEFAULT_METRICS_ADDR = "127.0.0.1"  # loopback: exposing the writer's metrics to a network is the caller's choice
 DEFAULT_MAX_CONNECTIONS = 8  # concurrent /metrics connections; more are closed at once
 DEFAULT_CONNECTION_TIMEOUT = 5.0  # seconds a connection may sit idle in one read or write
+REQUEST_DEADLINE = 2.0  # seconds a connection gets to send its whole request line and headers
+EVICT_WAIT = 1.0  # seconds a new connection waits for an evicted one's slot
 
 
 class _LogStream:
@@ -344,6 +346,13 @@ class _QuietHandler(WSGIRequestHandler):
     def get_stderr(self) -> Any:
         return _LogStream()
 
+    def parse_request(self) -> bool:
+        """The request line and headers are in: this connection no longer counts as slow to send them."""
+        server = self.server
+        if isinstance(server, _BoundedServer):
+            server.done_reading(self.request)
+        return bool(super().parse_request())
+
 
 class _BoundedServer(WSGIServer):
     """A WSGI server with one daemon thread per connection, at most ``max_connections`` of them.
@@ -356,6 +365,12 @@ class _BoundedServer(WSGIServer):
     timeout, so an idle or slow client is dropped after ``connection_timeout`` seconds
     without a byte. The exporter holds at most ``max_connections`` + 1 descriptors
     (the listener) and as many threads, whatever the network does.
+
+    A client that trickles its request (a byte now and then, never idle for the
+    timeout) cannot hold a slot either: a connection gets ``REQUEST_DEADLINE``
+    seconds to send its request line and headers, and when every slot is taken a
+    new connection evicts the oldest one still sending its request. A scrape
+    (which sends its request at once) always gets in.
     """
 
     allow_reuse_address = True
@@ -376,11 +391,32 @@ class _BoundedServer(WSGIServer):
         self.refused = 0  # connections closed at once: the cap was reached
         self._slots = threading.BoundedSemaphore(max_connections)
         self._active: dict[socket.socket, threading.Thread] = {}
+        self._reading: dict[socket.socket, float] = {}  # connections still sending their request: since when
         self._active_lock = threading.Lock()
         super().__init__(address, _QuietHandler)
 
+    def done_reading(self, request: Any) -> None:
+        with self._active_lock:
+            self._reading.pop(request, None)
+
+    def _evict_slow(self) -> None:
+        """Cut connections past the request deadline; when every slot is taken, the oldest still reading too."""
+        now = time.monotonic()
+        with self._active_lock:
+            slow = [r for r, t0 in self._reading.items() if now - t0 > REQUEST_DEADLINE]
+            if not slow and len(self._active) >= self.max_connections and self._reading:
+                slow = [min(self._reading, key=self._reading.__getitem__)]
+            for r in slow:
+                self._reading.pop(r, None)
+        for r in slow:
+            try:
+                r.shutdown(socket.SHUT_RDWR)  # its thread's recv returns; the thread frees the slot
+            except OSError:
+                pass
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        self._evict_slow()
+        if not self._slots.acquire(timeout=EVICT_WAIT):
             self.refused += 1
             (_log.warning if self.refused == 1 else _log.debug)(
                 "metrics: %d connections already open (the cap); closing a new one from %s at once",
@@ -399,10 +435,12 @@ class _BoundedServer(WSGIServer):
             )
             with self._active_lock:
                 self._active[request] = t
+                self._reading[request] = time.monotonic()
             t.start()
         except BaseException:
             with self._active_lock:
                 self._active.pop(request, None)
+                self._reading.pop(request, None)
             self._slots.release()
             raise
 
@@ -415,6 +453,7 @@ class _BoundedServer(WSGIServer):
             self.shutdown_request(request)
             with self._active_lock:
                 self._active.pop(request, None)
+                self._reading.pop(request, None)
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -59,6 +59,7 @@ from .codec import (
 )
 from .errors import (
     CorruptionError,
+    PositionPastEndError,
     ProtocolError,
     RecordTooLargeError,
     WalClosedError,
@@ -100,6 +101,7 @@ ERRORS: dict[str, type[WalError]] = {
         WalIOError,
         WriterUnavailableError,
         ProtocolError,
+        PositionPastEndError,
     )
 }
 

@@ -39,8 +39,8 @@ from .config import WalConfig
 from .cursor import Expiry
 from .cursor_store import cursor_names, read_cursor, read_expiry, write_expiry
 from .durable_mark import MarkPublisher
-from .errors import CorruptionError, RecordTooLargeError, WalClosedError, WalError, WalIOError
-from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer, make_dirs_durable
+from .errors import CorruptionError, PositionPastEndError, RecordTooLargeError, WalClosedError, WalError, WalIOError
+from .fs import OS, DirLock, FileHandle, FileLayer, OsFileLayer, make_dirs_durable, secure_dir
 from .observe import NOOP, Fsync, FsyncFailed, Meter, SegmentRoll, SegmentsDeleted, guard_meter
 from .position import Position, make_position
 from .record import BytesLike
@@ -101,6 +101,12 @@ class SegmentLog:
         try:
             make_dirs_durable(layer, directory)
             lock = layer.lock_dir(directory)
+            if isinstance(layer, OsFileLayer):
+                try:
+                    secure_dir(directory, config.group)  # owner-only (or the group's), whatever the umask
+                except BaseException:
+                    lock.release()
+                    raise
         except WalError:  # already says what failed (a WalIOError is an OSError too)
             raise
         except OSError as exc:  # only WalError subclasses cross the public API
@@ -443,6 +449,11 @@ class SegmentLog:
         durably, before their segments go.
         """
         self.check_usable()
+        if position > self.position:  # a typo (99999:0) must not empty the log
+            raise PositionPastEndError(
+                f"cannot delete segments before {position}: it is past the end of the log in {self.dir} "
+                f"(the end is {self.position}); nothing was deleted"
+            )
         t0 = time.perf_counter()
         plan = self._plan_gc(position)
         self.last_gc = plan

@@ -15,6 +15,10 @@ Rules:
    nobody.
 3. A client pickles as its constructor arguments and reconnects lazily on the
    other side.
+4. CURVE (``curve_server_key`` + ``curve_secret``, paths or key bytes) is set on
+   the client's context, so every socket it makes authenticates; ``for_dir``
+   takes the writer's public key from DIR/WRITER and the client's own from
+   ``curve_secret``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import zmq
 from ..endpoint_file import find_writer, resolve_endpoint
 from ..errors import ProtocolError, WalClosedError, WriterUnavailableError
 from ..position import Position
+from ..security import ClientCurve, KeySource, key_pair
 from .session import MAX_IN_FLIGHT
 from .transport import Connection, close_context, current_pid, new_context
 
@@ -87,9 +92,19 @@ def checked_position(position: Any) -> Position:
 class ClientBase(Generic[K]):
     """Endpoint, timeout and in-flight bound of a client; its context and connections (``K``) per process."""
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        curve_server_key: KeySource | None = None,
+        curve_secret: KeySource | None = None,
+    ):
         if not (timeout > 0 and math.isfinite(timeout)):  # a call must never hang: no infinite timeout
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        self._curve = ClientCurve.make(curve_server_key, curve_secret)  # Rule 4
+        self._curve_secret = curve_secret
         self._endpoint = endpoint
         self._dir: str | None = None
         self.timeout = float(timeout)
@@ -112,16 +127,21 @@ class ClientBase(Generic[K]):
         timeout: float = DEFAULT_TIMEOUT,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
+        curve_secret: KeySource | None = None,
     ) -> C:
         """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
 
         The endpoint is looked up again whenever a new connection is made, so
         a writer restarted on another endpoint is found too; a call made when
         no live writer serves the directory raises WriterUnavailableError at
-        once (Rule 2).
+        once (Rule 2). A writer that requires CURVE records its public key there
+        too; ``curve_secret`` is this client's own key (Rule 4).
         """
         client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
         client._dir = os.fspath(directory)
+        client._curve_secret = curve_secret
+        if curve_secret is not None:
+            key_pair(curve_secret)  # a bad key fails here, not at the first call
         return client
 
     @property
@@ -149,22 +169,56 @@ class ClientBase(Generic[K]):
         """The context (made on first use) and the endpoint a new connection should use (Rule 2)."""
         if self._ctx is None:
             self._ctx = new_context()
+            if self._curve is not None:
+                self._curve.apply(self._ctx)
         if self._dir is not None:
             found = find_writer(self._dir)
             if found.endpoint is None:
                 raise WriterUnavailableError(found.reason)
             self._endpoint = found.endpoint
+            self._use_recorded_key(found.curve_server_key)
         return self._ctx, self._endpoint
 
+    def _use_recorded_key(self, server_key: str | None) -> None:
+        """Rule 4 for ``for_dir``: CURVE with the key the writer recorded, or none when it recorded none."""
+        assert self._ctx is not None
+        if server_key is None:
+            if self._curve is not None:  # a restarted writer without CURVE: plain sockets again
+                self._curve = None
+                for opt in (zmq.CURVE_SERVERKEY, zmq.CURVE_PUBLICKEY, zmq.CURVE_SECRETKEY):
+                    self._ctx.sockopts.pop(opt, None)
+            return
+        if self._curve_secret is None:
+            raise WriterUnavailableError(
+                f"the writer serving {self._dir} requires CURVE authentication: "
+                f"give this client its key (for_dir(..., curve_secret=PATH))"
+            )
+        if self._curve is None or self._curve.server_key != server_key.encode():
+            self._curve = ClientCurve.make(server_key.encode(), self._curve_secret)
+            assert self._curve is not None
+            self._curve.apply(self._ctx)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight))
+        keys = (None, self._curve_secret) if self._dir is not None else (self._server_key_arg(), self._curve_secret)
+        return (_rebuild, (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight, *keys))
+
+    def _server_key_arg(self) -> bytes | None:
+        return None if self._curve is None else self._curve.server_key
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._endpoint!r}, timeout={self.timeout:g})"
 
 
-def _rebuild(cls: Any, endpoint: str, directory: str | None, timeout: float, max_in_flight: int) -> Any:
+def _rebuild(
+    cls: Any,
+    endpoint: str,
+    directory: str | None,
+    timeout: float,
+    max_in_flight: int,
+    server_key: KeySource | None = None,
+    secret: KeySource | None = None,
+) -> Any:
     """Unpickle a client as its constructor arguments (it reconnects lazily on the other side)."""
     if directory is not None:
-        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight)
-    return cls(endpoint, timeout, max_in_flight=max_in_flight)
+        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight, curve_secret=secret)
+    return cls(endpoint, timeout, max_in_flight=max_in_flight, curve_server_key=server_key, curve_secret=secret)

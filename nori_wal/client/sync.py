@@ -44,6 +44,7 @@ from ..protocol import (
     RUN_REPLY_TAGS,
 )
 from ..record import Record
+from ..security import KeySource
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
 from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Outcome, Session, batch_positions, positions_of
 from .transport import (
@@ -145,8 +146,18 @@ class PendingAppend:
 class WalClient(ClientBase[_ThreadConn]):
     """A producer: appends records through the writer process serving one endpoint."""
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
-        super().__init__(endpoint, timeout, max_in_flight=max_in_flight)
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        curve_server_key: KeySource | None = None,
+        curve_secret: KeySource | None = None,
+    ):
+        super().__init__(
+            endpoint, timeout, max_in_flight=max_in_flight, curve_server_key=curve_server_key, curve_secret=curve_secret
+        )
         self._local = threading.local()
 
     def _after_fork(self) -> None:

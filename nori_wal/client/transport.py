@@ -70,6 +70,28 @@ def zmq_error(exc: zmq.ZMQError, what: str, endpoint: str) -> WalError:
     return err
 
 
+def ipc_access_problem(endpoint: str) -> str | None:
+    """Why this process may not connect to the ``ipc://`` ``endpoint`` (file modes), or None.
+
+    ZeroMQ retries a refused connect silently, so a client the socket's modes shut
+    out would only time out; this says "permission denied" and names the path.
+    """
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://") :]
+    if not path or path.startswith("@") or path == "*":
+        return None
+    try:
+        os.stat(path)
+    except PermissionError:
+        return f"permission denied: {path} (its directory is not open to this user)"
+    except OSError:
+        return None  # not there (yet): ZeroMQ keeps trying until the timeout
+    if not os.access(path, os.W_OK):
+        return f"permission denied: {path} (the socket's mode does not let this user connect)"
+    return None
+
+
 class Connection:
     """A DEALER connected to one writer endpoint, with a disconnect monitor."""
 
@@ -80,6 +102,9 @@ class Connection:
         self.pid = current_pid()
         self.lost = False
         self.next_check = 0.0
+        problem = ipc_access_problem(endpoint)
+        if problem is not None:
+            raise WriterUnavailableError(f"connecting to {endpoint}: {problem}")
         sock = ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)

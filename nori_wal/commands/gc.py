@@ -24,7 +24,7 @@ import os
 
 from ..codec import SEAL_FRAME_SIZE
 from ..config import DEFAULT_MAX_SEGMENT_SIZE, FsyncPolicy, WalConfig
-from ..errors import CorruptionError, WalError, WalIOError, WalLockedError
+from ..errors import CorruptionError, PositionPastEndError, WalError, WalIOError, WalLockedError
 from ..inspect_log import NotAWalDirectory, list_segments
 from ..observe import CorruptionTruncated, RecordingMeter
 from ..position import Position
@@ -100,6 +100,8 @@ def _via_writer_process(directory: str, before: Position, timeout: float) -> tup
         return None
     try:
         deleted = int(client.delete_segments_before(before))
+    except PositionPastEndError as exc:
+        fail(str(exc).removeprefix("writer: "))
     except WalError:
         return None
     finally:
@@ -119,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         fail(f"{directory}: {exc.strerror or exc}", EXIT_IO)
     if not ids:
         fail(f"{directory}: no segments (NNNNNN.wal files) here; not a nori-wal log?")
+    if before.segment_id > ids[-1]:  # past the end: a typo must not empty the log
+        fail(f"{before} is past the end of the log in {directory} (its last segment is {ids[-1]}); nothing was deleted")
     if args.dry_run:
         victims = [s for s in ids[:-1] if s < before.segment_id]
         print(
@@ -158,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         with wal:
             deleted = wal.delete_segments_before(before)
             held = wal.last_gc.describe(before) if wal.last_gc else None  # consumers' cursors (retention)
+    except PositionPastEndError as exc:
+        fail(str(exc))
     except (WalIOError, OSError) as exc:
         fail(f"deleting segments in {directory}: {exc}", EXIT_IO)
     left = list_segments(directory)

@@ -43,6 +43,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fsync in a flush thread while the next group is received (helps only with idle cores)",
     )
     parser.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="FILE",
+        help="require CURVE authentication: the writer's secret key file (NAME.key_secret, from nori-wal keygen)",
+    )
+    parser.add_argument(
+        "--curve-clients",
+        default=None,
+        metavar="DIR",
+        help="with --curve-secret: the directory of allowed client public keys (*.key); SIGHUP reloads it",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback tcp endpoint without CURVE (anyone who reaches it may append and delete)",
+    )
+    parser.add_argument(
+        "--group",
+        default=None,
+        metavar="GROUP",
+        help="share the log with GROUP: directory 0750, files 0640, socket 0660 (default: owner-only 0700/0600)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=_port,
         default=None,
@@ -78,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             dir=args.dir,
             fsync_policy=policy,
             max_segment_size=(DEFAULT_MAX_SEGMENT_SIZE if args.max_segment_size is None else args.max_segment_size),
+            group=args.group,
         )
     except ValueError as exc:
         say(str(exc))
@@ -88,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
         overlap=args.overlap,
+        curve_secret=args.curve_secret,
+        curve_clients=args.curve_clients,
+        insecure=args.insecure,
     )
 
     def ready(server: WriterServer) -> None:

@@ -17,6 +17,8 @@ import os
 import socket
 import stat
 
+from ..fs import open_private
+
 
 def ipc_in_use(endpoint: str) -> bool:
     """Whether a process listens on the ``ipc://`` ``endpoint`` now (ZeroMQ would silently take it over)."""
@@ -77,7 +79,7 @@ def claim_ipc(endpoint: str) -> IpcClaim | None:
         # ZeroMQ picks a fresh path for "*"; an abstract name (@) has no file, and binding a busy one fails.
         return None
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private(path + ".lock", os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

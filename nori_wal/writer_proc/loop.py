@@ -51,6 +51,7 @@ from ..exit_codes import EXIT_IO, EXIT_OK, EXIT_USAGE
 from ..observe import NOOP, Meter
 from ..recovery import RecoveryInfo
 from ..segment_log import SegmentLog
+from .auth import ServerCurve
 from .endpoint import IpcClaim
 from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place
 from .threads import FLUSH_ID, INTERNAL_IDS, WAKE_ID, FlushThread, FsyncResult, Watcher, internal_socket
@@ -87,9 +88,16 @@ class WriterServer:
     """One directory's writer: owns the SegmentLog, the ROUTER socket and the commit state."""
 
     def __init__(
-        self, seglog: SegmentLog, info: RecoveryInfo, endpoint: str, meter: Meter = NOOP, overlap: bool = False
+        self,
+        seglog: SegmentLog,
+        info: RecoveryInfo,
+        endpoint: str,
+        meter: Meter = NOOP,
+        overlap: bool = False,
+        curve: ServerCurve | None = None,
     ):
         self.log = seglog
+        self.curve = curve
         self.overlap = overlap
         self.info = info
         self.meter = meter
@@ -115,8 +123,12 @@ class WriterServer:
             self._flusher = flusher = FlushThread(self.log, self.ctx, self.wake_endpoint)
             self._wake_sock = internal_socket(self.ctx, WAKE_ID, self.wake_endpoint)
             self.sock.getsockopt(zmq.EVENTS)  # processes the pending attach commands
+            if curve is not None:  # after the inproc bind: our own threads need no keys
+                curve.start(self.ctx, self.sock)
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
+            if curve is not None:
+                curve.stop()
             if flusher is not None:
                 flusher.close()
             self.sock.close(0)
@@ -135,10 +147,9 @@ class WriterServer:
         self._fsync_bytes = 0
 
     def _bound_endpoint(self, requested: str) -> str:
+        """The endpoint actually bound (ZMQ_LAST_ENDPOINT: tcp://0.0.0.0:5555 stays what it is)."""
         last = self.sock.getsockopt(zmq.LAST_ENDPOINT)
         bound = last.decode() if isinstance(last, bytes) else str(last)
-        if requested.startswith("tcp://") and bound.startswith("tcp://0.0.0.0:"):
-            bound = "tcp://127.0.0.1:" + bound.rsplit(":", 1)[1]  # what a local client can connect to
         return bound or requested
 
     # -- the loop -------------------------------------------------------------------------
@@ -463,6 +474,8 @@ class WriterServer:
         else:
             self._wake_sock.close(0)
         self.sock.close(REPLY_LINGER_MS)
+        if self.curve is not None:
+            self.curve.stop()  # its ZAP socket would hold up ctx.term
         if helpers_done:
             self.ctx.term()  # waits (up to the linger) for the last replies to go out
         else:  # a helper thread is stuck holding its socket: never hang on it

@@ -79,6 +79,9 @@ class WriterProcess:
         metrics_addr: str = "127.0.0.1",
         log_level: str = "WARNING",
         overlap: bool = False,
+        curve_secret: str | bytes | os.PathLike[str] | None = None,
+        curve_clients: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
     ) -> WriterProcess:
         """Start a writer for ``config.dir`` in a new process; returns once it serves.
 
@@ -89,6 +92,10 @@ class WriterProcess:
         of the OS (e.g. one that records or fails fsyncs). ``overlap`` runs
         fsyncs in a flush thread while the next group is received (see
         ``commit.overlap_fsync``: it pays off only with idle cores).
+        ``curve_secret`` (the writer's ``.key_secret`` file, or secret key bytes)
+        and ``curve_clients`` (a directory of allowed ``*.key`` files) require
+        CURVE from every client (``nori_wal.security``); a non-loopback tcp
+        endpoint needs them unless ``insecure``.
 
         Raises WalLockedError at once when another live writer (process or
         embedded Wal) owns the directory; WriterUnavailableError when the
@@ -102,6 +109,9 @@ class WriterProcess:
             metrics_addr=metrics_addr,
             log_level=log_level,
             overlap=overlap,
+            curve_secret=None if curve_secret is None else _key_arg(curve_secret),
+            curve_clients=None if curve_clients is None else os.fspath(curve_clients),
+            insecure=insecure,
         )
         path = json.dumps([p for p in sys.path if isinstance(p, str)]).encode()
         blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
@@ -204,6 +214,11 @@ class WriterProcess:
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else f"exited {self.returncode}"
         return f"WriterProcess(pid={self.pid}, endpoint={self.endpoint!r}, {state})"
+
+
+def _key_arg(source: str | bytes | os.PathLike[str]) -> str | bytes:
+    """A key argument as it crosses into the child: key bytes as they are, a path made absolute."""
+    return source if isinstance(source, bytes) else os.path.abspath(os.fspath(source))
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:

@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from ..config import WalConfig
 from ..endpoint_file import default_endpoint, write_endpoint_file
 from ..exit_codes import EXIT_USAGE
-from ..fs import OS, FileLayer
+from ..fs import OS, FileLayer, chmod_socket
 from ..observe import NOOP, Meter, guard_meter
+from ..security import INSECURE_WARNING, endpoint_problem, is_loopback_tcp
 from ..segment_log import SegmentLog
+from .auth import ServerCurve
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
 from .loop import FatalStop, WriterServer
 
@@ -41,6 +44,9 @@ class WriterSpec:
     metrics_addr: str = "127.0.0.1"  # where /metrics listens (0.0.0.0: every interface)
     log_level: str = "WARNING"
     overlap: bool = False  # fsync in a flush thread while the next group is received (see commit)
+    curve_secret: str | bytes | None = None  # the writer's .key_secret file (or secret key): CURVE on
+    curve_clients: str | None = None  # directory of allowed client public keys (*.key)
+    insecure: bool = False  # allow a non-loopback tcp endpoint without CURVE (warned on every start)
 
 
 def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
@@ -50,6 +56,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     """
     config = spec.config
     meter = guard_meter(meter)  # the server's own reports too: a meter never raises into the log
+    curve = server_curve(spec)  # bad keys or a refused endpoint: before the directory is touched
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     endpoint = spec.endpoint or default_endpoint(seglog.dir)
     claim: IpcClaim | None = None
@@ -60,16 +67,17 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             raise FatalStop(str(exc), EXIT_USAGE) from None
         except OSError as exc:
             raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
-        server = WriterServer(seglog, info, endpoint, meter, spec.overlap)
+        server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve)
         server.ipc_claim = claim
         if claim is not None:
             claim.bound()
+            chmod_socket(claim.path)  # owner-only, or the group's (fs.modes_under), whatever the umask
     except BaseException:
         if claim is not None:
             claim.release()
         seglog.close()
         raise
-    write_endpoint_file(seglog.dir, server.endpoint, os.getpid())
+    write_endpoint_file(seglog.dir, server.endpoint, os.getpid(), curve.public.decode() if curve else None)
     log.info(
         "writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
         "%d byte(s) truncated%s",
@@ -90,6 +98,28 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     return server
 
 
+def server_curve(spec: WriterSpec) -> ServerCurve | None:
+    """The writer's CURVE setup from the spec (None without --curve-secret), after the endpoint policy
+    (``security.endpoint_problem``); FatalStop (usage) with a one-line reason when either is wrong."""
+    if (spec.curve_secret is None) != (spec.curve_clients is None):
+        raise FatalStop(
+            "--curve-secret and --curve-clients go together (the writer's key, the allowed keys)", EXIT_USAGE
+        )
+    endpoint = spec.endpoint or ""
+    problem = endpoint_problem(endpoint, spec.curve_secret is not None, spec.insecure)
+    if problem is not None:
+        raise FatalStop(problem, EXIT_USAGE)
+    if spec.insecure and spec.curve_secret is None and endpoint.startswith("tcp://") and not is_loopback_tcp(endpoint):
+        log.warning(INSECURE_WARNING.format(endpoint=endpoint))
+        print(f"nori-wal writer: warning: {INSECURE_WARNING.format(endpoint=endpoint)}", file=sys.stderr, flush=True)
+    if spec.curve_secret is None or spec.curve_clients is None:
+        return None
+    try:
+        return ServerCurve(spec.curve_secret, spec.curve_clients)
+    except ValueError as exc:
+        raise FatalStop(str(exc), EXIT_USAGE) from None
+
+
 def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifeline_fd: int | None = None) -> int:
     """Open, serve until SIGTERM/SIGINT (or lifeline EOF), stop cleanly; returns the exit code.
 
@@ -108,7 +138,12 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifel
         else:
             early.append(name)
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        if serving and serving[0].curve is not None:
+            serving[0].curve.reload()  # the allowed client keys, read again
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         meter: Meter = NOOP
         if spec.metrics_port is not None:

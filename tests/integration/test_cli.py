@@ -454,9 +454,11 @@ def test_gc_deletes_whole_segments_before_a_position(log):
 
 
 def test_gc_never_deletes_the_active_segment(log):
-    d, _recs, _pos = log
-    proc = cli("gc", d, "--before", "999:0")
-    assert proc.returncode == 0
+    d, _recs, pos = log
+    past = cli("gc", d, "--before", "999:0")  # past the end: refused, nothing deleted (test_gc_past_end.py)
+    assert past.returncode == 2 and "past the end" in past.stderr
+    proc = cli("gc", d, "--before", pos[-1])  # the last record: every segment before the active one
+    assert proc.returncode == 0, proc.stderr
     assert len(segment_files(d)) == 1
 
 

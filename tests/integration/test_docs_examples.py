@@ -77,6 +77,7 @@ DOC_FILES = (
     "docs/ARCHITECTURE.md",
     "docs/DURABILITY.md",
     "docs/PERFORMANCE.md",
+    "docs/SECURITY.md",
 )
 PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
