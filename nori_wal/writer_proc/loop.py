@@ -53,6 +53,7 @@ from ..recovery import RecoveryInfo
 from ..segment_log import SegmentLog
 from .endpoint import IpcClaim
 from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place
+from .notify import NO_NOTIFIER, Notifier
 from .threads import FLUSH_ID, INTERNAL_IDS, WAKE_ID, FlushThread, FsyncResult, Watcher, internal_socket
 
 log = logging.getLogger("nori_wal.writer")
@@ -124,6 +125,7 @@ class WriterServer:
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
         self.endpoint = self._bound_endpoint(endpoint)
         self.ipc_claim: IpcClaim | None = None  # set by open_writer; released with the socket file
+        self.notifier: Notifier = NO_NOTIFIER  # set by open_writer: wakes followers after each fsync
         self.stopping = False
         self.stop_reason = ""
         self._watcher: Watcher | None = None
@@ -352,6 +354,7 @@ class WriterServer:
             self.meter.histogram("wal_group_records", self._fsync_records)
             self.meter.histogram("wal_group_bytes", self._fsync_bytes)
         self._send_acks(self.commit.fsync_done(durable))
+        self.notifier.moved(durable)  # wake followers (after the acks: it costs producers nothing)
 
     def _send_acks(self, tickets: list[Ticket]) -> None:
         """Acknowledge these requests (a SYNC's reply, None in its ticket, is built now)."""
@@ -462,6 +465,7 @@ class WriterServer:
             helpers_done = self._watcher.close() and helpers_done
         else:
             self._wake_sock.close(0)
+        self.notifier.close()
         self.sock.close(REPLY_LINGER_MS)
         if helpers_done:
             self.ctx.term()  # waits (up to the linger) for the last replies to go out

@@ -26,6 +26,7 @@ from ..observe import NOOP, Meter, guard_meter
 from ..segment_log import SegmentLog
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
 from .loop import FatalStop, WriterServer
+from .notify import open_notifier
 
 log = logging.getLogger("nori_wal.writer")
 
@@ -62,6 +63,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap)
         server.ipc_claim = claim
+        server.notifier = open_notifier(server.ctx, endpoint if endpoint.startswith("tcp://") else server.endpoint)
         if claim is not None:
             claim.bound()
     except BaseException:
@@ -69,7 +71,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             claim.release()
         seglog.close()
         raise
-    write_endpoint_file(seglog.dir, server.endpoint, os.getpid())
+    write_endpoint_file(seglog.dir, server.endpoint, os.getpid(), server.notifier.endpoint)
     log.info(
         "writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
         "%d byte(s) truncated%s",
