@@ -150,3 +150,26 @@ def test_tests_layers_poll(tmp_path):
     w = follow_waiter(str(tmp_path))
     assert isinstance(w, SubWaiter)
     w.close()
+
+
+def test_a_following_reader_waits_on_the_writers_socket(wal_dir, spawn_writer):
+    from nori_wal import open_reader
+
+    w = spawn_writer(wal_dir)
+    got: list[bytes] = []
+    reader = open_reader(wal_dir, follow=True, durable_only=True)
+
+    def run():
+        for record, _ in reader:
+            got.append(bytes(record.key))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    with WalClient(w.endpoint, timeout=10) as client:
+        client.append_batch([Record.put(b"r%d" % i, b"x") for i in range(3)])
+    _until(lambda: len(got) == 3, "the records")
+    assert isinstance(reader._waiter, SubWaiter)
+    assert reader._waiter.endpoint == read_endpoint_file(wal_dir).notify
+    reader.close()  # from another thread: ends the iteration
+    t.join(DEADLINE)
+    assert not t.is_alive()
