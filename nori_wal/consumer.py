@@ -288,8 +288,12 @@ def _info(layer: FileLayer, directory: str, name: str) -> ConsumerInfo:
     return ConsumerInfo(name, state.committed, state.next, lag_bytes, lag_records, when, expired, lost)
 
 
-def measure_lag(layer: FileLayer, directory: str, start: Position) -> tuple[int, int]:
-    """(record bytes, records) from ``start`` to the durable end; a sealed segment counts from its seal."""
+def measure_lag(layer: FileLayer, directory: str, start: Position, *, count_records: bool = True) -> tuple[int, int]:
+    """(record bytes, records) from ``start`` to the durable end; a sealed segment counts from its seal.
+
+    ``count_records=False`` reads no records (only seals): the bytes, and 0
+    records -- what a metrics scrape inside the writer can afford.
+    """
     end = read_mark(layer, directory)
     lag_bytes = lag_records = 0
     for sid in segment_ids(layer.listdir(directory)):
@@ -309,6 +313,8 @@ def measure_lag(layer: FileLayer, directory: str, start: Position) -> tuple[int,
             if seal is not None and lo == HEADER_SIZE and hi == seal.data_end:
                 lag_bytes += hi - lo
                 lag_records += seal.record_count
+            elif not count_records:
+                lag_bytes += hi - lo
             else:
                 scan = scan_frames(fh.pread(hi - lo, lo), 0)
                 lag_bytes += scan.valid_end

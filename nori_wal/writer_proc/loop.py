@@ -50,6 +50,7 @@ from ..errors import RecordTooLargeError, WalError, WalIOError
 from ..exit_codes import EXIT_IO, EXIT_OK, EXIT_USAGE
 from ..observe import NOOP, Meter
 from ..recovery import RecoveryInfo
+from ..retention import GcPlan
 from ..segment_log import SegmentLog
 from .endpoint import IpcClaim
 from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place
@@ -296,6 +297,10 @@ class WriterServer:
             elif op is P.Op.DELETE:
                 assert req.position is not None
                 self._reply(ident, P.encode_ok(rid, log.delete_segments_before(req.position)))
+            elif op is P.Op.GC:  # DELETE, answered with the plan: which cursors held segments back
+                assert req.position is not None
+                log.delete_segments_before(req.position)
+                self._reply(ident, P.encode_ok(rid, P.encode_gc_result(log.last_gc or GcPlan([]))))
             elif op is P.Op.INFO:
                 self._reply(ident, P.encode_ok(rid, self.describe()))
         except WalIOError as exc:

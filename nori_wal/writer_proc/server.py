@@ -121,6 +121,7 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifel
             server.stop(early[0])
         if spec.metrics_port is not None:
             try:
+                _consumer_metrics(meter, server.log.dir)
                 _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
             except FatalStop:
                 server.stop("the metrics port is unusable")
@@ -149,6 +150,15 @@ def _metrics_meter() -> Meter:
     except ImportError as exc:
         raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) from exc
     return PrometheusMeter()
+
+
+def _consumer_metrics(meter: Meter, directory: str) -> None:
+    """Per-consumer lag on the writer's exporter (nori_wal.consumer_metrics), computed at each scrape."""
+    from ..consumer_metrics import register_consumer_metrics
+    from ..prometheus import PrometheusMeter
+
+    assert isinstance(meter, PrometheusMeter)
+    register_consumer_metrics(meter.registry, directory, namespace=meter.namespace)
 
 
 def _serve_metrics(meter: Meter, port: int, addr: str) -> None:
