@@ -121,8 +121,7 @@ def test_serve_exports_each_consumers_lag(tmp_path, serve_process):
         open_consumer(d, "behind", start="latest").close()
         pos = client.append_batch(recs(30))
         end = client.current_position()
-    with open_consumer(d, "caught-up", start="latest") as c:
-        pass
+    open_consumer(d, "caught-up", start="latest").close()
     text = _scrape(port)
     lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith("wal_")}
     behind = lines['wal_consumer_lag_bytes{consumer="behind"}']
@@ -132,7 +131,7 @@ def test_serve_exports_each_consumers_lag(tmp_path, serve_process):
     assert lines['wal_consumer_expired{consumer="behind"}'] == 0
     assert 'wal_consumer_last_commit_timestamp_seconds{consumer="behind"}' not in lines
     with open_consumer(d, "behind") as c:
-        for record, position in c:
+        for _record, position in c:
             c.commit(position)
             break
     lines = {
