@@ -26,9 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Protocol
-
-import zmq
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .durable_mark import MarkReader
 from .endpoint_file import live_record
@@ -38,8 +36,9 @@ from .position import Position
 POLL_INTERVAL = 0.002  # seconds between two looks at the durable mark without a writer's socket
 SUB_SLICE = 0.05  # seconds: with the socket, the mark is re-read at least this often anyway
 LOOKUP_INTERVAL = 1.0  # seconds between two looks at DIR/WRITER (a writer starting, stopping, moving)
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
+
+if TYPE_CHECKING:
+    import zmq
 
 
 class Waiter(Protocol):
@@ -107,6 +106,9 @@ class SubWaiter:
         slice_: float = SUB_SLICE,
         ctx: zmq.Context[Any] | None = None,
     ):
+        import zmq  # here, not at the top: importing nori_wal must not load ZeroMQ
+
+        self._zmq = zmq
         self._dir = directory
         self._mark = MarkReader(layer, directory)
         self._interval, self._slice = interval, slice_
@@ -154,14 +156,15 @@ class SubWaiter:
         self.endpoint = endpoint
         if endpoint is None:
             return
-        ctx = self._ctx or zmq.Context.instance()
-        sub: zmq.Socket[Any] = ctx.socket(zmq.SUB)
+        z = self._zmq
+        ctx = self._ctx or z.Context.instance()
+        sub: zmq.Socket[Any] = ctx.socket(z.SUB)
         try:
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.CONFLATE, 1)  # only "it moved" matters: keep the last message
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.setsockopt(z.LINGER, 0)
+            sub.setsockopt(z.CONFLATE, 1)  # only "it moved" matters: keep the last message
+            sub.setsockopt(z.SUBSCRIBE, b"")
             sub.connect(endpoint)
-        except zmq.ZMQError:  # a record we cannot use: poll instead
+        except z.ZMQError:  # a record we cannot use: poll instead
             sub.close(0)
             self.endpoint = None
             return
@@ -169,15 +172,16 @@ class SubWaiter:
 
     def _block(self, seconds: float) -> None:
         """Sleep up to ``seconds``, ending early on a wake-up message or ``wake``."""
-        items: list[tuple[Any, int]] = [(self._wake_r, _POLLIN)]
+        z = self._zmq
+        items: list[tuple[Any, int]] = [(self._wake_r, z.POLLIN)]
         if self._sub is not None:
-            items.append((self._sub, _POLLIN))
-        ready = zmq.zmq_poll(items, max(1, int(seconds * 1e3 + 0.5)))
+            items.append((self._sub, z.POLLIN))
+        ready = z.zmq_poll(items, max(1, int(seconds * 1e3 + 0.5)))
         if self._sub is not None and any(s is self._sub for s, _ in ready):
             while True:
                 try:
-                    self._sub.recv(_NOBLOCK)
-                except zmq.ZMQError:
+                    self._sub.recv(z.NOBLOCK)
+                except z.ZMQError:
                     break
                 self.wakeups += 1
 
