@@ -14,6 +14,7 @@ Request  = ``[header]`` or ``[header, payload]``
     POSITION  (3)   -                         -         [segment_id, offset]   where the next record goes
     DELETE    (4)   segment_id, offset        -         deleted segment count
     INFO      (5)   -                         -         map: version, pid, policy, position, durable, ...
+    GC        (6)   segment_id, offset        -         map: DELETE's work, and what cursors held back
 
 Reply    = ``[reply]``: msgpack array ``[VERSION, request_id, status, result]``
     status OK (0): result as in the table
@@ -70,6 +71,7 @@ from .errors import (
 )
 from .position import Position
 from .record import BytesLike, Compression
+from .retention import Expired, GcPlan, Hold
 from .scan import Stop, scan_frames
 
 VERSION = 1
@@ -84,6 +86,7 @@ class Op(enum.IntEnum):
     POSITION = 3
     DELETE = 4
     INFO = 5
+    GC = 6
 
 
 OK = 0
@@ -178,7 +181,7 @@ class Append(NamedTuple):
 
 
 class Control(NamedTuple):
-    """SYNC, POSITION, INFO (no args) or DELETE (``position``)."""
+    """SYNC, POSITION, INFO (no args) or DELETE, GC (``position``)."""
 
     request_id: int
     op: Op
@@ -199,7 +202,7 @@ def _unpack_header(head: BytesLike) -> Any:
     return msgpack.unpackb(head, raw=True, use_list=True, strict_map_key=True)
 
 
-_ARGS = {Op.APPEND: 1, Op.SYNC: 0, Op.POSITION: 0, Op.DELETE: 2, Op.INFO: 0}
+_ARGS = {Op.APPEND: 1, Op.SYNC: 0, Op.POSITION: 0, Op.DELETE: 2, Op.INFO: 0, Op.GC: 2}
 
 
 def decode_request(frames: Sequence[BytesLike]) -> Request:
@@ -279,9 +282,9 @@ def _request_of(h: list[int], frames: Sequence[BytesLike]) -> Request:
         return Append(rid, args[0], frames[1])
     if len(frames) != 1:
         return BadRequest(rid, ProtocolError(f"{op.name} takes no payload frame"))
-    if op is Op.DELETE:
+    if op is Op.DELETE or op is Op.GC:
         if args[0] < 0 or args[1] < 0:
-            return BadRequest(rid, ProtocolError("DELETE position must not be negative"))
+            return BadRequest(rid, ProtocolError(f"{op.name} position must not be negative"))
         return Control(rid, op, Position(args[0], args[1]))
     return Control(rid, op)
 
@@ -454,6 +457,48 @@ def decode_reply(data: BytesLike) -> Reply:
     if type(res) is not list or len(res) != 2 or not all(type(x) is str for x in res):
         raise ProtocolError("error reply must carry [error_name, message]")
     return Reply(r[1], False, error_from_wire(res[0], res[1]))
+
+
+def encode_gc_result(plan: GcPlan) -> dict[str, Any]:
+    """A GC reply's result: the plan ``SegmentLog.delete_segments_before`` carried out (docs/PROTOCOL.md)."""
+    return {
+        "deleted": list(plan.delete),
+        "held_back": list(plan.held_back),
+        "held_by": [[h.name, h.next.segment_id, h.next.offset] for h in plan.held_by],
+        "expired": [[e.name, *e.lost_from, *e.resumes_at] for e in plan.expire],
+    }
+
+
+def decode_gc_result(result: Any) -> GcPlan:
+    """The ``GcPlan`` a GC reply carries; ProtocolError for any other shape."""
+    try:
+        if type(result) is not dict:
+            raise TypeError
+        ints = [_int_list(result["deleted"]), _int_list(result["held_back"])]
+        held_by = [Hold(_name(h[0]), Position(*_int_list(h[1:], 2))) for h in result["held_by"]]
+        expired = [
+            Expired(_name(e[0]), Position(*_int_list(e[1:3], 2)), Position(*_int_list(e[3:], 2)))
+            for e in result["expired"]
+        ]
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ProtocolError(
+            f"GC reply must be a map of deleted, held_back, held_by, expired; got {result!r:.80}"
+        ) from None
+    return GcPlan(ints[0], ints[1], held_by, expired)
+
+
+def _int_list(value: Any, length: int | None = None) -> list[int]:
+    if type(value) is not list or not all(type(v) is int and v >= 0 for v in value):
+        raise TypeError
+    if length is not None and len(value) != length:
+        raise ValueError
+    return value
+
+
+def _name(value: Any) -> str:
+    if type(value) is not str:
+        raise TypeError
+    return value
 
 
 def positions_from_runs(runs: Sequence[int], frame_lengths: Sequence[int]) -> list[Position]:

@@ -304,10 +304,11 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
         return value
 
     async def delete_segments_before(self, position: Position) -> int:
-        """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
+        """Delete whole segments before ``position``'s segment (never the active one); the count deleted
+        (``last_gc`` says what consumers held back, as ``WalClient.delete_segments_before``)."""
         pos = checked_position(position)
-        value: int = await self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
-        return value
+        plan = await self._control(P.Op.GC, pos.segment_id, pos.offset)  # a GcPlan: its shape checked by the session
+        return self.gc_done(pos, plan)
 
     async def info(self) -> dict[str, Any]:
         """What the writer says about itself (see ``WalClient.info``)."""

@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import os
@@ -35,9 +36,12 @@ import zmq
 from ..endpoint_file import find_writer, resolve_endpoint
 from ..errors import ProtocolError, WalClosedError, WriterUnavailableError
 from ..position import Position
+from ..retention import GcPlan
 from ..security import ClientCurve, KeySource, key_pair
 from .session import MAX_IN_FLIGHT
 from .transport import Connection, close_context, current_pid, new_context
+
+_log = logging.getLogger("nori_wal.client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds without any reply before WriterUnavailableError
 
@@ -109,6 +113,7 @@ class ClientBase(Generic[K]):
         self._dir: str | None = None
         self.timeout = float(timeout)
         self.max_in_flight = max_in_flight
+        self.last_gc: GcPlan | None = None  # the last delete_segments_before's plan (see gc_done)
         self._lock = threading.RLock()
         self._ctx: zmq.Context[Any] | None = None
         self._conns: list[K] = []
@@ -197,6 +202,15 @@ class ClientBase(Generic[K]):
             self._curve = ClientCurve.make(server_key.encode(), self._curve_secret)
             assert self._curve is not None
             self._curve.apply(self._ctx)
+
+    def gc_done(self, before: Position, plan: GcPlan) -> int:
+        """Keep the writer's GC plan in ``last_gc`` (as ``Wal.last_gc``) and warn here when consumers'
+        cursors held segments back or retention expired one; the count deleted."""
+        self.last_gc = plan
+        held = plan.describe(before)
+        if held is not None:
+            _log.warning("writer at %s: %s", self._endpoint, held)
+        return len(plan.delete)
 
     def __reduce__(self) -> tuple[Any, ...]:
         keys = (None, self._curve_secret) if self._dir is not None else (self._server_key_arg(), self._curve_secret)

@@ -346,6 +346,8 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
 def _control_value(op: P.Op, result: Any) -> Any:
     if op in (P.Op.SYNC, P.Op.POSITION):
         return P.position_result(result)
+    if op is P.Op.GC:
+        return P.decode_gc_result(result)
     if op is P.Op.DELETE:
         if type(result) is not int:
             raise ProtocolError(f"DELETE reply must be a count, got {result!r:.80}")

@@ -388,10 +388,15 @@ class WalClient(ClientBase[_ThreadConn]):
         return value
 
     def delete_segments_before(self, position: Position) -> int:
-        """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
+        """Delete whole segments before ``position``'s segment (never the active one); the count deleted.
+
+        Segments a consumer's cursor still needs are kept: ``last_gc`` (a
+        ``GcPlan``, as ``Wal.last_gc``) says which cursor held them back and which
+        ``max_retained_bytes`` expired, and a WARNING in ``nori_wal.client`` says so.
+        """
         pos = checked_position(position)
-        value: int = self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
-        return value
+        plan = self._control(P.Op.GC, pos.segment_id, pos.offset)  # a GcPlan: its shape checked by the session
+        return self.gc_done(pos, plan)
 
     def info(self) -> dict[str, Any]:
         """What the writer says about itself: pid, policy, positions, limits; records, writes, fsyncs so far."""

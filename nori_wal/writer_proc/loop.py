@@ -50,10 +50,12 @@ from ..errors import RecordTooLargeError, WalError, WalIOError
 from ..exit_codes import EXIT_IO, EXIT_OK, EXIT_USAGE
 from ..observe import NOOP, Meter
 from ..recovery import RecoveryInfo
+from ..retention import GcPlan
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
 from .endpoint import IpcClaim
 from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place
+from .notify import NO_NOTIFIER, Notifier
 from .threads import FLUSH_ID, INTERNAL_IDS, WAKE_ID, FlushThread, FsyncResult, Watcher, internal_socket
 
 log = logging.getLogger("nori_wal.writer")
@@ -136,6 +138,7 @@ class WriterServer:
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
         self.endpoint = self._bound_endpoint(endpoint)
         self.ipc_claim: IpcClaim | None = None  # set by open_writer; released with the socket file
+        self.notifier: Notifier = NO_NOTIFIER  # set by open_writer: wakes followers after each fsync
         self.stopping = False
         self.stop_reason = ""
         self._watcher: Watcher | None = None
@@ -305,6 +308,10 @@ class WriterServer:
             elif op is P.Op.DELETE:
                 assert req.position is not None
                 self._reply(ident, P.encode_ok(rid, log.delete_segments_before(req.position)))
+            elif op is P.Op.GC:  # DELETE, answered with the plan: which cursors held segments back
+                assert req.position is not None
+                log.delete_segments_before(req.position)
+                self._reply(ident, P.encode_ok(rid, P.encode_gc_result(log.last_gc or GcPlan([]))))
             elif op is P.Op.INFO:
                 self._reply(ident, P.encode_ok(rid, self.describe()))
         except WalIOError as exc:
@@ -363,6 +370,7 @@ class WriterServer:
             self.meter.histogram("wal_group_records", self._fsync_records)
             self.meter.histogram("wal_group_bytes", self._fsync_bytes)
         self._send_acks(self.commit.fsync_done(durable))
+        self.notifier.moved(durable)  # wake followers (after the acks: it costs producers nothing)
 
     def _send_acks(self, tickets: list[Ticket]) -> None:
         """Acknowledge these requests (a SYNC's reply, None in its ticket, is built now)."""
@@ -473,6 +481,7 @@ class WriterServer:
             helpers_done = self._watcher.close() and helpers_done
         else:
             self._wake_sock.close(0)
+        self.notifier.close()
         self.sock.close(REPLY_LINGER_MS)
         if self.curve is not None:
             self.curve.stop()  # its ZAP socket would hold up ctx.term

@@ -29,6 +29,7 @@ from ..segment_log import SegmentLog
 from .auth import ServerCurve
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
 from .loop import FatalStop, WriterServer
+from .notify import open_notifier
 
 log = logging.getLogger("nori_wal.writer")
 
@@ -69,6 +70,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve)
         server.ipc_claim = claim
+        server.notifier = open_notifier(server.ctx, endpoint if endpoint.startswith("tcp://") else server.endpoint)
         if claim is not None:
             claim.bound()
             chmod_socket(claim.path)  # owner-only, or the group's (fs.modes_under), whatever the umask
@@ -77,7 +79,13 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             claim.release()
         seglog.close()
         raise
-    write_endpoint_file(seglog.dir, server.endpoint, os.getpid(), curve.public.decode() if curve else None)
+    write_endpoint_file(
+        seglog.dir,
+        server.endpoint,
+        os.getpid(),
+        curve.public.decode() if curve else None,
+        notify=server.notifier.endpoint,
+    )
     log.info(
         "writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
         "%d byte(s) truncated%s",
@@ -154,6 +162,7 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifel
             server.stop(early[0])
         if spec.metrics_port is not None:
             try:
+                _consumer_metrics(meter, server.log.dir)
                 _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
             except FatalStop:
                 server.stop("the metrics port is unusable")
@@ -182,6 +191,15 @@ def _metrics_meter() -> Meter:
     except ImportError as exc:
         raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) from exc
     return PrometheusMeter()
+
+
+def _consumer_metrics(meter: Meter, directory: str) -> None:
+    """Per-consumer lag on the writer's exporter (nori_wal.consumer_metrics), computed at each scrape."""
+    from ..consumer_metrics import register_consumer_metrics
+    from ..prometheus import PrometheusMeter
+
+    assert isinstance(meter, PrometheusMeter)
+    register_consumer_metrics(meter.registry, directory, namespace=meter.namespace)
 
 
 def _serve_metrics(meter: Meter, port: int, addr: str) -> None:
