@@ -31,6 +31,7 @@ import zmq
 from ..endpoint_file import find_writer, resolve_endpoint
 from ..errors import ProtocolError, WalClosedError, WriterUnavailableError
 from ..position import Position
+from .retry import check_delivery_timeout
 from .session import MAX_IN_FLIGHT
 from .transport import Connection, close_context, current_pid, new_context
 
@@ -87,9 +88,18 @@ def checked_position(position: Any) -> Position:
 class ClientBase(Generic[K]):
     """Endpoint, timeout and in-flight bound of a client; its context and connections (``K``) per process."""
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, max_in_flight: int = MAX_IN_FLIGHT):
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        delivery_timeout: float | None = None,
+    ):
         if not (timeout > 0 and math.isfinite(timeout)):  # a call must never hang: no infinite timeout
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        # None: a call whose outcome is unknown raises WriterUnavailableError; else it is retried (client.retry)
+        self.delivery_timeout = check_delivery_timeout(delivery_timeout)
         self._endpoint = endpoint
         self._dir: str | None = None
         self.timeout = float(timeout)
@@ -112,6 +122,7 @@ class ClientBase(Generic[K]):
         timeout: float = DEFAULT_TIMEOUT,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
+        delivery_timeout: float | None = None,
     ) -> C:
         """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
 
@@ -120,7 +131,9 @@ class ClientBase(Generic[K]):
         no live writer serves the directory raises WriterUnavailableError at
         once (Rule 2).
         """
-        client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
+        client = cls(
+            resolve_endpoint(directory), timeout, max_in_flight=max_in_flight, delivery_timeout=delivery_timeout
+        )
         client._dir = os.fspath(directory)
         return client
 
@@ -157,14 +170,22 @@ class ClientBase(Generic[K]):
         return self._ctx, self._endpoint
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight))
+        args = (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight, self.delivery_timeout)
+        return (_rebuild, args)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._endpoint!r}, timeout={self.timeout:g})"
 
 
-def _rebuild(cls: Any, endpoint: str, directory: str | None, timeout: float, max_in_flight: int) -> Any:
+def _rebuild(
+    cls: Any,
+    endpoint: str,
+    directory: str | None,
+    timeout: float,
+    max_in_flight: int,
+    delivery_timeout: float | None = None,
+) -> Any:
     """Unpickle a client as its constructor arguments (it reconnects lazily on the other side)."""
     if directory is not None:
-        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight)
-    return cls(endpoint, timeout, max_in_flight=max_in_flight)
+        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight, delivery_timeout=delivery_timeout)
+    return cls(endpoint, timeout, max_in_flight=max_in_flight, delivery_timeout=delivery_timeout)

@@ -24,6 +24,7 @@ from ..exit_codes import EXIT_USAGE
 from ..fs import OS, FileLayer
 from ..observe import NOOP, Meter, guard_meter
 from ..segment_log import SegmentLog
+from .dedupe_stage import open_keys
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
 from .loop import FatalStop, WriterServer
 
@@ -60,7 +61,9 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             raise FatalStop(str(exc), EXIT_USAGE) from None
         except OSError as exc:
             raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
+        keys = open_keys(seglog)  # before the socket: no request is served without the keys in the log
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap)
+        server.keys = keys
         server.ipc_claim = claim
         if claim is not None:
             claim.bound()
