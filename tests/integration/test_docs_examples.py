@@ -1,6 +1,6 @@
 """The documentation's code examples, run for real.
 
-Every ```python fenced block of README.md and docs/{CLI,PROTOCOL,FORMAT,RECIPES}.md is
+Every ```python fenced block of README.md and docs/{CLI,PROTOCOL,FORMAT,RECIPES,RETRIES}.md is
 extracted from the markdown when the tests are collected (so an edited example
 is tested as edited) and executed with real files, real writer processes and
 real sockets, each in a fresh temporary directory that is also the working
@@ -51,7 +51,7 @@ from nori_wal.prometheus import MetricsServer
 from nori_wal.writer_proc import WriterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md", "docs/RECIPES.md")
+DOC_FILES = ("README.md", "docs/CLI.md", "docs/PROTOCOL.md", "docs/FORMAT.md", "docs/RECIPES.md", "docs/RETRIES.md")
 PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
 
@@ -321,7 +321,31 @@ def check_recipe_celery(ns: dict[str, Any], ctx: Ctx) -> None:
         assert [(bytes(r.key), bytes(r.value), p) for r, p in reader] == [(b"payment:7", b"950", pos)]
 
 
+def check_retries_keys(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RETRIES.md: the retry returns the original position, says so, and writes nothing."""
+    assert ctx.stdout.splitlines()[0] == "False True"
+    with open_reader(ctx.tmp / "wal") as reader:
+        records = [(bytes(r.key), r.idempotency_key, p) for r, p in reader]
+    assert records[0] == (b"order:42", b"order-42-payment", ns["first"].position)
+    assert len(records) == 2 and records[1][2] == ns["plain"] and len(records[1][1]) == 16  # an automatic key
+
+
+def check_retries_celery(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RETRIES.md, Celery: every run of one task (one task id) returns the same position; one record.
+
+    (tests/integration/test_celery.py runs it in a real prefork worker across writer SIGKILLs.)
+    """
+    ctx.spawn_writer(str(ctx.tmp / "wal"))
+    task = ns["record_payment"]
+    runs = [task.apply(args=(7, 950), task_id="task-7").get() for _ in range(3)]  # run here, as the worker would
+    assert len(set(runs)) == 1
+    with open_reader(ctx.tmp / "wal") as reader:
+        assert [(bytes(r.key), p) for r, p in reader] == [(b"payment:7", Position.parse(runs[0]))]
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
+    "docs/RETRIES.md: from nori_wal import Record, WalClient, WalConfig": check_retries_keys,
+    "docs/RETRIES.md: from celery import Celery": check_retries_celery,
     "README.md: from datetime import timedelta": check_embedded,
     "README.md: from nori_wal import WalConfig, FsyncPolicy, Record": check_writer_service,
     "docs/CLI.md: from datetime import timedelta": check_cli_demo_log,
