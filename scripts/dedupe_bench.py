@@ -134,7 +134,8 @@ def main() -> None:
         print(f"{mode:>12} {plain:14,.0f} {keyed:12,.0f} {100 * (1 - keyed / plain):10.1f}%")
     print(f"\nwriter process, Always, {args.appends} appends of {args.size} B per case (split among N producers)")
     print(
-        f"{'N':>3} {'mode':>10} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'cost':>6} {'retrying rec/s':>15} {'cost':>6}"
+        f"{'N':>3} {'mode':>10} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'cost':>6} "
+        f"{'retrying rec/s':>15} {'cost':>6}"
     )
     for producers in args.producers:
         for batch in (1, 100):
