@@ -60,6 +60,7 @@ from .codec import (
 )
 from .errors import (
     CorruptionError,
+    DedupeCapacityError,
     PositionPastEndError,
     ProtocolError,
     RecordTooLargeError,
@@ -72,7 +73,7 @@ from .errors import (
 from .position import Position
 from .record import BytesLike, Compression
 from .retention import Expired, GcPlan, Hold
-from .scan import Stop, scan_frames
+from .scan import ScanResult, Stop, scan_frames
 
 VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # bytes of record frames in one APPEND request
@@ -105,6 +106,7 @@ ERRORS: dict[str, type[WalError]] = {
         WriterUnavailableError,
         ProtocolError,
         PositionPastEndError,
+        DedupeCapacityError,
     )
 }
 
@@ -296,6 +298,17 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
     framing, checksums, flags or counts; RecordTooLargeError for a frame larger
     than a segment holds (``max_frame``) or a payload over MAX_PAYLOAD_BYTES.
     """
+    res = validate_payload(payload, record_count, max_frame)
+    return None if isinstance(res, int) else res
+
+
+def validate_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalError | int:
+    """``check_payload``'s error, or, for a valid payload, how many of its frames carry an idempotency key.
+
+    The count comes free with the scan (keyed frames leave its fast path), so
+    the writer needs no hint from the producer to find them, and an unkeyed
+    payload costs nothing more.
+    """
     n = len(payload)
     if n > MAX_PAYLOAD_BYTES:
         return RecordTooLargeError(f"payload of {n} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte message limit")
@@ -312,8 +325,15 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
             if err is not None:
                 return err
         if n > max_frame:  # only then can a single frame be too large for a segment
-            return _check_frame_sizes(payload, max_frame)
-        return None
+            err = _check_frame_sizes(payload, max_frame)
+            if err is not None:
+                return err
+        return res.keyed
+    return _scan_error(res, n)
+
+
+def _scan_error(res: ScanResult, n: int) -> WalError:
+    """The error for a payload whose scan stopped before its end (or past a seal)."""
     if res.stop is Stop.SEALED:  # (the scan stops past the seal: name where it starts)
         return ProtocolError(
             f"record {res.records} at payload offset {res.valid_end - SEAL_FRAME_SIZE} is a "

@@ -27,6 +27,7 @@ from ..observe import NOOP, Meter, guard_meter
 from ..security import INSECURE_WARNING, endpoint_problem, is_loopback_tcp
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
+from .dedupe_stage import open_keys
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
 from .loop import FatalStop, WriterServer
 from .notify import open_notifier
@@ -68,7 +69,9 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             raise FatalStop(str(exc), EXIT_USAGE) from None
         except OSError as exc:
             raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
+        keys = open_keys(seglog)  # before the socket: no request is served without the keys in the log
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve)
+        server.keys = keys
         server.ipc_claim = claim
         server.notifier = open_notifier(server.ctx, endpoint if endpoint.startswith("tcp://") else server.endpoint)
         if claim is not None:

@@ -78,6 +78,7 @@ DOC_FILES = (
     "docs/DURABILITY.md",
     "docs/PERFORMANCE.md",
     "docs/SECURITY.md",
+    "docs/RETRIES.md",
 )
 PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
@@ -417,7 +418,31 @@ def check_readme_celery(ns: dict[str, Any], ctx: Ctx) -> None:
     assert got == [(b"payment:7", b"task-7", Position.parse(first)), (b"payment:8", b"task-8", Position.parse(other))]
 
 
+def check_retries_keys(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RETRIES.md: the retry returns the original position, says so, and writes nothing."""
+    assert ctx.stdout.splitlines()[0] == "False True"
+    with open_reader(ctx.tmp / "wal") as reader:
+        records = [(bytes(r.key), r.idempotency_key, p) for r, p in reader]
+    assert records[0] == (b"order:42", b"order-42-payment", ns["first"].position)
+    assert len(records) == 2 and records[1][2] == ns["plain"] and len(records[1][1]) == 16  # an automatic key
+
+
+def check_retries_celery(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RETRIES.md, Celery: every run of one task (one task id) returns the same position; one record.
+
+    (tests/integration/test_celery.py runs it in a real prefork worker across writer SIGKILLs.)
+    """
+    ctx.spawn_writer(str(ctx.tmp / "wal"))
+    task = ns["record_payment"]
+    runs = [task.apply(args=(7, 950), task_id="task-7").get() for _ in range(3)]  # run here, as the worker would
+    assert len(set(runs)) == 1
+    with open_reader(ctx.tmp / "wal") as reader:
+        assert [(bytes(r.key), p) for r, p in reader] == [(b"payment:7", Position.parse(runs[0]))]
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
+    "docs/RETRIES.md: from nori_wal import Record, WalClient, WalConfig": check_retries_keys,
+    "docs/RETRIES.md: from celery import Celery": check_retries_celery,
     "README.md: from datetime import timedelta": check_embedded,
     "README.md: from nori_wal import WalConfig, FsyncPolicy, Record": check_writer_service,
     "README.md: from nori_wal import Record, WalClient, WalConfig, list_consumers, open_consumer": (
@@ -425,6 +450,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
     ),
     "README.md: from multiprocessing import Pool": check_pool_recipe,
     "README.md: import logging": check_readme_log_handler,
+    "README.md: from celery import Celery": check_readme_celery,
     "docs/CLI.md: from datetime import timedelta": check_cli_demo_log,
     "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": check_prometheus,
     "docs/PROTOCOL.md: def positions(runs, frame_lengths):": check_positions,
@@ -436,13 +462,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
 
 
 # Written, not yet run: the feature is being merged. Move an entry to CHECKS to turn it on.
-PENDING: dict[str, tuple[Callable[[dict[str, Any], Ctx], None], str]] = {
-    "README.md: from celery import Celery": (
-        check_readme_celery,
-        "README, Celery exactly once: WalClient(delivery_timeout=...) and idempotency keys through the writer"
-        " (issue 20's client part) are not merged yet",
-    ),
-}
+PENDING: dict[str, tuple[Callable[[dict[str, Any], Ctx], None], str]] = {}
 SKIPPED.update({key: reason for key, (_, reason) in PENDING.items()})
 
 
