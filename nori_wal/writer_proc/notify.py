@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from ..endpoint_file import notify_endpoint_for
+from ..fs import chmod_socket
 from ..position import Position
 
 log = logging.getLogger("nori_wal.writer")
@@ -108,6 +109,8 @@ def open_notifier(ctx: zmq.Context[Any], writer_endpoint: str) -> Notifier:
         sock.close(0)
         log.warning("cannot bind the wake-up socket %s: %s; followers will poll", where, exc)
         return Notifier(None, None)
+    if bound.startswith("ipc://") and not bound.startswith("ipc://@"):
+        chmod_socket(bound[len("ipc://") :])  # owner-only (or the group's), like the writer's own socket
     if bound.startswith("tcp://0.0.0.0:"):
         bound = "tcp://127.0.0.1:" + bound.rsplit(":", 1)[1]  # what a local follower can connect to
     return Notifier(sock, bound or where)
