@@ -278,16 +278,6 @@ def test_clients_and_the_log_handler_are_importable_from_the_package():
         nori_wal.NoSuchThing  # noqa: B018
 
 
-def test_importing_the_package_does_not_load_zeromq():
-    """The clients load lazily: an embedded-only user does not pay for pyzmq."""
-    import subprocess
-    import sys
-
-    code = "import sys, nori_wal; print('zmq' in sys.modules); nori_wal.WalClient; print('zmq' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.split() == ["False", "True"]
-
-
 def test_help_of_wal_leads_with_wal_open_and_wal_itself_says_to_use_it():
     text = pydoc.render_doc(Wal, renderer=pydoc.plaintext)
     body = text.split("class Wal", 1)[1]
