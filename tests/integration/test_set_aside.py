@@ -8,12 +8,11 @@ copied (or renamed) to ``NNNNNN.wal.OFFSET.broken``, durably, as etcd keeps a
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
+from writer_support import keys_in, run_cli
 
-from nori_wal import FsyncPolicy, Record, Wal, WalConfig, open_reader
+from nori_wal import FsyncPolicy, Record, Wal, WalConfig
 from nori_wal.segment import segment_name, set_aside_name
 
 SEG = 16 * 1024
@@ -45,11 +44,6 @@ def poke(path, at, data):
         f.write(data)
 
 
-def read_keys(d):
-    with open_reader(str(d)) as r:
-        return [rec.key for rec, _ in r]
-
-
 def set_aside_files_in(d):
     return sorted(n for n in os.listdir(d) if n.endswith(".broken"))
 
@@ -67,14 +61,12 @@ def test_a_damaged_record_and_all_after_it_are_set_aside_before_the_cut(tmp_path
     assert info.corruption_detected and info.set_aside == (name,)
     assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset :]  # every byte the cut took
     assert path.read_bytes().startswith(damaged[: pos[hit].offset])  # (then the seal close wrote)
-    assert read_keys(tmp_path) == [r.key for r in recs[:hit]]
+    assert keys_in(tmp_path) == [r.key for r in recs[:hit]]
     wal, again = Wal.open(config(tmp_path))  # the next open is clean and leaves the file alone
     wal.close()
     assert again.set_aside == () and not again.corruption_detected
     assert (tmp_path / name).read_bytes() == damaged[pos[hit].offset :]
-    verify = subprocess.run(
-        [sys.executable, "-m", "nori_wal.cli", "verify", str(tmp_path)], capture_output=True, text=True
-    )
+    verify = run_cli("verify", str(tmp_path))
     assert verify.returncode == 0 and f"set aside in {name}" in verify.stdout, verify
 
 
@@ -90,7 +82,7 @@ def test_a_last_segment_with_a_damaged_header_is_set_aside_whole(tmp_path):
     assert info.corruption_detected and info.set_aside == (set_aside_name(last, 0),)
     assert (tmp_path / set_aside_name(last, 0)).read_bytes() == damaged and not path.exists()
     assert new.segment_id == last + 1
-    assert read_keys(tmp_path) == [r.key for r, p in zip(recs, pos) if p.segment_id < last] + [b"new"]
+    assert keys_in(tmp_path) == [r.key for r, p in zip(recs, pos) if p.segment_id < last] + [b"new"]
 
 
 def test_a_set_aside_segment_id_is_never_reused(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from datetime import timedelta
 from typing import Any, Sequence, Tuple
 
@@ -92,7 +93,14 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     return proc.stdout.readline()
 
 
-def keys_in(directory: str) -> list[bytes]:
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``nori-wal ARGS`` as a user runs it (``python -m nori_wal.cli``): exit code and text output, bounded."""
+    return subprocess.run(
+        [sys.executable, "-m", "nori_wal.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def keys_in(directory: str | os.PathLike[str]) -> list[bytes]:
     with open_reader(directory) as r:
         return [rec.key for rec, _ in r]
 
