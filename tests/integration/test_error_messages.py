@@ -1,4 +1,4 @@
-"""What a user sees when the file system or the writer fails them (issue 22): the built-in class,
+"""What a user sees when the file system or the writer fails them: the built-in class,
 the errno, and a message naming the path; and positions given as text reach a reader."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bad arguments fail where they are written: TypeError/ValueError naming the field (issue 22).
+"""Bad arguments fail where they are written: TypeError/ValueError naming the field.
 
 WalConfig, FsyncPolicy, Record's constructors and Position check what they are
 given; Position's and FsyncPolicy's text forms round-trip; the error classes are
