@@ -21,11 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
-import sys
 
 import pytest
 from crc32c import crc32c
+from writer_support import run_cli
 
 from nori_wal import CorruptionError, FsyncPolicy, Record, Wal, WalConfig
 from nori_wal.codec import COMPRESSION_SHIFT, encode_record, encode_seal
@@ -100,10 +99,6 @@ CASES = [
 ]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nori_wal.cli", *args], capture_output=True, text=True, timeout=120)
-
-
 def read_all(d: str) -> tuple[int, bool]:
     """(records a reader yields, whether it raised CorruptionError)."""
     got = 0
@@ -126,7 +121,7 @@ def test_every_tool_agrees_on_the_damage(tmp_path, name, files, verdict, good):
     shutil.copytree(d, copy)
 
     # verify (read-only)
-    proc = run_cli("verify", str(d))
+    proc = run_cli("verify", str(d), timeout=120)
     assert proc.returncode == (1 if verdict in ("garbage", "corrupt", "kept") else 0), proc.stdout + proc.stderr
     if verdict == "tail":
         assert "warning:" in proc.stdout
@@ -135,7 +130,7 @@ def test_every_tool_agrees_on_the_damage(tmp_path, name, files, verdict, good):
     got, raised = read_all(str(d))
     assert got == good
     assert raised == (verdict in ("corrupt", "kept"))
-    proc = run_cli("dump", "--json", str(d))
+    proc = run_cli("dump", "--json", str(d), timeout=120)
     assert len(proc.stdout.splitlines()) == good
     assert proc.returncode == (1 if verdict in ("corrupt", "kept") else 0), proc.stderr
 
@@ -151,5 +146,5 @@ def test_every_tool_agrees_on_the_damage(tmp_path, name, files, verdict, good):
         assert kept == good
     if verdict != "kept":  # after recovery every tool reads the same records, cleanly
         assert read_all(str(copy)) == (good, False)
-        assert run_cli("verify", str(copy)).returncode == 0
+        assert run_cli("verify", str(copy), timeout=120).returncode == 0
     assert os.path.exists(copy / "0000003.wal") == (name == "stray 7-digit segment name")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
+from writer_support import keys_in, run_cli
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig, WalIOError, open_reader
 from nori_wal.client import WalClient
@@ -34,11 +33,6 @@ def durable_keys(d, **kw):
         return [rec.key for rec, _ in r]
 
 
-def all_keys(d):
-    with open_reader(d) as r:
-        return [rec.key for rec, _ in r]
-
-
 def test_the_mark_round_trips_and_a_torn_copy_is_no_mark():
     data = encode_mark(Position(7, 4096))
     assert decode_mark(data) == Position(7, 4096)
@@ -54,7 +48,7 @@ def test_os_policy_records_are_read_once_synced(tmp_path):
     with Wal.open(cfg)[0] as wal:
         written = recs(10)
         wal.append_batch(written)  # acknowledged after the write: not durable yet
-        assert len(all_keys(tmp_path)) == 10
+        assert len(keys_in(tmp_path)) == 10
         assert durable_keys(tmp_path) == []
         with wal.read_from(Position(0, 0), durable_only=True) as r:
             assert r.next_record() is None
@@ -111,7 +105,7 @@ def test_without_a_mark_nothing_is_known_durable(tmp_path):
     with Wal.open(cfg)[0] as wal:
         wal.append_batch(recs(5))
     os.unlink(tmp_path / MARK_FILE)  # e.g. a log an older nori-wal wrote
-    assert durable_keys(tmp_path) == [] and len(all_keys(tmp_path)) == 5
+    assert durable_keys(tmp_path) == [] and len(keys_in(tmp_path)) == 5
     assert MarkReader(OS, str(tmp_path)).read() is None
     Wal.open(cfg)[0].close()  # the next writer publishes what recovery made durable
     assert len(durable_keys(tmp_path)) == 5
@@ -146,20 +140,14 @@ def test_a_failed_fsync_never_moves_the_mark(tmp_path):
     layer.inject("sync", errno.EIO)
     with pytest.raises(WalIOError):
         wal.sync()
-    assert all_keys(tmp_path)[-1] == b"unlucky"  # (under Os the log keeps it: it was acknowledged)
+    assert keys_in(tmp_path)[-1] == b"unlucky"  # (under Os the log keeps it: it was acknowledged)
     assert durable_keys(tmp_path) == [r.key for r in recs(3)]
     wal.close()
 
 
 def test_dump_durable_shows_only_fsynced_records(tmp_path):
     def dump(*args):
-        proc = subprocess.run(
-            [sys.executable, "-m", "nori_wal.cli", "dump", str(tmp_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = run_cli("dump", str(tmp_path), *args)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.splitlines()
 

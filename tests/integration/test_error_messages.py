@@ -1,14 +1,13 @@
-"""What a user sees when the file system or the writer fails them (issue 22): the built-in class,
+"""What a user sees when the file system or the writer fails them: the built-in class,
 the errno, and a message naming the path; and positions given as text reach a reader."""
 
 from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 
 import pytest
+from writer_support import run_cli
 
 from nori_wal import Position, Record, Wal, WalConfig, WalIOError, WriterUnavailableError, open_reader
 from nori_wal.client import WalClient
@@ -94,22 +93,7 @@ def test_readers_take_a_position_as_text_or_as_the_list_json_makes(tmp_path):
 
 
 def test_serve_refuses_a_segment_size_no_offset_can_address(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nori_wal.cli",
-            "serve",
-            "--dir",
-            str(tmp_path / "wal"),
-            "--max-segment-size",
-            "99999999999999999999",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_cli("serve", "--dir", str(tmp_path / "wal"), "--max-segment-size", "99999999999999999999")
     assert proc.returncode == 2, proc.stderr
     assert "max_segment_size must be from 4096 to 9223372036854775807 bytes" in proc.stderr
     assert not (tmp_path / "wal").exists()

@@ -1,4 +1,7 @@
-"""Smoke run of ``nori-wal load``: a tiny matrix prints a full table and draws its PNG (no timing asserts)."""
+"""Smoke run of ``nori-wal load``: a tiny matrix prints a full table and draws its PNG (no timing asserts).
+
+Also the benchmark's small I/O parts on their own: the PNG note and the per-process CPU probe (/proc).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ import subprocess
 import sys
 
 import pytest
+
+from nori_wal.load.plan import Cell, CellResult, LoadReport
+from nori_wal.load.probes import process_cpu_seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROW = re.compile(
@@ -117,3 +123,31 @@ def test_sync_ladder_prints_every_system_with_a_ratio_and_its_cpu(tmp_path):
     # show 0 for one process, but the three systems' slices kept the machine busy).
     assert sum(int(r[4].split()[0]) for r in rows) > 0, proc.stdout
     assert os.listdir(tmp_path) == []  # logs and the F probe are removed after
+
+
+def test_process_cpu_seconds_reads_this_process_and_knows_when_it_cannot():
+    assert process_cpu_seconds(os.getpid()) is not None and process_cpu_seconds(os.getpid()) >= 0
+    assert process_cpu_seconds(None) is None
+    assert process_cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+def test_without_matplotlib_the_run_says_how_to_get_its_picture(monkeypatch, tmp_path):
+    from nori_wal.load.plot import plot_note
+
+    rep = LoadReport(f_start=1000.0, results=[CellResult(Cell("nori", "always", "sync", 1), 900.0)])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    note = plot_note(rep, str(tmp_path / "x.png"), 32, 100)
+    assert "matplotlib is not installed" in note and "pip install nori-wal[plot]" in note
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_plot_note_says_where_the_png_is_or_why_there_is_none(tmp_path):
+    pytest.importorskip("matplotlib")
+    from nori_wal.load.plot import plot_note
+
+    rep = LoadReport(f_start=1000.0, results=[CellResult(Cell("nori", "always", "sync", 1), 900.0)])
+    png = tmp_path / "load.png"
+    assert plot_note(rep, str(png), 32, 100) == f"wrote {png} (throughput against producers)"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert plot_note(LoadReport(), str(tmp_path / "none.png"), 32, 100) == "no nori-wal cell measured: no PNG"
+    assert "failed" in plot_note(rep, str(tmp_path / "no-such-dir" / "x.png"), 32, 100)

@@ -1,4 +1,4 @@
-"""WalHandler: logging from many processes into one log through a real writer process (issue 22).
+"""WalHandler: logging from many processes into one log through a real writer process.
 
 Proves: every message of 4 spawned processes is in the log, in each process's
 order; a forked child never sends its parent's queued records; with the writer

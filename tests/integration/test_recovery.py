@@ -145,6 +145,33 @@ def test_zero_filled_tail_is_end_not_corruption(tmp_path):
     wal.close()
 
 
+def test_reader_treats_a_zero_filled_tail_inside_a_frame_as_the_end(tmp_path):
+    """Power loss on ext4 can leave a frame's last bytes zero up to EOF (DESIGN rule 5).
+
+    That is a torn tail of the last segment ("not yet"), as recovery treats it;
+    the reader raised CorruptionError "checksum mismatch" for it.
+    """
+    d = tmp_path / "wal"
+    wal, _ = Wal.open(WalConfig(dir=d, fsync_policy=FsyncPolicy.os()))
+    recs = [Record.put(b"k%d" % i, b"v" * 300) for i in range(20)]
+    positions = [wal.append(r) for r in recs]
+    wal.close()
+    path = d / "000000.wal"
+    size = os.path.getsize(path) - SEAL_FRAME_SIZE
+    os.truncate(path, size)  # as if the writer had crashed: no seal
+    torn = positions[-3].offset + 10  # inside the third-to-last frame
+    with open(path, "r+b") as f:
+        f.seek(torn)
+        f.write(bytes(size - torn))
+    with open_reader(d) as reader:
+        got = [r for r, _ in reader]
+    assert got == recs[:-3]
+    wal, info = Wal.open(WalConfig(dir=d))  # recovery agrees: the same prefix
+    with wal.read_from(positions[0]) as reader:
+        assert [r for r, _ in reader] == recs[:-3]
+    wal.close()
+
+
 def test_garbage_tail_sets_corruption_detected(tmp_path):
     recs, pos, path = make_log(str(tmp_path), n=10)
     flip_byte(pos[5].offset + 9)(path)
@@ -166,6 +193,27 @@ def test_damaged_header_of_last_segment_is_removed(tmp_path):
     p = wal.append(Record.put(b"new", b"seg"))
     assert p.segment_id == last + 1  # segment names are never reused
     wal.close()
+
+
+def test_a_segment_removed_by_recovery_never_has_its_name_reused(tmp_path):
+    """DESIGN rule 8: recovery peeled a last segment with a damaged header; after a reopen
+    without appends the next roll created a segment under the removed segment's name."""
+    d = tmp_path / "wal"
+    cfg = WalConfig(dir=d, max_segment_size=4096, fsync_policy=FsyncPolicy.os())
+    wal, _ = Wal.open(cfg)
+    while wal.current_position().segment_id < 1:
+        wal.append(Record.put(b"k", b"v" * 100))
+    wal.close()
+    with open(d / "000001.wal", "r+b") as f:
+        f.write(b"X")  # the header of the last segment is damaged
+    wal, info = Wal.open(cfg)  # removes segment 1
+    assert info.corruption_detected
+    wal.close()
+    wal, _ = Wal.open(cfg)
+    pos = wal.append(Record.put(b"a", b"b"))
+    wal.close()
+    assert pos.segment_id > 1, pos
+    assert "000001.wal" not in os.listdir(d)
 
 
 def test_corruption_inside_a_sealed_segment_is_reported_not_skipped(tmp_path):

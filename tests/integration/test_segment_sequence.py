@@ -10,11 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import subprocess
-import sys
 
 import pytest
 from crc32c import crc32c
+from writer_support import run_cli
 
 from nori_wal import CorruptionError, FsyncPolicy, Position, Record, Wal, WalConfig, WalIOError, open_reader
 from nori_wal.inspect_log import inspect_log
@@ -47,13 +46,7 @@ def read_all(d, start=Position(0, 0)):
 
 
 def verify(d):
-    return subprocess.run(
-        [sys.executable, "-m", "nori_wal.cli", "verify", str(d)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("verify", str(d))
 
 
 def test_a_lost_middle_segment_stops_recovery_readers_and_verify(tmp_path):

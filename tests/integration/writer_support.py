@@ -1,5 +1,9 @@
 """Helpers for writer-process tests, and picklable FileLayers (they cross into the writer with WriterProcess.spawn).
 
+The read-back checks at the end (``read_log``, ``assert_read_back_equal``,
+``assert_log_is``) compare what producers were acknowledged with what the
+segment files hold, for every test that appends through the clients.
+
 RecordingLayer is the real file system plus a journal: after every fsync of a
 segment succeeds it appends ``<segment file name> <bytes synced>`` to a journal
 file, *before* the writer can send the acks that fsync allows. A producer that
@@ -11,9 +15,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any
+import sys
+from datetime import timedelta
+from typing import Any, Sequence, Tuple
 
+from nori_wal import Position, Record, open_reader
 from nori_wal.fs import OsFile, OsFileLayer
+
+MS = timedelta(milliseconds=1)
+Appended = Tuple[Record, Position]
 
 
 class RecordingLayer(OsFileLayer):
@@ -83,8 +93,50 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     return proc.stdout.readline()
 
 
-def keys_in(directory: str) -> list[bytes]:
-    from nori_wal import open_reader
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``nori-wal ARGS`` as a user runs it (``python -m nori_wal.cli``): exit code and text output, bounded."""
+    return subprocess.run(
+        [sys.executable, "-m", "nori_wal.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
+
+def keys_in(directory: str | os.PathLike[str]) -> list[bytes]:
     with open_reader(directory) as r:
         return [rec.key for rec, _ in r]
+
+
+# -- read-back checks ----------------------------------------------------------------------------------
+
+
+def read_log(directory: str) -> dict[Position, Record]:
+    """Every record in the log by position, values copied out of the reader's buffers."""
+    out: dict[Position, Record] = {}
+    with open_reader(directory) as reader:
+        for record, pos in reader:
+            assert pos not in out
+            out[pos] = record._replace(value=bytes(record.value))
+    return out
+
+
+def assert_read_back_equal(got: Record, appended: Record) -> None:
+    """``got`` (read from the segment files) is ``appended``, field by field as API.md defines them."""
+    assert got == appended
+    assert type(got.key) is bytes and got.key == appended.key
+    assert bytes(got.value) == bytes(appended.value)  # decompressed: the original value
+    assert got.tombstone is appended.tombstone
+    assert got.compression == appended.compression
+    if appended.ttl is None:
+        assert got.ttl is None
+    else:
+        assert got.ttl == appended.ttl and got.ttl % MS == timedelta(0)  # kept to the millisecond
+
+
+def assert_log_is(directory: str, appended: Sequence[Appended]) -> None:
+    """Every acknowledged position unique, every record equal at its position, and nothing else in the log."""
+    positions = [pos for _, pos in appended]
+    assert len(set(positions)) == len(positions), "a position was acknowledged twice"
+    log = read_log(directory)
+    for record, pos in appended:
+        assert pos in log, f"acknowledged {pos} is not in the log"
+        assert_read_back_equal(log[pos], record)
+    assert sorted(log) == sorted(positions), "the log holds records nobody appended"

@@ -18,7 +18,6 @@ from nori_wal.load.plan import (
     slice_rate,
     summarize,
 )
-from nori_wal.load.probes import process_cpu_seconds
 from nori_wal.load.report import ratio_lines
 
 
@@ -191,38 +190,6 @@ def test_group_size_is_records_per_fsync_or_per_write_under_os():
     assert group_size(Cell("yardstick", "always", "batch", 8), (0, 0), (10, 30), 100) == pytest.approx(300.0)
     assert group_size(Cell("nori", "always", "sync", 8), (), (1, 1, 1), 100) == 0.0  # not measured
     assert group_size(Cell("nori", "always", "sync", 8), (5, 5, 5), (5, 5, 5), 100) == 0.0
-
-
-def test_process_cpu_seconds_reads_this_process_and_knows_when_it_cannot():
-    import os
-
-    assert process_cpu_seconds(os.getpid()) is not None and process_cpu_seconds(os.getpid()) >= 0
-    assert process_cpu_seconds(None) is None
-    assert process_cpu_seconds(2**22 + 12345) is None  # no such process
-
-
-def test_without_matplotlib_the_run_says_how_to_get_its_picture(monkeypatch, tmp_path):
-    import sys
-
-    from nori_wal.load.plot import plot_note
-
-    rep = LoadReport(f_start=1000.0, results=[CellResult(Cell("nori", "always", "sync", 1), 900.0)])
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    note = plot_note(rep, str(tmp_path / "x.png"), 32, 100)
-    assert "matplotlib is not installed" in note and "pip install nori-wal[plot]" in note
-    assert not (tmp_path / "x.png").exists()
-
-
-def test_the_plot_note_says_where_the_png_is_or_why_there_is_none(tmp_path):
-    pytest.importorskip("matplotlib")
-    from nori_wal.load.plot import plot_note
-
-    rep = LoadReport(f_start=1000.0, results=[CellResult(Cell("nori", "always", "sync", 1), 900.0)])
-    png = tmp_path / "load.png"
-    assert plot_note(rep, str(png), 32, 100) == f"wrote {png} (throughput against producers)"
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    assert plot_note(LoadReport(), str(tmp_path / "none.png"), 32, 100) == "no nori-wal cell measured: no PNG"
-    assert "failed" in plot_note(rep, str(tmp_path / "no-such-dir" / "x.png"), 32, 100)
 
 
 def test_the_progress_line_counts_slices_and_estimates_the_time_left():

@@ -1,4 +1,4 @@
-"""Bad arguments fail where they are written: TypeError/ValueError naming the field (issue 22).
+"""Bad arguments fail where they are written: TypeError/ValueError naming the field.
 
 WalConfig, FsyncPolicy, Record's constructors and Position check what they are
 given; Position's and FsyncPolicy's text forms round-trip; the error classes are
@@ -276,16 +276,6 @@ def test_clients_and_the_log_handler_are_importable_from_the_package():
     assert {"WalClient", "AsyncWalClient", "WalHandler"} <= set(nori_wal.__all__) & set(dir(nori_wal))
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
         nori_wal.NoSuchThing  # noqa: B018
-
-
-def test_importing_the_package_does_not_load_zeromq():
-    """The clients load lazily: an embedded-only user does not pay for pyzmq."""
-    import subprocess
-    import sys
-
-    code = "import sys, nori_wal; print('zmq' in sys.modules); nori_wal.WalClient; print('zmq' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.split() == ["False", "True"]
 
 
 def test_help_of_wal_leads_with_wal_open_and_wal_itself_says_to_use_it():
