@@ -34,10 +34,9 @@ from ..dedupe import AppendResult
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
-from ..security import KeySource
-from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
+from .base import ClientBase, checked_position
 from .retry import deliver_async, with_identity
-from .session import MAX_IN_FLIGHT, Completion, Outcome, Session, append_results, batch_positions, batch_results
+from .session import Completion, Outcome, Session, append_results, batch_positions, batch_results
 from .transport import Connection, close_context, current_pid, zmq_error
 
 
@@ -228,25 +227,6 @@ def _settle(done: list[Completion[asyncio.Future[Any]]]) -> None:
 
 class AsyncWalClient(ClientBase[_AsyncConn]):
     """The asyncio producer: ``await`` the same calls as WalClient; concurrent appends are coalesced."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        timeout: float = DEFAULT_TIMEOUT,
-        *,
-        max_in_flight: int = MAX_IN_FLIGHT,
-        curve_server_key: KeySource | None = None,
-        curve_secret: KeySource | None = None,
-        delivery_timeout: float | None = None,
-    ):
-        super().__init__(
-            endpoint,
-            timeout,
-            max_in_flight=max_in_flight,
-            curve_server_key=curve_server_key,
-            curve_secret=curve_secret,
-            delivery_timeout=delivery_timeout,
-        )
 
     # -- the public calls ----------------------------------------------------------------
 

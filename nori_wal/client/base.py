@@ -123,7 +123,11 @@ class ClientBase(Generic[K]):
         self._conns: list[K] = []
         self._pid = current_pid()
         self._closed = False
+        self._init_connections()
         _CLIENTS.add(self)
+
+    def _init_connections(self) -> None:
+        """A subclass's per-client connection bookkeeping (WalClient: a thread-local)."""
 
     def _after_fork(self) -> None:
         """Called in a forked child (before any other code runs there): a fresh lock."""

@@ -45,11 +45,9 @@ from ..protocol import (
     RUN_REPLY_TAGS,
 )
 from ..record import Record
-from ..security import KeySource
-from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
+from .base import ClientBase, checked_position
 from .retry import deadline_error, deliver, with_identity
 from .session import (
-    MAX_IN_FLIGHT,
     MAX_REQUEST_BYTES,
     Outcome,
     Session,
@@ -170,25 +168,8 @@ class PendingAppend:
 class WalClient(ClientBase[_ThreadConn]):
     """A producer: appends records through the writer process serving one endpoint."""
 
-    def __init__(
-        self,
-        endpoint: str,
-        timeout: float = DEFAULT_TIMEOUT,
-        *,
-        max_in_flight: int = MAX_IN_FLIGHT,
-        curve_server_key: KeySource | None = None,
-        curve_secret: KeySource | None = None,
-        delivery_timeout: float | None = None,
-    ):
-        super().__init__(
-            endpoint,
-            timeout,
-            max_in_flight=max_in_flight,
-            curve_server_key=curve_server_key,
-            curve_secret=curve_secret,
-            delivery_timeout=delivery_timeout,
-        )
-        self._local = threading.local()
+    def _init_connections(self) -> None:
+        self._local = threading.local()  # this thread's connection
 
     def _after_fork(self) -> None:
         """In a forked child: a fresh lock, and every lane disarmed (they hold the parent's sockets)."""
