@@ -20,6 +20,7 @@ Run it beside the unkeyed figures of the same run: fsync times swing.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -28,6 +29,7 @@ import uuid
 from typing import Any
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig
+from nori_wal.codec import SEAL_FRAME_SIZE
 from nori_wal.dedupe import DedupeIndex
 
 
@@ -115,16 +117,55 @@ def index_memory(keys: int) -> float:
     return used / keys
 
 
+def reopen_seconds(total_bytes: int, keyed_every: int = 100) -> tuple[float, float, int]:
+    """Seconds to reopen a log of ``total_bytes`` (1 KB records, one in ``keyed_every`` keyed) after a clean
+    close, and after a crash (the last segment unsealed: its keys are rebuilt by a scan); keys rebuilt."""
+    d = tempfile.mkdtemp(prefix="dedupe-reopen-")
+    try:
+        wal, _ = Wal.open(WalConfig(d, fsync_policy=FsyncPolicy.os()))
+        value = b"v" * 1000
+        n = total_bytes // 1024
+        for start in range(0, n, 1000):
+            batch = [Record.put(b"k%d" % i, value) for i in range(start, min(n, start + 1000))]
+            batch = [
+                r.with_idempotency_key(b"key-%d" % (start + j)) if j % keyed_every == 0 else r
+                for j, r in enumerate(batch)
+            ]
+            wal.append_batch(batch)
+        wal.close()
+        started = time.perf_counter()
+        wal, _ = Wal.open(WalConfig(d, fsync_policy=FsyncPolicy.os()))
+        clean = time.perf_counter() - started
+        keys = len(wal._dedupe)
+        wal.close()
+        # A crash: the same log with its last segment's seal cut off (what a SIGKILL before the close leaves).
+        last = max(f for f in os.listdir(d) if f.endswith(".wal"))
+        path = os.path.join(d, last)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - SEAL_FRAME_SIZE)
+        for name in os.listdir(d):
+            if name.startswith(last[:-4]) and name.endswith(".keys"):
+                os.unlink(os.path.join(d, name))
+        started = time.perf_counter()
+        wal, _ = Wal.open(WalConfig(d, fsync_policy=FsyncPolicy.os()))
+        crashed = time.perf_counter() - started
+        wal.close()
+        return clean, crashed, keys
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--appends", type=int, default=20_000)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--producers", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--reopen-mib", type=int, default=1024, help="size of the log reopened (MiB; 0: skip)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.quick:
-        args.appends, args.keys, args.producers = 200, 2_000, [1, 2]
+        args.appends, args.keys, args.producers, args.reopen_mib = 200, 2_000, [1, 2], 4
     print(f"embedded Wal, Always, {args.appends} appends of {args.size} B per case")
     print(f"{'mode':>12} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'keyed cost':>11}")
     for batch in (1, 100):
@@ -147,6 +188,12 @@ def main() -> None:
                 f"{producers:>3} {mode:>10} {plain:14,.0f} {keyed:12,.0f} {100 * (1 - keyed / plain):5.1f}% "
                 f"{retrying:15,.0f} {100 * (1 - retrying / plain):5.1f}%"
             )
+    if args.reopen_mib:
+        clean, crashed, keys = reopen_seconds(args.reopen_mib * 2**20)
+        print(
+            f"reopen of a {args.reopen_mib} MiB log ({keys:,} keys in the window): {clean * 1000:.1f} ms after a "
+            f"clean close, {crashed * 1000:.1f} ms after a crash (the last segment rescanned)"
+        )
     per_key = index_memory(args.keys)
     print(
         f"dedupe index: {args.keys:,} keys of 36 B: {per_key:.0f} bytes per key, {per_key * args.keys / 2**20:.0f} MiB"
