@@ -27,6 +27,7 @@ from ..observe import NOOP, Meter, guard_meter
 from ..security import INSECURE_WARNING, endpoint_problem, is_loopback_tcp
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
+from .budget import DEFAULT_MAX_CONNECTION_BYTES, DEFAULT_MAX_PENDING_BYTES, MemoryBudget
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc
 from .loop import FatalStop, WriterServer
 
@@ -47,6 +48,8 @@ class WriterSpec:
     curve_secret: str | bytes | None = None  # the writer's .key_secret file (or secret key): CURVE on
     curve_clients: str | None = None  # directory of allowed client public keys (*.key)
     insecure: bool = False  # allow a non-loopback tcp endpoint without CURVE (warned on every start)
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES  # request bytes the loop holds before writing (budget)
+    max_connection_bytes: int = DEFAULT_MAX_CONNECTION_BYTES  # request bytes ZeroMQ holds per connection
 
 
 def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
@@ -57,6 +60,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     config = spec.config
     meter = guard_meter(meter)  # the server's own reports too: a meter never raises into the log
     curve = server_curve(spec)  # bad keys or a refused endpoint: before the directory is touched
+    budget = memory_budget(spec)
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     endpoint = spec.endpoint or default_endpoint(seglog.dir)
     claim: IpcClaim | None = None
@@ -67,7 +71,7 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             raise FatalStop(str(exc), EXIT_USAGE) from None
         except OSError as exc:
             raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
-        server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve)
+        server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve, budget)
         server.ipc_claim = claim
         if claim is not None:
             claim.bound()
@@ -116,6 +120,14 @@ def server_curve(spec: WriterSpec) -> ServerCurve | None:
         return None
     try:
         return ServerCurve(spec.curve_secret, spec.curve_clients)
+    except ValueError as exc:
+        raise FatalStop(str(exc), EXIT_USAGE) from None
+
+
+def memory_budget(spec: WriterSpec) -> MemoryBudget:
+    """The spec's byte caps (``budget.MemoryBudget``); FatalStop (usage) naming the cap when one is wrong."""
+    try:
+        return MemoryBudget(spec.max_pending_bytes, spec.max_connection_bytes)
     except ValueError as exc:
         raise FatalStop(str(exc), EXIT_USAGE) from None
 
