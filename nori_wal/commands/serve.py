@@ -8,7 +8,8 @@ cleanly, exit 0. No daemonising, no new session: run it under a supervisor.
 Exit codes: 0 stopped cleanly; 2 bad arguments (e.g. DIR is a file, or lies
 under one) or the endpoint cannot be bound; 3 the directory belongs to another
 live writer (nothing is disturbed); 4 a write or fsync failed (fail-stop:
-restart it and recovery keeps every acknowledged record).
+restart it and recovery keeps every acknowledged record), or an I/O error
+while starting (a full disk: nothing is left behind).
 """
 
 from __future__ import annotations
@@ -149,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
     except WalError as exc:
         say(str(exc))
         return EXIT_IO
-    except OSError as exc:
+    except OSError as exc:  # the path's shape was checked above: this is the storage failing
         say(f"{args.dir}: {exc.strerror or exc}")
-        return EXIT_USAGE
+        return EXIT_IO
 
 
 def _port(text: str) -> int:

@@ -47,7 +47,7 @@ from .. import protocol as P
 from ..commit import GroupCommit, overlap_fsync
 from ..endpoint_file import remove_endpoint_file
 from ..errors import RecordTooLargeError, WalError, WalIOError
-from ..exit_codes import EXIT_IO, EXIT_OK, EXIT_USAGE
+from ..exit_codes import EXIT_IO, EXIT_OK, exit_code_for
 from ..observe import NOOP, Meter
 from ..recovery import RecoveryInfo
 from ..segment_log import SegmentLog
@@ -136,7 +136,7 @@ class WriterServer:
                 flusher.close()
             self.sock.close(0)
             self.ctx.destroy(0)
-            raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
+            raise FatalStop(f"cannot listen on {endpoint}: {exc}", exit_code_for(exc.errno)) from exc
         self.endpoint = self._bound_endpoint(endpoint)
         self.ipc_claim: IpcClaim | None = None  # set by open_writer; released with the socket file
         self.stopping = False
