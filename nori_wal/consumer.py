@@ -14,9 +14,9 @@ Rules:
    files: a commit never hides an expiry. An expired consumer raises
    ConsumerExpiredError at open, at each segment it enters, whenever it
    waits, when its reader hits a gap, and at commit.
-3. Waiting is one pluggable step (``Waiter``): today ``PollWaiter`` polls the
-   durable mark every few milliseconds; a push wake-up from the writer plugs
-   in the same way. The file stays the truth; a waiter only says "look".
+3. Waiting is one pluggable step (``Waiter``, nori_wal.waiters): by default
+   ``SubWaiter`` wakes on the writer's wake-up socket and polls the durable
+   mark when no writer runs. The file stays the truth; a waiter only says "look".
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Union
+from typing import Iterator, Union
 
 from .codec import parse_header
 from .cursor import CursorState, Expiry, check_name
@@ -39,7 +39,7 @@ from .cursor_store import (
     remove_cursor,
     write_cursor,
 )
-from .durable_mark import MarkReader, read_mark
+from .durable_mark import read_mark
 from .errors import ConsumerExpiredError, CorruptionError, RecordsDeletedError, WalClosedError, WalIOError
 from .fs import OS, DirLock, FileLayer
 from .position import START, Position
@@ -48,62 +48,11 @@ from .record import Record
 from .recovery import read_seal
 from .scan import scan_frames
 from .segment import HEADER_SIZE, segment_ids, segment_name
+from .waiters import POLL_INTERVAL, PollWaiter, SubWaiter, Waiter, follow_waiter
 
 Start = Union[str, Position]
-POLL_INTERVAL = 0.002  # seconds between two looks at the durable mark (a 32-byte pread)
 MAX_WAIT = 1.0  # seconds: a waiter returns at least this often (the consumer re-checks expiry)
 _FRAME_HEAD = 32  # bytes: enough for any frame header (crc, flags, varints, ttl)
-
-
-class Waiter(Protocol):
-    """How a consumer waits for new durable records (Rule 3)."""
-
-    def wait(self, timeout: float) -> None:
-        """Return when new durable records may exist, when woken, or after ``timeout`` seconds."""
-
-    def wake(self) -> None:
-        """Make a wait in progress (in another thread) return now; later waits return at once."""
-
-    def close(self) -> None: ...
-
-
-class PollWaiter:
-    """Waits until the durable mark (``DIR/DURABLE``) moves, looking every ``interval`` seconds.
-
-    It remembers the mark it last returned on, so a move between two waits
-    makes the next wait return at once: no wake-up is lost. Without a writer
-    the mark does not move, and a durable-only reader has nothing new to read.
-    """
-
-    def __init__(self, layer: FileLayer, directory: str, interval: float = POLL_INTERVAL):
-        self._mark = MarkReader(layer, directory)
-        self._interval = interval
-        self._seen: Position | None = None
-        self._woken = threading.Event()
-        self._io = threading.Lock()  # close() from another thread never closes the mark mid-read
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._io:
-                if self._woken.is_set():
-                    return
-                mark = self._mark.read()
-            if mark != self._seen:
-                self._seen = mark
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._woken.wait(min(self._interval, left))
-
-    def wake(self) -> None:
-        self._woken.set()
-
-    def close(self) -> None:
-        self._woken.set()
-        with self._io:
-            self._mark.close()
 
 
 def _expired_error(directory: str, expiry: Expiry) -> ConsumerExpiredError:
@@ -147,7 +96,7 @@ class Consumer:
                 write_cursor(layer, self.dir, state)
             self._state = state
             self._reader = WalReader(self.dir, state.next, layer=layer, durable_only=True, on_gap=on_gap)
-            self._waiter: Waiter = waiter if waiter is not None else PollWaiter(layer, self.dir)
+            self._waiter: Waiter = waiter if waiter is not None else follow_waiter(self.dir, layer)
         except BaseException:
             self._lock.release()
             self._lock = None
@@ -339,8 +288,12 @@ def _info(layer: FileLayer, directory: str, name: str) -> ConsumerInfo:
     return ConsumerInfo(name, state.committed, state.next, lag_bytes, lag_records, when, expired, lost)
 
 
-def measure_lag(layer: FileLayer, directory: str, start: Position) -> tuple[int, int]:
-    """(record bytes, records) from ``start`` to the durable end; a sealed segment counts from its seal."""
+def measure_lag(layer: FileLayer, directory: str, start: Position, *, count_records: bool = True) -> tuple[int, int]:
+    """(record bytes, records) from ``start`` to the durable end; a sealed segment counts from its seal.
+
+    ``count_records=False`` reads no records (only seals): the bytes, and 0
+    records -- what a metrics scrape inside the writer can afford.
+    """
     end = read_mark(layer, directory)
     lag_bytes = lag_records = 0
     for sid in segment_ids(layer.listdir(directory)):
@@ -360,6 +313,8 @@ def measure_lag(layer: FileLayer, directory: str, start: Position) -> tuple[int,
             if seal is not None and lo == HEADER_SIZE and hi == seal.data_end:
                 lag_bytes += hi - lo
                 lag_records += seal.record_count
+            elif not count_records:
+                lag_bytes += hi - lo
             else:
                 scan = scan_frames(fh.pread(hi - lo, lo), 0)
                 lag_bytes += scan.valid_end
@@ -383,3 +338,18 @@ def drop_consumer(directory: str | os.PathLike[str], name: str, *, layer: FileLa
         return remove_cursor(layer, directory, name)
     finally:
         lock.release()
+
+
+__all__ = [
+    "POLL_INTERVAL",
+    "Consumer",
+    "ConsumerInfo",
+    "PollWaiter",
+    "SubWaiter",
+    "Waiter",
+    "drop_consumer",
+    "latest_position",
+    "list_consumers",
+    "measure_lag",
+    "open_consumer",
+]

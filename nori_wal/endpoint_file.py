@@ -62,6 +62,7 @@ class EndpointRecord:
     pid: int
     pid_ns: int | None = None  # the writer's PID namespace: its pid means nothing from another one
     curve_server_key: str | None = None  # the writer's CURVE public key (Z85) when it requires CURVE
+    notify: str | None = None  # the writer's wake-up PUB socket (None: it has none; followers poll)
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,22 @@ def _pid_ns() -> int | None:
         return None
 
 
-def write_endpoint_file(directory: str, endpoint: str, pid: int, curve_server_key: str | None = None) -> None:
+def write_endpoint_file(
+    directory: str, endpoint: str, pid: int, curve_server_key: str | None = None, notify: str | None = None
+) -> None:
     """Record the serving endpoint in DIR/WRITER (tmp file + rename: readers never see half of it).
 
     ``curve_server_key``: the writer's CURVE public key (Z85 text; public, so it may
-    be recorded) that clients of ``for_dir`` authenticate the writer with. On
-    failure (a full disk) nothing is left behind.
+    be recorded) that clients of ``for_dir`` authenticate the writer with.
+    ``notify``: the writer's wake-up PUB socket. On failure (a full disk) nothing is left behind.
     """
     path = os.path.join(directory, ENDPOINT_FILE)
     tmp = f"{path}.{pid}.tmp"
-    data = {"endpoint": endpoint, "pid": pid, "pid_ns": _pid_ns()}
+    data: dict[str, object] = {"endpoint": endpoint, "pid": pid, "pid_ns": _pid_ns()}
     if curve_server_key is not None:
         data["curve_server_key"] = curve_server_key
+    if notify is not None:
+        data["notify"] = notify
     try:
         with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
             json.dump(data, f)
@@ -109,10 +114,13 @@ def read_endpoint_file(directory: str | os.PathLike[str]) -> EndpointRecord | No
     try:
         with open(os.path.join(os.fspath(directory), ENDPOINT_FILE)) as f:
             data = json.load(f)
-        ns = data.get("pid_ns")
-        key = data.get("curve_server_key")
+        ns, key, notify = data.get("pid_ns"), data.get("curve_server_key"), data.get("notify")
         return EndpointRecord(
-            str(data["endpoint"]), int(data["pid"]), None if ns is None else int(ns), None if key is None else str(key)
+            str(data["endpoint"]),
+            int(data["pid"]),
+            None if ns is None else int(ns),
+            None if key is None else str(key),
+            None if notify is None else str(notify),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -126,6 +134,41 @@ def remove_endpoint_file(directory: str, pid: int) -> None:
             os.unlink(os.path.join(directory, ENDPOINT_FILE))
         except OSError:
             pass
+
+
+def notify_endpoint_for(endpoint: str) -> str | None:
+    """Where the writer serving ``endpoint`` binds its wake-up PUB socket (None: a transport without one).
+
+    ipc: a socket beside the writer's (``PATH.pub``; a hashed name in the run dir
+    when that is too long for a socket address); tcp: any free port on the same
+    host (``tcp://HOST:*``: the bound port is what DIR/WRITER records).
+    """
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        if path.startswith("@"):
+            return f"ipc://{path}.pub"
+        pub = path + ".pub"
+        if len(pub.encode()) <= _MAX_IPC_PATH:
+            return "ipc://" + pub
+        run_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        digest = hashlib.sha256(path.encode()).hexdigest()[:20]
+        return "ipc://" + os.path.join(run_dir, f"nori-wal-{digest}.pub.sock")
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+        return f"tcp://{host}:*"
+    return None
+
+
+def live_record(directory: str | os.PathLike[str]) -> EndpointRecord | None:
+    """DIR/WRITER's record if its writer may be running (its pid runs, judged in its own PID namespace).
+
+    Cheaper than ``find_writer`` (no lock probe): for followers, which only use
+    it to decide where to listen for wake-ups, never to send anything.
+    """
+    rec = read_endpoint_file(directory)
+    if rec is None or (rec.pid_ns is not None and rec.pid_ns == _pid_ns() and not pid_alive(rec.pid)):
+        return None
+    return rec
 
 
 def resolve_endpoint(directory: str | os.PathLike[str]) -> str:
@@ -188,6 +231,8 @@ __all__ = [
     "WriterFound",
     "default_endpoint",
     "find_writer",
+    "live_record",
+    "notify_endpoint_for",
     "read_endpoint_file",
     "recorded_endpoint",
     "remove_endpoint_file",

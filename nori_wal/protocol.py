@@ -14,6 +14,7 @@ Request  = ``[header]`` or ``[header, payload]``
     POSITION  (3)   -                         -         [segment_id, offset]   where the next record goes
     DELETE    (4)   segment_id, offset        -         deleted segment count
     INFO      (5)   -                         -         map: version, pid, policy, position, durable, ...
+    GC        (6)   segment_id, offset        -         map: DELETE's work, and what cursors held back
 
 Reply    = ``[reply]``: msgpack array ``[VERSION, request_id, status, result]``
     status OK (0): result as in the table
@@ -59,6 +60,7 @@ from .codec import (
 )
 from .errors import (
     CorruptionError,
+    DedupeCapacityError,
     PositionPastEndError,
     ProtocolError,
     RecordTooLargeError,
@@ -70,7 +72,8 @@ from .errors import (
 )
 from .position import Position
 from .record import BytesLike, Compression
-from .scan import Stop, scan_frames
+from .retention import Expired, GcPlan, Hold
+from .scan import ScanResult, Stop, scan_frames
 
 VERSION = 1
 # Bytes of record frames in one APPEND request: our clients split batches at this size, and it bounds
@@ -86,6 +89,7 @@ class Op(enum.IntEnum):
     POSITION = 3
     DELETE = 4
     INFO = 5
+    GC = 6
 
 
 OK = 0
@@ -104,6 +108,7 @@ ERRORS: dict[str, type[WalError]] = {
         WriterUnavailableError,
         ProtocolError,
         PositionPastEndError,
+        DedupeCapacityError,
     )
 }
 
@@ -180,7 +185,7 @@ class Append(NamedTuple):
 
 
 class Control(NamedTuple):
-    """SYNC, POSITION, INFO (no args) or DELETE (``position``)."""
+    """SYNC, POSITION, INFO (no args) or DELETE, GC (``position``)."""
 
     request_id: int
     op: Op
@@ -201,7 +206,7 @@ def _unpack_header(head: BytesLike) -> Any:
     return msgpack.unpackb(head, raw=True, use_list=True, strict_map_key=True)
 
 
-_ARGS = {Op.APPEND: 1, Op.SYNC: 0, Op.POSITION: 0, Op.DELETE: 2, Op.INFO: 0}
+_ARGS = {Op.APPEND: 1, Op.SYNC: 0, Op.POSITION: 0, Op.DELETE: 2, Op.INFO: 0, Op.GC: 2}
 
 
 def decode_request(frames: Sequence[BytesLike]) -> Request:
@@ -281,9 +286,9 @@ def _request_of(h: list[int], frames: Sequence[BytesLike]) -> Request:
         return Append(rid, args[0], frames[1])
     if len(frames) != 1:
         return BadRequest(rid, ProtocolError(f"{op.name} takes no payload frame"))
-    if op is Op.DELETE:
+    if op is Op.DELETE or op is Op.GC:
         if args[0] < 0 or args[1] < 0:
-            return BadRequest(rid, ProtocolError("DELETE position must not be negative"))
+            return BadRequest(rid, ProtocolError(f"{op.name} position must not be negative"))
         return Control(rid, op, Position(args[0], args[1]))
     return Control(rid, op)
 
@@ -294,6 +299,17 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
     Otherwise the error to answer with (never raises): ProtocolError for bad
     framing, checksums, flags or counts; RecordTooLargeError for a frame larger
     than a segment holds (``max_frame``) or a payload over MAX_PAYLOAD_BYTES.
+    """
+    res = validate_payload(payload, record_count, max_frame)
+    return None if isinstance(res, int) else res
+
+
+def validate_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalError | int:
+    """``check_payload``'s error, or, for a valid payload, how many of its frames carry an idempotency key.
+
+    The count comes free with the scan (keyed frames leave its fast path), so
+    the writer needs no hint from the producer to find them, and an unkeyed
+    payload costs nothing more.
     """
     n = len(payload)
     if n > MAX_PAYLOAD_BYTES:
@@ -311,8 +327,15 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
             if err is not None:
                 return err
         if n > max_frame:  # only then can a single frame be too large for a segment
-            return _check_frame_sizes(payload, max_frame)
-        return None
+            err = _check_frame_sizes(payload, max_frame)
+            if err is not None:
+                return err
+        return res.keyed
+    return _scan_error(res, n)
+
+
+def _scan_error(res: ScanResult, n: int) -> WalError:
+    """The error for a payload whose scan stopped before its end (or past a seal)."""
     if res.stop is Stop.SEALED:  # (the scan stops past the seal: name where it starts)
         return ProtocolError(
             f"record {res.records} at payload offset {res.valid_end - SEAL_FRAME_SIZE} is a "
@@ -456,6 +479,48 @@ def decode_reply(data: BytesLike) -> Reply:
     if type(res) is not list or len(res) != 2 or not all(type(x) is str for x in res):
         raise ProtocolError("error reply must carry [error_name, message]")
     return Reply(r[1], False, error_from_wire(res[0], res[1]))
+
+
+def encode_gc_result(plan: GcPlan) -> dict[str, Any]:
+    """A GC reply's result: the plan ``SegmentLog.delete_segments_before`` carried out (docs/PROTOCOL.md)."""
+    return {
+        "deleted": list(plan.delete),
+        "held_back": list(plan.held_back),
+        "held_by": [[h.name, h.next.segment_id, h.next.offset] for h in plan.held_by],
+        "expired": [[e.name, *e.lost_from, *e.resumes_at] for e in plan.expire],
+    }
+
+
+def decode_gc_result(result: Any) -> GcPlan:
+    """The ``GcPlan`` a GC reply carries; ProtocolError for any other shape."""
+    try:
+        if type(result) is not dict:
+            raise TypeError
+        ints = [_int_list(result["deleted"]), _int_list(result["held_back"])]
+        held_by = [Hold(_name(h[0]), Position(*_int_list(h[1:], 2))) for h in result["held_by"]]
+        expired = [
+            Expired(_name(e[0]), Position(*_int_list(e[1:3], 2)), Position(*_int_list(e[3:], 2)))
+            for e in result["expired"]
+        ]
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ProtocolError(
+            f"GC reply must be a map of deleted, held_back, held_by, expired; got {result!r:.80}"
+        ) from None
+    return GcPlan(ints[0], ints[1], held_by, expired)
+
+
+def _int_list(value: Any, length: int | None = None) -> list[int]:
+    if type(value) is not list or not all(type(v) is int and v >= 0 for v in value):
+        raise TypeError
+    if length is not None and len(value) != length:
+        raise ValueError
+    return value
+
+
+def _name(value: Any) -> str:
+    if type(value) is not str:
+        raise TypeError
+    return value
 
 
 def positions_from_runs(runs: Sequence[int], frame_lengths: Sequence[int]) -> list[Position]:

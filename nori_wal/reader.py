@@ -48,7 +48,6 @@ import errno
 import os
 import struct
 import threading
-import time
 from typing import Iterator
 
 from crc32c import crc32c
@@ -76,6 +75,7 @@ from .record import Compression, Record
 from .recovery import is_stub, read_seal, reader_of
 from .scan import Damage, ScanResult, Stop, Verdict, classify_tail
 from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids, segment_name, sequence_problem
+from .waiters import Waiter, follow_waiter
 
 READ_SIZE = 1024 * 1024  # bytes per read: large sequential reads, few syscalls
 _U32 = struct.Struct("<I")
@@ -96,6 +96,7 @@ class WalReader:
         limit: int = FORMAT_MAX_FRAME,
         durable_only: bool = False,
         on_gap: str = "raise",
+        waiter: Waiter | None = None,
     ):
         if on_gap not in ("raise", "skip"):
             raise ValueError(f"on_gap must be 'raise' or 'skip', got {on_gap!r}")
@@ -105,6 +106,8 @@ class WalReader:
         self._start = Position.coerce(start)  # also 'SEG:OFF' and [seg, off]
         self.follow = follow
         self.poll_interval = poll_interval
+        self._waiter = waiter  # follow mode: how to wait at the end (None: made at the first wait, owned)
+        self._owns_waiter = False
         self._limit = limit
         self._seg: int | None = None
         self._fh: FileHandle | None = None
@@ -221,9 +224,24 @@ class WalReader:
             if item is None:
                 if not self.follow:
                     return
-                time.sleep(self.poll_interval)  # follow mode: poll for the writer's next bytes
+                self.wait_for_more()  # follow mode: the writer's wake-up, or poll_interval
                 continue
             yield item  # type: ignore[misc]
+
+    def wait_for_more(self) -> None:
+        """Follow mode's pause at the end: until the writer says the durable end moved, at most ``poll_interval``.
+
+        Waits on the writer's wake-up socket (``waiters.SubWaiter``; a durable
+        move wakes it at once) or polls its durable mark when no writer runs.
+        """
+        waiter = self._waiter
+        if waiter is None:
+            with self._io_lock:
+                if self._closed:
+                    return
+                waiter = self._waiter = follow_waiter(self.dir, self._layer)
+                self._owns_waiter = True
+        waiter.wait(self.poll_interval)
 
     def close(self) -> None:
         """Release the files. Safe from another thread than the one iterating.
@@ -235,6 +253,8 @@ class WalReader:
         """
         self._closed = True
         with self._io_lock:
+            if self._owns_waiter and self._waiter is not None:
+                self._waiter.close()  # ends a wait in progress (it holds no lock of ours)
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None

@@ -21,6 +21,7 @@ from crc32c import crc32c
 from .codec import (
     COMPRESSION_MASK,
     CORRUPT,
+    FLAG_IDEMPOTENCY,
     FLAG_SEAL,
     FORMAT_MAX_FRAME,
     MIN_FRAME_SIZE,
@@ -59,6 +60,7 @@ class ScanResult(NamedTuple):
     seal: Seal | None = None
     reason: str = ""
     compressed: int = 0  # of those records, how many have a compressed value (not checked here)
+    keyed: int = 0  # of those records, how many carry an idempotency key (counted off the fast path only)
 
 
 _U32 = struct.Struct("<I")
@@ -86,7 +88,7 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
     n = len(buf)
-    off, count, compressed = start, 0, 0
+    off, count, compressed, keyed = start, 0, 0, 0
     unpack = _U32.unpack_from
     while off < n:
         lay = fast_frame(buf, off, n, limit, SCAN_FLAGS)
@@ -106,9 +108,11 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
                 return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
             if flags & COMPRESSION_MASK:
                 compressed += 1
+            if flags & FLAG_IDEMPOTENCY:  # (keyed frames never take the fast path: SCAN_FLAGS)
+                keyed += 1
         count += 1
         off = end
-    return ScanResult(off, count, Stop.END, compressed=compressed)
+    return ScanResult(off, count, Stop.END, compressed=compressed, keyed=keyed)
 
 
 def _stopped(buf: BytesLike, off: int, count: int, status: int, limit: int) -> ScanResult:

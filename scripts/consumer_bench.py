@@ -8,12 +8,16 @@
    append's send time carried in the value; the ack time is taken from the
    producer's clock, same machine (CLOCK_REALTIME is shared by processes).
    Targets: p50 <= 2 ms, p99 <= 10 ms (a 50 ms polling reader: ~25 ms p50).
+   ``--wait push`` (default) waits on the writer's wake-up socket
+   (``SubWaiter``), ``--wait poll`` polls DIR/DURABLE every 2 ms
+   (``PollWaiter``), ``--wait both`` runs one after the other.
 2. Catch-up: ``--backlog`` bytes (1 GiB by default) of ``--record-size``
    records written by an embedded Wal, then a new consumer reads them all
    from the page cache. Prints MiB/s (target >= 400; the scan: ~785).
 
     python scripts/consumer_bench.py [--rate 1000] [--seconds 5] [--backlog 1GiB] [--record-size 1024]
-                                     [--dir /path/on/the/disk] [--quick]
+                                     [--dir /path/on/the/disk] [--wait push|poll|both] [--no-catch-up]
+                                     [--quick]
 
 ``--quick`` runs tiny sizes (a smoke test; the figures mean nothing).
 """
@@ -37,9 +41,12 @@ MiB = 1024 * 1024
 FOLLOWER = r"""
 import sys, time
 from nori_wal import open_consumer
-d, n = sys.argv[1], int(sys.argv[2])
+from nori_wal.fs import OS
+from nori_wal.waiters import PollWaiter, SubWaiter
+d, n, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+waiter = SubWaiter(OS, d) if how == "push" else PollWaiter(OS, d)
 out = []
-with open_consumer(d, "bench-latency", start="latest") as c:
+with open_consumer(d, "bench-latency", start="latest", waiter=waiter) as c:
     print("ready", flush=True)
     for record, _ in c:
         out.append((int(record.key), time.time_ns()))
@@ -47,6 +54,7 @@ with open_consumer(d, "bench-latency", start="latest") as c:
             break
 for seq, t in out:
     print(seq, t)
+print("wakeups", getattr(waiter, "wakeups", 0))
 """
 
 
@@ -63,8 +71,9 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def latency(directory: str, rate: int, seconds: float) -> tuple[float, float, int]:
-    """(p50 ms, p99 ms, records) from acknowledgement to the consumer process yielding the record."""
+def latency(directory: str, rate: int, seconds: float, how: str) -> tuple[float, float, int, int]:
+    """(p50 ms, p99 ms, records, wake-up messages) from acknowledgement to the consumer process yielding
+    the record; ``how`` is "push" (the writer's wake-ups, SubWaiter) or "poll" (PollWaiter, 2 ms)."""
     from nori_wal.client import WalClient
     from nori_wal.writer_proc import WriterProcess
 
@@ -72,7 +81,7 @@ def latency(directory: str, rate: int, seconds: float) -> tuple[float, float, in
     cfg = WalConfig(dir=directory, fsync_policy=FsyncPolicy.always())
     with WriterProcess.spawn(cfg, timeout=30.0) as writer:
         follower = subprocess.Popen(
-            [sys.executable, "-c", FOLLOWER, directory, str(n)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", FOLLOWER, directory, str(n), how], stdout=subprocess.PIPE, text=True
         )
         try:
             assert follower.stdout is not None and follower.stdout.readline().strip() == "ready"
@@ -91,10 +100,14 @@ def latency(directory: str, rate: int, seconds: float) -> tuple[float, float, in
                 follower.kill()
                 follower.wait()
     lat = []
+    wakeups = 0
     for line in out.splitlines():
+        if line.startswith("wakeups "):
+            wakeups = int(line.split()[1])
+            continue
         seq, seen = map(int, line.split())
         lat.append(max(0.0, (seen - acked[seq]) / 1e6))
-    return percentile(lat, 0.5), percentile(lat, 0.99), len(lat)
+    return percentile(lat, 0.5), percentile(lat, 0.99), len(lat), wakeups
 
 
 def catch_up(directory: str, backlog: int, record_size: int) -> tuple[float, int]:
@@ -127,17 +140,28 @@ def main() -> int:
     ap.add_argument("--backlog", type=parse_size, default=1024 * MiB, help="catch-up backlog (default 1GiB)")
     ap.add_argument("--record-size", type=int, default=1024, help="value bytes per catch-up record (default 1024)")
     ap.add_argument("--dir", default=None, help="where to put the logs (default: a temp dir)")
+    ap.add_argument(
+        "--wait",
+        choices=("push", "poll", "both"),
+        default="push",
+        help="how the consumer waits: the writer's wake-ups (push, the default), a 2 ms poll of DIR/DURABLE "
+        "(poll), or one run of each (both)",
+    )
+    ap.add_argument("--no-catch-up", action="store_true", help="skip the catch-up run")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.quick:
         args.rate, args.seconds, args.backlog = 200, 0.5, 2 * MiB
     base = tempfile.mkdtemp(prefix="consumer-bench-", dir=args.dir)
     try:
-        p50, p99, n = latency(os.path.join(base, "latency"), args.rate, args.seconds)
-        print(
-            f"append-to-consumer latency, Always, {args.rate} records/s, {n} records: "
-            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
-        )
+        for how in ("push", "poll") if args.wait == "both" else (args.wait,):
+            p50, p99, n, wakeups = latency(os.path.join(base, f"latency-{how}"), args.rate, args.seconds, how)
+            print(
+                f"append-to-consumer latency ({how}), Always, {args.rate} records/s, {n} records: "
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({wakeups} wake-up messages)"
+            )
+        if args.no_catch_up:
+            return 0
         mibs, records = catch_up(os.path.join(base, "catchup"), args.backlog, args.record_size)
         print(
             f"catch-up over {args.backlog / MiB:.0f} MiB ({records} records of {args.record_size} B): {mibs:.0f} MiB/s"

@@ -1,7 +1,13 @@
-"""Keyed vs unkeyed embedded appends, and the dedupe index's memory per key.
+"""Keyed vs unkeyed appends (embedded, and through a writer process), and the dedupe index's memory per key.
 
     python scripts/dedupe_bench.py                 # full: 20,000 appends per case, 1,000,000 keys
     python scripts/dedupe_bench.py --quick         # tiny sizes (a smoke run; figures mean nothing)
+
+Through a writer process (Always), with N = 1, 8, 32 producer processes
+(``--producers``), each appending its share one at a time (sync) and in
+batches of 100: unkeyed, keyed (a uuid4 key per record) and "retrying"
+(``delivery_timeout`` set, no key of its own: the client's automatic 16-byte
+keys), records/s and the cost against unkeyed.
 
 Each case appends N records of ``--size`` bytes to a fresh embedded Wal under
 Always, one at a time and in batches of 100, with and without an idempotency
@@ -19,6 +25,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from typing import Any
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig
 from nori_wal.dedupe import DedupeIndex
@@ -47,6 +54,53 @@ def run_case(n: int, size: int, batch: int, keyed: bool) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _producer(directory: str, n: int, size: int, batch: int, mode: str, go: Any, done: Any) -> None:
+    from nori_wal import WalClient
+
+    client = WalClient.for_dir(directory, timeout=60.0, delivery_timeout=60.0 if mode == "retrying" else None)
+    value = b"x" * size
+    recs = [Record.put(b"k%d" % i, value) for i in range(n)]
+    if mode == "keyed":
+        recs = [r.with_idempotency_key(str(uuid.uuid4()).encode()) for r in recs]
+    client.append(Record.put(b"warm", b"up"))  # connected before the clock starts
+    go.wait()
+    if batch == 1:
+        for r in recs:
+            client.append(r)
+    else:
+        for i in range(0, n, batch):
+            client.append_batch(recs[i : i + batch])
+    done.put(time.perf_counter())
+    client.close()
+
+
+def run_writer_case(producers: int, n: int, size: int, batch: int, mode: str) -> float:
+    """Records per second through a writer process (Always) with ``producers`` producer processes."""
+    import multiprocessing as mp
+
+    from nori_wal.writer_proc import WriterProcess
+
+    ctx = mp.get_context("spawn")
+    d = tempfile.mkdtemp(prefix="dedupe-bench-")
+    writer = WriterProcess.spawn(WalConfig(d, fsync_policy=FsyncPolicy.always()))
+    try:
+        go, done = ctx.Event(), ctx.Queue()
+        share = max(batch, n // producers)
+        procs = [ctx.Process(target=_producer, args=(d, share, size, batch, mode, go, done)) for _ in range(producers)]
+        for p in procs:
+            p.start()
+        time.sleep(0.5 + 0.05 * producers)  # let them connect (a benchmark, not a test)
+        t0 = time.perf_counter()
+        go.set()
+        ends = [done.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join(60)
+        return share * producers / (max(ends) - t0)
+    finally:
+        writer.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def index_memory(keys: int) -> float:
     """Bytes per key of a DedupeIndex holding ``keys`` 36-byte keys (tracemalloc)."""
     raw = [bytearray(str(uuid.uuid4()).encode()) for _ in range(keys)]  # bytes() copies: the index owns its keys
@@ -66,10 +120,11 @@ def main() -> None:
     ap.add_argument("--appends", type=int, default=20_000)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--producers", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.quick:
-        args.appends, args.keys = 200, 2_000
+        args.appends, args.keys, args.producers = 200, 2_000, [1, 2]
     print(f"embedded Wal, Always, {args.appends} appends of {args.size} B per case")
     print(f"{'mode':>12} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'keyed cost':>11}")
     for batch in (1, 100):
@@ -77,6 +132,21 @@ def main() -> None:
         keyed = run_case(args.appends, args.size, batch, keyed=True)
         mode = "sync" if batch == 1 else f"batch({batch})"
         print(f"{mode:>12} {plain:14,.0f} {keyed:12,.0f} {100 * (1 - keyed / plain):10.1f}%")
+    print(f"\nwriter process, Always, {args.appends} appends of {args.size} B per case (split among N producers)")
+    print(
+        f"{'N':>3} {'mode':>10} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'cost':>6} "
+        f"{'retrying rec/s':>15} {'cost':>6}"
+    )
+    for producers in args.producers:
+        for batch in (1, 100):
+            plain = run_writer_case(producers, args.appends, args.size, batch, "unkeyed")
+            keyed = run_writer_case(producers, args.appends, args.size, batch, "keyed")
+            retrying = run_writer_case(producers, args.appends, args.size, batch, "retrying")
+            mode = "sync" if batch == 1 else f"batch({batch})"
+            print(
+                f"{producers:>3} {mode:>10} {plain:14,.0f} {keyed:12,.0f} {100 * (1 - keyed / plain):5.1f}% "
+                f"{retrying:15,.0f} {100 * (1 - retrying / plain):5.1f}%"
+            )
     per_key = index_memory(args.keys)
     print(
         f"dedupe index: {args.keys:,} keys of 36 B: {per_key:.0f} bytes per key, {per_key * args.keys / 2**20:.0f} MiB"

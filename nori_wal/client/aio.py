@@ -30,12 +30,14 @@ import zmq
 
 from .. import protocol as P
 from ..codec import encode_record
+from ..dedupe import AppendResult
 from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
 from ..security import KeySource
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
-from .session import MAX_IN_FLIGHT, Completion, Outcome, Session, batch_positions
+from .retry import deliver_async, with_identity
+from .session import MAX_IN_FLIGHT, Completion, Outcome, Session, append_results, batch_positions, batch_results
 from .transport import Connection, close_context, current_pid, zmq_error
 
 
@@ -235,15 +237,26 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
         max_in_flight: int = MAX_IN_FLIGHT,
         curve_server_key: KeySource | None = None,
         curve_secret: KeySource | None = None,
+        delivery_timeout: float | None = None,
     ):
         super().__init__(
-            endpoint, timeout, max_in_flight=max_in_flight, curve_server_key=curve_server_key, curve_secret=curve_secret
+            endpoint,
+            timeout,
+            max_in_flight=max_in_flight,
+            curve_server_key=curve_server_key,
+            curve_secret=curve_secret,
+            delivery_timeout=delivery_timeout,
         )
 
     # -- the public calls ----------------------------------------------------------------
 
     async def append(self, record: Record) -> Position:
-        """Append one record; its Position once acknowledged. Concurrent appends share requests."""
+        """Append one record; its Position once acknowledged. Concurrent appends share requests.
+
+        With ``delivery_timeout``: ``append_ex`` (the record keyed, retried while its outcome is unknown).
+        """
+        if self.delivery_timeout is not None:
+            return (await self.append_ex(record)).position
         frame = encode_record(record)
         c = self._conn()
         fut = c.loop.create_future()
@@ -251,6 +264,47 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
         c.schedule_flush()
         positions: list[Position] = await fut
         return positions[0]
+
+    async def append_ex(self, record: Record) -> AppendResult:
+        """``append``, also saying whether the record's key was already in the log (nothing written)."""
+        dt = self.delivery_timeout
+        if dt is None:
+            return await self._append_once(encode_record(record))
+        frame = encode_record(with_identity(record))
+        return await deliver_async(lambda: self._append_once(frame), dt)
+
+    async def _append_once(self, frame: bytes) -> AppendResult:
+        c = self._conn()
+        fut = c.loop.create_future()
+        c.session.queue_append((frame,), fut)
+        c.schedule_flush()
+        return append_results(await fut)[0]
+
+    async def append_batch_ex(self, records: Iterable[Record]) -> list[AppendResult]:
+        """``append_batch`` with an ``AppendResult`` per record (see ``WalClient.append_batch_ex``)."""
+        dt = self.delivery_timeout
+        if dt is None:
+            return await self._batch_results_once(list(map(encode_record, records)))
+        frames = [encode_record(with_identity(r)) for r in records]
+        return await deliver_async(lambda: self._batch_results_once(frames), dt)
+
+    async def _batch_results_once(self, frames: list[bytes]) -> list[AppendResult]:
+        if not frames:
+            if self._closed:
+                raise WalClosedError("the client is closed")
+            return []
+        c = self._conn()
+        batch = c.session.queue_batch(frames, c.loop.create_future)
+        c.schedule_flush()
+        if len(batch.waiters) == 1:
+            return append_results(await batch.waiters[0])
+        parts = await asyncio.gather(*batch.waiters, return_exceptions=True)
+        for p in parts:
+            if isinstance(p, BaseException) and not isinstance(p, WalError):
+                raise p
+        return batch_results(
+            batch.counts, [Outcome(None, p) if isinstance(p, WalError) else Outcome(p, None) for p in parts]
+        )
 
     async def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order; their Positions once acknowledged (one request per 16 MiB).
@@ -265,7 +319,10 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
         error) says so and how many records -- the first k of the batch -- were
         acknowledged before the failing request. A batch with a frame too large
         for any request is refused before anything of it is queued.
+        With ``delivery_timeout``: ``append_batch_ex`` (retried, every record keyed).
         """
+        if self.delivery_timeout is not None:
+            return [r.position for r in await self.append_batch_ex(records)]
         frames = list(map(encode_record, records))
         if not frames:
             if self._closed:
@@ -304,10 +361,11 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
         return value
 
     async def delete_segments_before(self, position: Position) -> int:
-        """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
+        """Delete whole segments before ``position``'s segment (never the active one); the count deleted
+        (``last_gc`` says what consumers held back, as ``WalClient.delete_segments_before``)."""
         pos = checked_position(position)
-        value: int = await self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
-        return value
+        plan = await self._control(P.Op.GC, pos.segment_id, pos.offset)  # a GcPlan: its shape checked by the session
+        return self.gc_done(pos, plan)
 
     async def info(self) -> dict[str, Any]:
         """What the writer says about itself (see ``WalClient.info``)."""
@@ -370,7 +428,10 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _control(self, op: P.Op, *args: int) -> Any:
-        return await self._conn().control(op, *args)
+        dt = self.delivery_timeout
+        if dt is None:
+            return await self._conn().control(op, *args)
+        return await deliver_async(lambda: self._conn().control(op, *args), dt)
 
     def _conn(self) -> _AsyncConn:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import os
@@ -35,9 +36,13 @@ import zmq
 from ..endpoint_file import find_writer, resolve_endpoint
 from ..errors import ProtocolError, WalClosedError, WriterUnavailableError
 from ..position import Position
+from ..retention import GcPlan
 from ..security import ClientCurve, KeySource, key_pair
+from .retry import check_delivery_timeout
 from .session import MAX_IN_FLIGHT
 from .transport import Connection, close_context, current_pid, new_context
+
+_log = logging.getLogger("nori_wal.client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds without any reply before WriterUnavailableError
 
@@ -100,15 +105,19 @@ class ClientBase(Generic[K]):
         max_in_flight: int = MAX_IN_FLIGHT,
         curve_server_key: KeySource | None = None,
         curve_secret: KeySource | None = None,
+        delivery_timeout: float | None = None,
     ):
         if not (timeout > 0 and math.isfinite(timeout)):  # a call must never hang: no infinite timeout
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self._curve = ClientCurve.make(curve_server_key, curve_secret)  # Rule 4
         self._curve_secret = curve_secret
+        # None: a call whose outcome is unknown raises WriterUnavailableError; else it is retried (client.retry)
+        self.delivery_timeout = check_delivery_timeout(delivery_timeout)
         self._endpoint = endpoint
         self._dir: str | None = None
         self.timeout = float(timeout)
         self.max_in_flight = max_in_flight
+        self.last_gc: GcPlan | None = None  # the last delete_segments_before's plan (see gc_done)
         self._lock = threading.RLock()
         self._ctx: zmq.Context[Any] | None = None
         self._conns: list[K] = []
@@ -128,6 +137,7 @@ class ClientBase(Generic[K]):
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
         curve_secret: KeySource | None = None,
+        delivery_timeout: float | None = None,
     ) -> C:
         """A client of the writer serving ``directory`` (found through DIR/WRITER, else the default endpoint).
 
@@ -137,7 +147,9 @@ class ClientBase(Generic[K]):
         once (Rule 2). A writer that requires CURVE records its public key there
         too; ``curve_secret`` is this client's own key (Rule 4).
         """
-        client = cls(resolve_endpoint(directory), timeout, max_in_flight=max_in_flight)
+        client = cls(
+            resolve_endpoint(directory), timeout, max_in_flight=max_in_flight, delivery_timeout=delivery_timeout
+        )
         client._dir = os.fspath(directory)
         client._curve_secret = curve_secret
         if curve_secret is not None:
@@ -198,9 +210,19 @@ class ClientBase(Generic[K]):
             assert self._curve is not None
             self._curve.apply(self._ctx)
 
+    def gc_done(self, before: Position, plan: GcPlan) -> int:
+        """Keep the writer's GC plan in ``last_gc`` (as ``Wal.last_gc``) and warn here when consumers'
+        cursors held segments back or retention expired one; the count deleted."""
+        self.last_gc = plan
+        held = plan.describe(before)
+        if held is not None:
+            _log.warning("writer at %s: %s", self._endpoint, held)
+        return len(plan.delete)
+
     def __reduce__(self) -> tuple[Any, ...]:
         keys = (None, self._curve_secret) if self._dir is not None else (self._server_key_arg(), self._curve_secret)
-        return (_rebuild, (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight, *keys))
+        args = (type(self), self._endpoint, self._dir, self.timeout, self.max_in_flight, *keys, self.delivery_timeout)
+        return (_rebuild, args)
 
     def _server_key_arg(self) -> bytes | None:
         return None if self._curve is None else self._curve.server_key
@@ -217,8 +239,18 @@ def _rebuild(
     max_in_flight: int,
     server_key: KeySource | None = None,
     secret: KeySource | None = None,
+    delivery_timeout: float | None = None,
 ) -> Any:
     """Unpickle a client as its constructor arguments (it reconnects lazily on the other side)."""
     if directory is not None:
-        return cls.for_dir(directory, timeout, max_in_flight=max_in_flight, curve_secret=secret)
-    return cls(endpoint, timeout, max_in_flight=max_in_flight, curve_server_key=server_key, curve_secret=secret)
+        return cls.for_dir(
+            directory, timeout, max_in_flight=max_in_flight, curve_secret=secret, delivery_timeout=delivery_timeout
+        )
+    return cls(
+        endpoint,
+        timeout,
+        max_in_flight=max_in_flight,
+        curve_server_key=server_key,
+        curve_secret=secret,
+        delivery_timeout=delivery_timeout,
+    )

@@ -23,15 +23,19 @@ Rules:
 4. A reply whose request id is not in flight is stale (from before a reset)
    and ignored.
 5. Positions are computed here from the reply's runs and our frame lengths.
+   A reply for keyed records some of which were duplicates (``{"runs",
+   "dups"}``, docs/PROTOCOL.md) gives ``KeyedPositions``: the positions, and
+   which of them were already in the log.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, NamedTuple, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, NamedTuple, Sequence, TypeVar
 
 from .. import protocol as P
+from ..dedupe import AppendResult
 from ..errors import ProtocolError, RecordTooLargeError, WalError
 from ..position import Position, make_position
 from ..segment import MIN_SEGMENT_SIZE, max_frame_size
@@ -310,12 +314,58 @@ def batch_positions(counts: Sequence[int], outcomes: Sequence[Outcome]) -> list[
     return out
 
 
+class KeyedPositions(list[Position]):
+    """The positions of an append some of whose records were duplicates: their indexes are in ``dups``."""
+
+    __slots__ = ("dups",)
+
+    def __init__(self, positions: Iterable[Position], dups: frozenset[int]):
+        super().__init__(positions)
+        self.dups = dups
+
+
+def append_results(positions: Sequence[Position]) -> list[AppendResult]:
+    """``AppendResult`` per record of an append's positions (``KeyedPositions`` say which were duplicates)."""
+    dups: frozenset[int] = getattr(positions, "dups", frozenset())
+    return [AppendResult(p, i in dups) for i, p in enumerate(positions)]
+
+
+def batch_results(counts: Sequence[int], outcomes: Sequence[Outcome]) -> list[AppendResult]:
+    """``batch_positions``, as an ``AppendResult`` per record (raising the same errors)."""
+    batch_positions(counts, outcomes)
+    out: list[AppendResult] = []
+    for o in outcomes:
+        out += append_results(o.value)
+    return out
+
+
+def _keyed_positions(result: dict[Any, Any], lengths: Sequence[int]) -> KeyedPositions:
+    """The positions of a reply with duplicates: runs over the frames written, ``dups`` for the others."""
+    runs, flat = result.get("runs"), result.get("dups")
+    if type(flat) is not list or len(flat) % 3 or not all(type(x) is int for x in flat):
+        raise ProtocolError(f"append reply dups must be flat [index, segment_id, offset, ...], got {flat!r:.80}")
+    dup_at = {flat[i]: make_position((flat[i + 1], flat[i + 2])) for i in range(0, len(flat), 3)}
+    if not all(0 <= i < len(lengths) for i in dup_at):
+        raise ProtocolError(f"append reply names duplicates outside the {len(lengths)} records sent")
+    kept = [n for i, n in enumerate(lengths) if i not in dup_at]
+    written = iter(positions_of(runs, kept) if kept else _no_runs(runs))
+    return KeyedPositions((dup_at[i] if i in dup_at else next(written) for i in range(len(lengths))), frozenset(dup_at))
+
+
+def _no_runs(runs: Any) -> list[Position]:
+    if runs != []:
+        raise ProtocolError(f"append reply has runs for no written record: {runs!r:.80}")
+    return []
+
+
 def positions_of(runs: Any, lengths: Sequence[int]) -> list[Position]:
     """Every record's Position from an APPEND reply's runs (unchecked, as decoded) and the frames' lengths.
 
     Raises ProtocolError for runs that are not a flat list of integers covering
     exactly ``len(lengths)`` records.
     """
+    if type(runs) is dict:
+        return _keyed_positions(runs, lengths)
     if type(runs) is not list or not all(type(x) is int for x in runs):
         raise ProtocolError(f"append reply must be a flat list of integers, got {runs!r:.80}")
     if len(lengths) == 1 and len(runs) == 3 and runs[2] == 1:
@@ -334,11 +384,15 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
         return [Completion(e.waiter, None, exc) for e in entries]
     if len(entries) == 1:
         return [Completion(entries[0].waiter, positions)]
+    dups: frozenset[int] = getattr(positions, "dups", frozenset())
     out: list[Completion[W]] = []
     i = 0
     for e in entries:
         n = len(e.frames)
-        out.append(Completion(e.waiter, positions[i : i + n]))
+        part = positions[i : i + n]
+        if dups:
+            part = KeyedPositions(part, frozenset(d - i for d in dups if i <= d < i + n))
+        out.append(Completion(e.waiter, part))
         i += n
     return out
 
@@ -346,6 +400,8 @@ def _append_completions(entries: list[_Entry[W]], runs: Any) -> list[Completion[
 def _control_value(op: P.Op, result: Any) -> Any:
     if op in (P.Op.SYNC, P.Op.POSITION):
         return P.position_result(result)
+    if op is P.Op.GC:
+        return P.decode_gc_result(result)
     if op is P.Op.DELETE:
         if type(result) is not int:
             raise ProtocolError(f"DELETE reply must be a count, got {result!r:.80}")

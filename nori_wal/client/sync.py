@@ -33,6 +33,7 @@ import zmq
 
 from .. import protocol as P
 from ..codec import encode_record
+from ..dedupe import AppendResult
 from ..errors import RecordTooLargeError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..protocol import (
@@ -46,7 +47,17 @@ from ..protocol import (
 from ..record import Record
 from ..security import KeySource
 from .base import DEFAULT_TIMEOUT, ClientBase, checked_position
-from .session import MAX_IN_FLIGHT, MAX_REQUEST_BYTES, Outcome, Session, batch_positions, positions_of
+from .retry import deadline_error, deliver, with_identity
+from .session import (
+    MAX_IN_FLIGHT,
+    MAX_REQUEST_BYTES,
+    Outcome,
+    Session,
+    append_results,
+    batch_positions,
+    batch_results,
+    positions_of,
+)
 from .transport import (
     EVENTS,
     NOBLOCK,
@@ -101,10 +112,11 @@ class _ThreadConn:
 class PendingAppend:
     """An append sent by ``WalClient.submit``; ``result()`` waits for its Position."""
 
-    __slots__ = ("_client", "_slot", "_tc")
+    __slots__ = ("_client", "_frame", "_slot", "_started", "_tc")
 
-    def __init__(self, client: WalClient, slot: _Slot, tc: _ThreadConn):
+    def __init__(self, client: WalClient, slot: _Slot, tc: _ThreadConn, frame: bytes, started: float):
         self._client, self._slot, self._tc = client, slot, tc
+        self._frame, self._started = frame, started  # for a retry (``delivery_timeout``)
 
     def done(self) -> bool:
         """True once answered; sends this thread's queued appends and takes in replies already here.
@@ -124,14 +136,26 @@ class PendingAppend:
         """The record's Position once acknowledged; raises its WalError otherwise.
 
         Until it is answered, only in the thread that submitted it (see ``done``).
+        With ``delivery_timeout``, an append whose outcome became unknown is
+        sent again (same key) until ``delivery_timeout`` after ``submit``.
         """
+        return self.result_ex().position
+
+    def result_ex(self) -> AppendResult:
+        """``result``, also saying whether the record's key was already in the log (nothing written)."""
         self._check_thread()
         if not self._slot.done:
             self._client._wait(self._tc, (self._slot,))
-        if self._slot.error is not None:
-            raise self._slot.error
-        pos: Position = self._slot.value[0]
-        return pos
+        err = self._slot.error
+        if err is None:
+            return append_results(self._slot.value)[0]
+        client, dt = self._client, self._client.delivery_timeout
+        if dt is None or not isinstance(err, WriterUnavailableError):
+            raise err
+        if time.monotonic() - self._started >= dt:
+            raise deadline_error(dt, err)
+        frames = [self._frame]
+        return deliver(lambda: client._batch_results_once(frames)[0], dt, self._started)
 
     def _check_thread(self) -> None:
         # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
@@ -154,9 +178,15 @@ class WalClient(ClientBase[_ThreadConn]):
         max_in_flight: int = MAX_IN_FLIGHT,
         curve_server_key: KeySource | None = None,
         curve_secret: KeySource | None = None,
+        delivery_timeout: float | None = None,
     ):
         super().__init__(
-            endpoint, timeout, max_in_flight=max_in_flight, curve_server_key=curve_server_key, curve_secret=curve_secret
+            endpoint,
+            timeout,
+            max_in_flight=max_in_flight,
+            curve_server_key=curve_server_key,
+            curve_secret=curve_secret,
+            delivery_timeout=delivery_timeout,
         )
         self._local = threading.local()
 
@@ -180,7 +210,9 @@ class WalClient(ClientBase[_ThreadConn]):
         # close, a reset and a fork. One compact APPEND (header and frame in one buffer), one
         # blocking receive, one struct call to read the ack. Anything else -- a thread's first call, a
         # check due, a large record, an error reply, a timeout -- takes the general path, with the
-        # same guarantees.
+        # same guarantees. With delivery_timeout: append_ex (every record keyed, retried).
+        if self.delivery_timeout is not None:
+            return self.append_ex(record).position
         try:
             lane = self._local.lane
         except AttributeError:
@@ -306,6 +338,38 @@ class WalClient(ClientBase[_ThreadConn]):
                 return reply.result
             data = None  # a stale reply, from before a reset
 
+    def append_ex(self, record: Record) -> AppendResult:
+        """``append``, also saying whether the record's key was already in the log (then nothing was
+        written and ``position`` is the original's)."""
+        return self.append_batch_ex((record,))[0]
+
+    def append_batch_ex(self, records: Iterable[Record]) -> list[AppendResult]:
+        """``append_batch``, with an ``AppendResult`` per record: a keyed record already in the log (or
+        earlier in this batch) is a duplicate, not written, with the original's position.
+
+        With ``delivery_timeout`` every record carries a key (an automatic one
+        if it has none) and the whole batch is sent again while its outcome is
+        unknown: the records already written come back as duplicates.
+        """
+        dt = self.delivery_timeout
+        if dt is None:
+            return self._batch_results_once(list(map(encode_record, records)))
+        frames = [encode_record(with_identity(r)) for r in records]
+        return deliver(lambda: self._batch_results_once(frames), dt)
+
+    def _batch_results_once(self, frames: list[bytes]) -> list[AppendResult]:
+        """One attempt at appending these frames: their results, or the error."""
+        if not frames:
+            if self._closed:
+                raise WalClosedError("the client is closed")
+            return []
+        tc = self._thread_conn()
+        if tc.session.idle and sum(map(len, frames)) <= MAX_REQUEST_BYTES:
+            return append_results(self._batch_direct(tc, frames))
+        batch = tc.session.queue_batch(frames, _Slot)
+        self._wait(tc, batch.waiters)
+        return batch_results(batch.counts, [Outcome(s.value, s.error) for s in batch.waiters])
+
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
 
@@ -319,7 +383,10 @@ class WalClient(ClientBase[_ThreadConn]):
         and how many records -- the first k of the batch -- were acknowledged
         before the failing request. A batch with a frame too large for any
         request is refused before anything of it is sent.
+        With ``delivery_timeout``: ``append_batch_ex`` (retried, every record keyed).
         """
+        if self.delivery_timeout is not None:
+            return [r.position for r in self.append_batch_ex(records)]
         frames = list(map(encode_record, records))
         if not frames:
             if self._closed:
@@ -354,14 +421,26 @@ class WalClient(ClientBase[_ThreadConn]):
         sent only by this thread's next call. Results arrive in order;
         collect them in the same thread.
         """
-        frame = encode_record(record)
-        tc = self._thread_conn()
+        started = time.monotonic()
+        frame = encode_record(record if self.delivery_timeout is None else with_identity(record))
+        tc = self._thread_conn_retrying(started)
         slot = _Slot()
         session = tc.session
         session.queue_append((frame,), slot)
         if session.queued_bytes >= session.coalesce_bytes or (session.in_flight and self._receive(tc)):
-            self._pump(tc)
-        return PendingAppend(self, slot, tc)
+            try:
+                self._pump(tc)
+            except WriterUnavailableError:
+                if self.delivery_timeout is None:
+                    raise  # (else the append has that error too: its result() retries)
+        return PendingAppend(self, slot, tc, frame, started)
+
+    def _thread_conn_retrying(self, started: float) -> _ThreadConn:
+        """``_thread_conn``; with ``delivery_timeout``, waiting (backing off) for a writer to connect to."""
+        dt = self.delivery_timeout
+        if dt is None:
+            return self._thread_conn()
+        return deliver(self._thread_conn, dt, started)
 
     def sync(self) -> None:
         """fsync everything the writer has written so far, whatever its policy.
@@ -388,10 +467,15 @@ class WalClient(ClientBase[_ThreadConn]):
         return value
 
     def delete_segments_before(self, position: Position) -> int:
-        """Delete whole segments before ``position``'s segment (never the active one); the count deleted."""
+        """Delete whole segments before ``position``'s segment (never the active one); the count deleted.
+
+        Segments a consumer's cursor still needs are kept: ``last_gc`` (a
+        ``GcPlan``, as ``Wal.last_gc``) says which cursor held them back and which
+        ``max_retained_bytes`` expired, and a WARNING in ``nori_wal.client`` says so.
+        """
         pos = checked_position(position)
-        value: int = self._control(P.Op.DELETE, pos.segment_id, pos.offset)  # its shape checked by the session
-        return value
+        plan = self._control(P.Op.GC, pos.segment_id, pos.offset)  # a GcPlan: its shape checked by the session
+        return self.gc_done(pos, plan)
 
     def info(self) -> dict[str, Any]:
         """What the writer says about itself: pid, policy, positions, limits; records, writes, fsyncs so far."""
@@ -526,6 +610,12 @@ class WalClient(ClientBase[_ThreadConn]):
             close_context(ctx, self._pid)
 
     def _control(self, op: P.Op, *args: int) -> Any:
+        dt = self.delivery_timeout
+        if dt is None:
+            return self._control_once(op, *args)
+        return deliver(lambda: self._control_once(op, *args), dt)
+
+    def _control_once(self, op: P.Op, *args: int) -> Any:
         tc = self._thread_conn()
         slot = _Slot()
         try:

@@ -8,8 +8,9 @@ key and value in base64 (standard alphabet, padded), whole::
     {"position": "0:32", "segment": 0, "offset": 32, "key": "dXNlcjox", "value": "YWxpY2U=",
      "tombstone": false, "ttl_ms": null, "compression": "NONE"}
 
-``--follow`` keeps waiting for records a writer appends (until Ctrl-C, which
-exits 0). Exit codes: 0 done; 1 corruption (names segment and offset); 2 a
+``--logs`` shows records a ``WalHandler`` wrote as log lines. ``--follow``
+keeps waiting for records a writer appends (until Ctrl-C, which exits 0),
+woken by the writer's wake-up socket after each fsync. Exit codes: 0 done; 1 corruption (names segment and offset); 2 a
 wrong path or a bad ``--from`` position; 4 an I/O error.
 """
 
@@ -19,12 +20,12 @@ import argparse
 import base64
 import json
 import sys
-import time
 from datetime import timedelta
 from typing import Callable, TextIO
 
 from ..errors import CorruptionError, WalError
 from ..inspect_log import NotAWalDirectory, check_start, list_segments
+from ..log_handler import format_log_record
 from ..position import Position
 from ..reader import WalReader, open_reader
 from ..record import Record
@@ -52,7 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only records the writer has fsynced (read up to the durable mark it publishes)",
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object per line; key and value in base64")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="one JSON object per line; key and value in base64")
+    shape.add_argument(
+        "--logs",
+        action="store_true",
+        help="show records a WalHandler wrote as log lines (time, level, logger, process, message); "
+        "other records as usual",
+    )
     parser.add_argument("-n", "--limit", type=count_arg, metavar="N", default=None, help="stop after N records")
     parser.add_argument(
         "--max-bytes",
@@ -81,6 +89,17 @@ def format_plain(record: Record, pos: Position, max_bytes: int = 64) -> str:
     if record.compression:
         line += f"\tcompression={record.compression.name}"
     return line
+
+
+def format_log(record: Record, pos: Position, max_bytes: int = 64) -> str:
+    """A WalHandler record as ``POS<TAB>LOG<TAB>`` and its log line (a traceback adds lines); any other
+    record as ``format_plain`` shows it."""
+    if not record.tombstone:
+        try:
+            return f"{pos}\tLOG\t{format_log_record(record.value)}"
+        except ValueError:  # not a log record: the usual line
+            pass
+    return format_plain(record, pos, max_bytes)
 
 
 def format_json(record: Record, pos: Position) -> str:
@@ -125,7 +144,7 @@ def _print_records(
             if not args.follow:
                 break
             out.flush()
-            time.sleep(reader.poll_interval)
+            reader.wait_for_more()  # the writer's wake-up (within poll_interval without one)
             continue
         out.write(fmt(*item))
         out.write("\n")
@@ -144,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
     fmt: Callable[[Record, Position], str]
     if args.json:
         fmt = format_json
+    elif args.logs:
+
+        def fmt(record: Record, pos: Position) -> str:
+            return format_log(record, pos, args.max_bytes)
+
     else:
 
         def fmt(record: Record, pos: Position) -> str:

@@ -78,7 +78,7 @@ def _config(directory: str, ids: list[int]) -> WalConfig:
     )
 
 
-def _via_writer_process(directory: str, before: Position, timeout: float) -> tuple[int, str] | None:
+def _via_writer_process(directory: str, before: Position, timeout: float) -> tuple[int, str, str | None] | None:
     """Ask the writer process serving ``directory``; None when there is none to ask.
 
     Only the writer process recorded in DIR/WRITER that holds DIR's lock now is
@@ -100,13 +100,14 @@ def _via_writer_process(directory: str, before: Position, timeout: float) -> tup
         return None
     try:
         deleted = int(client.delete_segments_before(before))
+        held = client.last_gc.describe(before) if client.last_gc else None  # consumers' cursors (retention)
     except PositionPastEndError as exc:
         fail(str(exc).removeprefix("writer: "))
     except WalError:
         return None
     finally:
         client.close()
-    return deleted, endpoint
+    return deleted, endpoint, held
 
 
 @guarded("gc")
@@ -137,11 +138,13 @@ def run(args: argparse.Namespace) -> int:
         asked = _via_writer_process(directory, before, args.timeout)
         if asked is None:
             fail(f"{exc}; stop it, or run gc through it (Wal.delete_segments_before)", EXIT_LOCKED)
-        deleted, endpoint = asked
+        deleted, endpoint, held = asked
         print(
             f"deleted {_plural(deleted, 'segment')} before {before} through the writer process"
             + (f" at {endpoint}" if endpoint else "")
         )
+        if held:
+            print(held)
         return EXIT_OK
     except CorruptionError as exc:
         fail(f"{exc}; nothing was deleted (run nori-wal verify {directory})", EXIT_FAILED)

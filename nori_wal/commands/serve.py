@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment file size in bytes (default 128 MiB)",
     )
     parser.add_argument(
+        "--max-retained-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="cap on what consumers' cursors may hold back from GC: past it, GC deletes anyway and "
+        "expires the lagging consumer (default: no cap)",
+    )
+    parser.add_argument(
         "--overlap",
         action="store_true",
         help="fsync in a flush thread while the next group is received (helps only with idle cores)",
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             fsync_policy=policy,
             max_segment_size=(DEFAULT_MAX_SEGMENT_SIZE if args.max_segment_size is None else args.max_segment_size),
             group=args.group,
+            max_retained_bytes=args.max_retained_bytes,
         )
     except ValueError as exc:
         say(str(exc))

@@ -65,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="producer call timeout; a call that times out counts as unknown, not acked (default 2)",
     )
+    parser.add_argument(
+        "--retry",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="retrying producers: resend with the same idempotency key for up to SECONDS (delivery_timeout); "
+        "duplicated and lost must still be 0",
+    )
     parser.add_argument("--no-reader", action="store_true", help="do not run a reader during the kills")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill schedule (default random)")
     parser.add_argument("--keep", action="store_true", help="keep the log directory afterwards")
@@ -113,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         max_acks_per_round=args.max_acks_per_round,
         client_timeout=args.timeout,
         seed=args.seed,
+        retry=args.retry,
     )
 
     def progress(msg: str) -> None:

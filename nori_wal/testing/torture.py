@@ -93,6 +93,7 @@ class TortureOptions:
     client_timeout: float = 2.0  # seconds; a producer's call fails (unknown outcome) after it
     round_timeout: float = 30.0  # seconds a round may wait for its acks before the kill anyway
     seed: int | None = None
+    retry: float | None = None  # retrying producers: delivery_timeout seconds, each record keyed by its key
 
 
 @dataclass
@@ -122,6 +123,7 @@ class TortureReport:
     seed: int = 0
     duration_s: float = 0.0
     problems: list[str] = field(default_factory=list)
+    retry: float | None = None  # retrying producers' delivery_timeout (None: producers never retry)
 
     @property
     def ok(self) -> bool:
@@ -152,6 +154,7 @@ class TortureReport:
             (
                 f"nori-wal torture: {self.kills} SIGKILLs in {self.rounds} rounds, {self.producers} producers, "
                 f"fsync {self.fsync}, {self.duration_s:.1f} s (seed {self.seed})"
+                + (f", retrying producers (delivery_timeout {self.retry:g} s)" if self.retry is not None else "")
             ),
             f"  acknowledged:     {self.acked}",
             f"  lost:             {self.lost}",
@@ -192,19 +195,34 @@ class TortureReport:
 
 
 def _producer_main(
-    index: int, directory: str, conn: Connection, stop: Any, timeout: float, value_size: int, batch: int
+    index: int,
+    directory: str,
+    conn: Connection,
+    stop: Any,
+    timeout: float,
+    value_size: int,
+    batch: int,
+    retry: float | None = None,
 ) -> None:
-    """Append until ``stop``; send each acknowledged (seq, position) up ``conn``; never retry an id."""
+    """Append until ``stop``; send each acknowledged (seq, position) up ``conn``.
+
+    Without ``retry`` an id is never retried (a duplicate is a bug) and a failed
+    call backs off 20 ms (``for_dir`` fails fast while the writer is down). With
+    ``retry`` the client resends (delivery_timeout) and each record carries its
+    key as its idempotency key: a duplicate is still a bug.
+    """
     from ..client import WalClient
 
     seq = unknown = 0
     errors: dict[str, int] = {}
-    client = WalClient.for_dir(directory, timeout=timeout)
+    client = WalClient.for_dir(directory, timeout=timeout, delivery_timeout=retry)
     try:
         while not stop.is_set():
             first = seq
             keys = [torture_key(index, s) for s in range(first, first + batch)]
             recs = [Record.put(k, torture_value(k, s, value_size)) for k, s in zip(keys, range(first, first + batch))]
+            if retry is not None:
+                recs = [r.with_idempotency_key(r.key) for r in recs]
             seq += batch
             try:
                 positions = [client.append(recs[0])] if batch == 1 else client.append_batch(recs)
@@ -212,6 +230,7 @@ def _producer_main(
                 unknown += 1
                 name = type(exc).__name__
                 errors[name] = errors.get(name, 0) + 1
+                stop.wait(0.02)  # the writer is down or restarting: do not spin
                 continue
             conn.send_bytes(b"".join(_ACK.pack(first + i, p.segment_id, p.offset) for i, p in enumerate(positions)))
     except BaseException:
@@ -303,7 +322,7 @@ def run_torture(opts: TortureOptions, progress: Callable[[str], None] | None = N
     """Run the torture in ``opts.directory`` (created; it must not hold another log) and report."""
     seed = opts.seed if opts.seed is not None else random.randrange(2**32)
     policy = FsyncPolicy.parse(opts.fsync)
-    report = TortureReport(rounds=opts.rounds, producers=opts.producers, fsync=str(policy), seed=seed)
+    report = TortureReport(rounds=opts.rounds, producers=opts.producers, fsync=str(policy), seed=seed, retry=opts.retry)
     t_start = time.monotonic()
     os.makedirs(opts.directory, exist_ok=True)
     engine = _Engine(opts, report, policy, progress or (lambda _msg: None))
@@ -370,7 +389,16 @@ class _Engine:
                 target=_producer_main,
                 name=f"nori-torture-producer-{p}",
                 daemon=True,
-                args=(p, opts.directory, child, self.stop, opts.client_timeout, opts.value_size, opts.batch),
+                args=(
+                    p,
+                    opts.directory,
+                    child,
+                    self.stop,
+                    opts.client_timeout,
+                    opts.value_size,
+                    opts.batch,
+                    opts.retry,
+                ),
             )
             proc.start()
             child.close()

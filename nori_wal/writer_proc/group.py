@@ -15,7 +15,10 @@ Rules:
    than a segment holds, which is cut at frame boundaries into several
    (``protocol.split_units``); its reply then carries one run per unit.
 4. A one-record append in our clients' encoding is validated in a few steps
-   (``scan.one_plain_frame``); anything else with one ``check_payload`` call.
+   (``scan.one_plain_frame``); anything else with one ``validate_payload`` call.
+5. A payload that holds keyed frames (the scan counts them) goes through the
+   group's ``GroupKeys`` (``dedupe_stage``): duplicates are not written. Only
+   then is the group's ``keys`` set, and the loop writes it keyed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..errors import ProtocolError
 from ..position import Position
 from ..record import BytesLike
 from ..scan import one_plain_frame
+from .dedupe_stage import GroupKeys, WriterKeys
 
 _HEADER_SIZE = P.APPEND_HEADER_SIZE
 # NamedTuples built per request without NamedTuple.__new__'s Python-level call (the writer's hot path).
@@ -64,10 +68,12 @@ class GroupBuilder:
     ``nbytes`` in all) and starts a new one.
     """
 
-    __slots__ = ("counts", "max_frame", "nbytes", "pending", "records", "units")
+    __slots__ = ("counts", "dedupe", "keys", "max_frame", "nbytes", "pending", "records", "units")
 
-    def __init__(self, max_frame: int):
+    def __init__(self, max_frame: int, dedupe: WriterKeys | None = None):
         self.max_frame = max_frame  # the largest frame a segment holds
+        self.dedupe = dedupe  # None: keyed frames are written like any other
+        self.keys: GroupKeys | None = None  # set by the group's first keyed request (Rule 5)
         self.units: list[BytesLike] = []
         self.counts: list[int] = []  # records per unit
         self.pending: list[Pending] = []
@@ -111,9 +117,11 @@ class GroupBuilder:
         size = len(payload)
         nunits = 1
         if count != 1 or not one_plain_frame(payload, max_frame):  # else: valid, checked in a few steps
-            err = P.check_payload(payload, count, max_frame)
-            if err is not None:
-                return P.encode_error(rid, err)
+            keyed = P.validate_payload(payload, count, max_frame)
+            if not isinstance(keyed, int):
+                return P.encode_error(rid, keyed)
+            if keyed and self.dedupe is not None:
+                return self._add_keyed(ident, rid, payload)
             if size > max_frame:  # a batch larger than a segment holds: split at frames
                 mv = memoryview(payload)
                 parts = P.split_units(payload, count, max_frame)
@@ -125,6 +133,26 @@ class GroupBuilder:
             self.counts.append(count)
         self.pending.append(_tuple_new(Pending, (ident, rid, count, size, nunits)))
         self.records += count
+        self.nbytes += size
+        return None
+
+    def _add_keyed(self, ident: bytes, rid: int, payload: BytesLike) -> bytes | None:
+        """A valid payload with keyed frames: only its frames not already in the log join the group (Rule 5)."""
+        keys = self.keys
+        if keys is None:
+            assert self.dedupe is not None
+            keys = self.keys = self.dedupe.begin_group()
+        plan = keys.add(payload, self.max_frame, len(self.units))
+        if not isinstance(plan, tuple):
+            return P.encode_error(rid, plan)
+        if plan.dups:
+            keys.dups[len(self.pending)] = plan.dups
+        size = sum(map(len, plan.units))
+        records = sum(plan.counts)
+        self.units += plan.units
+        self.counts += plan.counts
+        self.pending.append(Pending(ident, rid, records, size, len(plan.units)))
+        self.records += records
         self.nbytes += size
         return None
 
@@ -170,4 +198,27 @@ def acks_across_roll(
     return tickets, Position(last_seg, last_off + len(group.units[-1]))
 
 
-__all__ = ["GroupBuilder", "Pending", "Step", "Ticket", "acks_across_roll", "acks_in_place"]
+def acks_keyed(group: GroupBuilder, firsts: Sequence[Position], received: float) -> list[Ticket]:
+    """The tickets of a group holding keyed requests, written with ``dedupe_stage.write_keyed_group``.
+
+    Every request's runs come from its units' first positions (``firsts``; a
+    request may have no unit left: all duplicates); one with duplicates says so (Rule 5).
+    """
+    keys = group.keys
+    assert keys is not None
+    counts = group.counts
+    tickets: list[Ticket] = []
+    u = 0
+    for pi, (ident, rid, _count, _size, nunits) in enumerate(group.pending):
+        runs: list[int] = []
+        for j in range(u, u + nunits):
+            runs += (firsts[j][0], firsts[j][1], counts[j])
+        u += nunits
+        reply = keys.reply(rid, pi, runs, firsts)
+        if reply is None:
+            reply = P.encode_run_ok(rid, *runs) if nunits == 1 else P.encode_ok(rid, runs)
+        tickets.append(Ticket(ident, rid, reply, received))
+    return tickets
+
+
+__all__ = ["GroupBuilder", "Pending", "Step", "Ticket", "acks_across_roll", "acks_in_place", "acks_keyed"]

@@ -50,11 +50,14 @@ from ..errors import RecordTooLargeError, WalError, WalIOError
 from ..exit_codes import EXIT_IO, EXIT_OK, exit_code_for
 from ..observe import NOOP, Meter
 from ..recovery import RecoveryInfo
+from ..retention import GcPlan
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
 from .budget import DEFAULT_MAX_PENDING_BYTES, MemoryBudget
+from .dedupe_stage import WriterKeys, after_delete, write_keyed_group
 from .endpoint import IpcClaim
-from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place
+from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place, acks_keyed
+from .notify import NO_NOTIFIER, Notifier
 from .threads import FLUSH_ID, INTERNAL_IDS, WAKE_ID, FlushThread, FsyncResult, Watcher, internal_socket
 
 log = logging.getLogger("nori_wal.writer")
@@ -139,6 +142,8 @@ class WriterServer:
             raise FatalStop(f"cannot listen on {endpoint}: {exc}", exit_code_for(exc.errno)) from exc
         self.endpoint = self._bound_endpoint(endpoint)
         self.ipc_claim: IpcClaim | None = None  # set by open_writer; released with the socket file
+        self.notifier: Notifier = NO_NOTIFIER  # set by open_writer: wakes followers after each fsync
+        self.keys: WriterKeys | None = None  # the dedupe index (set by open_writer; dedupe_stage)
         self.stopping = False
         self.stop_reason = ""
         self._watcher: Watcher | None = None
@@ -210,7 +215,7 @@ class WriterServer:
         """Drain pending requests into a group (``GroupBuilder``), write it with one call, ack per policy."""
         recv = self.sock.recv
         t_recv = time.perf_counter() if self._metered else 0.0
-        group = GroupBuilder(self.log.max_frame)
+        group = GroupBuilder(self.log.max_frame, self.keys)
         add = group.add
         max_bytes = self.budget.max_pending_bytes  # what the loop holds before it writes (budget)
         failed: FatalStop | None = None
@@ -246,7 +251,7 @@ class WriterServer:
                 self._reply(ident, step)
             else:  # a control request: keep each producer's order, write the appends received before it first
                 self._write_group(group, t_recv)
-                group = GroupBuilder(self.log.max_frame)
+                group = GroupBuilder(self.log.max_frame, self.keys)
                 add = group.add
                 self._control(ident, step, t_recv)
         self._write_group(group, t_recv)  # after a failed fsync: answers them
@@ -260,8 +265,12 @@ class WriterServer:
             return
         log = self.log
         try:
-            start = log.append_in_place(group.units, group.records, group.nbytes)  # None: a roll is due
-            firsts = log.append_frames(group.units, group.counts) if start is None else []
+            if group.keys is not None:  # keyed requests: duplicates are not written (dedupe_stage)
+                firsts = write_keyed_group(log, group.units, group.counts, group.keys)
+                start = None
+            else:
+                start = log.append_in_place(group.units, group.records, group.nbytes)  # None: a roll is due
+                firsts = log.append_frames(group.units, group.counts) if start is None else []
         except RecordTooLargeError as exc:  # cannot happen: every unit was checked against max_frame
             for p in pending:
                 self._reply(p.ident, P.encode_error(p.request_id, exc))
@@ -271,7 +280,9 @@ class WriterServer:
             for p in pending:
                 self._reply(p.ident, P.encode_error(p.request_id, exc))
             raise FatalStop(str(exc), EXIT_IO) from exc
-        if start is not None:  # all in the active segment: each request is one run
+        if group.keys is not None:
+            tickets, end = acks_keyed(group, firsts, t_recv), log.position
+        elif start is not None:  # all in the active segment: each request is one run
             tickets, end = acks_in_place(pending, log.active_id, start, t_recv)
         else:  # across a roll: a request's units may sit in two segments
             tickets, end = acks_across_roll(group, firsts, t_recv)
@@ -308,7 +319,17 @@ class WriterServer:
                 self._reply(ident, P.encode_ok(rid, list(log.position)))
             elif op is P.Op.DELETE:
                 assert req.position is not None
-                self._reply(ident, P.encode_ok(rid, log.delete_segments_before(req.position)))
+                try:
+                    self._reply(ident, P.encode_ok(rid, log.delete_segments_before(req.position)))
+                finally:
+                    after_delete(log)
+            elif op is P.Op.GC:  # DELETE, answered with the plan: which cursors held segments back
+                assert req.position is not None
+                try:
+                    log.delete_segments_before(req.position)
+                finally:
+                    after_delete(log)
+                self._reply(ident, P.encode_ok(rid, P.encode_gc_result(log.last_gc or GcPlan([]))))
             elif op is P.Op.INFO:
                 self._reply(ident, P.encode_ok(rid, self.describe()))
         except WalIOError as exc:
@@ -334,6 +355,7 @@ class WriterServer:
             "records": self.log.total_records,
             "writes": self.log.writes,
             "fsyncs": self.log.fsyncs,
+            "dedupe_keys": 0 if self.keys is None else len(self.keys.index),
         }
 
     # -- fsync and acks --------------------------------------------------------------------
@@ -367,6 +389,7 @@ class WriterServer:
             self.meter.histogram("wal_group_records", self._fsync_records)
             self.meter.histogram("wal_group_bytes", self._fsync_bytes)
         self._send_acks(self.commit.fsync_done(durable))
+        self.notifier.moved(durable)  # wake followers (after the acks: it costs producers nothing)
 
     def _send_acks(self, tickets: list[Ticket]) -> None:
         """Acknowledge these requests (a SYNC's reply, None in its ticket, is built now)."""
@@ -477,6 +500,7 @@ class WriterServer:
             helpers_done = self._watcher.close() and helpers_done
         else:
             self._wake_sock.close(0)
+        self.notifier.close()
         self.sock.close(REPLY_LINGER_MS)
         if self.curve is not None:
             self.curve.stop()  # its ZAP socket would hold up ctx.term

@@ -32,8 +32,10 @@ from ..security import INSECURE_WARNING, endpoint_problem, is_loopback_tcp
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
 from .budget import DEFAULT_MAX_CONNECTION_BYTES, DEFAULT_MAX_PENDING_BYTES, MemoryBudget
+from .dedupe_stage import open_keys
 from .endpoint import EndpointBusy, IpcClaim, claim_ipc, private_runtime_dir
 from .loop import FatalStop, WriterServer
+from .notify import open_notifier
 
 log = logging.getLogger("nori_wal.writer")
 
@@ -69,12 +71,20 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     budget = memory_budget(spec)
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
     try:
+        keys = open_keys(seglog)  # before the socket: no request is served without the keys in the log
         server = _listen(spec, seglog, info, meter, curve, budget)
+        server.keys = keys
     except BaseException:
         seglog.close()
         raise
     try:
-        write_endpoint_file(seglog.dir, server.endpoint, os.getpid(), curve.public.decode() if curve else None)
+        write_endpoint_file(
+            seglog.dir,
+            server.endpoint,
+            os.getpid(),
+            curve.public.decode() if curve else None,
+            notify=server.notifier.endpoint,
+        )
     except OSError as exc:
         server.stop("DIR/WRITER could not be written")
         server.shutdown()  # the socket file goes, the log is closed (whoever connected meanwhile is answered)
@@ -150,6 +160,7 @@ def _bind(
             raise FatalStop(f"endpoint {endpoint}: {exc}", exit_code_for(exc.errno)) from exc
         server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve, budget)
         server.ipc_claim = claim
+        server.notifier = open_notifier(server.ctx, endpoint if endpoint.startswith("tcp://") else server.endpoint)
         if claim is not None:
             claim.bound()
             chmod_socket(claim.path)  # owner-only, or the group's (fs.modes_under), whatever the umask
@@ -224,6 +235,7 @@ def run_writer(spec: WriterSpec, on_ready: Callable[[WriterServer], None], lifel
             server.stop(early[0])
         if spec.metrics_port is not None:
             try:
+                _consumer_metrics(meter, server.log.dir)
                 _serve_metrics(meter, spec.metrics_port, spec.metrics_addr)
             except FatalStop:
                 server.stop("the metrics port is unusable")
@@ -252,6 +264,15 @@ def _metrics_meter() -> Meter:
     except ImportError as exc:
         raise FatalStop(f"--metrics-port needs nori_wal.prometheus and prometheus-client: {exc}", EXIT_USAGE) from exc
     return PrometheusMeter()
+
+
+def _consumer_metrics(meter: Meter, directory: str) -> None:
+    """Per-consumer lag on the writer's exporter (nori_wal.consumer_metrics), computed at each scrape."""
+    from ..consumer_metrics import register_consumer_metrics
+    from ..prometheus import PrometheusMeter
+
+    assert isinstance(meter, PrometheusMeter)
+    register_consumer_metrics(meter.registry, directory, namespace=meter.namespace)
 
 
 def _serve_metrics(meter: Meter, port: int, addr: str) -> None:

@@ -19,16 +19,54 @@ import random
 import pytest
 
 from nori_wal import Position, Record, Wal
+from nori_wal import protocol as P
+from nori_wal.client.session import append_results, positions_of
+from nori_wal.codec import encode_record
+from nori_wal.segment_log import SegmentLog
 from nori_wal.testing import FaultFS
 from nori_wal.testing.crashsim import POLICIES, Acks, InvariantViolation, crash_variants, workload_config
+from nori_wal.writer_proc.dedupe_stage import open_keys, write_keyed_group
+from nori_wal.writer_proc.group import GroupBuilder, acks_keyed
 
 
 def keyed(i: int) -> Record:
     return Record.put(b"r%d" % i, bytes([i % 251]) * (90 + i % 7 * 40)).with_idempotency_key(b"key-%d" % i)
 
 
-def run_keyed_workload(config, seed: int):
-    """Run the workload; returns (moments, positions by key index)."""
+class WriterPath:
+    """The writer process's keyed path without its sockets: ``GroupBuilder`` and ``dedupe_stage`` over a
+    SegmentLog (unit-by-unit writes across rolls, the writer's index and seal hook), fsync per request."""
+
+    def __init__(self, config, layer):
+        self.log, _ = SegmentLog.open(config, layer)
+        self.keys = open_keys(self.log)
+        self.rid = 0
+
+    def append_ex(self, record):
+        return self.append_batch_ex([record])[0]
+
+    def append_batch_ex(self, records):
+        frames = [encode_record(r) for r in records]
+        self.rid += 1
+        group = GroupBuilder(self.log.max_frame, self.keys)
+        assert group.add(b"producer", P.encode_append(self.rid, len(frames)) + b"".join(frames), None) is None
+        assert group.keys is not None  # (every request of the workload holds a keyed record)
+        firsts = write_keyed_group(self.log, group.units, group.counts, group.keys)
+        (ticket,) = acks_keyed(group, firsts, 0.0)
+        self.log.sync()  # Always: the ack waits for this fsync
+        reply = P.decode_reply(ticket.reply)
+        return append_results(positions_of(reply.result, [len(f) for f in frames]))
+
+    def close(self):
+        self.log.close()
+
+
+def open_embedded(config, fs):
+    return Wal.open(config, layer=fs)[0]
+
+
+def run_keyed_workload(config, seed: int, opener=open_embedded):
+    """Run the workload (through ``opener(config, fs)``: a Wal or a WriterPath); (moments, positions by key)."""
     rng = random.Random(seed)
     fs = FaultFS()
     moments: list = []
@@ -40,14 +78,14 @@ def run_keyed_workload(config, seed: int):
         assert positions.setdefault(i, pos) == pos, f"key {i} answered at {pos}, first at {positions[i]}"
         acks.ack((i,))
 
-    wal, _ = Wal.open(config, layer=fs)
+    wal = opener(config, fs)
     try:
         nxt = 0
         for step in range(46):
             if step == 30:  # a clean reopen: the rebuild from key files, then more appends and retries
                 wal.close()
                 acks.all_durable()
-                wal, _ = Wal.open(config, layer=fs)
+                wal = opener(config, fs)
             if step % 4 == 3:  # a batch repeating a key, with an unkeyed record and a retry of an acked key
                 old = rng.choice(sorted(positions)) if positions else nxt
                 batch = [nxt, nxt + 1, nxt, old]
@@ -108,10 +146,12 @@ def check_recovered(config, post: FaultFS) -> dict[int, Position]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("policy", list(POLICIES))
-def test_every_crash_state_of_keyed_appends(tmp_path, policy, crash_counts):
+@pytest.mark.parametrize(
+    "policy,path", [(p, "embedded") for p in POLICIES] + [("always", "writer")], ids=lambda x: str(x)
+)
+def test_every_crash_state_of_keyed_appends(tmp_path, policy, path, crash_counts):
     config = workload_config(str(tmp_path), policy)
-    moments, positions = run_keyed_workload(config, seed=3)
+    moments, positions = run_keyed_workload(config, seed=3, opener=WriterPath if path == "writer" else open_embedded)
     assert sum(1 for m in moments if m.call.op == "rename" and ".keys" in m.call.path) >= 3  # key files
     cache: dict[object, dict[int, Position]] = {}
     states = 0

@@ -65,6 +65,30 @@ def test_sigkill_torture_large_batches_tear_writes(tmp_path, crash_counts):
     assert report.kills == rounds and report.final_exit_code == 0
 
 
+@pytest.mark.timeout(120 + 6 * ROUNDS)
+def test_sigkill_torture_with_retrying_producers(tmp_path, crash_counts):
+    """Producers resend (delivery_timeout, each record keyed): acknowledged, duplicated 0, lost 0."""
+    rounds = max(ROUNDS // 2, 5)
+    report = run_torture(
+        TortureOptions(
+            directory=str(tmp_path / "wal"),
+            producers=4,
+            rounds=rounds,
+            fsync="always",
+            batch=3,
+            max_acks_per_round=200,
+            retry=30.0,
+            seed=SEED,
+        )
+    )
+    count(crash_counts, report)
+    print(report.summary())
+    assert report.ok, report.summary()
+    assert report.acked > 0 and report.duplicated == 0 and report.lost == 0
+    assert report.unknown_outcome == 0  # every call was delivered within its delivery_timeout
+    assert report.kills == rounds and report.final_exit_code == 0
+
+
 @pytest.mark.timeout(120)
 def test_torture_command_reports_on_a_users_disk(tmp_path):
     import json

@@ -44,3 +44,19 @@ def append_order_position(n: int) -> Position:
 @app.task(name="celery_app.worker_pid")
 def worker_pid() -> int:
     return os.getpid()
+
+
+from nori_wal import WriterUnavailableError  # noqa: E402
+
+
+@app.task(
+    name="celery_app.append_order_once",
+    bind=True,
+    autoretry_for=(WriterUnavailableError,),
+    default_retry_delay=0.2,
+    max_retries=200,
+)
+def append_order_once(self, n: int) -> str:  # type: ignore[no-untyped-def]
+    """docs/RETRIES.md's pattern: the task id is the key, so a retried task appends its record once."""
+    record = Record.put(b"order:%d" % n, b"payload %d" % n).with_idempotency_key(self.request.id.encode())
+    return str(client.append(record))

@@ -127,3 +127,28 @@ def test_tasks_append_through_a_module_level_client_in_every_pool(celery_worker,
         assert worker.proc.pid not in pids  # the tasks ran in forked children
     else:
         assert pids == {worker.proc.pid}  # threads and solo run in the worker's own process
+
+
+@pytest.mark.timeout(240)
+def test_autoretried_tasks_keyed_by_task_id_append_once_across_writer_sigkills(celery_worker, spawn_writer):
+    """docs/RETRIES.md: ``autoretry_for=(WriterUnavailableError,)`` and the task id as the key."""
+    import time
+
+    from nori_wal import WalConfig
+
+    worker = celery_worker("prefork")
+    assert worker.result(worker.send("append_order_once", -1))  # the worker is up
+    config = WalConfig(worker.wal_dir)
+    results = [worker.send("append_order_once", n) for n in range(24)]
+    writer = worker.writer
+    for _ in range(3):  # SIGKILL the writer while tasks run; it stays down a moment, then comes back
+        time.sleep(0.3)
+        writer.kill()
+        time.sleep(0.3)
+        writer = spawn_writer(config)
+    positions = [Position.parse(worker.result(r)) for r in results]
+    with open_reader(worker.wal_dir) as reader:
+        on_disk = [(bytes(r.key), p) for r, p in reader]
+    keys = [k for k, _ in on_disk]
+    assert sorted(keys) == sorted([b"order:-1"] + [b"order:%d" % n for n in range(24)])  # each exactly once
+    assert positions == [dict(on_disk)[b"order:%d" % n] for n in range(24)]

@@ -78,6 +78,7 @@ DOC_FILES = (
     "docs/DURABILITY.md",
     "docs/PERFORMANCE.md",
     "docs/SECURITY.md",
+    "docs/RETRIES.md",
 )
 PYTHON_INFO = frozenset({"python", "py", "python3"})  # fence info strings that mark a python block
 
@@ -152,6 +153,13 @@ class Sub(NamedTuple):
 
 
 SUBSTITUTIONS: dict[str, tuple[Sub, ...]] = {
+    "README.md: from nori_wal import Record, WalClient": (
+        Sub(
+            "tcp://db1.example:5555",
+            "{endpoint}",
+            "the README's host is an example: the writer SETUP starts with CURVE on loopback serves instead",
+        ),
+    ),
     "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": (
         Sub(
             "start_metrics_server(9464, meter)",
@@ -163,10 +171,6 @@ SUBSTITUTIONS: dict[str, tuple[Sub, ...]] = {
 
 SKIPPED: dict[str, str] = {
     # "FILE: first line": "why it cannot run as written (e.g. a signature listing)",
-    "README.md: from nori_wal import Record, WalClient": (
-        "README, Security: needs WalClient's CURVE arguments (issue 19, not merged yet) and a writer serving"
-        " tcp with CURVE keys made by `nori-wal keygen`; give it a check that runs both when that merges"
-    ),
 }
 
 # Blocks run as ``python example.py`` in the temporary directory (see the module docstring).
@@ -176,14 +180,14 @@ SCRIPTS: frozenset[str] = frozenset({"README.md: from multiprocessing import Poo
 # -- running a block -------------------------------------------------------------------------
 
 
-def rewritten(key: str, tmp: Path) -> str:
+def rewritten(key: str, tmp: Path, fields: dict[str, str] | None = None) -> str:
     block = BLOCKS[key]
     src = block.source
     for sub in SUBSTITUTIONS.get(key, ()):
         assert sub.old in src, (
             f"{block.where}: the example no longer contains {sub.old!r}; update SUBSTITUTIONS in {__name__}"
         )
-        src = src.replace(sub.old, sub.new.format(tmp=tmp))
+        src = src.replace(sub.old, sub.new.format(tmp=tmp, **(fields or {})))
     return src
 
 
@@ -198,10 +202,11 @@ def run_script(key: str, tmp: Path) -> str:
     return proc.stdout
 
 
-def run_block(key: str, tmp: Path, namespace: dict[str, Any]) -> None:
+def run_block(key: str, tmp: Path, namespace: dict[str, Any], fields: dict[str, str] | None = None) -> None:
     """Execute block ``key`` in ``namespace``; tracebacks name the markdown file and its line numbers."""
     block = BLOCKS[key]
-    code = compile("\n" * (block.line - 1) + rewritten(key, tmp), str(ROOT / block.file), "exec", dont_inherit=True)
+    source = "\n" * (block.line - 1) + rewritten(key, tmp, fields)
+    code = compile(source, str(ROOT / block.file), "exec", dont_inherit=True)
     exec(code, namespace)
 
 
@@ -417,7 +422,65 @@ def check_readme_celery(ns: dict[str, Any], ctx: Ctx) -> None:
     assert got == [(b"payment:7", b"task-7", Position.parse(first)), (b"payment:8", b"task-8", Position.parse(other))]
 
 
+def check_retries_keys(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RETRIES.md: the retry returns the original position, says so, and writes nothing."""
+    assert ctx.stdout.splitlines()[0] == "False True"
+    with open_reader(ctx.tmp / "wal") as reader:
+        records = [(bytes(r.key), r.idempotency_key, p) for r, p in reader]
+    assert records[0] == (b"order:42", b"order-42-payment", ns["first"].position)
+    assert len(records) == 2 and records[1][2] == ns["plain"] and len(records[1][1]) == 16  # an automatic key
+
+
+def check_retries_celery(ns: dict[str, Any], ctx: Ctx) -> None:
+    """docs/RETRIES.md, Celery: every run of one task (one task id) returns the same position; one record.
+
+    (tests/integration/test_celery.py runs it in a real prefork worker across writer SIGKILLs.)
+    """
+    ctx.spawn_writer(str(ctx.tmp / "wal"))
+    task = ns["record_payment"]
+    runs = [task.apply(args=(7, 950), task_id="task-7").get() for _ in range(3)]  # run here, as the worker would
+    assert len(set(runs)) == 1
+    with open_reader(ctx.tmp / "wal") as reader:
+        assert [(bytes(r.key), p) for r, p in reader] == [(b"payment:7", Position.parse(runs[0]))]
+
+
+def serve_with_curve(ctx: Ctx) -> dict[str, str]:
+    """README, Security, before its client runs: the keys and the clients directory as its shell lines make
+    them (``nori-wal keygen``; the allowed public key copied), and a writer requiring CURVE on loopback tcp."""
+    for name in ("server", "app"):
+        subprocess.run(
+            [sys.executable, "-m", "nori_wal.cli", "keygen", "keys", "--name", name],
+            cwd=ctx.tmp,
+            check=True,
+            timeout=60,
+        )
+    (ctx.tmp / "clients").mkdir()
+    (ctx.tmp / "clients" / "app.key").write_bytes((ctx.tmp / "keys" / "app.key").read_bytes())
+    writer = ctx.spawn_writer(
+        str(ctx.tmp / "wal"),
+        endpoint="tcp://127.0.0.1:*",
+        curve_secret=str(ctx.tmp / "keys" / "server.key_secret"),
+        curve_clients=str(ctx.tmp / "clients"),
+    )
+    return {"endpoint": writer.endpoint}
+
+
+def check_readme_security(ns: dict[str, Any], ctx: Ctx) -> None:
+    """README, Security: the allowed CURVE client's append is in the log."""
+    ns["client"].close()
+    with open_reader(ctx.tmp / "wal") as reader:
+        assert [(bytes(r.key), bytes(r.value)) for r, _ in reader] == [(b"k", b"v")]
+
+
+# Run before a block (after which its check runs): returns the fields its SUBSTITUTIONS format in.
+SETUP: dict[str, Callable[[Ctx], dict[str, str]]] = {
+    "README.md: from nori_wal import Record, WalClient": serve_with_curve
+}
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
+    "docs/RETRIES.md: from nori_wal import Record, WalClient, WalConfig": check_retries_keys,
+    "docs/RETRIES.md: from celery import Celery": check_retries_celery,
     "README.md: from datetime import timedelta": check_embedded,
     "README.md: from nori_wal import WalConfig, FsyncPolicy, Record": check_writer_service,
     "README.md: from nori_wal import Record, WalClient, WalConfig, list_consumers, open_consumer": (
@@ -425,6 +488,8 @@ CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
     ),
     "README.md: from multiprocessing import Pool": check_pool_recipe,
     "README.md: import logging": check_readme_log_handler,
+    "README.md: from celery import Celery": check_readme_celery,
+    "README.md: from nori_wal import Record, WalClient": check_readme_security,
     "docs/CLI.md: from datetime import timedelta": check_cli_demo_log,
     "docs/CLI.md: from nori_wal import FsyncPolicy, Record, Wal, WalConfig": check_prometheus,
     "docs/PROTOCOL.md: def positions(runs, frame_lengths):": check_positions,
@@ -436,13 +501,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], Ctx], None]] = {
 
 
 # Written, not yet run: the feature is being merged. Move an entry to CHECKS to turn it on.
-PENDING: dict[str, tuple[Callable[[dict[str, Any], Ctx], None], str]] = {
-    "README.md: from celery import Celery": (
-        check_readme_celery,
-        "README, Celery exactly once: WalClient(delivery_timeout=...) and idempotency keys through the writer"
-        " (issue 20's client part) are not merged yet",
-    ),
-}
+PENDING: dict[str, tuple[Callable[[dict[str, Any], Ctx], None], str]] = {}
 SKIPPED.update({key: reason for key, (_, reason) in PENDING.items()})
 
 
@@ -474,7 +533,8 @@ def test_python_example(
     if key in SCRIPTS:
         stdout = run_script(key, tmp_path)
     else:
-        run_block(key, tmp_path, doc_namespace)
+        fields = SETUP[key](Ctx(tmp_path, "", spawn_writer)) if key in SETUP else None
+        run_block(key, tmp_path, doc_namespace, fields)
         stdout = capsys.readouterr().out
     check = CHECKS.get(key)
     if check is not None:  # an unregistered block still runs; the registry test fails for it

@@ -1,0 +1,119 @@
+"""Transparent retries: resend a request whose outcome is unknown, with the same identity, until a deadline.
+
+Rules:
+1. Only ``WriterUnavailableError`` is retried: the connection was lost, the
+   writer restarted (or is not running yet), or no reply came within
+   ``timeout``. The request may or may not have been written; every other
+   error is an answer and is raised at once.
+2. A retry carries the same frames: each record's idempotency key is in its
+   frame, so the writer answers a record it already holds with the original
+   position (``duplicate``) instead of writing it again.
+3. Records without a key get an automatic one when the client retries
+   (``delivery_timeout`` set): ``AUTO_KEY_PREFIX``, 8 random bytes per
+   process (new in a forked child) and a 7-byte sequence, 16 bytes in all. It
+   is stored in the frame (a restarted writer rebuilds it from the log) and
+   read back as ``record.idempotency_key``.
+4. Between attempts the caller backs off (10 ms, doubling, at most 200 ms):
+   a writer being restarted is not hammered, and a call fails only once
+   ``delivery_timeout`` has passed since it started: WriterUnavailableError
+   saying so, chained to the last attempt's error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from typing import Awaitable, Callable, TypeVar
+
+from ..errors import WriterUnavailableError
+from ..record import Record
+
+T = TypeVar("T")
+
+AUTO_KEY_PREFIX = b"\x00"  # a byte no text key starts with: automatic keys never collide with a caller's
+BACKOFF_FIRST_S = 0.010
+BACKOFF_MAX_S = 0.200
+
+
+def check_delivery_timeout(value: float | None) -> float | None:
+    """``value`` as seconds (None: no retries), or ValueError."""
+    if value is None:
+        return None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"delivery_timeout must be None or a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class _AutoKeys:
+    """This process's producer id and sequence (Rule 3); renewed in a forked child."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = AUTO_KEY_PREFIX + os.urandom(8)
+        self.next_seq: Callable[[], int] = itertools.count(1).__next__
+
+    def key(self) -> bytes:
+        return self.prefix + self.next_seq().to_bytes(7, "big")
+
+
+_AUTO = _AutoKeys()
+os.register_at_fork(after_in_child=_AUTO.renew)
+
+
+def with_identity(record: Record) -> Record:
+    """``record`` with an automatic idempotency key unless it has one (Rule 3)."""
+    if record.idempotency_key is not None:
+        return record
+    return record._replace(idempotency_key=_AUTO.key())
+
+
+def backoff_delays() -> itertools.chain[float]:
+    """10 ms, 20, 40, ... at most 200 ms (Rule 4)."""
+    first = [BACKOFF_FIRST_S * 2**i for i in range(5) if BACKOFF_FIRST_S * 2**i < BACKOFF_MAX_S]
+    return itertools.chain(first, itertools.repeat(BACKOFF_MAX_S))
+
+
+def deadline_error(delivery_timeout: float, last: BaseException) -> WriterUnavailableError:
+    err = WriterUnavailableError(
+        f"not delivered within delivery_timeout={delivery_timeout:g} s (retried with the same idempotency "
+        f"key; the outcome of the last attempt is unknown): {last}"
+    )
+    err.__cause__ = last
+    return err
+
+
+def deliver(attempt: Callable[[], T], delivery_timeout: float, started: float | None = None) -> T:
+    """Call ``attempt`` until it answers; retry WriterUnavailableError until ``delivery_timeout`` (Rules 1, 4)."""
+    deadline = (time.monotonic() if started is None else started) + delivery_timeout
+    delays = backoff_delays()
+    while True:
+        try:
+            return attempt()
+        except WriterUnavailableError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise deadline_error(delivery_timeout, exc) from exc
+            time.sleep(min(next(delays), left))
+
+
+async def deliver_async(attempt: Callable[[], Awaitable[T]], delivery_timeout: float) -> T:
+    """``deliver`` for the asyncio client: ``attempt()`` returns an awaitable."""
+    import asyncio
+
+    deadline = time.monotonic() + delivery_timeout
+    delays = backoff_delays()
+    while True:
+        try:
+            return await attempt()
+        except WriterUnavailableError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise deadline_error(delivery_timeout, exc) from exc
+            await asyncio.sleep(min(next(delays), left))
+
+
+__all__ = ["AUTO_KEY_PREFIX", "check_delivery_timeout", "deliver", "deliver_async", "with_identity"]

@@ -1,0 +1,246 @@
+"""The writer's idempotency keys: which frames of a keyed APPEND are written, where the rest already are.
+
+The writer keeps the same ``DedupeIndex`` as the embedded ``Wal`` (rebuilt at
+start from key files and the log, key files written before each seal).
+
+Rules:
+1. Only payloads that hold keyed frames come here: the validating scan counts
+   them for free (keyed frames never take its fast path), so an unkeyed
+   append pays nothing, and a producer cannot skip the check by leaving out
+   a hint.
+2. Each keyed frame is judged on its own: a key in the index, or already
+   taken by an earlier frame of this group (this request or another one), is
+   a duplicate: not written; its reply gives the original Position. A
+   request's other frames are written, in order, as its units.
+3. A key is remembered right after the unit that carries it is written and
+   before a later unit can roll the segment: the roll seals the segment, and
+   its key file must hold every key in it (``dedupe_files`` Rule 1). So a
+   keyed group that needs a roll is written unit by unit.
+4. A duplicate is acknowledged with its group, once the log's end at that
+   time is durable per the policy: the original is never after it.
+5. Reply: a request without duplicates gets the usual runs. One with
+   duplicates gets ``{"runs": [...], "dups": [index, segment_id, offset, ...]}``:
+   the runs cover the frames written, in order; ``dups`` names each duplicate
+   frame by its index in the request and gives the original's position.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Callable, NamedTuple, Sequence, Union
+
+from .. import protocol as P
+from ..codec import FORMAT_MAX_FRAME, frame_layout, idempotency_key_of
+from ..dedupe import DedupeIndex
+from ..dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
+from ..errors import DedupeCapacityError, WalError, WalIOError
+from ..position import Position
+from ..record import BytesLike
+from ..segment_log import SegmentLog
+
+# Where a duplicate's original is: known (in the index), or a frame of this group: (unit, offset in it).
+Ref = Union[Position, tuple[int, int]]
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: the dedupe window's clock (key times survive restarts)."""
+    return time.time_ns() // 1_000_000
+
+
+class WriterKeys:
+    """The writer's dedupe index and its clock (one per writer)."""
+
+    def __init__(self, index: DedupeIndex, clock: Callable[[], int] = now_ms):
+        self.index = index
+        self.clock = clock
+        self.rebuild = RebuildInfo(0, 0, 0, 0)
+
+    def begin_group(self) -> GroupKeys:
+        return GroupKeys(self.index, self.clock())
+
+
+def open_keys(seglog: SegmentLog) -> WriterKeys:
+    """Rebuild the index of a just-opened log and hook its key files to every seal (as ``Wal.open`` does).
+
+    Raises WalIOError when the key files or segments cannot be read (the writer does not start).
+    """
+    config = seglog.config
+    window_ms = max(1, config.dedupe_window // timedelta(milliseconds=1))
+    keys = WriterKeys(DedupeIndex(window_ms, config.dedupe_max_keys))
+    try:
+        keys.rebuild = rebuild_index(seglog.layer, seglog.dir, list(seglog.segment_ids), keys.index, keys.clock())
+    except OSError as exc:
+        if isinstance(exc, WalError):
+            raise
+        raise WalIOError(f"rebuilding the dedupe index of {seglog.dir} failed: {exc.strerror or exc}") from exc
+
+    def before_seal(segment_id: int, data_end: int, record_count: int) -> None:
+        write_key_file(seglog.layer, seglog.dir, segment_id, data_end, record_count, keys.index)
+
+    seglog.before_seal = before_seal
+    return keys
+
+
+def after_delete(seglog: SegmentLog) -> None:
+    """Key files of segments GC deleted describe nothing: best effort (the next start retries)."""
+    try:
+        remove_stale_key_files(seglog.layer, seglog.dir, list(seglog.segment_ids))
+    except OSError:
+        pass
+
+
+class KeyedUnits(NamedTuple):
+    """What a keyed request adds to its group: units to write (``counts`` frames each) and its duplicates."""
+
+    units: list[BytesLike]
+    counts: list[int]
+    dups: list[tuple[int, Ref]]  # (frame index in the request, where its original is)
+
+
+class GroupKeys:
+    """The keyed requests of one group (pure: the clock was read once, by ``WriterKeys``)."""
+
+    __slots__ = ("by_unit", "dups", "index", "new_keys", "now", "taken")
+
+    def __init__(self, index: DedupeIndex, now: int):
+        self.index = index
+        self.now = now
+        self.taken: dict[bytes, tuple[int, int]] = {}  # keys new in this group -> (unit, offset in it)
+        self.by_unit: dict[int, list[tuple[bytes, int]]] = {}  # unit -> its new keys and their offsets
+        self.dups: dict[int, list[tuple[int, Ref]]] = {}  # request (pending index) -> its duplicates
+        self.new_keys = 0
+
+    def add(self, payload: BytesLike, max_frame: int, first_unit: int) -> KeyedUnits | WalError:
+        """Plan a validated keyed payload whose units will start at group unit ``first_unit`` (Rule 2).
+
+        A DedupeCapacityError (new keys past ``max_keys``) refuses the whole
+        request, and nothing of it is planned.
+        """
+        index, now = self.index, self.now
+        kept: list[tuple[int, int, bytes | None]] = []
+        dups: list[tuple[int, Ref | int]] = []  # an int: the kept frame of this request it repeats
+        fresh: dict[bytes, int] = {}
+        for i, (start, end, key) in enumerate(frame_spans(payload)):
+            if key is not None:
+                ref: Ref | int | None = self.taken.get(key)
+                if ref is None:
+                    ref = fresh.get(key)
+                if ref is None:
+                    ref = index.lookup(key, now)
+                if ref is not None:
+                    dups.append((i, ref))
+                    continue
+                fresh[key] = len(kept)
+            kept.append((start, end, key))
+        if fresh:
+            try:
+                index.check_room(self.new_keys + len(fresh), now)
+            except DedupeCapacityError as exc:
+                return exc
+        if not dups and len(payload) <= max_frame:  # all of it is written, as one unit: no copy
+            units, counts, where = [payload], [len(kept)], [(0, s) for s, _e, _k in kept]
+        else:
+            units, counts, where = _cut(payload, kept, max_frame)
+        for j, (_s, _e, key) in enumerate(kept):
+            if key is not None:
+                u, off = where[j]
+                self.taken[key] = (first_unit + u, off)
+                self.by_unit.setdefault(first_unit + u, []).append((key, off))
+        self.new_keys += len(fresh)
+        resolved: list[tuple[int, Ref]] = []
+        for i, ref in dups:
+            if isinstance(ref, int):
+                u, off = where[ref]
+                resolved.append((i, (first_unit + u, off)))
+            else:
+                resolved.append((i, ref))
+        return KeyedUnits(units, counts, resolved)
+
+    def remember(self, unit: int, first: Position) -> None:
+        """The unit ``unit`` was written at ``first``: add its new keys to the index (Rule 3)."""
+        add, now = self.index.add, self.now
+        seg, base = first
+        for key, off in self.by_unit.get(unit, ()):
+            add(key, Position(seg, base + off), now, check=False)
+
+    def reply(self, request_id: int, pending_index: int, runs: list[int], firsts: Sequence[Position]) -> bytes | None:
+        """The reply of a request with duplicates (Rule 5), or None when it has none."""
+        dups = self.dups.get(pending_index)
+        if not dups:
+            return None
+        flat: list[int] = []
+        for i, ref in dups:
+            if isinstance(ref, Position):
+                flat += (i, ref.segment_id, ref.offset)
+            else:
+                seg, off = firsts[ref[0]]
+                flat += (i, seg, off + ref[1])
+        return P.encode_ok(request_id, {"runs": runs, "dups": flat})
+
+
+def frame_spans(payload: BytesLike) -> list[tuple[int, int, bytes | None]]:
+    """``(start, end, idempotency key or None)`` of each frame of a validated payload."""
+    out: list[tuple[int, int, bytes | None]] = []
+    off, n = 0, len(payload)
+    while off < n:
+        lay = frame_layout(payload, off, n, FORMAT_MAX_FRAME)
+        assert type(lay) is tuple, "the payload was validated"
+        out.append((off, lay[4], idempotency_key_of(payload, lay)))
+        off = lay[4]
+    return out
+
+
+def _cut(
+    payload: BytesLike, kept: list[tuple[int, int, bytes | None]], max_frame: int
+) -> tuple[list[BytesLike], list[int], list[tuple[int, int]]]:
+    """The kept frames as units of at most ``max_frame`` bytes; each frame's (unit, offset in it)."""
+    mv = memoryview(payload)
+    units: list[BytesLike] = []
+    counts: list[int] = []
+    where: list[tuple[int, int]] = []
+    parts: list[memoryview] = []
+    size = 0
+    for start, end, _key in kept:
+        n = end - start
+        if parts and size + n > max_frame:
+            units.append(b"".join(parts))
+            counts.append(len(parts))
+            parts, size = [], 0
+        where.append((len(units), size))
+        parts.append(mv[start:end])
+        size += n
+    if parts:
+        units.append(b"".join(parts))
+        counts.append(len(parts))
+    return units, counts, where
+
+
+def write_keyed_group(log: SegmentLog, units: list[BytesLike], counts: list[int], keys: GroupKeys) -> list[Position]:
+    """Write a group holding keyed requests; each unit's first Position. Keys are remembered per Rule 3.
+
+    One write when it all fits in the active segment; else unit by unit, each
+    unit's keys remembered before the next unit may roll.
+    """
+    if not units:
+        log.check_usable()
+        return []
+    nbytes = sum(map(len, units))
+    start = log.append_in_place(units, sum(counts), nbytes)
+    firsts: list[Position] = []
+    if start is not None:
+        seg, off = log.active_id, start
+        for u, unit in enumerate(units):
+            first = Position(seg, off)
+            firsts.append(first)
+            keys.remember(u, first)
+            off += len(unit)
+        return firsts
+    for u, (unit, count) in enumerate(zip(units, counts)):
+        first = log.append_frames([unit], [count])[0]
+        firsts.append(first)
+        keys.remember(u, first)
+    return firsts
+
+
+__all__ = ["GroupKeys", "KeyedUnits", "WriterKeys", "after_delete", "frame_spans", "open_keys", "write_keyed_group"]
