@@ -5,11 +5,12 @@ the one place that knows the file's name, its format and when a record names a
 live writer.
 
 The default endpoint is a function of the directory alone: ``DIR/writer.sock``
-when that path fits in a Unix socket address (108 bytes on Linux), else a
-socket in ``$XDG_RUNTIME_DIR`` (or the temp dir) named after a hash of the
-directory's real path. A running writer also records its endpoint and pid in
-``DIR/WRITER`` (JSON, replaced atomically), which is what ``WalClient.for_dir``
-reads: it covers ``--endpoint tcp://...`` and ephemeral ports.
+when that path fits in a Unix socket address (108 bytes on Linux), else the
+runtime endpoint: a socket in a private directory of ``$XDG_RUNTIME_DIR`` (or
+the temp dir) named after a hash of the directory's real path. The writer also
+serves there when the directory's file system cannot hold a socket. A running
+writer also records its endpoint and pid in ``DIR/WRITER`` (JSON, replaced
+atomically), which is what ``WalClient.for_dir`` reads: it covers ``--endpoint tcp://...`` and ephemeral ports.
 
 Rules:
 1. A writer writes DIR/WRITER once it is bound and removes it (if still its
@@ -40,9 +41,17 @@ def default_endpoint(directory: str | os.PathLike[str]) -> str:
     path = os.path.join(real, SOCKET_NAME)
     if len(path.encode()) <= _MAX_IPC_PATH:
         return "ipc://" + path
+    return runtime_endpoint(real)
+
+
+def runtime_endpoint(directory: str | os.PathLike[str]) -> str:
+    """``ipc://RUN/nori-wal-HASH/writer.sock``: where the writer of ``directory`` listens when the
+    directory itself cannot hold its socket (RUN: ``$XDG_RUNTIME_DIR`` or the temp dir; HASH: of the
+    directory's real path). The writer makes ``nori-wal-HASH`` private to its user before binding."""
+    real = os.path.realpath(os.fspath(directory))
     run_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     digest = hashlib.sha256(real.encode()).hexdigest()[:20]
-    return "ipc://" + os.path.join(run_dir, f"nori-wal-{digest}.sock")
+    return "ipc://" + os.path.join(run_dir, f"nori-wal-{digest}", SOCKET_NAME)
 
 
 @dataclass(frozen=True)
@@ -228,5 +237,6 @@ __all__ = [
     "recorded_endpoint",
     "remove_endpoint_file",
     "resolve_endpoint",
+    "runtime_endpoint",
     "write_endpoint_file",
 ]

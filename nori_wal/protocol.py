@@ -76,7 +76,9 @@ from .retention import Expired, GcPlan, Hold
 from .scan import ScanResult, Stop, scan_frames
 
 VERSION = 1
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024  # bytes of record frames in one APPEND request
+# Bytes of record frames in one APPEND request: our clients split batches at this size, and it bounds
+# what ZeroMQ may hold per queued request in the writer (writer_proc/budget.py).
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 256  # a header is a handful of small integers
 MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 64 * 1024  # the writer's ZMQ_MAXMSGSIZE (per frame)
 

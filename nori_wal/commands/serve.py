@@ -8,7 +8,8 @@ cleanly, exit 0. No daemonising, no new session: run it under a supervisor.
 Exit codes: 0 stopped cleanly; 2 bad arguments (e.g. DIR is a file, or lies
 under one) or the endpoint cannot be bound; 3 the directory belongs to another
 live writer (nothing is disturbed); 4 a write or fsync failed (fail-stop:
-restart it and recovery keeps every acknowledged record).
+restart it and recovery keeps every acknowledged record), or an I/O error
+while starting (a full disk: nothing is left behind).
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share the log with GROUP: directory 0750, files 0640, socket 0660 (default: owner-only 0700/0600)",
     )
     parser.add_argument(
+        "--max-pending-bytes",
+        type=_size,
+        default=None,
+        metavar="BYTES",
+        help="request bytes the writer takes in before it writes them (default 32 MiB; docs/SECURITY.md)",
+    )
+    parser.add_argument(
+        "--max-connection-bytes",
+        type=_size,
+        default=None,
+        metavar="BYTES",
+        help="request bytes queued per connection before it is no longer read (default 3 requests, ~48 MiB)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=_port,
         default=None,
@@ -125,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
         curve_clients=args.curve_clients,
         insecure=args.insecure,
     )
+    if args.max_pending_bytes is not None:
+        spec.max_pending_bytes = args.max_pending_bytes
+    if args.max_connection_bytes is not None:
+        spec.max_connection_bytes = args.max_connection_bytes
 
     def ready(server: WriterServer) -> None:
         print(server.endpoint, flush=True)
@@ -140,9 +159,9 @@ def run(args: argparse.Namespace) -> int:
     except WalError as exc:
         say(str(exc))
         return EXIT_IO
-    except OSError as exc:
+    except OSError as exc:  # the path's shape was checked above: this is the storage failing
         say(f"{args.dir}: {exc.strerror or exc}")
-        return EXIT_USAGE
+        return EXIT_IO
 
 
 def _port(text: str) -> int:
@@ -153,4 +172,15 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    """An argparse type: a positive byte count (the budget checks what else it needs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid byte count: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a byte count is positive, not {value}")
     return value

@@ -17,7 +17,7 @@ import os
 import socket
 import stat
 
-from ..fs import open_private
+from ..fs import open_private, secure_dir
 
 
 def ipc_in_use(endpoint: str) -> bool:
@@ -64,6 +64,21 @@ class IpcClaim:
             pass
         fd, self._fd = self._fd, -1
         os.close(fd)  # drops the flock (the .lock file stays: unlinking it would race a waiter)
+
+
+def private_runtime_dir(path: str, group: str | None) -> None:
+    """Make ``path`` (a runtime endpoint's directory, in a shared temp dir) this user's: 0700, or 0750
+    to ``group``. One that exists and is not a directory of this user (a symlink, another user's
+    directory planted in /tmp) is never used: EndpointBusy."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise EndpointBusy(
+                f"{path} is not a directory of this user; refusing to put the writer's socket in it"
+            ) from None
+    secure_dir(path, group)
 
 
 def claim_ipc(endpoint: str) -> IpcClaim | None:

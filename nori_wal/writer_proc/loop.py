@@ -47,12 +47,13 @@ from .. import protocol as P
 from ..commit import GroupCommit, overlap_fsync
 from ..endpoint_file import remove_endpoint_file
 from ..errors import RecordTooLargeError, WalError, WalIOError
-from ..exit_codes import EXIT_IO, EXIT_OK, EXIT_USAGE
+from ..exit_codes import EXIT_IO, EXIT_OK, exit_code_for
 from ..observe import NOOP, Meter
 from ..recovery import RecoveryInfo
 from ..retention import GcPlan
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
+from .budget import DEFAULT_MAX_PENDING_BYTES, MemoryBudget
 from .dedupe_stage import WriterKeys, after_delete, write_keyed_group
 from .endpoint import IpcClaim
 from .group import GroupBuilder, Ticket, acks_across_roll, acks_in_place, acks_keyed
@@ -61,10 +62,9 @@ from .threads import FLUSH_ID, INTERNAL_IDS, WAKE_ID, FlushThread, FsyncResult, 
 
 log = logging.getLogger("nori_wal.writer")
 
-MAX_GROUP_BYTES = 64 * 1024 * 1024  # stop draining a group beyond this many payload bytes
+MAX_GROUP_BYTES = DEFAULT_MAX_PENDING_BYTES  # stop draining a group beyond this many payload bytes (budget)
 MAX_GROUP_MESSAGES = 4096  # ... or this many requests (bounds one pass's latency)
 REPLY_LINGER_MS = 2000  # how long closing waits to deliver the last replies
-PEER_RECV_LIMIT = 1024  # requests queued per peer (ZeroMQ's RCVHWM: back-pressure, loses nothing)
 PEER_SEND_LIMIT = 100_000  # replies queued per peer (SNDHWM: past it a reply is dropped, so high:
 # one pass may answer thousands of a live peer's control requests)
 SHUTDOWN_DRAIN_S = 2.0  # how long a graceful stop keeps taking queued requests
@@ -98,8 +98,10 @@ class WriterServer:
         meter: Meter = NOOP,
         overlap: bool = False,
         curve: ServerCurve | None = None,
+        budget: MemoryBudget = MemoryBudget(),
     ):
         self.log = seglog
+        self.budget = budget
         self.curve = curve
         self.overlap = overlap
         self.info = info
@@ -110,12 +112,13 @@ class WriterServer:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable replies raise, never vanish
-        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
-        # Per peer: past these a peer that sends without reading stops being read (receive) and loses
-        # the replies it leaves unread (send: ROUTER_MANDATORY raises, _reply counts the drop) instead
-        # of growing the writer without bound. Our clients keep 8 requests in flight by default.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, budget.max_message_bytes)
+        # Per peer: past these a peer that sends without reading stops being read (receive: at most
+        # budget.connection_bound bytes queued, back-pressure, nothing lost) and loses the replies it
+        # leaves unread (send: ROUTER_MANDATORY raises, _reply counts the drop) instead of growing the
+        # writer without bound.
         self.sock.setsockopt(zmq.SNDHWM, PEER_SEND_LIMIT)
-        self.sock.setsockopt(zmq.RCVHWM, PEER_RECV_LIMIT)
+        self.sock.setsockopt(zmq.RCVHWM, budget.rcvhwm)
         self.sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         self.wake_endpoint = f"inproc://nori-wal-writer-{id(self):x}"
         flusher: FlushThread | None = None
@@ -136,7 +139,7 @@ class WriterServer:
                 flusher.close()
             self.sock.close(0)
             self.ctx.destroy(0)
-            raise FatalStop(f"cannot listen on {endpoint}: {exc}", EXIT_USAGE) from exc
+            raise FatalStop(f"cannot listen on {endpoint}: {exc}", exit_code_for(exc.errno)) from exc
         self.endpoint = self._bound_endpoint(endpoint)
         self.ipc_claim: IpcClaim | None = None  # set by open_writer; released with the socket file
         self.notifier: Notifier = NO_NOTIFIER  # set by open_writer: wakes followers after each fsync
@@ -214,6 +217,7 @@ class WriterServer:
         t_recv = time.perf_counter() if self._metered else 0.0
         group = GroupBuilder(self.log.max_frame, self.keys)
         add = group.add
+        max_bytes = self.budget.max_pending_bytes  # what the loop holds before it writes (budget)
         failed: FatalStop | None = None
         for _ in range(MAX_GROUP_MESSAGES):
             try:
@@ -241,7 +245,7 @@ class WriterServer:
                 continue
             step = add(ident, head, payload, nframes)
             if step is None:  # it joined the group
-                if group.nbytes >= MAX_GROUP_BYTES:
+                if group.nbytes >= max_bytes:
                     break
             elif isinstance(step, bytes):  # an error reply
                 self._reply(ident, step)

@@ -43,6 +43,7 @@ from ..errors import WalError, WalLockedError, WriterUnavailableError
 from ..exit_codes import EXIT_IO, EXIT_LOCKED, EXIT_USAGE
 from ..fs import FileLayer
 from ..recovery import RecoveryInfo
+from .budget import DEFAULT_MAX_CONNECTION_BYTES, DEFAULT_MAX_PENDING_BYTES
 from .loop import FatalStop, WriterServer
 from .server import WriterSpec, run_writer
 
@@ -82,6 +83,8 @@ class WriterProcess:
         curve_secret: str | bytes | os.PathLike[str] | None = None,
         curve_clients: str | os.PathLike[str] | None = None,
         insecure: bool = False,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_connection_bytes: int = DEFAULT_MAX_CONNECTION_BYTES,
     ) -> WriterProcess:
         """Start a writer for ``config.dir`` in a new process; returns once it serves.
 
@@ -95,7 +98,9 @@ class WriterProcess:
         ``curve_secret`` (the writer's ``.key_secret`` file, or secret key bytes)
         and ``curve_clients`` (a directory of allowed ``*.key`` files) require
         CURVE from every client (``nori_wal.security``); a non-loopback tcp
-        endpoint needs them unless ``insecure``.
+        endpoint needs them unless ``insecure``. ``max_pending_bytes`` and
+        ``max_connection_bytes`` cap the request bytes the writer holds
+        (``writer_proc.budget``; docs/SECURITY.md).
 
         Raises WalLockedError at once when another live writer (process or
         embedded Wal) owns the directory; WriterUnavailableError when the
@@ -112,6 +117,8 @@ class WriterProcess:
             curve_secret=None if curve_secret is None else _key_arg(curve_secret),
             curve_clients=None if curve_clients is None else os.fspath(curve_clients),
             insecure=insecure,
+            max_pending_bytes=max_pending_bytes,
+            max_connection_bytes=max_connection_bytes,
         )
         path = json.dumps([p for p in sys.path if isinstance(p, str)]).encode()
         blob = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)

@@ -12,6 +12,7 @@ Signals (SIGTERM, SIGINT) only set a flag (gunicorn: "just queue the signal");
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -19,16 +20,20 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+import zmq
+
 from ..config import WalConfig
-from ..endpoint_file import default_endpoint, write_endpoint_file
-from ..exit_codes import EXIT_USAGE
+from ..endpoint_file import default_endpoint, runtime_endpoint, write_endpoint_file
+from ..exit_codes import EXIT_IO, EXIT_USAGE, exit_code_for
 from ..fs import OS, FileLayer, chmod_socket
 from ..observe import NOOP, Meter, guard_meter
+from ..recovery import RecoveryInfo
 from ..security import INSECURE_WARNING, endpoint_problem, is_loopback_tcp
 from ..segment_log import SegmentLog
 from .auth import ServerCurve
+from .budget import DEFAULT_MAX_CONNECTION_BYTES, DEFAULT_MAX_PENDING_BYTES, MemoryBudget
 from .dedupe_stage import open_keys
-from .endpoint import EndpointBusy, IpcClaim, claim_ipc
+from .endpoint import EndpointBusy, IpcClaim, claim_ipc, private_runtime_dir
 from .loop import FatalStop, WriterServer
 from .notify import open_notifier
 
@@ -49,46 +54,42 @@ class WriterSpec:
     curve_secret: str | bytes | None = None  # the writer's .key_secret file (or secret key): CURVE on
     curve_clients: str | None = None  # directory of allowed client public keys (*.key)
     insecure: bool = False  # allow a non-loopback tcp endpoint without CURVE (warned on every start)
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES  # request bytes the loop holds before writing (budget)
+    max_connection_bytes: int = DEFAULT_MAX_CONNECTION_BYTES  # request bytes ZeroMQ holds per connection
 
 
 def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
     """Lock and recover the directory, then bind: raises WalLockedError / FatalStop.
 
     The lock comes first, so a second writer never touches the live writer's socket.
+    A failure after the recovery (binding, recording DIR/WRITER) leaves nothing
+    behind: no socket file, no WRITER record, the log closed cleanly.
     """
     config = spec.config
     meter = guard_meter(meter)  # the server's own reports too: a meter never raises into the log
     curve = server_curve(spec)  # bad keys or a refused endpoint: before the directory is touched
+    budget = memory_budget(spec)
     seglog, info = SegmentLog.open(config, spec.layer or OS, meter)
-    endpoint = spec.endpoint or default_endpoint(seglog.dir)
-    claim: IpcClaim | None = None
     try:
-        try:  # another directory's live writer (or anything else): never take it over
-            claim = claim_ipc(endpoint)
-        except EndpointBusy as exc:
-            raise FatalStop(str(exc), EXIT_USAGE) from None
-        except OSError as exc:
-            raise FatalStop(f"endpoint {endpoint}: {exc}", EXIT_USAGE) from exc
         keys = open_keys(seglog)  # before the socket: no request is served without the keys in the log
-        server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve)
+        server = _listen(spec, seglog, info, meter, curve, budget)
         server.keys = keys
-        server.ipc_claim = claim
-        server.notifier = open_notifier(server.ctx, endpoint if endpoint.startswith("tcp://") else server.endpoint)
-        if claim is not None:
-            claim.bound()
-            chmod_socket(claim.path)  # owner-only, or the group's (fs.modes_under), whatever the umask
     except BaseException:
-        if claim is not None:
-            claim.release()
         seglog.close()
         raise
-    write_endpoint_file(
-        seglog.dir,
-        server.endpoint,
-        os.getpid(),
-        curve.public.decode() if curve else None,
-        notify=server.notifier.endpoint,
-    )
+    try:
+        write_endpoint_file(
+            seglog.dir,
+            server.endpoint,
+            os.getpid(),
+            curve.public.decode() if curve else None,
+            notify=server.notifier.endpoint,
+        )
+    except OSError as exc:
+        server.stop("DIR/WRITER could not be written")
+        server.shutdown()  # the socket file goes, the log is closed (whoever connected meanwhile is answered)
+        reason = f"{seglog.dir}: cannot record the endpoint in WRITER: {exc.strerror or exc}"
+        raise FatalStop(reason, exit_code_for(exc.errno, EXIT_IO)) from exc
     log.info(
         "writer for %s serving on %s (pid %d, fsync %s): recovered %d record(s) in %d segment(s), "
         "%d byte(s) truncated%s",
@@ -106,6 +107,67 @@ def open_writer(spec: WriterSpec, meter: Meter = NOOP) -> WriterServer:
             "recovery set aside what it cut off as damage, in %s: examine it, then delete it",
             ", ".join(os.path.join(seglog.dir, name) for name in info.set_aside),
         )
+    return server
+
+
+# bind(2) errors that say the file system cannot hold a unix socket (FUSE, some network file systems)
+_NO_SOCKETS_ERRNOS = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.ENAMETOOLONG})
+
+
+def _listen(
+    spec: WriterSpec,
+    seglog: SegmentLog,
+    info: RecoveryInfo,
+    meter: Meter,
+    curve: ServerCurve | None,
+    budget: MemoryBudget,
+) -> WriterServer:
+    """Bind the spec's endpoint; when it is the default DIR/writer.sock and the directory's file system
+    cannot hold a socket, the runtime endpoint instead (``endpoint_file.runtime_endpoint``)."""
+    endpoint = spec.endpoint or default_endpoint(seglog.dir)
+    fallback = runtime_endpoint(seglog.dir)
+    try:
+        return _bind(endpoint, endpoint == fallback, spec, seglog, info, meter, curve, budget)
+    except FatalStop as stop:
+        cause = stop.__cause__
+        no_sockets = isinstance(cause, zmq.ZMQError) and cause.errno in _NO_SOCKETS_ERRNOS
+        if spec.endpoint is not None or endpoint == fallback or not no_sockets:
+            raise
+        log.warning("%s cannot hold a unix socket (%s): serving on %s", seglog.dir, cause, fallback)
+    return _bind(fallback, True, spec, seglog, info, meter, curve, budget)
+
+
+def _bind(
+    endpoint: str,
+    runtime: bool,
+    spec: WriterSpec,
+    seglog: SegmentLog,
+    info: RecoveryInfo,
+    meter: Meter,
+    curve: ServerCurve | None,
+    budget: MemoryBudget,
+) -> WriterServer:
+    """Claim and bind one endpoint (``runtime``: in its private runtime directory, made first)."""
+    claim: IpcClaim | None = None
+    try:
+        try:  # another directory's live writer (or anything else): never take it over
+            if runtime:
+                private_runtime_dir(os.path.dirname(endpoint[len("ipc://") :]), spec.config.group)
+            claim = claim_ipc(endpoint)
+        except EndpointBusy as exc:
+            raise FatalStop(str(exc), EXIT_USAGE) from None
+        except OSError as exc:
+            raise FatalStop(f"endpoint {endpoint}: {exc}", exit_code_for(exc.errno)) from exc
+        server = WriterServer(seglog, info, endpoint, meter, spec.overlap, curve, budget)
+        server.ipc_claim = claim
+        server.notifier = open_notifier(server.ctx, endpoint if endpoint.startswith("tcp://") else server.endpoint)
+        if claim is not None:
+            claim.bound()
+            chmod_socket(claim.path)  # owner-only, or the group's (fs.modes_under), whatever the umask
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
     return server
 
 
@@ -127,6 +189,14 @@ def server_curve(spec: WriterSpec) -> ServerCurve | None:
         return None
     try:
         return ServerCurve(spec.curve_secret, spec.curve_clients)
+    except ValueError as exc:
+        raise FatalStop(str(exc), EXIT_USAGE) from None
+
+
+def memory_budget(spec: WriterSpec) -> MemoryBudget:
+    """The spec's byte caps (``budget.MemoryBudget``); FatalStop (usage) naming the cap when one is wrong."""
+    try:
+        return MemoryBudget(spec.max_pending_bytes, spec.max_connection_bytes)
     except ValueError as exc:
         raise FatalStop(str(exc), EXIT_USAGE) from None
 

@@ -210,12 +210,13 @@ def test_a_refused_split_batch_leaves_nothing_queued_async(spawn_writer, wal_dir
 
 
 def _partial_writer(spawn_writer: Any, wal_dir: str) -> Any:
-    return spawn_writer(WalConfig(dir=wal_dir, fsync_policy=FsyncPolicy.always(), max_segment_size=24 * MiB))
+    return spawn_writer(WalConfig(dir=wal_dir, fsync_policy=FsyncPolicy.always(), max_segment_size=12 * MiB))
 
 
 def _partial_batch() -> list[Record]:
-    # 16 x 1 MiB: the first request(s); then a record larger than a 24 MiB segment: the writer refuses it
-    return [rec("k", i, MiB) for i in range(16)] + [Record.put(b"big", b"y" * (25 * MiB))]
+    # 8 x 1 MiB: the first request; then a record larger than a 12 MiB segment (within the 16 MiB request
+    # limit, so the client sends it): the writer refuses it
+    return [rec("k", i, MiB) for i in range(8)] + [Record.put(b"big", b"y" * (13 * MiB))]
 
 
 def _check_partial(exc: RecordTooLargeError, wal_dir: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from typing import Any
 
@@ -25,8 +26,8 @@ from nori_wal.endpoint_file import ENDPOINT_FILE, SOCKET_NAME, read_endpoint_fil
 def test_serve_without_an_endpoint_is_the_foreground_writer_on_its_default_ipc_endpoint(
     tmp_path: Any, serve_process: Any, monkeypatch: Any, request: Any, path: str
 ) -> None:
-    # A long directory path cannot hold its socket (sun_path): the socket goes to XDG_RUNTIME_DIR, a fresh
-    # short directory here (the serve process inherits the environment).
+    # A long directory path cannot hold its socket (sun_path): the socket goes to a private directory of
+    # XDG_RUNTIME_DIR, a fresh short directory here (the serve process inherits the environment).
     run_dir = tempfile.mkdtemp(prefix="nw-run-")
     request.addfinalizer(lambda: shutil.rmtree(run_dir, ignore_errors=True))
     monkeypatch.setenv("XDG_RUNTIME_DIR", run_dir)
@@ -39,7 +40,8 @@ def test_serve_without_an_endpoint_is_the_foreground_writer_on_its_default_ipc_e
     if path == "short":
         assert socket_path == os.path.join(os.path.realpath(d), SOCKET_NAME)
     else:
-        assert os.path.dirname(socket_path) == run_dir
+        private = os.path.dirname(socket_path)
+        assert os.path.dirname(private) == run_dir and stat.S_IMODE(os.stat(private).st_mode) == 0o700
     assert os.path.exists(socket_path)
     # The process we started is the writer (nothing was forked off to serve in its place), in our session.
     rec = read_endpoint_file(d)
