@@ -322,6 +322,48 @@ def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) ->
     return vs, e
 
 
+def fast_run(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> tuple[int, int, int]:
+    """``(end, frames, compressed)`` of the run of consecutive ``fast_frame`` frames from ``off``.
+
+    The same decision as calling ``fast_frame`` frame after frame (property-tested),
+    in one loop: a writer validates a batch of a hundred records per request, and a
+    function call per record was a measurable part of its CPU. ``compressed``
+    counts the run's frames whose flags say compressed. ``frames == 0``: the frame
+    at ``off`` is not a fast one (ask ``frame_layout``).
+    """
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    unpack = _U32.unpack_from
+    frames = compressed = 0
+    while True:
+        p = off + 4
+        if p + 3 > n:
+            break
+        klen = buf[p]
+        if klen >= 0x80:
+            break
+        vb = buf[p + 1]
+        if vb < 0x80:
+            vlen, fp = vb, p + 2
+        else:
+            vb1 = buf[p + 2]
+            if vb1 < 0x80:
+                vlen, fp = (vb & 0x7F) | (vb1 << 7), p + 3
+            elif p + 4 < n and buf[p + 3] < 0x80:
+                vlen, fp = (vb & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
+            else:
+                break
+        if fp >= n or flags_ok[buf[fp]] != 1:
+            break
+        e = fp + 1 + klen + vlen
+        if e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
+            break
+        frames += 1
+        if buf[fp] & COMPRESSION_MASK:
+            compressed += 1
+        off = e
+    return off, frames, compressed
+
+
 # Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
 # Records without TTL, seal or idempotency key (frame_layout checks its block), with a valid compression
 # (the scan: values are not decompressed there).

@@ -32,6 +32,7 @@ from .codec import (
     Seal,
     decode_record,
     fast_frame,
+    fast_run,
     frame_end,
     frame_layout,
     parse_header,
@@ -83,7 +84,7 @@ def one_plain_frame(buf: BytesLike, limit: int) -> bool:
 def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
     """Walk the frames of ``buf`` from ``start``; never raises for damaged input.
 
-    The common frame takes codec's ``fast_frame``; everything else goes through
+    Runs of common frames take codec's ``fast_run``; everything else goes through
     ``codec.frame_layout`` and ``decode_record``.
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
@@ -91,25 +92,23 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
     off, count, compressed, keyed = start, 0, 0, 0
     unpack = _U32.unpack_from
     while off < n:
-        lay = fast_frame(buf, off, n, limit, SCAN_FLAGS)
-        if lay is not None:
-            end = lay[1]
-            if buf[lay[0] - buf[off + 4] - 1] & COMPRESSION_MASK:  # the flags byte before the key
-                compressed += 1
-        else:
-            full = frame_layout(buf, off, n, limit)
-            if type(full) is int:
-                return _stopped(buf, off, count, full, limit)._replace(compressed=compressed)
-            flags, end = full[0], full[4]  # type: ignore[index]
-            if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
-                status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
-                return _stopped(buf, off, count, status, limit)._replace(compressed=compressed)
-            if flags & FLAG_SEAL:
-                return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
-            if flags & COMPRESSION_MASK:
-                compressed += 1
-            if flags & FLAG_IDEMPOTENCY:  # (keyed frames never take the fast path: SCAN_FLAGS)
-                keyed += 1
+        end, frames, fast_compressed = fast_run(buf, off, n, limit, SCAN_FLAGS)
+        if frames:
+            count, compressed, off = count + frames, compressed + fast_compressed, end
+            continue
+        full = frame_layout(buf, off, n, limit)
+        if type(full) is int:
+            return _stopped(buf, off, count, full, limit)._replace(compressed=compressed)
+        flags, end = full[0], full[4]  # type: ignore[index]
+        if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
+            status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
+            return _stopped(buf, off, count, status, limit)._replace(compressed=compressed)
+        if flags & FLAG_SEAL:
+            return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
+        if flags & COMPRESSION_MASK:
+            compressed += 1
+        if flags & FLAG_IDEMPOTENCY:  # (keyed frames never take the fast path: SCAN_FLAGS)
+            keyed += 1
         count += 1
         off = end
     return ScanResult(off, count, Stop.END, compressed=compressed, keyed=keyed)

@@ -18,6 +18,7 @@ from nori_wal.codec import (
     decode_record,
     encode_record,
     fast_frame,
+    fast_run,
     frame_end,
     parse_header,
 )
@@ -44,6 +45,20 @@ def frames_or_garbage(draw):
             del data[draw(st.integers(0, len(data))) :]
         return bytes(data)
     return draw(st.binary(max_size=64))
+
+
+@given(st.lists(frames_or_garbage(), max_size=6), st.integers(7, 1 << 21))
+def test_fast_run_is_fast_frame_frame_after_frame(parts, limit):
+    """fast_run's (end, frames, compressed) is what calling fast_frame frame after frame gives."""
+    buf = b"".join(parts)
+    n = len(buf)
+    for table in (SCAN_FLAGS, PLAIN_FLAGS, PUT_FLAGS):
+        off = frames = compressed = 0
+        while (lay := fast_frame(buf, off, n, limit, table)) is not None:
+            frames += 1
+            compressed += bool(buf[lay[0] - buf[off + 4] - 1] & 0x0C)  # the flags byte before the key
+            off = lay[1]
+        assert fast_run(buf, 0, n, limit, table) == (off, frames, compressed)
 
 
 @given(frames_or_garbage(), st.integers(7, 1 << 21))
