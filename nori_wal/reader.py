@@ -58,12 +58,11 @@ from .codec import (
     FORMAT_MAX_FRAME,
     MIN_FRAME_SIZE,
     NEED_MORE,
-    PUT_FLAGS,
     ZEROED,
     Seal,
     build_record,
     decode_record,
-    fast_frame,
+    fast_puts,
     frame_layout,
     parse_header,
 )
@@ -202,13 +201,9 @@ class WalReader:
         while True:
             buf, i, seg, base, limit = self._buf, self._i, self._seg, self._base, self._limit
             n = len(buf)
-            while i + 8 <= n:
-                lay = fast_frame(buf, i, n, limit, PUT_FLAGS)
-                if lay is None:
-                    break
-                vs, e = lay
-                if e - vs >= 0x4000:  # (larger values: next_record, which may hand out a memoryview)
-                    break
+            run = fast_puts(buf, i, n, limit, 0x4000)  # (larger values: next_record, which may hand out a view)
+            for j in range(0, len(run), 2):
+                vs, e = run[j], run[j + 1]
                 self._i = e
                 yield (
                     new(Record, (buf[vs - buf[i + 4] : vs], buf[vs:e], False, None, none, None)),

@@ -18,6 +18,7 @@ from nori_wal.codec import (
     decode_record,
     encode_record,
     fast_frame,
+    fast_puts,
     fast_run,
     frame_end,
     parse_header,
@@ -59,6 +60,18 @@ def test_fast_run_is_fast_frame_frame_after_frame(parts, limit):
             compressed += bool(buf[lay[0] - buf[off + 4] - 1] & 0x0C)  # the flags byte before the key
             off = lay[1]
         assert fast_run(buf, 0, n, limit, table) == (off, frames, compressed)
+
+
+@given(st.lists(frames_or_garbage(), max_size=6), st.integers(7, 1 << 21), st.integers(0, 1 << 15))
+def test_fast_puts_is_fast_frame_of_plain_puts_frame_after_frame(parts, limit, max_value):
+    """fast_puts lists the (value_start, end) fast_frame(PUT_FLAGS) gives, up to the first value >= max_value."""
+    buf = b"".join(parts)
+    n = len(buf)
+    off, want = 0, []
+    while (lay := fast_frame(buf, off, n, limit, PUT_FLAGS)) is not None and lay[1] - lay[0] < max_value:
+        want += lay
+        off = lay[1]
+    assert fast_puts(buf, 0, n, limit, max_value) == want
 
 
 @given(frames_or_garbage(), st.integers(7, 1 << 21))
