@@ -31,7 +31,7 @@ from .cursor import (
     name_of,
 )
 from .errors import CorruptionError, WalIOError, WalLockedError
-from .fs import DirLock, FileLayer, make_dirs_durable
+from .fs import DirLock, FileLayer, make_dirs_durable, replace_durably
 
 MAX_FILE = 4096  # bytes: a cursor file is ~100; anything larger is not one
 
@@ -118,25 +118,9 @@ def read_expiry(layer: FileLayer, directory: str, name: str) -> Expiry | None:
 
 
 def write_durable(layer: FileLayer, path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` durably: tmp file, write, fsync, rename, fsync the directory.
-
-    A crash before the rename leaves the old file (and perhaps a tmp file the
-    next write removes); after it, the old or the new one, each whole: the new
-    bytes were fsynced before their name could point at them.
-    """
-    tmp = path + TMP_SUFFIX
-    parent = os.path.dirname(path)
+    """``fs.replace_durably`` (the old file or the whole new one after any crash), failures as WalIOError."""
     try:
-        if layer.exists(tmp):
-            layer.unlink(tmp)  # left by a crash mid-write
-        fh = layer.create(tmp)
-        try:
-            fh.append(data)
-            fh.sync()
-        finally:
-            fh.close()
-        layer.rename(tmp, path)
-        layer.sync_dir(parent)
+        replace_durably(layer, path, [data], path + TMP_SUFFIX)
     except OSError as exc:
         raise _io_error(f"writing {path} durably", exc) from exc
 

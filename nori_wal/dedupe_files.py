@@ -43,7 +43,7 @@ from .dedupe import (
     key_file_name,
     parse_key_file_name,
 )
-from .fs import FileHandle, FileLayer
+from .fs import FileHandle, FileLayer, replace_durably
 from .position import Position
 from .record import BytesLike
 from .recovery import read_seal
@@ -76,17 +76,7 @@ def write_key_file(
             layer.unlink(final)
             layer.sync_dir(directory)
         return
-    tmp = final + ".tmp"
-    if layer.exists(tmp):
-        layer.unlink(tmp)
-    handle = layer.create(tmp)
-    try:
-        handle.append(encode_key_file(segment_id, data_end, record_count, entries))
-        handle.sync()
-    finally:
-        handle.close()
-    layer.rename(tmp, final)
-    layer.sync_dir(directory)
+    replace_durably(layer, final, [encode_key_file(segment_id, data_end, record_count, entries)])
 
 
 def remove_stale_key_files(layer: FileLayer, directory: str, segment_ids: list[int]) -> int:

@@ -15,7 +15,7 @@ import mmap
 import os
 import stat
 import weakref
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from .errors import WalIOError, WalLockedError
 from .record import BytesLike
@@ -398,6 +398,28 @@ def writer_lock_holder(path: str) -> int | None:
 
 
 OS = OsFileLayer()
+
+
+def replace_durably(layer: FileLayer, path: str, chunks: Iterable[BytesLike], tmp: str | None = None) -> None:
+    """Put ``chunks`` at ``path`` so that a crash leaves the old file or the whole new one, never a part.
+
+    Write a temporary file (``tmp``, by default ``path + ".tmp"``; one left by
+    a crash is removed first), fsync it, rename it over ``path``, fsync the
+    directory: the new bytes are durable before their name can point at them,
+    and the name is durable before this returns. OSError propagates.
+    """
+    tmp = tmp or path + ".tmp"
+    if layer.exists(tmp):
+        layer.unlink(tmp)
+    out = layer.create(tmp)
+    try:
+        for chunk in chunks:
+            out.append(chunk)
+        out.sync()
+    finally:
+        out.close()
+    layer.rename(tmp, path)
+    layer.sync_dir(os.path.dirname(path) or os.curdir)
 
 
 def make_dirs_durable(layer: FileLayer, directory: str) -> None:

@@ -40,13 +40,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from . import scan
 from .codec import MIN_FRAME_SIZE, SEAL_FRAME_SIZE, Seal, decode_record
 from .durable_mark import read_mark, records_lost_below_mark, segments_lost_past_mark
 from .errors import CorruptionError
-from .fs import FileHandle, FileLayer
+from .fs import FileHandle, FileLayer, replace_durably
 from .observe import CorruptionTruncated, Meter
 from .position import Position
 from .scan import ScanResult, Stop, classify_tail, scan_frames
@@ -346,21 +346,18 @@ def keep_aside(
         )
 
     name = unused_set_aside_name(layer, directory, sid, start, same)
-    tmp = os.path.join(directory, name) + ".tmp"  # ends in SET_ASIDE_TMP_SUFFIX: the next open removes it
-    out = layer.create(tmp)
-    try:
+
+    def copied() -> Iterator[bytes]:
         pos = start
         while pos < end:
             data = handle.pread(min(chunk, end - pos), pos)
             if not data:
-                break
-            out.append(data)
+                return
+            yield data
             pos += len(data)
-        out.sync()
-    finally:
-        out.close()
-    layer.rename(tmp, os.path.join(directory, name))
-    layer.sync_dir(directory)
+
+    # The tmp name ends in SET_ASIDE_TMP_SUFFIX: an open after a crash mid-copy removes it.
+    replace_durably(layer, os.path.join(directory, name), copied())
     return name
 
 

@@ -19,7 +19,7 @@ import secrets
 from typing import Optional
 
 from ..errors import CorruptionError
-from ..fs import FileLayer, OsFileLayer
+from ..fs import FileLayer, OsFileLayer, replace_durably
 
 IDENTITY_FILE = "LOG_ID"
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -51,15 +51,6 @@ def ensure_identity(directory: str, layer: Optional[FileLayer] = None) -> str:
         layer.sync_dir(directory)
         return existing
     new = secrets.token_hex(16)
-    tmp = os.path.join(directory, f"{IDENTITY_FILE}.{os.getpid()}.tmp")
-    if layer.exists(tmp):
-        layer.unlink(tmp)  # our own pid's leftover from an earlier crash
-    f = layer.create(tmp)
-    try:
-        f.append(f"{new}\n".encode("ascii"))
-        f.sync()
-    finally:
-        f.close()
-    layer.rename(tmp, os.path.join(directory, IDENTITY_FILE))
-    layer.sync_dir(directory)
+    path = os.path.join(directory, IDENTITY_FILE)
+    replace_durably(layer, path, [f"{new}\n".encode("ascii")], f"{path}.{os.getpid()}.tmp")  # pid: shippers may race
     return new
