@@ -2,7 +2,7 @@
 """One entry point for a fresh machine that has only Python: builds .venv, installs, runs.
 
     python3 scripts/dev.py load    # the main job: the contention load benchmark on a temp dir
-    python3 scripts/dev.py test    # the whole test suite
+    python3 scripts/dev.py test    # the whole test suite, one pytest-xdist worker per core
     python3 scripts/dev.py check   # ruff check, ruff format --check, mypy --strict (the versions pinned in [lint])
 Extra arguments are passed through (e.g. ``test -k recovery``).
 """
@@ -35,7 +35,8 @@ def main() -> int:
     ensure_venv()
     os.chdir(ROOT)
     if cmd == "test":
-        return subprocess.call([PY, "-m", "pytest", *rest])
+        chosen = any(a.startswith(("-n", "--numprocesses", "--dist")) or a == "no:xdist" for a in rest)
+        return subprocess.call([PY, "-m", "pytest", *([] if chosen else ["-n", "auto"]), *rest])
     if cmd == "load":
         return subprocess.call([PY, "-m", "nori_wal.cli", "load", *rest])
     if cmd == "check":

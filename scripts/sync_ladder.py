@@ -191,7 +191,8 @@ def run_ladder(
     ctx = mp.get_context("spawn")
     d = tempfile.mkdtemp(prefix="nori-ladder-", dir=base)
     writer = WriterProcess.spawn(WalConfig(dir=os.path.join(d, "wal"), fsync_policy=FsyncPolicy.always()))
-    yard = Yardstick("always", d, d)
+    sock_dir = tempfile.mkdtemp(prefix="nori-ladder-sock-")  # a short ipc path, whatever --dir is
+    yard = Yardstick("always", d, sock_dir)
     control = WalClient(writer.endpoint, timeout=30)
 
     def synced() -> dict[str, tuple[int, int]]:
@@ -244,6 +245,7 @@ def run_ladder(
         writer.stop()
         yard.close()
         shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
