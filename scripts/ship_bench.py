@@ -196,18 +196,18 @@ def _produce_one(directory: str, seconds: float, rate: float, stop: threading.Ev
     return sent
 
 
-async def latency(urls: list[str], servers: str, directory: str, seconds: float) -> list[float]:
+async def latency(urls: list[str], servers: str, directory: str, seconds: float, stream: str = "LAT") -> list[float]:
     from nori_wal.writer_proc import WriterProcess
 
     writer = WriterProcess.spawn(WalConfig(dir=directory, fsync_policy=FsyncPolicy.batch(0.005)))
-    proc = subprocess.Popen(ship_cmd(directory, servers, "LAT", 256), stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(ship_cmd(directory, servers, stream, 256), stderr=subprocess.DEVNULL)
     nc = await _connect(urls)
     js = nc.jetstream(timeout=5)
     samples: list[float] = []
     try:
-        while not await _stream_exists(js, "LAT"):
+        while not await _stream_exists(js, stream):
             await asyncio.sleep(0.05)
-        sub = await js.subscribe("LAT", ordered_consumer=True)
+        sub = await js.subscribe(stream, ordered_consumer=True)
         stop = threading.Event()
         producer = asyncio.ensure_future(asyncio.to_thread(_produce, directory, seconds, 1000, stop))
         sent = None
