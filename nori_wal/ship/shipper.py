@@ -201,6 +201,7 @@ class Shipper:
         st.redo.extendleft(reversed([sent.item for _, sent in st.window.reset(state.last_seq + 1)]))
         st.skip_through = state.shipped_through
         st.failure = None
+        self.stats.in_flight = st.window.in_flight
         pipe = st.pipe = _Pipe(nc, nc.new_inbox() + ".", st.generation)
         await nc.subscribe(pipe.inbox + "*", cb=self._ack_callback(pipe))
         self._watch(pipe)
@@ -303,6 +304,7 @@ class Shipper:
         st.room.set()
         if sent is not None:
             stats = self.stats
+            stats.in_flight = st.window.in_flight
             stats.acked += 1
             stats.bytes += len(sent.item.message.payload)
             if duplicate:
