@@ -65,21 +65,23 @@ async def _add_stream(js: Any, name: str) -> None:
     raise RuntimeError(f"could not create stream {name}")
 
 
-async def bare(urls: list[str], n: int, depth: int) -> float:
-    """Records/s of a bare nats-py publisher with ``depth`` publishes in flight."""
+async def bare(urls: list[str], n: int, depth: int, stream: str = "BARE") -> tuple[float, float]:
+    """Records/s of a bare nats-py publisher with ``depth`` publishes in flight, and its CPU us/record."""
     nc = await _connect(urls)
     js = nc.jetstream(timeout=10)
-    await _add_stream(js, "BARE")
+    await _add_stream(js, stream)
     payload = os.urandom(VALUE)
     sem = asyncio.Semaphore(depth)
 
     async def pub(i: int) -> None:
         async with sem:
-            await js.publish("BARE", payload, headers={"Nats-Msg-Id": f"bare-{i}"})
+            await js.publish(stream, payload, headers={"Nats-Msg-Id": f"bare-{i}"})
 
+    cpu0 = time.process_time()
     await asyncio.gather(*(pub(i) for i in range(n)))
+    cpu = (time.process_time() - cpu0) / n * 1e6
     try:
-        return await stored_rate(js, "BARE")
+        return await stored_rate(js, stream), cpu
     finally:
         await nc.close()
 
@@ -127,16 +129,39 @@ async def _count(js: Any, stream: str) -> int:
         return 0
 
 
-async def ship_rate(urls: list[str], servers: str, directory: str, n: int, depth: int) -> float:
-    proc = subprocess.Popen(ship_cmd(directory, servers, "SHIP", depth), stderr=subprocess.DEVNULL)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), 0.0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+async def ship_rate(
+    urls: list[str], servers: str, directory: str, n: int, depth: int, stream: str = "SHIP"
+) -> tuple[float, float]:
+    """Records/s of ``nori-wal ship`` (its own process), and its CPU us/record from its session start to the end."""
+    proc = subprocess.Popen(ship_cmd(directory, servers, stream, depth), stderr=subprocess.PIPE, text=True)
+    started: list[float] = []  # the shipper's CPU seconds when it logged the start of its session
+
+    def watch_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if not started and " to stream " in line:
+                started.append(cpu_seconds(proc.pid))
+
+    threading.Thread(target=watch_log, daemon=True).start()
     nc = await _connect(urls)
     js = nc.jetstream(timeout=5)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if await _count(js, "SHIP") >= n:
-                return await stored_rate(js, "SHIP")
-            await asyncio.sleep(0.05)
+            if await _count(js, stream) >= n:
+                cpu = (cpu_seconds(proc.pid) - (started[0] if started else 0.0)) / n * 1e6
+                return await stored_rate(js, stream), cpu
+            await asyncio.sleep(0.02)
         raise RuntimeError("ship did not finish within 600 s")
     finally:
         await nc.close()
@@ -171,18 +196,18 @@ def _produce_one(directory: str, seconds: float, rate: float, stop: threading.Ev
     return sent
 
 
-async def latency(urls: list[str], servers: str, directory: str, seconds: float) -> list[float]:
+async def latency(urls: list[str], servers: str, directory: str, seconds: float, stream: str = "LAT") -> list[float]:
     from nori_wal.writer_proc import WriterProcess
 
     writer = WriterProcess.spawn(WalConfig(dir=directory, fsync_policy=FsyncPolicy.batch(0.005)))
-    proc = subprocess.Popen(ship_cmd(directory, servers, "LAT", 256), stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(ship_cmd(directory, servers, stream, 256), stderr=subprocess.DEVNULL)
     nc = await _connect(urls)
     js = nc.jetstream(timeout=5)
     samples: list[float] = []
     try:
-        while not await _stream_exists(js, "LAT"):
+        while not await _stream_exists(js, stream):
             await asyncio.sleep(0.05)
-        sub = await js.subscribe("LAT", ordered_consumer=True)
+        sub = await js.subscribe(stream, ordered_consumer=True)
         stop = threading.Event()
         producer = asyncio.ensure_future(asyncio.to_thread(_produce, directory, seconds, 1000, stop))
         sent = None
@@ -221,34 +246,58 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+def paired_round(cluster: LocalCluster, base: str, n: int, depth: int, r: int) -> tuple[float, float, float, float]:
+    """One bare run and one ship run on fresh streams (bare first in even rounds): rates and CPU us/record."""
+    log_dir = os.path.join(base, f"log{r}")
+    make_log(log_dir, n)
+    results: dict[str, tuple[float, float]] = {}
+    for who in ("bare", "ship") if r % 2 == 0 else ("ship", "bare"):
+        if who == "bare":
+            results[who] = asyncio.run(bare(cluster.urls, n, depth, f"BARE{r}"))
+        else:
+            results[who] = asyncio.run(ship_rate(cluster.urls, cluster.servers, log_dir, n, depth, f"SHIP{r}"))
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return (*results["bare"], *results["ship"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=50_000)
     ap.add_argument("--in-flight", type=int, default=256)
-    ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--latency-seconds", type=float, default=10.0, help="0 skips the latency run")
+    ap.add_argument("--rounds", type=int, default=1, help="bare and ship this many times, alternating who goes first")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs")
     args = ap.parse_args()
     if args.quick:
         args.records, args.latency_seconds = 2_000, 2.0
     base = tempfile.mkdtemp(prefix="ship-bench-")
     cluster = LocalCluster(3)
+    n, depth = args.records, args.in_flight
+    runs: list[tuple[float, float, float, float]] = []
     try:
         cluster.wait_ready(timeout=60)
-        n, depth = args.records, args.in_flight
-        log_dir = os.path.join(base, "log")
-        make_log(log_dir, n)
-        r_bare = asyncio.run(bare(cluster.urls, n, depth))
-        r_ship = asyncio.run(ship_rate(cluster.urls, cluster.servers, log_dir, n, depth))
-        lat = asyncio.run(latency(cluster.urls, cluster.servers, os.path.join(base, "lat"), args.latency_seconds))
+        for r in range(args.rounds):
+            runs.append(paired_round(cluster, base, n, depth, r))
+            if args.rounds > 1:
+                b, cb, s, cs = runs[-1]
+                print(f"round {r + 1}: bare {b:,.0f} ({cb:.0f} us/rec), ship {s:,.0f} ({cs:.0f} us/rec): {s / b:.0%}")
+        lat = (
+            asyncio.run(latency(cluster.urls, cluster.servers, os.path.join(base, "lat"), args.latency_seconds))
+            if args.latency_seconds > 0
+            else []
+        )
     finally:
         cluster.close()
         shutil.rmtree(base, ignore_errors=True)
     mib = VALUE / MiB
-    print(f"3-node R3 stream, 1 KB records, {depth} in flight, {n:,} records")
-    print("| publisher | records/s | MiB/s |\n|---|---:|---:|")
-    print(f"| bare nats-py | {r_bare:,.0f} | {r_bare * mib:.1f} |")
-    print(f"| nori-wal ship | {r_ship:,.0f} | {r_ship * mib:.1f} |")
-    print(f"ship / bare: {r_ship / r_bare:.0%} (target >= 80%)")
+    r_bare, cpu_bare, r_ship, cpu_ship = (statistics.median(col) for col in zip(*runs))
+    ratio = statistics.median(s / b for b, _, s, _ in runs)
+    rounds = f", median of {len(runs)} alternating rounds" if len(runs) > 1 else ""
+    print(f"3-node R3 stream, 1 KB records, {depth} in flight, {n:,} records{rounds}")
+    print("| publisher | records/s | MiB/s | CPU us/record |\n|---|---:|---:|---:|")
+    print(f"| bare nats-py | {r_bare:,.0f} | {r_bare * mib:.1f} | {cpu_bare:.0f} |")
+    print(f"| nori-wal ship | {r_ship:,.0f} | {r_ship * mib:.1f} | {cpu_ship:.0f} |")
+    print(f"ship / bare: {ratio:.0%} (target >= 80%)")
     if lat:
         print(
             f"append-to-stream latency at 1,000 records/s ({len(lat):,} records): "

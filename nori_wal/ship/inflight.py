@@ -18,6 +18,7 @@ time the caller passes in.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Generic, Optional, TypeVar
 
@@ -27,14 +28,20 @@ T = TypeVar("T")
 
 
 class InFlight(Generic[T]):
-    """Publishes in flight, keyed by their expected stream sequence (see the module's rules)."""
+    """Publishes in flight, keyed by their expected stream sequence (see the module's rules).
+
+    The sends not yet committable are a run of consecutive sequence numbers
+    (``_first`` .. ``next_seq - 1``) kept in a deque, so an ack is a range
+    check and a set insert, and the committable prefix pops from the left.
+    """
 
     def __init__(self, limit: int, next_seq: int = 1) -> None:
         if limit < 1:
             raise ValueError(f"in-flight limit must be at least 1, not {limit}")
         self.limit = limit
         self.next_seq = next_seq
-        self._pending: dict[int, tuple[Position, T]] = {}  # insertion order == seq order
+        self._first = next_seq  # the sequence of _pending[0]
+        self._pending: deque[tuple[Position, T]] = deque()
         self._acked: set[int] = set()
         self._last_sent: Optional[Position] = None
         self.committable: Optional[Position] = None
@@ -48,6 +55,15 @@ class InFlight(Generic[T]):
         """How many more sends fit under the limit (acked sends still waiting for a slower predecessor count)."""
         return max(0, self.limit - len(self._pending))
 
+    def oldest(self) -> Optional[T]:
+        """The item of the oldest unacknowledged send (None with nothing in flight)."""
+        return self._pending[0][1] if self._pending else None
+
+    def get(self, seq: int) -> Optional[T]:
+        """The item of send ``seq`` while it is not committable (None otherwise)."""
+        index = seq - self._first
+        return self._pending[index][1] if 0 <= index < len(self._pending) else None
+
     def _check_order(self, position: Position) -> None:
         if self._last_sent is not None and position <= self._last_sent:
             raise ValueError(f"position {position} sent after {self._last_sent}: positions must increase")
@@ -55,12 +71,12 @@ class InFlight(Generic[T]):
 
     def send(self, position: Position, item: T) -> int:
         """Record a publish of ``position``; returns its sequence number."""
-        if not self.room:
+        if len(self._pending) >= self.limit:
             raise OverflowError(f"{self.limit} publishes already in flight")
         self._check_order(position)
         seq = self.next_seq
-        self.next_seq += 1
-        self._pending[seq] = (position, item)
+        self.next_seq = seq + 1
+        self._pending.append((position, item))
         return seq
 
     def skip(self, position: Position) -> None:
@@ -72,17 +88,22 @@ class InFlight(Generic[T]):
 
     def ack(self, seq: int) -> int:
         """Acknowledge publish ``seq``; returns how many positions became committable (0: unknown or repeated)."""
-        if seq not in self._pending or seq in self._acked:
+        first = self._first
+        if seq < first or seq >= self.next_seq or seq in self._acked:
             return 0
-        self._acked.add(seq)
-        moved = 0
-        while self._pending:
-            first = next(iter(self._pending))
-            if first not in self._acked:
-                break
-            self.committable = self._pending.pop(first)[0]
-            self._acked.discard(first)
-            moved += 1
+        if seq != first:  # a slower predecessor is still out: wait for it
+            self._acked.add(seq)
+            return 0
+        pending, acked = self._pending, self._acked
+        position = pending.popleft()[0]
+        first += 1
+        while pending and first in acked:
+            acked.discard(first)
+            position = pending.popleft()[0]
+            first += 1
+        moved = first - self._first
+        self._first = first
+        self.committable = position
         return moved
 
     def reset(self, next_seq: int) -> list[tuple[Position, T]]:
@@ -91,10 +112,10 @@ class InFlight(Generic[T]):
         Acknowledged sends behind an unacknowledged one are returned too: the
         shell re-reads the stream and skips whatever it already holds.
         """
-        redo = list(self._pending.values())
+        redo = list(self._pending)
         self._pending.clear()
         self._acked.clear()
-        self.next_seq = next_seq
+        self.next_seq = self._first = next_seq
         self._last_sent = self.committable
         return redo
 

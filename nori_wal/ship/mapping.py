@@ -5,13 +5,19 @@ Rules:
    headers (NATS headers are text, so the key is base64).
 2. ``Nats-Msg-Id`` is ``<log id>:<segment>:<offset>``: unique per record of one
    log, the same every time the record is published, so JetStream drops a re-send.
+   It is also where a reader finds the log and the position: every header
+   costs the shipper and each of the stream's servers a parse per message, so
+   nothing is said twice.
 3. ``from_message(to_message(r, p, id))`` gives back ``r``, ``p`` and ``id``.
+4. Messages of the first mapping, which repeated the log id and the position
+   in ``Nori-Log`` and ``Nori-Position``, read the same (those headers win).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from base64 import b64encode
 from datetime import timedelta
 from typing import Mapping, NamedTuple, Optional
 
@@ -20,8 +26,8 @@ from ..record import Compression, Record
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
-LOG = "Nori-Log"
-POSITION = "Nori-Position"
+LOG = "Nori-Log"  # the first mapping only (rule 4)
+POSITION = "Nori-Position"  # the first mapping only (rule 4)
 KEY = "Nori-Key"
 TOMBSTONE = "Nori-Tombstone"
 TTL_MS = "Nori-TTL-Ms"
@@ -47,10 +53,8 @@ def message_id(log_id: str, position: Position) -> str:
 
 def to_message(record: Record, position: Position, log_id: str) -> Message:
     headers = {
-        MSG_ID: message_id(log_id, position),
-        LOG: log_id,
-        POSITION: str(position),
-        KEY: base64.b64encode(record.key).decode("ascii"),
+        MSG_ID: f"{log_id}:{position.segment_id}:{position.offset}",
+        KEY: b64encode(record.key).decode("ascii"),
     }
     if record.tombstone:
         headers[TOMBSTONE] = "1"
@@ -71,14 +75,23 @@ def _b64(headers: Mapping[str, str], name: str) -> bytes:
         raise BadMessageError(f"header {name}: not base64") from None
 
 
+def _origin(headers: Mapping[str, str]) -> Optional[tuple[str, str, str]]:
+    """(log id, position text, the header it came from) of a shipped message, None when it names no log."""
+    if LOG in headers:  # the first mapping
+        return headers[LOG], headers.get(POSITION, ""), POSITION
+    log_id, sep, position = headers.get(MSG_ID, "").partition(":")
+    return (log_id, position, MSG_ID) if sep and log_id else None
+
+
 def position_of(headers: Optional[Mapping[str, str]], log_id: str) -> Optional[Position]:
     """The log position a message carries, if it was shipped from the log ``log_id`` (else None)."""
-    if not headers or headers.get(LOG) != log_id:
+    origin = _origin(headers) if headers else None
+    if origin is None or origin[0] != log_id:
         return None
     try:
-        return Position.parse(headers.get(POSITION, ""))
+        return Position.parse(origin[1])
     except ValueError as exc:
-        raise BadMessageError(f"header {POSITION}: {exc}") from None
+        raise BadMessageError(f"header {origin[2]}: {exc}") from None
 
 
 def _record(headers: Mapping[str, str], payload: bytes) -> Record:
@@ -106,9 +119,12 @@ def _record(headers: Mapping[str, str], payload: bytes) -> Record:
 
 def from_message(headers: Mapping[str, str], payload: bytes) -> tuple[Record, Position, str]:
     """The record, position and log id of a shipped message (raises BadMessageError for anything else)."""
-    log_id = headers.get(LOG)
-    if not log_id:
-        raise BadMessageError(f"header {LOG} missing: not a message shipped by nori-wal")
+    origin = _origin(headers)
+    if origin is None or not origin[0]:
+        raise BadMessageError(
+            f"header {MSG_ID} (<log id>:<segment>:<offset>) or {LOG} missing: not a message shipped by nori-wal"
+        )
+    log_id = origin[0]
     position = position_of(headers, log_id)
     assert position is not None
     return _record(headers, payload), position, log_id

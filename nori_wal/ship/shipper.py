@@ -7,6 +7,14 @@ stream's last sequence must be), up to ``max_in_flight`` at once. Acks move
 ``InFlight.committable``; ``CommitClock`` decides when the cursor is committed
 there (in a worker thread: a commit fsyncs).
 
+The publisher's Python time per message is the shipper's throughput (the
+cluster's servers share the CPU), so a publish is one ``nc.publish`` whose
+reply subject is the session's inbox plus the send's sequence number: one
+subscription takes every answer (``parse_ack`` reads it, the subject says
+which send it is), and one timer per session enforces the ack timeout on the
+oldest send. No task, future or timer per message; records come from the
+feed in batches.
+
 Any failure (a timeout, a lost connection, a leader change, "wrong last
 sequence") ends the session: the shipper waits for the publishes in flight,
 reconnects with backoff, reads the stream's last message of this log and
@@ -23,7 +31,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, NamedTuple, Optional, Sequence
 
 from ..position import Position
 from .errors import ClusterUnreachableError, NatsNotInstalledError, ShipError
@@ -31,7 +39,7 @@ from .feed import Feed, Item
 from .identity import ensure_identity
 from .inflight import CommitClock, InFlight
 from .mapping import EXPECTED_LAST_SEQ
-from .stream import check_stream, connect, redact, stream_state
+from .stream import check_stream, connect, parse_ack, redact, stream_state
 
 log = logging.getLogger("nori_wal.ship")
 
@@ -105,12 +113,19 @@ class Shipper:
     def stop(self) -> None:
         """Ask ``run`` to finish (thread-safe; also from a signal handler)."""
         self._stop.set()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
+        loop = self._loop
+        if loop is not None:
             try:
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(self._interrupt)
             except RuntimeError:  # the loop already closed
                 pass
+
+    def _interrupt(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+        state = getattr(self, "_state", None)
+        if state is not None:
+            state.room.set()
 
     def lag(self) -> Optional[tuple[int, int]]:
         """The cursor's lag (bytes, records) behind the durable end of the log, or None if unknown."""
@@ -133,9 +148,9 @@ class Shipper:
         log_id = await asyncio.to_thread(ensure_identity, self.directory)
         cursor = open_consumer(self.directory, self.options.consumer, start="earliest")
         self._cursor = cursor
-        feed = Feed(cursor, log_id)
+        feed = Feed(cursor, log_id, self._loop)
         self._state = _State(
-            InFlight[Item](self.options.max_in_flight),
+            InFlight[_Sent](self.options.max_in_flight),
             CommitClock(self.options.commit_every, self.options.commit_interval),
         )
         try:
@@ -160,7 +175,7 @@ class Shipper:
                     )
                     checked = True
                 outage_since = None
-                await self._session(js, feed, log_id, backoff)
+                await self._session(nc, js, feed, log_id, backoff)
             except ShipError:
                 raise
             except Exception as exc:  # transient: the cluster, a leader change, a lost ack
@@ -175,17 +190,21 @@ class Shipper:
                 log.warning("shipping paused (%s); retrying in %.1f s", _why(exc), delay)
                 await self._sleep(delay)
             finally:
+                self._state.generation += 1  # this connection's acks and timers are forgotten
                 if nc is not None:
                     await _close(nc)
 
-    async def _session(self, js: Any, feed: Feed, log_id: str, backoff: "_Backoff") -> None:
+    async def _session(self, nc: Any, js: Any, feed: Feed, log_id: str, backoff: "_Backoff") -> None:
         st = self._state
         await self._drain()
         state = await stream_state(js, self.stream, self.subject, log_id)
-        st.redo.extendleft(reversed([item for _, item in st.window.reset(state.last_seq + 1)]))
+        st.redo.extendleft(reversed([sent.item for _, sent in st.window.reset(state.last_seq + 1)]))
         st.skip_through = state.shipped_through
         st.failure = None
-        st.generation += 1
+        self.stats.in_flight = st.window.in_flight
+        pipe = st.pipe = _Pipe(nc, nc.new_inbox() + ".", st.generation)
+        await nc.subscribe(pipe.inbox + "*", cb=self._ack_callback(pipe))
+        self._watch(pipe)
         log.info(
             "shipping %s to stream %s subject %s from seq %d (stream holds this log through %s)",
             self.directory,
@@ -202,16 +221,16 @@ class Shipper:
             if st.failure is not None:
                 self.stats.resyncs += 1
                 raise _SessionFailed(_why(st.failure)) from st.failure
-            batch = list(st.redo) if st.redo else await self._take(feed)
-            st.redo.clear()
+            room = st.window.room
+            if not room:
+                st.room.clear()
+                await st.room.wait()  # set by an ack, a failure, the ack timeout or stop
+                continue
+            batch = self._redo(room) if st.redo else await feed.take(min(room, 512), 0.05)
             if batch is None:
                 raise ShipError(f"the cursor ended: {feed.error!r}") from feed.error
-            for item in batch:
-                await self._publish(js, item)
-                if st.failure is not None:
-                    st.redo.extend(batch[batch.index(item) + 1 :])
-                    break
             if batch:
+                await self._publish(pipe, batch)
                 backoff.reset()
             await self._commit()
             now = time.monotonic()
@@ -219,66 +238,124 @@ class Shipper:
                 last_progress = now
                 await self._progress()
 
-    async def _take(self, feed: Feed) -> Optional[list[Item]]:
-        room = max(1, self._state.window.room)
-        return await asyncio.to_thread(feed.take, min(room, 512), 0.05)
+    def _redo(self, most: int) -> list[Item]:
+        redo = self._state.redo
+        return [redo.popleft() for _ in range(min(most, len(redo)))]
 
-    async def _publish(self, js: Any, item: Item) -> None:
+    async def _publish(self, pipe: "_Pipe", batch: list[Item]) -> None:
+        """Publish ``batch`` in order (it fits in the window); what a failure leaves unsent goes to ``redo``."""
         st = self._state
-        if st.skip_through is not None and item.position <= st.skip_through:
-            st.window.skip(item.position)
-            st.clock.advanced(1, time.monotonic())
-            self.stats.acked += 1
-            return
-        while not st.window.room and st.failure is None:
-            st.room.clear()
-            await st.room.wait()
-        if st.failure is not None:
-            st.redo.appendleft(item)
-            return
-        seq = st.window.send(item.position, item)
-        headers = dict(item.message.headers)
-        if seq > 1:
-            headers[EXPECTED_LAST_SEQ] = str(seq - 1)
-        task = asyncio.ensure_future(js.publish(self.subject, item.message.payload, headers=headers))
-        st.tasks.add(task)
-        gen, size = st.generation, len(item.message.payload)
-        task.add_done_callback(lambda t: self._done(t, gen, seq, size))
-        self.stats.published += 1
+        window, publish, subject, inbox = st.window, pipe.nc.publish, self.subject, pipe.inbox
+        sends = 0
+        for i, item in enumerate(batch):
+            if st.skip_through is not None and item.position <= st.skip_through:
+                window.skip(item.position)
+                st.clock.advanced(1, time.monotonic())
+                self.stats.acked += 1
+                continue
+            if st.failure is not None:
+                st.redo.extendleft(reversed(batch[i:]))  # they precede what redo still holds
+                break
+            now = time.monotonic()
+            seq = window.send(item.position, _Sent(item, now))
+            sends += 1
+            headers = item.message.headers  # the item's own dict: the guard is rewritten on every send
+            if seq > 1:
+                headers[EXPECTED_LAST_SEQ] = str(seq - 1)
+            else:
+                headers.pop(EXPECTED_LAST_SEQ, None)
+            st.publishing = True
+            try:
+                await publish(subject, item.message.payload, reply=inbox + str(seq), headers=headers)
+            except Exception as exc:  # a closed or reconnecting connection: resync
+                self._fail(exc)
+            finally:
+                st.publishing = False
+        if sends:
+            pipe.sent += sends
+            pipe.last_send = now
+            self.stats.published += sends
+            self.stats.in_flight = window.in_flight
 
-    def _done(self, task: "asyncio.Future[Any]", gen: int, seq: int, size: int) -> None:
+    def _ack_callback(self, pipe: "_Pipe") -> Callable[[Any], Awaitable[None]]:
+        """The inbox subscription's callback: one ack (or refusal) per message, its sequence in the subject."""
+        skip = len(pipe.inbox)
+
+        async def on_ack(msg: Any) -> None:
+            self._acked(pipe, msg, skip)
+
+        return on_ack
+
+    def _acked(self, pipe: "_Pipe", msg: Any, skip: int) -> None:
         st = self._state
-        st.tasks.discard(task)
-        st.room.set()
-        if task.cancelled() or gen != st.generation:  # a publish of an earlier session: drained, then forgotten
+        if pipe.generation != st.generation:  # an earlier session's publish: drained, then forgotten
             return
-        exc = task.exception()
-        if exc is not None:
-            if st.failure is None:
-                st.failure = exc
+        pipe.answered += 1
+        try:
+            seq = int(msg.subject[skip:])
+            duplicate = parse_ack(msg.data, msg.headers)
+        except Exception as exc:
+            self._fail(exc)
             return
-        ack = task.result()
+        sent = st.window.get(seq)
         moved = st.window.ack(seq)
         if moved:
             st.clock.advanced(moved, time.monotonic())
-        self.stats.acked += 1
-        self.stats.bytes += size
-        self.stats.duplicates += bool(getattr(ack, "duplicate", False))
-        self.stats.in_flight = st.window.in_flight
+        st.room.set()
+        if sent is not None:
+            stats = self.stats
+            stats.in_flight = st.window.in_flight
+            stats.acked += 1
+            stats.bytes += len(sent.item.message.payload)
+            if duplicate:
+                stats.duplicates += 1
+
+    def _fail(self, exc: BaseException) -> None:
+        st = self._state
+        if st.failure is None:
+            st.failure = exc
+        st.room.set()
+
+    def _watch(self, pipe: "_Pipe") -> None:
+        """The ack timeout: every tick, fail the session when its oldest unacknowledged publish is too old.
+
+        One timer per session instead of one per publish. A publish stuck in
+        nats-py's buffer flush (a server that stopped reading) is ended by
+        closing the connection.
+        """
+        st = self._state
+        if pipe.generation != st.generation:
+            return
+        oldest = st.window.oldest()
+        timeout = self.options.ack_timeout
+        if oldest is not None and time.monotonic() - oldest.sent_at >= timeout and st.failure is None:
+            self._fail(TimeoutError(f"no ack from JetStream within {timeout:g} s"))
+            if st.publishing:
+                pipe.closing = asyncio.ensure_future(_close(pipe.nc))
+        assert self._loop is not None
+        self._loop.call_later(min(0.1, timeout / 10), self._watch, pipe)
 
     async def _drain(self) -> None:
-        """Wait for every publish in flight to be acked or to fail (each is bounded by the ack timeout)."""
-        tasks = list(self._state.tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=2 * self.options.ack_timeout)
-            for t in tasks:
-                t.cancel()
+        """Let every publish of the last session be answered or time out before the stream is read again.
+
+        Its connection is closed, so no answer comes any more; a publish still
+        unanswered may be stored until its ack timeout, so while any is, wait
+        out the last send's.
+        """
+        pipe = self._state.pipe
+        if pipe is not None and pipe.answered < pipe.sent:
+            await self._sleep(pipe.last_send + self.options.ack_timeout - time.monotonic())
 
     async def _finish(self) -> None:
         """On stop: let the publishes in flight be acked (bounded), then commit as far as they reach."""
-        tasks = list(self._state.tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.options.ack_timeout)
+        st = self._state
+        deadline = time.monotonic() + self.options.ack_timeout
+        while st.window.in_flight and st.failure is None and time.monotonic() < deadline:
+            st.room.clear()
+            try:
+                await asyncio.wait_for(st.room.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
         await self._commit(force=True)
 
     async def _commit(self, force: bool = False) -> None:
@@ -336,15 +413,34 @@ class Shipper:
 
 @dataclass
 class _State:
-    window: InFlight[Item]
+    window: InFlight["_Sent"]
     clock: CommitClock
     redo: deque[Item] = field(default_factory=deque)
     skip_through: Optional[Position] = None
     failure: Optional[BaseException] = None
-    generation: int = 0
+    generation: int = 0  # of the session: acks and timers of an earlier one are ignored
     committing: Optional["asyncio.Future[None]"] = None
-    tasks: set["asyncio.Future[Any]"] = field(default_factory=set)
-    room: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set by acks, failures, stop
+    publishing: bool = False  # inside nats-py's publish (the ack timeout may have to close the connection)
+    pipe: Optional["_Pipe"] = None  # the current (or last) session's
+
+
+class _Sent(NamedTuple):
+    item: Item
+    sent_at: float  # time.monotonic() of the send
+
+
+@dataclass
+class _Pipe:
+    """One session's connection: publishes reply to ``inbox`` + their sequence number."""
+
+    nc: Any
+    inbox: str
+    generation: int
+    sent: int = 0  # publishes sent on this connection
+    answered: int = 0  # answers received (acks and refusals)
+    last_send: float = 0.0  # time.monotonic() of the last publish
+    closing: Optional["asyncio.Future[None]"] = None  # the ack timeout closing a stuck connection
 
 
 class _Backoff:

@@ -7,8 +7,9 @@ raise ``ShipError``s; everything else is transient and the shipper retries it.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from ..position import Position
 from .errors import ShipAuthorizationError, StreamConfigError, StreamNotFoundError
@@ -20,6 +21,43 @@ MIN_DUPLICATE_WINDOW = 2.0  # seconds, floor of the duplicate window the shipper
 NO_MESSAGE = 10037  # JetStream: "no message found"
 STREAM_NOT_FOUND = 10059
 WRONG_LAST_SEQUENCE = 10071
+
+
+class AckError(Exception):
+    """An answer to a publish that is neither an ack nor a JetStream error (transient: the shipper resyncs)."""
+
+
+_ACK_HEAD = b'{"stream":'
+
+
+def parse_ack(data: bytes, headers: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether JetStream's answer to a publish marks a duplicate; raises what a refusal means.
+
+    The common answer, ``{"stream":"S","seq":N}`` (``,"duplicate":true``
+    for a re-send JetStream dropped), is recognised without a JSON parse
+    (strings in it are JSON-escaped, so neither marker can hide inside a
+    name); anything else is parsed: a JetStream error raises nats-py's
+    ``APIError``, "no responders" its ``NoStreamResponseError``.
+    """
+    if data.startswith(_ACK_HEAD) and b'"error"' not in data:
+        return b'"duplicate":true' in data
+    return _parse_other(data, headers)
+
+
+def _parse_other(data: bytes, headers: Optional[Mapping[str, str]]) -> bool:
+    import nats.js.errors as jse
+
+    if headers and headers.get("Status") == "503":
+        raise jse.NoStreamResponseError()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        raise jse.APIError.from_error(answer["error"])
+    if isinstance(answer, dict) and "stream" in answer and "seq" in answer:
+        return bool(answer.get("duplicate"))
+    raise AckError(f"unexpected answer to a publish: {bytes(data[:200])!r} (headers {dict(headers or {})})")
 
 
 class StreamState(NamedTuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -98,6 +99,37 @@ def test_ships_every_record_once_in_order_with_its_fields(cluster: LocalCluster,
     finally:
         assert stop(proc) == 0, tail(log)
     assert stream_count(cluster.urls, "BASIC") == 901
+
+
+def test_a_cluster_that_stops_answering_ends_the_session_at_the_ack_timeout(
+    cluster: LocalCluster, tmp_path: Any
+) -> None:
+    """Every node frozen (SIGSTOP) with publishes in flight: no answer comes, the session ends after
+    --ack-timeout (the shipper's one timer, not a timer per publish); after SIGCONT the stream holds every
+    record once, in log order."""
+    d, log = str(tmp_path / "wal"), str(tmp_path / "ship.log")
+    total = 30_000
+    append(d, [Record.put(f"f-{i}".encode(), bytes(100)) for i in range(total)])
+    args = ("--create-stream", "--replicas", "3", "--ack-timeout", "1")
+    proc = start_shipper(d, cluster.servers, "FROZEN", *args, log=log)
+    frozen: list[int] = []
+    try:
+        wait_for("shipping", lambda: stream_count(cluster.urls, "FROZEN") >= 500, timeout=60, every=0.02)
+        for node in cluster.procs:
+            assert node is not None
+            os.kill(node.pid, signal.SIGSTOP)
+            frozen.append(node.pid)
+        wait_for("the ack timeout", lambda: "no ack from JetStream within 1 s" in tail(log, 200), timeout=30)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        wait_for(f"{total} messages", lambda: stream_count(cluster.urls, "FROZEN") == total, timeout=120)
+    finally:
+        rc = stop(proc)
+    assert rc == 0, tail(log)
+    got = read_stream(cluster.urls, "FROZEN", "FROZEN")
+    assert [from_message(h, p)[1] for _, h, p in got] == [pos for _, pos in log_records(d)]
 
 
 def scrape(port: int) -> str:

@@ -48,9 +48,16 @@ def test_exactly_once_in_order_through_shipper_nats_and_writer_crashes(tmp_path:
     def shipped() -> int:
         return stream_count(urls, "TORTURE")
 
+    def sessions() -> int:
+        return tail(log, 10_000).count(" to stream TORTURE subject ")
+
     def kill_and_restart_shipper() -> Any:
         stop(shipper, signal.SIGKILL)
-        return start_shipper(d, cluster.servers, "TORTURE", *args, log=log)
+        before = sessions()
+        restarted = start_shipper(d, cluster.servers, "TORTURE", *args, log=log)
+        # up and resuming (a SIGTERM before its handler is installed would kill it, not stop it)
+        wait_for("the restarted shipper's session", lambda: sessions() > before, timeout=60)
+        return restarted
 
     try:
         for p in producers:
@@ -79,6 +86,8 @@ def test_exactly_once_in_order_through_shipper_nats_and_writer_crashes(tmp_path:
         in_log = len(log_records(d))
         assert in_log >= TOTAL
         wait_for(f"{in_log} shipped", lambda: shipped() == in_log, timeout=120)
+        # the last shipper may have found everything shipped: its progress line comes after --progress-interval
+        wait_for("a progress line", lambda: "resyncs" in tail(log, 400), timeout=30)
         assert stop(shipper) == 0, tail(log)
     finally:
         for p in producers:

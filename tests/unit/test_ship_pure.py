@@ -20,6 +20,7 @@ from nori_wal.ship.mapping import (
     subject_matches,
     to_message,
 )
+from nori_wal.ship.stream import AckError, parse_ack
 
 LOG_ID = "0123456789abcdef0123456789abcdef"
 
@@ -57,6 +58,10 @@ def test_committable_is_the_highest_position_with_every_predecessor_acked(data: 
             prefix += 1
         assert window.committable == (pos[prefix - 1] if prefix else None)
         assert moved_total == prefix
+        waiting = [i for i, s in enumerate(sent) if i >= prefix]  # sent, not yet committable
+        assert window.oldest() == (waiting[0] if waiting else None)
+        assert all(window.get(sent[i]) == i for i in waiting)
+        assert all(window.get(sent[i]) is None for i in range(prefix))
         assert 0 <= window.in_flight <= limit and window.room <= limit
         assert window.in_flight == len(sent) - len(acked)
     assert window.room == limit
@@ -105,6 +110,24 @@ def test_skip_counts_as_acked_and_only_before_any_send() -> None:
     assert window.ack(seq) == 1 and window.committable == Position(0, 96)
 
 
+def test_acks_are_read_without_a_parse_and_refusals_raise() -> None:
+    """parse_ack: the common answers by their bytes; errors, "no responders" and junk raise (transient)."""
+    assert parse_ack(b'{"stream":"S","seq":7}') is False
+    assert parse_ack(b'{"stream":"S","seq":7,"duplicate":true}') is True
+    assert parse_ack(b'{"seq":7,"stream":"S","duplicate":true}') is True  # another field order: parsed
+    assert parse_ack(b'{"stream":"a\\"error\\"","seq":7}') is False  # a marker inside a (JSON-escaped) name
+    pytest.importorskip("nats")
+    import nats.js.errors as jse
+
+    wrong = b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"},"stream":"S","seq":0}'
+    with pytest.raises(jse.APIError, match="wrong last sequence"):
+        parse_ack(wrong)
+    with pytest.raises(jse.NoStreamResponseError):
+        parse_ack(b"", {"Status": "503"})
+    with pytest.raises(AckError, match="unexpected answer"):
+        parse_ack(b"-ERR junk")
+
+
 def test_commit_clock_batches_by_count_and_by_time() -> None:
     clock = CommitClock(every=3, interval=0.5)
     assert not clock.due(0.0)
@@ -145,6 +168,18 @@ def test_mapping_round_trips(record: Record, segment: int, offset: int) -> None:
     assert all(v.isascii() and "\n" not in v for v in msg.headers.values())
     assert position_of(msg.headers, LOG_ID) == pos
     assert position_of(msg.headers, "f" * 32) is None  # another log's message
+    assert set(msg.headers) <= {"Nats-Msg-Id", KEY, "Nori-Tombstone", "Nori-TTL-Ms", "Nori-Compression"}
+    first_mapping = {**msg.headers, LOG: LOG_ID, "Nori-Position": str(pos)}  # what shippers sent before
+    assert from_message(first_mapping, msg.payload) == (record, pos, LOG_ID)
+    assert position_of(first_mapping, LOG_ID) == pos
+
+
+def test_messages_of_other_publishers_name_no_position() -> None:
+    assert position_of({"Nats-Msg-Id": "bare-17"}, LOG_ID) is None
+    assert position_of({"Nats-Msg-Id": "f" * 32 + ":1:32"}, LOG_ID) is None
+    assert position_of({}, LOG_ID) is None and position_of(None, LOG_ID) is None
+    with pytest.raises(BadMessageError, match="not a message shipped by nori-wal"):
+        from_message({"Nats-Msg-Id": "bare-17"}, b"v")
 
 
 def test_bad_messages_name_the_header() -> None:
@@ -153,8 +188,10 @@ def test_bad_messages_name_the_header() -> None:
         from_message({}, b"")
     with pytest.raises(BadMessageError, match=KEY):
         from_message({**good, KEY: "***"}, b"v")
-    with pytest.raises(BadMessageError, match="Nori-Position"):
-        from_message({**good, "Nori-Position": "x"}, b"v")
+    with pytest.raises(BadMessageError, match="Nats-Msg-Id"):
+        from_message({**good, "Nats-Msg-Id": f"{LOG_ID}:x"}, b"v")
+    with pytest.raises(BadMessageError, match="Nori-Position"):  # a message of the first mapping
+        from_message({**good, LOG: LOG_ID, "Nori-Position": "x"}, b"v")
     with pytest.raises(BadMessageError, match="Nori-Compression"):
         from_message({**good, "Nori-Compression": "brotli"}, b"v")
     with pytest.raises(BadMessageError, match="Nori-TTL-Ms"):
