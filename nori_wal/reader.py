@@ -49,7 +49,7 @@ import os
 import struct
 import threading
 from operator import length_hint
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, cast
 
 from crc32c import crc32c
 
@@ -78,7 +78,7 @@ from .segment import HEADER_SIZE, check_header, header_predecessor, segment_ids,
 from .waiters import Waiter, follow_waiter
 
 READ_SIZE = 1024 * 1024  # bytes per read: large sequential reads, few syscalls
-RUN_RECORDS = 64  # records a fast run builds at once: few enough to stay in the cache and not to wake the GC
+RUN_RECORDS = 128  # records a fast run builds at once: few enough to stay in the cache and not to wake the GC
 FAST_MAX_VALUE = 0x4000  # larger values take next_record, which may hand out a view
 _U32 = struct.Struct("<I")
 _CLOSED = object()  # what a step returns once the reader is closed
@@ -90,11 +90,12 @@ class _Run(NamedTuple):
 
     pairs: list[Item]
     it: Iterator[Item]  # over ``pairs``: what it has left is not handed out yet
-    end: Position | None  # where the last of ``pairs`` ends
+    end: Position  # where the last of ``pairs`` ends
     before: tuple[Position, Position] | None  # the last record handed out before this run, and its end
 
 
 _DONE: Iterator[Item] = iter(())
+_NOWHERE = Position(0, 0)  # the end of a run of no records
 
 
 class WalReader:
@@ -129,7 +130,7 @@ class WalReader:
         self._buf: bytes = b""
         self._base = 0  # file offset of _buf[0]
         self._i = 0  # index of the next frame in _buf (past the run being handed out, see _runs)
-        self._run = _Run([], _DONE, None, None)
+        self._run = _Run([], _DONE, _NOWHERE, None)
         self._closed = False
         self._io_lock = threading.RLock()  # close() from another thread never closes a file mid-read
         self._mark = MarkReader(layer, self.dir) if durable_only else None
@@ -245,20 +246,19 @@ class WalReader:
                         return
                     self.wait_for_more()  # follow mode: the writer's wake-up, or poll_interval
                     continue
-                pairs = [item]  # type: ignore[list-item]
-                seg = self._seg  # type: ignore[assignment]
+                pairs, seg = [cast(Item, item)], cast(int, self._seg)
             it = iter(pairs)
             self._run = _Run(pairs, it, make_position((seg, self._base + self._i)), self._last_read())
             yield seg, it
 
     def _last_read(self) -> tuple[Position, Position] | None:
-        """The last record iteration handed out and where it ends (None: none yet)."""
+        """The last record iteration handed out and where it ends (None: none yet; ``next_record``'s do not count)."""
         run = self._run
         pairs = run.pairs
         k = len(pairs) - length_hint(run.it)
         if k == 0:
             return run.before
-        return pairs[k - 1][1], pairs[k][1] if k < len(pairs) else run.end  # type: ignore[return-value]
+        return pairs[k - 1][1], pairs[k][1] if k < len(pairs) else run.end
 
     def _settle(self) -> None:
         """Give back what the last run did not hand out (an iteration stopped in it): it is read next."""
@@ -267,7 +267,7 @@ class WalReader:
         if left:
             before = self._last_read()
             self._i = run.pairs[-left][1].offset - self._base  # (the buffer has not moved since the run)
-            self._run = _Run([], _DONE, None, before)
+            self._run = _Run([], _DONE, _NOWHERE, before)
 
     def wait_for_more(self) -> None:
         """Follow mode's pause at the end: until the writer says the durable end moved, at most ``poll_interval``.
