@@ -64,6 +64,8 @@ LZ4_MAX_INPUT = 0x7E000000
 _U32 = struct.Struct("<I")
 _pack_u32 = _U32.pack
 _new = tuple.__new__  # a NamedTuple built from a tuple, without its __new__ (put_run)
+_MS = timedelta(milliseconds=1)
+_COMPRESSIONS = tuple(Compression)  # by value (no Enum call per record)
 _PUT_HEAD = struct.Struct("<IBBBB")  # crc, key length, and 3 bytes: the value length's varint and the flags
 PUT_OVERHEAD = 4 + 1 + 3 + 1 + 0x7F  # the most a frame put_run takes holds besides its value
 _SEAL_BODY = struct.Struct("<QQ")  # record_count, data_end (offset of the seal frame)
@@ -534,8 +536,8 @@ def build_record(buf: BytesLike, lay: tuple[int, int, int, int, int], limit: int
         if raw is None:
             return f"value does not decompress as {Compression(comp).name}"
         value = raw
-    ttl = timedelta(milliseconds=ttl_ms) if ttl_ms >= 0 else None
-    return Record(key, value, bool(flags & FLAG_TOMBSTONE), ttl, Compression(comp), idem)
+    ttl = _MS * ttl_ms if ttl_ms >= 0 else None  # (exact: whole milliseconds, at most MAX_TTL_MS)
+    return _new(Record, (key, value, bool(flags & FLAG_TOMBSTONE), ttl, _COMPRESSIONS[comp], idem))
 
 
 def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FRAME) -> DecodeResult:

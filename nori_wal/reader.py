@@ -49,7 +49,7 @@ import os
 import struct
 import threading
 from operator import length_hint
-from typing import Iterator, NamedTuple, cast
+from typing import Iterator, NamedTuple
 
 from crc32c import crc32c
 
@@ -70,7 +70,7 @@ from .codec import (
 from .durable_mark import MarkReader
 from .errors import CorruptionError, RecordsDeletedError, WalClosedError, WalError, WalIOError
 from .fs import OS, FileHandle, FileLayer
-from .position import Position, make_position
+from .position import Position
 from .record import Record
 from .recovery import is_stub, read_seal, reader_of
 from .scan import Damage, ScanResult, Stop, Verdict, classify_tail
@@ -82,6 +82,7 @@ RUN_RECORDS = 128  # records a fast run builds at once: few enough to stay in th
 FAST_MAX_VALUE = 0x4000  # larger values take next_record, which may hand out a view
 _U32 = struct.Struct("<I")
 _CLOSED = object()  # what a step returns once the reader is closed
+_new = tuple.__new__  # a NamedTuple from a tuple, without its __new__ (once per run)
 Item = tuple[Record, Position]
 
 
@@ -90,12 +91,11 @@ class _Run(NamedTuple):
 
     pairs: list[Item]
     it: Iterator[Item]  # over ``pairs``: what it has left is not handed out yet
-    end: Position  # where the last of ``pairs`` ends
-    before: tuple[Position, Position] | None  # the last record handed out before this run, and its end
+    end: int  # the offset where the last of ``pairs`` ends (in its segment)
+    before: tuple[Position, int] | None  # the last record handed out before this run, and where it ends
 
 
 _DONE: Iterator[Item] = iter(())
-_NOWHERE = Position(0, 0)  # the end of a run of no records
 
 
 class WalReader:
@@ -130,7 +130,7 @@ class WalReader:
         self._buf: bytes = b""
         self._base = 0  # file offset of _buf[0]
         self._i = 0  # index of the next frame in _buf (past the run being handed out, see _runs)
-        self._run = _Run([], _DONE, _NOWHERE, None)
+        self._run = _Run([], _DONE, 0, None)
         self._closed = False
         self._io_lock = threading.RLock()  # close() from another thread never closes a file mid-read
         self._mark = MarkReader(layer, self.dir) if durable_only else None
@@ -193,7 +193,7 @@ class WalReader:
                     if type(rec) is str:
                         raise self._corrupt(i, rec)
                     self._i = end
-                    return rec, make_position((self._seg, self._base + i))  # type: ignore[return-value, arg-type]
+                    return rec, _new(Position, (self._seg, self._base + i))  # type: ignore[return-value]
                 lay = ZEROED if not any(buf[i : i + MIN_FRAME_SIZE]) else CORRUPT
                 if lay == CORRUPT and self._damage_before_end(i, Stop.CORRUPT):
                     if self._refill(i):
@@ -246,28 +246,35 @@ class WalReader:
                         return
                     self.wait_for_more()  # follow mode: the writer's wake-up, or poll_interval
                     continue
-                pairs, seg = [cast(Item, item)], cast(int, self._seg)
+                pairs, seg = [item], self._seg  # type: ignore[list-item, assignment]
             it = iter(pairs)
-            self._run = _Run(pairs, it, make_position((seg, self._base + self._i)), self._last_read())
+            last = self._run  # all handed out (an iteration that stopped inside a run ended there)
+            before = (last.pairs[-1][1], last.end) if last.pairs else last.before
+            self._run = _new(_Run, (pairs, it, self._base + self._i, before))
             yield seg, it
 
     def _last_read(self) -> tuple[Position, Position] | None:
         """The last record iteration handed out and where it ends (None: none yet; ``next_record``'s do not count)."""
+        last = self._handed_out()
+        return None if last is None else (last[0], Position(last[0].segment_id, last[1]))
+
+    def _handed_out(self) -> tuple[Position, int] | None:
+        """``_last_read`` with the end as an offset in the record's segment."""
         run = self._run
         pairs = run.pairs
         k = len(pairs) - length_hint(run.it)
         if k == 0:
             return run.before
-        return pairs[k - 1][1], pairs[k][1] if k < len(pairs) else run.end
+        return pairs[k - 1][1], pairs[k][1].offset if k < len(pairs) else run.end
 
     def _settle(self) -> None:
         """Give back what the last run did not hand out (an iteration stopped in it): it is read next."""
         run = self._run
         left = length_hint(run.it)
         if left:
-            before = self._last_read()
+            before = self._handed_out()
             self._i = run.pairs[-left][1].offset - self._base  # (the buffer has not moved since the run)
-            self._run = _Run([], _DONE, _NOWHERE, before)
+            self._run = _Run([], _DONE, 0, before)
 
     def wait_for_more(self) -> None:
         """Follow mode's pause at the end: until the writer says the durable end moved, at most ``poll_interval``.
