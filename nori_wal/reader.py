@@ -241,7 +241,8 @@ class WalReader:
                 item = self._step()
                 if item is _CLOSED:
                     return
-                if item is None:
+                if item is None:  # the end for now
+                    self._run = _Run([], _DONE, 0, self._handed_out())  # (not holding on to the records meanwhile)
                     if not self.follow:
                         return
                     self.wait_for_more()  # follow mode: the writer's wake-up, or poll_interval
