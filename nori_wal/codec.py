@@ -379,9 +379,8 @@ def put_run(
     their values are under ``max_value`` and ``limit - PUT_OVERHEAD`` (so the
     frame is within ``limit``) and their first 8 bytes are in ``buf``
     (property-tested, with ``decode_record``'s records), built in the same
-    loop: the reader's fast path, where a call, a list of offsets and a
-    second loop per record were measurable. ``buf[0]`` is at offset ``base``
-    of segment ``seg``.
+    loop: the reader's fast path, where a record costs one pass of this loop
+    and no call. ``buf[0]`` is at offset ``base`` of segment ``seg``.
     """
     n = len(buf)
     mv = memoryview(buf)

@@ -214,8 +214,10 @@ class WalReader:
     def __iter__(self) -> Iterator[Item]:
         """Iterate to the current end of the log (or, with ``follow``, forever).
 
-        After ``close`` (from the loop's body or from another thread) the
-        iteration ends quietly at its next step.
+        Records are read a run at a time (``_runs``: up to RUN_RECORDS built
+        before the first is handed out); ``position`` still names the next one
+        handed out. After ``close`` (from the loop's body or from another
+        thread) the iteration ends quietly at its next step.
         """
         for _seg, run in self._runs():
             for item in run:
