@@ -37,6 +37,7 @@ import zstandard
 from crc32c import crc32c
 
 from .errors import InvalidRecordError, RecordTooLargeError, WalError
+from .position import Position
 from .record import MAX_IDEMPOTENCY_KEY, BytesLike, Compression, Record, check_idempotency_key, ttl_to_ms
 
 FLAG_TOMBSTONE = 0x01
@@ -62,6 +63,11 @@ LZ4_MAX_INPUT = 0x7E000000
 
 _U32 = struct.Struct("<I")
 _pack_u32 = _U32.pack
+_new = tuple.__new__  # a NamedTuple built from a tuple, without its __new__ (put_run)
+_MS = timedelta(milliseconds=1)
+_COMPRESSIONS = tuple(Compression)  # by value (no Enum call per record)
+_PUT_HEAD = struct.Struct("<IBBBB")  # crc, key length, and 3 bytes: the value length's varint and the flags
+PUT_OVERHEAD = 4 + 1 + 3 + 1 + 0x7F  # the most a frame put_run takes holds besides its value
 _SEAL_BODY = struct.Struct("<QQ")  # record_count, data_end (offset of the seal frame)
 SEAL_FRAME_SIZE = MIN_FRAME_SIZE + _SEAL_BODY.size
 
@@ -364,43 +370,49 @@ def fast_run(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> t
     return off, frames, compressed
 
 
-def fast_puts(buf: BytesLike, off: int, n: int, limit: int, max_value: int) -> list[int]:
-    """``[value_start, end, ...]`` of the run of plain puts from ``off`` whose values are under ``max_value``.
+def put_run(
+    buf: bytes, off: int, limit: int, max_value: int, count: int, seg: int, base: int
+) -> tuple[list[tuple[Record, Position]], int]:
+    """``(pairs, end)``: up to ``count`` plain puts from ``off``, as ``(record, position)``, and where they end.
 
-    The frames ``fast_frame(..., PUT_FLAGS)`` takes one after the other
-    (property-tested), found in one loop so that a reader pays one slice and one
-    yield per record, not a call: the reader's fast path.
+    The frames ``fast_frame(..., PUT_FLAGS)`` takes one after the other while
+    their values are under ``max_value`` and ``limit - PUT_OVERHEAD`` (so the
+    frame is within ``limit``) and their first 8 bytes are in ``buf``
+    (property-tested, with ``decode_record``'s records), built in the same
+    loop: the reader's fast path, where a record costs one pass of this loop
+    and no call. ``buf[0]`` is at offset ``base`` of segment ``seg``.
     """
-    mv = buf if type(buf) is memoryview else memoryview(buf)
-    unpack = _U32.unpack_from
-    out: list[int] = []
-    while True:
-        p = off + 4
-        if p + 3 > n:
-            break
-        klen = buf[p]
-        if klen >= 0x80:
-            break
-        vb = buf[p + 1]
-        if vb < 0x80:
-            vlen, fp = vb, p + 2
-        else:
-            vb1 = buf[p + 2]
-            if vb1 < 0x80:
-                vlen, fp = (vb & 0x7F) | (vb1 << 7), p + 3
-            elif p + 4 < n and buf[p + 3] < 0x80:
-                vlen, fp = (vb & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
+    n = len(buf)
+    mv = memoryview(buf)
+    head, new, none = _PUT_HEAD.unpack_from, _new, Compression.NONE
+    max_value = min(max_value, limit - PUT_OVERHEAD + 1)
+    pairs: list[tuple[Record, Position]] = []
+    try:
+        for _ in range(count):
+            crc, klen, vb, vb1, b2 = head(buf, off)
+            if klen >= 0x80:
+                break
+            if vb < 0x80:
+                vlen, flags, ks = vb, vb1, off + 7
+            elif vb1 < 0x80:
+                vlen, flags, ks = (vb & 0x7F) | (vb1 << 7), b2, off + 8
+            elif b2 < 0x80:
+                vlen, flags, ks = (vb & 0x7F) | ((vb1 & 0x7F) << 7) | (b2 << 14), buf[off + 8], off + 9
             else:
                 break
-        if fp >= n or buf[fp] != 0 or vlen >= max_value:
-            break
-        vs = fp + 1 + klen
-        e = vs + vlen
-        if e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
-            break
-        out += (vs, e)
-        off = e
-    return out
+            if flags or vlen >= max_value:
+                break
+            vs = ks + klen
+            e = vs + vlen
+            if e > n or crc32c(mv[off + 4 : e]) != crc:
+                break
+            pairs.append(
+                (new(Record, (buf[ks:vs], buf[vs:e], False, None, none, None)), new(Position, (seg, base + off)))
+            )
+            off = e
+    except (struct.error, IndexError):  # a header cut off by the end of ``buf``
+        pass
+    return pairs, off
 
 
 # Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
@@ -523,8 +535,8 @@ def build_record(buf: BytesLike, lay: tuple[int, int, int, int, int], limit: int
         if raw is None:
             return f"value does not decompress as {Compression(comp).name}"
         value = raw
-    ttl = timedelta(milliseconds=ttl_ms) if ttl_ms >= 0 else None
-    return Record(key, value, bool(flags & FLAG_TOMBSTONE), ttl, Compression(comp), idem)
+    ttl = _MS * ttl_ms if ttl_ms >= 0 else None  # (exact: whole milliseconds, at most MAX_TTL_MS)
+    return _new(Record, (key, value, bool(flags & FLAG_TOMBSTONE), ttl, _COMPRESSIONS[comp], idem))
 
 
 def decode_record(buf: BytesLike, offset: int = 0, *, limit: int = FORMAT_MAX_FRAME) -> DecodeResult:

@@ -86,7 +86,6 @@ class Consumer:
         self._lock: DirLock | None = lock_cursor(layer, self.dir, self.name)  # Rule 1
         self._closed = False
         self._commit_lock = threading.Lock()
-        self._last: tuple[Position, Position] | None = None  # the last yielded record and its end
         self._segment: int | None = None
         try:
             self._check_expired()
@@ -116,16 +115,17 @@ class Consumer:
 
     def __iter__(self) -> Iterator[tuple[Record, Position]]:
         """``(record, position)`` of every durable record from the cursor on; waits for more, until ``close``."""
+        reader = self._reader
         while not self._closed:
             try:
-                for record, position in self._reader:
-                    if position.segment_id != self._segment:
-                        self._segment = position.segment_id
+                for seg, run in reader._runs():  # (a run is in one segment)
+                    if seg != self._segment:
+                        self._segment = seg
                         self._check_expired()
-                    self._last = (position, self._reader.position or position)
-                    yield record, position
-                    if self._closed:
-                        return
+                    for item in run:
+                        yield item
+                        if self._closed:
+                            return
             except RecordsDeletedError:
                 self._check_expired()  # deleted by retention: say so, naming what was lost
                 raise
@@ -149,14 +149,15 @@ class Consumer:
                 raise WalClosedError(f"consumer {self.name!r} is closed")
             if position == self._state.committed:
                 return
-            if self._last is None or position > self._last[0]:
+            last = self._reader._last_read()  # the last record yielded, and its end
+            if last is None or position > last[0]:
                 raise ValueError(f"commit({position}): consumer {self.name!r} has not yielded that record yet")
             if position < self._state.next:
                 raise ValueError(
                     f"commit({position}): before consumer {self.name!r}'s cursor ({self._state.next}); "
                     f"commits only move forward"
                 )
-            end = self._last[1] if position == self._last[0] else self._record_end(position)
+            end = last[1] if position == last[0] else self._record_end(position)
             self._check_expired()
             state = CursorState(self.name, end, position, time.time_ns())
             write_cursor(self._layer, self.dir, state)

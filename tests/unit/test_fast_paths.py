@@ -13,17 +13,19 @@ from nori_wal.codec import (
     FORMAT_MAX_FRAME,
     PLAIN_FLAGS,
     PUT_FLAGS,
+    PUT_OVERHEAD,
     SCAN_FLAGS,
     Decoded,
     decode_record,
     encode_record,
     fast_frame,
-    fast_puts,
     fast_run,
     frame_end,
     parse_header,
+    put_run,
 )
-from nori_wal.record import Record
+from nori_wal.position import Position
+from nori_wal.record import Compression, Record
 from nori_wal.scan import Damage, classify_tail, scan_frames
 
 records = st.builds(
@@ -62,16 +64,77 @@ def test_fast_run_is_fast_frame_frame_after_frame(parts, limit):
         assert fast_run(buf, 0, n, limit, table) == (off, frames, compressed)
 
 
-@given(st.lists(frames_or_garbage(), max_size=6), st.integers(7, 1 << 21), st.integers(0, 1 << 15))
-def test_fast_puts_is_fast_frame_of_plain_puts_frame_after_frame(parts, limit, max_value):
-    """fast_puts lists the (value_start, end) fast_frame(PUT_FLAGS) gives, up to the first value >= max_value."""
-    buf = b"".join(parts)
+@given(
+    st.binary(max_size=9),
+    st.lists(frames_or_garbage(), max_size=6),
+    st.integers(7, 1 << 21),
+    st.integers(0, 1 << 15),
+    st.integers(0, 8),
+    st.integers(0, 2**40),
+)
+def test_put_run_is_fast_frame_of_plain_puts_frame_after_frame(prefix, parts, limit, max_value, count, base):
+    """put_run's pairs are the records decode_record reads where fast_frame(PUT_FLAGS) takes frame after frame.
+
+    While the value is under ``max_value`` and ``limit - PUT_OVERHEAD`` and the
+    frame's first 8 bytes are there, for at most ``count`` frames, from any offset.
+    """
+    buf = prefix + b"".join(parts)
     n = len(buf)
-    off, want = 0, []
-    while (lay := fast_frame(buf, off, n, limit, PUT_FLAGS)) is not None and lay[1] - lay[0] < max_value:
-        want += lay
+    off, want = len(prefix), []
+    bound = min(max_value, limit - PUT_OVERHEAD + 1)
+    while len(want) < count and off + 8 <= n:
+        lay = fast_frame(buf, off, n, limit, PUT_FLAGS)
+        if lay is None or lay[1] - lay[0] >= bound:
+            break
+        res = decode_record(buf, off, limit=limit)
+        assert isinstance(res, Decoded) and res.end == lay[1]
+        want.append((res.record, Position(7, base + off)))
         off = lay[1]
-    assert fast_puts(buf, 0, n, limit, max_value) == want
+    pairs, end = put_run(buf, len(prefix), limit, max_value, count, 7, base)
+    assert (pairs, end) == (want, off)
+    for rec, pos in pairs:
+        assert type(rec) is Record and type(pos) is Position and type(rec.value) is bytes and type(rec.key) is bytes
+        assert rec.compression is Compression.NONE
+
+
+# Plain puts with keys under 128 bytes, their sizes often at a varint's or a limit's edge.
+plain_puts = st.builds(
+    lambda key, size, fill: Record.put(key, fill * size),
+    st.binary(max_size=0x7F) | st.just(b"k" * 0x7F),
+    st.integers(0, 0x4100) | st.sampled_from([0x7F, 0x80, 0x3FFF, 0x4000, 0x4100]),
+    st.binary(min_size=1, max_size=1),
+)
+
+
+@given(st.lists(plain_puts, max_size=8), st.integers(1 << 15, FORMAT_MAX_FRAME))
+def test_put_run_takes_every_plain_put(recs, limit):
+    """A run of plain puts (keys under 128 bytes, values under max_value) is read whole by put_run."""
+    frames = [encode_record(r) for r in recs]
+    buf = b"".join(frames)
+    starts = [sum(map(len, frames[:i])) for i in range(len(frames))]
+    if frames and len(frames[-1]) < 8:  # a last frame of 7 bytes (no key, no value) is left to the slow path
+        frames.pop()
+        recs.pop()
+    pairs, end = put_run(buf, 0, limit, 0x4100 + 1, 8, 3, 100)
+    assert pairs == [(r, Position(3, 100 + s)) for r, s in zip(recs, starts)]
+    assert end == sum(map(len, frames))
+
+
+def test_put_run_keeps_within_limit():
+    """put_run never takes a frame over ``limit``, and takes any whose value is under ``limit - PUT_OVERHEAD``.
+
+    Every edge: keys of 0 and 127 bytes, values at each varint width's edge, limits around the frame's size.
+    """
+    for key in (b"", b"k" * 0x7F):
+        for size in (0, 0x7F, 0x80, 0x3FFF, 0x4000, 0x4100):
+            rec = Record.put(key, b"v" * size)
+            frame = encode_record(rec)
+            for limit in range(max(7, len(frame) - PUT_OVERHEAD - 5), len(frame) + 5):
+                pairs, _ = put_run(frame + b"\0", 0, limit, 1 << 20, 1, 0, 0)  # (8 bytes even for an empty frame)
+                if pairs:
+                    assert len(frame) <= limit
+                if size <= limit - PUT_OVERHEAD:
+                    assert pairs == [(rec, Position(0, 0))]
 
 
 @given(frames_or_garbage(), st.integers(7, 1 << 21))
