@@ -62,6 +62,7 @@ LZ4_MAX_INPUT = 0x7E000000
 
 _U32 = struct.Struct("<I")
 _pack_u32 = _U32.pack
+_BYTE = [bytes((i,)) for i in range(256)]  # one-byte bytes objects, made once
 _SEAL_BODY = struct.Struct("<QQ")  # record_count, data_end (offset of the seal frame)
 SEAL_FRAME_SIZE = MIN_FRAME_SIZE + _SEAL_BODY.size
 
@@ -185,17 +186,29 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
     """
     try:
         key, value, tombstone, ttl, compression, idem = record
-        if not compression and ttl is None and idem is None:
+        if not compression and ttl is None:
             # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
             kl, vl = len(key), len(value)
-            if kl < 0x80 and vl < 0x4000:
-                flag = FLAG_TOMBSTONE if tombstone else 0
-                head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-                if not prefix:  # two small copies beat two CRC calls and a join (the embedded Wal)
-                    body = head + key + value
-                    return _pack_u32(crc32c(body)) + body
-                head += key
-                return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
+            if idem is None:
+                if kl < 0x80 and vl < 0x4000:
+                    flag = FLAG_TOMBSTONE if tombstone else 0
+                    head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+                    if not prefix:  # two small copies beat two CRC calls and a join (the embedded Wal)
+                        body = head + key + value
+                        return _pack_u32(crc32c(body)) + body
+                    head += key
+                    return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
+            elif type(idem) is bytes and 0 < (il := len(idem)) <= MAX_IDEMPOTENCY_KEY:
+                # A keyed record: its value region starts with the key block (u8 length, then the key).
+                vl += il + 1
+                if kl < 0x80 and vl < 0x4000:
+                    flag = FLAG_IDEMPOTENCY | FLAG_TOMBSTONE if tombstone else FLAG_IDEMPOTENCY
+                    head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+                    if not prefix:  # one join: fewer copies than concatenating five parts
+                        body = b"".join((head, key, _BYTE[il], idem, value))
+                        return _pack_u32(crc32c(body)) + body
+                    head = b"".join((head, key, _BYTE[il], idem))
+                    return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
         flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
         stored = compress_value(value, compression) if compression else value
         block = b""  # a keyed frame's value region starts with its idempotency block
@@ -316,22 +329,29 @@ def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) ->
     e = vs + vlen
     if e > n or e - off > limit:
         return None
+    if buf[fp] & FLAG_IDEMPOTENCY and not (vlen and 0 < buf[vs] < vlen and buf[vs] <= MAX_IDEMPOTENCY_KEY):
+        return None  # a keyed frame's value region must start with a whole key block (frame_layout's check)
     mv = buf if type(buf) is memoryview else memoryview(buf)
     if crc32c(mv[p:e]) != _U32.unpack_from(buf, off)[0]:
         return None
     return vs, e
 
 
-def fast_run(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> tuple[int, int, int]:
+def fast_run(
+    buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes, keys: list[int | bytes] | None = None
+) -> tuple[int, int, int]:
     """``(end, frames, compressed)`` of the run of consecutive ``fast_frame`` frames from ``off``.
 
     The same decision as calling ``fast_frame`` frame after frame (property-tested),
     in one loop: a writer validates a batch of a hundred records per request, and a
     function call per record was a measurable part of its CPU. ``compressed``
     counts the run's frames whose flags say compressed. ``frames == 0``: the frame
-    at ``off`` is not a fast one (ask ``frame_layout``).
+    at ``off`` is not a fast one (ask ``frame_layout``). With ``keys``, each keyed
+    frame of the run adds its offset and its idempotency key to it (found in the
+    same walk: the writer's dedupe needs no second parse).
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
+    plain = type(buf) is bytes  # (a slice of bytes is bytes; of anything else, a copy is taken)
     unpack = _U32.unpack_from
     frames = compressed = 0
     while True:
@@ -355,10 +375,21 @@ def fast_run(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> t
         if fp >= n or flags_ok[buf[fp]] != 1:
             break
         e = fp + 1 + klen + vlen
-        if e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
+        if e > n or e - off > limit:
+            break
+        f = buf[fp]
+        if f & FLAG_IDEMPOTENCY:  # (only tables that take keyed frames get here)
+            vs = e - vlen
+            il = buf[vs] if vlen else 0
+            if not (0 < il < vlen and il <= MAX_IDEMPOTENCY_KEY) or crc32c(mv[p:e]) != unpack(buf, off)[0]:
+                break
+            if keys is not None:
+                key: bytes = buf[vs + 1 : vs + 1 + il] if plain else bytes(mv[vs + 1 : vs + 1 + il])  # type: ignore[assignment]
+                keys += (off, key)
+        elif crc32c(mv[p:e]) != unpack(buf, off)[0]:
             break
         frames += 1
-        if buf[fp] & COMPRESSION_MASK:
+        if f & COMPRESSION_MASK:
             compressed += 1
         off = e
     return off, frames, compressed
@@ -404,16 +435,15 @@ def fast_puts(buf: BytesLike, off: int, n: int, limit: int, max_value: int) -> l
 
 
 # Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
-# Records without TTL, seal or idempotency key (frame_layout checks its block), with a valid compression
-# (the scan: values are not decompressed there).
+# Records without TTL or seal, with a valid compression (the scan: values are not decompressed there);
+# keyed ones too (the fast paths check their key block as frame_layout does).
 SCAN_FLAGS = bytes(
-    1
-    if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL | FLAG_IDEMPOTENCY) and (f & COMPRESSION_MASK) != COMPRESSION_MASK
-    else 0
+    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
     for f in range(256)
 )
-# Of those, the uncompressed ones (a compressed value needs a decompression check).
-PLAIN_FLAGS = bytes(ok if not f & COMPRESSION_MASK else 0 for f, ok in enumerate(SCAN_FLAGS))
+# Of those, the uncompressed ones without a key (a compressed value needs a decompression check; a
+# reader's fast path builds unkeyed Records).
+PLAIN_FLAGS = bytes(ok if not f & (COMPRESSION_MASK | FLAG_IDEMPOTENCY) else 0 for f, ok in enumerate(SCAN_FLAGS))
 # A plain put: flags 0 (the reader's fast path builds the Record itself).
 PUT_FLAGS = bytes(1 if f == 0 else 0 for f in range(256))
 
