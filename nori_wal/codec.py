@@ -198,11 +198,11 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
                         return _pack_u32(crc32c(body)) + body
                     head += key
                     return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
-            elif type(idem) is bytes and 0 < (il := len(idem)) <= MAX_IDEMPOTENCY_KEY:
+            elif type(idem) is bytes and 0 < (il := len(idem)) <= 128:  # (MAX_IDEMPOTENCY_KEY)
                 # A keyed record: its value region starts with the key block (u8 length, then the key).
                 vl += il + 1
                 if kl < 0x80 and vl < 0x4000:
-                    flag = FLAG_IDEMPOTENCY | FLAG_TOMBSTONE if tombstone else FLAG_IDEMPOTENCY
+                    flag = 0x11 if tombstone else 0x10  # (FLAG_IDEMPOTENCY, | FLAG_TOMBSTONE)
                     head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
                     if not prefix:  # one join: fewer copies than concatenating five parts
                         body = b"".join((head, key, _BYTE[il], idem, value))
@@ -236,6 +236,24 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
             f"not a valid Record ({type(exc).__name__}: {exc}); make one with Record.put, "
             f"Record.put_with_ttl or Record.delete"
         ) from exc
+
+
+def encode_with_key(record: Record, idem: bytes) -> bytes:
+    """``encode_record`` of ``record`` carrying ``idem`` (1..128 bytes) instead of its own key.
+
+    A retrying client keys every record it sends (``client/retry.py``): this
+    frames it without making the keyed Record first.
+    """
+    key, value, tombstone, ttl, compression, _own = record
+    if not compression and ttl is None and type(idem) is bytes and type(key) is bytes:
+        kl, il = len(key), len(idem)
+        vl = len(value) + il + 1
+        if kl < 0x80 and vl < 0x4000 and 0 < il <= 128:  # (as encode_record's fast path)
+            flag = 0x11 if tombstone else 0x10
+            head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+            body = b"".join((head, key, _BYTE[il], idem, value))
+            return _pack_u32(crc32c(body)) + body
+    return encode_record(record._replace(idempotency_key=idem))
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:
@@ -375,19 +393,16 @@ def fast_run(
         if fp >= n or flags_ok[buf[fp]] != 1:
             break
         e = fp + 1 + klen + vlen
-        if e > n or e - off > limit:
+        if e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
             break
         f = buf[fp]
-        if f & FLAG_IDEMPOTENCY:  # (only tables that take keyed frames get here)
-            vs = e - vlen
-            il = buf[vs] if vlen else 0
-            if not (0 < il < vlen and il <= MAX_IDEMPOTENCY_KEY) or crc32c(mv[p:e]) != unpack(buf, off)[0]:
+        if f & 0x10:  # FLAG_IDEMPOTENCY (only tables that take keyed frames get here): check its key block
+            vs = e - vlen  # (the block: u8 length 1..128, within the value region; as frame_layout checks it)
+            if not vlen or not 0 < (il := buf[vs]) < vlen or il > 128:
                 break
             if keys is not None:
-                key: bytes = buf[vs + 1 : vs + 1 + il] if plain else bytes(mv[vs + 1 : vs + 1 + il])  # type: ignore[assignment]
-                keys += (off, key)
-        elif crc32c(mv[p:e]) != unpack(buf, off)[0]:
-            break
+                key = buf[vs + 1 : vs + 1 + il]
+                keys += (off, key if plain else bytes(key))  # type: ignore[arg-type]
         frames += 1
         if f & COMPRESSION_MASK:
             compressed += 1

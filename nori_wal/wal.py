@@ -200,21 +200,26 @@ class Wal:
         one unit) is written as an unkeyed one and its keys indexed with one
         ``add_new``; any other goes record by record (``_plan_keyed``).
         """
-        types = set(map(type, keys))
-        present: list[bytes] = keys if types == {bytes} else [k for k in keys if k is not None]  # type: ignore[assignment]
-        fast = (
-            types <= {bytes, type(None)}  # (a key of another type: a Record made without its checks)
-            and len(set(present)) == len(present)
-            and sum(map(len, frames)) <= self._log.max_frame
-        )
+        present: list[bytes] = keys  # type: ignore[assignment]
+        try:
+            uniq = set(keys)
+            if None in uniq:  # unkeyed records too
+                uniq.discard(None)
+                present = [k for k in keys if k is not None]
+            n_auto = auto_count(present)  # (a memoryview among bytes does not compare: TypeError)
+            fast = (
+                len(uniq) == len(present) and type(present[0]) is bytes and sum(map(len, frames)) <= self._log.max_frame
+            )
+        except (TypeError, ValueError):  # a key that does not hash or compare: a Record made without its checks
+            fast = False
         with self._write_lock:
             now = _now_ms()
             if fast and self._dedupe.all_new(present):
-                self._dedupe.check_room(len(present), now, auto_count(present))
+                self._dedupe.check_room(len(present), now, n_auto)
                 seg, first = self._log.append_frames((b"".join(frames),), (len(frames),))[0]
                 offsets = list(itertools.accumulate(map(len, frames[:-1]), initial=first))
                 keyed_offsets = offsets if present is keys else [o for o, k in zip(offsets, keys) if k is not None]
-                self._dedupe.add_new(present, keyed_offsets, seg, now)
+                self._dedupe.add_new(present, keyed_offsets, seg, now, 0, n_auto)
                 end = self._log.position
                 positions, dups = [make_position((seg, off)) for off in offsets], frozenset[int]()
             else:

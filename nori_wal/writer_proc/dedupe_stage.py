@@ -30,6 +30,7 @@ Rules:
 from __future__ import annotations
 
 import time
+from itertools import repeat
 from typing import Callable, NamedTuple, Sequence, Union
 
 from .. import protocol as P
@@ -106,8 +107,9 @@ class GroupKeys:
     def __init__(self, index: DedupeIndex, now: int):
         self.index = index
         self.now = now
-        self.taken: dict[bytes, int] = {}  # keys new in this group -> the unit that carries them
-        self.by_unit: dict[int, tuple[list[bytes], list[int]]] = {}  # unit -> its new keys, their offsets in it
+        self.taken: dict[bytes, int] | None = None  # keys new in this group -> their unit (made when needed)
+        self.by_unit: dict[int, tuple[list[bytes], list[int], int]] = {}  # unit -> its new keys, their
+        # offsets in it, how many of them are automatic
         self.dups: dict[int, list[tuple[int, Ref]]] = {}  # request (pending index) -> its duplicates
         self.new_keys = 0
         self.new_auto = 0  # of those, automatic ones (dedupe Rule 2)
@@ -124,20 +126,31 @@ class GroupKeys:
         """
         keys: list[bytes] = found[1::2]  # type: ignore[assignment]
         fresh = set(keys)
+        taken = self.taken if self.taken is not None or not self.by_unit else self._taken_map()  # (None: none yet)
         if (
             len(fresh) == len(keys)
             and len(payload) <= max_frame
             and self.index.all_new(fresh)
-            and self.taken.keys().isdisjoint(fresh)
+            and (taken is None or taken.keys().isdisjoint(fresh))
         ):  # the common request: all its keys new, written whole as one unit (Rule 1)
             n_auto = auto_count(keys)
             err = self._room(len(keys), n_auto)
             if err is not None:
                 return err
-            self.taken.update(dict.fromkeys(keys, first_unit))
-            self.by_unit[first_unit] = (keys, found[0::2])  # type: ignore[assignment]
+            if taken is not None:
+                taken.update(zip(keys, repeat(first_unit)))
+            self.by_unit[first_unit] = (keys, found[0::2], n_auto)  # type: ignore[assignment]
             return KeyedUnits([payload], [count], [])
         return self._add_one_by_one(payload, max_frame, first_unit)
+
+    def _taken_map(self) -> dict[bytes, int]:
+        """``taken``, made at the group's second keyed request (a group of one needs none)."""
+        taken = self.taken
+        if taken is None:
+            taken = self.taken = {}
+            for unit, (keys, _offsets, _n) in self.by_unit.items():
+                taken.update(zip(keys, repeat(unit)))
+        return taken
 
     def _room(self, new_keys: int, new_auto: int) -> DedupeCapacityError | None:
         """Count new keys in; the error when they do not fit (nothing counted then)."""
@@ -151,10 +164,10 @@ class GroupKeys:
 
     def _taken(self, key: bytes) -> tuple[int, int] | None:
         """(unit, offset in it) of the frame of this group that carries ``key``, if one does."""
-        unit = self.taken.get(key)
+        unit = self._taken_map().get(key)
         if unit is None:
             return None
-        keys, offsets = self.by_unit[unit]
+        keys, offsets, _n = self.by_unit[unit]
         return unit, offsets[keys.index(key)]
 
     def _add_one_by_one(self, payload: BytesLike, max_frame: int, first_unit: int) -> KeyedUnits | WalError:
@@ -176,19 +189,21 @@ class GroupKeys:
                     continue
                 fresh[key] = len(kept)
             kept.append((start, end, key))
+        n_auto = auto_count(list(fresh))
         if fresh:
-            err = self._room(len(fresh), auto_count(list(fresh)))
+            err = self._room(len(fresh), n_auto)
             if err is not None:
                 return err
         if not dups and len(payload) <= max_frame:  # all of it is written, as one unit: no copy
             units, counts, where = [payload], [len(kept)], [(0, s) for s, _e, _k in kept]
         else:
             units, counts, where = _cut(payload, kept, max_frame)
+        taken = self._taken_map()
         for j, (_s, _e, key) in enumerate(kept):
             if key is not None:
                 u, off = where[j]
-                self.taken[key] = first_unit + u
-                unit_keys, unit_offsets = self.by_unit.setdefault(first_unit + u, ([], []))
+                taken[key] = first_unit + u
+                unit_keys, unit_offsets, _n = self.by_unit.setdefault(first_unit + u, ([], [], -1))
                 unit_keys.append(key)
                 unit_offsets.append(off)
         resolved: list[tuple[int, Ref]] = []
@@ -204,7 +219,8 @@ class GroupKeys:
         """The unit ``unit`` was written at ``first``: add its new keys to the index (Rule 3)."""
         planned = self.by_unit.get(unit)
         if planned is not None:
-            self.index.add_new(planned[0], planned[1], first[0], self.now, first[1])
+            keys, offsets, n_auto = planned
+            self.index.add_new(keys, offsets, first[0], self.now, first[1], n_auto)
 
     def reply(self, request_id: int, pending_index: int, runs: list[int], firsts: Sequence[Position]) -> bytes | None:
         """The reply of a request with duplicates (Rule 5), or None when it has none."""
