@@ -68,6 +68,7 @@ _MS = timedelta(milliseconds=1)
 _COMPRESSIONS = tuple(Compression)  # by value (no Enum call per record)
 _PUT_HEAD = struct.Struct("<IBBBB")  # crc, key length, and 3 bytes: the value length's varint and the flags
 PUT_OVERHEAD = 4 + 1 + 3 + 1 + 0x7F  # the most a frame put_run takes holds besides its value
+_BYTE = [bytes((i,)) for i in range(256)]  # one-byte bytes objects, made once
 _SEAL_BODY = struct.Struct("<QQ")  # record_count, data_end (offset of the seal frame)
 SEAL_FRAME_SIZE = MIN_FRAME_SIZE + _SEAL_BODY.size
 
@@ -191,17 +192,29 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
     """
     try:
         key, value, tombstone, ttl, compression, idem = record
-        if not compression and ttl is None and idem is None:
+        if not compression and ttl is None:
             # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
             kl, vl = len(key), len(value)
-            if kl < 0x80 and vl < 0x4000:
-                flag = FLAG_TOMBSTONE if tombstone else 0
-                head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-                if not prefix:  # two small copies beat two CRC calls and a join (the embedded Wal)
-                    body = head + key + value
-                    return _pack_u32(crc32c(body)) + body
-                head += key
-                return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
+            if idem is None:
+                if kl < 0x80 and vl < 0x4000:
+                    flag = FLAG_TOMBSTONE if tombstone else 0
+                    head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+                    if not prefix:  # two small copies beat two CRC calls and a join (the embedded Wal)
+                        body = head + key + value
+                        return _pack_u32(crc32c(body)) + body
+                    head += key
+                    return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
+            elif type(idem) is bytes and 0 < (il := len(idem)) <= 128:  # (MAX_IDEMPOTENCY_KEY)
+                # A keyed record: its value region starts with the key block (u8 length, then the key).
+                vl += il + 1
+                if kl < 0x80 and vl < 0x4000:
+                    flag = 0x11 if tombstone else 0x10  # (FLAG_IDEMPOTENCY, | FLAG_TOMBSTONE)
+                    head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+                    if not prefix:  # one join: fewer copies than concatenating five parts
+                        body = b"".join((head, key, _BYTE[il], idem, value))
+                        return _pack_u32(crc32c(body)) + body
+                    head = b"".join((head, key, _BYTE[il], idem))
+                    return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
         flags = (compression << COMPRESSION_SHIFT) | (FLAG_TOMBSTONE if tombstone else 0)
         stored = compress_value(value, compression) if compression else value
         block = b""  # a keyed frame's value region starts with its idempotency block
@@ -229,6 +242,24 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
             f"not a valid Record ({type(exc).__name__}: {exc}); make one with Record.put, "
             f"Record.put_with_ttl or Record.delete"
         ) from exc
+
+
+def encode_with_key(record: Record, idem: bytes) -> bytes:
+    """``encode_record`` of ``record`` carrying ``idem`` (1..128 bytes) instead of its own key.
+
+    A retrying client keys every record it sends (``client/retry.py``): this
+    frames it without making the keyed Record first.
+    """
+    key, value, tombstone, ttl, compression, _own = record
+    if not compression and ttl is None and type(idem) is bytes and type(key) is bytes:
+        kl, il = len(key), len(idem)
+        vl = len(value) + il + 1
+        if kl < 0x80 and vl < 0x4000 and 0 < il <= 128:  # (as encode_record's fast path)
+            flag = 0x11 if tombstone else 0x10
+            head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
+            body = b"".join((head, key, _BYTE[il], idem, value))
+            return _pack_u32(crc32c(body)) + body
+    return encode_record(record._replace(idempotency_key=idem))
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:
@@ -322,22 +353,29 @@ def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) ->
     e = vs + vlen
     if e > n or e - off > limit:
         return None
+    if buf[fp] & FLAG_IDEMPOTENCY and not (vlen and 0 < buf[vs] < vlen and buf[vs] <= MAX_IDEMPOTENCY_KEY):
+        return None  # a keyed frame's value region must start with a whole key block (frame_layout's check)
     mv = buf if type(buf) is memoryview else memoryview(buf)
     if crc32c(mv[p:e]) != _U32.unpack_from(buf, off)[0]:
         return None
     return vs, e
 
 
-def fast_run(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> tuple[int, int, int]:
+def fast_run(
+    buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes, keys: list[int | bytes] | None = None
+) -> tuple[int, int, int]:
     """``(end, frames, compressed)`` of the run of consecutive ``fast_frame`` frames from ``off``.
 
     The same decision as calling ``fast_frame`` frame after frame (property-tested),
     in one loop: a writer validates a batch of a hundred records per request, and a
     function call per record was a measurable part of its CPU. ``compressed``
     counts the run's frames whose flags say compressed. ``frames == 0``: the frame
-    at ``off`` is not a fast one (ask ``frame_layout``).
+    at ``off`` is not a fast one (ask ``frame_layout``). With ``keys``, each keyed
+    frame of the run adds its offset and its idempotency key to it (found in the
+    same walk: the writer's dedupe needs no second parse).
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
+    plain = type(buf) is bytes  # (a slice of bytes is bytes; of anything else, a copy is taken)
     unpack = _U32.unpack_from
     frames = compressed = 0
     while True:
@@ -363,8 +401,16 @@ def fast_run(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) -> t
         e = fp + 1 + klen + vlen
         if e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
             break
+        f = buf[fp]
+        if f & 0x10:  # FLAG_IDEMPOTENCY (only tables that take keyed frames get here): check its key block
+            vs = e - vlen  # (the block: u8 length 1..128, within the value region; as frame_layout checks it)
+            if not vlen or not 0 < (il := buf[vs]) < vlen or il > 128:
+                break
+            if keys is not None:
+                key = buf[vs + 1 : vs + 1 + il]
+                keys += (off, key if plain else bytes(key))  # type: ignore[arg-type]
         frames += 1
-        if buf[fp] & COMPRESSION_MASK:
+        if f & COMPRESSION_MASK:
             compressed += 1
         off = e
     return off, frames, compressed
@@ -416,16 +462,15 @@ def put_run(
 
 
 # Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
-# Records without TTL, seal or idempotency key (frame_layout checks its block), with a valid compression
-# (the scan: values are not decompressed there).
+# Records without TTL or seal, with a valid compression (the scan: values are not decompressed there);
+# keyed ones too (the fast paths check their key block as frame_layout does).
 SCAN_FLAGS = bytes(
-    1
-    if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL | FLAG_IDEMPOTENCY) and (f & COMPRESSION_MASK) != COMPRESSION_MASK
-    else 0
+    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
     for f in range(256)
 )
-# Of those, the uncompressed ones (a compressed value needs a decompression check).
-PLAIN_FLAGS = bytes(ok if not f & COMPRESSION_MASK else 0 for f, ok in enumerate(SCAN_FLAGS))
+# Of those, the uncompressed ones without a key (a compressed value needs a decompression check; a
+# reader's fast path builds unkeyed Records).
+PLAIN_FLAGS = bytes(ok if not f & (COMPRESSION_MASK | FLAG_IDEMPOTENCY) else 0 for f, ok in enumerate(SCAN_FLAGS))
 # A plain put: flags 0 (the reader's fast path builds the Record itself).
 PUT_FLAGS = bytes(1 if f == 0 else 0 for f in range(256))
 

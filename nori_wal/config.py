@@ -21,6 +21,12 @@ MAX_SEGMENT_SIZE = 2**63 - 1  # bytes: the largest file offset (a signed 64-bit 
 DEFAULT_BATCH_WINDOW = 0.005  # seconds: at most one fsync per 5 ms
 DEFAULT_DEDUPE_WINDOW = timedelta(minutes=10)  # idempotency keys are remembered at least this long
 DEFAULT_DEDUPE_MAX_KEYS = 1_000_000  # keys the dedupe index holds at most (nori_wal/dedupe.py)
+# A retrying client's automatic keys (nori_wal/dedupe.py Rule 2) are remembered this long: its longest
+# delivery_timeout (dedupe.MAX_DELIVERY_TIMEOUT, 120 s) and 30 s for a retry still queued at the writer
+# at least, so that much is the floor.
+DEFAULT_AUTO_KEY_WINDOW = timedelta(minutes=3)
+MIN_AUTO_KEY_WINDOW = timedelta(seconds=150)
+DEFAULT_DEDUPE_MAX_AUTO_KEYS = 4_000_000  # 22,000 auto-keyed appends/s sustained over 3 minutes
 
 _KINDS = ("always", "batch", "os")
 
@@ -121,6 +127,8 @@ class WalConfig:
     node_id: int = 0  # recorded in every segment header
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW  # how long an idempotency key is remembered (at least)
     dedupe_max_keys: int = DEFAULT_DEDUPE_MAX_KEYS  # a new key past this many within the window is refused
+    auto_key_window: timedelta = DEFAULT_AUTO_KEY_WINDOW  # how long a retrying client's automatic key is remembered
+    dedupe_max_auto_keys: int = DEFAULT_DEDUPE_MAX_AUTO_KEYS  # ... and how many of them at most
     max_retained_bytes: int | None = None  # bytes: consumers may hold back GC until the log is this big (None: no cap)
     group: str | None = None  # share with this group: dir 0750, files 0640, socket 0660 (None: owner-only 0700/0600)
 
@@ -151,10 +159,7 @@ class WalConfig:
                 f"WalConfig fsync_policy must be an FsyncPolicy or its text ('always', 'batch', 'batch:5ms', 'os'), "
                 f"got {type(policy).__name__}"
             )
-        if not isinstance(self.dedupe_window, timedelta) or self.dedupe_window <= timedelta(0):
-            raise ValueError(f"WalConfig dedupe_window must be a positive timedelta, got {self.dedupe_window!r}")
-        if type(self.dedupe_max_keys) is not int or self.dedupe_max_keys < 1:
-            raise ValueError(f"WalConfig dedupe_max_keys must be an int >= 1, got {self.dedupe_max_keys!r}")
+        self._check_dedupe()
         if self.max_retained_bytes is not None:
             retained = self.max_retained_bytes = _check_int("WalConfig", "max_retained_bytes", self.max_retained_bytes)
             if retained < 0:
@@ -165,3 +170,16 @@ class WalConfig:
             if not isinstance(self.group, str) or not self.group:
                 raise TypeError(f"WalConfig group must be None or a group name, got {self.group!r}")
             group_id(self.group)  # ValueError naming it when there is no such group
+
+    def _check_dedupe(self) -> None:
+        if not isinstance(self.dedupe_window, timedelta) or self.dedupe_window <= timedelta(0):
+            raise ValueError(f"WalConfig dedupe_window must be a positive timedelta, got {self.dedupe_window!r}")
+        if type(self.dedupe_max_keys) is not int or self.dedupe_max_keys < 1:
+            raise ValueError(f"WalConfig dedupe_max_keys must be an int >= 1, got {self.dedupe_max_keys!r}")
+        if not isinstance(self.auto_key_window, timedelta) or self.auto_key_window < MIN_AUTO_KEY_WINDOW:
+            raise ValueError(
+                f"WalConfig auto_key_window must be a timedelta of at least {MIN_AUTO_KEY_WINDOW} (a client retries "
+                f"for up to 120 s), got {self.auto_key_window!r}"
+            )
+        if type(self.dedupe_max_auto_keys) is not int or self.dedupe_max_auto_keys < 1:
+            raise ValueError(f"WalConfig dedupe_max_auto_keys must be an int >= 1, got {self.dedupe_max_auto_keys!r}")

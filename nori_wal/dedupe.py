@@ -2,41 +2,89 @@
 
 Rules:
 1. An entry is (key, Position of the record that first carried it, the time
-   it was appended, wall-clock ms). A key is remembered at least ``window``
-   after that time; the first record is the original: a later add of a key
-   still remembered changes nothing (``add`` returns False).
-2. Memory is bounded by ``max_keys``. Forgetting a key inside its window
-   would turn a retry into a duplicate, so the index never evicts early: a
-   NEW key that would exceed ``max_keys`` after expired keys are dropped is
-   refused (``DedupeCapacityError``) and nothing is written; duplicates are
-   still answered. Size it as keyed appends per second x window.
-   Per key: about 130 bytes + the key's length (163 for a 36-byte key: a dict slot, the key's bytes
-   object, one int packing position and time, a deque slot;
-   ``scripts/dedupe_bench.py`` measures it).
-3. Keys are added in append order with a clock that never runs backwards
-   (``now`` is raised to the last one seen), so expiry is a walk from the
-   oldest end: O(1) amortised per key.
-4. Key files (``NNNNNN.keys``, docs/FORMAT.md) hold a sealed segment's keys
-   and their times, so an open need not scan sealed segments. One is checked
-   against the seal of the segment it describes and its CRCs; anything that
-   does not match is ignored and the segment is scanned instead: a key file
-   is a cache, never trusted over the log.
+   it was appended, wall-clock ms). A key is remembered at least its class's
+   window after that time; the first record is the original: a later add of
+   a key still remembered changes nothing (``add`` returns False).
+2. Two classes of keys, by shape: an automatic key (``is_auto_key``: 16
+   bytes starting with ``AUTO_KEY_PREFIX``, what a retrying client gives a
+   record without a key, ``client/retry.py``) only has to outlive its
+   client's retries, so it is remembered ``auto_window_ms``
+   (``WalConfig.auto_key_window``, longer than ``MAX_DELIVERY_TIMEOUT``);
+   every other key, ``window_ms`` (``WalConfig.dedupe_window``). Each class
+   has its own expiry queue and its own cap.
+3. Memory is bounded by ``max_keys`` (other keys) and ``max_auto_keys``.
+   Forgetting a key inside its window would turn a retry into a duplicate,
+   so the index never evicts early: a NEW key that would exceed its class's
+   cap after expired keys are dropped is refused (``DedupeCapacityError``)
+   and nothing is written; duplicates are still answered. Size a cap as
+   keyed appends per second x window. Per key: about 130 bytes + the key's
+   length (a dict slot, the key's bytes object, its offset and a slot in
+   two lists; ``scripts/dedupe_bench.py`` measures it).
+4. Keys live in runs (``_Run``): keys of one class appended together in one
+   segment, with one time, their offsets in log order. The dict maps a key
+   to its run: a batch of new keys goes in with one ``dict.update`` and no
+   Python step per key (``all_new``/``add_new``), and a run's Position of a
+   key is found only when asked (a duplicate). A run takes more keys only
+   within ``merge_span_ms`` of its first (a log's index: ``MERGE_SPAN_MS``, so
+   that one-at-a-time appends do not make a run each), and its time is its
+   newest key's: every key is remembered at least its window, and at most
+   ``merge_span_ms`` longer (with 0, exactly its window).
+5. Keys are added with a clock that never runs backwards (``now`` is raised
+   to the last one seen), so each class's queue of runs is in time order and
+   expiry drops whole runs from its oldest end: O(1) amortised per key.
+6. Key files (``NNNNNN.keys``, docs/FORMAT.md) hold a sealed segment's keys
+   (both classes) and their times, so an open need not scan sealed segments.
+   One is checked against the seal of the segment it describes and its CRCs;
+   anything that does not match is ignored and the segment is scanned
+   instead: a key file is a cache, never trusted over the log.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Iterator, NamedTuple
+from datetime import timedelta
+from itertools import repeat
+from operator import itemgetter
+from typing import Collection, Iterator, NamedTuple, Sequence
 
 from crc32c import crc32c
 
+from .config import WalConfig
 from .errors import DedupeCapacityError
-from .position import Position
+from .position import Position, make_position
 
-_SEG_SHIFT = 64
-_TIME_SHIFT = 128
-_LOW = (1 << 64) - 1
+AUTO_KEY_PREFIX = b"\x00"  # a byte no text key starts with: automatic keys never collide with a caller's
+AUTO_KEY_SIZE = 16  # the prefix, a producer id (8 bytes) and a sequence (7 bytes): client/retry.py
+MAX_DELIVERY_TIMEOUT = 120.0  # seconds: the longest a client retries; an automatic key outlives it (Rule 2)
+MERGE_SPAN_MS = 1000  # a log's index: a run takes keys added within this long of its first (Rule 4)
+_CONSUME = deque[object](maxlen=0).extend  # runs an iterator to its end (C-level)
+
+
+def is_auto_key(key: bytes) -> bool:
+    """Whether ``key`` has the shape of an automatic key (Rule 2)."""
+    return len(key) == AUTO_KEY_SIZE and key[0] == 0
+
+
+def auto_count(keys: Sequence[bytes]) -> int:
+    """How many of ``keys`` are automatic; without a Python step per key when none or all are."""
+    if not keys or min(keys)[0] != 0:
+        return 0
+    if max(keys)[0] == 0 and min(map(len, keys)) == max(map(len, keys)) == AUTO_KEY_SIZE:
+        return len(keys)
+    return sum(1 for k in keys if len(k) == AUTO_KEY_SIZE and k[0] == 0)
+
+
+def index_for(config: WalConfig) -> DedupeIndex:
+    """The empty index a log of ``config`` keeps (its windows in ms, its caps)."""
+    ms = timedelta(milliseconds=1)
+    return DedupeIndex(
+        max(1, config.dedupe_window // ms),
+        config.dedupe_max_keys,
+        max(1, config.auto_key_window // ms),
+        config.dedupe_max_auto_keys,
+        merge_span_ms=MERGE_SPAN_MS,
+    )
 
 
 class AppendResult(NamedTuple):
@@ -46,17 +94,66 @@ class AppendResult(NamedTuple):
     duplicate: bool
 
 
-class DedupeIndex:
-    """key -> (original Position, append time in ms) for keys appended within ``window_ms``."""
+class _Run:
+    """Keys of one class appended together in one segment (Rule 4): ``keys[i]`` is at ``base + offsets[i]``."""
 
-    def __init__(self, window_ms: int, max_keys: int):
-        if window_ms <= 0 or max_keys < 1:
-            raise ValueError(f"window_ms and max_keys must be positive, got {window_ms}, {max_keys}")
+    __slots__ = ("auto", "base", "first", "keys", "offsets", "segment_id", "time", "where")
+
+    def __init__(self, auto: bool, segment_id: int, base: int, time: int, keys: list[bytes], offsets: list[int]):
+        self.auto, self.segment_id, self.base = auto, segment_id, base
+        self.first = self.time = time
+        self.keys, self.offsets = keys, offsets
+        self.where: dict[bytes, int] | None = None  # key -> offset, made at the first lookup
+
+    def position(self, key: bytes) -> Position:
+        where = self.where
+        if where is None:
+            where = self.where = dict(zip(self.keys, self.offsets))
+        return make_position((self.segment_id, self.base + where[key]))
+
+    def extend(self, keys: Sequence[bytes], offsets: Sequence[int], base: int, time: int) -> None:
+        """Take more keys (at ``base + offsets``) appended at ``time`` (>= the run's)."""
+        if base != self.base:
+            offsets = [base - self.base + off for off in offsets]
+        self.keys += keys
+        self.offsets += offsets
+        if self.where is not None:
+            self.where.update(zip(keys, offsets))
+        self.time = time
+
+
+class DedupeIndex:
+    """key -> (original Position, append time in ms) for keys appended within their class's window.
+
+    ``auto_window_ms`` and ``max_auto_keys`` (automatic keys, Rule 2) default to
+    ``window_ms`` and ``max_keys``; ``merge_span_ms`` (Rule 4) to 0.
+    """
+
+    def __init__(
+        self,
+        window_ms: int,
+        max_keys: int,
+        auto_window_ms: int | None = None,
+        max_auto_keys: int | None = None,
+        *,
+        merge_span_ms: int = 0,
+    ):
+        auto_window_ms = window_ms if auto_window_ms is None else auto_window_ms
+        max_auto_keys = max_keys if max_auto_keys is None else max_auto_keys
+        if min(window_ms, auto_window_ms) <= 0 or min(max_keys, max_auto_keys) < 1:
+            raise ValueError(
+                f"windows and caps must be positive, got {window_ms}, {auto_window_ms} ms and {max_keys}, "
+                f"{max_auto_keys} keys"
+            )
         self.window_ms = window_ms
         self.max_keys = max_keys
-        self._entries: dict[bytes, int] = {}  # key -> time << 128 | segment id << 64 | offset
-        self._order: deque[bytes] = deque()  # keys in the order they were added (oldest first)
-        self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 3)
+        self.auto_window_ms = auto_window_ms
+        self.max_auto_keys = max_auto_keys
+        self.merge_span_ms = merge_span_ms
+        self._entries: dict[bytes, _Run] = {}
+        self._runs = (deque[_Run](), deque[_Run]())  # other keys' runs, automatic keys' runs: oldest first
+        self._held = [0, 0]  # keys held per class (the same order)
+        self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 5)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -64,94 +161,146 @@ class DedupeIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    @property
+    def auto_keys(self) -> int:
+        """How many automatic keys are held (``len`` counts both classes)."""
+        return self._held[1]
+
     def _clock(self, now_ms: int) -> int:
         if now_ms > self._now:
             self._now = now_ms
         return self._now
 
     def expire(self, now_ms: int) -> int:
-        """Drop keys older than the window at ``now_ms``; returns how many were dropped."""
-        cutoff = self._clock(now_ms) - self.window_ms
-        entries, order = self._entries, self._order
+        """Drop keys older than their window at ``now_ms``; returns how many were dropped."""
+        now = self._clock(now_ms)
+        entries, held = self._entries, self._held
         dropped = 0
-        while order and entries[order[0]] >> _TIME_SHIFT < cutoff:
-            del entries[order.popleft()]  # each key is queued once, in time order (Rule 3)
-            dropped += 1
+        for cls, window in ((0, self.window_ms), (1, self.auto_window_ms)):
+            runs = self._runs[cls]
+            cutoff = now - window
+            while runs and runs[0].time < cutoff:
+                keys = runs.popleft().keys
+                _CONSUME(map(entries.__delitem__, keys))  # each key is in one run, the one it maps to
+                held[cls] -= len(keys)
+                dropped += len(keys)
         return dropped
 
     def lookup(self, key: bytes, now_ms: int) -> Position | None:
         """The original Position of ``key`` if it is remembered at ``now_ms``, else None."""
-        packed = self._entries.get(key)
-        if packed is None or packed >> _TIME_SHIFT < self._clock(now_ms) - self.window_ms:
+        run = self._entries.get(key)
+        if run is None or run.time < self._clock(now_ms) - (self.auto_window_ms if run.auto else self.window_ms):
             return None  # (an expired key is dropped at the next ``expire``)
-        return Position((packed >> _SEG_SHIFT) & _LOW, packed & _LOW)
+        return run.position(key)
 
-    def check_room(self, new_keys: int, now_ms: int) -> None:
-        """Raise DedupeCapacityError unless ``new_keys`` more keys fit (after dropping expired ones)."""
-        if len(self._entries) + new_keys <= self.max_keys:
+    def check_room(self, new_keys: int, now_ms: int, new_auto: int = 0) -> None:
+        """Raise DedupeCapacityError unless ``new_keys`` more keys, ``new_auto`` of them automatic, fit
+        (after dropping expired ones)."""
+        other, held = new_keys - new_auto, self._held
+        if held[0] + other <= self.max_keys and held[1] + new_auto <= self.max_auto_keys:
             return
         self.expire(now_ms)
-        if len(self._entries) + new_keys > self.max_keys:
+        if held[0] + other > self.max_keys:
             raise DedupeCapacityError(
-                f"the dedupe index holds {len(self._entries)} keys appended within the last "
+                f"the dedupe index holds {held[0]} keys appended within the last "
                 f"{self.window_ms} ms and may hold at most {self.max_keys} (WalConfig.dedupe_max_keys): "
-                f"{new_keys} new key(s) refused, nothing written. Raise dedupe_max_keys (about 130 bytes + the "
+                f"{other} new key(s) refused, nothing written. Raise dedupe_max_keys (about 130 bytes + the "
                 f"key's length each) or shorten dedupe_window"
+            )
+        if held[1] + new_auto > self.max_auto_keys:
+            raise DedupeCapacityError(
+                f"the dedupe index holds {held[1]} automatic keys (a retrying client's) appended "
+                f"within the last {self.auto_window_ms} ms and may hold at most {self.max_auto_keys} "
+                f"(WalConfig.dedupe_max_auto_keys): {new_auto} new key(s) refused, nothing written. Raise "
+                f"dedupe_max_auto_keys (about 150 bytes each) or shorten auto_key_window"
             )
 
     def add(self, key: bytes, position: Position, now_ms: int, *, check: bool = True) -> bool:
         """Remember ``key`` at ``position`` (appended at ``now_ms``); False if it is already remembered.
 
-        ``check`` refuses a new key past ``max_keys`` (Rule 2, DedupeCapacityError).
+        ``check`` refuses a new key past its class's cap (Rule 3, DedupeCapacityError).
         """
         now = self._clock(now_ms)
         if check and self.lookup(key, now) is None:
-            self.check_room(1, now)
+            self.check_room(1, now, 1 if is_auto_key(key) else 0)
         return self._put(key, position, now)
+
+    def all_new(self, keys: Collection[bytes]) -> bool:
+        """True if no key of ``keys`` is held, remembered or expired-not-yet-dropped (Rule 4)."""
+        return self._entries.keys().isdisjoint(keys)
+
+    def add_new(
+        self, keys: list[bytes], offsets: list[int], segment_id: int, now_ms: int, base: int = 0, n_auto: int = -1
+    ) -> None:
+        """Remember ``keys`` (distinct, none held: ``all_new``; room checked), appended at ``now_ms`` in
+        ``segment_id`` at ``base + offsets`` in log order (Rule 4). ``n_auto``: ``auto_count(keys)`` if known."""
+        if n_auto < 0:
+            n_auto = auto_count(keys)
+        if n_auto == 0 or n_auto == len(keys):
+            self._add_run(n_auto > 0, keys, offsets, segment_id, base, self._clock(now_ms))
+            return
+        for key, off in zip(keys, offsets):  # a mixed batch
+            self._add_run(is_auto_key(key), [key], [off], segment_id, base, self._clock(now_ms))
+
+    def _add_run(self, auto: bool, keys: list[bytes], offsets: list[int], segment_id: int, base: int, t: int) -> None:
+        """Add new keys of one class at time ``t`` (>= every time held): to the newest run if it may take
+        them (Rule 4), else as a new run."""
+        runs = self._runs[auto]
+        run = runs[-1] if runs else None
+        if run is not None and len(keys) < 16 and run.segment_id == segment_id and t - run.first <= self.merge_span_ms:
+            run.extend(keys, offsets, base, t)
+        else:
+            run = _Run(auto, segment_id, base, t, keys, offsets)
+            runs.append(run)
+        if len(keys) == 1:
+            self._entries[keys[0]] = run
+        else:
+            self._entries.update(zip(keys, repeat(run)))
+        self._held[auto] += len(keys)
 
     def restore(self, key: bytes, position: Position, time_ms: int) -> bool:
         """Remember a key read back from the log or a key file, appended at ``time_ms``.
 
         Keys come in log order and are never refused (they are in the log
-        already). A time earlier than one restored before is raised to it (Rule 3:
+        already). A time earlier than one restored before is raised to it (Rule 5:
         remembered longer, never shorter). False if the key was already remembered.
         """
         return self._put(key, position, self._clock(time_ms))
 
     def _put(self, key: bytes, position: Position, t: int) -> bool:
         """Insert at time ``t`` (>= every time held); the first position of a remembered key stays."""
+        auto = len(key) == AUTO_KEY_SIZE and key[0] == 0
         old = self._entries.get(key)
         if old is not None:
-            if old >> _TIME_SHIFT >= t - self.window_ms:
+            if old.time >= t - (self.auto_window_ms if auto else self.window_ms):
                 return False
-            self.expire(t)  # the old entry is past the window: this drops it, and its queue slot
-        self._entries[key] = (t << _TIME_SHIFT) | (position.segment_id << _SEG_SHIFT) | position.offset
-        self._order.append(key)
+            self.expire(t)  # the old entry is past the window: this drops its run
+        self._add_run(auto, [key], [position.offset], position.segment_id, 0, t)
         return True
 
     def segment_entries(self, segment_id: int) -> list[tuple[bytes, int, int]]:
         """``(key, offset, time_ms)`` of the keys remembered in ``segment_id``, in log order.
 
-        Keys are added in log order, so they are a run at the newest end: the
-        walk stops at the first key of an earlier segment.
+        Runs are added in log order, so in each queue a segment's runs are at
+        the newest end: the walk stops at the first run of an earlier segment.
         """
         out: list[tuple[bytes, int, int]] = []
-        entries = self._entries
-        for key in reversed(self._order):
-            packed = entries[key]
-            sid = (packed >> _SEG_SHIFT) & _LOW
-            if sid < segment_id:
-                break
-            if sid == segment_id:
-                out.append((key, packed & _LOW, packed >> _TIME_SHIFT))
-        out.reverse()
+        for runs in self._runs:
+            for run in reversed(runs):
+                if run.segment_id < segment_id:
+                    break
+                if run.segment_id == segment_id:
+                    base, t = run.base, run.time
+                    out += [(key, base + off, t) for key, off in zip(run.keys, run.offsets)]
+        out.sort(key=itemgetter(1))
         return out
 
     def items(self) -> Iterator[tuple[bytes, Position, int]]:
-        """Every remembered ``(key, position, time_ms)``, oldest first."""
-        for key in self._order:
-            packed = self._entries[key]
-            yield key, Position((packed >> _SEG_SHIFT) & _LOW, packed & _LOW), packed >> _TIME_SHIFT
+        """Every remembered ``(key, position, time_ms)``: other keys oldest first, then automatic ones."""
+        for runs in self._runs:
+            for run in runs:
+                for key, off in zip(run.keys, run.offsets):
+                    yield key, make_position((run.segment_id, run.base + off)), run.time
 
 
 # -- key files ------------------------------------------------------------------------------

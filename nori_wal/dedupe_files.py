@@ -103,7 +103,7 @@ def rebuild_index(
     remove_stale_key_files(layer, directory, segment_ids)
     names = set(layer.listdir(directory))
     read = scanned = ignored = 0
-    cutoff = now_ms - index.window_ms
+    cutoff = now_ms - max(index.window_ms, index.auto_window_ms)  # (a key file of either class)
     for i, sid in enumerate(segment_ids):
         last = i == len(segment_ids) - 1
         has_file = key_file_name(sid) in names

@@ -304,12 +304,14 @@ def check_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalE
     return None if isinstance(res, int) else res
 
 
-def validate_payload(payload: BytesLike, record_count: int, max_frame: int) -> WalError | int:
+def validate_payload(
+    payload: BytesLike, record_count: int, max_frame: int, keys: list[int | bytes] | None = None
+) -> WalError | int:
     """``check_payload``'s error, or, for a valid payload, how many of its frames carry an idempotency key.
 
-    The count comes free with the scan (keyed frames leave its fast path), so
-    the writer needs no hint from the producer to find them, and an unkeyed
-    payload costs nothing more.
+    The keys come free with the scan (``scan_frames(..., keys)``: each keyed
+    frame's offset and key, added to ``keys``), so the writer needs no hint
+    from the producer to find them and never parses a frame twice.
     """
     n = len(payload)
     if n > MAX_PAYLOAD_BYTES:
@@ -318,7 +320,9 @@ def validate_payload(payload: BytesLike, record_count: int, max_frame: int) -> W
         return ProtocolError(f"APPEND of {record_count} record(s) in {n} bytes: need at least one record")
     if record_count > n // MIN_FRAME_SIZE:
         return ProtocolError(f"APPEND claims {record_count} records but {n} bytes hold at most {n // MIN_FRAME_SIZE}")
-    res = scan_frames(payload, 0, FORMAT_MAX_FRAME)
+    if keys is None:
+        keys = []
+    res = scan_frames(payload, 0, FORMAT_MAX_FRAME, keys)
     if res.stop is Stop.END and res.valid_end == n:
         if res.records != record_count:
             return ProtocolError(f"APPEND claims {record_count} records but the payload holds {res.records}")

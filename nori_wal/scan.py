@@ -35,6 +35,7 @@ from .codec import (
     fast_run,
     frame_end,
     frame_layout,
+    idempotency_key_of,
     parse_header,
 )
 from .durable_mark import records_lost_below_mark
@@ -61,7 +62,7 @@ class ScanResult(NamedTuple):
     seal: Seal | None = None
     reason: str = ""
     compressed: int = 0  # of those records, how many have a compressed value (not checked here)
-    keyed: int = 0  # of those records, how many carry an idempotency key (counted off the fast path only)
+    keyed: int = 0  # of those records, how many carry an idempotency key (counted when ``keys`` is given)
 
 
 _U32 = struct.Struct("<I")
@@ -81,18 +82,22 @@ def one_plain_frame(buf: BytesLike, limit: int) -> bool:
     return lay is not None and lay[1] == n
 
 
-def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -> ScanResult:
+def scan_frames(
+    buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME, keys: list[int | bytes] | None = None
+) -> ScanResult:
     """Walk the frames of ``buf`` from ``start``; never raises for damaged input.
 
     Runs of common frames take codec's ``fast_run``; everything else goes through
-    ``codec.frame_layout`` and ``decode_record``.
+    ``codec.frame_layout`` and ``decode_record``. With ``keys``, each keyed
+    record's offset and idempotency key are added to it (``ScanResult.keyed``
+    counts them), found in the same walk.
     """
     mv = buf if type(buf) is memoryview else memoryview(buf)
     n = len(buf)
-    off, count, compressed, keyed = start, 0, 0, 0
+    off, count, compressed = start, 0, 0
     unpack = _U32.unpack_from
     while off < n:
-        end, frames, fast_compressed = fast_run(buf, off, n, limit, SCAN_FLAGS)
+        end, frames, fast_compressed = fast_run(buf, off, n, limit, SCAN_FLAGS, keys)
         if frames:
             count, compressed, off = count + frames, compressed + fast_compressed, end
             continue
@@ -107,11 +112,11 @@ def scan_frames(buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME) -
             return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
         if flags & COMPRESSION_MASK:
             compressed += 1
-        if flags & FLAG_IDEMPOTENCY:  # (keyed frames never take the fast path: SCAN_FLAGS)
-            keyed += 1
+        if flags & FLAG_IDEMPOTENCY and keys is not None:
+            keys += (off, idempotency_key_of(buf, full))  # type: ignore[arg-type]
         count += 1
         off = end
-    return ScanResult(off, count, Stop.END, compressed=compressed, keyed=keyed)
+    return ScanResult(off, count, Stop.END, compressed=compressed, keyed=0 if keys is None else len(keys) // 2)
 
 
 def _stopped(buf: BytesLike, off: int, count: int, status: int, limit: int) -> ScanResult:

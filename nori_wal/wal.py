@@ -25,13 +25,12 @@ import os
 import threading
 import time
 import weakref
-from datetime import timedelta
 from typing import Iterable, Sequence
 
 from .codec import encode_record
 from .commit import fsync_due_at, needs_fsync
 from .config import WalConfig
-from .dedupe import AppendResult, DedupeIndex
+from .dedupe import AppendResult, auto_count, index_for
 from .dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
 from .errors import WalClosedError, WalError, WalIOError
 from .fs import OS, FileLayer
@@ -75,8 +74,7 @@ class Wal:
         self.config = log.config
         self._policy = log.config.fsync_policy
         self._last_fsync = float("-inf")
-        window_ms = max(1, log.config.dedupe_window // timedelta(milliseconds=1))
-        self._dedupe = DedupeIndex(window_ms, log.config.dedupe_max_keys)
+        self._dedupe = index_for(log.config)
         self.dedupe_rebuild = RebuildInfo(0, 0, 0, 0)  # what the open's rebuild of the index read
         self._new_locks()
         _OPEN_WALS.add(self)
@@ -170,9 +168,10 @@ class Wal:
         Keyed records are judged one by one (``append_batch_ex``).
         """
         records = list(records)
-        frames = [encode_record(r) for r in records]
-        if any(r.idempotency_key is not None for r in records):
-            return [res.position for res in self._append_batch_keyed(records, frames)]
+        frames = list(map(encode_record, records))
+        keys = [r[5] for r in records]  # (idempotency_key)
+        if keys and (keys[0] is not None or keys.count(None) != len(keys)):
+            return self._append_batch_keyed(records, frames, keys)[0]
         with self._write_lock:
             if not frames:
                 self._log.check_usable()
@@ -189,7 +188,75 @@ class Wal:
         window, or earlier in this batch (then it gets that record's position).
         """
         records = list(records)
-        return self._append_batch_keyed(records, [encode_record(r) for r in records])
+        positions, dups = self._append_batch_keyed(records, list(map(encode_record, records)), [r[5] for r in records])
+        return [AppendResult(p, i in dups) for i, p in enumerate(positions)]
+
+    def _append_batch_keyed(
+        self, records: list[Record], frames: list[bytes], keys: list[bytes | None]
+    ) -> tuple[list[Position], frozenset[int]]:
+        """Append a batch holding keyed records: every record's Position and the indexes of the duplicates.
+
+        The common batch (its keys distinct bytes, none in the index, all of it
+        one unit) is written as an unkeyed one and its keys indexed with one
+        ``add_new``; any other goes record by record (``_plan_keyed``).
+        """
+        present: list[bytes] = keys  # type: ignore[assignment]
+        try:
+            uniq = set(keys)
+            if None in uniq:  # unkeyed records too
+                uniq.discard(None)
+                present = [k for k in keys if k is not None]
+            n_auto = auto_count(present)  # (a memoryview among bytes does not compare: TypeError)
+            fast = (
+                len(uniq) == len(present) and type(present[0]) is bytes and sum(map(len, frames)) <= self._log.max_frame
+            )
+        except (TypeError, ValueError):  # a key that does not hash or compare: a Record made without its checks
+            fast = False
+        with self._write_lock:
+            now = _now_ms()
+            if fast and self._dedupe.all_new(present):
+                self._dedupe.check_room(len(present), now, n_auto)
+                seg, first = self._log.append_frames((b"".join(frames),), (len(frames),))[0]
+                offsets = list(itertools.accumulate(map(len, frames[:-1]), initial=first))
+                keyed_offsets = offsets if present is keys else [o for o, k in zip(offsets, keys) if k is not None]
+                self._dedupe.add_new(present, keyed_offsets, seg, now, 0, n_auto)
+                end = self._log.position
+                positions, dups = [make_position((seg, off)) for off in offsets], frozenset[int]()
+            else:
+                positions, dups = self._plan_keyed(records, frames, now)
+                end = self._log.position
+        self._await_durable(end)
+        return positions, dups
+
+    def _plan_keyed(
+        self, records: list[Record], frames: list[bytes], now: int
+    ) -> tuple[list[Position], frozenset[int]]:
+        """A keyed batch record by record (under the write lock): duplicates of the log or of an earlier
+        record of the batch are not written."""
+        # Per record: a Position (a duplicate of the log), an int (the index of this batch's first
+        # record with that key), or None (written).
+        plan: list[Position | int | None] = []
+        first: dict[bytes, int] = {}
+        for i, r in enumerate(records):
+            key = r.idempotency_key
+            if key is not None:
+                key = bytes(key)
+                if key in first:
+                    plan.append(first[key])
+                    continue
+                pos = self._dedupe.lookup(key, now)
+                if pos is not None:
+                    plan.append(pos)
+                    continue
+                first[key] = i
+            plan.append(None)
+        self._dedupe.check_room(len(first), now, auto_count(list(first)))
+        todo = [i for i, p in enumerate(plan) if p is None]
+        written = dict(zip(todo, self._write_keyed_units(todo, records, frames, now)))
+        if not todo:
+            self._log.check_usable()
+        positions = [written[i] if p is None else written[p] if isinstance(p, int) else p for i, p in enumerate(plan)]
+        return positions, frozenset(i for i, p in enumerate(plan) if p is not None)
 
     def _write_frames(self, frames: list[bytes]) -> list[Position]:
         """Write frames (under the write lock): one unit when they fit in a segment, else frame by frame."""
@@ -199,35 +266,6 @@ class Wal:
             offsets = itertools.accumulate(map(len, frames[:-1]), initial=first)
             return [make_position((seg, off)) for off in offsets]
         return log.append_frames(frames)
-
-    def _append_batch_keyed(self, records: list[Record], frames: list[bytes]) -> list[AppendResult]:
-        with self._write_lock:
-            now = _now_ms()
-            # Per record: an AppendResult (a duplicate of the log), an int (the index of this batch's
-            # first record with that key), or None (written).
-            plan: list[AppendResult | int | None] = []
-            first: dict[bytes, int] = {}
-            for i, r in enumerate(records):
-                key = r.idempotency_key
-                if key is not None:
-                    key = bytes(key)
-                    if key in first:
-                        plan.append(first[key])
-                        continue
-                    pos = self._dedupe.lookup(key, now)
-                    if pos is not None:
-                        plan.append(AppendResult(pos, True))
-                        continue
-                    first[key] = i
-                plan.append(None)
-            self._dedupe.check_room(len(first), now)
-            todo = [i for i, p in enumerate(plan) if p is None]
-            written = dict(zip(todo, self._write_keyed_units(todo, records, frames, now)))
-            if not todo:
-                self._log.check_usable()
-            end = self._log.position
-        self._await_durable(end)
-        return [_resolve(i, p, written) for i, p in enumerate(plan)]
 
     def _write_keyed_units(
         self, todo: list[int], records: list[Record], frames: list[bytes], now: int
@@ -373,15 +411,6 @@ class Wal:
         except WalError:
             if exc[0] is None:
                 raise
-
-
-def _resolve(i: int, planned: AppendResult | int | None, written: dict[int, Position]) -> AppendResult:
-    """The result of record ``i`` of a keyed batch (see ``_append_batch_keyed``)."""
-    if planned is None:
-        return AppendResult(written[i], False)
-    if isinstance(planned, int):
-        return AppendResult(written[planned], True)
-    return planned
 
 
 def _now_ms() -> int:

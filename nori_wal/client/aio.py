@@ -35,7 +35,7 @@ from ..errors import WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
 from ..record import Record
 from .base import ClientBase, checked_position
-from .retry import deliver_async, with_identity
+from .retry import deliver_async, identity_frames, with_identity
 from .session import Completion, Outcome, Session, append_results, batch_positions, batch_results
 from .transport import Connection, close_context, current_pid, zmq_error
 
@@ -265,7 +265,7 @@ class AsyncWalClient(ClientBase[_AsyncConn]):
         dt = self.delivery_timeout
         if dt is None:
             return await self._batch_results_once(list(map(encode_record, records)))
-        frames = [encode_record(with_identity(r)) for r in records]
+        frames = identity_frames(records)
         return await deliver_async(lambda: self._batch_results_once(frames), dt)
 
     async def _batch_results_once(self, frames: list[bytes]) -> list[AppendResult]:

@@ -12,11 +12,18 @@ Rules:
    (``delivery_timeout`` set): ``AUTO_KEY_PREFIX``, 8 random bytes per
    process (new in a forked child) and a 7-byte sequence, 16 bytes in all. It
    is stored in the frame (a restarted writer rebuilds it from the log) and
-   read back as ``record.idempotency_key``.
+   read back as ``record.idempotency_key``. The writer remembers keys of
+   that shape for ``WalConfig.auto_key_window``, not the dedupe window
+   (``dedupe`` Rule 2).
 4. Between attempts the caller backs off (10 ms, doubling, at most 200 ms):
    a writer being restarted is not hammered, and a call fails only once
    ``delivery_timeout`` has passed since it started: WriterUnavailableError
    saying so, chained to the last attempt's error.
+5. ``delivery_timeout`` is at most ``MAX_DELIVERY_TIMEOUT`` (120 s, Kafka's
+   default delivery timeout): every writer remembers automatic keys longer
+   than that (``WalConfig.auto_key_window`` >= 150 s: the longest retry span
+   and 30 s for a retry still queued at the writer), so no client can retry
+   past what its writer remembers.
 """
 
 from __future__ import annotations
@@ -24,51 +31,71 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import struct
 import time
-from typing import Awaitable, Callable, TypeVar
+from functools import partial
+from typing import Awaitable, Callable, Iterable, TypeVar
 
+from ..codec import encode_record, encode_with_key
+from ..dedupe import AUTO_KEY_PREFIX, AUTO_KEY_SIZE, MAX_DELIVERY_TIMEOUT
 from ..errors import WriterUnavailableError
 from ..record import Record
 
 T = TypeVar("T")
 
-AUTO_KEY_PREFIX = b"\x00"  # a byte no text key starts with: automatic keys never collide with a caller's
 BACKOFF_FIRST_S = 0.010
 BACKOFF_MAX_S = 0.200
 
 
 def check_delivery_timeout(value: float | None) -> float | None:
-    """``value`` as seconds (None: no retries), or ValueError."""
+    """``value`` as seconds (None: no retries), or ValueError (Rule 5)."""
     if value is None:
         return None
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"delivery_timeout must be None or a finite number of seconds > 0, got {value!r}")
+    if value > MAX_DELIVERY_TIMEOUT:
+        raise ValueError(
+            f"delivery_timeout must be at most {MAX_DELIVERY_TIMEOUT:g} s, got {value!r}: a writer remembers a "
+            f"retrying client's automatic keys for WalConfig.auto_key_window (at least 150 s), and a retry "
+            f"after it could append a record twice"
+        )
     return float(value)
 
 
 class _AutoKeys:
-    """This process's producer id and sequence (Rule 3); renewed in a forked child."""
+    """This process's producer id and sequence (Rule 3); renewed in a forked child.
+
+    A key is one struct call: the prefix and the first 7 bytes of the producer
+    id as one u64, its last byte and the 7-byte sequence as another.
+    """
 
     def __init__(self) -> None:
         self.renew()
 
     def renew(self) -> None:
-        self.prefix = AUTO_KEY_PREFIX + os.urandom(8)
-        self.next_seq: Callable[[], int] = itertools.count(1).__next__
+        producer = int.from_bytes(os.urandom(8), "big")
+        self.key: Callable[[], bytes] = map(
+            partial(_pack_key, producer >> 8), itertools.count(((producer & 0xFF) << 56) + 1)
+        ).__next__
 
-    def key(self) -> bytes:
-        return self.prefix + self.next_seq().to_bytes(7, "big")
 
-
+_pack_key = struct.Struct(">QQ").pack  # (AUTO_KEY_PREFIX is the first byte: producer >> 8 is below 2**56)
 _AUTO = _AutoKeys()
 os.register_at_fork(after_in_child=_AUTO.renew)
+_tuple_new = tuple.__new__
 
 
 def with_identity(record: Record) -> Record:
     """``record`` with an automatic idempotency key unless it has one (Rule 3)."""
-    if record.idempotency_key is not None:
+    if record[5] is not None:  # (idempotency_key)
         return record
-    return record._replace(idempotency_key=_AUTO.key())
+    return _tuple_new(Record, record[:5] + (_AUTO.key(),))  # (a Record without NamedTuple's slow _replace)
+
+
+def identity_frames(records: Iterable[Record]) -> list[bytes]:
+    """The frames of ``records``, each keyed: ``encode_record(with_identity(r))``, without the keyed Records."""
+    key = _AUTO.key
+    return [encode_with_key(r, key()) if r[5] is None else encode_record(r) for r in records]
 
 
 def backoff_delays() -> itertools.chain[float]:
@@ -116,4 +143,12 @@ async def deliver_async(attempt: Callable[[], Awaitable[T]], delivery_timeout: f
             await asyncio.sleep(min(next(delays), left))
 
 
-__all__ = ["AUTO_KEY_PREFIX", "check_delivery_timeout", "deliver", "deliver_async", "with_identity"]
+__all__ = [
+    "AUTO_KEY_PREFIX",
+    "AUTO_KEY_SIZE",
+    "check_delivery_timeout",
+    "deliver",
+    "deliver_async",
+    "identity_frames",
+    "with_identity",
+]

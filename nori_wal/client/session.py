@@ -332,11 +332,20 @@ def append_results(positions: Sequence[Position]) -> list[AppendResult]:
 
 def batch_results(counts: Sequence[int], outcomes: Sequence[Outcome]) -> list[AppendResult]:
     """``batch_positions``, as an ``AppendResult`` per record (raising the same errors)."""
-    batch_positions(counts, outcomes)
-    out: list[AppendResult] = []
-    for o in outcomes:
-        out += append_results(o.value)
-    return out
+    return append_results(batch_keyed_positions(counts, outcomes))
+
+
+def batch_keyed_positions(counts: Sequence[int], outcomes: Sequence[Outcome]) -> list[Position]:
+    """``batch_positions``, as ``KeyedPositions`` when some records were duplicates (raising the same errors)."""
+    positions = batch_positions(counts, outcomes)
+    if len(outcomes) == 1:
+        return positions
+    dups: set[int] = set()
+    start = 0
+    for n, o in zip(counts, outcomes):
+        dups.update(start + i for i in getattr(o.value, "dups", ()))
+        start += n
+    return KeyedPositions(positions, frozenset(dups)) if dups else positions
 
 
 def _keyed_positions(result: dict[Any, Any], lengths: Sequence[int]) -> KeyedPositions:

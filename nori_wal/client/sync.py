@@ -46,14 +46,14 @@ from ..protocol import (
 )
 from ..record import Record
 from .base import ClientBase, checked_position
-from .retry import deadline_error, deliver, with_identity
+from .retry import deadline_error, deliver, identity_frames, with_identity
 from .session import (
     MAX_REQUEST_BYTES,
     Outcome,
     Session,
     append_results,
+    batch_keyed_positions,
     batch_positions,
-    batch_results,
     positions_of,
 )
 from .transport import (
@@ -153,7 +153,7 @@ class PendingAppend:
         if time.monotonic() - self._started >= dt:
             raise deadline_error(dt, err)
         frames = [self._frame]
-        return deliver(lambda: client._batch_results_once(frames)[0], dt, self._started)
+        return append_results(deliver(lambda: client._batch_once(frames), dt, self._started))[0]
 
     def _check_thread(self) -> None:
         # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
@@ -193,7 +193,8 @@ class WalClient(ClientBase[_ThreadConn]):
         # check due, a large record, an error reply, a timeout -- takes the general path, with the
         # same guarantees. With delivery_timeout: append_ex (every record keyed, retried).
         if self.delivery_timeout is not None:
-            return self.append_ex(record).position
+            frames = identity_frames((record,))
+            return deliver(lambda: self._batch_once(frames), self.delivery_timeout)[0]
         try:
             lane = self._local.lane
         except AttributeError:
@@ -334,22 +335,23 @@ class WalClient(ClientBase[_ThreadConn]):
         """
         dt = self.delivery_timeout
         if dt is None:
-            return self._batch_results_once(list(map(encode_record, records)))
-        frames = [encode_record(with_identity(r)) for r in records]
-        return deliver(lambda: self._batch_results_once(frames), dt)
+            return append_results(self._batch_once(list(map(encode_record, records))))
+        frames = identity_frames(records)
+        return append_results(deliver(lambda: self._batch_once(frames), dt))
 
-    def _batch_results_once(self, frames: list[bytes]) -> list[AppendResult]:
-        """One attempt at appending these frames: their results, or the error."""
+    def _batch_once(self, frames: list[bytes]) -> list[Position]:
+        """One attempt at appending these frames: their positions (``KeyedPositions`` when some were
+        duplicates), or the error."""
         if not frames:
             if self._closed:
                 raise WalClosedError("the client is closed")
             return []
         tc = self._thread_conn()
         if tc.session.idle and sum(map(len, frames)) <= MAX_REQUEST_BYTES:
-            return append_results(self._batch_direct(tc, frames))
+            return self._batch_direct(tc, frames)
         batch = tc.session.queue_batch(frames, _Slot)
         self._wait(tc, batch.waiters)
-        return batch_results(batch.counts, [Outcome(s.value, s.error) for s in batch.waiters])
+        return batch_keyed_positions(batch.counts, [Outcome(s.value, s.error) for s in batch.waiters])
 
     def append_batch(self, records: Iterable[Record]) -> list[Position]:
         """Append records in order (one request per 16 MiB, pipelined); their Positions once acknowledged.
@@ -367,7 +369,8 @@ class WalClient(ClientBase[_ThreadConn]):
         With ``delivery_timeout``: ``append_batch_ex`` (retried, every record keyed).
         """
         if self.delivery_timeout is not None:
-            return [r.position for r in self.append_batch_ex(records)]
+            frames = identity_frames(records)
+            return deliver(lambda: self._batch_once(frames), self.delivery_timeout)
         frames = list(map(encode_record, records))
         if not frames:
             if self._closed:

@@ -4,10 +4,13 @@ The writer keeps the same ``DedupeIndex`` as the embedded ``Wal`` (rebuilt at
 start from key files and the log, key files written before each seal).
 
 Rules:
-1. Only payloads that hold keyed frames come here: the validating scan counts
-   them for free (keyed frames never take its fast path), so an unkeyed
-   append pays nothing, and a producer cannot skip the check by leaving out
-   a hint.
+1. Only payloads that hold keyed frames come here: the validating scan finds
+   them (each keyed frame's offset and key, in the same walk:
+   ``codec.fast_run``), so an unkeyed append pays nothing, and a producer
+   cannot skip the check by leaving out a hint. The common request (its keys
+   distinct, none in the index or earlier in the group, no larger than a
+   segment holds) is planned with a few set operations and its keys indexed
+   with one ``DedupeIndex.add_new``; any other is parsed again, frame by frame.
 2. Each keyed frame is judged on its own: a key in the index, or already
    taken by an earlier frame of this group (this request or another one), is
    a duplicate: not written; its reply gives the original Position. A
@@ -27,12 +30,12 @@ Rules:
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from itertools import repeat
 from typing import Callable, NamedTuple, Sequence, Union
 
 from .. import protocol as P
 from ..codec import FORMAT_MAX_FRAME, frame_layout, idempotency_key_of
-from ..dedupe import DedupeIndex
+from ..dedupe import DedupeIndex, auto_count, index_for
 from ..dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
 from ..errors import DedupeCapacityError, WalError, WalIOError
 from ..position import Position
@@ -65,9 +68,7 @@ def open_keys(seglog: SegmentLog) -> WriterKeys:
 
     Raises WalIOError when the key files or segments cannot be read (the writer does not start).
     """
-    config = seglog.config
-    window_ms = max(1, config.dedupe_window // timedelta(milliseconds=1))
-    keys = WriterKeys(DedupeIndex(window_ms, config.dedupe_max_keys))
+    keys = WriterKeys(index_for(seglog.config))
     try:
         keys.rebuild = rebuild_index(seglog.layer, seglog.dir, list(seglog.segment_ids), keys.index, keys.clock())
     except OSError as exc:
@@ -101,29 +102,84 @@ class KeyedUnits(NamedTuple):
 class GroupKeys:
     """The keyed requests of one group (pure: the clock was read once, by ``WriterKeys``)."""
 
-    __slots__ = ("by_unit", "dups", "index", "new_keys", "now", "taken")
+    __slots__ = ("by_unit", "dups", "index", "new_auto", "new_keys", "now", "taken")
 
     def __init__(self, index: DedupeIndex, now: int):
         self.index = index
         self.now = now
-        self.taken: dict[bytes, tuple[int, int]] = {}  # keys new in this group -> (unit, offset in it)
-        self.by_unit: dict[int, list[tuple[bytes, int]]] = {}  # unit -> its new keys and their offsets
+        self.taken: dict[bytes, int] | None = None  # keys new in this group -> their unit (made when needed)
+        self.by_unit: dict[int, tuple[list[bytes], list[int], int]] = {}  # unit -> its new keys, their
+        # offsets in it, how many of them are automatic
         self.dups: dict[int, list[tuple[int, Ref]]] = {}  # request (pending index) -> its duplicates
         self.new_keys = 0
+        self.new_auto = 0  # of those, automatic ones (dedupe Rule 2)
 
-    def add(self, payload: BytesLike, max_frame: int, first_unit: int) -> KeyedUnits | WalError:
-        """Plan a validated keyed payload whose units will start at group unit ``first_unit`` (Rule 2).
+    def add(
+        self, payload: BytesLike, count: int, found: list[int | bytes], max_frame: int, first_unit: int
+    ) -> KeyedUnits | WalError:
+        """Plan a validated keyed payload of ``count`` frames whose units will start at group unit
+        ``first_unit`` (Rule 2).
 
-        A DedupeCapacityError (new keys past ``max_keys``) refuses the whole
-        request, and nothing of it is planned.
+        ``found``: its keyed frames' offsets and keys, as the validation
+        found them (``protocol.validate_payload``). A DedupeCapacityError (new
+        keys past a cap) refuses the whole request, and nothing of it is planned.
         """
+        keys: list[bytes] = found[1::2]  # type: ignore[assignment]
+        fresh = set(keys)
+        taken = self.taken if self.taken is not None or not self.by_unit else self._taken_map()  # (None: none yet)
+        if (
+            len(fresh) == len(keys)
+            and len(payload) <= max_frame
+            and self.index.all_new(fresh)
+            and (taken is None or taken.keys().isdisjoint(fresh))
+        ):  # the common request: all its keys new, written whole as one unit (Rule 1)
+            n_auto = auto_count(keys)
+            err = self._room(len(keys), n_auto)
+            if err is not None:
+                return err
+            if taken is not None:
+                taken.update(zip(keys, repeat(first_unit)))
+            self.by_unit[first_unit] = (keys, found[0::2], n_auto)  # type: ignore[assignment]
+            return KeyedUnits([payload], [count], [])
+        return self._add_one_by_one(payload, max_frame, first_unit)
+
+    def _taken_map(self) -> dict[bytes, int]:
+        """``taken``, made at the group's second keyed request (a group of one needs none)."""
+        taken = self.taken
+        if taken is None:
+            taken = self.taken = {}
+            for unit, (keys, _offsets, _n) in self.by_unit.items():
+                taken.update(zip(keys, repeat(unit)))
+        return taken
+
+    def _room(self, new_keys: int, new_auto: int) -> DedupeCapacityError | None:
+        """Count new keys in; the error when they do not fit (nothing counted then)."""
+        try:
+            self.index.check_room(self.new_keys + new_keys, self.now, self.new_auto + new_auto)
+        except DedupeCapacityError as exc:
+            return exc
+        self.new_keys += new_keys
+        self.new_auto += new_auto
+        return None
+
+    def _taken(self, key: bytes) -> tuple[int, int] | None:
+        """(unit, offset in it) of the frame of this group that carries ``key``, if one does."""
+        unit = self._taken_map().get(key)
+        if unit is None:
+            return None
+        keys, offsets, _n = self.by_unit[unit]
+        return unit, offsets[keys.index(key)]
+
+    def _add_one_by_one(self, payload: BytesLike, max_frame: int, first_unit: int) -> KeyedUnits | WalError:
+        """``add`` for a payload with a duplicate (of the index, of this group, or within itself), or
+        larger than a segment holds: each frame judged on its own."""
         index, now = self.index, self.now
         kept: list[tuple[int, int, bytes | None]] = []
         dups: list[tuple[int, Ref | int]] = []  # an int: the kept frame of this request it repeats
         fresh: dict[bytes, int] = {}
         for i, (start, end, key) in enumerate(frame_spans(payload)):
             if key is not None:
-                ref: Ref | int | None = self.taken.get(key)
+                ref: Ref | int | None = self._taken(key)
                 if ref is None:
                     ref = fresh.get(key)
                 if ref is None:
@@ -133,21 +189,23 @@ class GroupKeys:
                     continue
                 fresh[key] = len(kept)
             kept.append((start, end, key))
+        n_auto = auto_count(list(fresh))
         if fresh:
-            try:
-                index.check_room(self.new_keys + len(fresh), now)
-            except DedupeCapacityError as exc:
-                return exc
+            err = self._room(len(fresh), n_auto)
+            if err is not None:
+                return err
         if not dups and len(payload) <= max_frame:  # all of it is written, as one unit: no copy
             units, counts, where = [payload], [len(kept)], [(0, s) for s, _e, _k in kept]
         else:
             units, counts, where = _cut(payload, kept, max_frame)
+        taken = self._taken_map()
         for j, (_s, _e, key) in enumerate(kept):
             if key is not None:
                 u, off = where[j]
-                self.taken[key] = (first_unit + u, off)
-                self.by_unit.setdefault(first_unit + u, []).append((key, off))
-        self.new_keys += len(fresh)
+                taken[key] = first_unit + u
+                unit_keys, unit_offsets, _n = self.by_unit.setdefault(first_unit + u, ([], [], -1))
+                unit_keys.append(key)
+                unit_offsets.append(off)
         resolved: list[tuple[int, Ref]] = []
         for i, ref in dups:
             if isinstance(ref, int):
@@ -159,10 +217,10 @@ class GroupKeys:
 
     def remember(self, unit: int, first: Position) -> None:
         """The unit ``unit`` was written at ``first``: add its new keys to the index (Rule 3)."""
-        add, now = self.index.add, self.now
-        seg, base = first
-        for key, off in self.by_unit.get(unit, ()):
-            add(key, Position(seg, base + off), now, check=False)
+        planned = self.by_unit.get(unit)
+        if planned is not None:
+            keys, offsets, n_auto = planned
+            self.index.add_new(keys, offsets, first[0], self.now, first[1], n_auto)
 
     def reply(self, request_id: int, pending_index: int, runs: list[int], firsts: Sequence[Position]) -> bytes | None:
         """The reply of a request with duplicates (Rule 5), or None when it has none."""

@@ -16,7 +16,7 @@ Rules:
    (``protocol.split_units``); its reply then carries one run per unit.
 4. A one-record append in our clients' encoding is validated in a few steps
    (``scan.one_plain_frame``); anything else with one ``validate_payload`` call.
-5. A payload that holds keyed frames (the scan counts them) goes through the
+5. A payload that holds keyed frames (the scan finds them) goes through the
    group's ``GroupKeys`` (``dedupe_stage``): duplicates are not written. Only
    then is the group's ``keys`` set, and the loop writes it keyed.
 """
@@ -117,11 +117,12 @@ class GroupBuilder:
         size = len(payload)
         nunits = 1
         if count != 1 or not one_plain_frame(payload, max_frame):  # else: valid, checked in a few steps
-            keyed = P.validate_payload(payload, count, max_frame)
+            found: list[int | bytes] = []  # keyed frames' offsets and keys (Rule 5)
+            keyed = P.validate_payload(payload, count, max_frame, found)
             if not isinstance(keyed, int):
                 return P.encode_error(rid, keyed)
             if keyed and self.dedupe is not None:
-                return self._add_keyed(ident, rid, payload)
+                return self._add_keyed(ident, rid, payload, count, found)
             if size > max_frame:  # a batch larger than a segment holds: split at frames
                 mv = memoryview(payload)
                 parts = P.split_units(payload, count, max_frame)
@@ -136,13 +137,15 @@ class GroupBuilder:
         self.nbytes += size
         return None
 
-    def _add_keyed(self, ident: bytes, rid: int, payload: BytesLike) -> bytes | None:
+    def _add_keyed(
+        self, ident: bytes, rid: int, payload: BytesLike, count: int, found: list[int | bytes]
+    ) -> bytes | None:
         """A valid payload with keyed frames: only its frames not already in the log join the group (Rule 5)."""
         keys = self.keys
         if keys is None:
             assert self.dedupe is not None
             keys = self.keys = self.dedupe.begin_group()
-        plan = keys.add(payload, self.max_frame, len(self.units))
+        plan = keys.add(payload, count, found, self.max_frame, len(self.units))
         if not isinstance(plan, tuple):
             return P.encode_error(rid, plan)
         if plan.dups:
