@@ -20,7 +20,7 @@ Rules:
    keyed appends per second x window. Per key: about 130 bytes + the key's
    length (a dict slot, the key's bytes object, its offset and a slot in
    two lists; ``scripts/dedupe_bench.py`` measures it).
-4. Keys live in runs (``_Run``): keys of one class appended together in one
+4. Keys live in runs (``KeyRun``): keys of one class appended together in one
    segment, with one time, their offsets in log order. The dict maps a key
    to its run: a batch of new keys goes in with one ``dict.update`` and no
    Python step per key (``all_new``/``add_new``), and a run's Position of a
@@ -57,6 +57,7 @@ from .position import Position, make_position
 AUTO_KEY_PREFIX = b"\x00"  # a byte no text key starts with: automatic keys never collide with a caller's
 AUTO_KEY_SIZE = 16  # the prefix, a producer id (8 bytes) and a sequence (7 bytes): client/retry.py
 MAX_DELIVERY_TIMEOUT = 120.0  # seconds: the longest a client retries; an automatic key outlives it (Rule 2)
+PENDING = 2**64  # the segment id of a reserved run, not yet written (Rule 5)
 MERGE_SPAN_MS = 1000  # a log's index: a run takes keys added within this long of its first (Rule 4)
 _CONSUME = deque[object](maxlen=0).extend  # runs an iterator to its end (C-level)
 
@@ -94,16 +95,17 @@ class AppendResult(NamedTuple):
     duplicate: bool
 
 
-class _Run:
+class KeyRun:
     """Keys of one class appended together in one segment (Rule 4): ``keys[i]`` is at ``base + offsets[i]``."""
 
-    __slots__ = ("auto", "base", "first", "keys", "offsets", "segment_id", "time", "where")
+    __slots__ = ("auto", "base", "first", "keys", "offsets", "segment_id", "time", "unit", "where")
 
     def __init__(self, auto: bool, segment_id: int, base: int, time: int, keys: list[bytes], offsets: list[int]):
         self.auto, self.segment_id, self.base = auto, segment_id, base
         self.first = self.time = time
         self.keys, self.offsets = keys, offsets
         self.where: dict[bytes, int] | None = None  # key -> offset, made at the first lookup
+        self.unit = 0  # while reserved (segment_id PENDING): the caller's tag for where it will be written
 
     def position(self, key: bytes) -> Position:
         where = self.where
@@ -150,8 +152,8 @@ class DedupeIndex:
         self.auto_window_ms = auto_window_ms
         self.max_auto_keys = max_auto_keys
         self.merge_span_ms = merge_span_ms
-        self._entries: dict[bytes, _Run] = {}
-        self._runs = (deque[_Run](), deque[_Run]())  # other keys' runs, automatic keys' runs: oldest first
+        self._entries: dict[bytes, KeyRun] = {}
+        self._runs = (deque[KeyRun](), deque[KeyRun]())  # other keys' runs, automatic keys' runs: oldest first
         self._held = [0, 0]  # keys held per class (the same order)
         self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 5)
 
@@ -187,10 +189,13 @@ class DedupeIndex:
         return dropped
 
     def lookup(self, key: bytes, now_ms: int) -> Position | None:
-        """The original Position of ``key`` if it is remembered at ``now_ms``, else None."""
+        """The original Position of ``key`` if it is remembered at ``now_ms``, else None (also for a key
+        reserved and not yet written: ``reserved`` says where it will be)."""
         run = self._entries.get(key)
         if run is None or run.time < self._clock(now_ms) - (self.auto_window_ms if run.auto else self.window_ms):
             return None  # (an expired key is dropped at the next ``expire``)
+        if run.segment_id == PENDING:
+            return None
         return run.position(key)
 
     def check_room(self, new_keys: int, now_ms: int, new_auto: int = 0) -> None:
@@ -229,18 +234,62 @@ class DedupeIndex:
         """True if no key of ``keys`` is held, remembered or expired-not-yet-dropped (Rule 4)."""
         return self._entries.keys().isdisjoint(keys)
 
-    def add_new(
-        self, keys: list[bytes], offsets: list[int], segment_id: int, now_ms: int, base: int = 0, n_auto: int = -1
-    ) -> None:
-        """Remember ``keys`` (distinct, none held: ``all_new``; room checked), appended at ``now_ms`` in
-        ``segment_id`` at ``base + offsets`` in log order (Rule 4). ``n_auto``: ``auto_count(keys)`` if known."""
-        if n_auto < 0:
-            n_auto = auto_count(keys)
+    def reserve(
+        self, keys: list[bytes], offsets: list[int], n_auto: int, now_ms: int, unit: int = 0
+    ) -> list[KeyRun] | None:
+        """Hold ``keys`` (none held: ``all_new``; room checked) before they are written (Rule 5): their runs,
+        to ``place`` once written (or ``release``); None, and nothing changed, when a key repeats in ``keys``.
+
+        ``offsets``: where each key's frame is from the start of what is written (may be filled by
+        ``place``); ``n_auto``: ``auto_count(keys)``; ``unit``: the caller's tag, which ``reserved`` gives.
+        """
+        t = self._clock(now_ms)
         if n_auto == 0 or n_auto == len(keys):
-            self._add_run(n_auto > 0, keys, offsets, segment_id, base, self._clock(now_ms))
-            return
-        for key, off in zip(keys, offsets):  # a mixed batch
-            self._add_run(is_auto_key(key), [key], [off], segment_id, base, self._clock(now_ms))
+            runs = [KeyRun(n_auto > 0, PENDING, 0, t, keys, offsets)]
+        else:  # a mixed batch: a run per class (both written at the same place)
+            auto = [is_auto_key(k) for k in keys]
+            runs = [
+                KeyRun(cls, PENDING, 0, t, [k for k, a in zip(keys, auto) if a is cls], []) for cls in (False, True)
+            ]
+            if offsets:
+                for run in runs:
+                    run.offsets = [o for o, a in zip(offsets, auto) if a is run.auto]
+        entries = self._entries
+        before = len(entries)
+        for run in runs:
+            run.unit = unit
+            entries.update(zip(run.keys, repeat(run)))
+        if len(entries) != before + len(keys):  # a key repeated: undo (every key was new, nothing was replaced)
+            _CONSUME(map(entries.pop, keys, repeat(None)))
+            return None
+        for run in runs:
+            self._runs[run.auto].append(run)
+            self._held[run.auto] += len(run.keys)
+        return runs
+
+    @staticmethod
+    def place(runs: list[KeyRun], segment_id: int, base: int, offsets: list[int] | None = None) -> None:
+        """Reserved ``runs`` were written from ``segment_id:base``. ``offsets``: the keys' offsets from
+        ``base``, when ``reserve`` did not have them (a batch of one class: one run)."""
+        for run in runs:
+            run.segment_id, run.base = segment_id, base
+        if offsets is not None:
+            (run,) = runs
+            run.offsets = offsets
+
+    def release(self, runs: list[KeyRun]) -> None:
+        """Reserved ``runs`` will not be written: forget their keys."""
+        for run in runs:
+            _CONSUME(map(self._entries.pop, run.keys, repeat(None)))
+            self._runs[run.auto].remove(run)
+            self._held[run.auto] -= len(run.keys)
+
+    def reserved(self, key: bytes) -> tuple[int, int] | None:
+        """``(unit, offset)`` of a reserved, not yet written key (as given to ``reserve``), else None."""
+        run = self._entries.get(key)
+        if run is None or run.segment_id != PENDING:
+            return None
+        return run.unit, run.offsets[run.keys.index(key)]
 
     def _add_run(self, auto: bool, keys: list[bytes], offsets: list[int], segment_id: int, base: int, t: int) -> None:
         """Add new keys of one class at time ``t`` (>= every time held): to the newest run if it may take
@@ -250,7 +299,7 @@ class DedupeIndex:
         if run is not None and len(keys) < 16 and run.segment_id == segment_id and t - run.first <= self.merge_span_ms:
             run.extend(keys, offsets, base, t)
         else:
-            run = _Run(auto, segment_id, base, t, keys, offsets)
+            run = KeyRun(auto, segment_id, base, t, keys, offsets)
             runs.append(run)
         if len(keys) == 1:
             self._entries[keys[0]] = run

@@ -25,12 +25,12 @@ import os
 import threading
 import time
 import weakref
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 from .codec import encode_record
 from .commit import fsync_due_at, needs_fsync
 from .config import WalConfig
-from .dedupe import AppendResult, auto_count, index_for
+from .dedupe import AppendResult, KeyRun, auto_count, index_for
 from .dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
 from .errors import WalClosedError, WalError, WalIOError
 from .fs import OS, FileLayer
@@ -196,30 +196,22 @@ class Wal:
     ) -> tuple[list[Position], frozenset[int]]:
         """Append a batch holding keyed records: every record's Position and the indexes of the duplicates.
 
-        The common batch (its keys distinct bytes, none in the index, all of it
-        one unit) is written as an unkeyed one and its keys indexed with one
-        ``add_new``; any other goes record by record (``_plan_keyed``).
+        The common batch (every record keyed, its keys distinct bytes of one
+        class, none held, all of it one unit) has its keys reserved in the index in one step, is
+        written as an unkeyed one, and its keys placed; any other goes record by
+        record (``_plan_keyed``).
         """
-        present: list[bytes] = keys  # type: ignore[assignment]
-        try:
-            uniq = set(keys)
-            if None in uniq:  # unkeyed records too
-                uniq.discard(None)
-                present = [k for k in keys if k is not None]
-            n_auto = auto_count(present)  # (a memoryview among bytes does not compare: TypeError)
-            fast = (
-                len(uniq) == len(present) and type(present[0]) is bytes and sum(map(len, frames)) <= self._log.max_frame
-            )
-        except (TypeError, ValueError):  # a key that does not hash or compare: a Record made without its checks
-            fast = False
         with self._write_lock:
             now = _now_ms()
-            if fast and self._dedupe.all_new(present):
-                self._dedupe.check_room(len(present), now, n_auto)
-                seg, first = self._log.append_frames((b"".join(frames),), (len(frames),))[0]
+            runs = self._reserve(keys, frames, now)
+            if runs is not None:
+                try:
+                    seg, first = self._log.append_frames((b"".join(frames),), (len(frames),))[0]
+                except BaseException:
+                    self._dedupe.release(runs)
+                    raise
                 offsets = list(itertools.accumulate(map(len, frames[:-1]), initial=first))
-                keyed_offsets = offsets if present is keys else [o for o, k in zip(offsets, keys) if k is not None]
-                self._dedupe.add_new(present, keyed_offsets, seg, now, 0, n_auto)
+                self._dedupe.place(runs, seg, 0, offsets)
                 end = self._log.position
                 positions, dups = [make_position((seg, off)) for off in offsets], frozenset[int]()
             else:
@@ -227,6 +219,26 @@ class Wal:
                 end = self._log.position
         self._await_durable(end)
         return positions, dups
+
+    def _reserve(self, keys: list[bytes | None], frames: list[bytes], now: int) -> list[KeyRun] | None:
+        """The batch's keys reserved in the index if the batch takes the fast path, else None (under the lock).
+
+        Raises DedupeCapacityError (nothing reserved) when they do not fit.
+        """
+        dedupe, ks = self._dedupe, cast(list[bytes], keys)  # (a None makes auto_count raise TypeError)
+        try:
+            n_auto = auto_count(ks)  # (None, or a memoryview among bytes, does not compare: TypeError)
+            if (
+                n_auto not in (0, len(ks))
+                or type(ks[0]) is not bytes
+                or sum(map(len, frames)) > self._log.max_frame
+                or not dedupe.all_new(ks)  # (an unhashable key: TypeError)
+            ):
+                return None
+        except (TypeError, ValueError):  # unkeyed records too, or keys of another type (a Record made unchecked)
+            return None
+        dedupe.check_room(len(ks), now, n_auto)
+        return dedupe.reserve(ks, [], n_auto, now)  # (None when a key repeats within the batch)
 
     def _plan_keyed(
         self, records: list[Record], frames: list[bytes], now: int

@@ -30,12 +30,11 @@ Rules:
 from __future__ import annotations
 
 import time
-from itertools import repeat
 from typing import Callable, NamedTuple, Sequence, Union
 
 from .. import protocol as P
 from ..codec import FORMAT_MAX_FRAME, frame_layout, idempotency_key_of
-from ..dedupe import DedupeIndex, auto_count, index_for
+from ..dedupe import PENDING, DedupeIndex, KeyRun, auto_count, index_for
 from ..dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
 from ..errors import DedupeCapacityError, WalError, WalIOError
 from ..position import Position
@@ -102,17 +101,13 @@ class KeyedUnits(NamedTuple):
 class GroupKeys:
     """The keyed requests of one group (pure: the clock was read once, by ``WriterKeys``)."""
 
-    __slots__ = ("by_unit", "dups", "index", "new_auto", "new_keys", "now", "taken")
+    __slots__ = ("dups", "index", "now", "runs")
 
     def __init__(self, index: DedupeIndex, now: int):
         self.index = index
         self.now = now
-        self.taken: dict[bytes, int] | None = None  # keys new in this group -> their unit (made when needed)
-        self.by_unit: dict[int, tuple[list[bytes], list[int], int]] = {}  # unit -> its new keys, their
-        # offsets in it, how many of them are automatic
+        self.runs: dict[int, list[KeyRun]] = {}  # unit -> the runs its new keys are reserved in (Rule 3)
         self.dups: dict[int, list[tuple[int, Ref]]] = {}  # request (pending index) -> its duplicates
-        self.new_keys = 0
-        self.new_auto = 0  # of those, automatic ones (dedupe Rule 2)
 
     def add(
         self, payload: BytesLike, count: int, found: list[int | bytes], max_frame: int, first_unit: int
@@ -125,63 +120,39 @@ class GroupKeys:
         keys past a cap) refuses the whole request, and nothing of it is planned.
         """
         keys: list[bytes] = found[1::2]  # type: ignore[assignment]
-        fresh = set(keys)
-        taken = self.taken if self.taken is not None or not self.by_unit else self._taken_map()  # (None: none yet)
-        if (
-            len(fresh) == len(keys)
-            and len(payload) <= max_frame
-            and self.index.all_new(fresh)
-            and (taken is None or taken.keys().isdisjoint(fresh))
-        ):  # the common request: all its keys new, written whole as one unit (Rule 1)
+        index = self.index
+        if len(payload) <= max_frame and index.all_new(keys):  # the common request (Rule 1)
             n_auto = auto_count(keys)
             err = self._room(len(keys), n_auto)
             if err is not None:
                 return err
-            if taken is not None:
-                taken.update(zip(keys, repeat(first_unit)))
-            self.by_unit[first_unit] = (keys, found[0::2], n_auto)  # type: ignore[assignment]
-            return KeyedUnits([payload], [count], [])
-        return self._add_one_by_one(payload, max_frame, first_unit)
-
-    def _taken_map(self) -> dict[bytes, int]:
-        """``taken``, made at the group's second keyed request (a group of one needs none)."""
-        taken = self.taken
-        if taken is None:
-            taken = self.taken = {}
-            for unit, (keys, _offsets, _n) in self.by_unit.items():
-                taken.update(zip(keys, repeat(unit)))
-        return taken
+            runs = index.reserve(keys, found[0::2], n_auto, self.now, first_unit)  # type: ignore[arg-type]
+            if runs is not None:
+                self.runs[first_unit] = runs
+                return KeyedUnits([payload], [count], [])
+        return self._add_one_by_one(payload, max_frame, first_unit)  # (also a key repeated within it)
 
     def _room(self, new_keys: int, new_auto: int) -> DedupeCapacityError | None:
-        """Count new keys in; the error when they do not fit (nothing counted then)."""
+        """The error when ``new_keys`` more keys do not fit (keys this group reserved are held already)."""
         try:
-            self.index.check_room(self.new_keys + new_keys, self.now, self.new_auto + new_auto)
+            self.index.check_room(new_keys, self.now, new_auto)
         except DedupeCapacityError as exc:
             return exc
-        self.new_keys += new_keys
-        self.new_auto += new_auto
         return None
-
-    def _taken(self, key: bytes) -> tuple[int, int] | None:
-        """(unit, offset in it) of the frame of this group that carries ``key``, if one does."""
-        unit = self._taken_map().get(key)
-        if unit is None:
-            return None
-        keys, offsets, _n = self.by_unit[unit]
-        return unit, offsets[keys.index(key)]
 
     def _add_one_by_one(self, payload: BytesLike, max_frame: int, first_unit: int) -> KeyedUnits | WalError:
         """``add`` for a payload with a duplicate (of the index, of this group, or within itself), or
         larger than a segment holds: each frame judged on its own."""
         index, now = self.index, self.now
+        index.expire(now)  # a key held past its window is dropped: what lookup says new, reserve takes
         kept: list[tuple[int, int, bytes | None]] = []
         dups: list[tuple[int, Ref | int]] = []  # an int: the kept frame of this request it repeats
         fresh: dict[bytes, int] = {}
         for i, (start, end, key) in enumerate(frame_spans(payload)):
             if key is not None:
-                ref: Ref | int | None = self._taken(key)
+                ref: Ref | int | None = fresh.get(key)
                 if ref is None:
-                    ref = fresh.get(key)
+                    ref = index.reserved(key)  # an earlier request of this group: (unit, offset in it)
                 if ref is None:
                     ref = index.lookup(key, now)
                 if ref is not None:
@@ -189,23 +160,25 @@ class GroupKeys:
                     continue
                 fresh[key] = len(kept)
             kept.append((start, end, key))
-        n_auto = auto_count(list(fresh))
         if fresh:
-            err = self._room(len(fresh), n_auto)
+            err = self._room(len(fresh), auto_count(list(fresh)))
             if err is not None:
                 return err
         if not dups and len(payload) <= max_frame:  # all of it is written, as one unit: no copy
             units, counts, where = [payload], [len(kept)], [(0, s) for s, _e, _k in kept]
         else:
             units, counts, where = _cut(payload, kept, max_frame)
-        taken = self._taken_map()
+        by_unit: dict[int, tuple[list[bytes], list[int]]] = {}
         for j, (_s, _e, key) in enumerate(kept):
             if key is not None:
                 u, off = where[j]
-                taken[key] = first_unit + u
-                unit_keys, unit_offsets, _n = self.by_unit.setdefault(first_unit + u, ([], [], -1))
+                unit_keys, unit_offsets = by_unit.setdefault(u, ([], []))
                 unit_keys.append(key)
                 unit_offsets.append(off)
+        for u, (unit_keys, unit_offsets) in by_unit.items():
+            runs = index.reserve(unit_keys, unit_offsets, auto_count(unit_keys), now, first_unit + u)
+            assert runs is not None, "distinct keys none of which is held"
+            self.runs[first_unit + u] = runs
         resolved: list[tuple[int, Ref]] = []
         for i, ref in dups:
             if isinstance(ref, int):
@@ -216,11 +189,16 @@ class GroupKeys:
         return KeyedUnits(units, counts, resolved)
 
     def remember(self, unit: int, first: Position) -> None:
-        """The unit ``unit`` was written at ``first``: add its new keys to the index (Rule 3)."""
-        planned = self.by_unit.get(unit)
-        if planned is not None:
-            keys, offsets, n_auto = planned
-            self.index.add_new(keys, offsets, first[0], self.now, first[1], n_auto)
+        """The unit ``unit`` was written at ``first``: its reserved keys are placed there (Rule 3)."""
+        runs = self.runs.get(unit)
+        if runs is not None:
+            self.index.place(runs, first[0], first[1])
+
+    def abandon(self) -> None:
+        """The group was not written (and the writer goes on): forget the keys it reserved and did not place."""
+        for runs in self.runs.values():
+            self.index.release([run for run in runs if run.segment_id == PENDING])
+        self.runs.clear()
 
     def reply(self, request_id: int, pending_index: int, runs: list[int], firsts: Sequence[Position]) -> bytes | None:
         """The reply of a request with duplicates (Rule 5), or None when it has none."""

@@ -272,6 +272,8 @@ class WriterServer:
                 start = log.append_in_place(group.units, group.records, group.nbytes)  # None: a roll is due
                 firsts = log.append_frames(group.units, group.counts) if start is None else []
         except RecordTooLargeError as exc:  # cannot happen: every unit was checked against max_frame
+            if group.keys is not None:
+                group.keys.abandon()  # (the writer goes on: the keys it reserved were not written)
             for p in pending:
                 self._reply(p.ident, P.encode_error(p.request_id, exc))
             return
