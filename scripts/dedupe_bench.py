@@ -30,7 +30,7 @@ from typing import Any
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig
 from nori_wal.codec import SEAL_FRAME_SIZE
-from nori_wal.dedupe import DedupeIndex
+from nori_wal.dedupe import MERGE_SPAN_MS, DedupeIndex
 
 
 def run_case(n: int, size: int, batch: int, keyed: bool) -> float:
@@ -103,12 +103,16 @@ def run_writer_case(producers: int, n: int, size: int, batch: int, mode: str) ->
         shutil.rmtree(d, ignore_errors=True)
 
 
-def index_memory(keys: int) -> float:
-    """Bytes per key of a DedupeIndex holding ``keys`` 36-byte keys (tracemalloc)."""
+def index_memory(keys: int, merge_span_ms: int = MERGE_SPAN_MS) -> float:
+    """Bytes per key of a DedupeIndex holding ``keys`` 36-byte keys added 1 ms apart (tracemalloc).
+
+    With a log's ``merge_span_ms`` keys share runs (dedupe Rule 4); with 0
+    each key would be a run of its own (about 420 bytes a key).
+    """
     raw = [bytearray(str(uuid.uuid4()).encode()) for _ in range(keys)]  # bytes() copies: the index owns its keys
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    index = DedupeIndex(600_000, keys)
+    index = DedupeIndex(600_000, keys, merge_span_ms=merge_span_ms)
     for i, k in enumerate(raw):
         index.add(bytes(k), Position(i // 100_000, 32 + i % 100_000 * 150), 1_700_000_000_000 + i)
     used = tracemalloc.get_traced_memory()[0] - base
