@@ -24,6 +24,7 @@ from .codec import (
     FLAG_IDEMPOTENCY,
     FLAG_SEAL,
     FORMAT_MAX_FRAME,
+    KEYED_FLAGS,
     MIN_FRAME_SIZE,
     NEED_MORE,
     PLAIN_FLAGS,
@@ -80,6 +81,22 @@ def one_plain_frame(buf: BytesLike, limit: int) -> bool:
         return False
     lay = fast_frame(buf, 0, n, limit, PLAIN_FLAGS)
     return lay is not None and lay[1] == n
+
+
+def one_keyed_frame(buf: BytesLike, limit: int) -> bytes | None:
+    """The idempotency key of ``buf`` if it is exactly one valid keyed record frame of at most ``limit``
+    bytes, uncompressed, no TTL (``one_plain_frame`` for a retrying producer's one-record append).
+
+    None means "use ``scan_frames``", not "invalid".
+    """
+    n = len(buf)
+    if n < MIN_FRAME_SIZE or n > limit:
+        return None
+    lay = fast_frame(buf, 0, n, limit, KEYED_FLAGS)
+    if lay is None or lay[1] != n:
+        return None
+    vs = lay[0]
+    return bytes(buf[vs + 1 : vs + 1 + buf[vs]])
 
 
 def scan_frames(
