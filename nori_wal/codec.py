@@ -244,7 +244,7 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
         ) from exc
 
 
-def encode_with_key(record: Record, idem: bytes) -> bytes:
+def encode_with_key(record: Record, idem: bytes, prefix: bytes = b"") -> bytes:
     """``encode_record`` of ``record`` carrying ``idem`` (1..128 bytes) instead of its own key.
 
     A retrying client keys every record it sends (``client/retry.py``): this
@@ -257,9 +257,12 @@ def encode_with_key(record: Record, idem: bytes) -> bytes:
         if kl < 0x80 and vl < 0x4000 and 0 < il <= 128:  # (as encode_record's fast path)
             flag = 0x11 if tombstone else 0x10
             head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-            body = b"".join((head, key, _BYTE[il], idem, value))
-            return _pack_u32(crc32c(body)) + body
-    return encode_record(record._replace(idempotency_key=idem))
+            if not prefix:
+                body = b"".join((head, key, _BYTE[il], idem, value))
+                return _pack_u32(crc32c(body)) + body
+            head = b"".join((head, key, _BYTE[il], idem))
+            return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
+    return encode_record(record._replace(idempotency_key=idem), prefix)
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:
@@ -471,6 +474,8 @@ SCAN_FLAGS = bytes(
 # Of those, the uncompressed ones without a key (a compressed value needs a decompression check; a
 # reader's fast path builds unkeyed Records).
 PLAIN_FLAGS = bytes(ok if not f & (COMPRESSION_MASK | FLAG_IDEMPOTENCY) else 0 for f, ok in enumerate(SCAN_FLAGS))
+# An uncompressed keyed record without TTL (the writer's one-record keyed check).
+KEYED_FLAGS = bytes(1 if f in (FLAG_IDEMPOTENCY, FLAG_IDEMPOTENCY | FLAG_TOMBSTONE) else 0 for f in range(256))
 # A plain put: flags 0 (the reader's fast path builds the Record itself).
 PUT_FLAGS = bytes(1 if f == 0 else 0 for f in range(256))
 

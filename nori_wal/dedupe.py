@@ -22,17 +22,24 @@ Rules:
    two lists; ``scripts/dedupe_bench.py`` measures it).
 4. Keys live in runs (``KeyRun``): keys of one class appended together in one
    segment, with one time, their offsets in log order. The dict maps a key
-   to its run: a batch of new keys goes in with one ``dict.update`` and no
-   Python step per key (``all_new``/``add_new``), and a run's Position of a
-   key is found only when asked (a duplicate). A run takes more keys only
-   within ``merge_span_ms`` of its first (a log's index: ``MERGE_SPAN_MS``, so
-   that one-at-a-time appends do not make a run each), and its time is its
-   newest key's: every key is remembered at least its window, and at most
-   ``merge_span_ms`` longer (with 0, exactly its window).
-5. Keys are added with a clock that never runs backwards (``now`` is raised
+   to its run, so a batch of new keys goes in with one ``dict.update`` and no
+   Python step per key, and a run finds a key's Position only when asked (a
+   duplicate). A run takes more keys only within ``merge_span_ms`` of its
+   first (a log's index: ``MERGE_SPAN_MS``, so that one-at-a-time appends do
+   not make a run each), and its time is its newest key's: every key is
+   remembered at least its window, and at most ``merge_span_ms`` longer
+   (with 0, exactly its window).
+5. A batch's keys are reserved before it is written (``all_new`` said none is
+   held, ``check_room`` that they fit; ``reserve`` finds a key repeated in
+   the batch by the dict's size, and then changes nothing), then placed
+   where the write put them (``place``), or released if it was not written
+   (``release``). A reserved key is held but not remembered: ``lookup`` says
+   None, ``reserved`` gives the caller's tag for where it will be, and key
+   files leave it out (its run's segment is ``PENDING``).
+6. Keys are added with a clock that never runs backwards (``now`` is raised
    to the last one seen), so each class's queue of runs is in time order and
    expiry drops whole runs from its oldest end: O(1) amortised per key.
-6. Key files (``NNNNNN.keys``, docs/FORMAT.md) hold a sealed segment's keys
+7. Key files (``NNNNNN.keys``, docs/FORMAT.md) hold a sealed segment's keys
    (both classes) and their times, so an open need not scan sealed segments.
    One is checked against the seal of the segment it describes and its CRCs;
    anything that does not match is ignored and the segment is scanned
@@ -155,7 +162,7 @@ class DedupeIndex:
         self._entries: dict[bytes, KeyRun] = {}
         self._runs = (deque[KeyRun](), deque[KeyRun]())  # other keys' runs, automatic keys' runs: oldest first
         self._held = [0, 0]  # keys held per class (the same order)
-        self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 5)
+        self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 6)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -231,7 +238,7 @@ class DedupeIndex:
         return self._put(key, position, now)
 
     def all_new(self, keys: Collection[bytes]) -> bool:
-        """True if no key of ``keys`` is held, remembered or expired-not-yet-dropped (Rule 4)."""
+        """True if no key of ``keys`` is held, remembered or expired-not-yet-dropped (Rule 5)."""
         return self._entries.keys().isdisjoint(keys)
 
     def reserve(
@@ -311,7 +318,7 @@ class DedupeIndex:
         """Remember a key read back from the log or a key file, appended at ``time_ms``.
 
         Keys come in log order and are never refused (they are in the log
-        already). A time earlier than one restored before is raised to it (Rule 5:
+        already). A time earlier than one restored before is raised to it (Rule 6:
         remembered longer, never shorter). False if the key was already remembered.
         """
         return self._put(key, position, self._clock(time_ms))

@@ -24,6 +24,7 @@ from .codec import (
     FLAG_IDEMPOTENCY,
     FLAG_SEAL,
     FORMAT_MAX_FRAME,
+    KEYED_FLAGS,
     MIN_FRAME_SIZE,
     NEED_MORE,
     PLAIN_FLAGS,
@@ -82,6 +83,22 @@ def one_plain_frame(buf: BytesLike, limit: int) -> bool:
     return lay is not None and lay[1] == n
 
 
+def one_keyed_frame(buf: BytesLike, limit: int) -> bytes | None:
+    """The idempotency key of ``buf`` if it is exactly one valid keyed record frame of at most ``limit``
+    bytes, uncompressed, no TTL (``one_plain_frame`` for a retrying producer's one-record append).
+
+    None means "use ``scan_frames``", not "invalid".
+    """
+    n = len(buf)
+    if n < MIN_FRAME_SIZE or n > limit:
+        return None
+    lay = fast_frame(buf, 0, n, limit, KEYED_FLAGS)
+    if lay is None or lay[1] != n:
+        return None
+    vs = lay[0]
+    return bytes(buf[vs + 1 : vs + 1 + buf[vs]])
+
+
 def scan_frames(
     buf: BytesLike, start: int = 0, limit: int = FORMAT_MAX_FRAME, keys: list[int | bytes] | None = None
 ) -> ScanResult:
@@ -103,20 +120,24 @@ def scan_frames(
             continue
         full = frame_layout(buf, off, n, limit)
         if type(full) is int:
-            return _stopped(buf, off, count, full, limit)._replace(compressed=compressed)
+            return _stopped(buf, off, count, full, limit)._replace(compressed=compressed, keyed=_found(keys))
         flags, end = full[0], full[4]  # type: ignore[index]
         if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
             status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
-            return _stopped(buf, off, count, status, limit)._replace(compressed=compressed)
+            return _stopped(buf, off, count, status, limit)._replace(compressed=compressed, keyed=_found(keys))
         if flags & FLAG_SEAL:
-            return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed)
+            return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed, keyed=_found(keys))
         if flags & COMPRESSION_MASK:
             compressed += 1
         if flags & FLAG_IDEMPOTENCY and keys is not None:
             keys += (off, idempotency_key_of(buf, full))  # type: ignore[arg-type]
         count += 1
         off = end
-    return ScanResult(off, count, Stop.END, compressed=compressed, keyed=0 if keys is None else len(keys) // 2)
+    return ScanResult(off, count, Stop.END, compressed=compressed, keyed=_found(keys))
+
+
+def _found(keys: list[int | bytes] | None) -> int:
+    return 0 if keys is None else len(keys) // 2
 
 
 def _stopped(buf: BytesLike, off: int, count: int, status: int, limit: int) -> ScanResult:

@@ -11,10 +11,13 @@ keys), records/s and the cost against unkeyed.
 
 Each case appends N records of ``--size`` bytes to a fresh embedded Wal under
 Always, one at a time and in batches of 100, with and without an idempotency
-key (36-byte keys, as a uuid4 string), and prints records/s and the keyed
-cost in percent. Then it fills a bare DedupeIndex with ``--keys`` keys and
-reports the bytes per key tracemalloc sees (keys, entries, order queue).
-Run it beside the unkeyed figures of the same run: fsync times swing.
+key (36-byte keys, as a uuid4 string), and prints records/s, the keyed cost
+in percent and the CPU time per record of the appending process. Every case
+runs ``--repeat`` times, the modes alternating, and the median is shown:
+fsync times swing, so read a cost beside the unkeyed figure of the same run.
+Then it fills a log's DedupeIndex with ``--keys`` keys (36-byte ones, and a
+retrying client's 16-byte automatic ones; added 100 at a time and one at a
+time) and reports the bytes per key tracemalloc sees.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from typing import Any
 
 from nori_wal import FsyncPolicy, Position, Record, Wal, WalConfig
 from nori_wal.codec import SEAL_FRAME_SIZE
-from nori_wal.dedupe import MERGE_SPAN_MS, DedupeIndex
+from nori_wal.dedupe import index_for
 
 
-def run_case(n: int, size: int, batch: int, keyed: bool) -> float:
-    """Records per second for one case on a fresh directory."""
+def run_case(n: int, size: int, batch: int, keyed: bool) -> tuple[float, float]:
+    """Records per second, and CPU microseconds per record (this process), for one case on a fresh directory."""
     d = tempfile.mkdtemp(prefix="dedupe-bench-")
     try:
         wal, _ = Wal.open(WalConfig(d, fsync_policy=FsyncPolicy.always()))
@@ -42,18 +45,22 @@ def run_case(n: int, size: int, batch: int, keyed: bool) -> float:
         recs = [Record.put(b"k%d" % i, value) for i in range(n)]
         if keyed:
             recs = [r.with_idempotency_key(str(uuid.uuid4()).encode()) for r in recs]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if batch == 1:
             for r in recs:
                 wal.append(r)
         else:
             for i in range(0, n, batch):
                 wal.append_batch(recs[i : i + batch])
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         wal.close()
-        return n / dt
+        return n / dt, cpu / n * 1e6
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def _producer(directory: str, n: int, size: int, batch: int, mode: str, go: Any, done: Any) -> None:
@@ -103,18 +110,26 @@ def run_writer_case(producers: int, n: int, size: int, batch: int, mode: str) ->
         shutil.rmtree(d, ignore_errors=True)
 
 
-def index_memory(keys: int, merge_span_ms: int = MERGE_SPAN_MS) -> float:
-    """Bytes per key of a DedupeIndex holding ``keys`` 36-byte keys added 1 ms apart (tracemalloc).
-
-    With a log's ``merge_span_ms`` keys share runs (dedupe Rule 4); with 0
-    each key would be a run of its own (about 420 bytes a key).
-    """
-    raw = [bytearray(str(uuid.uuid4()).encode()) for _ in range(keys)]  # bytes() copies: the index owns its keys
+def index_memory(keys: int, batch: int = 100, auto: bool = False) -> float:
+    """Bytes per key of a log's DedupeIndex holding ``keys`` keys added ``batch`` at a time, 1 ms apart
+    (tracemalloc): 36-byte keys (a uuid4 string), or a retrying client's 16-byte automatic keys."""
+    if auto:
+        raw = [bytearray(b"\x00" + os.urandom(15)) for _ in range(keys)]
+    else:
+        raw = [bytearray(str(uuid.uuid4()).encode()) for _ in range(keys)]  # bytes() copies: the index owns them
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    index = DedupeIndex(600_000, keys, merge_span_ms=merge_span_ms)
-    for i, k in enumerate(raw):
-        index.add(bytes(k), Position(i // 100_000, 32 + i % 100_000 * 150), 1_700_000_000_000 + i)
+    index = index_for(WalConfig(dedupe_max_keys=keys, dedupe_max_auto_keys=keys))
+    t = 1_700_000_000_000
+    for start in range(0, keys, batch):
+        chunk = [bytes(k) for k in raw[start : start + batch]]
+        t += 1
+        if batch == 1:
+            index.add(chunk[0], Position(start // 100_000, 32 + start % 100_000 * 150), t)
+            continue
+        runs = index.reserve(chunk, [150 * i for i in range(len(chunk))], len(chunk) if auto else 0, t)
+        assert runs is not None
+        index.place(runs, start // 100_000, 32 + start % 100_000 * 150)
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     assert len(index) == keys
@@ -166,30 +181,45 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--producers", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--reopen-mib", type=int, default=1024, help="size of the log reopened (MiB; 0: skip)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per case, alternating modes; the median is shown")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.quick:
-        args.appends, args.keys, args.producers, args.reopen_mib = 200, 2_000, [1, 2], 4
-    print(f"embedded Wal, Always, {args.appends} appends of {args.size} B per case")
-    print(f"{'mode':>12} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'keyed cost':>11}")
+        args.appends, args.keys, args.producers, args.reopen_mib, args.repeat = 200, 2_000, [1, 2], 4, 1
+    reps = args.repeat
+    print(f"embedded Wal, Always, {args.appends} appends of {args.size} B per case (median of {reps}, alternating)")
+    print(f"{'mode':>12} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'keyed cost':>11} {'CPU us/record':>22}")
     for batch in (1, 100):
-        plain = run_case(args.appends, args.size, batch, keyed=False)
-        keyed = run_case(args.appends, args.size, batch, keyed=True)
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(reps):
+            for keyed in (False, True):
+                runs[keyed].append(run_case(args.appends, args.size, batch, keyed))
+        plain, keyed_rate = (median([r for r, _c in runs[k]]) for k in (False, True))
+        cpu_plain, cpu_keyed = (median([c for _r, c in runs[k]]) for k in (False, True))
         mode = "sync" if batch == 1 else f"batch({batch})"
-        print(f"{mode:>12} {plain:14,.0f} {keyed:12,.0f} {100 * (1 - keyed / plain):10.1f}%")
-    print(f"\nwriter process, Always, {args.appends} appends of {args.size} B per case (split among N producers)")
+        print(
+            f"{mode:>12} {plain:14,.0f} {keyed_rate:12,.0f} {100 * (1 - keyed_rate / plain):10.1f}% "
+            f"{cpu_plain:10.2f} -> {cpu_keyed:.2f}"
+        )
+    print(
+        f"\nwriter process, Always, {args.appends} appends of {args.size} B per case (split among N producers; "
+        f"median of {reps}, alternating)"
+    )
     print(
         f"{'N':>3} {'mode':>10} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'cost':>6} "
         f"{'retrying rec/s':>15} {'cost':>6}"
     )
+    modes = ("unkeyed", "keyed", "retrying")
     for producers in args.producers:
         for batch in (1, 100):
-            plain = run_writer_case(producers, args.appends, args.size, batch, "unkeyed")
-            keyed = run_writer_case(producers, args.appends, args.size, batch, "keyed")
-            retrying = run_writer_case(producers, args.appends, args.size, batch, "retrying")
+            rates: dict[str, list[float]] = {m: [] for m in modes}
+            for _ in range(reps):
+                for m in modes:
+                    rates[m].append(run_writer_case(producers, args.appends, args.size, batch, m))
+            plain, by_key, retrying = (median(rates[m]) for m in modes)
             mode = "sync" if batch == 1 else f"batch({batch})"
             print(
-                f"{producers:>3} {mode:>10} {plain:14,.0f} {keyed:12,.0f} {100 * (1 - keyed / plain):5.1f}% "
+                f"{producers:>3} {mode:>10} {plain:14,.0f} {by_key:12,.0f} {100 * (1 - by_key / plain):5.1f}% "
                 f"{retrying:15,.0f} {100 * (1 - retrying / plain):5.1f}%"
             )
     if args.reopen_mib:
@@ -198,10 +228,13 @@ def main() -> None:
             f"reopen of a {args.reopen_mib} MiB log ({keys:,} keys in the window): {clean * 1000:.1f} ms after a "
             f"clean close, {crashed * 1000:.1f} ms after a crash (the last segment rescanned)"
         )
-    per_key = index_memory(args.keys)
-    print(
-        f"dedupe index: {args.keys:,} keys of 36 B: {per_key:.0f} bytes per key, {per_key * args.keys / 2**20:.0f} MiB"
-    )
+    for auto, what in ((False, "keys of 36 B"), (True, "automatic keys (16 B)")):
+        batched, single = index_memory(args.keys, 100, auto), index_memory(args.keys, 1, auto)
+        mib = args.keys / 2**20
+        print(
+            f"dedupe index: {args.keys:,} {what}: {batched:.0f} bytes per key added 100 at a time "
+            f"({batched * mib:.0f} MiB), {single:.0f} one at a time ({single * mib:.0f} MiB)"
+        )
 
 
 if __name__ == "__main__":

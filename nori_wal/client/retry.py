@@ -85,6 +85,11 @@ os.register_at_fork(after_in_child=_AUTO.renew)
 _tuple_new = tuple.__new__
 
 
+def auto_key() -> bytes:
+    """A new automatic key of this process (Rule 3)."""
+    return _AUTO.key()
+
+
 def with_identity(record: Record) -> Record:
     """``record`` with an automatic idempotency key unless it has one (Rule 3)."""
     if record[5] is not None:  # (idempotency_key)
@@ -127,6 +132,14 @@ def deliver(attempt: Callable[[], T], delivery_timeout: float, started: float | 
             time.sleep(min(next(delays), left))
 
 
+def redeliver(error: WriterUnavailableError, again: Callable[[], T], delivery_timeout: float, started: float) -> T:
+    """After a first attempt (started at ``started``) failed with ``error``: ``deliver(again)`` until the
+    deadline, or at once the deadline's error if it has passed."""
+    if time.monotonic() - started >= delivery_timeout:
+        raise deadline_error(delivery_timeout, error) from error
+    return deliver(again, delivery_timeout, started)
+
+
 async def deliver_async(attempt: Callable[[], Awaitable[T]], delivery_timeout: float) -> T:
     """``deliver`` for the asyncio client: ``attempt()`` returns an awaitable."""
     import asyncio
@@ -146,9 +159,11 @@ async def deliver_async(attempt: Callable[[], Awaitable[T]], delivery_timeout: f
 __all__ = [
     "AUTO_KEY_PREFIX",
     "AUTO_KEY_SIZE",
+    "auto_key",
     "check_delivery_timeout",
     "deliver",
     "deliver_async",
     "identity_frames",
+    "redeliver",
     "with_identity",
 ]

@@ -367,6 +367,11 @@ def _no_runs(runs: Any) -> list[Position]:
     return []
 
 
+def one_position(runs: Any) -> Position:
+    """The Position in the runs of a one-record append (its frame's length does not matter)."""
+    return positions_of(runs, (0,))[0]
+
+
 def positions_of(runs: Any, lengths: Sequence[int]) -> list[Position]:
     """Every record's Position from an APPEND reply's runs (unchecked, as decoded) and the frames' lengths.
 

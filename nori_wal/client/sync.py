@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import zmq
 
 from .. import protocol as P
-from ..codec import encode_record
+from ..codec import encode_record, encode_with_key
 from ..dedupe import AppendResult
 from ..errors import RecordTooLargeError, WalClosedError, WalError, WriterUnavailableError
 from ..position import Position
@@ -46,7 +46,7 @@ from ..protocol import (
 )
 from ..record import Record
 from .base import ClientBase, checked_position
-from .retry import deadline_error, deliver, identity_frames, with_identity
+from .retry import auto_key, deliver, identity_frames, redeliver, with_identity
 from .session import (
     MAX_REQUEST_BYTES,
     Outcome,
@@ -54,6 +54,7 @@ from .session import (
     append_results,
     batch_keyed_positions,
     batch_positions,
+    one_position,
     positions_of,
 )
 from .transport import (
@@ -150,10 +151,8 @@ class PendingAppend:
         client, dt = self._client, self._client.delivery_timeout
         if dt is None or not isinstance(err, WriterUnavailableError):
             raise err
-        if time.monotonic() - self._started >= dt:
-            raise deadline_error(dt, err)
         frames = [self._frame]
-        return append_results(deliver(lambda: client._batch_once(frames), dt, self._started))[0]
+        return append_results(redeliver(err, lambda: client._batch_once(frames), dt, self._started))[0]
 
     def _check_thread(self) -> None:
         # By identity, not thread id: CPython reuses a dead thread's id at once, and a dead
@@ -191,20 +190,30 @@ class WalClient(ClientBase[_ThreadConn]):
         # close, a reset and a fork. One compact APPEND (header and frame in one buffer), one
         # blocking receive, one struct call to read the ack. Anything else -- a thread's first call, a
         # check due, a large record, an error reply, a timeout -- takes the general path, with the
-        # same guarantees. With delivery_timeout: append_ex (every record keyed, retried).
-        if self.delivery_timeout is not None:
-            frames = identity_frames((record,))
-            return deliver(lambda: self._batch_once(frames), self.delivery_timeout)[0]
+        # same guarantees. With delivery_timeout the record is keyed and its first attempt takes the
+        # same path; an attempt whose outcome is unknown is sent again (retry.py).
+        dt = self.delivery_timeout
+        if dt is None:
+            return self._append_once(record, None)
+        started, idem = _monotonic(), record[5] if record[5] is not None else auto_key()
+        try:
+            return self._append_once(record, idem)
+        except WriterUnavailableError as exc:
+            return redeliver(exc, lambda: self._batch_once([encode_with_key(record, idem)])[0], dt, started)
+
+    def _append_once(self, record: Record, idem: bytes | None) -> Position:
+        """One attempt at ``append`` (``idem``: the key the record is sent with, when not its own)."""
         try:
             lane = self._local.lane
         except AttributeError:
-            return self._append_general(record)
+            return self._append_general(record, idem)
         if _monotonic() >= lane.until:
-            return self._append_general(record)
+            return self._append_general(record, idem)
         rid = lane.new_id()
-        msg = encode_record(record, _pack_header(APPEND_PREFIX, rid, APPEND_COUNT_TAG, 1))
+        header = _pack_header(APPEND_PREFIX, rid, APPEND_COUNT_TAG, 1)
+        msg = encode_record(record, header) if idem is None else encode_with_key(record, idem, header)
         if len(msg) >= ZERO_COPY_BYTES:
-            return self._one_position(self._request(lane, rid, msg))
+            return one_position(self._request(lane, rid, msg))
         sock = lane.sock
         try:
             send_frame(sock, msg, NOBLOCK)
@@ -213,42 +222,36 @@ class WalClient(ClientBase[_ThreadConn]):
         try:
             data = sock.recv()
         except zmq.Again:  # a receive slice passed: wait on
-            return self._one_position(self._await_reply(lane, rid, None, RECV_SLICE_MS / 1e3))
+            return one_position(self._await_reply(lane, rid, None, RECV_SLICE_MS / 1e3))
         except zmq.ZMQError as exc:
             raise self._failed(lane, exc, "receiving a reply") from None
         if len(data) == RUN_REPLY_SIZE:
             head, r, mid, seg, t3, off, t4, count = _unpack_run(data)
             if r == rid and count == 1 and (head, mid, t3, t4) == RUN_REPLY_TAGS:
                 return _tuple_new(Position, (seg, off))  # Position(seg, off) without NamedTuple's __new__
-        return self._one_position(self._await_reply(lane, rid, data))
+        return one_position(self._await_reply(lane, rid, data))
 
-    def _append_general(self, record: Record) -> Position:
+    def _append_general(self, record: Record, idem: bytes | None) -> Position:
         """append's general path: connects as needed, queues behind outstanding requests, re-arms the lane."""
         tc = self._thread_conn()
         if not tc.session.idle:
             slot = _Slot()
-            tc.session.queue_append((encode_record(record),), slot)
+            tc.session.queue_append((encode_record(record) if idem is None else encode_with_key(record, idem),), slot)
             self._wait(tc, (slot,))
             if slot.error is not None:
                 raise slot.error
             pos: Position = slot.value[0]
             return pos
         rid = tc.new_id()
-        pos = self._one_position(self._request(tc, rid, encode_record(record, P.encode_append(rid, 1))))
+        header = P.encode_append(rid, 1)
+        msg = encode_record(record, header) if idem is None else encode_with_key(record, idem, header)
+        pos = one_position(self._request(tc, rid, msg))
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
             tc.until = tc.conn.next_check
             self._local.lane = tc
             if self._closed:  # close() ran meanwhile (it sets _closed, then disarms): stay disarmed
                 tc.until = 0.0
         return pos
-
-    @staticmethod
-    def _one_position(runs: Any) -> Position:
-        """The Position in the runs of a one-record append (``_await_reply``'s result).
-
-        (The first record's position does not depend on its frame's length.)
-        """
-        return positions_of(runs, (0,))[0]
 
     def _request(self, tc: _ThreadConn, rid: int, msg: bytes | None) -> Any:
         """Send the compact APPEND ``msg`` (None: it was sent) and wait for its reply; the reply's runs.

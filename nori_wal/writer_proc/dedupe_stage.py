@@ -41,6 +41,7 @@ from ..position import Position
 from ..record import BytesLike
 from ..segment_log import SegmentLog
 
+_tuple_new = tuple.__new__  # a NamedTuple without NamedTuple.__new__'s Python-level call (hot path)
 # Where a duplicate's original is: known (in the index), or a frame of this group: (unit, offset in it).
 Ref = Union[Position, tuple[int, int]]
 
@@ -129,7 +130,7 @@ class GroupKeys:
             runs = index.reserve(keys, found[0::2], n_auto, self.now, first_unit)  # type: ignore[arg-type]
             if runs is not None:
                 self.runs[first_unit] = runs
-                return KeyedUnits([payload], [count], [])
+                return _tuple_new(KeyedUnits, ([payload], [count], []))
         return self._add_one_by_one(payload, max_frame, first_unit)  # (also a key repeated within it)
 
     def _room(self, new_keys: int, new_auto: int) -> DedupeCapacityError | None:

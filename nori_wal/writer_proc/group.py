@@ -29,7 +29,7 @@ from .. import protocol as P
 from ..errors import ProtocolError
 from ..position import Position
 from ..record import BytesLike
-from ..scan import one_plain_frame
+from ..scan import one_keyed_frame, one_plain_frame
 from .dedupe_stage import GroupKeys, WriterKeys
 
 _HEADER_SIZE = P.APPEND_HEADER_SIZE
@@ -117,6 +117,8 @@ class GroupBuilder:
         size = len(payload)
         nunits = 1
         if count != 1 or not one_plain_frame(payload, max_frame):  # else: valid, checked in a few steps
+            if count == 1 and self.dedupe is not None and (key := one_keyed_frame(payload, max_frame)) is not None:
+                return self._add_keyed(ident, rid, payload, 1, [0, key])  # a retrying producer's one record
             found: list[int | bytes] = []  # keyed frames' offsets and keys (Rule 5)
             keyed = P.validate_payload(payload, count, max_frame, found)
             if not isinstance(keyed, int):
@@ -154,7 +156,7 @@ class GroupBuilder:
         records = sum(plan.counts)
         self.units += plan.units
         self.counts += plan.counts
-        self.pending.append(Pending(ident, rid, records, size, len(plan.units)))
+        self.pending.append(_tuple_new(Pending, (ident, rid, records, size, len(plan.units))))
         self.records += records
         self.nbytes += size
         return None
@@ -217,10 +219,10 @@ def acks_keyed(group: GroupBuilder, firsts: Sequence[Position], received: float)
         for j in range(u, u + nunits):
             runs += (firsts[j][0], firsts[j][1], counts[j])
         u += nunits
-        reply = keys.reply(rid, pi, runs, firsts)
+        reply = keys.reply(rid, pi, runs, firsts) if keys.dups else None
         if reply is None:
             reply = P.encode_run_ok(rid, *runs) if nunits == 1 else P.encode_ok(rid, runs)
-        tickets.append(Ticket(ident, rid, reply, received))
+        tickets.append(_tuple_new(Ticket, (ident, rid, reply, received)))
     return tickets
 
 
