@@ -28,6 +28,7 @@ Rules:
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Union
@@ -80,8 +81,16 @@ ZEROED = -3
 LZ4_MAX_RATIO = 255  # an LZ4 block never expands more than this (one byte: 255 more of a match)
 ZSTD_MAX_RATIO = 32768  # nor a zstd frame (a 4-byte RLE block holds at most 128 KiB)
 
-_ZSTD_C = zstandard.ZstdCompressor(level=3, write_content_size=True)
-_ZSTD_D = zstandard.ZstdDecompressor()
+
+class _ZstdContexts(threading.local):
+    """One zstd compressor and decompressor per thread: their contexts are not thread-safe."""
+
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_ZSTD = _ZstdContexts()
 
 
 # -- results of decode_record (h11-style: an event, or a sentinel-like value) ----------
@@ -173,7 +182,7 @@ def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
         if compression == Compression.LZ4:
             return bytes(lz4.block.compress(value, store_size=True))
         if compression == Compression.ZSTD:
-            return _ZSTD_C.compress(value)
+            return _ZSTD.compressor.compress(value)
     except (lz4.block.LZ4BlockError, zstandard.ZstdError) as exc:
         name = Compression(compression).name
         raise WalError(f"{name} compression of a {len(value)}-byte value failed: {exc}") from exc
@@ -556,7 +565,7 @@ def decompress_value(stored: BytesLike, compression: int, limit: int) -> bytes |
             if size < 0 or size > min(limit, ZSTD_MAX_RATIO * len(stored)):
                 return None
             # Exactly one frame: trailing bytes or a second frame make the value invalid, not ignored.
-            dobj = _ZSTD_D.decompressobj()
+            dobj = _ZSTD.decompressor.decompressobj()
             out = dobj.decompress(stored)
             if not dobj.eof or dobj.unused_data or len(out) != size:
                 return None

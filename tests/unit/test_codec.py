@@ -2,6 +2,7 @@
 
 import inspect
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import lz4.block
@@ -290,7 +291,7 @@ def test_a_compressed_value_over_the_decode_limit_is_refused_before_compressing(
         raise AssertionError("compressed a value that is refused anyway")
 
     monkeypatch.setattr(lz4.block, "compress", no_compressing)
-    monkeypatch.setattr(codec, "_ZSTD_C", type("NoZstd", (), {"compress": staticmethod(no_compressing)})())
+    monkeypatch.setattr(codec._ZSTD, "compressor", type("NoZstd", (), {"compress": staticmethod(no_compressing)})())
     with pytest.raises(RecordTooLargeError, match=f"{comp.name} value of {limit + 1} bytes"):
         encode_record(Record.put(b"k", bytes(limit + 1)).with_compression(comp))
 
@@ -311,8 +312,23 @@ def test_a_compressor_failure_is_a_wal_error(monkeypatch):
         raise zstandard.ZstdError("cannot compress")
 
     monkeypatch.setattr(lz4.block, "compress", lz4_fails)
-    monkeypatch.setattr(codec, "_ZSTD_C", type("FailingZstd", (), {"compress": staticmethod(zstd_fails)})())
+    monkeypatch.setattr(codec._ZSTD, "compressor", type("FailingZstd", (), {"compress": staticmethod(zstd_fails)})())
     for comp, cause in ((Compression.LZ4, lz4.block.LZ4BlockError), (Compression.ZSTD, zstandard.ZstdError)):
         with pytest.raises(WalError, match=f"{comp.name} compression of a 10-byte value failed") as e:
             encode_record(Record.put(b"k", bytes(10)).with_compression(comp))
         assert isinstance(e.value.__cause__, cause)
+
+
+def test_threads_compress_and_decompress_zstd_at_once():
+    """A zstd context is not thread-safe; many writer and client threads encode and decode together."""
+    values = [bytes([i]) * 50 + bytes(range(i, i + 30)) for i in range(64)]
+
+    def round_trips(_: int) -> bool:
+        for v in values * 20:
+            frame = encode_record(Record.put(b"k", v).with_compression(Compression.ZSTD))
+            if decode_record(frame, 0).record.value != v:
+                return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(round_trips, range(8)))
