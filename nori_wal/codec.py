@@ -400,11 +400,11 @@ def fast_run(
             break
         f = buf[fp]
         if f & 0x10:  # FLAG_IDEMPOTENCY (only tables that take keyed frames get here): check its key block
-            vs = e - vlen  # (the block: u8 length 1..128, within the value region; as frame_layout checks it)
-            if not vlen or not 0 < (il := buf[vs]) < vlen or il > 128:
+            ks = e - vlen + 1  # (the block: u8 length 1..128, within the value region; as frame_layout checks it)
+            if not vlen or not 0 < (il := buf[ks - 1]) < vlen or il > 128:
                 break
             if keys is not None:
-                key = buf[vs + 1 : vs + 1 + il]
+                key = buf[ks : ks + il]
                 keys += (off, key if plain else bytes(key))  # type: ignore[arg-type]
         frames += 1
         if f & COMPRESSION_MASK:
