@@ -337,7 +337,8 @@ def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) ->
 
     The fast path of ``decode_record`` for hot loops (the scan, the reader, the
     writer's one-record check): a key under 128 bytes, a value length in at most
-    three varint bytes, ``flags_ok[flags] == 1``. None means "ask
+    three varint bytes, ``flags_ok[flags]`` 1 (or 2: a keyed frame, whose key
+    block is checked too; ``value_start`` is then the block's). None means "ask
     ``frame_layout``/``decode_record``", never "invalid": on every input it
     accepts only what ``decode_record`` accepts as a record ending at ``end``
     (property-tested).
@@ -359,14 +360,16 @@ def fast_frame(buf: BytesLike, off: int, n: int, limit: int, flags_ok: bytes) ->
             vlen, fp = (vb & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
         else:
             return None
-    if fp >= n or flags_ok[buf[fp]] != 1:
-        return None
     vs = fp + 1 + klen
     e = vs + vlen
+    if fp >= n or flags_ok[buf[fp]] != 1:
+        # A keyed frame's value region must start with a whole key block (frame_layout's check).
+        if fp >= n or flags_ok[buf[fp]] != 2 or not (vlen and e <= n and 0 < buf[vs] < vlen):
+            return None
+        if buf[vs] > MAX_IDEMPOTENCY_KEY:
+            return None
     if e > n or e - off > limit:
         return None
-    if buf[fp] & FLAG_IDEMPOTENCY and not (vlen and 0 < buf[vs] < vlen and buf[vs] <= MAX_IDEMPOTENCY_KEY):
-        return None  # a keyed frame's value region must start with a whole key block (frame_layout's check)
     mv = buf if type(buf) is memoryview else memoryview(buf)
     if crc32c(mv[p:e]) != _U32.unpack_from(buf, off)[0]:
         return None
@@ -408,21 +411,24 @@ def fast_run(
                 vlen, fp = (vb & 0x7F) | ((vb1 & 0x7F) << 7) | (buf[p + 3] << 14), p + 4
             else:
                 break
-        if fp >= n or flags_ok[buf[fp]] != 1:
-            break
         e = fp + 1 + klen + vlen
-        if e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
-            break
-        f = buf[fp]
-        if f & 0x10:  # FLAG_IDEMPOTENCY (only tables that take keyed frames get here): check its key block
-            vs = e - vlen  # (the block: u8 length 1..128, within the value region; as frame_layout checks it)
-            if not vlen or not 0 < (il := buf[vs]) < vlen or il > 128:
+        if fp >= n or flags_ok[buf[fp]] != 1:
+            # A keyed frame (2 in the table): check its key block as frame_layout does (u8 length 1..128,
+            # within the value region) and take its key. (Unkeyed frames pay nothing for this branch.)
+            if fp >= n or flags_ok[buf[fp]] != 2 or e > n or not vlen:
+                break
+            ks = e - vlen + 1
+            if not 0 < (il := buf[ks - 1]) < vlen or il > 128 or e - off > limit:
+                break
+            if crc32c(mv[p:e]) != unpack(buf, off)[0]:
                 break
             if keys is not None:
-                key = buf[vs + 1 : vs + 1 + il]
+                key = buf[ks : ks + il]
                 keys += (off, key if plain else bytes(key))  # type: ignore[arg-type]
+        elif e > n or e - off > limit or crc32c(mv[p:e]) != unpack(buf, off)[0]:
+            break
         frames += 1
-        if f & COMPRESSION_MASK:
+        if buf[fp] & COMPRESSION_MASK:
             compressed += 1
         off = e
     return off, frames, compressed
@@ -473,18 +479,20 @@ def put_run(
     return pairs, off
 
 
-# Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path.
-# Records without TTL or seal, with a valid compression (the scan: values are not decompressed there);
-# keyed ones too (the fast paths check their key block as frame_layout does).
+# Flag tables for ``fast_frame``: 1 where a flags byte is taken by the fast path, 2 where it is a keyed
+# frame's (the fast paths then check its key block as frame_layout does), 0 elsewhere.
+# Records without TTL or seal, with a valid compression (the scan: values are not decompressed there).
 SCAN_FLAGS = bytes(
-    1 if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK else 0
+    (2 if f & FLAG_IDEMPOTENCY else 1)
+    if not f & (RESERVED_FLAGS | FLAG_TTL | FLAG_SEAL) and (f & COMPRESSION_MASK) != COMPRESSION_MASK
+    else 0
     for f in range(256)
 )
 # Of those, the uncompressed ones without a key (a compressed value needs a decompression check; a
 # reader's fast path builds unkeyed Records).
 PLAIN_FLAGS = bytes(ok if not f & (COMPRESSION_MASK | FLAG_IDEMPOTENCY) else 0 for f, ok in enumerate(SCAN_FLAGS))
 # An uncompressed keyed record without TTL (the writer's one-record keyed check).
-KEYED_FLAGS = bytes(1 if f in (FLAG_IDEMPOTENCY, FLAG_IDEMPOTENCY | FLAG_TOMBSTONE) else 0 for f in range(256))
+KEYED_FLAGS = bytes(2 if f in (FLAG_IDEMPOTENCY, FLAG_IDEMPOTENCY | FLAG_TOMBSTONE) else 0 for f in range(256))
 # A plain put: flags 0 (the reader's fast path builds the Record itself).
 PUT_FLAGS = bytes(1 if f == 0 else 0 for f in range(256))
 

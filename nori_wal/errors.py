@@ -12,7 +12,7 @@
     │   └── InvalidRecordError    an argument that is not a valid Record (also a ValueError)
     ├── RecordsDeletedError       a reader's next records were deleted by GC (names the gap)
     ├── ConsumerExpiredError      a consumer's cursor was expired by max_retained_bytes (names what was lost)
-    └── DedupeCapacityError       a new idempotency key would exceed WalConfig.dedupe_max_keys (nothing written)
+    └── DedupeCapacityError       a new idempotency key would exceed its bound (WalConfig.dedupe_max_keys)
 
 Lower-layer errors (OSError, zmq.ZMQError) are chained as ``__cause__``. Where Python has a
 matching built-in the class is also one (as redis-py and httpx do it), so code written for
@@ -126,4 +126,5 @@ class ConsumerExpiredError(WalError):
 
 class DedupeCapacityError(WalError):
     """A new idempotency key would make the dedupe index hold more than ``WalConfig.dedupe_max_keys``
-    keys appended within the window; the append wrote nothing. Duplicates are still answered."""
+    keys appended within the window (``dedupe_max_auto_keys`` for a retrying client's automatic keys);
+    the append wrote nothing. Duplicates are still answered."""

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence, cast
 from .codec import encode_record
 from .commit import fsync_due_at, needs_fsync
 from .config import WalConfig
-from .dedupe import AppendResult, KeyRun, auto_count, index_for
+from .dedupe import AppendResult, KeyRun, auto_count, index_for, is_auto_key
 from .dedupe_files import RebuildInfo, rebuild_index, remove_stale_key_files, write_key_file
 from .errors import WalClosedError, WalError, WalIOError
 from .fs import OS, FileLayer
@@ -150,7 +150,7 @@ class Wal:
             if pos is not None:
                 self._log.check_usable()
             else:
-                self._dedupe.check_room(1, now)
+                self._dedupe.check_room(1, now, int(is_auto_key(key)))
                 pos = self._log.append_frames((frame,))[0]
                 self._dedupe.add(key, pos, now, check=False)
             end = self._log.position  # a duplicate's original may still await its fsync: so it waits too

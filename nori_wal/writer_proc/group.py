@@ -15,7 +15,8 @@ Rules:
    than a segment holds, which is cut at frame boundaries into several
    (``protocol.split_units``); its reply then carries one run per unit.
 4. A one-record append in our clients' encoding is validated in a few steps
-   (``scan.one_plain_frame``); anything else with one ``validate_payload`` call.
+   (``scan.one_plain_frame``, or ``scan.one_keyed_frame`` for a keyed one, as
+   a retrying client sends); anything else with one ``validate_payload`` call.
 5. A payload that holds keyed frames (the scan finds them) goes through the
    group's ``GroupKeys`` (``dedupe_stage``): duplicates are not written. Only
    then is the group's ``keys`` set, and the loop writes it keyed.
