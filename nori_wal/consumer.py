@@ -118,7 +118,7 @@ class Consumer:
         reader = self._reader
         while not self._closed:
             try:
-                for seg, run in reader._runs():  # (a run is in one segment)
+                for seg, run in reader.runs():  # (a run is in one segment)
                     if seg != self._segment:
                         self._segment = seg
                         self._check_expired()
@@ -149,7 +149,7 @@ class Consumer:
                 raise WalClosedError(f"consumer {self.name!r} is closed")
             if position == self._state.committed:
                 return
-            last = self._reader._last_read()  # the last record yielded, and its end
+            last = self._reader.last_read()  # the last record yielded, and its end
             if last is None or position > last[0]:
                 raise ValueError(f"commit({position}): consumer {self.name!r} has not yielded that record yet")
             if position < self._state.next:

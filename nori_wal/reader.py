@@ -87,7 +87,7 @@ Item = tuple[Record, Position]
 
 
 class _Run(NamedTuple):
-    """Records iteration hands out together (``WalReader._runs``), and what to know once some are."""
+    """Records iteration hands out together (``WalReader.runs``), and what to know once some are."""
 
     pairs: list[Item]
     it: Iterator[Item]  # over ``pairs``: what it has left is not handed out yet
@@ -214,18 +214,18 @@ class WalReader:
     def __iter__(self) -> Iterator[Item]:
         """Iterate to the current end of the log (or, with ``follow``, forever).
 
-        Records are read a run at a time (``_runs``: up to RUN_RECORDS built
+        Records are read a run at a time (``runs``: up to RUN_RECORDS built
         before the first is handed out); ``position`` still names the next one
         handed out. After ``close`` (from the loop's body or from another
         thread) the iteration ends quietly at its next step.
         """
-        for _seg, run in self._runs():
+        for _seg, run in self.runs():
             for item in run:
                 yield item
                 if self._closed:
                     return
 
-    def _runs(self) -> Iterator[tuple[int, Iterator[Item]]]:
+    def runs(self) -> Iterator[tuple[int, Iterator[Item]]]:
         """The records from the next one on, a run at a time, each with the segment it is in.
 
         A run is up to RUN_RECORDS plain puts from the read buffer, built in one
@@ -256,13 +256,13 @@ class WalReader:
             self._run = _new(_Run, (pairs, it, self._base + self._i, before))
             yield seg, it
 
-    def _last_read(self) -> tuple[Position, Position] | None:
+    def last_read(self) -> tuple[Position, Position] | None:
         """The last record iteration handed out and where it ends (None: none yet; ``next_record``'s do not count)."""
         last = self._handed_out()
         return None if last is None else (last[0], Position(last[0].segment_id, last[1]))
 
     def _handed_out(self) -> tuple[Position, int] | None:
-        """``_last_read`` with the end as an offset in the record's segment."""
+        """``last_read`` with the end as an offset in the record's segment."""
         run = self._run
         pairs = run.pairs
         k = len(pairs) - length_hint(run.it)
