@@ -203,11 +203,8 @@ class WalClient(ClientBase[_ThreadConn]):
 
     def _append_once(self, record: Record, idem: bytes | None) -> Position:
         """One attempt at ``append`` (``idem``: the key the record is sent with, when not its own)."""
-        try:
-            lane = self._local.lane
-        except AttributeError:
-            return self._append_general(record, idem)
-        if _monotonic() >= lane.until:
+        lane = getattr(self._local, "lane", None)  # (no try: its AttributeError would chain onto errors raised)
+        if lane is None or _monotonic() >= lane.until:
             return self._append_general(record, idem)
         rid = lane.new_id()
         header = _pack_header(APPEND_PREFIX, rid, APPEND_COUNT_TAG, 1)
