@@ -48,11 +48,11 @@ Rules:
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import deque
 from datetime import timedelta
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain, repeat
 from typing import Collection, Iterator, NamedTuple, Sequence
 
 from crc32c import crc32c
@@ -102,15 +102,37 @@ class AppendResult(NamedTuple):
     duplicate: bool
 
 
+class KeyColumns(NamedTuple):
+    """Keys and where and when each was appended, as three lists (a key file's entries)."""
+
+    keys: list[bytes]
+    offsets: list[int]
+    times: list[int]
+
+
 class KeyRun:
-    """Keys of one class appended together in one segment (Rule 4): ``keys[i]`` is at ``base + offsets[i]``."""
+    """Keys of one class appended together in one segment (Rule 4): ``keys[i]`` is at ``base + offsets[i]``.
 
-    __slots__ = ("auto", "base", "first", "keys", "offsets", "segment_id", "time", "unit", "where")
+    Only the newest run of a class takes more keys; an older one holds tuples
+    (``close``), which the garbage collector stops walking after one look.
+    """
 
-    def __init__(self, auto: bool, segment_id: int, base: int, time: int, keys: list[bytes], offsets: list[int]):
+    __slots__ = ("auto", "base", "first", "keys", "offsets", "segment_id", "serial", "time", "unit", "where")
+
+    def __init__(
+        self,
+        auto: bool,
+        segment_id: int,
+        base: int,
+        time: int,
+        keys: list[bytes] | tuple[bytes, ...],
+        offsets: list[int] | tuple[int, ...],
+    ):
+        self.serial = 0  # the index's name for it (what its keys map to)
         self.auto, self.segment_id, self.base = auto, segment_id, base
         self.first = self.time = time
-        self.keys, self.offsets = keys, offsets
+        self.keys: list[bytes] | tuple[bytes, ...] = keys
+        self.offsets: list[int] | tuple[int, ...] = offsets
         self.where: dict[bytes, int] | None = None  # key -> offset, made at the first lookup
         self.unit = 0  # while reserved (segment_id PENDING): the caller's tag for where it will be written
 
@@ -120,12 +142,19 @@ class KeyRun:
             where = self.where = dict(zip(self.keys, self.offsets))
         return make_position((self.segment_id, self.base + where[key]))
 
+    def close(self) -> None:
+        """No more keys come: hold them in tuples."""
+        self.keys, self.offsets = tuple(self.keys), tuple(self.offsets)
+
     def extend(self, keys: Sequence[bytes], offsets: Sequence[int], base: int, time: int) -> None:
         """Take more keys (at ``base + offsets``) appended at ``time`` (>= the run's)."""
         if base != self.base:
             offsets = [base - self.base + off for off in offsets]
-        self.keys += keys
-        self.offsets += offsets
+        own_keys = list(self.keys) if isinstance(self.keys, tuple) else self.keys
+        own_offsets = list(self.offsets) if isinstance(self.offsets, tuple) else self.offsets
+        own_keys += keys
+        own_offsets += offsets
+        self.keys, self.offsets = own_keys, own_offsets
         if self.where is not None:
             self.where.update(zip(keys, offsets))
         self.time = time
@@ -159,7 +188,11 @@ class DedupeIndex:
         self.auto_window_ms = auto_window_ms
         self.max_auto_keys = max_auto_keys
         self.merge_span_ms = merge_span_ms
-        self._entries: dict[bytes, KeyRun] = {}
+        # key -> its run's serial, a plain int: a dict of bytes and ints is one the garbage collector
+        # never walks (mapping keys to the runs themselves made every full collection visit every key).
+        self._entries: dict[bytes, int] = {}
+        self._by_serial: dict[int, KeyRun] = {}
+        self._serials = itertools.count(1)
         self._runs = (deque[KeyRun](), deque[KeyRun]())  # other keys' runs, automatic keys' runs: oldest first
         self._held = [0, 0]  # keys held per class (the same order)
         self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 6)
@@ -175,6 +208,22 @@ class DedupeIndex:
         """How many automatic keys are held (``len`` counts both classes)."""
         return self._held[1]
 
+    def _run_of(self, key: bytes) -> KeyRun | None:
+        serial = self._entries.get(key)
+        return None if serial is None else self._by_serial[serial]
+
+    def _register(self, run: KeyRun) -> KeyRun:
+        run.serial = serial = next(self._serials)
+        self._by_serial[serial] = run
+        return run
+
+    def _push(self, run: KeyRun) -> None:
+        """Add ``run`` as its class's newest: the one before it takes no more keys."""
+        runs = self._runs[run.auto]
+        if runs:
+            runs[-1].close()
+        runs.append(run)
+
     def _clock(self, now_ms: int) -> int:
         if now_ms > self._now:
             self._now = now_ms
@@ -189,7 +238,9 @@ class DedupeIndex:
             runs = self._runs[cls]
             cutoff = now - window
             while runs and runs[0].time < cutoff:
-                keys = runs.popleft().keys
+                run = runs.popleft()
+                del self._by_serial[run.serial]
+                keys = run.keys
                 _CONSUME(map(entries.__delitem__, keys))  # each key is in one run, the one it maps to
                 held[cls] -= len(keys)
                 dropped += len(keys)
@@ -198,7 +249,7 @@ class DedupeIndex:
     def lookup(self, key: bytes, now_ms: int) -> Position | None:
         """The original Position of ``key`` if it is remembered at ``now_ms``, else None (also for a key
         reserved and not yet written: ``reserved`` says where it will be)."""
-        run = self._entries.get(key)
+        run = self._run_of(key)
         if run is None or run.time < self._clock(now_ms) - (self.auto_window_ms if run.auto else self.window_ms):
             return None  # (an expired key is dropped at the next ``expire``)
         if run.segment_id == PENDING:
@@ -252,11 +303,12 @@ class DedupeIndex:
         """
         t = self._clock(now_ms)
         if n_auto == 0 or n_auto == len(keys):
-            runs = [KeyRun(n_auto > 0, PENDING, 0, t, keys, offsets)]
+            runs = [self._register(KeyRun(n_auto > 0, PENDING, 0, t, keys, offsets))]
         else:  # a mixed batch: a run per class (both written at the same place)
             auto = [is_auto_key(k) for k in keys]
             runs = [
-                KeyRun(cls, PENDING, 0, t, [k for k, a in zip(keys, auto) if a is cls], []) for cls in (False, True)
+                self._register(KeyRun(cls, PENDING, 0, t, [k for k, a in zip(keys, auto) if a is cls], []))
+                for cls in (False, True)
             ]
             if offsets:
                 for run in runs:
@@ -265,12 +317,14 @@ class DedupeIndex:
         before = len(entries)
         for run in runs:
             run.unit = unit
-            entries.update(zip(run.keys, repeat(run)))
+            entries.update(zip(run.keys, repeat(run.serial)))
         if len(entries) != before + len(keys):  # a key repeated: undo (every key was new, nothing was replaced)
             _CONSUME(map(entries.pop, keys, repeat(None)))
+            for run in runs:
+                del self._by_serial[run.serial]
             return None
         for run in runs:
-            self._runs[run.auto].append(run)
+            self._push(run)
             self._held[run.auto] += len(run.keys)
         return runs
 
@@ -282,18 +336,19 @@ class DedupeIndex:
             run.segment_id, run.base = segment_id, base
         if offsets is not None:
             (run,) = runs
-            run.offsets = offsets
+            run.offsets = tuple(offsets) if isinstance(run.keys, tuple) else offsets  # (closed already: a tuple)
 
     def release(self, runs: list[KeyRun]) -> None:
         """Reserved ``runs`` will not be written: forget their keys."""
         for run in runs:
             _CONSUME(map(self._entries.pop, run.keys, repeat(None)))
+            del self._by_serial[run.serial]
             self._runs[run.auto].remove(run)
             self._held[run.auto] -= len(run.keys)
 
     def reserved(self, key: bytes) -> tuple[int, int] | None:
         """``(unit, offset)`` of a reserved, not yet written key (as given to ``reserve``), else None."""
-        run = self._entries.get(key)
+        run = self._run_of(key)
         if run is None or run.segment_id != PENDING:
             return None
         return run.unit, run.offsets[run.keys.index(key)]
@@ -306,12 +361,12 @@ class DedupeIndex:
         if run is not None and len(keys) < 16 and run.segment_id == segment_id and t - run.first <= self.merge_span_ms:
             run.extend(keys, offsets, base, t)
         else:
-            run = KeyRun(auto, segment_id, base, t, keys, offsets)
-            runs.append(run)
+            run = self._register(KeyRun(auto, segment_id, base, t, keys, offsets))
+            self._push(run)
         if len(keys) == 1:
-            self._entries[keys[0]] = run
+            self._entries[keys[0]] = run.serial
         else:
-            self._entries.update(zip(keys, repeat(run)))
+            self._entries.update(zip(keys, repeat(run.serial)))
         self._held[auto] += len(keys)
 
     def restore(self, key: bytes, position: Position, time_ms: int) -> bool:
@@ -326,7 +381,7 @@ class DedupeIndex:
     def _put(self, key: bytes, position: Position, t: int) -> bool:
         """Insert at time ``t`` (>= every time held); the first position of a remembered key stays."""
         auto = len(key) == AUTO_KEY_SIZE and key[0] == 0
-        old = self._entries.get(key)
+        old = self._run_of(key)
         if old is not None:
             if old.time >= t - (self.auto_window_ms if auto else self.window_ms):
                 return False
@@ -335,21 +390,40 @@ class DedupeIndex:
         return True
 
     def segment_entries(self, segment_id: int) -> list[tuple[bytes, int, int]]:
-        """``(key, offset, time_ms)`` of the keys remembered in ``segment_id``, in log order.
+        """``(key, offset, time_ms)`` of the keys remembered in ``segment_id``, in log order."""
+        return list(zip(*self.segment_columns(segment_id)))
+
+    def segment_columns(self, segment_id: int) -> KeyColumns:
+        """The keys remembered in ``segment_id``, their offsets and times, in log order (a key file's).
 
         Runs are added in log order, so in each queue a segment's runs are at
         the newest end: the walk stops at the first run of an earlier segment.
+        No Python step per key (a writer's segment may hold millions) and no
+        tuple per key (the collector would walk each).
         """
-        out: list[tuple[bytes, int, int]] = []
+        cols = KeyColumns([], [], [])
+        classes = 0
         for runs in self._runs:
+            mine: list[KeyRun] = []
             for run in reversed(runs):
                 if run.segment_id < segment_id:
                     break
                 if run.segment_id == segment_id:
-                    base, t = run.base, run.time
-                    out += [(key, base + off, t) for key, off in zip(run.keys, run.offsets)]
-        out.sort(key=itemgetter(1))
-        return out
+                    mine.append(run)
+            classes += bool(mine)
+            for run in reversed(mine):  # (a run's offsets ascend, and so do runs of one class)
+                cols.keys.extend(run.keys)
+                cols.offsets.extend(map(run.base.__add__, run.offsets))
+                cols.times.extend(repeat(run.time, len(run.keys)))
+        if classes > 1:  # both classes: interleave them by offset
+            order = sorted(range(len(cols.offsets)), key=cols.offsets.__getitem__)
+            keys, offsets, times = cols
+            cols = KeyColumns(
+                list(map(keys.__getitem__, order)),
+                list(map(offsets.__getitem__, order)),
+                list(map(times.__getitem__, order)),
+            )
+        return cols
 
     def items(self) -> Iterator[tuple[bytes, Position, int]]:
         """Every remembered ``(key, position, time_ms)``: other keys oldest first, then automatic ones."""
@@ -392,12 +466,14 @@ def parse_key_file_name(name: str) -> int | None:
     return None
 
 
-def encode_key_file(segment_id: int, data_end: int, record_count: int, entries: list[tuple[bytes, int, int]]) -> bytes:
+def encode_key_file(segment_id: int, data_end: int, record_count: int, cols: KeyColumns) -> bytes:
     """The bytes of the key file for a segment sealed at ``data_end`` holding ``record_count`` records."""
-    body = b"".join(_KF_ENTRY.pack(t, off, len(key)) + key for key, off, t in entries)
-    newest = max((t for _k, _o, t in entries), default=0)
+    keys, offsets, times = cols
+    # Each entry's fixed part, then its key, joined without a Python step per entry.
+    body = b"".join(chain.from_iterable(zip(map(_KF_ENTRY.pack, times, offsets, map(len, keys)), keys)))
+    newest = max(times, default=0)
     head = _KF_HEAD.pack(
-        KEY_FILE_MAGIC, KEY_FILE_VERSION, KEY_FILE_HEADER_SIZE, len(entries), segment_id, data_end, record_count, newest
+        KEY_FILE_MAGIC, KEY_FILE_VERSION, KEY_FILE_HEADER_SIZE, len(keys), segment_id, data_end, record_count, newest
     )
     return head + struct.pack("<II", crc32c(head), crc32c(body)) + body
 

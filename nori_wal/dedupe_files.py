@@ -69,14 +69,14 @@ def write_key_file(
 
     OSError propagates: the caller (the seal) fail-stops.
     """
-    entries = index.segment_entries(segment_id)
+    cols = index.segment_columns(segment_id)
     final = os.path.join(directory, key_file_name(segment_id))
-    if not entries:
+    if not cols.keys:
         if layer.exists(final):
             layer.unlink(final)
             layer.sync_dir(directory)
         return
-    replace_durably(layer, final, [encode_key_file(segment_id, data_end, record_count, entries)])
+    replace_durably(layer, final, [encode_key_file(segment_id, data_end, record_count, cols)])
 
 
 def remove_stale_key_files(layer: FileLayer, directory: str, segment_ids: list[int]) -> int:

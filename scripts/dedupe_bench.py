@@ -36,55 +36,74 @@ from nori_wal.codec import SEAL_FRAME_SIZE
 from nori_wal.dedupe import index_for
 
 
-def run_case(n: int, size: int, batch: int, keyed: bool) -> tuple[float, float]:
-    """Records per second, and CPU microseconds per record (this process), for one case on a fresh directory."""
-    d = tempfile.mkdtemp(prefix="dedupe-bench-")
-    try:
-        wal, _ = Wal.open(WalConfig(d, fsync_policy=FsyncPolicy.always()))
-        value = b"x" * size
-        recs = [Record.put(b"k%d" % i, value) for i in range(n)]
-        if keyed:
-            recs = [r.with_idempotency_key(str(uuid.uuid4()).encode()) for r in recs]
-        t0, c0 = time.perf_counter(), time.process_time()
-        if batch == 1:
-            for r in recs:
-                wal.append(r)
-        else:
-            for i in range(0, n, batch):
-                wal.append_batch(recs[i : i + batch])
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        wal.close()
-        return n / dt, cpu / n * 1e6
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _producer(directory: str, n: int, size: int, batch: int, mode: str, go: Any, done: Any) -> None:
-    from nori_wal import WalClient
-
-    client = WalClient.for_dir(directory, timeout=60.0, delivery_timeout=60.0 if mode == "retrying" else None)
+def make_records(n: int, size: int, mode: str) -> list[Record]:
+    """``n`` records of ``size`` bytes; with a uuid4 idempotency key each in mode "keyed"."""
     value = b"x" * size
     recs = [Record.put(b"k%d" % i, value) for i in range(n)]
     if mode == "keyed":
         recs = [r.with_idempotency_key(str(uuid.uuid4()).encode()) for r in recs]
-    client.append(Record.put(b"warm", b"up"))  # connected before the clock starts
-    go.wait()
+    return recs
+
+
+def append_all(target: Any, recs: list[Record], batch: int) -> None:
     if batch == 1:
         for r in recs:
-            client.append(r)
+            target.append(r)
     else:
-        for i in range(0, n, batch):
-            client.append_batch(recs[i : i + batch])
+        for i in range(0, len(recs), batch):
+            target.append_batch(recs[i : i + batch])
+
+
+def embedded_rounds(n: int, size: int, batch: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per mode ("unkeyed", "keyed"), each round's (records/s, CPU us per record): one embedded Wal (Always),
+    the modes taking turns round after round, so that each pair of figures saw the same disk."""
+    d = tempfile.mkdtemp(prefix="dedupe-bench-")
+    out: dict[str, list[tuple[float, float]]] = {"unkeyed": [], "keyed": []}
+    try:
+        wal, _ = Wal.open(WalConfig(d, fsync_policy=FsyncPolicy.always()))
+        for _ in range(rounds):
+            for mode in out:
+                recs = make_records(n, size, mode)
+                t0, c0 = time.perf_counter(), time.process_time()
+                append_all(wal, recs, batch)
+                dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+                out[mode].append((n / dt, cpu / n * 1e6))
+        wal.close()
+        return out
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _producer(directory: str, n: int, size: int, batch: int, orders: Any, done: Any) -> None:
+    """Append ``n`` records in the mode each order names (None: stop); report the time each round ended."""
+    from nori_wal import WalClient
+
+    clients = {
+        "unkeyed": WalClient.for_dir(directory, timeout=60.0),
+        "retrying": WalClient.for_dir(directory, timeout=60.0, delivery_timeout=60.0),
+    }
+    clients["keyed"] = clients["unkeyed"]
+    for c in clients.values():
+        c.append(Record.put(b"warm", b"up"))  # connected before any clock starts
     done.put(time.perf_counter())
-    client.close()
+    while (mode := orders.get()) is not None:
+        recs = make_records(n, size, "keyed" if mode == "keyed" else "unkeyed")
+        orders.task_done()
+        append_all(clients[mode], recs, batch)
+        done.put(time.perf_counter())
+    for c in clients.values():
+        c.close()
 
 
-def run_writer_case(producers: int, n: int, size: int, batch: int, mode: str) -> float:
-    """Records per second through a writer process (Always) with ``producers`` producer processes."""
+def writer_rounds(
+    producers: int, n: int, size: int, batch: int, rounds: int, modes: list[str]
+) -> dict[str, list[float]]:
+    """Per mode, each round's records/s through one writer process (Always) and ``producers`` producer
+    processes that stay up; the modes take turns round after round (paired figures, as above)."""
     import multiprocessing as mp
 
     from nori_wal.writer_proc import WriterProcess
@@ -92,22 +111,43 @@ def run_writer_case(producers: int, n: int, size: int, batch: int, mode: str) ->
     ctx = mp.get_context("spawn")
     d = tempfile.mkdtemp(prefix="dedupe-bench-")
     writer = WriterProcess.spawn(WalConfig(d, fsync_policy=FsyncPolicy.always()))
+    out: dict[str, list[float]] = {m: [] for m in modes}
+    procs = []
     try:
-        go, done = ctx.Event(), ctx.Queue()
         share = max(batch, n // producers)
-        procs = [ctx.Process(target=_producer, args=(d, share, size, batch, mode, go, done)) for _ in range(producers)]
+        done = ctx.Queue()
+        orders = [ctx.JoinableQueue() for _ in range(producers)]
+        procs = [ctx.Process(target=_producer, args=(d, share, size, batch, q, done)) for q in orders]
         for p in procs:
             p.start()
-        time.sleep(0.5 + 0.05 * producers)  # let them connect (a benchmark, not a test)
-        t0 = time.perf_counter()
-        go.set()
-        ends = [done.get(timeout=600) for _ in procs]
+        for _ in procs:  # every producer started, imported and connected
+            done.get(timeout=120)
+        for _ in range(rounds):
+            for mode in modes:
+                for q in orders:
+                    q.put(mode)
+                for q in orders:
+                    q.join()  # records made: the clock starts now
+                t0 = time.perf_counter()
+                ends = [done.get(timeout=600) for _ in procs]
+                out[mode].append(share * producers / (max(ends) - t0))
+        for q in orders:
+            q.put(None)
         for p in procs:
             p.join(60)
-        return share * producers / (max(ends) - t0)
+        return out
     finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
         writer.stop()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def cost(rates: dict[str, list[float]], mode: str) -> tuple[float, float, float]:
+    """The cost of ``mode`` against unkeyed, in percent: the median over rounds, and the smallest and largest."""
+    costs = sorted(100 * (1 - r / u) for r, u in zip(rates[mode], rates["unkeyed"]))
+    return costs[len(costs) // 2], costs[0], costs[-1]
 
 
 def index_memory(keys: int, batch: int = 100, auto: bool = False) -> float:
@@ -176,51 +216,52 @@ def reopen_seconds(total_bytes: int, keyed_every: int = 100) -> tuple[float, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--appends", type=int, default=20_000)
+    ap.add_argument("--appends", type=int, default=2_000, help="records per sync round (split among N producers)")
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--producers", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--reopen-mib", type=int, default=1024, help="size of the log reopened (MiB; 0: skip)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per case, alternating modes; the median is shown")
+    ap.add_argument("--batch-factor", type=int, default=10, help="batch(100) rounds append this many times --appends")
+    ap.add_argument("--rounds", type=int, default=9, help="rounds per case, the modes taking turns; medians shown")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     args = ap.parse_args()
     if args.quick:
-        args.appends, args.keys, args.producers, args.reopen_mib, args.repeat = 200, 2_000, [1, 2], 4, 1
-    reps = args.repeat
-    print(f"embedded Wal, Always, {args.appends} appends of {args.size} B per case (median of {reps}, alternating)")
-    print(f"{'mode':>12} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'keyed cost':>11} {'CPU us/record':>22}")
+        args.appends, args.keys, args.producers, args.reopen_mib, args.rounds = 200, 2_000, [1, 2], 4, 1
+    rounds = args.rounds
+
+    def records(batch: int) -> int:
+        return args.appends if batch == 1 else args.appends * args.batch_factor
+
+    sizes = f"{args.size}-byte values, {args.appends} appends per sync round, {records(100)} per batch round"
+    print(f"embedded Wal, Always, {sizes}; {rounds} rounds, the modes taking turns on one log (medians)")
+    print(f"{'mode':>12} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'keyed cost (range)':>22} {'CPU us/record':>16}")
     for batch in (1, 100):
-        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-        for _ in range(reps):
-            for keyed in (False, True):
-                runs[keyed].append(run_case(args.appends, args.size, batch, keyed))
-        plain, keyed_rate = (median([r for r, _c in runs[k]]) for k in (False, True))
-        cpu_plain, cpu_keyed = (median([c for _r, c in runs[k]]) for k in (False, True))
+        runs = embedded_rounds(records(batch), args.size, batch, rounds)
+        rates = {m: [r for r, _c in runs[m]] for m in runs}
+        (plain, cpu_plain), (keyed_rate, cpu_keyed) = (
+            (median(rates[m]), median([c for _r, c in runs[m]])) for m in ("unkeyed", "keyed")
+        )
+        mid, lo, hi = cost(rates, "keyed")
         mode = "sync" if batch == 1 else f"batch({batch})"
         print(
-            f"{mode:>12} {plain:14,.0f} {keyed_rate:12,.0f} {100 * (1 - keyed_rate / plain):10.1f}% "
-            f"{cpu_plain:10.2f} -> {cpu_keyed:.2f}"
+            f"{mode:>12} {plain:14,.0f} {keyed_rate:12,.0f} {mid:8.1f}% ({lo:5.1f}..{hi:5.1f}) "
+            f"{cpu_plain:7.2f} -> {cpu_keyed:.2f}"
         )
+    print(f"\nwriter process, Always, {sizes} (split among N producers); {rounds} rounds, the modes taking turns")
     print(
-        f"\nwriter process, Always, {args.appends} appends of {args.size} B per case (split among N producers; "
-        f"median of {reps}, alternating)"
+        f"{'N':>3} {'mode':>10} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'cost (range)':>21} "
+        f"{'retrying rec/s':>15} {'cost (range)':>21}"
     )
-    print(
-        f"{'N':>3} {'mode':>10} {'unkeyed rec/s':>14} {'keyed rec/s':>12} {'cost':>6} "
-        f"{'retrying rec/s':>15} {'cost':>6}"
-    )
-    modes = ("unkeyed", "keyed", "retrying")
+    modes = ["unkeyed", "keyed", "retrying"]
     for producers in args.producers:
         for batch in (1, 100):
-            rates: dict[str, list[float]] = {m: [] for m in modes}
-            for _ in range(reps):
-                for m in modes:
-                    rates[m].append(run_writer_case(producers, args.appends, args.size, batch, m))
-            plain, by_key, retrying = (median(rates[m]) for m in modes)
+            by_mode = writer_rounds(producers, records(batch), args.size, batch, rounds, modes)
+            plain, by_key, retrying = (median(by_mode[m]) for m in modes)
+            (k, klo, khi), (r, rlo, rhi) = cost(by_mode, "keyed"), cost(by_mode, "retrying")
             mode = "sync" if batch == 1 else f"batch({batch})"
             print(
-                f"{producers:>3} {mode:>10} {plain:14,.0f} {by_key:12,.0f} {100 * (1 - by_key / plain):5.1f}% "
-                f"{retrying:15,.0f} {100 * (1 - retrying / plain):5.1f}%"
+                f"{producers:>3} {mode:>10} {plain:14,.0f} {by_key:12,.0f} {k:6.1f}% ({klo:5.1f}..{khi:5.1f}) "
+                f"{retrying:15,.0f} {r:6.1f}% ({rlo:5.1f}..{rhi:5.1f})"
             )
     if args.reopen_mib:
         clean, crashed, keys = reopen_seconds(args.reopen_mib * 2**20)

@@ -14,6 +14,7 @@ from nori_wal import Compression, Position, Record, WalConfig
 from nori_wal.codec import Corrupt, Decoded, decode_record, encode_record
 from nori_wal.dedupe import (
     DedupeIndex,
+    KeyColumns,
     decode_key_file_entries,
     decode_key_file_head,
     encode_key_file,
@@ -160,13 +161,18 @@ def test_restore_keeps_the_first_position_and_ignores_the_cap():
 
 # -- key files ------------------------------------------------------------------------------------
 
+
+def columns(entries: list[tuple[bytes, int, int]]) -> KeyColumns:
+    return KeyColumns(*(list(col) for col in zip(*entries))) if entries else KeyColumns([], [], [])
+
+
 entries_st = st.lists(st.tuples(idem_keys, st.integers(32, 10**6), st.integers(0, 2**62)), max_size=30)
 
 
 @settings(max_examples=100, deadline=None)
 @given(entries=entries_st)
 def test_a_key_file_reads_back_only_for_its_own_seal(entries):
-    data = encode_key_file(7, 10**6 + 1, 99, entries)
+    data = encode_key_file(7, 10**6 + 1, 99, columns(entries))
     head = decode_key_file_head(data, 7, 10**6 + 1, 99)
     assert not isinstance(head, str)
     assert decode_key_file_entries(head, data[56:]) == entries
@@ -178,7 +184,7 @@ def test_a_key_file_reads_back_only_for_its_own_seal(entries):
 @settings(max_examples=100, deadline=None)
 @given(entries=entries_st.filter(bool), flip=st.integers(0, 10**6))
 def test_a_damaged_key_file_is_never_used(entries, flip):
-    data = bytearray(encode_key_file(7, 10**6 + 1, 99, entries))
+    data = bytearray(encode_key_file(7, 10**6 + 1, 99, columns(entries)))
     i = flip % len(data)
     data[i] ^= 0x41
     head = decode_key_file_head(bytes(data[:56]), 7, 10**6 + 1, 99)
