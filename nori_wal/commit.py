@@ -134,12 +134,10 @@ def overlap_fsync(enabled: bool, arrived_during_last: bool) -> bool:
 
     Overlap pays two thread hand-offs and a wake-up of the loop for every
     request that arrives during the fsync, to receive, validate and write the
-    next group while the fsync runs (``os.fdatasync`` releases the GIL). That
-    wins only when a core is idle during the fsync. Measured on the two-core
-    reference machine, where eight producers keep both cores busy, the inline
-    fsync (the yardstick's loop) was faster in every workload (8 sync
-    producers: 6.7k vs 5.0-5.5k records/s; 8 x 32 in flight: 94k vs 75k; 8 x
-    append_batch(100): 260k vs 230k), so overlap is opt-in (``enabled``). When
+    next group while the fsync runs (``os.fdatasync`` releases the GIL). On the
+    two-core reference machine it lost 25-30% at 8 and 32 synchronous
+    producers and tied in batch(100) (docs/PERFORMANCE.md, "The writer's flush
+    thread"), so overlap is opt-in (``enabled``). When
     enabled it still runs inline until requests were seen arriving during an
     fsync: a lone synchronous producer never sends while its own fsync runs.
     """

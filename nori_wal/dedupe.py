@@ -17,14 +17,16 @@ Rules:
    so the index never evicts early: a NEW key that would exceed its class's
    cap after expired keys are dropped is refused (``DedupeCapacityError``)
    and nothing is written; duplicates are still answered. Size a cap as
-   keyed appends per second x window. Per key: about 137 bytes + the key's
+   keyed appends per second x window. Per key: about 126 bytes + the key's
    length (a dict slot, the key's bytes object, its offset and a slot in
    two lists; ``scripts/dedupe_bench.py`` measures it).
 4. Keys live in runs (``KeyRun``): keys of one class appended together in one
    segment, with one time, their offsets in log order. The dict maps a key
-   to its run, so a batch of new keys goes in with one ``dict.update`` and no
-   Python step per key, and a run finds a key's Position only when asked (a
-   duplicate). A run takes more keys only within ``merge_span_ms`` of its
+   to its run's serial number, so a batch of new keys goes in with one
+   ``dict.update`` and no Python step per key, and a run finds a key's
+   Position only when asked (a duplicate). The dict then holds only bytes and
+   ints, and a run older than its class's newest holds tuples: the garbage
+   collector walks a run per batch, never each key. A run takes more keys only within ``merge_span_ms`` of its
    first (a log's index: ``MERGE_SPAN_MS``, so that one-at-a-time appends do
    not make a run each), and its time is its newest key's: every key is
    remembered at least its window, and at most ``merge_span_ms`` longer
@@ -267,7 +269,7 @@ class DedupeIndex:
             raise DedupeCapacityError(
                 f"the dedupe index holds {held[0]} keys appended within the last "
                 f"{self.window_ms} ms and may hold at most {self.max_keys} (WalConfig.dedupe_max_keys): "
-                f"{other} new key(s) refused, nothing written. Raise dedupe_max_keys (about 137 bytes + the "
+                f"{other} new key(s) refused, nothing written. Raise dedupe_max_keys (about 126 bytes + the "
                 f"key's length each) or shorten dedupe_window"
             )
         if held[1] + new_auto > self.max_auto_keys:
@@ -275,7 +277,7 @@ class DedupeIndex:
                 f"the dedupe index holds {held[1]} automatic keys (a retrying client's) appended "
                 f"within the last {self.auto_window_ms} ms and may hold at most {self.max_auto_keys} "
                 f"(WalConfig.dedupe_max_auto_keys): {new_auto} new key(s) refused, nothing written. Raise "
-                f"dedupe_max_auto_keys (about 153 bytes each) or shorten auto_key_window"
+                f"dedupe_max_auto_keys (about 142 bytes each) or shorten auto_key_window"
             )
 
     def add(self, key: bytes, position: Position, now_ms: int, *, check: bool = True) -> bool:

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overlap",
         action="store_true",
-        help="fsync in a flush thread while the next group is received (helps only with idle cores)",
+        help="fsync in a flush thread while the next group is received (measured slower for synchronous producers)",
     )
     parser.add_argument(
         "--curve-secret",

@@ -94,7 +94,7 @@ class WriterProcess:
         ``layer`` is a test seam: a picklable FileLayer the writer uses instead
         of the OS (e.g. one that records or fails fsyncs). ``overlap`` runs
         fsyncs in a flush thread while the next group is received (see
-        ``commit.overlap_fsync``: it pays off only with idle cores).
+        ``commit.overlap_fsync``: opt-in, it measured slower for synchronous producers).
         ``curve_secret`` (the writer's ``.key_secret`` file, or secret key bytes)
         and ``curve_clients`` (a directory of allowed ``*.key`` files) require
         CURVE from every client (``nori_wal.security``); a non-loopback tcp
