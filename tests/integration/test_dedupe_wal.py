@@ -126,6 +126,18 @@ def test_past_the_cap_a_new_key_is_refused_and_nothing_written_but_duplicates_an
         wal.append(Record.put(b"unkeyed", b"still fine"))
 
 
+def test_automatic_keys_one_at_a_time_count_against_their_own_cap(tmp_path):
+    """A retrying client's keys (16 bytes, 0x00 first) past dedupe_max_keys are taken, to dedupe_max_auto_keys."""
+    auto = [b"\x00" + b"%015d" % i for i in range(6)]
+    with Wal.open(cfg(tmp_path, dedupe_max_keys=2, dedupe_max_auto_keys=5))[0] as wal:
+        positions = [wal.append(Record.put(b"a", b"v").with_idempotency_key(k)) for k in auto[:5]]
+        with pytest.raises(DedupeCapacityError, match="dedupe_max_auto_keys"):
+            wal.append(Record.put(b"a", b"v").with_idempotency_key(auto[5]))
+        assert wal.append(Record.put(b"a", b"v").with_idempotency_key(auto[1])) == positions[1]
+        wal.append(rec(0))  # a caller's key: its own cap, untouched by the automatic ones
+        wal.append(rec(1))
+
+
 def test_a_key_past_the_window_is_appended_again(tmp_path, monkeypatch):
     import nori_wal.wal as wal_mod
 
