@@ -26,11 +26,11 @@ Rules:
    ``dict.update`` and no Python step per key, and a run finds a key's
    Position only when asked (a duplicate). The dict then holds only bytes and
    ints, and a run older than its class's newest holds tuples: the garbage
-   collector walks a run per batch, never each key. A run takes more keys only within ``merge_span_ms`` of its
-   first (a log's index: ``MERGE_SPAN_MS``, so that one-at-a-time appends do
-   not make a run each), and its time is its newest key's: every key is
-   remembered at least its window, and at most ``merge_span_ms`` longer
-   (with 0, exactly its window).
+   collector walks a run per batch, never each key. A run takes more keys
+   only within ``merge_span_ms`` of its first (a log's index:
+   ``MERGE_SPAN_MS``, so that one-at-a-time appends do not make a run each),
+   and its time is its newest key's: every key is remembered at least its
+   window, and at most ``merge_span_ms`` longer (with 0, exactly its window).
 5. A batch's keys are reserved before it is written (``all_new`` said none is
    held, ``check_room`` that they fit; ``reserve`` finds a key repeated in
    the batch by the dict's size, and then changes nothing), then placed
@@ -54,7 +54,8 @@ import itertools
 import struct
 from collections import deque
 from datetime import timedelta
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
+from operator import gt
 from typing import Collection, Iterator, NamedTuple, Sequence
 
 from crc32c import crc32c
@@ -417,9 +418,10 @@ class DedupeIndex:
                 cols.keys.extend(run.keys)
                 cols.offsets.extend(map(run.base.__add__, run.offsets))
                 cols.times.extend(repeat(run.time, len(run.keys)))
-        if classes > 1:  # both classes: interleave them by offset
-            order = sorted(range(len(cols.offsets)), key=cols.offsets.__getitem__)
-            keys, offsets, times = cols
+        offsets = cols.offsets
+        if classes > 1 or any(map(gt, offsets, islice(offsets, 1, None))):  # (both classes: interleaved)
+            order = sorted(range(len(offsets)), key=offsets.__getitem__)
+            keys, times = cols.keys, cols.times
             cols = KeyColumns(
                 list(map(keys.__getitem__, order)),
                 list(map(offsets.__getitem__, order)),
