@@ -1,20 +1,21 @@
 """Keyed vs unkeyed appends (embedded, and through a writer process), and the dedupe index's memory per key.
 
-    python scripts/dedupe_bench.py                 # full: 20,000 appends per case, 1,000,000 keys
+    python scripts/dedupe_bench.py                 # full: 9 rounds per case, 1,000,000 keys
     python scripts/dedupe_bench.py --quick         # tiny sizes (a smoke run; figures mean nothing)
 
+Embedded: one Wal (Always) takes ``--appends`` records of ``--size`` bytes
+per round, one at a time (sync), and ``--batch-factor`` times as many in
+batches of 100, with and without an idempotency key (36 bytes, a uuid4
+string); it prints records/s, the keyed cost and the CPU per record.
+
 Through a writer process (Always), with N = 1, 8, 32 producer processes
-(``--producers``), each appending its share one at a time (sync) and in
-batches of 100: unkeyed, keyed (a uuid4 key per record) and "retrying"
+(``--producers``) that stay up: unkeyed, keyed and "retrying"
 (``delivery_timeout`` set, no key of its own: the client's automatic 16-byte
 keys), records/s and the cost against unkeyed.
 
-Each case appends N records of ``--size`` bytes to a fresh embedded Wal under
-Always, one at a time and in batches of 100, with and without an idempotency
-key (36-byte keys, as a uuid4 string), and prints records/s, the keyed cost
-in percent and the CPU time per record of the appending process. Every case
-runs ``--repeat`` times, the modes alternating, and the median is shown:
-fsync times swing, so read a cost beside the unkeyed figure of the same run.
+The modes take turns round after round (``--rounds``) on the same log or
+writer, so each pair of figures saw the same disk: fsync times swing, so a
+cost is the median of the rounds' paired costs, printed with its range.
 Then it fills a log's DedupeIndex with ``--keys`` keys (36-byte ones, and a
 retrying client's 16-byte automatic ones; added 100 at a time and one at a
 time) and reports the bytes per key tracemalloc sees.
