@@ -31,10 +31,10 @@ Rules:
    ``MERGE_SPAN_MS``, so that one-at-a-time appends do not make a run each),
    and its time is its newest key's: every key is remembered at least its
    window, and at most ``merge_span_ms`` longer (with 0, exactly its window).
-5. A batch's keys are reserved before it is written (``all_new`` said none is
-   held, ``check_room`` that they fit; ``reserve`` finds a key repeated in
-   the batch by the dict's size, and then changes nothing), then placed
-   where the write put them (``place``), or released if it was not written
+5. A batch's keys are reserved before it is written (``reserve_new``:
+   ``all_new`` said none is held, ``check_room`` that they fit; ``reserve``
+   finds a key repeated in the batch by the dict's size, and then changes
+   nothing), then placed where the write put them (``place``), or released if it was not written
    (``release``). A reserved key is held but not remembered: ``lookup`` says
    None, ``reserved`` gives the caller's tag for where it will be, and key
    files leave it out (its run's segment is ``PENDING``).
@@ -50,13 +50,12 @@ Rules:
 
 from __future__ import annotations
 
-import itertools
 import struct
 from collections import deque
 from datetime import timedelta
-from itertools import chain, islice, repeat
+from itertools import chain, count, islice, repeat
 from operator import gt
-from typing import Collection, Iterator, NamedTuple, Sequence
+from typing import Collection, NamedTuple, Sequence
 
 from crc32c import crc32c
 
@@ -83,7 +82,7 @@ def auto_count(keys: Sequence[bytes]) -> int:
         return 0
     if max(keys)[0] == 0 and min(map(len, keys)) == max(map(len, keys)) == AUTO_KEY_SIZE:
         return len(keys)
-    return sum(1 for k in keys if len(k) == AUTO_KEY_SIZE and k[0] == 0)
+    return sum(map(is_auto_key, keys))
 
 
 def index_for(config: WalConfig) -> DedupeIndex:
@@ -195,7 +194,7 @@ class DedupeIndex:
         # never walks (mapping keys to the runs themselves made every full collection visit every key).
         self._entries: dict[bytes, int] = {}
         self._by_serial: dict[int, KeyRun] = {}
-        self._serials = itertools.count(1)
+        self._serials = count(1)
         self._runs = (deque[KeyRun](), deque[KeyRun]())  # other keys' runs, automatic keys' runs: oldest first
         self._held = [0, 0]  # keys held per class (the same order)
         self._now = 0  # the latest time seen: the clock never runs backwards here (Rule 6)
@@ -295,14 +294,24 @@ class DedupeIndex:
         """True if no key of ``keys`` is held, remembered or expired-not-yet-dropped (Rule 5)."""
         return self._entries.keys().isdisjoint(keys)
 
+    def reserve_new(self, keys: list[bytes], offsets: list[int], now_ms: int, unit: int = 0) -> list[KeyRun] | None:
+        """The common batch (Rule 5): ``keys`` reserved as ``reserve`` does when none is held and none
+        repeats; else None and nothing changed (judge its keys one by one). Raises DedupeCapacityError
+        when they do not fit."""
+        if not self.all_new(keys):
+            return None
+        n_auto = auto_count(keys)
+        self.check_room(len(keys), now_ms, n_auto)
+        return self.reserve(keys, offsets, n_auto, now_ms, unit)
+
     def reserve(
         self, keys: list[bytes], offsets: list[int], n_auto: int, now_ms: int, unit: int = 0
     ) -> list[KeyRun] | None:
         """Hold ``keys`` (none held: ``all_new``; room checked) before they are written (Rule 5): their runs,
         to ``place`` once written (or ``release``); None, and nothing changed, when a key repeats in ``keys``.
 
-        ``offsets``: where each key's frame is from the start of what is written (may be filled by
-        ``place``); ``n_auto``: ``auto_count(keys)``; ``unit``: the caller's tag, which ``reserved`` gives.
+        ``offsets``: where each key's frame is from the start of what is written; ``n_auto``:
+        ``auto_count(keys)``; ``unit``: the caller's tag, which ``reserved`` gives.
         """
         t = self._clock(now_ms)
         if n_auto == 0 or n_auto == len(keys):
@@ -332,14 +341,10 @@ class DedupeIndex:
         return runs
 
     @staticmethod
-    def place(runs: list[KeyRun], segment_id: int, base: int, offsets: list[int] | None = None) -> None:
-        """Reserved ``runs`` were written from ``segment_id:base``. ``offsets``: the keys' offsets from
-        ``base``, when ``reserve`` did not have them (a batch of one class: one run)."""
+    def place(runs: list[KeyRun], segment_id: int, base: int) -> None:
+        """Reserved ``runs`` were written from ``segment_id:base``."""
         for run in runs:
             run.segment_id, run.base = segment_id, base
-        if offsets is not None:
-            (run,) = runs
-            run.offsets = tuple(offsets) if isinstance(run.keys, tuple) else offsets  # (closed already: a tuple)
 
     def release(self, runs: list[KeyRun]) -> None:
         """Reserved ``runs`` will not be written: forget their keys."""
@@ -383,7 +388,7 @@ class DedupeIndex:
 
     def _put(self, key: bytes, position: Position, t: int) -> bool:
         """Insert at time ``t`` (>= every time held); the first position of a remembered key stays."""
-        auto = len(key) == AUTO_KEY_SIZE and key[0] == 0
+        auto = is_auto_key(key)
         old = self._run_of(key)
         if old is not None:
             if old.time >= t - (self.auto_window_ms if auto else self.window_ms):
@@ -405,7 +410,6 @@ class DedupeIndex:
         tuple per key (the collector would walk each).
         """
         cols = KeyColumns([], [], [])
-        classes = 0
         for runs in self._runs:
             mine: list[KeyRun] = []
             for run in reversed(runs):
@@ -413,13 +417,12 @@ class DedupeIndex:
                     break
                 if run.segment_id == segment_id:
                     mine.append(run)
-            classes += bool(mine)
             for run in reversed(mine):  # (a run's offsets ascend, and so do runs of one class)
                 cols.keys.extend(run.keys)
                 cols.offsets.extend(map(run.base.__add__, run.offsets))
                 cols.times.extend(repeat(run.time, len(run.keys)))
         offsets = cols.offsets
-        if classes > 1 or any(map(gt, offsets, islice(offsets, 1, None))):  # (both classes: interleaved)
+        if any(map(gt, offsets, islice(offsets, 1, None))):  # (both classes in the segment: interleave)
             order = sorted(range(len(offsets)), key=offsets.__getitem__)
             keys, times = cols.keys, cols.times
             cols = KeyColumns(
@@ -428,13 +431,6 @@ class DedupeIndex:
                 list(map(times.__getitem__, order)),
             )
         return cols
-
-    def items(self) -> Iterator[tuple[bytes, Position, int]]:
-        """Every remembered ``(key, position, time_ms)``: other keys oldest first, then automatic ones."""
-        for runs in self._runs:
-            for run in runs:
-                for key, off in zip(run.keys, run.offsets):
-                    yield key, make_position((run.segment_id, run.base + off)), run.time
 
 
 # -- key files ------------------------------------------------------------------------------

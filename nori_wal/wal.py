@@ -196,49 +196,43 @@ class Wal:
     ) -> tuple[list[Position], frozenset[int]]:
         """Append a batch holding keyed records: every record's Position and the indexes of the duplicates.
 
-        The common batch (every record keyed, its keys distinct bytes of one
-        class, none held, all of it one unit) has its keys reserved in the index in one step, is
-        written as an unkeyed one, and its keys placed; any other goes record by
-        record (``_plan_keyed``).
+        The common batch (every record keyed, its keys distinct bytes, none
+        held, all of it one unit) has its keys reserved in the index in one
+        step, is written as an unkeyed one, and its keys placed; any other goes
+        record by record (``_plan_keyed``).
         """
+        offsets = list(itertools.accumulate(map(len, frames[:-1]), initial=0))  # from the batch's start
         with self._write_lock:
             now = _now_ms()
-            runs = self._reserve(keys, frames, now)
+            runs = self._reserve(keys, frames, offsets, now)
             if runs is not None:
                 try:
                     seg, first = self._log.append_frames((b"".join(frames),), (len(frames),))[0]
                 except BaseException:
                     self._dedupe.release(runs)
                     raise
-                offsets = list(itertools.accumulate(map(len, frames[:-1]), initial=first))
-                self._dedupe.place(runs, seg, 0, offsets)
+                self._dedupe.place(runs, seg, first)
                 end = self._log.position
-                positions, dups = [make_position((seg, off)) for off in offsets], frozenset[int]()
+                positions, dups = [make_position((seg, first + off)) for off in offsets], frozenset[int]()
             else:
                 positions, dups = self._plan_keyed(records, frames, now)
                 end = self._log.position
         self._await_durable(end)
         return positions, dups
 
-    def _reserve(self, keys: list[bytes | None], frames: list[bytes], now: int) -> list[KeyRun] | None:
+    def _reserve(
+        self, keys: list[bytes | None], frames: list[bytes], offsets: list[int], now: int
+    ) -> list[KeyRun] | None:
         """The batch's keys reserved in the index if the batch takes the fast path, else None (under the lock).
 
         Raises DedupeCapacityError (nothing reserved) when they do not fit.
         """
-        dedupe, ks = self._dedupe, cast(list[bytes], keys)  # (a None makes auto_count raise TypeError)
-        try:
-            n_auto = auto_count(ks)  # (None, or a memoryview among bytes, does not compare: TypeError)
-            if (
-                n_auto not in (0, len(ks))
-                or type(ks[0]) is not bytes
-                or sum(map(len, frames)) > self._log.max_frame
-                or not dedupe.all_new(ks)  # (an unhashable key: TypeError)
-            ):
-                return None
-        except (TypeError, ValueError):  # unkeyed records too, or keys of another type (a Record made unchecked)
+        if None in keys or type(keys[0]) is not bytes or sum(map(len, frames)) > self._log.max_frame:
             return None
-        dedupe.check_room(len(ks), now, n_auto)
-        return dedupe.reserve(ks, [], n_auto, now)  # (None when a key repeats within the batch)
+        try:
+            return self._dedupe.reserve_new(cast(list[bytes], keys), offsets, now)
+        except (TypeError, ValueError):  # keys of another type (a Record made unchecked)
+            return None
 
     def _plan_keyed(
         self, records: list[Record], frames: list[bytes], now: int

@@ -9,8 +9,8 @@ Rules:
    ``codec.fast_run``), so an unkeyed append pays nothing, and a producer
    cannot skip the check by leaving out a hint. The common request (its keys
    distinct, none in the index or earlier in the group, no larger than a
-   segment holds) is planned with a few set operations and its keys indexed
-   with one ``DedupeIndex.add_new``; any other is parsed again, frame by frame.
+   segment holds) has its keys reserved with one ``DedupeIndex.reserve_new``;
+   any other is parsed again, frame by frame.
 2. Each keyed frame is judged on its own: a key in the index, or already
    taken by an earlier frame of this group (this request or another one), is
    a duplicate: not written; its reply gives the original Position. A
@@ -120,14 +120,11 @@ class GroupKeys:
         found them (``protocol.validate_payload``). A DedupeCapacityError (new
         keys past a cap) refuses the whole request, and nothing of it is planned.
         """
-        keys: list[bytes] = found[1::2]  # type: ignore[assignment]
-        index = self.index
-        if len(payload) <= max_frame and index.all_new(keys):  # the common request (Rule 1)
-            n_auto = auto_count(keys)
-            err = self._room(len(keys), n_auto)
-            if err is not None:
-                return err
-            runs = index.reserve(keys, found[0::2], n_auto, self.now, first_unit)  # type: ignore[arg-type]
+        if len(payload) <= max_frame:  # the common request (Rule 1)
+            try:
+                runs = self.index.reserve_new(found[1::2], found[0::2], self.now, first_unit)  # type: ignore[arg-type]
+            except DedupeCapacityError as exc:
+                return exc
             if runs is not None:
                 self.runs[first_unit] = runs
                 return _tuple_new(KeyedUnits, ([payload], [count], []))
