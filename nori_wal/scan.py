@@ -120,20 +120,24 @@ def scan_frames(
             continue
         full = frame_layout(buf, off, n, limit)
         if type(full) is int:
-            return _stopped(buf, off, count, full, limit)._replace(compressed=compressed, keyed=_found(keys))
+            status = full
+            break
         flags, end = full[0], full[4]  # type: ignore[index]
         if crc32c(mv[off + 4 : end]) != unpack(buf, off)[0]:
             status = ZEROED if not any(buf[off : off + MIN_FRAME_SIZE]) else CORRUPT
-            return _stopped(buf, off, count, status, limit)._replace(compressed=compressed, keyed=_found(keys))
+            break
         if flags & FLAG_SEAL:
-            return _stopped(buf, off, count, 0, limit)._replace(compressed=compressed, keyed=_found(keys))
+            status = 0
+            break
         if flags & COMPRESSION_MASK:
             compressed += 1
         if flags & FLAG_IDEMPOTENCY and keys is not None:
             keys += (off, idempotency_key_of(buf, full))  # type: ignore[arg-type]
         count += 1
         off = end
-    return ScanResult(off, count, Stop.END, compressed=compressed, keyed=_found(keys))
+    else:
+        return ScanResult(off, count, Stop.END, compressed=compressed, keyed=_found(keys))
+    return _stopped(buf, off, count, status, limit)._replace(compressed=compressed, keyed=_found(keys))
 
 
 def _found(keys: list[int | bytes] | None) -> int:
