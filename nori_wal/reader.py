@@ -70,7 +70,7 @@ from .codec import (
 from .durable_mark import MarkReader
 from .errors import CorruptionError, RecordsDeletedError, WalClosedError, WalError, WalIOError
 from .fs import OS, FileHandle, FileLayer
-from .position import Position
+from .position import Position, make_position
 from .record import Record
 from .recovery import is_stub, read_seal, reader_of
 from .scan import Damage, ScanResult, Stop, Verdict, classify_tail
@@ -193,7 +193,7 @@ class WalReader:
                     if type(rec) is str:
                         raise self._corrupt(i, rec)
                     self._i = end
-                    return rec, _new(Position, (self._seg, self._base + i))  # type: ignore[return-value]
+                    return rec, make_position((self._seg, self._base + i))  # type: ignore[return-value, arg-type]
                 lay = ZEROED if not any(buf[i : i + MIN_FRAME_SIZE]) else CORRUPT
                 if lay == CORRUPT and self._damage_before_end(i, Stop.CORRUPT):
                     if self._refill(i):
