@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from base64 import b64encode
 from datetime import timedelta
 from typing import Mapping, NamedTuple, Optional
 
@@ -53,8 +52,8 @@ def message_id(log_id: str, position: Position) -> str:
 
 def to_message(record: Record, position: Position, log_id: str) -> Message:
     headers = {
-        MSG_ID: f"{log_id}:{position.segment_id}:{position.offset}",
-        KEY: b64encode(record.key).decode("ascii"),
+        MSG_ID: message_id(log_id, position),
+        KEY: base64.b64encode(record.key).decode("ascii"),
     }
     if record.tombstone:
         headers[TOMBSTONE] = "1"
