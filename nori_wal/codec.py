@@ -189,8 +189,12 @@ def compress_value(value: BytesLike, compression: Compression) -> BytesLike:
     raise ValueError(f"unknown compression {compression!r}")
 
 
-def encode_record(record: Record, prefix: bytes = b"") -> bytes:
+def encode_record(record: Record, prefix: bytes = b"", key_override: bytes | None = None) -> bytes:
     """The frame bytes of ``record`` (framing, compression and CRC32C), after ``prefix``.
+
+    ``key_override``: an idempotency key the frame carries instead of the record's
+    own (a retrying client keys every record it sends, ``client/retry.py``,
+    without making the keyed Record first).
 
     ``prefix`` (a request header, say) shares the frame's buffer, so a producer
     copies the value once: the CRC is computed over the parts, then one join.
@@ -201,6 +205,8 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
     """
     try:
         key, value, tombstone, ttl, compression, idem = record
+        if key_override is not None:
+            idem = key_override
         if not compression and ttl is None:
             # Fast path (producers frame every record): one- and two-byte lengths, no TTL, no compression.
             kl, vl = len(key), len(value)
@@ -254,24 +260,8 @@ def encode_record(record: Record, prefix: bytes = b"") -> bytes:
 
 
 def encode_with_key(record: Record, idem: bytes, prefix: bytes = b"") -> bytes:
-    """``encode_record`` of ``record`` carrying ``idem`` (1..128 bytes) instead of its own key.
-
-    A retrying client keys every record it sends (``client/retry.py``): this
-    frames it without making the keyed Record first.
-    """
-    key, value, tombstone, ttl, compression, _own = record
-    if not compression and ttl is None and type(idem) is bytes and type(key) is bytes:
-        kl, il = len(key), len(idem)
-        vl = len(value) + il + 1
-        if kl < 0x80 and vl < 0x4000 and 0 < il <= 128:  # (as encode_record's fast path)
-            flag = 0x11 if tombstone else 0x10
-            head = bytes((kl, vl, flag)) if vl < 0x80 else bytes((kl, (vl & 0x7F) | 0x80, vl >> 7, flag))
-            if not prefix:
-                body = b"".join((head, key, _BYTE[il], idem, value))
-                return _pack_u32(crc32c(body)) + body
-            head = b"".join((head, key, _BYTE[il], idem))
-            return b"".join((prefix, _pack_u32(crc32c(value, crc32c(head))), head, value))
-    return encode_record(record._replace(idempotency_key=idem), prefix)
+    """``encode_record`` of ``record`` carrying ``idem`` (1..128 bytes) instead of its own key."""
+    return encode_record(record, prefix, idem)
 
 
 def encode_seal(record_count: int, data_end: int) -> bytes:

@@ -97,11 +97,6 @@ def with_identity(record: Record) -> Record:
     return _tuple_new(Record, record[:5] + (_AUTO.key(),))  # (a Record without NamedTuple's slow _replace)
 
 
-def frame_with(record: Record, idem: bytes | None, prefix: bytes = b"") -> bytes:
-    """``record``'s frame after ``prefix``, carrying ``idem`` when given instead of its own key."""
-    return encode_record(record, prefix) if idem is None else encode_with_key(record, idem, prefix)
-
-
 def identity_frames(records: Iterable[Record]) -> list[bytes]:
     """The frames of ``records``, each keyed: ``encode_record(with_identity(r))``, without the keyed Records."""
     key = _AUTO.key
@@ -168,7 +163,6 @@ __all__ = [
     "check_delivery_timeout",
     "deliver",
     "deliver_async",
-    "frame_with",
     "identity_frames",
     "redeliver",
     "with_identity",

@@ -46,7 +46,7 @@ from ..protocol import (
 )
 from ..record import Record
 from .base import ClientBase, checked_position
-from .retry import auto_key, deliver, frame_with, identity_frames, redeliver, with_identity
+from .retry import auto_key, deliver, identity_frames, redeliver, with_identity
 from .session import (
     MAX_REQUEST_BYTES,
     Outcome,
@@ -210,7 +210,7 @@ class WalClient(ClientBase[_ThreadConn]):
             return self._append_general(record, idem)
         rid = lane.new_id()
         header = _pack_header(APPEND_PREFIX, rid, APPEND_COUNT_TAG, 1)
-        msg = frame_with(record, idem, header)
+        msg = encode_record(record, header, idem)
         if len(msg) >= ZERO_COPY_BYTES:
             return one_position(self._request(lane, rid, msg))
         sock = lane.sock
@@ -235,7 +235,7 @@ class WalClient(ClientBase[_ThreadConn]):
         tc = self._thread_conn()
         if not tc.session.idle:
             slot = _Slot()
-            tc.session.queue_append((frame_with(record, idem),), slot)
+            tc.session.queue_append((encode_record(record, b"", idem),), slot)
             self._wait(tc, (slot,))
             if slot.error is not None:
                 raise slot.error
@@ -243,7 +243,7 @@ class WalClient(ClientBase[_ThreadConn]):
             return pos
         rid = tc.new_id()
         header = P.encode_append(rid, 1)
-        msg = frame_with(record, idem, header)
+        msg = encode_record(record, header, idem)
         pos = one_position(self._request(tc, rid, msg))
         if tc.session.idle and getattr(self._local, "tc", None) is tc:
             tc.until = tc.conn.next_check
